@@ -1,0 +1,92 @@
+//! The few OpenBLAS entry points the CPU backend uses, linked from the system library
+//! (see build.rs). Declared by hand: four functions do not warrant a bindings crate.
+use std::ffi::{c_char, c_int, CStr};
+
+const CBLAS_ROW_MAJOR: c_int = 101;
+const CBLAS_NO_TRANS: c_int = 111;
+const CBLAS_TRANS: c_int = 112;
+
+extern "C" {
+    fn cblas_sgemm(
+        layout: c_int,
+        trans_a: c_int,
+        trans_b: c_int,
+        m: c_int,
+        n: c_int,
+        k: c_int,
+        alpha: f32,
+        a: *const f32,
+        lda: c_int,
+        b: *const f32,
+        ldb: c_int,
+        beta: f32,
+        c: *mut f32,
+        ldc: c_int,
+    );
+    fn openblas_get_config() -> *const c_char;
+    fn openblas_get_num_threads() -> c_int;
+    fn openblas_set_num_threads(n: c_int);
+}
+
+/// Row-major `C = alpha·op(A)·op(B) + beta·C` on one matrix; slices are checked against the
+/// dimensions so the unsafe call cannot read or write out of bounds.
+#[allow(clippy::too_many_arguments)]
+pub fn sgemm(
+    trans_a: bool,
+    trans_b: bool,
+    m: usize,
+    n: usize,
+    k: usize,
+    alpha: f32,
+    a: &[f32],
+    lda: usize,
+    b: &[f32],
+    ldb: usize,
+    beta: f32,
+    c: &mut [f32],
+    ldc: usize,
+) {
+    let (a_rows, b_rows) = (if trans_a { k } else { m }, if trans_b { n } else { k });
+    assert!(a_rows == 0 || a.len() >= (a_rows - 1) * lda + if trans_a { m } else { k });
+    assert!(b_rows == 0 || b.len() >= (b_rows - 1) * ldb + if trans_b { k } else { n });
+    assert!(m == 0 || c.len() >= (m - 1) * ldc + n);
+    if m == 0 || n == 0 {
+        return;
+    }
+    let t = |x: bool| if x { CBLAS_TRANS } else { CBLAS_NO_TRANS };
+    // SAFETY: the asserts above bound every access BLAS makes; lda/ldb/ldc ≥ 1 by construction.
+    unsafe {
+        cblas_sgemm(
+            CBLAS_ROW_MAJOR,
+            t(trans_a),
+            t(trans_b),
+            m as c_int,
+            n as c_int,
+            k as c_int,
+            alpha,
+            a.as_ptr(),
+            lda.max(1) as c_int,
+            b.as_ptr(),
+            ldb.max(1) as c_int,
+            beta,
+            c.as_mut_ptr(),
+            ldc.max(1) as c_int,
+        )
+    }
+}
+
+/// OpenBLAS's build configuration string, e.g. `OpenBLAS 0.3.21 DYNAMIC_ARCH NO_AFFINITY Haswell MAX_THREADS=64`.
+pub fn config() -> String {
+    // SAFETY: OpenBLAS returns a static NUL-terminated string.
+    unsafe { CStr::from_ptr(openblas_get_config()) }.to_string_lossy().into_owned()
+}
+
+pub fn num_threads() -> usize {
+    // SAFETY: plain getter.
+    unsafe { openblas_get_num_threads() as usize }
+}
+
+pub fn set_num_threads(n: usize) {
+    // SAFETY: plain setter; OpenBLAS clamps to its compiled maximum.
+    unsafe { openblas_set_num_threads(n.max(1) as c_int) }
+}

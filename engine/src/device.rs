@@ -1,0 +1,125 @@
+//! Where tensors live: `cpu`, `gpu[:N]` or `auto`, resolved to a concrete backend.
+use crate::cpu::CpuBackend;
+use crate::error::{Error, Result};
+use crate::gpu::{list_adapters, GpuBackend};
+use std::fmt;
+use std::str::FromStr;
+use std::sync::Arc;
+
+/// A device as a user names it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DeviceSpec {
+    Cpu,
+    /// An adapter index as listed by `tessera devices`.
+    Gpu(usize),
+    /// The first hardware GPU if there is one, else the CPU backend (faster than a software
+    /// Vulkan driver such as lavapipe).
+    Auto,
+}
+
+impl FromStr for DeviceSpec {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Self> {
+        let lower = s.trim().to_ascii_lowercase();
+        match lower.as_str() {
+            "cpu" => Ok(Self::Cpu),
+            "gpu" => Ok(Self::Gpu(0)),
+            "auto" => Ok(Self::Auto),
+            _ => lower
+                .strip_prefix("gpu:")
+                .and_then(|n| n.parse().ok())
+                .map(Self::Gpu)
+                .ok_or_else(|| Error::UnknownDevice(s.to_string())),
+        }
+    }
+}
+
+/// A concrete backend; cheap to clone. Ops dispatch on it explicitly.
+#[derive(Clone)]
+pub enum Device {
+    Cpu(Arc<CpuBackend>),
+    Gpu(Arc<GpuBackend>),
+}
+
+impl Device {
+    pub fn cpu() -> Self {
+        Self::Cpu(CpuBackend::global())
+    }
+
+    pub fn gpu(index: usize) -> Result<Self> {
+        GpuBackend::open(index).map(Self::Gpu)
+    }
+
+    pub fn open(spec: DeviceSpec) -> Result<Self> {
+        match spec {
+            DeviceSpec::Cpu => Ok(Self::cpu()),
+            DeviceSpec::Gpu(index) => Self::gpu(index),
+            DeviceSpec::Auto => {
+                let software = format!("{:?}", wgpu::DeviceType::Cpu);
+                match list_adapters().into_iter().find(|a| a.device_type != software) {
+                    Some(adapter) => Self::gpu(adapter.index),
+                    None => Ok(Self::cpu()),
+                }
+            }
+        }
+    }
+
+    /// Parses and opens a device name such as `gpu:1`.
+    pub fn parse(name: &str) -> Result<Self> {
+        Self::open(name.parse()?)
+    }
+
+    pub fn same(&self, other: &Device) -> bool {
+        match (self, other) {
+            (Self::Cpu(_), Self::Cpu(_)) => true,
+            (Self::Gpu(a), Self::Gpu(b)) => Arc::ptr_eq(a, b),
+            _ => false,
+        }
+    }
+
+    /// Waits for all recorded work (a no-op on the CPU).
+    pub fn synchronize(&self) -> Result<()> {
+        match self {
+            Self::Cpu(_) => Ok(()),
+            Self::Gpu(gpu) => gpu.synchronize(),
+        }
+    }
+}
+
+impl fmt::Display for Device {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Cpu(_) => write!(f, "cpu"),
+            Self::Gpu(gpu) => write!(f, "gpu:{} ({})", gpu.summary.index, gpu.name()),
+        }
+    }
+}
+
+impl fmt::Debug for Device {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Display::fmt(self, f)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_device_names() {
+        assert_eq!("cpu".parse::<DeviceSpec>().unwrap(), DeviceSpec::Cpu);
+        assert_eq!("GPU".parse::<DeviceSpec>().unwrap(), DeviceSpec::Gpu(0));
+        assert_eq!("gpu:3".parse::<DeviceSpec>().unwrap(), DeviceSpec::Gpu(3));
+        assert_eq!("auto".parse::<DeviceSpec>().unwrap(), DeviceSpec::Auto);
+        for bad in ["tpu", "gpu:", "gpu:x", "gpu:-1", ""] {
+            let err = bad.parse::<DeviceSpec>().unwrap_err().to_string();
+            assert!(err.contains("unknown device") && err.contains("gpu:N"), "{bad}: {err}");
+        }
+    }
+
+    #[test]
+    fn a_missing_adapter_index_is_an_error_not_a_panic() {
+        let err = Device::gpu(10_000).unwrap_err().to_string();
+        assert!(err.contains("no GPU adapter with index 10000"), "{err}");
+    }
+}

@@ -1,0 +1,33 @@
+//! The one error type of the engine: every message names what was wrong and what to do.
+use thiserror::Error;
+
+#[derive(Debug, Error)]
+pub enum Error {
+    #[error("unknown device `{0}`: expected `cpu`, `gpu`, `gpu:N` (an adapter index from `tessera devices`) or `auto`")]
+    UnknownDevice(String),
+
+    #[error("no GPU adapter with index {index}: wgpu found {count} adapter(s); run `tessera devices` to list them")]
+    NoSuchAdapter { index: usize, count: usize },
+
+    #[error("could not open GPU adapter {index} ({name}): {reason}")]
+    DeviceOpen { index: usize, name: String, reason: String },
+
+    #[error("{op}: {detail}")]
+    Shape { op: &'static str, detail: String },
+
+    #[error("tensor of {bytes} bytes does not fit in one buffer of adapter `{adapter}` (max {max} bytes)")]
+    TooLarge { bytes: u64, max: u64, adapter: String },
+
+    #[error("{op}: tensors live on different devices ({left} and {right}); move one with `to_device`")]
+    DeviceMismatch { op: &'static str, left: String, right: String },
+
+    #[error("GPU error on `{adapter}`: {detail}")]
+    Gpu { adapter: String, detail: String },
+}
+
+pub type Result<T> = std::result::Result<T, Error>;
+
+/// Shorthand for a shape error of `op`.
+pub(crate) fn shape_err(op: &'static str, detail: impl Into<String>) -> Error {
+    Error::Shape { op, detail: detail.into() }
+}

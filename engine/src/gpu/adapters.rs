@@ -1,0 +1,76 @@
+//! Adapter discovery: every adapter on every backend wgpu was built with, in a stable order,
+//! so that `gpu:N` names the same adapter in `tessera devices` and everywhere else.
+use std::sync::OnceLock;
+
+/// What `tessera devices` prints for an adapter.
+#[derive(Clone, Debug)]
+pub struct AdapterSummary {
+    pub index: usize,
+    pub name: String,
+    pub backend: String,
+    pub device_type: String,
+    pub driver: String,
+    pub max_buffer_size: u64,
+    pub max_storage_binding: u64,
+    pub max_workgroup_invocations: u32,
+    pub max_workgroup_storage: u32,
+    pub shader_f16: bool,
+    pub subgroups: bool,
+}
+
+pub(crate) fn instance() -> &'static wgpu::Instance {
+    static INSTANCE: OnceLock<wgpu::Instance> = OnceLock::new();
+    INSTANCE.get_or_init(|| {
+        let desc = wgpu::InstanceDescriptor {
+            backends: wgpu::Backends::all(),
+            ..wgpu::InstanceDescriptor::new_without_display_handle()
+        };
+        // WGPU_BACKEND and friends still narrow the set when a user sets them.
+        wgpu::Instance::new(desc.with_env())
+    })
+}
+
+/// All adapters, sorted by backend then name (wgpu's own order is not guaranteed stable).
+/// Enumerated once and kept for the process: dropping a GL adapter while another thread has
+/// its EGL context current makes wgpu-hal panic.
+pub(crate) fn raw_adapters() -> &'static [wgpu::Adapter] {
+    static ADAPTERS: OnceLock<Vec<wgpu::Adapter>> = OnceLock::new();
+    ADAPTERS.get_or_init(|| {
+        let mut adapters = pollster::block_on(instance().enumerate_adapters(wgpu::Backends::all()));
+        adapters.sort_by_key(|a| {
+            let info = a.get_info();
+            (info.backend as u8, info.name, info.driver_info)
+        });
+        adapters
+    })
+}
+
+pub(crate) fn summarize(index: usize, adapter: &wgpu::Adapter) -> AdapterSummary {
+    let info = adapter.get_info();
+    let limits = adapter.limits();
+    let features = adapter.features();
+    let driver = [info.driver.as_str(), info.driver_info.as_str()]
+        .iter()
+        .filter(|s| !s.is_empty())
+        .copied()
+        .collect::<Vec<_>>()
+        .join(" ");
+    AdapterSummary {
+        index,
+        name: info.name,
+        backend: format!("{:?}", info.backend),
+        device_type: format!("{:?}", info.device_type),
+        driver,
+        max_buffer_size: limits.max_buffer_size,
+        max_storage_binding: limits.max_storage_buffer_binding_size,
+        max_workgroup_invocations: limits.max_compute_invocations_per_workgroup,
+        max_workgroup_storage: limits.max_compute_workgroup_storage_size,
+        shader_f16: features.contains(wgpu::Features::SHADER_F16),
+        subgroups: features.contains(wgpu::Features::SUBGROUP),
+    }
+}
+
+/// Lists every adapter wgpu finds.
+pub fn list_adapters() -> Vec<AdapterSummary> {
+    raw_adapters().iter().enumerate().map(|(i, a)| summarize(i, a)).collect()
+}

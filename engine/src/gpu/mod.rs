@@ -1,0 +1,335 @@
+//! The wgpu backend: one device per adapter, a buffer pool, a pipeline cache and one launch
+//! path that records every kernel into a shared command encoder. Work is submitted in batches
+//! and the host waits only when it reads a result back.
+mod adapters;
+mod pool;
+
+pub use adapters::{list_adapters, AdapterSummary};
+pub use pool::GpuBuffer;
+
+use crate::error::{Error, Result};
+use pool::{size_class, BufferPool, STORAGE_USAGE};
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, OnceLock};
+use tessera_shaders::Kernel;
+
+/// Kernel launches recorded before the batch is submitted without waiting. Bounds the memory
+/// the uniform arena and pending commands hold; the host still only waits when it reads.
+const MAX_LAUNCHES_PER_BATCH: usize = 256;
+/// Bytes of launch parameters one kernel may take (one uniform block).
+pub const MAX_PARAMS_BYTES: usize = 256;
+
+/// Counters for tests and benchmarks (e.g. "freezing halves the backward launches").
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct GpuStats {
+    pub launches: u64,
+    pub submissions: u64,
+    pub buffers_created: u64,
+    pub host_reads: u64,
+}
+
+/// Commands recorded but not yet submitted, with the launch parameters they read.
+struct Batch {
+    encoder: Option<wgpu::CommandEncoder>,
+    /// Launch parameters, one aligned block per launch, uploaded just before submission.
+    params: Vec<u8>,
+    params_buffer: wgpu::Buffer,
+    launches: usize,
+}
+
+pub struct GpuBackend {
+    pub summary: AdapterSummary,
+    device: wgpu::Device,
+    queue: wgpu::Queue,
+    limits: wgpu::Limits,
+    pool: Arc<Mutex<BufferPool>>,
+    pipelines: Mutex<HashMap<(&'static str, &'static str), wgpu::ComputePipeline>>,
+    batch: Mutex<Batch>,
+    stats: Mutex<GpuStats>,
+    params_align: usize,
+}
+
+impl GpuBackend {
+    /// Opens adapter `index` (as numbered by [`list_adapters`]); the same index returns the
+    /// same backend for the life of the process.
+    pub fn open(index: usize) -> Result<Arc<Self>> {
+        static OPEN: OnceLock<Mutex<HashMap<usize, Arc<GpuBackend>>>> = OnceLock::new();
+        let mut open = OPEN.get_or_init(Default::default).lock().expect("device registry poisoned");
+        if let Some(backend) = open.get(&index) {
+            return Ok(backend.clone());
+        }
+        let adapters = adapters::raw_adapters();
+        let adapter = adapters
+            .get(index)
+            .ok_or(Error::NoSuchAdapter { index, count: adapters.len() })?;
+        let backend = Arc::new(Self::create(index, adapter)?);
+        open.insert(index, backend.clone());
+        Ok(backend)
+    }
+
+    fn create(index: usize, adapter: &wgpu::Adapter) -> Result<Self> {
+        let summary = adapters::summarize(index, adapter);
+        // The adapter's own limits: the WebGPU defaults would cap buffers at 256 MiB.
+        let limits = adapter.limits();
+        let desc = wgpu::DeviceDescriptor {
+            label: Some("tessera"),
+            required_features: wgpu::Features::empty(),
+            required_limits: limits.clone(),
+            experimental_features: wgpu::ExperimentalFeatures::disabled(),
+            memory_hints: wgpu::MemoryHints::Performance,
+            trace: wgpu::Trace::Off,
+        };
+        let (device, queue) = pollster::block_on(adapter.request_device(&desc)).map_err(|e| Error::DeviceOpen {
+            index,
+            name: summary.name.clone(),
+            reason: e.to_string(),
+        })?;
+        let params_align = (limits.min_uniform_buffer_offset_alignment as usize).max(MAX_PARAMS_BYTES);
+        let params_buffer = Self::params_buffer(&device, params_align);
+        Ok(Self {
+            summary,
+            device,
+            queue,
+            limits,
+            pool: Default::default(),
+            pipelines: Default::default(),
+            batch: Mutex::new(Batch { encoder: None, params: Vec::new(), params_buffer, launches: 0 }),
+            stats: Default::default(),
+            params_align,
+        })
+    }
+
+    fn params_buffer(device: &wgpu::Device, align: usize) -> wgpu::Buffer {
+        device.create_buffer(&wgpu::BufferDescriptor {
+            label: Some("tessera launch params"),
+            size: (align * MAX_LAUNCHES_PER_BATCH) as u64,
+            usage: wgpu::BufferUsages::UNIFORM | wgpu::BufferUsages::COPY_DST,
+            mapped_at_creation: false,
+        })
+    }
+
+    pub fn name(&self) -> &str {
+        &self.summary.name
+    }
+
+    pub fn limits(&self) -> &wgpu::Limits {
+        &self.limits
+    }
+
+    /// True for software rasterisers (lavapipe, llvmpipe, WARP, SwiftShader), where kernels
+    /// want different shapes than on real GPUs.
+    pub fn is_software(&self) -> bool {
+        self.summary.device_type == format!("{:?}", wgpu::DeviceType::Cpu)
+    }
+
+    pub fn stats(&self) -> GpuStats {
+        *self.stats.lock().expect("stats poisoned")
+    }
+
+    /// The largest tensor, in bytes, one kernel can bind.
+    pub fn max_tensor_bytes(&self) -> u64 {
+        self.limits.max_buffer_size.min(self.limits.max_storage_buffer_binding_size)
+    }
+
+    /// A storage buffer of at least `bytes` from the pool (contents undefined).
+    pub fn alloc(&self, bytes: u64) -> Result<GpuBuffer> {
+        let max = self.max_tensor_bytes();
+        if bytes > max {
+            return Err(Error::TooLarge { bytes, max, adapter: self.summary.name.clone() });
+        }
+        let class = size_class(bytes, max);
+        let mut pool = self.pool.lock().expect("buffer pool poisoned");
+        let buffer = match pool.take(class, STORAGE_USAGE) {
+            Some(buffer) => buffer,
+            None => {
+                pool.allocated_bytes += class;
+                self.stats.lock().expect("stats poisoned").buffers_created += 1;
+                self.device.create_buffer(&wgpu::BufferDescriptor {
+                    label: None,
+                    size: class,
+                    usage: STORAGE_USAGE,
+                    mapped_at_creation: false,
+                })
+            }
+        };
+        drop(pool);
+        Ok(GpuBuffer::new(buffer, bytes, self.pool.clone()))
+    }
+
+    /// Uploads `data` into a new pooled buffer.
+    pub fn upload(&self, data: &[f32]) -> Result<GpuBuffer> {
+        let bytes: &[u8] = bytemuck::cast_slice(data);
+        let buffer = self.alloc(bytes.len() as u64)?;
+        if bytes.is_empty() {
+            return Ok(buffer);
+        }
+        let mut batch = self.batch.lock().expect("batch poisoned");
+        match batch.encoder.as_mut() {
+            // `queue.write_buffer` lands before every recorded command; a recycled buffer may
+            // still be read by one, so with commands pending the copy joins the stream instead.
+            Some(encoder) => {
+                let staging = self.device.create_buffer(&wgpu::BufferDescriptor {
+                    label: Some("tessera upload"),
+                    size: bytes.len() as u64,
+                    usage: wgpu::BufferUsages::COPY_SRC,
+                    mapped_at_creation: true,
+                });
+                staging
+                    .slice(..)
+                    .get_mapped_range_mut()
+                    .map_err(|e| self.gpu_err(e))?
+                    .copy_from_slice(bytes);
+                staging.unmap();
+                encoder.copy_buffer_to_buffer(&staging, 0, buffer.raw(), 0, bytes.len() as u64);
+            }
+            None => self.queue.write_buffer(buffer.raw(), 0, bytes),
+        }
+        Ok(buffer)
+    }
+
+    /// Reads `buffer` back to the host; submits pending work and waits for it.
+    pub fn download(&self, buffer: &GpuBuffer) -> Result<Vec<f32>> {
+        let len = buffer.len;
+        if len == 0 {
+            return Ok(Vec::new());
+        }
+        let staging = self.device.create_buffer(&wgpu::BufferDescriptor {
+            label: Some("tessera download"),
+            size: len,
+            usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
+            mapped_at_creation: false,
+        });
+        {
+            let mut batch = self.batch.lock().expect("batch poisoned");
+            self.encoder(&mut batch).copy_buffer_to_buffer(buffer.raw(), 0, &staging, 0, len);
+            self.submit(&mut batch);
+        }
+        self.stats.lock().expect("stats poisoned").host_reads += 1;
+        let (tx, rx) = std::sync::mpsc::channel();
+        staging.slice(..).map_async(wgpu::MapMode::Read, move |r| {
+            let _ = tx.send(r);
+        });
+        self.wait()?;
+        let mapped = rx.recv().map_err(|e| self.gpu_err(e))?;
+        mapped.map_err(|e| self.gpu_err(e))?;
+        let view = staging.slice(..).get_mapped_range().map_err(|e| self.gpu_err(e))?;
+        let data = bytemuck::cast_slice::<u8, f32>(&view).to_vec();
+        drop(view);
+        staging.unmap();
+        Ok(data)
+    }
+
+    /// Submits recorded work and blocks until the device is idle.
+    pub fn synchronize(&self) -> Result<()> {
+        self.submit(&mut self.batch.lock().expect("batch poisoned"));
+        self.wait()
+    }
+
+    /// Releases every cached buffer back to the driver.
+    pub fn trim_pool(&self) {
+        self.pool.lock().expect("buffer pool poisoned").trim();
+    }
+
+    fn wait(&self) -> Result<()> {
+        self.device.poll(wgpu::PollType::wait_indefinitely()).map(|_| ()).map_err(|e| self.gpu_err(e))
+    }
+
+    fn gpu_err(&self, e: impl std::fmt::Display) -> Error {
+        Error::Gpu { adapter: self.summary.name.clone(), detail: e.to_string() }
+    }
+
+    fn encoder<'b>(&self, batch: &'b mut Batch) -> &'b mut wgpu::CommandEncoder {
+        batch
+            .encoder
+            .get_or_insert_with(|| self.device.create_command_encoder(&wgpu::CommandEncoderDescriptor { label: None }))
+    }
+
+    fn submit(&self, batch: &mut Batch) {
+        let Some(encoder) = batch.encoder.take() else { return };
+        if !batch.params.is_empty() {
+            self.queue.write_buffer(&batch.params_buffer, 0, &batch.params);
+        }
+        self.queue.submit([encoder.finish()]);
+        // The next batch writes its parameters before its own submission, after this one's
+        // commands in queue order, so the same uniform buffer can be reused.
+        batch.params.clear();
+        batch.launches = 0;
+        self.stats.lock().expect("stats poisoned").submissions += 1;
+    }
+
+    fn pipeline(&self, kernel: &Kernel) -> wgpu::ComputePipeline {
+        let mut cache = self.pipelines.lock().expect("pipeline cache poisoned");
+        cache
+            .entry((kernel.shader.name, kernel.entry))
+            .or_insert_with(|| {
+                let module = self.device.create_shader_module(wgpu::ShaderModuleDescriptor {
+                    label: Some(kernel.shader.file),
+                    source: wgpu::ShaderSource::Wgsl(kernel.shader.source.into()),
+                });
+                self.device.create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
+                    label: Some(kernel.entry),
+                    layout: None,
+                    module: &module,
+                    entry_point: Some(kernel.entry),
+                    compilation_options: Default::default(),
+                    cache: None,
+                })
+            })
+            .clone()
+    }
+
+    /// The one way to run a kernel. Binding 0 is the `params` uniform block; bindings 1.. are
+    /// `buffers`, in the order the kernel declares them. Recorded, not waited for.
+    pub fn launch(&self, kernel: &Kernel, params: &[u8], buffers: &[&GpuBuffer], workgroups: [u32; 3]) -> Result<()> {
+        assert!(params.len() <= MAX_PARAMS_BYTES, "{}: params block too large", kernel.entry);
+        let max_groups = self.limits.max_compute_workgroups_per_dimension;
+        if workgroups.iter().any(|&g| g > max_groups) {
+            return Err(self.gpu_err(format!(
+                "{} needs {workgroups:?} workgroups; the adapter allows {max_groups} per dimension",
+                kernel.entry
+            )));
+        }
+        if workgroups.contains(&0) {
+            return Ok(());
+        }
+        let pipeline = self.pipeline(kernel);
+        let mut batch = self.batch.lock().expect("batch poisoned");
+        if batch.launches == MAX_LAUNCHES_PER_BATCH {
+            self.submit(&mut batch);
+        }
+        let offset = batch.params.len();
+        batch.params.extend_from_slice(params);
+        batch.params.resize(offset + self.params_align, 0);
+        batch.launches += 1;
+
+        let layout = pipeline.get_bind_group_layout(0);
+        let mut entries = vec![wgpu::BindGroupEntry {
+            binding: 0,
+            resource: wgpu::BindingResource::Buffer(wgpu::BufferBinding {
+                buffer: &batch.params_buffer,
+                offset: offset as u64,
+                size: wgpu::BufferSize::new(MAX_PARAMS_BYTES as u64),
+            }),
+        }];
+        for (i, buffer) in buffers.iter().enumerate() {
+            entries.push(wgpu::BindGroupEntry {
+                binding: i as u32 + 1,
+                resource: buffer.raw().as_entire_binding(),
+            });
+        }
+        let bind_group = self.device.create_bind_group(&wgpu::BindGroupDescriptor {
+            label: None,
+            layout: &layout,
+            entries: &entries,
+        });
+        let encoder = self.encoder(&mut batch);
+        {
+            let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor { label: None, timestamp_writes: None });
+            pass.set_pipeline(&pipeline);
+            pass.set_bind_group(0, &bind_group, &[]);
+            pass.dispatch_workgroups(workgroups[0], workgroups[1], workgroups[2]);
+        }
+        self.stats.lock().expect("stats poisoned").launches += 1;
+        Ok(())
+    }
+}

@@ -1,0 +1,96 @@
+//! The buffer pool: freed storage buffers go back to a free list keyed by size class and are
+//! handed out again, so a training step allocates nothing once it has run once.
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+pub(crate) const STORAGE_USAGE: wgpu::BufferUsages = wgpu::BufferUsages::STORAGE
+    .union(wgpu::BufferUsages::COPY_SRC)
+    .union(wgpu::BufferUsages::COPY_DST);
+
+/// Rounds a request up to its size class: powers of two up to 64 KiB, then eighths of the
+/// next power of two (at most 12.5 % waste), never above the adapter's maximum.
+pub(crate) fn size_class(bytes: u64, max: u64) -> u64 {
+    let bytes = bytes.max(256);
+    let pow2 = bytes.next_power_of_two();
+    let class = if pow2 <= 1 << 16 { pow2 } else { bytes.div_ceil(pow2 / 8) * (pow2 / 8) };
+    class.min(max.max(bytes))
+}
+
+#[derive(Default)]
+pub(crate) struct BufferPool {
+    free: HashMap<(u64, wgpu::BufferUsages), Vec<wgpu::Buffer>>,
+    /// Bytes held by buffers that are out (in tensors) or free in the pool.
+    pub(crate) allocated_bytes: u64,
+    pub(crate) cached_bytes: u64,
+}
+
+impl BufferPool {
+    pub(crate) fn take(&mut self, class: u64, usage: wgpu::BufferUsages) -> Option<wgpu::Buffer> {
+        let buffer = self.free.get_mut(&(class, usage))?.pop()?;
+        self.cached_bytes -= class;
+        Some(buffer)
+    }
+
+    fn give_back(&mut self, buffer: wgpu::Buffer) {
+        let class = buffer.size();
+        self.cached_bytes += class;
+        self.free.entry((class, buffer.usage())).or_default().push(buffer);
+    }
+
+    /// Destroys every cached buffer (memory pressure, or the end of a phase).
+    pub(crate) fn trim(&mut self) {
+        for buffer in self.free.drain().flat_map(|(_, list)| list) {
+            self.allocated_bytes -= buffer.size();
+            buffer.destroy();
+        }
+        self.cached_bytes = 0;
+    }
+}
+
+/// A buffer on loan from the pool; dropping it returns it. `len` is the useful size in bytes.
+pub struct GpuBuffer {
+    buffer: Option<wgpu::Buffer>,
+    pub(crate) len: u64,
+    pool: Arc<Mutex<BufferPool>>,
+}
+
+impl GpuBuffer {
+    pub(crate) fn new(buffer: wgpu::Buffer, len: u64, pool: Arc<Mutex<BufferPool>>) -> Self {
+        Self { buffer: Some(buffer), len, pool }
+    }
+
+    pub(crate) fn raw(&self) -> &wgpu::Buffer {
+        self.buffer.as_ref().expect("buffer present until drop")
+    }
+
+    /// The buffer's useful length in bytes.
+    pub fn len_bytes(&self) -> u64 {
+        self.len
+    }
+}
+
+impl Drop for GpuBuffer {
+    fn drop(&mut self) {
+        if let (Some(buffer), Ok(mut pool)) = (self.buffer.take(), self.pool.lock()) {
+            pool.give_back(buffer);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::size_class;
+
+    #[test]
+    fn size_classes_bound_waste_and_respect_the_maximum() {
+        assert_eq!(size_class(1, u64::MAX), 256);
+        assert_eq!(size_class(1000, u64::MAX), 1024);
+        assert_eq!(size_class(65536, u64::MAX), 65536);
+        for bytes in [65537u64, 100_000, 4 << 20, (4 << 20) + 4, 123_456_789] {
+            let class = size_class(bytes, u64::MAX);
+            assert!(class >= bytes && (class - bytes) * 8 <= class, "{bytes} -> {class}");
+        }
+        assert_eq!(size_class(1000, 900), 1000, "never below the request");
+        assert_eq!(size_class(70_000, 71_000), 71_000, "clamped to the adapter maximum");
+    }
+}

@@ -1,0 +1,305 @@
+//! GEMM: out = alpha·op(A)·op(B) + beta·C, strided-batched. Kernel: shaders/wgsl/gemm.wgsl;
+//! CPU twin: OpenBLAS sgemm per batch entry; conformance: tests/gemm_conformance.rs.
+use crate::cpu::blas;
+use crate::device::Device;
+use crate::error::{shape_err, Result};
+use crate::gpu::GpuBackend;
+use crate::tensor::{Storage, Tensor};
+use std::sync::Arc;
+use tessera_shaders::gemm::{GemmKernel, VARIANTS};
+
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct GemmOpts {
+    pub trans_a: bool,
+    pub trans_b: bool,
+    pub alpha: f32,
+    /// Ignored (treated as 0, as in PyTorch's addmm) when no C is given.
+    pub beta: f32,
+}
+
+impl Default for GemmOpts {
+    fn default() -> Self {
+        Self { trans_a: false, trans_b: false, alpha: 1.0, beta: 0.0 }
+    }
+}
+
+/// GEMM dimensions and element strides, derived once from the operand shapes.
+/// op(A)(i, l) of batch z sits at z·a_bs + i·a_rs + l·a_cs (likewise B); out is contiguous.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct GemmShape {
+    pub batch: usize,
+    pub m: usize,
+    pub n: usize,
+    pub k: usize,
+    pub a_rs: usize,
+    pub a_cs: usize,
+    pub a_bs: usize,
+    pub b_rs: usize,
+    pub b_cs: usize,
+    pub b_bs: usize,
+    /// Batch stride of C (0 broadcasts a 2-D C over the batch); None without C.
+    pub c_bs: Option<usize>,
+    pub out_shape: Vec<usize>,
+}
+
+impl GemmShape {
+    /// The shape rules. A is `[M, K]` (`[K, M]` when transposed) or batched `[B, ·, ·]`;
+    /// likewise B with `[K, N]`. A 2-D operand is broadcast over the other's batch.
+    /// C must have the output's shape, or be `[M, N]` (broadcast over the batch).
+    pub fn new(a: &[usize], b: &[usize], c: Option<&[usize]>, o: GemmOpts) -> Result<Self> {
+        let err = |detail: String| shape_err("gemm", detail);
+        let split = |name: &str, s: &[usize]| -> Result<(Option<usize>, usize, usize)> {
+            match *s {
+                [r, c] => Ok((None, r, c)),
+                [bt, r, c] => Ok((Some(bt), r, c)),
+                _ => Err(err(format!("{name} must be 2-D or 3-D (batched), got shape {s:?}"))),
+            }
+        };
+        let (ab, ar, ac) = split("A", a)?;
+        let (bb, br, bc) = split("B", b)?;
+        let (m, ka) = if o.trans_a { (ac, ar) } else { (ar, ac) };
+        let (kb, n) = if o.trans_b { (bc, br) } else { (br, bc) };
+        if ka != kb {
+            return Err(err(format!(
+                "inner dimensions differ: op(A) is {m}×{ka} (A {a:?}{}), op(B) is {kb}×{n} (B {b:?}{})",
+                if o.trans_a { ", transposed" } else { "" },
+                if o.trans_b { ", transposed" } else { "" }
+            )));
+        }
+        let batch = match (ab, bb) {
+            (Some(x), Some(y)) if x != y => return Err(err(format!("batch sizes differ: A {a:?}, B {b:?}"))),
+            (Some(x), _) | (None, Some(x)) => Some(x),
+            (None, None) => None,
+        };
+        let out_shape: Vec<usize> = batch.into_iter().chain([m, n]).collect();
+        let c_bs = match c {
+            None => None,
+            Some(cs) if cs == out_shape.as_slice() => Some(if batch.is_some() { m * n } else { 0 }),
+            Some([cm, cn]) if (*cm, *cn) == (m, n) => Some(0),
+            Some(cs) => return Err(err(format!("C has shape {cs:?}; expected {out_shape:?} or [{m}, {n}]"))),
+        };
+        // Row-major storage: a stored row is `ac` long, so (i, l) → i·ac + l, or l·ac + i transposed.
+        let (a_rs, a_cs) = if o.trans_a { (1, ac) } else { (ac, 1) };
+        let (b_rs, b_cs) = if o.trans_b { (1, bc) } else { (bc, 1) };
+        Ok(Self {
+            batch: batch.unwrap_or(1),
+            m,
+            n,
+            k: ka,
+            a_rs,
+            a_cs,
+            a_bs: if ab.is_some() { ar * ac } else { 0 },
+            b_rs,
+            b_cs,
+            b_bs: if bb.is_some() { br * bc } else { 0 },
+            c_bs,
+            out_shape,
+        })
+    }
+
+    pub fn flops(&self) -> f64 {
+        2.0 * (self.batch * self.m * self.n * self.k) as f64
+    }
+}
+
+/// out = alpha·op(A)·op(B) + beta·C on the operands' device.
+pub fn gemm(a: &Tensor, b: &Tensor, c: Option<&Tensor>, o: GemmOpts) -> Result<Tensor> {
+    let shape = GemmShape::new(a.shape(), b.shape(), c.map(|c| c.shape()), o)?;
+    a.check_same_device("gemm", b)?;
+    if let Some(c) = c {
+        a.check_same_device("gemm", c)?;
+    }
+    match a.device() {
+        Device::Cpu(cpu) => {
+            let out = cpu.install(|| gemm_cpu(&shape, a, b, c, o));
+            Ok(Tensor::from_storage(Storage::Cpu(Arc::new(out)), shape.out_shape.clone(), a.device().clone()))
+        }
+        Device::Gpu(gpu) => gemm_gpu(gpu, default_kernel(gpu), &shape, a, b, c, o),
+    }
+}
+
+/// A·B.
+pub fn matmul(a: &Tensor, b: &Tensor) -> Result<Tensor> {
+    gemm(a, b, None, GemmOpts::default())
+}
+
+fn cpu_data(t: &Tensor) -> &[f32] {
+    match t.storage() {
+        Storage::Cpu(data) => data,
+        Storage::Gpu(_) => unreachable!("device checked before dispatch"),
+    }
+}
+
+fn gemm_cpu(s: &GemmShape, a: &Tensor, b: &Tensor, c: Option<&Tensor>, o: GemmOpts) -> Vec<f32> {
+    let (a, b) = (cpu_data(a), cpu_data(b));
+    let mn = s.m * s.n;
+    let mut out = vec![0.0f32; s.batch * mn];
+    let beta = match (c, s.c_bs) {
+        (Some(c), Some(c_bs)) if o.beta != 0.0 => {
+            let c = cpu_data(c);
+            for (z, dst) in out.chunks_mut(mn.max(1)).enumerate() {
+                dst.copy_from_slice(&c[z * c_bs..z * c_bs + mn]);
+            }
+            o.beta
+        }
+        _ => 0.0,
+    };
+    // Leading dimension of each stored operand = its stored row length.
+    let lda = if o.trans_a { s.a_cs } else { s.a_rs };
+    let ldb = if o.trans_b { s.b_cs } else { s.b_rs };
+    let (a_len, b_len) = (s.m * s.k, s.k * s.n);
+    for z in 0..s.batch {
+        blas::sgemm(
+            o.trans_a,
+            o.trans_b,
+            s.m,
+            s.n,
+            s.k,
+            o.alpha,
+            &a[z * s.a_bs..z * s.a_bs + a_len],
+            lda,
+            &b[z * s.b_bs..z * s.b_bs + b_len],
+            ldb,
+            beta,
+            &mut out[z * mn..(z + 1) * mn],
+            s.n,
+        );
+    }
+    out
+}
+
+/// The kernel variant for `gpu`: the first one marked for software or hardware adapters.
+pub fn default_kernel(gpu: &GpuBackend) -> &'static GemmKernel {
+    let software = gpu.is_software();
+    VARIANTS
+        .iter()
+        .find(|v| if software { v.for_software } else { v.for_hardware })
+        .unwrap_or(&VARIANTS[0])
+}
+
+/// GEMM with a chosen kernel variant (benchmarks and conformance tests use every variant).
+pub fn gemm_with_kernel(
+    variant: &GemmKernel,
+    a: &Tensor,
+    b: &Tensor,
+    c: Option<&Tensor>,
+    o: GemmOpts,
+) -> Result<Tensor> {
+    let shape = GemmShape::new(a.shape(), b.shape(), c.map(|c| c.shape()), o)?;
+    a.check_same_device("gemm", b)?;
+    match a.device() {
+        Device::Gpu(gpu) => gemm_gpu(gpu, variant, &shape, a, b, c, o),
+        Device::Cpu(_) => gemm(a, b, c, o),
+    }
+}
+
+/// The uniform block of gemm.wgsl (`GemmParams`).
+#[repr(C)]
+#[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
+struct GemmParams {
+    m: u32,
+    n: u32,
+    k: u32,
+    batch: u32,
+    a_rs: u32,
+    a_cs: u32,
+    a_bs: u32,
+    b_rs: u32,
+    b_cs: u32,
+    b_bs: u32,
+    c_bs: u32,
+    has_c: u32,
+    alpha: f32,
+    beta: f32,
+    _pad: [u32; 2],
+}
+
+fn gemm_gpu(
+    gpu: &Arc<GpuBackend>,
+    variant: &GemmKernel,
+    s: &GemmShape,
+    a: &Tensor,
+    b: &Tensor,
+    c: Option<&Tensor>,
+    o: GemmOpts,
+) -> Result<Tensor> {
+    if let Some(c) = c {
+        a.check_same_device("gemm", c)?;
+    }
+    let out = Tensor::uninit_gpu(s.out_shape.clone(), gpu)?;
+    let u32_of = |x: usize| {
+        u32::try_from(x).map_err(|_| shape_err("gemm", format!("dimension {x} exceeds the GPU kernel's 32-bit indexing")))
+    };
+    let params = GemmParams {
+        m: u32_of(s.m)?,
+        n: u32_of(s.n)?,
+        k: u32_of(s.k)?,
+        batch: u32_of(s.batch)?,
+        a_rs: u32_of(s.a_rs)?,
+        a_cs: u32_of(s.a_cs)?,
+        a_bs: u32_of(s.a_bs)?,
+        b_rs: u32_of(s.b_rs)?,
+        b_cs: u32_of(s.b_cs)?,
+        b_bs: u32_of(s.b_bs)?,
+        c_bs: u32_of(s.c_bs.unwrap_or(0))?,
+        has_c: c.is_some() as u32,
+        alpha: o.alpha,
+        beta: o.beta,
+        _pad: [0; 2],
+    };
+    let buf = |t: &Tensor| match t.storage() {
+        Storage::Gpu(b) => b.clone(),
+        Storage::Cpu(_) => unreachable!("device checked before dispatch"),
+    };
+    let (ab, bb, ob) = (buf(a), buf(b), buf(&out));
+    // Without C the kernel never reads binding 3; bind A there to fill the slot.
+    let cb = c.map(buf).unwrap_or_else(|| ab.clone());
+    let [wx, wy, _] = variant.kernel.workgroup;
+    let per_group = [wx * variant.tile[1], wy * variant.tile[0]];
+    let groups = [
+        u32_of(s.n)?.div_ceil(per_group[0]),
+        u32_of(s.m)?.div_ceil(per_group[1]),
+        u32_of(s.batch)?,
+    ];
+    if s.m * s.n * s.batch > 0 {
+        gpu.launch(&variant.kernel, bytemuck::bytes_of(&params), &[&ab, &bb, &cb, &ob], groups)?;
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn opts(ta: bool, tb: bool) -> GemmOpts {
+        GemmOpts { trans_a: ta, trans_b: tb, ..Default::default() }
+    }
+
+    #[test]
+    fn strides_follow_transposes() {
+        let s = GemmShape::new(&[3, 5], &[5, 7], None, opts(false, false)).unwrap();
+        assert_eq!((s.m, s.n, s.k, s.a_rs, s.a_cs, s.b_rs, s.b_cs), (3, 7, 5, 5, 1, 7, 1));
+        let s = GemmShape::new(&[5, 3], &[7, 5], None, opts(true, true)).unwrap();
+        assert_eq!((s.m, s.n, s.k, s.a_rs, s.a_cs, s.b_rs, s.b_cs), (3, 7, 5, 1, 3, 1, 5));
+        assert_eq!(s.out_shape, vec![3, 7]);
+    }
+
+    #[test]
+    fn batches_broadcast_a_2d_operand() {
+        let s = GemmShape::new(&[4, 3, 5], &[5, 7], Some(&[3, 7]), opts(false, false)).unwrap();
+        assert_eq!((s.batch, s.a_bs, s.b_bs, s.c_bs), (4, 15, 0, Some(0)));
+        assert_eq!(s.out_shape, vec![4, 3, 7]);
+    }
+
+    #[test]
+    fn mismatched_shapes_are_clear_errors() {
+        let e = GemmShape::new(&[3, 5], &[6, 7], None, opts(false, false)).unwrap_err().to_string();
+        assert!(e.contains("inner dimensions differ") && e.contains("3×5") && e.contains("6×7"), "{e}");
+        let e = GemmShape::new(&[2, 3, 5], &[4, 5, 7], None, opts(false, false)).unwrap_err().to_string();
+        assert!(e.contains("batch sizes differ"), "{e}");
+        let e = GemmShape::new(&[3], &[3, 7], None, opts(false, false)).unwrap_err().to_string();
+        assert!(e.contains("2-D or 3-D"), "{e}");
+        let e = GemmShape::new(&[3, 5], &[5, 7], Some(&[7, 3]), opts(false, false)).unwrap_err().to_string();
+        assert!(e.contains("C has shape [7, 3]"), "{e}");
+    }
+}

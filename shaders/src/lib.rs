@@ -1,0 +1,68 @@
+//! Tessera's hand-written WGSL kernels, one file per op family under `shaders/wgsl/`, and
+//! their validation and cross-compilation with naga. This crate knows WGSL text, nothing of
+//! tensors: the engine decides which [`Kernel`] to launch and how.
+pub mod validate;
+
+/// One `.wgsl` file.
+#[derive(Debug)]
+pub struct Shader {
+    /// Short name, also the pipeline-cache key.
+    pub name: &'static str,
+    /// File name under `shaders/wgsl/`, for error messages.
+    pub file: &'static str,
+    pub source: &'static str,
+}
+
+/// One compute entry point of a shader.
+#[derive(Debug)]
+pub struct Kernel {
+    pub shader: &'static Shader,
+    pub entry: &'static str,
+    /// The entry point's `@workgroup_size`, mirrored here so launchers can size the grid.
+    pub workgroup: [u32; 3],
+}
+
+macro_rules! shader {
+    ($ident:ident, $name:literal) => {
+        pub static $ident: Shader = Shader {
+            name: $name,
+            file: concat!($name, ".wgsl"),
+            source: include_str!(concat!("../wgsl/", $name, ".wgsl")),
+        };
+    };
+}
+
+shader!(GEMM, "gemm");
+
+/// Every shader file; the validation test checks this list against the folder.
+pub static ALL: &[&Shader] = &[&GEMM];
+
+/// GEMM kernels. Each computes a tile of `tile` = [rows, columns] outputs per invocation,
+/// either in registers without workgroup memory (`reg*`: fast on software drivers such as
+/// lavapipe, where barriers and shared memory are slow) or cooperatively through
+/// workgroup-memory tiles (`tiled*`: the classic shape for hardware GPUs).
+pub mod gemm {
+    use super::{Kernel, GEMM};
+
+    #[derive(Debug)]
+    pub struct GemmKernel {
+        pub kernel: Kernel,
+        pub tile: [u32; 2],
+        /// Preferred on software adapters (device type CPU).
+        pub for_software: bool,
+        /// Preferred on hardware GPUs.
+        pub for_hardware: bool,
+    }
+
+    pub static VARIANTS: &[GemmKernel] = &[GemmKernel {
+        kernel: Kernel { shader: &GEMM, entry: "gemm_reg4x4", workgroup: [8, 8, 1] },
+        tile: [4, 4],
+        for_software: true,
+        for_hardware: true,
+    }];
+
+    /// The variant whose entry point is `name`.
+    pub fn by_name(name: &str) -> Option<&'static GemmKernel> {
+        VARIANTS.iter().find(|v| v.kernel.entry == name)
+    }
+}
