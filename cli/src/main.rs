@@ -1,6 +1,179 @@
+//! The `tessera` command line: parses, wires and prints; the work lives in the library crates.
+mod table;
+
+use anyhow::{bail, Context, Result};
+use clap::{Args, Parser, Subcommand};
+use serde_json::json;
+use std::time::Duration;
+use table::Table;
+use tessera_engine::bench::{bench_gemm, parse_trans};
 use tessera_engine::cpu::CpuBackend;
 use tessera_engine::gpu::list_adapters;
-fn main() {
-    for a in list_adapters() { println!("{a:?}"); }
-    println!("{}", CpuBackend::global().describe());
+use tessera_engine::Device;
+use tessera_shaders::gemm::{by_name, VARIANTS};
+
+#[derive(Parser)]
+#[command(name = "tessera", version, about = "Tessera: a portable GPU training engine")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// List every GPU adapter wgpu finds and the CPU backend.
+    Devices {
+        /// Print JSON lines instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Kernel benchmarks.
+    #[command(subcommand)]
+    Bench(Bench),
+}
+
+#[derive(Subcommand)]
+enum Bench {
+    /// GEMM throughput against a direct OpenBLAS call measured in the same run.
+    Gemm(GemmArgs),
+}
+
+#[derive(Args)]
+struct GemmArgs {
+    /// `cpu`, `gpu`, `gpu:N` or `auto`; repeat or separate with commas for several.
+    #[arg(long, default_value = "cpu", value_delimiter = ',')]
+    device: Vec<String>,
+    /// Square sizes M = N = K.
+    #[arg(long, default_value = "256,512,1024,2048", value_delimiter = ',')]
+    sizes: Vec<usize>,
+    /// Transpose combinations: nn, nt, tn, tt.
+    #[arg(long, default_value = "nn", value_delimiter = ',')]
+    trans: Vec<String>,
+    /// GPU kernel variant: `default` (chosen per adapter), `all`, or an entry point name.
+    #[arg(long, default_value = "default")]
+    kernel: String,
+    /// Seconds spent timing each row (after one warm-up run).
+    #[arg(long, default_value_t = 1.0)]
+    seconds: f64,
+    /// CPU threads (OpenBLAS and rayon); 0 = one per core.
+    #[arg(long, default_value_t = 0)]
+    threads: usize,
+    /// Print JSON lines instead of a table.
+    #[arg(long)]
+    json: bool,
+}
+
+fn main() -> Result<()> {
+    match Cli::parse().command {
+        Command::Devices { json } => devices(json),
+        Command::Bench(Bench::Gemm(args)) => bench_gemm_cmd(args),
+    }
+}
+
+fn devices(json: bool) -> Result<()> {
+    let mut table = Table::new(&[
+        "device",
+        "name",
+        "backend",
+        "type",
+        "driver",
+        "max_buffer_MiB",
+        "max_storage_binding_MiB",
+        "max_workgroup_invocations",
+        "workgroup_storage_KiB",
+        "f16",
+    ]);
+    for a in list_adapters() {
+        table.push(vec![
+            json!(format!("gpu:{}", a.index)),
+            json!(a.name),
+            json!(a.backend),
+            json!(a.device_type),
+            json!(a.driver),
+            json!(a.max_buffer_size >> 20),
+            json!(a.max_storage_binding >> 20),
+            json!(a.max_workgroup_invocations),
+            json!(a.max_workgroup_storage >> 10),
+            json!(a.shader_f16),
+        ]);
+    }
+    let cpu = CpuBackend::global();
+    table.push(vec![
+        json!("cpu"),
+        json!(format!("{} threads", cpu.threads())),
+        json!("OpenBLAS"),
+        json!("Cpu"),
+        json!(tessera_engine::cpu::blas::config()),
+        json!(null),
+        json!(null),
+        json!(null),
+        json!(null),
+        json!(false),
+    ]);
+    table.print(json);
+    Ok(())
+}
+
+fn bench_gemm_cmd(args: GemmArgs) -> Result<()> {
+    if args.threads > 0 {
+        std::env::set_var("TESSERA_THREADS", args.threads.to_string());
+    }
+    let trans: Vec<(bool, bool)> = args
+        .trans
+        .iter()
+        .map(|t| parse_trans(t).with_context(|| format!("--trans: `{t}` is not one of nn, nt, tn, tt")))
+        .collect::<Result<_>>()?;
+    let kernels: Vec<Option<&'static tessera_shaders::gemm::GemmKernel>> = match args.kernel.as_str() {
+        "default" => vec![None],
+        "all" => VARIANTS.iter().map(Some).collect(),
+        name => match by_name(name) {
+            Some(k) => vec![Some(k)],
+            None => {
+                let names: Vec<_> = VARIANTS.iter().map(|v| v.kernel.entry).collect();
+                bail!("--kernel: unknown GEMM kernel `{name}`; choose default, all, or one of {names:?}")
+            }
+        },
+    };
+    let mut table = Table::new(&[
+        "device",
+        "kernel",
+        "trans",
+        "size",
+        "ms",
+        "GFLOP/s",
+        "openblas_ms",
+        "openblas_GFLOP/s",
+        "ratio_vs_openblas",
+    ]);
+    for name in &args.device {
+        let device = Device::parse(name)?;
+        let kernels: &[_] = if matches!(device, Device::Cpu(_)) { &[None] } else { &kernels };
+        for &size in &args.sizes {
+            for &t in &trans {
+                for &kernel in kernels {
+                    let row = bench_gemm(&device, kernel, size, t, Duration::from_secs_f64(args.seconds))
+                        .with_context(|| format!("benchmarking {size}³ GEMM on {device}"))?;
+                    table.push(vec![
+                        json!(row.device),
+                        json!(row.kernel),
+                        json!(row.trans),
+                        json!(size),
+                        json!(row.ms),
+                        json!(row.gflops),
+                        json!(row.openblas_ms),
+                        json!(row.openblas_gflops),
+                        json!(row.gflops / row.openblas_gflops),
+                    ]);
+                    if args.json {
+                        // Stream JSON rows as they finish; the text table is printed at the end.
+                        table.print_last();
+                    }
+                }
+            }
+        }
+    }
+    if !args.json {
+        table.print(false);
+    }
+    Ok(())
 }

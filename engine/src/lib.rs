@@ -8,6 +8,7 @@
 //! assert_eq!(ops::matmul(&a, &b)?.to_vec()?, vec![3.0; 8]);
 //! # Ok::<(), tessera_engine::Error>(())
 //! ```
+pub mod bench;
 pub mod cpu;
 pub mod device;
 pub mod error;

@@ -47,19 +47,26 @@ pub mod gemm {
     #[derive(Debug)]
     pub struct GemmKernel {
         pub kernel: Kernel,
+        /// Outputs per invocation: [rows, columns].
         pub tile: [u32; 2],
-        /// Preferred on software adapters (device type CPU).
-        pub for_software: bool,
-        /// Preferred on hardware GPUs.
-        pub for_hardware: bool,
     }
 
-    pub static VARIANTS: &[GemmKernel] = &[GemmKernel {
+    /// Every GEMM kernel. The engine picks one per adapter and shape
+    /// (`tessera_engine::ops::gemm::choose_kernel`); `tessera bench gemm --kernel all` times each.
+    pub static VARIANTS: &[GemmKernel] = &[REG_4X4, REG_16X16, TILED_64];
+
+    pub const REG_4X4: GemmKernel = GemmKernel {
         kernel: Kernel { shader: &GEMM, entry: "gemm_reg4x4", workgroup: [8, 8, 1] },
         tile: [4, 4],
-        for_software: true,
-        for_hardware: true,
-    }];
+    };
+    pub const REG_16X16: GemmKernel = GemmKernel {
+        kernel: Kernel { shader: &GEMM, entry: "gemm_reg16x16", workgroup: [8, 4, 1] },
+        tile: [16, 16],
+    };
+    pub const TILED_64: GemmKernel = GemmKernel {
+        kernel: Kernel { shader: &GEMM, entry: "gemm_tiled64", workgroup: [16, 16, 1] },
+        tile: [4, 4],
+    };
 
     /// The variant whose entry point is `name`.
     pub fn by_name(name: &str) -> Option<&'static GemmKernel> {

@@ -37,11 +37,16 @@ impl CpuBackend {
         self.threads
     }
 
-    /// Runs `f` inside this backend's rayon pool, with OpenBLAS set to the same thread count.
-    pub fn install<R: Send>(&self, f: impl FnOnce() -> R + Send) -> R {
+    /// Sets OpenBLAS to this backend's thread count (a process-wide setting in OpenBLAS).
+    pub fn use_blas_threads(&self) {
         if blas::num_threads() != self.threads {
             blas::set_num_threads(self.threads);
         }
+    }
+
+    /// Runs `f` inside this backend's rayon pool, with OpenBLAS set to the same thread count.
+    pub fn install<R: Send>(&self, f: impl FnOnce() -> R + Send) -> R {
+        self.use_blas_threads();
         self.pool.install(f)
     }
 

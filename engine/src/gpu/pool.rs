@@ -7,12 +7,16 @@ pub(crate) const STORAGE_USAGE: wgpu::BufferUsages = wgpu::BufferUsages::STORAGE
     .union(wgpu::BufferUsages::COPY_SRC)
     .union(wgpu::BufferUsages::COPY_DST);
 
-/// Rounds a request up to its size class: powers of two up to 64 KiB, then eighths of the
-/// next power of two (at most 12.5 % waste), never above the adapter's maximum.
+/// Rounds a request up to its size class: powers of two up to 64 KiB, then multiples of an
+/// eighth of the power of two below (at most 12.5 % waste), never above the adapter's maximum.
 pub(crate) fn size_class(bytes: u64, max: u64) -> u64 {
     let bytes = bytes.max(256);
-    let pow2 = bytes.next_power_of_two();
-    let class = if pow2 <= 1 << 16 { pow2 } else { bytes.div_ceil(pow2 / 8) * (pow2 / 8) };
+    let class = if bytes <= 1 << 16 {
+        bytes.next_power_of_two()
+    } else {
+        let step = (1u64 << bytes.ilog2()) / 8;
+        bytes.div_ceil(step) * step
+    };
     class.min(max.max(bytes))
 }
 

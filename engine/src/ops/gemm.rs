@@ -6,7 +6,7 @@ use crate::error::{shape_err, Result};
 use crate::gpu::GpuBackend;
 use crate::tensor::{Storage, Tensor};
 use std::sync::Arc;
-use tessera_shaders::gemm::{GemmKernel, VARIANTS};
+use tessera_shaders::gemm::{GemmKernel, REG_16X16, REG_4X4, TILED_64, VARIANTS};
 
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct GemmOpts {
@@ -111,10 +111,12 @@ pub fn gemm(a: &Tensor, b: &Tensor, c: Option<&Tensor>, o: GemmOpts) -> Result<T
     }
     match a.device() {
         Device::Cpu(cpu) => {
-            let out = cpu.install(|| gemm_cpu(&shape, a, b, c, o));
+            // OpenBLAS threads itself; hopping onto the rayon pool would only add latency.
+            cpu.use_blas_threads();
+            let out = gemm_cpu(&shape, a, b, c, o);
             Ok(Tensor::from_storage(Storage::Cpu(Arc::new(out)), shape.out_shape.clone(), a.device().clone()))
         }
-        Device::Gpu(gpu) => gemm_gpu(gpu, default_kernel(gpu), &shape, a, b, c, o),
+        Device::Gpu(gpu) => gemm_gpu(gpu, choose_kernel(gpu, &shape), &shape, a, b, c, o),
     }
 }
 
@@ -168,13 +170,19 @@ fn gemm_cpu(s: &GemmShape, a: &Tensor, b: &Tensor, c: Option<&Tensor>, o: GemmOp
     out
 }
 
-/// The kernel variant for `gpu`: the first one marked for software or hardware adapters.
-pub fn default_kernel(gpu: &GpuBackend) -> &'static GemmKernel {
-    let software = gpu.is_software();
-    VARIANTS
-        .iter()
-        .find(|v| if software { v.for_software } else { v.for_hardware })
-        .unwrap_or(&VARIANTS[0])
+/// The kernel for a product of `shape` on `gpu`. Software drivers (lavapipe) pay per load,
+/// not per barrier-free FMA, so they get the largest register tile; hardware GPUs get the
+/// workgroup-memory tiling. Thin products, where a 16×16 tile would be mostly padding, take
+/// the 4×4 kernel.
+pub fn choose_kernel(gpu: &GpuBackend, shape: &GemmShape) -> &'static GemmKernel {
+    let pick = |entry: &str| VARIANTS.iter().find(|v| v.kernel.entry == entry).expect("known GEMM kernel");
+    if shape.m < 16 || shape.n < 16 {
+        pick(REG_4X4.kernel.entry)
+    } else if gpu.is_software() {
+        pick(REG_16X16.kernel.entry)
+    } else {
+        pick(TILED_64.kernel.entry)
+    }
 }
 
 /// GEMM with a chosen kernel variant (benchmarks and conformance tests use every variant).

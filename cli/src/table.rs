@@ -1,0 +1,71 @@
+//! Output of every table-printing command: an aligned text table, or with `--json` the same
+//! rows as JSON lines (one object per row, keys = column names).
+use serde_json::{Map, Value};
+
+pub struct Table {
+    columns: Vec<&'static str>,
+    rows: Vec<Vec<Value>>,
+}
+
+impl Table {
+    pub fn new(columns: &[&'static str]) -> Self {
+        Self { columns: columns.to_vec(), rows: Vec::new() }
+    }
+
+    pub fn push(&mut self, row: Vec<Value>) {
+        assert_eq!(row.len(), self.columns.len(), "row width");
+        self.rows.push(row);
+    }
+
+    /// Prints the newest row as one JSON line (for commands that stream their results).
+    pub fn print_last(&self) {
+        if let Some(row) = self.rows.last() {
+            println!("{}", self.json_row(row));
+        }
+    }
+
+    fn json_row(&self, row: &[Value]) -> Value {
+        let obj: Map<String, Value> = self.columns.iter().map(|c| c.to_string()).zip(row.iter().cloned()).collect();
+        Value::Object(obj)
+    }
+
+    /// Prints the rows accumulated so far, as text or JSON lines.
+    pub fn print(&self, json: bool) {
+        if json {
+            for row in &self.rows {
+                println!("{}", self.json_row(row));
+            }
+            return;
+        }
+        let cells: Vec<Vec<String>> = self.rows.iter().map(|r| r.iter().map(cell).collect()).collect();
+        let widths: Vec<usize> = (0..self.columns.len())
+            .map(|i| cells.iter().map(|r| r[i].len()).chain([self.columns[i].len()]).max().unwrap_or(0))
+            .collect();
+        let line = |items: Vec<String>| {
+            let padded: Vec<String> = items
+                .iter()
+                .zip(&widths)
+                .enumerate()
+                .map(|(i, (s, w))| if i == 0 { format!("{s:<w$}") } else { format!("{s:>w$}") })
+                .collect();
+            println!("{}", padded.join("  ").trim_end());
+        };
+        line(self.columns.iter().map(|c| c.to_string()).collect());
+        line(widths.iter().map(|w| "-".repeat(*w)).collect());
+        for row in cells {
+            line(row);
+        }
+    }
+}
+
+fn cell(v: &Value) -> String {
+    match v {
+        Value::String(s) => s.clone(),
+        Value::Number(n) => match n.as_f64() {
+            Some(f) if n.is_f64() => format!("{f:.2}"),
+            _ => n.to_string(),
+        },
+        Value::Bool(b) => if *b { "yes" } else { "no" }.to_string(),
+        other => other.to_string(),
+    }
+}
