@@ -152,6 +152,7 @@ mod tests {
         let src = "@group(0) @binding(0) var<storage, read> v: array<f32>;\n\
                    @compute @workgroup_size(1)\nfn writer() {\n  v[0] = 1.0;\n}\n";
         let err = validate("ro.wgsl", src).unwrap_err();
-        assert!(err.to_string().contains("ro.wgsl"), "{err}");
+        assert_eq!(err.entry.as_deref(), Some("writer"), "{err}");
+        assert!(err.to_string().contains("ro.wgsl:") && err.to_string().contains("entry point `writer`"), "{err}");
     }
 }
