@@ -6,7 +6,7 @@
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use tessera_engine::cpu::blas;
 use tessera_engine::gpu::list_adapters;
-use tessera_engine::ops::gemm::{gemm_with_kernel, GemmOpts};
+use tessera_engine::ops::gemm::{gemm_with_kernel, kernel_supported, GemmOpts};
 use tessera_engine::{ops, Device, Tensor};
 use tessera_shaders::gemm::VARIANTS;
 
@@ -48,7 +48,7 @@ fn gpu(c: &mut Criterion) {
             group.throughput(Throughput::Elements(2 * (n * n * n) as u64));
             let a = Tensor::from_vec(values(n * n), &[n, n], &dev).unwrap();
             let b = Tensor::from_vec(values(n * n), &[n, n], &dev).unwrap();
-            for variant in VARIANTS {
+            for variant in VARIANTS.iter().filter(|v| kernel_supported(&dev, v)) {
                 group.bench_with_input(BenchmarkId::new(variant.kernel.entry, n), &n, |bench, _| {
                     bench.iter(|| {
                         let out = gemm_with_kernel(variant, &a, &b, None, GemmOpts::default()).unwrap();

@@ -7,6 +7,7 @@ use serde_json::json;
 use std::time::Duration;
 use table::Table;
 use tessera_engine::bench::{bench_gemm, parse_trans};
+use tessera_engine::ops::gemm::kernel_supported;
 use tessera_engine::cpu::CpuBackend;
 use tessera_engine::gpu::list_adapters;
 use tessera_engine::Device;
@@ -147,10 +148,17 @@ fn bench_gemm_cmd(args: GemmArgs) -> Result<()> {
     ]);
     for name in &args.device {
         let device = Device::parse(name)?;
-        let kernels: &[_] = if matches!(device, Device::Cpu(_)) { &[None] } else { &kernels };
+        let kernels: Vec<_> = match device {
+            Device::Cpu(_) => vec![None],
+            // `all` skips variants the adapter cannot run; a named one reports why it cannot.
+            Device::Gpu(_) if args.kernel == "all" => {
+                kernels.iter().copied().filter(|k| k.is_none_or(|k| kernel_supported(&device, k))).collect()
+            }
+            Device::Gpu(_) => kernels.clone(),
+        };
         for &size in &args.sizes {
             for &t in &trans {
-                for &kernel in kernels {
+                for &kernel in &kernels {
                     let row = bench_gemm(&device, kernel, size, t, Duration::from_secs_f64(args.seconds))
                         .with_context(|| format!("benchmarking {size}³ GEMM on {device}"))?;
                     table.push(vec![

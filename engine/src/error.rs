@@ -21,6 +21,9 @@ pub enum Error {
     #[error("{op}: tensors live on different devices ({left} and {right}); move one with `to_device`")]
     DeviceMismatch { op: &'static str, left: String, right: String },
 
+    #[error("{op}: not supported on this device: {detail}")]
+    Unsupported { op: &'static str, detail: String },
+
     #[error("GPU error on `{adapter}`: {detail}")]
     Gpu { adapter: String, detail: String },
 }

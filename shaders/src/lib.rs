@@ -33,39 +33,49 @@ macro_rules! shader {
 }
 
 shader!(GEMM, "gemm");
+shader!(GEMM_SUBGROUP, "gemm_subgroup");
 
 /// Every shader file; the validation test checks this list against the folder.
-pub static ALL: &[&Shader] = &[&GEMM];
+pub static ALL: &[&Shader] = &[&GEMM, &GEMM_SUBGROUP];
 
-/// GEMM kernels. Each computes a tile of `tile` = [rows, columns] outputs per invocation,
-/// either in registers without workgroup memory (`reg*`: fast on software drivers such as
-/// lavapipe, where barriers and shared memory are slow) or cooperatively through
+/// GEMM kernels: register tiles without workgroup memory (`reg*`, `sg*`: fast on software
+/// drivers such as lavapipe, where barriers and shared memory are slow) or cooperative
 /// workgroup-memory tiles (`tiled*`: the classic shape for hardware GPUs).
 pub mod gemm {
-    use super::{Kernel, GEMM};
+    use super::{Kernel, GEMM, GEMM_SUBGROUP};
 
     #[derive(Debug)]
     pub struct GemmKernel {
         pub kernel: Kernel,
-        /// Outputs per invocation: [rows, columns].
-        pub tile: [u32; 2],
+        /// Outputs per workgroup: [rows, columns] (sizes the launch grid).
+        pub block: [u32; 2],
+        /// The exact subgroup width the kernel is written for, if it uses subgroup operations.
+        pub subgroup_size: Option<u32>,
     }
 
     /// Every GEMM kernel. The engine picks one per adapter and shape
     /// (`tessera_engine::ops::gemm::choose_kernel`); `tessera bench gemm --kernel all` times each.
-    pub static VARIANTS: &[GemmKernel] = &[REG_4X4, REG_16X16, TILED_64];
+    pub static VARIANTS: &[GemmKernel] = &[REG_4X4, REG_16X16, SUBGROUP_32X8, TILED_64];
 
     pub const REG_4X4: GemmKernel = GemmKernel {
         kernel: Kernel { shader: &GEMM, entry: "gemm_reg4x4", workgroup: [8, 8, 1] },
-        tile: [4, 4],
+        block: [32, 32],
+        subgroup_size: None,
     };
     pub const REG_16X16: GemmKernel = GemmKernel {
         kernel: Kernel { shader: &GEMM, entry: "gemm_reg16x16", workgroup: [8, 4, 1] },
-        tile: [16, 16],
+        block: [64, 128],
+        subgroup_size: None,
+    };
+    pub const SUBGROUP_32X8: GemmKernel = GemmKernel {
+        kernel: Kernel { shader: &GEMM_SUBGROUP, entry: "gemm_sg32x8", workgroup: [32, 1, 1] },
+        block: [128, 64],
+        subgroup_size: Some(8),
     };
     pub const TILED_64: GemmKernel = GemmKernel {
         kernel: Kernel { shader: &GEMM, entry: "gemm_tiled64", workgroup: [16, 16, 1] },
-        tile: [4, 4],
+        block: [64, 64],
+        subgroup_size: None,
     };
 
     /// The variant whose entry point is `name`.

@@ -49,7 +49,7 @@ pub fn validate(file: &str, source: &str) -> Result<(naga::Module, naga::valid::
         line: e.location(source).map(|l| l.line_number),
         message: e.emit_to_string_with_path(source, file),
     })?;
-    let info = Validator::new(ValidationFlags::all(), Capabilities::empty()).validate(&module).map_err(|e| {
+    let info = Validator::new(ValidationFlags::all(), Capabilities::SUBGROUP).validate(&module).map_err(|e| {
         let entry = match e.as_inner() {
             ValidationError::EntryPoint { name, .. } | ValidationError::Function { name, .. } => Some(name.clone()),
             _ => None,

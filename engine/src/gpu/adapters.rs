@@ -16,6 +16,8 @@ pub struct AdapterSummary {
     pub max_workgroup_storage: u32,
     pub shader_f16: bool,
     pub subgroups: bool,
+    /// Subgroup width range the adapter reports (equal when fixed).
+    pub subgroup_sizes: (u32, u32),
 }
 
 pub(crate) fn instance() -> &'static wgpu::Instance {
@@ -67,6 +69,7 @@ pub(crate) fn summarize(index: usize, adapter: &wgpu::Adapter) -> AdapterSummary
         max_workgroup_storage: limits.max_compute_workgroup_storage_size,
         shader_f16: features.contains(wgpu::Features::SHADER_F16),
         subgroups: features.contains(wgpu::Features::SUBGROUP),
+        subgroup_sizes: (info.subgroup_min_size, info.subgroup_max_size),
     }
 }
 

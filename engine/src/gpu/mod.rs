@@ -73,7 +73,7 @@ impl GpuBackend {
         let limits = adapter.limits();
         let desc = wgpu::DeviceDescriptor {
             label: Some("tessera"),
-            required_features: wgpu::Features::empty(),
+            required_features: adapter.features() & wgpu::Features::SUBGROUP,
             required_limits: limits.clone(),
             experimental_features: wgpu::ExperimentalFeatures::disabled(),
             memory_hints: wgpu::MemoryHints::Performance,
@@ -120,6 +120,17 @@ impl GpuBackend {
     /// want different shapes than on real GPUs.
     pub fn is_software(&self) -> bool {
         self.summary.device_type == format!("{:?}", wgpu::DeviceType::Cpu)
+    }
+
+    /// The subgroup width, where the device has subgroup operations of one fixed width.
+    pub fn fixed_subgroup_size(&self) -> Option<u32> {
+        let (min, max) = self.summary.subgroup_sizes;
+        (self.summary.subgroups && min == max).then_some(min)
+    }
+
+    /// Whether `kernel`'s requirements (today: an exact subgroup width) are met here.
+    pub fn supports_subgroup_size(&self, required: Option<u32>) -> bool {
+        required.is_none_or(|n| self.fixed_subgroup_size() == Some(n))
     }
 
     pub fn stats(&self) -> GpuStats {

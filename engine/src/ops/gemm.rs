@@ -2,11 +2,11 @@
 //! CPU twin: OpenBLAS sgemm per batch entry; conformance: tests/gemm_conformance.rs.
 use crate::cpu::blas;
 use crate::device::Device;
-use crate::error::{shape_err, Result};
+use crate::error::{shape_err, Error, Result};
 use crate::gpu::GpuBackend;
 use crate::tensor::{Storage, Tensor};
 use std::sync::Arc;
-use tessera_shaders::gemm::{GemmKernel, REG_16X16, REG_4X4, TILED_64, VARIANTS};
+use tessera_shaders::gemm::{GemmKernel, REG_16X16, REG_4X4, SUBGROUP_32X8, TILED_64, VARIANTS};
 
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct GemmOpts {
@@ -178,10 +178,20 @@ pub fn choose_kernel(gpu: &GpuBackend, shape: &GemmShape) -> &'static GemmKernel
     let pick = |entry: &str| VARIANTS.iter().find(|v| v.kernel.entry == entry).expect("known GEMM kernel");
     if shape.m < 16 || shape.n < 16 {
         pick(REG_4X4.kernel.entry)
-    } else if gpu.is_software() {
-        pick(REG_16X16.kernel.entry)
-    } else {
+    } else if !gpu.is_software() {
         pick(TILED_64.kernel.entry)
+    } else if gpu.supports_subgroup_size(SUBGROUP_32X8.subgroup_size) {
+        pick(SUBGROUP_32X8.kernel.entry)
+    } else {
+        pick(REG_16X16.kernel.entry)
+    }
+}
+
+/// Whether `variant` can run on `device` (the CPU runs every GEMM through OpenBLAS).
+pub fn kernel_supported(device: &Device, variant: &GemmKernel) -> bool {
+    match device {
+        Device::Cpu(_) => true,
+        Device::Gpu(gpu) => gpu.supports_subgroup_size(variant.subgroup_size),
     }
 }
 
@@ -234,6 +244,18 @@ fn gemm_gpu(
     if let Some(c) = c {
         a.check_same_device("gemm", c)?;
     }
+    if !gpu.supports_subgroup_size(variant.subgroup_size) {
+        return Err(Error::Unsupported {
+            op: "gemm",
+            detail: format!(
+                "kernel {} needs subgroups of exactly {:?} lanes; adapter `{}` has {:?}",
+                variant.kernel.entry,
+                variant.subgroup_size,
+                gpu.name(),
+                gpu.fixed_subgroup_size()
+            ),
+        });
+    }
     let out = Tensor::uninit_gpu(s.out_shape.clone(), gpu)?;
     let u32_of = |x: usize| {
         u32::try_from(x).map_err(|_| shape_err("gemm", format!("dimension {x} exceeds the GPU kernel's 32-bit indexing")))
@@ -262,13 +284,8 @@ fn gemm_gpu(
     let (ab, bb, ob) = (buf(a), buf(b), buf(&out));
     // Without C the kernel never reads binding 3; bind A there to fill the slot.
     let cb = c.map(buf).unwrap_or_else(|| ab.clone());
-    let [wx, wy, _] = variant.kernel.workgroup;
-    let per_group = [wx * variant.tile[1], wy * variant.tile[0]];
-    let groups = [
-        u32_of(s.n)?.div_ceil(per_group[0]),
-        u32_of(s.m)?.div_ceil(per_group[1]),
-        u32_of(s.batch)?,
-    ];
+    let [rows, cols] = variant.block;
+    let groups = [u32_of(s.n)?.div_ceil(cols), u32_of(s.m)?.div_ceil(rows), u32_of(s.batch)?];
     if s.m * s.n * s.batch > 0 {
         gpu.launch(&variant.kernel, bytemuck::bytes_of(&params), &[&ab, &bb, &cb, &ob], groups)?;
     }
