@@ -47,6 +47,9 @@ pub struct GpuBackend {
     batch: Mutex<Batch>,
     stats: Mutex<GpuStats>,
     params_align: usize,
+    /// The first error wgpu reported outside an error scope; surfaced at the next sync point
+    /// instead of wgpu's default handler, which panics.
+    uncaptured: Arc<Mutex<Option<String>>>,
 }
 
 impl GpuBackend {
@@ -84,6 +87,13 @@ impl GpuBackend {
             name: summary.name.clone(),
             reason: e.to_string(),
         })?;
+        let uncaptured: Arc<Mutex<Option<String>>> = Default::default();
+        let sink = uncaptured.clone();
+        device.on_uncaptured_error(Arc::new(move |e: wgpu::Error| {
+            if let Ok(mut first) = sink.lock() {
+                first.get_or_insert_with(|| e.to_string());
+            }
+        }));
         let params_align = (limits.min_uniform_buffer_offset_alignment as usize).max(MAX_PARAMS_BYTES);
         let params_buffer = Self::params_buffer(&device, params_align);
         Ok(Self {
@@ -96,6 +106,7 @@ impl GpuBackend {
             batch: Mutex::new(Batch { encoder: None, params: Vec::new(), params_buffer, launches: 0 }),
             stats: Default::default(),
             params_align,
+            uncaptured,
         })
     }
 
@@ -242,7 +253,11 @@ impl GpuBackend {
     }
 
     fn wait(&self) -> Result<()> {
-        self.device.poll(wgpu::PollType::wait_indefinitely()).map(|_| ()).map_err(|e| self.gpu_err(e))
+        self.device.poll(wgpu::PollType::wait_indefinitely()).map_err(|e| self.gpu_err(e))?;
+        match self.uncaptured.lock().expect("error slot poisoned").take() {
+            Some(detail) => Err(self.gpu_err(detail)),
+            None => Ok(()),
+        }
     }
 
     fn gpu_err(&self, e: impl std::fmt::Display) -> Error {
@@ -268,25 +283,31 @@ impl GpuBackend {
         self.stats.lock().expect("stats poisoned").submissions += 1;
     }
 
-    fn pipeline(&self, kernel: &Kernel) -> wgpu::ComputePipeline {
+    /// The cached pipeline of `kernel`, compiled on first use. A kernel the driver rejects is
+    /// an error naming the file and entry point, not a panic.
+    fn pipeline(&self, kernel: &Kernel) -> Result<wgpu::ComputePipeline> {
         let mut cache = self.pipelines.lock().expect("pipeline cache poisoned");
-        cache
-            .entry((kernel.shader.name, kernel.entry))
-            .or_insert_with(|| {
-                let module = self.device.create_shader_module(wgpu::ShaderModuleDescriptor {
-                    label: Some(kernel.shader.file),
-                    source: wgpu::ShaderSource::Wgsl(kernel.shader.source.into()),
-                });
-                self.device.create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
-                    label: Some(kernel.entry),
-                    layout: None,
-                    module: &module,
-                    entry_point: Some(kernel.entry),
-                    compilation_options: Default::default(),
-                    cache: None,
-                })
-            })
-            .clone()
+        if let Some(pipeline) = cache.get(&(kernel.shader.name, kernel.entry)) {
+            return Ok(pipeline.clone());
+        }
+        let scope = self.device.push_error_scope(wgpu::ErrorFilter::Validation);
+        let module = self.device.create_shader_module(wgpu::ShaderModuleDescriptor {
+            label: Some(kernel.shader.file),
+            source: wgpu::ShaderSource::Wgsl(kernel.shader.source.into()),
+        });
+        let pipeline = self.device.create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
+            label: Some(kernel.entry),
+            layout: None,
+            module: &module,
+            entry_point: Some(kernel.entry),
+            compilation_options: Default::default(),
+            cache: None,
+        });
+        if let Some(e) = pollster::block_on(scope.pop()) {
+            return Err(self.gpu_err(format!("{} `{}` did not compile: {e}", kernel.shader.file, kernel.entry)));
+        }
+        cache.insert((kernel.shader.name, kernel.entry), pipeline.clone());
+        Ok(pipeline)
     }
 
     /// The one way to run a kernel. Binding 0 is the `params` uniform block; bindings 1.. are
@@ -303,7 +324,7 @@ impl GpuBackend {
         if workgroups.contains(&0) {
             return Ok(());
         }
-        let pipeline = self.pipeline(kernel);
+        let pipeline = self.pipeline(kernel)?;
         let mut batch = self.batch.lock().expect("batch poisoned");
         if batch.launches == MAX_LAUNCHES_PER_BATCH {
             self.submit(&mut batch);
