@@ -3,14 +3,28 @@
 //! tensors: the engine decides which [`Kernel`] to launch and how.
 pub mod validate;
 
-/// One `.wgsl` file.
+/// One shader module: a `.wgsl` file, after an optional shared prelude file.
 #[derive(Debug)]
 pub struct Shader {
     /// Short name, also the pipeline-cache key.
     pub name: &'static str,
     /// File name under `shaders/wgsl/`, for error messages.
     pub file: &'static str,
+    /// The module's full WGSL: the prelude's text, then the file's.
     pub source: &'static str,
+    /// A file of declarations shared by several modules (WGSL has no includes): its name and text.
+    pub prelude: Option<(&'static str, &'static str)>,
+}
+
+impl Shader {
+    /// Maps a 1-based line of [`Shader::source`] to the file and line it came from.
+    pub fn locate(&self, line: u32) -> (&'static str, u32) {
+        match self.prelude {
+            Some((file, text)) if line <= text.lines().count() as u32 => (file, line),
+            Some((_, text)) => (self.file, line - text.lines().count() as u32),
+            None => (self.file, line),
+        }
+    }
 }
 
 /// One compute entry point of a shader.
@@ -28,14 +42,26 @@ macro_rules! shader {
             name: $name,
             file: concat!($name, ".wgsl"),
             source: include_str!(concat!("../wgsl/", $name, ".wgsl")),
+            prelude: None,
+        };
+    };
+    ($ident:ident, $name:literal, prelude $prelude:literal) => {
+        pub static $ident: Shader = Shader {
+            name: $name,
+            file: concat!($name, ".wgsl"),
+            source: concat!(
+                include_str!(concat!("../wgsl/", $prelude, ".wgsl")),
+                include_str!(concat!("../wgsl/", $name, ".wgsl"))
+            ),
+            prelude: Some((concat!($prelude, ".wgsl"), include_str!(concat!("../wgsl/", $prelude, ".wgsl")))),
         };
     };
 }
 
-shader!(GEMM, "gemm");
-shader!(GEMM_SUBGROUP, "gemm_subgroup");
+shader!(GEMM, "gemm", prelude "gemm_common");
+shader!(GEMM_SUBGROUP, "gemm_subgroup", prelude "gemm_common");
 
-/// Every shader file; the validation test checks this list against the folder.
+/// Every shader module; the validation test checks that they use every file in the folder.
 pub static ALL: &[&Shader] = &[&GEMM, &GEMM_SUBGROUP];
 
 /// GEMM kernels: register tiles without workgroup memory (`reg*`, `sg*`: fast on software

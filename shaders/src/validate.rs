@@ -40,6 +40,27 @@ pub struct Translation {
     pub result: Result<usize, ShaderError>,
 }
 
+/// Validates and translates a registered shader, reporting errors at the file and line they
+/// come from (its prelude's or its own).
+pub fn translate_shader(shader: &crate::Shader) -> Result<Vec<Translation>, ShaderError> {
+    let relocate = |e: &mut ShaderError| {
+        if let Some(line) = e.line {
+            let (file, line) = shader.locate(line);
+            (e.file, e.line) = (file.to_string(), Some(line));
+        }
+    };
+    let mut results = translate_all(shader.file, shader.source).map_err(|mut e| {
+        relocate(&mut e);
+        e
+    })?;
+    for t in &mut results {
+        if let Err(e) = &mut t.result {
+            relocate(e);
+        }
+    }
+    Ok(results)
+}
+
 /// Parses and validates `source`, returning the module and its info.
 pub fn validate(file: &str, source: &str) -> Result<(naga::Module, naga::valid::ModuleInfo), ShaderError> {
     let module = naga::front::wgsl::parse_str(source).map_err(|e| ShaderError {

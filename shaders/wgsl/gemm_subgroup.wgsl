@@ -1,5 +1,5 @@
 // GEMM with subgroup broadcasts, for software drivers whose subgroups are 8 lanes wide
-// (lavapipe on 256-bit SIMD). Same contract, parameters and bindings as gemm.wgsl; kept in its
+// (lavapipe on 256-bit SIMD). Declarations in gemm_common.wgsl, as for gemm.wgsl; kept in its
 // own file because subgroup operations need an adapter feature that not every adapter has
 // (Mesa's GL driver lacks it), and a module using them would not compile there.
 //
@@ -8,33 +8,6 @@
 // so each lane loads only 4 of them and subgroupBroadcast (a register shuffle there) shares
 // them: per K step 12 loads feed 256 FMAs, where gemm_reg16x16 needs 32 loads for 256.
 // The engine picks this kernel only where the adapter's subgroup size is exactly 8.
-
-struct GemmParams {
-    m: u32, n: u32, k: u32, batch: u32,
-    a_rs: u32, a_cs: u32, a_bs: u32, b_rs: u32,
-    b_cs: u32, b_bs: u32, c_bs: u32, has_c: u32,
-    alpha: f32, beta: f32, _pad0: u32, _pad1: u32,
-}
-
-@group(0) @binding(0) var<uniform> p: GemmParams;
-@group(0) @binding(1) var<storage, read> a: array<f32>;
-@group(0) @binding(2) var<storage, read> b: array<f32>;
-@group(0) @binding(3) var<storage, read> c: array<f32>;
-@group(0) @binding(4) var<storage, read_write> out: array<f32>;
-
-// Writes one row segment of up to 4 outputs starting at (row, col): alpha·acc + beta·C.
-fn store_row4(bz: u32, row: u32, col: u32, acc: vec4<f32>) {
-    if (row >= p.m) { return; }
-    let o = bz * p.m * p.n + row * p.n + col;
-    let ci = bz * p.c_bs + row * p.n + col;
-    for (var j = 0u; j < 4u; j++) {
-        if (col + j < p.n) {
-            var v = p.alpha * acc[j];
-            if (p.has_c != 0u && p.beta != 0.0) { v += p.beta * c[ci + j]; }
-            out[o + j] = v;
-        }
-    }
-}
 
 // 32×8 outputs per lane; a workgroup is 4 subgroups of 8 lanes (128 rows × 64 columns).
 @compute @workgroup_size(32, 1, 1)

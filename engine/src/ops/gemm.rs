@@ -104,6 +104,22 @@ impl GemmShape {
 
 /// out = alpha·op(A)·op(B) + beta·C on the operands' device.
 pub fn gemm(a: &Tensor, b: &Tensor, c: Option<&Tensor>, o: GemmOpts) -> Result<Tensor> {
+    gemm_dispatch(None, a, b, c, o)
+}
+
+/// GEMM with a chosen GPU kernel variant (benchmarks and conformance tests use every
+/// variant); on the CPU the variant is ignored.
+pub fn gemm_with_kernel(
+    variant: &GemmKernel,
+    a: &Tensor,
+    b: &Tensor,
+    c: Option<&Tensor>,
+    o: GemmOpts,
+) -> Result<Tensor> {
+    gemm_dispatch(Some(variant), a, b, c, o)
+}
+
+fn gemm_dispatch(variant: Option<&GemmKernel>, a: &Tensor, b: &Tensor, c: Option<&Tensor>, o: GemmOpts) -> Result<Tensor> {
     let shape = GemmShape::new(a.shape(), b.shape(), c.map(|c| c.shape()), o)?;
     a.check_same_device("gemm", b)?;
     if let Some(c) = c {
@@ -116,7 +132,10 @@ pub fn gemm(a: &Tensor, b: &Tensor, c: Option<&Tensor>, o: GemmOpts) -> Result<T
             let out = gemm_cpu(&shape, a, b, c, o);
             Ok(Tensor::from_storage(Storage::Cpu(Arc::new(out)), shape.out_shape.clone(), a.device().clone()))
         }
-        Device::Gpu(gpu) => gemm_gpu(gpu, choose_kernel(gpu, &shape), &shape, a, b, c, o),
+        Device::Gpu(gpu) => {
+            let variant = variant.unwrap_or_else(|| choose_kernel(gpu, &shape));
+            gemm_gpu(gpu, variant, &shape, a, b, c, o)
+        }
     }
 }
 
@@ -195,22 +214,6 @@ pub fn kernel_supported(device: &Device, variant: &GemmKernel) -> bool {
     }
 }
 
-/// GEMM with a chosen kernel variant (benchmarks and conformance tests use every variant).
-pub fn gemm_with_kernel(
-    variant: &GemmKernel,
-    a: &Tensor,
-    b: &Tensor,
-    c: Option<&Tensor>,
-    o: GemmOpts,
-) -> Result<Tensor> {
-    let shape = GemmShape::new(a.shape(), b.shape(), c.map(|c| c.shape()), o)?;
-    a.check_same_device("gemm", b)?;
-    match a.device() {
-        Device::Gpu(gpu) => gemm_gpu(gpu, variant, &shape, a, b, c, o),
-        Device::Cpu(_) => gemm(a, b, c, o),
-    }
-}
-
 /// The uniform block of gemm.wgsl (`GemmParams`).
 #[repr(C)]
 #[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
@@ -241,9 +244,6 @@ fn gemm_gpu(
     c: Option<&Tensor>,
     o: GemmOpts,
 ) -> Result<Tensor> {
-    if let Some(c) = c {
-        a.check_same_device("gemm", c)?;
-    }
     if !gpu.supports_subgroup_size(variant.subgroup_size) {
         return Err(Error::Unsupported {
             op: "gemm",
