@@ -49,8 +49,8 @@ fn make_case(i: usize, (m, n, k): (usize, usize, usize), ta: bool, tb: bool, bat
     let seed = i as u64 * 10;
     // Batched cases alternate broadcasting B (2-D) and C ([M, N]) over the batch.
     let batch_a = batch;
-    let batch_b = batch.filter(|_| i % 2 == 0);
-    let with_c = i % 3 != 0;
+    let batch_b = batch.filter(|_| i.is_multiple_of(2));
+    let with_c = !i.is_multiple_of(3);
     let shape = |bt: Option<usize>, rc: [usize; 2]| -> Vec<usize> { bt.into_iter().chain(rc).collect() };
     let a_shape = shape(batch_a, stored(m, k, ta));
     let b_shape = shape(batch_b, stored(k, n, tb));
