@@ -109,3 +109,48 @@ pub mod gemm {
         VARIANTS.iter().find(|v| v.kernel.entry == name)
     }
 }
+
+/// How a module binds its resources, read from its declarations: engines build one bind
+/// group layout per module from this, so every entry point of a module binds the same buffers.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ModuleBindings {
+    /// `@group(0) @binding(0)`: the launch-parameter uniform block, if declared.
+    pub has_params: bool,
+    /// Storage buffers at bindings 1, 2, …, in order: `true` where read-only.
+    pub storage_read_only: Vec<bool>,
+}
+
+impl Shader {
+    /// The module's bindings. Errors if it breaks the convention the launcher relies on:
+    /// group 0 only, the uniform block at binding 0, storage buffers at 1..=n without gaps.
+    pub fn bindings(&self) -> Result<ModuleBindings, validate::ShaderError> {
+        let (module, _) = validate::validate(self.file, self.source)?;
+        let err = |message: String| validate::ShaderError {
+            file: self.file.into(),
+            stage: "binding layout",
+            entry: None,
+            line: None,
+            message,
+        };
+        let mut has_params = false;
+        let mut storage = std::collections::BTreeMap::new();
+        for (_, var) in module.global_variables.iter() {
+            let Some(rb) = &var.binding else { continue };
+            if rb.group != 0 {
+                return Err(err(format!("binding {} uses group {}; only group 0 is supported", rb.binding, rb.group)));
+            }
+            match var.space {
+                naga::AddressSpace::Uniform if rb.binding == 0 => has_params = true,
+                naga::AddressSpace::Storage { access } if rb.binding > 0 => {
+                    storage.insert(rb.binding, !access.contains(naga::StorageAccess::STORE));
+                }
+                other => return Err(err(format!("binding {}: unsupported {other:?}", rb.binding))),
+            }
+        }
+        let storage_read_only: Vec<bool> = storage.values().copied().collect();
+        if storage.keys().copied().ne(1..=storage.len() as u32) {
+            return Err(err(format!("storage bindings must be 1..=n without gaps, found {:?}", storage.keys())));
+        }
+        Ok(ModuleBindings { has_params, storage_read_only })
+    }
+}

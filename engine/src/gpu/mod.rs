@@ -44,6 +44,8 @@ pub struct GpuBackend {
     limits: wgpu::Limits,
     pool: Arc<Mutex<BufferPool>>,
     pipelines: Mutex<HashMap<(&'static str, &'static str), wgpu::ComputePipeline>>,
+    /// One bind group layout per shader module, with the number of storage buffers it binds.
+    layouts: Mutex<HashMap<&'static str, (wgpu::BindGroupLayout, wgpu::PipelineLayout, usize)>>,
     batch: Mutex<Batch>,
     stats: Mutex<GpuStats>,
     params_align: usize,
@@ -103,6 +105,7 @@ impl GpuBackend {
             limits,
             pool: Default::default(),
             pipelines: Default::default(),
+            layouts: Default::default(),
             batch: Mutex::new(Batch { encoder: None, params: Vec::new(), params_buffer, launches: 0 }),
             stats: Default::default(),
             params_align,
@@ -283,9 +286,47 @@ impl GpuBackend {
         self.stats.lock().expect("stats poisoned").submissions += 1;
     }
 
+    /// The bind group layout of `shader`'s module, derived from its declarations: binding 0
+    /// the parameter block, 1..=n storage buffers. Returns it with n.
+    fn layout(&self, shader: &'static tessera_shaders::Shader) -> Result<(wgpu::BindGroupLayout, wgpu::PipelineLayout, usize)> {
+        let mut layouts = self.layouts.lock().expect("layout cache poisoned");
+        if let Some(found) = layouts.get(shader.name) {
+            return Ok(found.clone());
+        }
+        let bindings = shader.bindings().map_err(|e| self.gpu_err(format!("shader did not compile: {e}")))?;
+        let buffer = |ty| wgpu::BindingType::Buffer { ty, has_dynamic_offset: false, min_binding_size: None };
+        let mut entries = vec![wgpu::BindGroupLayoutEntry {
+            binding: 0,
+            visibility: wgpu::ShaderStages::COMPUTE,
+            ty: buffer(wgpu::BufferBindingType::Uniform),
+            count: None,
+        }];
+        for (i, &read_only) in bindings.storage_read_only.iter().enumerate() {
+            entries.push(wgpu::BindGroupLayoutEntry {
+                binding: i as u32 + 1,
+                visibility: wgpu::ShaderStages::COMPUTE,
+                ty: buffer(wgpu::BufferBindingType::Storage { read_only }),
+                count: None,
+            });
+        }
+        let group = self.device.create_bind_group_layout(&wgpu::BindGroupLayoutDescriptor {
+            label: Some(shader.file),
+            entries: &entries,
+        });
+        let pipeline = self.device.create_pipeline_layout(&wgpu::PipelineLayoutDescriptor {
+            label: Some(shader.file),
+            bind_group_layouts: &[Some(&group)],
+            immediate_size: 0,
+        });
+        let found = (group, pipeline, bindings.storage_read_only.len());
+        layouts.insert(shader.name, found.clone());
+        Ok(found)
+    }
+
     /// The cached pipeline of `kernel`, compiled on first use. A kernel the driver rejects is
     /// an error naming the file and entry point, not a panic.
     fn pipeline(&self, kernel: &Kernel) -> Result<wgpu::ComputePipeline> {
+        let (_, layout, _) = self.layout(kernel.shader)?;
         let mut cache = self.pipelines.lock().expect("pipeline cache poisoned");
         if let Some(pipeline) = cache.get(&(kernel.shader.name, kernel.entry)) {
             return Ok(pipeline.clone());
@@ -297,7 +338,7 @@ impl GpuBackend {
         });
         let pipeline = self.device.create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
             label: Some(kernel.entry),
-            layout: None,
+            layout: Some(&layout),
             module: &module,
             entry_point: Some(kernel.entry),
             compilation_options: Default::default(),
@@ -310,10 +351,25 @@ impl GpuBackend {
         Ok(pipeline)
     }
 
-    /// The one way to run a kernel. Binding 0 is the `params` uniform block; bindings 1.. are
-    /// `buffers`, in the order the kernel declares them. Recorded, not waited for.
-    pub fn launch(&self, kernel: &Kernel, params: &[u8], buffers: &[&GpuBuffer], workgroups: [u32; 3]) -> Result<()> {
+    /// The one way to run a kernel. Binding 0 is the `params` uniform block; bindings 1..=n
+    /// are `buffers`, one for each storage buffer the kernel's module declares, in order (an
+    /// entry point that ignores one still gets it bound). Recorded, not waited for.
+    pub fn launch(
+        &self,
+        kernel: &Kernel,
+        params: &[u8],
+        buffers: &[&GpuBuffer],
+        workgroups: [u32; 3],
+    ) -> Result<()> {
         assert!(params.len() <= MAX_PARAMS_BYTES, "{}: params block too large", kernel.entry);
+        let (group_layout, _, storage_count) = self.layout(kernel.shader)?;
+        if buffers.len() != storage_count {
+            return Err(self.gpu_err(format!(
+                "{} binds {storage_count} storage buffers; the launch passed {}",
+                kernel.entry,
+                buffers.len()
+            )));
+        }
         let max_groups = self.limits.max_compute_workgroups_per_dimension;
         if workgroups.iter().any(|&g| g > max_groups) {
             return Err(self.gpu_err(format!(
@@ -334,7 +390,6 @@ impl GpuBackend {
         batch.params.resize(offset + self.params_align, 0);
         batch.launches += 1;
 
-        let layout = pipeline.get_bind_group_layout(0);
         let mut entries = vec![wgpu::BindGroupEntry {
             binding: 0,
             resource: wgpu::BindingResource::Buffer(wgpu::BufferBinding {
@@ -351,7 +406,7 @@ impl GpuBackend {
         }
         let bind_group = self.device.create_bind_group(&wgpu::BindGroupDescriptor {
             label: None,
-            layout: &layout,
+            layout: &group_layout,
             entries: &entries,
         });
         let encoder = self.encoder(&mut batch);
