@@ -36,3 +36,30 @@ pub fn gpu_devices() -> Vec<Device> {
     );
     adapters.iter().map(|a| Device::gpu(a.index).expect("opening adapter")).collect()
 }
+
+/// Runs `f` on the CPU backend and on every GPU adapter and checks the GPU results against
+/// the CPU's: same shape, max relative error ≤ `tol`. Returns the number of comparisons.
+pub fn check_against_cpu(
+    name: &str,
+    tol: f32,
+    f: impl Fn(&Device) -> tessera_engine::Result<Vec<tessera_engine::Tensor>>,
+) -> usize {
+    let want = f(&Device::cpu()).unwrap_or_else(|e| panic!("{name} on cpu: {e}"));
+    let mut checked = 0;
+    for gpu in gpu_devices() {
+        let got = f(&gpu).unwrap_or_else(|e| panic!("{name} on {gpu}: {e}"));
+        assert_eq!(got.len(), want.len());
+        for (i, (g, w)) in got.iter().zip(&want).enumerate() {
+            assert_eq!(g.shape(), w.shape(), "{name} output {i} on {gpu}");
+            let err = max_rel_err(&g.to_vec().unwrap(), &w.to_vec().unwrap());
+            assert!(err <= tol, "{name} output {i} on {gpu}: max rel err {err:e} > {tol:e}");
+            checked += 1;
+        }
+    }
+    checked
+}
+
+/// A seeded random tensor of `shape` on `dev`.
+pub fn random_tensor(shape: &[usize], seed: u64, dev: &Device) -> tessera_engine::Tensor {
+    tessera_engine::Tensor::from_vec(random_vec(shape.iter().product(), seed), shape, dev).unwrap()
+}

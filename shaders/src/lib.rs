@@ -60,9 +60,55 @@ macro_rules! shader {
 
 shader!(GEMM, "gemm", prelude "gemm_common");
 shader!(GEMM_SUBGROUP, "gemm_subgroup", prelude "gemm_common");
+shader!(ELEMENTWISE, "elementwise");
+shader!(REDUCE, "reduce");
+shader!(SOFTMAX, "softmax");
 
 /// Every shader module; the validation test checks that they use every file in the folder.
-pub static ALL: &[&Shader] = &[&GEMM, &GEMM_SUBGROUP];
+pub static ALL: &[&Shader] = &[&GEMM, &GEMM_SUBGROUP, &ELEMENTWISE, &REDUCE, &SOFTMAX];
+
+macro_rules! kernels {
+    ($shader:ident, $workgroup:expr, $($ident:ident = $entry:literal),+ $(,)?) => {
+        $(pub static $ident: Kernel = Kernel { shader: &$shader, entry: $entry, workgroup: $workgroup };)+
+        /// Every kernel of this module.
+        pub static ALL_KERNELS: &[&Kernel] = &[$(&$ident),+];
+    };
+}
+
+/// Elementwise kernels (elementwise.wgsl), 256 invocations per workgroup.
+pub mod elementwise {
+    use super::{Kernel, ELEMENTWISE};
+    kernels!(
+        ELEMENTWISE,
+        [256, 1, 1],
+        AXPBY = "axpby",
+        MUL = "mul",
+        RELU_FORWARD = "relu_forward",
+        RELU_BACKWARD = "relu_backward",
+        ADD_CHANNEL = "add_channel",
+    );
+}
+
+/// Softmax, log-softmax and cross-entropy over rows (softmax.wgsl), 64 rows per workgroup.
+pub mod softmax {
+    use super::{Kernel, SOFTMAX};
+    kernels!(
+        SOFTMAX,
+        [64, 1, 1],
+        SOFTMAX_FORWARD = "softmax_forward",
+        SOFTMAX_BACKWARD = "softmax_backward",
+        LOG_SOFTMAX_FORWARD = "log_softmax_forward",
+        LOG_SOFTMAX_BACKWARD = "log_softmax_backward",
+        CROSS_ENTROPY_FORWARD = "cross_entropy_forward",
+        CROSS_ENTROPY_BACKWARD = "cross_entropy_backward",
+    );
+}
+
+/// The strided gather-sum behind reductions and broadcasts (reduce.wgsl).
+pub mod reduce {
+    use super::{Kernel, REDUCE};
+    kernels!(REDUCE, [256, 1, 1], GATHER_SUM = "gather_sum");
+}
 
 /// GEMM kernels: register tiles without workgroup memory (`reg*`, `sg*`: fast on software
 /// drivers such as lavapipe, where barriers and shared memory are slow) or cooperative

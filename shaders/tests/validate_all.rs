@@ -71,8 +71,13 @@ fn errors_point_into_the_file_they_come_from() {
 
 #[test]
 fn every_registered_kernel_names_a_real_entry_point() {
-    for variant in tessera_shaders::gemm::VARIANTS {
-        let k = &variant.kernel;
+    let gemm = tessera_shaders::gemm::VARIANTS.iter().map(|v| &v.kernel);
+    let others = [
+        tessera_shaders::elementwise::ALL_KERNELS,
+        tessera_shaders::reduce::ALL_KERNELS,
+        tessera_shaders::softmax::ALL_KERNELS,
+    ];
+    for k in gemm.chain(others.into_iter().flatten().copied()) {
         let (module, _) = tessera_shaders::validate::validate(k.shader.file, k.shader.source).unwrap();
         let ep = module
             .entry_points

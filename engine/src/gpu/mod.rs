@@ -183,7 +183,11 @@ impl GpuBackend {
 
     /// Uploads `data` into a new pooled buffer.
     pub fn upload(&self, data: &[f32]) -> Result<GpuBuffer> {
-        let bytes: &[u8] = bytemuck::cast_slice(data);
+        self.upload_bytes(bytemuck::cast_slice(data))
+    }
+
+    /// Uploads raw bytes (a multiple of 4 long: f32 or u32 values) into a new pooled buffer.
+    pub fn upload_bytes(&self, bytes: &[u8]) -> Result<GpuBuffer> {
         let buffer = self.alloc(bytes.len() as u64)?;
         if bytes.is_empty() {
             return Ok(buffer);

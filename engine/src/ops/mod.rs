@@ -1,5 +1,69 @@
 //! Ops: each file holds one op family's shape rules and its dispatch to the CPU twin and the
-//! WGSL kernel.
+//! WGSL kernel of the same name in `shaders/wgsl/`.
+pub mod elementwise;
 pub mod gemm;
+pub mod reduce;
+pub mod softmax;
 
+pub use elementwise::{add, add_channel, axpby, mul, relu, relu_backward, scale};
 pub use gemm::{gemm, matmul, GemmOpts};
+pub use reduce::{expand, mean, sum};
+pub use softmax::{cross_entropy_backward, cross_entropy_per_sample, log_softmax, log_softmax_backward, softmax, softmax_backward, Labels};
+
+use crate::device::Device;
+use crate::error::{shape_err, Error, Result};
+use crate::gpu::{GpuBackend, GpuBuffer};
+use crate::tensor::{Storage, Tensor};
+use std::sync::Arc;
+
+/// Host values of a CPU tensor (callers have matched on the device first).
+pub(crate) fn cpu_data(t: &Tensor) -> &[f32] {
+    match t.storage() {
+        Storage::Cpu(data) => data,
+        Storage::Gpu(_) => unreachable!("device checked before dispatch"),
+    }
+}
+
+/// The buffer of a GPU tensor (callers have matched on the device first).
+pub(crate) fn gpu_buffer(t: &Tensor) -> Arc<GpuBuffer> {
+    match t.storage() {
+        Storage::Gpu(b) => b.clone(),
+        Storage::Cpu(_) => unreachable!("device checked before dispatch"),
+    }
+}
+
+/// A CPU tensor from computed values.
+pub(crate) fn cpu_tensor(values: Vec<f32>, shape: &[usize], device: &Device) -> Tensor {
+    debug_assert_eq!(values.len(), shape.iter().product::<usize>());
+    Tensor::from_storage(Storage::Cpu(Arc::new(values)), shape.to_vec(), device.clone())
+}
+
+/// Errors unless every tensor lives on the first one's device.
+pub(crate) fn same_device(op: &'static str, tensors: &[&Tensor]) -> Result<()> {
+    tensors.windows(2).try_for_each(|w| w[0].check_same_device(op, w[1]))
+}
+
+/// Errors unless `a` and `b` have equal shapes.
+pub(crate) fn same_shape(op: &'static str, a: &Tensor, b: &Tensor) -> Result<()> {
+    if a.shape() == b.shape() {
+        Ok(())
+    } else {
+        Err(shape_err(op, format!("shapes differ: {:?} and {:?}", a.shape(), b.shape())))
+    }
+}
+
+/// Workgroups for one invocation per value with 256-wide workgroups: x up to 65535, then y.
+pub(crate) fn grid_1d(gpu: &GpuBackend, op: &'static str, n: usize) -> Result<[u32; 3]> {
+    let groups = n.div_ceil(256);
+    let max = gpu.limits().max_compute_workgroups_per_dimension as usize;
+    let (x, y) = if groups <= max { (groups, 1) } else { (max, groups.div_ceil(max)) };
+    if y > max {
+        return Err(Error::Unsupported { op, detail: format!("{n} values exceed one launch on this adapter") });
+    }
+    Ok([x as u32, y as u32, 1])
+}
+
+/// A dimension as the kernels' 32-bit index.
+pub(crate) fn to_u32(op: &'static str, x: usize) -> Result<u32> {
+    u32::try_from(x).map_err(|_| shape_err(op, format!("dimension {x} exceeds the GPU kernels' 32-bit indexing")))
+}

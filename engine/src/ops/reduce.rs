@@ -1,0 +1,178 @@
+//! Sum / mean over chosen axes and their backward, broadcasting back over those axes. Both are
+//! one strided gather-sum: kernel shaders/wgsl/reduce.wgsl; CPU twin `GatherSum::run_cpu`.
+use super::{cpu_data, cpu_tensor, gpu_buffer, grid_1d, to_u32};
+use crate::device::Device;
+use crate::error::{shape_err, Result};
+use crate::tensor::Tensor;
+use rayon::prelude::*;
+use tessera_shaders::reduce::GATHER_SUM;
+
+const MAX_RANK: usize = 8;
+
+/// out[o] = scale · Σ_r x[offset(o over kept) + offset(r over red)], row-major decoding.
+#[derive(Debug, Default)]
+struct GatherSum {
+    kept_shape: Vec<usize>,
+    kept_stride: Vec<usize>,
+    red_shape: Vec<usize>,
+    red_stride: Vec<usize>,
+    scale: f32,
+}
+
+fn offset_of(mut flat: usize, shape: &[usize], stride: &[usize]) -> usize {
+    let mut off = 0;
+    for (size, st) in shape.iter().zip(stride).rev() {
+        off += (flat % size) * st;
+        flat /= size;
+    }
+    off
+}
+
+fn strides(shape: &[usize]) -> Vec<usize> {
+    let mut s = vec![1; shape.len()];
+    for d in (0..shape.len().saturating_sub(1)).rev() {
+        s[d] = s[d + 1] * shape[d + 1];
+    }
+    s
+}
+
+/// The uniform block of reduce.wgsl (`ReduceParams`).
+#[repr(C)]
+#[derive(Clone, Copy, Default, bytemuck::Pod, bytemuck::Zeroable)]
+struct ReduceParams {
+    out_numel: u32,
+    red_numel: u32,
+    kept_rank: u32,
+    red_rank: u32,
+    scale: f32,
+    _pad: [u32; 3],
+    kept_shape: [u32; MAX_RANK],
+    kept_stride: [u32; MAX_RANK],
+    red_shape: [u32; MAX_RANK],
+    red_stride: [u32; MAX_RANK],
+}
+
+impl GatherSum {
+    fn out_numel(&self) -> usize {
+        self.kept_shape.iter().product()
+    }
+
+    fn red_numel(&self) -> usize {
+        self.red_shape.iter().product()
+    }
+
+    fn run_cpu(&self, x: &[f32]) -> Vec<f32> {
+        let red = self.red_numel();
+        (0..self.out_numel())
+            .into_par_iter()
+            .map(|o| {
+                let base = offset_of(o, &self.kept_shape, &self.kept_stride);
+                let sum: f32 = (0..red).map(|r| x[base + offset_of(r, &self.red_shape, &self.red_stride)]).sum();
+                self.scale * sum
+            })
+            .collect()
+    }
+
+    fn run(&self, op: &'static str, x: &Tensor, out_shape: &[usize]) -> Result<Tensor> {
+        if self.kept_shape.len() > MAX_RANK || self.red_shape.len() > MAX_RANK {
+            return Err(shape_err(op, format!("rank above {MAX_RANK} is not supported (shape {:?})", x.shape())));
+        }
+        match x.device() {
+            Device::Cpu(cpu) => {
+                let out = cpu.install(|| self.run_cpu(cpu_data(x)));
+                Ok(cpu_tensor(out, out_shape, x.device()))
+            }
+            Device::Gpu(gpu) => {
+                let mut p = ReduceParams {
+                    out_numel: to_u32(op, self.out_numel())?,
+                    red_numel: to_u32(op, self.red_numel())?,
+                    kept_rank: self.kept_shape.len() as u32,
+                    red_rank: self.red_shape.len() as u32,
+                    scale: self.scale,
+                    ..Default::default()
+                };
+                let fill = |dst: &mut [u32; MAX_RANK], src: &[usize]| -> Result<()> {
+                    for (d, s) in dst.iter_mut().zip(src) {
+                        *d = to_u32(op, *s)?;
+                    }
+                    Ok(())
+                };
+                fill(&mut p.kept_shape, &self.kept_shape)?;
+                fill(&mut p.kept_stride, &self.kept_stride)?;
+                fill(&mut p.red_shape, &self.red_shape)?;
+                fill(&mut p.red_stride, &self.red_stride)?;
+                let out = Tensor::uninit_gpu(out_shape.to_vec(), gpu)?;
+                let groups = grid_1d(gpu, op, self.out_numel())?;
+                gpu.launch(&GATHER_SUM, bytemuck::bytes_of(&p), &[&gpu_buffer(x), &gpu_buffer(&out)], groups)?;
+                Ok(out)
+            }
+        }
+    }
+}
+
+/// Checks `axes` against `shape`: in range, no repeats. Returns them sorted.
+fn check_axes(op: &'static str, shape: &[usize], axes: &[usize]) -> Result<Vec<usize>> {
+    let mut sorted = axes.to_vec();
+    sorted.sort_unstable();
+    sorted.dedup();
+    if sorted.len() != axes.len() || sorted.last().is_some_and(|&a| a >= shape.len()) {
+        return Err(shape_err(op, format!("axes {axes:?} are invalid for shape {shape:?}")));
+    }
+    Ok(sorted)
+}
+
+/// The shape of a reduction over `axes` (1 kept in place with `keepdim`, as in PyTorch).
+pub fn reduced_shape(shape: &[usize], axes: &[usize], keepdim: bool) -> Vec<usize> {
+    shape
+        .iter()
+        .enumerate()
+        .filter_map(|(d, &s)| match (axes.contains(&d), keepdim) {
+            (false, _) => Some(s),
+            (true, true) => Some(1),
+            (true, false) => None,
+        })
+        .collect()
+}
+
+fn reduce(op: &'static str, x: &Tensor, axes: &[usize], keepdim: bool, mean: bool) -> Result<Tensor> {
+    let axes = check_axes(op, x.shape(), axes)?;
+    let stride = strides(x.shape());
+    let mut g = GatherSum::default();
+    for (d, &size) in x.shape().iter().enumerate() {
+        let (shape, st) = if axes.contains(&d) { (&mut g.red_shape, &mut g.red_stride) } else { (&mut g.kept_shape, &mut g.kept_stride) };
+        shape.push(size);
+        st.push(stride[d]);
+    }
+    g.scale = if mean { 1.0 / g.red_numel().max(1) as f32 } else { 1.0 };
+    g.run(op, x, &reduced_shape(x.shape(), &axes, keepdim))
+}
+
+/// Σ over `axes`.
+pub fn sum(x: &Tensor, axes: &[usize], keepdim: bool) -> Result<Tensor> {
+    reduce("sum", x, axes, keepdim, false)
+}
+
+/// Mean over `axes`.
+pub fn mean(x: &Tensor, axes: &[usize], keepdim: bool) -> Result<Tensor> {
+    reduce("mean", x, axes, keepdim, true)
+}
+
+/// `alpha·g` repeated over `axes` to `shape`, where g has the shape of a reduction of `shape`
+/// over `axes` (with or without keepdim): the backward of sum (alpha 1) and mean (1/count).
+pub fn expand(g: &Tensor, shape: &[usize], axes: &[usize], alpha: f32) -> Result<Tensor> {
+    let axes = check_axes("expand", shape, axes)?;
+    let kept = reduced_shape(shape, &axes, false);
+    if g.numel() != kept.iter().product::<usize>() {
+        return Err(shape_err("expand", format!("gradient {:?} does not match {shape:?} reduced over {axes:?}", g.shape())));
+    }
+    let g_stride = strides(&kept);
+    let mut next = g_stride.iter();
+    let gather = GatherSum {
+        kept_shape: shape.to_vec(),
+        kept_stride: (0..shape.len()).map(|d| if axes.contains(&d) { 0 } else { *next.next().unwrap() }).collect(),
+        red_shape: Vec::new(),
+        red_stride: Vec::new(),
+        scale: alpha,
+    };
+    gather.run("expand", g, shape)
+}

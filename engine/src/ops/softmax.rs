@@ -1,0 +1,206 @@
+//! Softmax, log-softmax and cross-entropy over the last axis. Kernels:
+//! shaders/wgsl/softmax.wgsl; CPU twins below; conformance: tests/ops_conformance.rs.
+use super::{cpu_data, cpu_tensor, gpu_buffer, same_device, same_shape, to_u32};
+use crate::device::Device;
+use crate::error::{shape_err, Result};
+use crate::gpu::GpuBuffer;
+use crate::tensor::Tensor;
+use rayon::prelude::*;
+use tessera_shaders::softmax as k;
+use tessera_shaders::Kernel;
+
+#[repr(C)]
+#[derive(Clone, Copy, Default, bytemuck::Pod, bytemuck::Zeroable)]
+struct SoftmaxParams {
+    rows: u32,
+    cols: u32,
+    inv_rows: f32,
+    _pad: u32,
+}
+
+/// [rows, cols] of a tensor seen as rows over its last axis.
+fn rows_cols(op: &'static str, x: &Tensor) -> Result<(usize, usize)> {
+    match x.shape() {
+        [] => Err(shape_err(op, "needs at least one axis, got a scalar")),
+        [.., cols] if *cols == 0 => Err(shape_err(op, format!("last axis is empty in {:?}", x.shape()))),
+        [.., cols] => Ok((x.numel() / cols, *cols)),
+    }
+}
+
+fn logsumexp(row: &[f32]) -> f32 {
+    let m = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    m + row.iter().map(|v| (v - m).exp()).sum::<f32>().ln()
+}
+
+/// Runs one row kernel on the GPU: bindings x, g, labels, out.
+#[allow(clippy::too_many_arguments)]
+fn launch_rows(
+    op: &'static str,
+    kernel: &Kernel,
+    x: &Tensor,
+    g: &Tensor,
+    labels: Option<&GpuBuffer>,
+    out_shape: &[usize],
+    rows: usize,
+    cols: usize,
+) -> Result<Tensor> {
+    let Device::Gpu(gpu) = x.device() else { unreachable!("GPU dispatch") };
+    let params = SoftmaxParams { rows: to_u32(op, rows)?, cols: to_u32(op, cols)?, inv_rows: 1.0 / rows.max(1) as f32, _pad: 0 };
+    let out = Tensor::uninit_gpu(out_shape.to_vec(), gpu)?;
+    let (xb, gb, ob) = (gpu_buffer(x), gpu_buffer(g), gpu_buffer(&out));
+    // Kernels without labels still bind the slot (one layout per module): any buffer will do.
+    let lb = labels.unwrap_or(&xb);
+    let groups = rows.div_ceil(64);
+    let max = gpu.limits().max_compute_workgroups_per_dimension as usize;
+    let grid = [groups.min(max) as u32, groups.div_ceil(max).max(1) as u32, 1];
+    gpu.launch(kernel, bytemuck::bytes_of(&params), &[&xb, &gb, lb, &ob], grid)?;
+    Ok(out)
+}
+
+/// Row-wise map on the CPU: f(x_row, g_row, row_index) → out_row.
+fn cpu_rows(x: &Tensor, g: &Tensor, cols: usize, f: impl Fn(&[f32], &[f32], usize, &mut [f32]) + Sync) -> Tensor {
+    let Device::Cpu(cpu) = x.device() else { unreachable!("CPU dispatch") };
+    let (xs, gs) = (cpu_data(x), cpu_data(g));
+    let mut out = vec![0f32; x.numel()];
+    cpu.install(|| {
+        out.par_chunks_mut(cols).enumerate().for_each(|(r, o)| {
+            let gr = gs.get(r * cols..(r + 1) * cols).unwrap_or(&[]);
+            f(&xs[r * cols..(r + 1) * cols], gr, r, o)
+        })
+    });
+    cpu_tensor(out, x.shape(), x.device())
+}
+
+/// softmax over the last axis.
+pub fn softmax(x: &Tensor) -> Result<Tensor> {
+    let (rows, cols) = rows_cols("softmax", x)?;
+    match x.device() {
+        Device::Cpu(_) => Ok(cpu_rows(x, x, cols, |xr, _, _, o| {
+            let lse = logsumexp(xr);
+            o.iter_mut().zip(xr).for_each(|(o, v)| *o = (v - lse).exp());
+        })),
+        Device::Gpu(_) => launch_rows("softmax", &k::SOFTMAX_FORWARD, x, x, None, x.shape(), rows, cols),
+    }
+}
+
+/// The gradient of softmax given its output `y` and the upstream gradient `g`.
+pub fn softmax_backward(y: &Tensor, g: &Tensor) -> Result<Tensor> {
+    same_device("softmax_backward", &[y, g])?;
+    same_shape("softmax_backward", y, g)?;
+    let (rows, cols) = rows_cols("softmax_backward", y)?;
+    match y.device() {
+        Device::Cpu(_) => Ok(cpu_rows(y, g, cols, |yr, gr, _, o| {
+            let dot: f32 = yr.iter().zip(gr).map(|(a, b)| a * b).sum();
+            o.iter_mut().enumerate().for_each(|(j, o)| *o = yr[j] * (gr[j] - dot));
+        })),
+        Device::Gpu(_) => launch_rows("softmax_backward", &k::SOFTMAX_BACKWARD, y, g, None, y.shape(), rows, cols),
+    }
+}
+
+/// log-softmax over the last axis.
+pub fn log_softmax(x: &Tensor) -> Result<Tensor> {
+    let (rows, cols) = rows_cols("log_softmax", x)?;
+    match x.device() {
+        Device::Cpu(_) => Ok(cpu_rows(x, x, cols, |xr, _, _, o| {
+            let lse = logsumexp(xr);
+            o.iter_mut().zip(xr).for_each(|(o, v)| *o = v - lse);
+        })),
+        Device::Gpu(_) => launch_rows("log_softmax", &k::LOG_SOFTMAX_FORWARD, x, x, None, x.shape(), rows, cols),
+    }
+}
+
+/// The gradient of log-softmax given its output `y` and the upstream gradient `g`.
+pub fn log_softmax_backward(y: &Tensor, g: &Tensor) -> Result<Tensor> {
+    same_device("log_softmax_backward", &[y, g])?;
+    same_shape("log_softmax_backward", y, g)?;
+    let (rows, cols) = rows_cols("log_softmax_backward", y)?;
+    match y.device() {
+        Device::Cpu(_) => Ok(cpu_rows(y, g, cols, |yr, gr, _, o| {
+            let total: f32 = gr.iter().sum();
+            o.iter_mut().enumerate().for_each(|(j, o)| *o = gr[j] - yr[j].exp() * total);
+        })),
+        Device::Gpu(_) => launch_rows("log_softmax_backward", &k::LOG_SOFTMAX_BACKWARD, y, g, None, y.shape(), rows, cols),
+    }
+}
+
+/// Integer class labels for cross-entropy, checked against the class count once and kept in
+/// the form each backend reads.
+pub struct Labels {
+    values: Vec<usize>,
+    gpu: Option<GpuBuffer>,
+}
+
+impl Labels {
+    /// Checks `labels` against `logits` ([batch, classes]) and stages them on its device.
+    pub fn new(logits: &Tensor, labels: &[usize]) -> Result<Self> {
+        let op = "cross_entropy";
+        let [batch, classes] = logits.shape() else {
+            return Err(shape_err(op, format!("logits must be [batch, classes], got {:?}", logits.shape())));
+        };
+        if labels.len() != *batch {
+            return Err(shape_err(op, format!("{} labels for a batch of {batch} (logits {:?})", labels.len(), logits.shape())));
+        }
+        if let Some((i, &bad)) = labels.iter().enumerate().find(|(_, &l)| l >= *classes) {
+            return Err(shape_err(op, format!("label {bad} at index {i} is out of range for {classes} classes (logits {:?})", logits.shape())));
+        }
+        let gpu = match logits.device() {
+            Device::Cpu(_) => None,
+            Device::Gpu(gpu) => {
+                let as_u32: Vec<u32> = labels.iter().map(|&l| l as u32).collect();
+                Some(gpu.upload_bytes(bytemuck::cast_slice(&as_u32))?)
+            }
+        };
+        Ok(Self { values: labels.to_vec(), gpu })
+    }
+
+    pub fn values(&self) -> &[usize] {
+        &self.values
+    }
+}
+
+/// Per-sample cross-entropy losses [batch]: logsumexp(x_n) − x_n[label_n]. The mean over the
+/// batch (PyTorch's default reduction) is `ops::mean` of this.
+pub fn cross_entropy_per_sample(logits: &Tensor, labels: &Labels) -> Result<Tensor> {
+    let (rows, cols) = rows_cols("cross_entropy", logits)?;
+    match logits.device() {
+        Device::Cpu(_) => {
+            let xs = cpu_data(logits);
+            let out = (0..rows).map(|r| {
+                let row = &xs[r * cols..(r + 1) * cols];
+                logsumexp(row) - row[labels.values[r]]
+            });
+            Ok(cpu_tensor(out.collect(), &[rows], logits.device()))
+        }
+        Device::Gpu(_) => launch_rows("cross_entropy", &k::CROSS_ENTROPY_FORWARD, logits, logits, labels.gpu.as_ref(), &[rows], rows, cols),
+    }
+}
+
+/// The gradient of mean cross-entropy with respect to the logits, given the scalar upstream
+/// gradient `g`: (softmax(x) − onehot(label)) · g / batch.
+pub fn cross_entropy_backward(logits: &Tensor, labels: &Labels, g: &Tensor) -> Result<Tensor> {
+    same_device("cross_entropy_backward", &[logits, g])?;
+    let (rows, cols) = rows_cols("cross_entropy_backward", logits)?;
+    if g.numel() != 1 {
+        return Err(shape_err("cross_entropy_backward", format!("upstream gradient must be a scalar, got {:?}", g.shape())));
+    }
+    match logits.device() {
+        Device::Cpu(_) => {
+            let scale = cpu_data(g)[0] / rows as f32;
+            Ok(cpu_rows(logits, logits, cols, |xr, _, r, o| {
+                let lse = logsumexp(xr);
+                o.iter_mut().zip(xr).for_each(|(o, v)| *o = (v - lse).exp() * scale);
+                o[labels.values[r]] -= scale;
+            }))
+        }
+        Device::Gpu(_) => launch_rows(
+            "cross_entropy_backward",
+            &k::CROSS_ENTROPY_BACKWARD,
+            logits,
+            g,
+            labels.gpu.as_ref(),
+            logits.shape(),
+            rows,
+            cols,
+        ),
+    }
+}

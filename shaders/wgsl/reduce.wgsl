@@ -1,0 +1,52 @@
+// Strided gather-sum, the one kernel behind sum/mean over any axes and their backward
+// (broadcasting a gradient back over the reduced axes):
+//   out[o] = scale · Σ_{r < red_numel} x[offset(kept coords of o) + offset(reduced coords of r)]
+// Coordinates are decoded from the flat indices with the shapes below (row-major, rank ≤ 8);
+// a stride of 0 repeats a value (broadcast). One invocation per output value.
+
+struct ReduceParams {
+    out_numel: u32,
+    red_numel: u32,
+    kept_rank: u32,
+    red_rank: u32,
+    scale: f32,
+    _pad0: u32,
+    _pad1: u32,
+    _pad2: u32,
+    kept_shape: array<vec4<u32>, 2>,
+    kept_stride: array<vec4<u32>, 2>,
+    red_shape: array<vec4<u32>, 2>,
+    red_stride: array<vec4<u32>, 2>,
+}
+
+@group(0) @binding(0) var<uniform> p: ReduceParams;
+@group(0) @binding(1) var<storage, read> x: array<f32>;
+@group(0) @binding(2) var<storage, read_write> out: array<f32>;
+
+fn at(v: array<vec4<u32>, 2>, i: u32) -> u32 {
+    return v[i / 4u][i % 4u];
+}
+
+// Offset into x of flat index `flat` over the given shape and strides (last axis fastest).
+fn offset_of(flat: u32, rank: u32, shape: array<vec4<u32>, 2>, stride: array<vec4<u32>, 2>) -> u32 {
+    var rest = flat;
+    var off = 0u;
+    for (var d = rank; d > 0u; d--) {
+        let size = at(shape, d - 1u);
+        off += (rest % size) * at(stride, d - 1u);
+        rest /= size;
+    }
+    return off;
+}
+
+@compute @workgroup_size(256)
+fn gather_sum(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) groups: vec3<u32>) {
+    let o = gid.x + gid.y * groups.x * 256u;
+    if (o >= p.out_numel) { return; }
+    let base = offset_of(o, p.kept_rank, p.kept_shape, p.kept_stride);
+    var acc = 0.0;
+    for (var r = 0u; r < p.red_numel; r++) {
+        acc += x[base + offset_of(r, p.red_rank, p.red_shape, p.red_stride)];
+    }
+    out[o] = p.scale * acc;
+}
