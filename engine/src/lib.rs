@@ -8,6 +8,7 @@
 //! assert_eq!(ops::matmul(&a, &b)?.to_vec()?, vec![3.0; 8]);
 //! # Ok::<(), tessera_engine::Error>(())
 //! ```
+pub mod autograd;
 pub mod bench;
 pub mod cpu;
 pub mod device;
@@ -16,6 +17,7 @@ pub mod gpu;
 pub mod ops;
 pub mod tensor;
 
+pub use autograd::{no_grad, Var};
 pub use device::{Device, DeviceSpec};
 pub use error::{Error, Result};
 pub use tensor::Tensor;

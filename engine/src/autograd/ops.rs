@@ -1,0 +1,160 @@
+//! Differentiable ops: each wraps forward kernels from `crate::ops` and states its backward
+//! rule next to it. Every rule computes only the gradients its inputs need.
+use super::Var;
+use crate::error::{shape_err, Result};
+use crate::ops::{self as k, GemmOpts, Labels};
+use std::sync::Arc;
+
+/// a + b (same shapes).
+pub fn add(a: &Var, b: &Var) -> Result<Var> {
+    let value = k::add(a.value(), b.value())?;
+    Ok(Var::from_op("add", value, &[a, b], Box::new(|g, needs| Ok(vec![needs[0].then(|| g.clone()), needs[1].then(|| g.clone())]))))
+}
+
+/// alpha·a.
+pub fn scale(a: &Var, alpha: f32) -> Result<Var> {
+    let value = k::scale(a.value(), alpha)?;
+    Ok(Var::from_op("scale", value, &[a], Box::new(move |g, _| Ok(vec![Some(k::scale(g, alpha)?)]))))
+}
+
+/// a·b elementwise: da = g·b, db = g·a.
+pub fn mul(a: &Var, b: &Var) -> Result<Var> {
+    let value = k::mul(a.value(), b.value())?;
+    let (av, bv) = (a.value().clone(), b.value().clone());
+    Ok(Var::from_op(
+        "mul",
+        value,
+        &[a, b],
+        Box::new(move |g, needs| {
+            Ok(vec![
+                if needs[0] { Some(k::mul(g, &bv)?) } else { None },
+                if needs[1] { Some(k::mul(g, &av)?) } else { None },
+            ])
+        }),
+    ))
+}
+
+/// max(x, 0): dx = g·[x > 0].
+pub fn relu(x: &Var) -> Result<Var> {
+    let value = k::relu(x.value())?;
+    let xv = x.value().clone();
+    Ok(Var::from_op("relu", value, &[x], Box::new(move |g, _| Ok(vec![Some(k::relu_backward(&xv, g)?)]))))
+}
+
+/// A·B for 2-D A [M, K] and B [K, N]: dA = g·Bᵀ, dB = Aᵀ·g.
+pub fn matmul(a: &Var, b: &Var) -> Result<Var> {
+    if a.shape().len() != 2 || b.shape().len() != 2 {
+        return Err(shape_err("matmul", format!("differentiable matmul takes 2-D operands, got {:?} and {:?}", a.shape(), b.shape())));
+    }
+    let value = k::matmul(a.value(), b.value())?;
+    let (av, bv) = (a.value().clone(), b.value().clone());
+    Ok(Var::from_op(
+        "matmul",
+        value,
+        &[a, b],
+        Box::new(move |g, needs| {
+            let nt = GemmOpts { trans_b: true, ..Default::default() };
+            let tn = GemmOpts { trans_a: true, ..Default::default() };
+            Ok(vec![
+                if needs[0] { Some(k::gemm(g, &bv, None, nt)?) } else { None },
+                if needs[1] { Some(k::gemm(&av, g, None, tn)?) } else { None },
+            ])
+        }),
+    ))
+}
+
+/// x·Wᵀ + b, PyTorch's `F.linear`: x [N, in], W [out, in], b [out].
+/// dx = g·W, dW = gᵀ·x, db = Σ_n g.
+pub fn linear(x: &Var, w: &Var, b: Option<&Var>) -> Result<Var> {
+    let (xs, ws) = (x.shape(), w.shape());
+    if xs.len() != 2 || ws.len() != 2 || xs[1] != ws[1] {
+        return Err(shape_err("linear", format!("input {xs:?} and weight {ws:?} do not match: need [N, in] and [out, in]")));
+    }
+    let value = k::gemm(x.value(), w.value(), None, GemmOpts { trans_b: true, ..Default::default() })?;
+    let (xv, wv) = (x.value().clone(), w.value().clone());
+    let product = Var::from_op(
+        "linear",
+        value,
+        &[x, w],
+        Box::new(move |g, needs| {
+            Ok(vec![
+                if needs[0] { Some(k::matmul(g, &wv)?) } else { None },
+                if needs[1] { Some(k::gemm(g, &xv, None, GemmOpts { trans_a: true, ..Default::default() })?) } else { None },
+            ])
+        }),
+    );
+    match b {
+        Some(b) => add_channel(&product, b, 1),
+        None => Ok(product),
+    }
+}
+
+/// x + b along `axis` (a bias): dx = g, db = Σ of g over every other axis.
+pub fn add_channel(x: &Var, b: &Var, axis: usize) -> Result<Var> {
+    let value = k::add_channel(x.value(), b.value(), axis)?;
+    let rank = x.shape().len();
+    Ok(Var::from_op(
+        "add_channel",
+        value,
+        &[x, b],
+        Box::new(move |g, needs| {
+            let others: Vec<usize> = (0..rank).filter(|&d| d != axis).collect();
+            Ok(vec![needs[0].then(|| g.clone()), if needs[1] { Some(k::sum(g, &others, false)?) } else { None }])
+        }),
+    ))
+}
+
+fn reduction(name: &'static str, x: &Var, axes: &[usize], keepdim: bool, mean: bool) -> Result<Var> {
+    let value = if mean { k::mean(x.value(), axes, keepdim)? } else { k::sum(x.value(), axes, keepdim)? };
+    let shape = x.shape().to_vec();
+    let axes = axes.to_vec();
+    let count: usize = axes.iter().map(|&a| shape[a]).product();
+    let alpha = if mean { 1.0 / count.max(1) as f32 } else { 1.0 };
+    Ok(Var::from_op(name, value, &[x], Box::new(move |g, _| Ok(vec![Some(k::expand(g, &shape, &axes, alpha)?)]))))
+}
+
+/// Σ over `axes`: dx = g repeated over those axes.
+pub fn sum(x: &Var, axes: &[usize], keepdim: bool) -> Result<Var> {
+    reduction("sum", x, axes, keepdim, false)
+}
+
+/// Mean over `axes`: dx = g / count repeated over those axes.
+pub fn mean(x: &Var, axes: &[usize], keepdim: bool) -> Result<Var> {
+    reduction("mean", x, axes, keepdim, true)
+}
+
+/// The same values seen with another shape (flatten, view): dx = g seen with x's shape.
+pub fn reshape(x: &Var, shape: &[usize]) -> Result<Var> {
+    let value = x.value().reshape(shape)?;
+    let original = x.shape().to_vec();
+    Ok(Var::from_op("reshape", value, &[x], Box::new(move |g, _| Ok(vec![Some(g.reshape(&original)?)]))))
+}
+
+/// softmax over the last axis: dx = y·(g − Σ g·y).
+pub fn softmax(x: &Var) -> Result<Var> {
+    let value = k::softmax(x.value())?;
+    let y = value.clone();
+    Ok(Var::from_op("softmax", value, &[x], Box::new(move |g, _| Ok(vec![Some(k::softmax_backward(&y, g)?)]))))
+}
+
+/// log-softmax over the last axis: dx = g − exp(y)·Σ g.
+pub fn log_softmax(x: &Var) -> Result<Var> {
+    let value = k::log_softmax(x.value())?;
+    let y = value.clone();
+    Ok(Var::from_op("log_softmax", value, &[x], Box::new(move |g, _| Ok(vec![Some(k::log_softmax_backward(&y, g)?)]))))
+}
+
+/// Mean cross-entropy of `logits` [batch, classes] against integer `labels`, fused and
+/// numerically stable (PyTorch's `F.cross_entropy`): dlogits = (softmax − onehot)·g / batch.
+pub fn cross_entropy(logits: &Var, labels: &[usize]) -> Result<Var> {
+    let labels = Arc::new(Labels::new(logits.value(), labels)?);
+    let per_sample = k::cross_entropy_per_sample(logits.value(), &labels)?;
+    let value = k::mean(&per_sample, &[0], false)?;
+    let x = logits.value().clone();
+    Ok(Var::from_op(
+        "cross_entropy",
+        value,
+        &[logits],
+        Box::new(move |g, _| Ok(vec![Some(k::cross_entropy_backward(&x, &labels, g)?)])),
+    ))
+}
