@@ -102,3 +102,86 @@ fn bad_input_names_the_op_and_shapes() {
         assert!(e.contains("sum") && e.contains("axes [2] are invalid for shape [4, 3]"), "{e}");
     }
 }
+
+/// Direct convolution, the textbook loop, as the reference for the im2col route.
+fn naive_conv2d(x: &[f32], xs: [usize; 4], w: &[f32], ws: [usize; 4], o: tessera_engine::ops::Conv2dOpts) -> Vec<f32> {
+    let s = tessera_engine::ops::ConvShape::new(&xs, &ws, o).unwrap();
+    let mut out = vec![0f32; s.out_shape().iter().product()];
+    for n in 0..s.n {
+        for oc in 0..s.o {
+            for oh in 0..s.ho {
+                for ow in 0..s.wo {
+                    let mut acc = 0f32;
+                    for c in 0..s.c {
+                        for i in 0..s.kh {
+                            for j in 0..s.kw {
+                                let y = (oh * o.stride[0] + i * o.dilation[0]) as isize - o.padding[0] as isize;
+                                let xx = (ow * o.stride[1] + j * o.dilation[1]) as isize - o.padding[1] as isize;
+                                if y >= 0 && (y as usize) < s.h && xx >= 0 && (xx as usize) < s.w {
+                                    acc += x[((n * s.c + c) * s.h + y as usize) * s.w + xx as usize]
+                                        * w[((oc * s.c + c) * s.kh + i) * s.kw + j];
+                                }
+                            }
+                        }
+                    }
+                    out[((n * s.o + oc) * s.ho + oh) * s.wo + ow] = acc;
+                }
+            }
+        }
+    }
+    out
+}
+
+fn conv_cases() -> Vec<(tessera_engine::ops::Conv2dOpts, [usize; 4], [usize; 4])> {
+    use tessera_engine::ops::Conv2dOpts;
+    vec![
+        // AlexNet's first layer shape (11×11 stride 4 pad 2) at a small size
+        (Conv2dOpts::new(4, 2), [2, 3, 35, 35], [4, 3, 11, 11]),
+        // AlexNet's 5×5 pad 2
+        (Conv2dOpts::new(1, 2), [2, 4, 9, 9], [5, 4, 5, 5]),
+        // ResNet stem 7×7 stride 2 pad 3, 3×3 pad 1, 1×1 stride 2
+        (Conv2dOpts::new(2, 3), [1, 3, 20, 18], [4, 3, 7, 7]),
+        (Conv2dOpts::new(1, 1), [3, 5, 8, 8], [6, 5, 3, 3]),
+        (Conv2dOpts::new(2, 0), [2, 6, 9, 9], [8, 6, 1, 1]),
+        (Conv2dOpts { stride: [2, 1], padding: [1, 2], dilation: [2, 3] }, [1, 2, 11, 13], [3, 2, 3, 3]),
+    ]
+}
+
+#[test]
+fn conv2d_matches_direct_convolution_on_cpu() {
+    let cpu = Device::cpu();
+    for (i, (o, xs, ws)) in conv_cases().into_iter().enumerate() {
+        let (x, w) = (random_tensor(&xs, i as u64, &cpu), random_tensor(&ws, i as u64 + 50, &cpu));
+        let got = ops::conv2d(&x, &w, None, o).unwrap().to_vec().unwrap();
+        let want = naive_conv2d(&x.to_vec().unwrap(), xs, &w.to_vec().unwrap(), ws, o);
+        let err = tessera_tests::max_rel_err(&got, &want);
+        assert!(err < 1e-5, "case {i}: {err:e}");
+    }
+}
+
+#[test]
+fn conv2d_forward_and_backward_match() {
+    for (i, (o, xs, ws)) in conv_cases().into_iter().enumerate() {
+        check_against_cpu("conv2d", TOL, |d| {
+            let (x, w) = (random_tensor(&xs, i as u64, d), random_tensor(&ws, i as u64 + 50, d));
+            let b = random_tensor(&[ws[0]], i as u64 + 60, d);
+            let y = ops::conv2d(&x, &w, Some(&b), o)?;
+            let g = random_tensor(y.shape(), i as u64 + 70, d);
+            let (dx, dw) = ops::conv2d_backward(&x, &w, &g, o, true, true)?;
+            Ok(vec![y, dx.unwrap(), dw.unwrap(), ops::conv2d::conv2d_bias_backward(&g)?])
+        });
+    }
+}
+
+#[test]
+fn conv2d_bad_input_names_op_and_shapes() {
+    use tessera_engine::ops::Conv2dOpts;
+    let cpu = Device::cpu();
+    let w = random_tensor(&[4, 3, 3, 3], 1, &cpu);
+    let e = ops::conv2d(&random_tensor(&[3, 8, 8], 1, &cpu), &w, None, Conv2dOpts::default()).unwrap_err().to_string();
+    assert!(e.contains("conv2d") && e.contains("input must be 4-D [N, C, H, W], got [3, 8, 8]"), "{e}");
+    let e = ops::conv2d(&random_tensor(&[1, 2, 8, 8], 1, &cpu), &w, None, Conv2dOpts::default()).unwrap_err().to_string();
+    assert!(e.contains("input has 2 channels but weight [4, 3, 3, 3] expects 3"), "{e}");
+    let e = ops::conv2d(&random_tensor(&[1, 3, 2, 2], 1, &cpu), &w, None, Conv2dOpts::default()).unwrap_err().to_string();
+    assert!(e.contains("larger than the padded input [1, 3, 2, 2]"), "{e}");
+}

@@ -63,9 +63,10 @@ shader!(GEMM_SUBGROUP, "gemm_subgroup", prelude "gemm_common");
 shader!(ELEMENTWISE, "elementwise");
 shader!(REDUCE, "reduce");
 shader!(SOFTMAX, "softmax");
+shader!(CONV2D, "conv2d");
 
 /// Every shader module; the validation test checks that they use every file in the folder.
-pub static ALL: &[&Shader] = &[&GEMM, &GEMM_SUBGROUP, &ELEMENTWISE, &REDUCE, &SOFTMAX];
+pub static ALL: &[&Shader] = &[&GEMM, &GEMM_SUBGROUP, &ELEMENTWISE, &REDUCE, &SOFTMAX, &CONV2D];
 
 macro_rules! kernels {
     ($shader:ident, $workgroup:expr, $($ident:ident = $entry:literal),+ $(,)?) => {
@@ -102,6 +103,12 @@ pub mod softmax {
         CROSS_ENTROPY_FORWARD = "cross_entropy_forward",
         CROSS_ENTROPY_BACKWARD = "cross_entropy_backward",
     );
+}
+
+/// conv2d's unfold, fold and axis swap around the GEMMs (conv2d.wgsl).
+pub mod conv2d {
+    use super::{Kernel, CONV2D};
+    kernels!(CONV2D, [256, 1, 1], IM2COL = "im2col", COL2IM = "col2im", SWAP01 = "swap01");
 }
 
 /// The strided gather-sum behind reductions and broadcasts (reduce.wgsl).

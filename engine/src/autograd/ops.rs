@@ -158,3 +158,23 @@ pub fn cross_entropy(logits: &Var, labels: &[usize]) -> Result<Var> {
         Box::new(move |g, _| Ok(vec![Some(k::cross_entropy_backward(&x, &labels, g)?)])),
     ))
 }
+
+/// conv2d (PyTorch's `F.conv2d`): x [N, C, H, W], weight [O, C, kh, kw], bias [O].
+/// dx = col2im(Wᵀ·g), dW = g·colsᵀ, db = Σ_{N,H,W} g — each computed only when needed.
+pub fn conv2d(x: &Var, weight: &Var, bias: Option<&Var>, opts: k::Conv2dOpts) -> Result<Var> {
+    let value = k::conv2d(x.value(), weight.value(), None, opts)?;
+    let (xv, wv) = (x.value().clone(), weight.value().clone());
+    let out = Var::from_op(
+        "conv2d",
+        value,
+        &[x, weight],
+        Box::new(move |g, needs| {
+            let (dx, dw) = k::conv2d_backward(&xv, &wv, g, opts, needs[0], needs[1])?;
+            Ok(vec![dx, dw])
+        }),
+    );
+    match bias {
+        Some(b) => add_channel(&out, b, 1),
+        None => Ok(out),
+    }
+}

@@ -1,10 +1,12 @@
 //! Ops: each file holds one op family's shape rules and its dispatch to the CPU twin and the
 //! WGSL kernel of the same name in `shaders/wgsl/`.
+pub mod conv2d;
 pub mod elementwise;
 pub mod gemm;
 pub mod reduce;
 pub mod softmax;
 
+pub use conv2d::{conv2d, conv2d_backward, Conv2dOpts, ConvShape};
 pub use elementwise::{add, add_channel, axpby, mul, relu, relu_backward, scale};
 pub use gemm::{gemm, matmul, GemmOpts};
 pub use reduce::{expand, mean, sum};

@@ -1,0 +1,284 @@
+//! conv2d (NCHW, PyTorch semantics: stride, padding, dilation, optional bias) as GEMMs over
+//! unfolded patches. Kernels: shaders/wgsl/conv2d.wgsl (im2col, col2im, swap01) and gemm.wgsl;
+//! CPU twins below and OpenBLAS; conformance: tests/ops_conformance.rs.
+use super::{cpu_data, cpu_tensor, gpu_buffer, grid_1d, to_u32};
+use crate::device::Device;
+use crate::error::{shape_err, Result};
+use crate::ops::{add_channel, gemm, sum, GemmOpts};
+use crate::tensor::Tensor;
+use rayon::prelude::*;
+use tessera_shaders::conv2d as k;
+use tessera_shaders::Kernel;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Conv2dOpts {
+    pub stride: [usize; 2],
+    pub padding: [usize; 2],
+    pub dilation: [usize; 2],
+}
+
+impl Default for Conv2dOpts {
+    fn default() -> Self {
+        Self { stride: [1, 1], padding: [0, 0], dilation: [1, 1] }
+    }
+}
+
+impl Conv2dOpts {
+    pub fn new(stride: usize, padding: usize) -> Self {
+        Self { stride: [stride; 2], padding: [padding; 2], dilation: [1, 1] }
+    }
+}
+
+/// The shape rules of conv2d, in one place.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ConvShape {
+    pub n: usize,
+    pub c: usize,
+    pub h: usize,
+    pub w: usize,
+    pub o: usize,
+    pub kh: usize,
+    pub kw: usize,
+    pub ho: usize,
+    pub wo: usize,
+    pub opts: Conv2dOpts,
+}
+
+impl ConvShape {
+    /// x [N, C, H, W], weight [O, C, kh, kw]; Ho = ⌊(H + 2·pad − dil·(kh − 1) − 1) / stride⌋ + 1.
+    pub fn new(x: &[usize], weight: &[usize], opts: Conv2dOpts) -> Result<Self> {
+        let err = |d: String| shape_err("conv2d", d);
+        let [n, c, h, w] = *x else { return Err(err(format!("input must be 4-D [N, C, H, W], got {x:?}"))) };
+        let [o, wc, kh, kw] = *weight else {
+            return Err(err(format!("weight must be 4-D [out, in, kh, kw], got {weight:?}")));
+        };
+        if wc != c {
+            return Err(err(format!("input has {c} channels but weight {weight:?} expects {wc} (input {x:?})")));
+        }
+        if opts.stride.contains(&0) || opts.dilation.contains(&0) || kh == 0 || kw == 0 {
+            return Err(err(format!("stride, dilation and kernel size must be positive: {opts:?}, weight {weight:?}")));
+        }
+        let out = |size: usize, k: usize, i: usize| -> Option<usize> {
+            let span = opts.dilation[i] * (k - 1) + 1;
+            (size + 2 * opts.padding[i]).checked_sub(span).map(|r| r / opts.stride[i] + 1)
+        };
+        let (Some(ho), Some(wo)) = (out(h, kh, 0), out(w, kw, 1)) else {
+            return Err(err(format!("kernel {kh}×{kw} ({opts:?}) is larger than the padded input {x:?}")));
+        };
+        Ok(Self { n, c, h, w, o, kh, kw, ho, wo, opts })
+    }
+
+    pub fn out_shape(&self) -> [usize; 4] {
+        [self.n, self.o, self.ho, self.wo]
+    }
+
+    /// Rows of the patch matrix: C·kh·kw.
+    pub fn patch_len(&self) -> usize {
+        self.c * self.kh * self.kw
+    }
+
+    /// Columns of the patch matrix: N·Ho·Wo.
+    pub fn positions(&self) -> usize {
+        self.n * self.ho * self.wo
+    }
+
+    pub fn forward_flops(&self) -> f64 {
+        2.0 * (self.o * self.patch_len() * self.positions()) as f64
+    }
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, Default, bytemuck::Pod, bytemuck::Zeroable)]
+struct ConvParams {
+    n: u32,
+    c: u32,
+    h: u32,
+    w: u32,
+    kh: u32,
+    kw: u32,
+    ho: u32,
+    wo: u32,
+    stride: [u32; 2],
+    pad: [u32; 2],
+    dil: [u32; 2],
+    a: u32,
+    b: u32,
+    inner: u32,
+    total: u32,
+    _pad: [u32; 2],
+}
+
+impl ConvParams {
+    fn of(s: &ConvShape, total: usize) -> Result<Self> {
+        let u = |x| to_u32("conv2d", x);
+        let o = &s.opts;
+        Ok(Self {
+            n: u(s.n)?,
+            c: u(s.c)?,
+            h: u(s.h)?,
+            w: u(s.w)?,
+            kh: u(s.kh)?,
+            kw: u(s.kw)?,
+            ho: u(s.ho)?,
+            wo: u(s.wo)?,
+            stride: [u(o.stride[0])?, u(o.stride[1])?],
+            pad: [u(o.padding[0])?, u(o.padding[1])?],
+            dil: [u(o.dilation[0])?, u(o.dilation[1])?],
+            total: u(total)?,
+            ..Default::default()
+        })
+    }
+}
+
+/// One launch of a conv2d.wgsl kernel from `src` into a new tensor of `out_shape`.
+fn launch(kernel: &Kernel, params: ConvParams, src: &Tensor, out_shape: &[usize]) -> Result<Tensor> {
+    let Device::Gpu(gpu) = src.device() else { unreachable!("GPU dispatch") };
+    let out = Tensor::uninit_gpu(out_shape.to_vec(), gpu)?;
+    let groups = grid_1d(gpu, "conv2d", params.total as usize)?;
+    gpu.launch(kernel, bytemuck::bytes_of(&params), &[&gpu_buffer(src), &gpu_buffer(&out)], groups)?;
+    Ok(out)
+}
+
+/// The signed input coordinate of output position `o`, kernel tap `t` on axis `i`.
+fn tap(s: &ConvShape, i: usize, o: usize, t: usize) -> isize {
+    (o * s.opts.stride[i] + t * s.opts.dilation[i]) as isize - s.opts.padding[i] as isize
+}
+
+/// x [N, C, H, W] → patches [C·kh·kw, N·Ho·Wo].
+pub fn im2col(x: &Tensor, s: &ConvShape) -> Result<Tensor> {
+    let shape = [s.patch_len(), s.positions()];
+    match x.device() {
+        Device::Cpu(cpu) => {
+            let xs = cpu_data(x);
+            let mut out = vec![0f32; shape[0] * shape[1]];
+            cpu.install(|| {
+                out.par_chunks_mut(shape[1].max(1)).enumerate().for_each(|(row, dst)| {
+                    let (c, i, j) = (row / (s.kh * s.kw), (row / s.kw) % s.kh, row % s.kw);
+                    for (col, d) in dst.iter_mut().enumerate() {
+                        let (n, oh, ow) = (col / (s.ho * s.wo), (col / s.wo) % s.ho, col % s.wo);
+                        let (y, x) = (tap(s, 0, oh, i), tap(s, 1, ow, j));
+                        if y >= 0 && (y as usize) < s.h && x >= 0 && (x as usize) < s.w {
+                            *d = xs[((n * s.c + c) * s.h + y as usize) * s.w + x as usize];
+                        }
+                    }
+                })
+            });
+            Ok(cpu_tensor(out, &shape, x.device()))
+        }
+        Device::Gpu(_) => launch(&k::IM2COL, ConvParams::of(s, shape[0] * shape[1])?, x, &shape),
+    }
+}
+
+/// The adjoint of [`im2col`]: patches [C·kh·kw, N·Ho·Wo] → dx [N, C, H, W], summing overlaps.
+pub fn col2im(cols: &Tensor, s: &ConvShape) -> Result<Tensor> {
+    let shape = [s.n, s.c, s.h, s.w];
+    match cols.device() {
+        Device::Cpu(cpu) => {
+            let cs = cpu_data(cols);
+            let positions = s.positions();
+            let mut out = vec![0f32; shape.iter().product()];
+            cpu.install(|| {
+                out.par_chunks_mut(s.h * s.w).enumerate().for_each(|(plane, dst)| {
+                    let (n, c) = (plane / s.c, plane % s.c);
+                    for i in 0..s.kh {
+                        for j in 0..s.kw {
+                            let row = &cs[((c * s.kh + i) * s.kw + j) * positions..][..positions];
+                            for oh in 0..s.ho {
+                                let y = tap(s, 0, oh, i);
+                                if y < 0 || y as usize >= s.h {
+                                    continue;
+                                }
+                                for ow in 0..s.wo {
+                                    let x = tap(s, 1, ow, j);
+                                    if x >= 0 && (x as usize) < s.w {
+                                        dst[y as usize * s.w + x as usize] += row[(n * s.ho + oh) * s.wo + ow];
+                                    }
+                                }
+                            }
+                        }
+                    }
+                })
+            });
+            Ok(cpu_tensor(out, &shape, cols.device()))
+        }
+        Device::Gpu(_) => launch(&k::COL2IM, ConvParams::of(s, shape.iter().product())?, cols, &shape),
+    }
+}
+
+/// [a, b, inner] → [b, a, inner] (given as the flat tensor's leading view).
+pub fn swap01(x: &Tensor, a: usize, b: usize, inner: usize, out_shape: &[usize]) -> Result<Tensor> {
+    if a * b * inner != x.numel() || out_shape.iter().product::<usize>() != x.numel() {
+        return Err(shape_err("swap01", format!("[{a}, {b}, {inner}] does not view {:?} as {out_shape:?}", x.shape())));
+    }
+    match x.device() {
+        Device::Cpu(cpu) => {
+            let xs = cpu_data(x);
+            let mut out = vec![0f32; x.numel()];
+            cpu.install(|| {
+                out.par_chunks_mut(a * inner.max(1)).enumerate().for_each(|(bi, dst)| {
+                    for ai in 0..a {
+                        dst[ai * inner..(ai + 1) * inner].copy_from_slice(&xs[(ai * b + bi) * inner..][..inner]);
+                    }
+                })
+            });
+            Ok(cpu_tensor(out, out_shape, x.device()))
+        }
+        Device::Gpu(_) => {
+            let u = |v| to_u32("swap01", v);
+            let params = ConvParams { a: u(a)?, b: u(b)?, inner: u(inner)?, total: u(x.numel())?, ..Default::default() };
+            launch(&k::SWAP01, params, x, out_shape)
+        }
+    }
+}
+
+/// conv2d(x, weight, bias): x [N, C, H, W], weight [O, C, kh, kw], bias [O] → [N, O, Ho, Wo].
+pub fn conv2d(x: &Tensor, weight: &Tensor, bias: Option<&Tensor>, opts: Conv2dOpts) -> Result<Tensor> {
+    let s = ConvShape::new(x.shape(), weight.shape(), opts)?;
+    super::same_device("conv2d", &[x, weight])?;
+    let cols = im2col(x, &s)?;
+    let w_mat = weight.reshape(&[s.o, s.patch_len()])?;
+    let out_onp = gemm(&w_mat, &cols, None, GemmOpts::default())?; // [O, N·Ho·Wo]
+    let out = swap01(&out_onp, s.o, s.n, s.ho * s.wo, &s.out_shape())?;
+    match bias {
+        Some(b) => add_channel(&out, b, 1),
+        None => Ok(out),
+    }
+}
+
+/// Gradients of conv2d with respect to the input and the weight, each only if asked for:
+/// dW = g'·colsᵀ and dx = col2im(Wᵀ·g') with g' = g as [O, N·Ho·Wo]. The bias gradient is
+/// Σ g over N, H, W (`ops::sum`).
+pub fn conv2d_backward(
+    x: &Tensor,
+    weight: &Tensor,
+    g: &Tensor,
+    opts: Conv2dOpts,
+    need_input: bool,
+    need_weight: bool,
+) -> Result<(Option<Tensor>, Option<Tensor>)> {
+    let s = ConvShape::new(x.shape(), weight.shape(), opts)?;
+    if g.shape() != s.out_shape() {
+        return Err(shape_err("conv2d_backward", format!("gradient {:?} does not match output {:?}", g.shape(), s.out_shape())));
+    }
+    let g_onp = swap01(g, s.n, s.o, s.ho * s.wo, &[s.o, s.positions()])?;
+    let w_mat = weight.reshape(&[s.o, s.patch_len()])?;
+    let dw = if need_weight {
+        let cols = im2col(x, &s)?;
+        let dw = gemm(&g_onp, &cols, None, GemmOpts { trans_b: true, ..Default::default() })?;
+        Some(dw.reshape(weight.shape())?)
+    } else {
+        None
+    };
+    let dx = if need_input {
+        let dcols = gemm(&w_mat, &g_onp, None, GemmOpts { trans_a: true, ..Default::default() })?;
+        Some(col2im(&dcols, &s)?)
+    } else {
+        None
+    };
+    Ok((dx, dw))
+}
+
+/// The bias gradient of conv2d: Σ g over N, H, W.
+pub fn conv2d_bias_backward(g: &Tensor) -> Result<Tensor> {
+    sum(g, &[0, 2, 3], false)
+}

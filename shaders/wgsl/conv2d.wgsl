@@ -1,0 +1,88 @@
+// conv2d as GEMM over unfolded patches, NCHW, with stride, padding and dilation.
+// The patch matrix is laid out cols[(c·kh + i)·kw + j][(n·Ho + oh)·Wo + ow] — every image side
+// by side — so the forward (W·cols), the weight gradient (g·colsᵀ) and the input gradient
+// (Wᵀ·g) are each one GEMM, and only the [N, O] ↔ [O, N] axis swap sits in between.
+
+struct ConvParams {
+    n: u32, c: u32, h: u32, w: u32,
+    kh: u32, kw: u32, ho: u32, wo: u32,
+    stride_h: u32, stride_w: u32, pad_h: u32, pad_w: u32,
+    dil_h: u32, dil_w: u32,
+    // swap01: [a, b, inner] → [b, a, inner]
+    a: u32, b: u32,
+    inner: u32, total: u32, _pad0: u32, _pad1: u32,
+}
+
+@group(0) @binding(0) var<uniform> p: ConvParams;
+@group(0) @binding(1) var<storage, read> src: array<f32>;
+@group(0) @binding(2) var<storage, read_write> dst: array<f32>;
+
+fn flat(gid: vec3<u32>, groups: vec3<u32>) -> u32 {
+    return gid.x + gid.y * groups.x * 256u;
+}
+
+// im2col: cols[row][col] = x[n][c][oh·s − pad + i·dil][ow·s − pad + j·dil], 0 outside the image
+@compute @workgroup_size(256)
+fn im2col(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) groups: vec3<u32>) {
+    let idx = flat(gid, groups);
+    if (idx >= p.total) { return; }
+    let spatial = p.ho * p.wo;
+    let cols = p.n * spatial;
+    let row = idx / cols;
+    let col = idx % cols;
+    let j = row % p.kw;
+    let i = (row / p.kw) % p.kh;
+    let c = row / (p.kw * p.kh);
+    let n = col / spatial;
+    let ow = col % p.wo;
+    let oh = (col / p.wo) % p.ho;
+    // Signed: padding reaches before the image.
+    let y = i32(oh * p.stride_h + i * p.dil_h) - i32(p.pad_h);
+    let x = i32(ow * p.stride_w + j * p.dil_w) - i32(p.pad_w);
+    var v = 0.0;
+    if (y >= 0 && y < i32(p.h) && x >= 0 && x < i32(p.w)) {
+        v = src[((n * p.c + c) * p.h + u32(y)) * p.w + u32(x)];
+    }
+    dst[idx] = v;
+}
+
+// col2im, the adjoint of im2col: dx[n][c][y][x] = Σ over (i, j) of cols[(c,i,j)][(n,oh,ow)]
+// where oh·s − pad + i·dil = y (likewise x). A gather per input pixel: no atomics needed.
+@compute @workgroup_size(256)
+fn col2im(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) groups: vec3<u32>) {
+    let idx = flat(gid, groups);
+    if (idx >= p.total) { return; }
+    let x = idx % p.w;
+    let y = (idx / p.w) % p.h;
+    let c = (idx / (p.w * p.h)) % p.c;
+    let n = idx / (p.w * p.h * p.c);
+    let spatial = p.ho * p.wo;
+    let cols = p.n * spatial;
+    var acc = 0.0;
+    for (var i = 0u; i < p.kh; i++) {
+        let ty = i32(y + p.pad_h) - i32(i * p.dil_h);
+        if (ty < 0 || u32(ty) % p.stride_h != 0u) { continue; }
+        let oh = u32(ty) / p.stride_h;
+        if (oh >= p.ho) { continue; }
+        for (var j = 0u; j < p.kw; j++) {
+            let tx = i32(x + p.pad_w) - i32(j * p.dil_w);
+            if (tx < 0 || u32(tx) % p.stride_w != 0u) { continue; }
+            let ow = u32(tx) / p.stride_w;
+            if (ow >= p.wo) { continue; }
+            let row = (c * p.kh + i) * p.kw + j;
+            acc += src[row * cols + n * spatial + oh * p.wo + ow];
+        }
+    }
+    dst[idx] = acc;
+}
+
+// swap01: dst[b][a][k] = src[a][b][k]; turns the GEMM's [O, N·HW] into NCHW and back
+@compute @workgroup_size(256)
+fn swap01(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) groups: vec3<u32>) {
+    let idx = flat(gid, groups);
+    if (idx >= p.total) { return; }
+    let k = idx % p.inner;
+    let ai = (idx / p.inner) % p.a;
+    let bi = idx / (p.inner * p.a);
+    dst[idx] = src[(ai * p.b + bi) * p.inner + k];
+}
