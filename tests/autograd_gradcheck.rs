@@ -26,8 +26,25 @@ fn scalar_loss(out: &Var, weights: &Var) -> Result<Var> {
 }
 
 fn gradcheck(name: &str, shapes: &[&[usize]], f: impl Fn(&[Var]) -> Result<Var>) {
+    gradcheck_on(name, shapes, |len, seed| away_from_zero(random_vec(len, seed)), f)
+}
+
+/// Distinct values 0.05 apart in shuffled order: no two within 2ε, so max-pooling's argmax
+/// does not move under the finite-difference perturbation.
+fn well_separated(len: usize, seed: u64) -> Vec<f32> {
+    let keys = random_vec(len, seed);
+    let mut order: Vec<usize> = (0..len).collect();
+    order.sort_by(|&a, &b| keys[a].total_cmp(&keys[b]));
+    let mut out = vec![0f32; len];
+    for (rank, &i) in order.iter().enumerate() {
+        out[i] = (rank as f32 - len as f32 / 2.0) * 0.05;
+    }
+    out
+}
+
+fn gradcheck_on(name: &str, shapes: &[&[usize]], data: impl Fn(usize, u64) -> Vec<f32>, f: impl Fn(&[Var]) -> Result<Var>) {
     for dev in devices() {
-        let data: Vec<Vec<f32>> = shapes.iter().enumerate().map(|(i, s)| away_from_zero(random_vec(s.iter().product(), 100 + i as u64))).collect();
+        let data: Vec<Vec<f32>> = shapes.iter().enumerate().map(|(i, s)| data(s.iter().product(), 100 + i as u64)).collect();
         let tensor = |i: usize, d: &[f32]| Tensor::from_vec(d.to_vec(), shapes[i], &dev).unwrap();
         let leaves: Vec<Var> = data.iter().enumerate().map(|(i, d)| Var::leaf(tensor(i, d))).collect();
         let out = f(&leaves).unwrap_or_else(|e| panic!("{name} on {dev}: {e}"));
@@ -122,4 +139,11 @@ fn conv2d_with_stride_padding_dilation() {
     for (opts, xs, ws) in cases {
         gradcheck("conv2d", &[&xs, &ws, &[ws[0]]], |v| ag::conv2d(&v[0], &v[1], Some(&v[2]), opts));
     }
+}
+
+#[test]
+fn pooling() {
+    gradcheck_on("max_pool2d", &[&[1, 2, 5, 5]], well_separated, |v| ag::max_pool2d(&v[0], 3, 2, 1));
+    gradcheck("avg_pool2d", &[&[2, 1, 5, 4]], |v| ag::avg_pool2d(&v[0], 2, 2, 1));
+    gradcheck("adaptive_avg_pool2d", &[&[1, 2, 7, 5]], |v| ag::adaptive_avg_pool2d(&v[0], [3, 2]));
 }

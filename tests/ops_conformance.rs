@@ -185,3 +185,40 @@ fn conv2d_bad_input_names_op_and_shapes() {
     let e = ops::conv2d(&random_tensor(&[1, 3, 2, 2], 1, &cpu), &w, None, Conv2dOpts::default()).unwrap_err().to_string();
     assert!(e.contains("larger than the padded input [1, 3, 2, 2]"), "{e}");
 }
+
+#[test]
+fn pooling_forward_and_backward_match() {
+    use tessera_engine::ops::{pool_backward, pool_forward, PoolKind, PoolShape};
+    let cases: Vec<(&str, [usize; 4], Box<dyn Fn(&[usize]) -> tessera_engine::Result<PoolShape>>)> = vec![
+        ("max 3/2/1 (ResNet stem)", [2, 3, 11, 10], Box::new(|x| PoolShape::window(PoolKind::Max, x, [3, 3], [2, 2], [1, 1]))),
+        ("max 3/2/0 (AlexNet)", [1, 4, 13, 13], Box::new(|x| PoolShape::window(PoolKind::Max, x, [3, 3], [2, 2], [0, 0]))),
+        ("max 2/2", [3, 2, 8, 6], Box::new(|x| PoolShape::window(PoolKind::Max, x, [2, 2], [2, 2], [0, 0]))),
+        ("avg 3/2/1", [2, 3, 9, 7], Box::new(|x| PoolShape::window(PoolKind::Avg, x, [3, 3], [2, 2], [1, 1]))),
+        ("adaptive 1x1", [2, 5, 7, 7], Box::new(|x| PoolShape::adaptive(x, [1, 1]))),
+        ("adaptive 6x6 (AlexNet)", [1, 3, 13, 13], Box::new(|x| PoolShape::adaptive(x, [6, 6]))),
+        ("adaptive 6x6 upsampling", [1, 2, 4, 5], Box::new(|x| PoolShape::adaptive(x, [6, 6]))),
+    ];
+    for (i, (name, xs, make)) in cases.into_iter().enumerate() {
+        let s = make(&xs).unwrap();
+        check_against_cpu(name, TOL, |d| {
+            let x = random_tensor(&xs, i as u64, d);
+            let y = pool_forward(&x, &s)?;
+            let g = random_tensor(y.shape(), i as u64 + 9, d);
+            Ok(vec![pool_backward(&x, &g, &s)?, y])
+        });
+    }
+}
+
+#[test]
+fn max_pool_matches_hand_computed_values() {
+    use tessera_engine::ops::{pool_backward, pool_forward, PoolKind, PoolShape};
+    let cpu = Device::cpu();
+    let x = Tensor::from_vec((0..16).map(|v| v as f32).collect(), &[1, 1, 4, 4], &cpu).unwrap();
+    let s = PoolShape::window(PoolKind::Max, x.shape(), [2, 2], [2, 2], [0, 0]).unwrap();
+    assert_eq!(pool_forward(&x, &s).unwrap().to_vec().unwrap(), vec![5.0, 7.0, 13.0, 15.0]);
+    let g = Tensor::from_vec(vec![1.0, 2.0, 3.0, 4.0], &[1, 1, 2, 2], &cpu).unwrap();
+    let dx = pool_backward(&x, &g, &s).unwrap().to_vec().unwrap();
+    assert_eq!((dx[5], dx[7], dx[13], dx[15], dx.iter().sum::<f32>()), (1.0, 2.0, 3.0, 4.0, 10.0));
+    let e = PoolShape::window(PoolKind::Max, &[4, 4], [2, 2], [2, 2], [0, 0]).unwrap_err().to_string();
+    assert!(e.contains("max_pool2d") && e.contains("[4, 4]"), "{e}");
+}

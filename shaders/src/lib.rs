@@ -64,9 +64,10 @@ shader!(ELEMENTWISE, "elementwise");
 shader!(REDUCE, "reduce");
 shader!(SOFTMAX, "softmax");
 shader!(CONV2D, "conv2d");
+shader!(POOL, "pool");
 
 /// Every shader module; the validation test checks that they use every file in the folder.
-pub static ALL: &[&Shader] = &[&GEMM, &GEMM_SUBGROUP, &ELEMENTWISE, &REDUCE, &SOFTMAX, &CONV2D];
+pub static ALL: &[&Shader] = &[&GEMM, &GEMM_SUBGROUP, &ELEMENTWISE, &REDUCE, &SOFTMAX, &CONV2D, &POOL];
 
 macro_rules! kernels {
     ($shader:ident, $workgroup:expr, $($ident:ident = $entry:literal),+ $(,)?) => {
@@ -109,6 +110,21 @@ pub mod softmax {
 pub mod conv2d {
     use super::{Kernel, CONV2D};
     kernels!(CONV2D, [256, 1, 1], IM2COL = "im2col", COL2IM = "col2im", SWAP01 = "swap01");
+}
+
+/// Max, average and adaptive-average pooling (pool.wgsl).
+pub mod pool {
+    use super::{Kernel, POOL};
+    kernels!(
+        POOL,
+        [256, 1, 1],
+        MAX_FORWARD = "max_pool_forward",
+        MAX_BACKWARD = "max_pool_backward",
+        AVG_FORWARD = "avg_pool_forward",
+        AVG_BACKWARD = "avg_pool_backward",
+        ADAPTIVE_AVG_FORWARD = "adaptive_avg_pool_forward",
+        ADAPTIVE_AVG_BACKWARD = "adaptive_avg_pool_backward",
+    );
 }
 
 /// The strided gather-sum behind reductions and broadcasts (reduce.wgsl).

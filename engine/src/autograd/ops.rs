@@ -178,3 +178,25 @@ pub fn conv2d(x: &Var, weight: &Var, bias: Option<&Var>, opts: k::Conv2dOpts) ->
         None => Ok(out),
     }
 }
+
+fn pool(name: &'static str, x: &Var, shape: k::PoolShape) -> Result<Var> {
+    let value = k::pool_forward(x.value(), &shape)?;
+    let xv = x.value().clone();
+    Ok(Var::from_op(name, value, &[x], Box::new(move |g, _| Ok(vec![Some(k::pool_backward(&xv, g, &shape)?)]))))
+}
+
+/// max_pool2d (PyTorch's `F.max_pool2d`, ceil_mode false): the gradient goes to each
+/// window's first maximum.
+pub fn max_pool2d(x: &Var, kernel: usize, stride: usize, padding: usize) -> Result<Var> {
+    pool("max_pool2d", x, k::PoolShape::window(k::PoolKind::Max, x.shape(), [kernel; 2], [stride; 2], [padding; 2])?)
+}
+
+/// avg_pool2d (PyTorch's `F.avg_pool2d`, count_include_pad true).
+pub fn avg_pool2d(x: &Var, kernel: usize, stride: usize, padding: usize) -> Result<Var> {
+    pool("avg_pool2d", x, k::PoolShape::window(k::PoolKind::Avg, x.shape(), [kernel; 2], [stride; 2], [padding; 2])?)
+}
+
+/// adaptive_avg_pool2d to `out` = [Ho, Wo] (PyTorch's window bounds).
+pub fn adaptive_avg_pool2d(x: &Var, out: [usize; 2]) -> Result<Var> {
+    pool("adaptive_avg_pool2d", x, k::PoolShape::adaptive(x.shape(), out)?)
+}

@@ -3,12 +3,14 @@
 pub mod conv2d;
 pub mod elementwise;
 pub mod gemm;
+pub mod pool;
 pub mod reduce;
 pub mod softmax;
 
 pub use conv2d::{conv2d, conv2d_backward, Conv2dOpts, ConvShape};
 pub use elementwise::{add, add_channel, axpby, mul, relu, relu_backward, scale};
 pub use gemm::{gemm, matmul, GemmOpts};
+pub use pool::{pool_backward, pool_forward, PoolKind, PoolShape};
 pub use reduce::{expand, mean, sum};
 pub use softmax::{cross_entropy_backward, cross_entropy_per_sample, log_softmax, log_softmax_backward, softmax, softmax_backward, Labels};
 
