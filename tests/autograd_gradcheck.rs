@@ -147,3 +147,19 @@ fn pooling() {
     gradcheck("avg_pool2d", &[&[2, 1, 5, 4]], |v| ag::avg_pool2d(&v[0], 2, 2, 1));
     gradcheck("adaptive_avg_pool2d", &[&[1, 2, 7, 5]], |v| ag::adaptive_avg_pool2d(&v[0], [3, 2]));
 }
+
+#[test]
+fn batch_norm_training_and_eval() {
+    use tessera_engine::ops::batch_stats;
+    // Training: the statistics are recomputed from the perturbed input inside f.
+    gradcheck("batch_norm2d train", &[&[3, 2, 2, 3], &[2], &[2]], |v| {
+        let (mean, var) = batch_stats(v[0].value())?;
+        ag::batch_norm2d(&v[0], &v[1], &v[2], &mean, &var, true, 1e-5)
+    });
+    gradcheck("batch_norm2d eval", &[&[2, 3, 2, 2], &[3], &[3]], |v| {
+        let dev = v[0].value().device().clone();
+        let mean = Tensor::from_vec(vec![0.1, -0.2, 0.3], &[3], &dev)?;
+        let var = Tensor::from_vec(vec![0.5, 1.5, 2.0], &[3], &dev)?;
+        ag::batch_norm2d(&v[0], &v[1], &v[2], &mean, &var, false, 1e-5)
+    });
+}

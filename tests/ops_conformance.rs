@@ -222,3 +222,23 @@ fn max_pool_matches_hand_computed_values() {
     let e = PoolShape::window(PoolKind::Max, &[4, 4], [2, 2], [2, 2], [0, 0]).unwrap_err().to_string();
     assert!(e.contains("max_pool2d") && e.contains("[4, 4]"), "{e}");
 }
+
+#[test]
+fn batch_norm_forward_and_backward_match() {
+    use tessera_engine::ops::{batch_norm_backward, batch_norm_forward, batch_stats};
+    for (i, xs) in [[4usize, 3, 5, 5], [2, 16, 7, 3], [8, 2, 1, 1]].into_iter().enumerate() {
+        for training in [true, false] {
+            check_against_cpu("batch_norm2d", TOL, |d| {
+                // An offset and scale per tensor, so the statistics are not trivially 0 and 1.
+                let x = ops::add_channel(&ops::scale(&random_tensor(&xs, i as u64, d), 3.0)?, &random_tensor(&[xs[1]], 5, d), 1)?;
+                let (gamma, beta) = (random_tensor(&[xs[1]], 6, d), random_tensor(&[xs[1]], 7, d));
+                let (mean, var) = batch_stats(&x)?;
+                let var = if training { var } else { ops::add(&ops::scale(&var, 0.5)?, &ops::relu(&gamma)?)? };
+                let y = batch_norm_forward(&x, &mean, &var, &gamma, &beta, 1e-5)?;
+                let g = random_tensor(&xs, 8, d);
+                let (dx, dgamma, dbeta) = batch_norm_backward(&x, &g, &mean, &var, &gamma, 1e-5, training, true, true)?;
+                Ok(vec![mean, var, y, dx.unwrap(), dgamma.unwrap(), dbeta.unwrap()])
+            });
+        }
+    }
+}

@@ -65,9 +65,10 @@ shader!(REDUCE, "reduce");
 shader!(SOFTMAX, "softmax");
 shader!(CONV2D, "conv2d");
 shader!(POOL, "pool");
+shader!(BATCHNORM, "batchnorm");
 
 /// Every shader module; the validation test checks that they use every file in the folder.
-pub static ALL: &[&Shader] = &[&GEMM, &GEMM_SUBGROUP, &ELEMENTWISE, &REDUCE, &SOFTMAX, &CONV2D, &POOL];
+pub static ALL: &[&Shader] = &[&GEMM, &GEMM_SUBGROUP, &ELEMENTWISE, &REDUCE, &SOFTMAX, &CONV2D, &POOL, &BATCHNORM];
 
 macro_rules! kernels {
     ($shader:ident, $workgroup:expr, $($ident:ident = $entry:literal),+ $(,)?) => {
@@ -125,6 +126,19 @@ pub mod pool {
         ADAPTIVE_AVG_FORWARD = "adaptive_avg_pool_forward",
         ADAPTIVE_AVG_BACKWARD = "adaptive_avg_pool_backward",
     );
+}
+
+/// batch_norm2d (batchnorm.wgsl): per-channel reductions 64 channels per workgroup, the
+/// elementwise parts 256 values per workgroup.
+pub mod batchnorm {
+    use super::{Kernel, BATCHNORM};
+    pub static MEAN: Kernel = Kernel { shader: &BATCHNORM, entry: "bn_mean", workgroup: [64, 1, 1] };
+    pub static VAR: Kernel = Kernel { shader: &BATCHNORM, entry: "bn_var", workgroup: [64, 1, 1] };
+    pub static GRAD_SUMS: Kernel = Kernel { shader: &BATCHNORM, entry: "bn_grad_sums", workgroup: [64, 1, 1] };
+    pub static FORWARD: Kernel = Kernel { shader: &BATCHNORM, entry: "bn_forward", workgroup: [256, 1, 1] };
+    pub static BACKWARD_TRAIN: Kernel = Kernel { shader: &BATCHNORM, entry: "bn_backward_train", workgroup: [256, 1, 1] };
+    pub static BACKWARD_EVAL: Kernel = Kernel { shader: &BATCHNORM, entry: "bn_backward_eval", workgroup: [256, 1, 1] };
+    pub static ALL_KERNELS: &[&Kernel] = &[&MEAN, &VAR, &GRAD_SUMS, &FORWARD, &BACKWARD_TRAIN, &BACKWARD_EVAL];
 }
 
 /// The strided gather-sum behind reductions and broadcasts (reduce.wgsl).

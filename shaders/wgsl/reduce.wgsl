@@ -1,6 +1,7 @@
 // Strided gather-sum, the one kernel behind sum/mean over any axes and their backward
 // (broadcasting a gradient back over the reduced axes):
-//   out[o] = scale · Σ_{r < red_numel} x[offset(kept coords of o) + offset(reduced coords of r)]
+//   out[o] = scale · Σ_{r < red_numel} x[base + offset(kept coords of o) + offset(reduced coords of r)]
+// With nothing reduced and a base offset it is also a strided copy (narrow/slice).
 // Coordinates are decoded from the flat indices with the shapes below (row-major, rank ≤ 8);
 // a stride of 0 repeats a value (broadcast). One invocation per output value.
 
@@ -10,7 +11,7 @@ struct ReduceParams {
     kept_rank: u32,
     red_rank: u32,
     scale: f32,
-    _pad0: u32,
+    base: u32,
     _pad1: u32,
     _pad2: u32,
     kept_shape: array<vec4<u32>, 2>,
@@ -43,7 +44,7 @@ fn offset_of(flat: u32, rank: u32, shape: array<vec4<u32>, 2>, stride: array<vec
 fn gather_sum(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) groups: vec3<u32>) {
     let o = gid.x + gid.y * groups.x * 256u;
     if (o >= p.out_numel) { return; }
-    let base = offset_of(o, p.kept_rank, p.kept_shape, p.kept_stride);
+    let base = p.base + offset_of(o, p.kept_rank, p.kept_shape, p.kept_stride);
     var acc = 0.0;
     for (var r = 0u; r < p.red_numel; r++) {
         acc += x[base + offset_of(r, p.red_rank, p.red_shape, p.red_stride)];

@@ -200,3 +200,29 @@ pub fn avg_pool2d(x: &Var, kernel: usize, stride: usize, padding: usize) -> Resu
 pub fn adaptive_avg_pool2d(x: &Var, out: [usize; 2]) -> Result<Var> {
     pool("adaptive_avg_pool2d", x, k::PoolShape::adaptive(x.shape(), out)?)
 }
+
+/// batch_norm2d with the given per-channel statistics: the batch's (`training`: they depend
+/// on x, and the backward accounts for it) or the running ones (eval: constants).
+/// Use [`crate::ops::batch_stats`] for the batch statistics; `nn::BatchNorm2d` wires both.
+pub fn batch_norm2d(
+    x: &Var,
+    gamma: &Var,
+    beta: &Var,
+    mean: &crate::Tensor,
+    var: &crate::Tensor,
+    training: bool,
+    eps: f32,
+) -> Result<Var> {
+    let value = k::batch_norm_forward(x.value(), mean, var, gamma.value(), beta.value(), eps)?;
+    let (xv, gv, mv, vv) = (x.value().clone(), gamma.value().clone(), mean.clone(), var.clone());
+    Ok(Var::from_op(
+        "batch_norm2d",
+        value,
+        &[x, gamma, beta],
+        Box::new(move |g, needs| {
+            let (dx, dgamma, dbeta) =
+                k::batch_norm_backward(&xv, g, &mv, &vv, &gv, eps, training, needs[0], needs[1] || needs[2])?;
+            Ok(vec![dx, dgamma, dbeta])
+        }),
+    ))
+}

@@ -1,5 +1,6 @@
 //! Ops: each file holds one op family's shape rules and its dispatch to the CPU twin and the
 //! WGSL kernel of the same name in `shaders/wgsl/`.
+pub mod batchnorm;
 pub mod conv2d;
 pub mod elementwise;
 pub mod gemm;
@@ -7,11 +8,12 @@ pub mod pool;
 pub mod reduce;
 pub mod softmax;
 
+pub use batchnorm::{batch_norm_backward, batch_norm_forward, batch_stats, BnShape};
 pub use conv2d::{conv2d, conv2d_backward, Conv2dOpts, ConvShape};
 pub use elementwise::{add, add_channel, axpby, mul, relu, relu_backward, scale};
 pub use gemm::{gemm, matmul, GemmOpts};
 pub use pool::{pool_backward, pool_forward, PoolKind, PoolShape};
-pub use reduce::{expand, mean, sum};
+pub use reduce::{expand, mean, narrow, sum};
 pub use softmax::{cross_entropy_backward, cross_entropy_per_sample, log_softmax, log_softmax_backward, softmax, softmax_backward, Labels};
 
 use crate::device::Device;

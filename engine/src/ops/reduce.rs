@@ -17,6 +17,7 @@ struct GatherSum {
     red_shape: Vec<usize>,
     red_stride: Vec<usize>,
     scale: f32,
+    base: usize,
 }
 
 fn offset_of(mut flat: usize, shape: &[usize], stride: &[usize]) -> usize {
@@ -45,7 +46,8 @@ struct ReduceParams {
     kept_rank: u32,
     red_rank: u32,
     scale: f32,
-    _pad: [u32; 3],
+    base: u32,
+    _pad: [u32; 2],
     kept_shape: [u32; MAX_RANK],
     kept_stride: [u32; MAX_RANK],
     red_shape: [u32; MAX_RANK],
@@ -66,7 +68,7 @@ impl GatherSum {
         (0..self.out_numel())
             .into_par_iter()
             .map(|o| {
-                let base = offset_of(o, &self.kept_shape, &self.kept_stride);
+                let base = self.base + offset_of(o, &self.kept_shape, &self.kept_stride);
                 let sum: f32 = (0..red).map(|r| x[base + offset_of(r, &self.red_shape, &self.red_stride)]).sum();
                 self.scale * sum
             })
@@ -89,6 +91,7 @@ impl GatherSum {
                     kept_rank: self.kept_shape.len() as u32,
                     red_rank: self.red_shape.len() as u32,
                     scale: self.scale,
+                    base: to_u32(op, self.base)?,
                     ..Default::default()
                 };
                 let fill = |dst: &mut [u32; MAX_RANK], src: &[usize]| -> Result<()> {
@@ -173,6 +176,26 @@ pub fn expand(g: &Tensor, shape: &[usize], axes: &[usize], alpha: f32) -> Result
         red_shape: Vec::new(),
         red_stride: Vec::new(),
         scale: alpha,
+        base: 0,
     };
     gather.run("expand", g, shape)
+}
+
+/// The slice `start..start + len` of `x` along `axis` (PyTorch's `narrow`), as a new tensor.
+pub fn narrow(x: &Tensor, axis: usize, start: usize, len: usize) -> Result<Tensor> {
+    let shape = x.shape();
+    if axis >= shape.len() || start + len > shape[axis] {
+        return Err(shape_err("narrow", format!("{start}..{} along axis {axis} is outside {shape:?}", start + len)));
+    }
+    let stride = strides(shape);
+    let mut out_shape = shape.to_vec();
+    out_shape[axis] = len;
+    let gather = GatherSum {
+        kept_shape: out_shape.clone(),
+        kept_stride: stride.clone(),
+        scale: 1.0,
+        base: start * stride[axis],
+        ..Default::default()
+    };
+    gather.run("narrow", x, &out_shape)
 }
