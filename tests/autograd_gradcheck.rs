@@ -163,3 +163,10 @@ fn batch_norm_training_and_eval() {
         ag::batch_norm2d(&v[0], &v[1], &v[2], &mean, &var, false, 1e-5)
     });
 }
+
+#[test]
+fn dropout_and_concat() {
+    gradcheck("dropout", &[&[4, 8]], |v| ag::dropout(&v[0], 0.3, 42));
+    gradcheck("concat axis 1", &[&[2, 3, 2], &[2, 1, 2]], |v| ag::concat(&v[0], &v[1], 1));
+    gradcheck("concat axis 0", &[&[2, 3], &[1, 3]], |v| ag::concat(&v[0], &v[1], 0));
+}

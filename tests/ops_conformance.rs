@@ -242,3 +242,27 @@ fn batch_norm_forward_and_backward_match() {
         }
     }
 }
+
+#[test]
+fn dropout_concat_narrow_match() {
+    for (i, shape) in shapes(11, 5, 1..=3).into_iter().enumerate() {
+        let axis = i % shape.len();
+        check_against_cpu("dropout/concat/narrow", TOL, |d| {
+            let x = random_tensor(&shape, i as u64, d);
+            let mut other = shape.clone();
+            other[axis] += 2;
+            let y = random_tensor(&other, i as u64 + 1, d);
+            let joined = ops::concat(&x, &y, axis)?;
+            let back = ops::narrow(&joined, axis, shape[axis], other[axis])?;
+            Ok(vec![ops::dropout(&x, 0.5, 7 + i as u32)?, joined, back])
+        });
+    }
+    // The mask keeps about 1 − p of the values and scales them by 1/(1 − p).
+    let cpu = Device::cpu();
+    let ones = Tensor::from_vec(vec![1.0; 100_000], &[100_000], &cpu).unwrap();
+    let kept = ops::dropout(&ones, 0.3, 1).unwrap().to_vec().unwrap();
+    let frac = kept.iter().filter(|&&v| v != 0.0).count() as f32 / 1e5;
+    assert!((frac - 0.7).abs() < 0.01, "kept {frac}");
+    assert!(kept.iter().all(|&v| v == 0.0 || (v - 1.0 / 0.7).abs() < 1e-6));
+    assert!(ops::dropout(&ones, 1.0, 1).unwrap_err().to_string().contains("dropout"));
+}

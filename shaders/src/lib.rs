@@ -66,9 +66,10 @@ shader!(SOFTMAX, "softmax");
 shader!(CONV2D, "conv2d");
 shader!(POOL, "pool");
 shader!(BATCHNORM, "batchnorm");
+shader!(SGD, "sgd");
 
 /// Every shader module; the validation test checks that they use every file in the folder.
-pub static ALL: &[&Shader] = &[&GEMM, &GEMM_SUBGROUP, &ELEMENTWISE, &REDUCE, &SOFTMAX, &CONV2D, &POOL, &BATCHNORM];
+pub static ALL: &[&Shader] = &[&GEMM, &GEMM_SUBGROUP, &ELEMENTWISE, &REDUCE, &SOFTMAX, &CONV2D, &POOL, &BATCHNORM, &SGD];
 
 macro_rules! kernels {
     ($shader:ident, $workgroup:expr, $($ident:ident = $entry:literal),+ $(,)?) => {
@@ -89,6 +90,8 @@ pub mod elementwise {
         RELU_FORWARD = "relu_forward",
         RELU_BACKWARD = "relu_backward",
         ADD_CHANNEL = "add_channel",
+        DROPOUT = "dropout",
+        CONCAT2 = "concat2",
     );
 }
 
@@ -139,6 +142,12 @@ pub mod batchnorm {
     pub static BACKWARD_TRAIN: Kernel = Kernel { shader: &BATCHNORM, entry: "bn_backward_train", workgroup: [256, 1, 1] };
     pub static BACKWARD_EVAL: Kernel = Kernel { shader: &BATCHNORM, entry: "bn_backward_eval", workgroup: [256, 1, 1] };
     pub static ALL_KERNELS: &[&Kernel] = &[&MEAN, &VAR, &GRAD_SUMS, &FORWARD, &BACKWARD_TRAIN, &BACKWARD_EVAL];
+}
+
+/// The fused SGD update (sgd.wgsl).
+pub mod sgd {
+    use super::{Kernel, SGD};
+    kernels!(SGD, [256, 1, 1], SGD_STEP = "sgd_step");
 }
 
 /// The strided gather-sum behind reductions and broadcasts (reduce.wgsl).

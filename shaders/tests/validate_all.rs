@@ -79,6 +79,7 @@ fn every_registered_kernel_names_a_real_entry_point() {
         tessera_shaders::conv2d::ALL_KERNELS,
         tessera_shaders::pool::ALL_KERNELS,
         tessera_shaders::batchnorm::ALL_KERNELS,
+        tessera_shaders::sgd::ALL_KERNELS,
     ];
     for k in gemm.chain(others.into_iter().flatten().copied()) {
         let (module, _) = tessera_shaders::validate::validate(k.shader.file, k.shader.source).unwrap();

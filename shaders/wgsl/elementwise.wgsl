@@ -56,3 +56,34 @@ fn add_channel(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workg
     let i = flat(gid, groups);
     if (i < p.n) { out[i] = x[i] + y[(i / p.inner) % p.channels]; }
 }
+
+// Counter-based hash (the CPU twin computes the same bits): a dropout mask needs no storage,
+// and the backward recomputes it from the seed.
+fn hash(i: u32, seed: u32) -> u32 {
+    var h = i ^ (seed * 0x9e3779b9u);
+    h = (h ^ (h >> 16u)) * 0x7feb352du;
+    h = (h ^ (h >> 15u)) * 0x846ca68bu;
+    return h ^ (h >> 16u);
+}
+
+// dropout: out = x·keep/(1 − p), keep = [hash(i, seed)/2³² ≥ p]; alpha = 1/(1 − p), beta = p,
+// inner = seed. Its backward is the same op on the gradient.
+@compute @workgroup_size(256)
+fn dropout(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) groups: vec3<u32>) {
+    let i = flat(gid, groups);
+    if (i >= p.n) { return; }
+    let u = f32(hash(i, p.inner) >> 8u) / 16777216.0;
+    out[i] = select(0.0, x[i] * p.alpha, u >= p.beta);
+}
+
+// concat of two tensors along one axis, both seen as [outer, len]: rows of x (inner = its row
+// length) then of y (channels = its row length). Backward: two narrows.
+@compute @workgroup_size(256)
+fn concat2(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) groups: vec3<u32>) {
+    let i = flat(gid, groups);
+    if (i >= p.n) { return; }
+    let row_len = p.inner + p.channels;
+    let row = i / row_len;
+    let col = i % row_len;
+    out[i] = select(y[row * p.channels + col - p.inner], x[row * p.inner + col], col < p.inner);
+}

@@ -226,3 +226,27 @@ pub fn batch_norm2d(
         }),
     ))
 }
+
+/// Dropout (PyTorch's `F.dropout` in training): the mask is a function of (index, seed), so
+/// the backward recomputes it: dx = dropout(g) with the same seed.
+pub fn dropout(x: &Var, p: f32, seed: u32) -> Result<Var> {
+    let value = k::dropout(x.value(), p, seed)?;
+    Ok(Var::from_op("dropout", value, &[x], Box::new(move |g, _| Ok(vec![Some(k::dropout(g, p, seed)?)]))))
+}
+
+/// Concatenation along `axis`: each input's gradient is its slice of g.
+pub fn concat(a: &Var, b: &Var, axis: usize) -> Result<Var> {
+    let value = k::concat(a.value(), b.value(), axis)?;
+    let (la, lb) = (a.shape()[axis], b.shape()[axis]);
+    Ok(Var::from_op(
+        "concat",
+        value,
+        &[a, b],
+        Box::new(move |g, needs| {
+            Ok(vec![
+                if needs[0] { Some(k::narrow(g, axis, 0, la)?) } else { None },
+                if needs[1] { Some(k::narrow(g, axis, la, lb)?) } else { None },
+            ])
+        }),
+    ))
+}

@@ -104,3 +104,65 @@ pub fn add_channel(x: &Tensor, b: &Tensor, axis: usize) -> Result<Tensor> {
     };
     map2("add_channel", &k::ADD_CHANNEL, x, b, params, |a, bs, i| a + bs[(i / inner.max(1)) % channels])
 }
+
+/// The dropout mask hash; the same bits as `hash` in elementwise.wgsl.
+fn dropout_hash(i: u32, seed: u32) -> u32 {
+    let mut h = i ^ seed.wrapping_mul(0x9e37_79b9);
+    h = (h ^ (h >> 16)).wrapping_mul(0x7feb_352d);
+    h = (h ^ (h >> 15)).wrapping_mul(0x846c_a68b);
+    h ^ (h >> 16)
+}
+
+/// Dropout with probability `p` and mask seed `seed`: x·keep/(1 − p). The mask is a pure
+/// function of (index, seed), identical on both backends; the backward is this same op
+/// applied to the gradient with the same seed.
+pub fn dropout(x: &Tensor, p: f32, seed: u32) -> Result<Tensor> {
+    if !(0.0..1.0).contains(&p) {
+        return Err(shape_err("dropout", format!("probability {p} must be in [0, 1)")));
+    }
+    let alpha = 1.0 / (1.0 - p);
+    let params = EwParams { alpha, beta: p, inner: seed, ..Default::default() };
+    map2("dropout", &k::DROPOUT, x, x, params, move |a, _, i| {
+        let u = (dropout_hash(i as u32, seed) >> 8) as f32 / 16_777_216.0;
+        if u >= p {
+            a * alpha
+        } else {
+            0.0
+        }
+    })
+}
+
+/// Concatenation of `a` and `b` along `axis` (all other axes equal).
+pub fn concat(a: &Tensor, b: &Tensor, axis: usize) -> Result<Tensor> {
+    let (sa, sb) = (a.shape(), b.shape());
+    let compatible = sa.len() == sb.len()
+        && axis < sa.len()
+        && sa.iter().zip(sb).enumerate().all(|(d, (x, y))| d == axis || x == y);
+    if !compatible {
+        return Err(shape_err("concat", format!("cannot join {sa:?} and {sb:?} along axis {axis}")));
+    }
+    same_device("concat", &[a, b])?;
+    let outer: usize = sa[..axis].iter().product();
+    let (la, lb) = (a.numel() / outer.max(1), b.numel() / outer.max(1));
+    let mut shape = sa.to_vec();
+    shape[axis] += sb[axis];
+    let n = outer * (la + lb);
+    match a.device() {
+        Device::Cpu(_) => {
+            let (xa, xb) = (cpu_data(a), cpu_data(b));
+            let mut out = Vec::with_capacity(n);
+            for r in 0..outer {
+                out.extend_from_slice(&xa[r * la..(r + 1) * la]);
+                out.extend_from_slice(&xb[r * lb..(r + 1) * lb]);
+            }
+            Ok(cpu_tensor(out, &shape, a.device()))
+        }
+        Device::Gpu(gpu) => {
+            let out = Tensor::uninit_gpu(shape, gpu)?;
+            let params = EwParams { n: to_u32("concat", n)?, inner: to_u32("concat", la)?, channels: to_u32("concat", lb)?, ..Default::default() };
+            let groups = grid_1d(gpu, "concat", n)?;
+            gpu.launch(&k::CONCAT2, bytemuck::bytes_of(&params), &[&gpu_buffer(a), &gpu_buffer(b), &gpu_buffer(&out)], groups)?;
+            Ok(out)
+        }
+    }
+}
