@@ -154,7 +154,14 @@ pub fn batch_norm_backward(
     if g.shape() != x.shape() {
         return Err(shape_err("batch_norm2d_backward", format!("gradient {:?} does not match input {:?}", g.shape(), x.shape())));
     }
-    // [Σg | Σg·x̂]: dβ and dγ, and what the training-mode dx needs.
+    if !need_input && !need_affine {
+        return Ok((None, None, None));
+    }
+    // [Σg | Σg·x̂]: dβ and dγ, and what the training-mode dx needs. Frozen (eval-mode,
+    // affine not trained) layers skip it: their dx needs only γ and the running variance.
+    if !training && !need_affine {
+        return Ok((Some(eval_input_grad(x, g, mean, var, gamma, eps, &s)?), None, None));
+    }
     let sums = match x.device() {
         Device::Cpu(cpu) => {
             let (xs, gs, m, v) = (cpu_data(x), cpu_data(g), cpu_data(mean), cpu_data(var));
@@ -171,8 +178,10 @@ pub fn batch_norm_backward(
         }
         Device::Gpu(_) => launch(&k::GRAD_SUMS, &s, eps, x, [Some(g), Some(mean), Some(var), None, None], &[2 * s.c], true)?,
     };
-    let dx = if need_input {
-        Some(match x.device() {
+    let dx = match (need_input, training) {
+        (false, _) => None,
+        (true, false) => Some(eval_input_grad(x, g, mean, var, gamma, eps, &s)?),
+        (true, true) => Some(match x.device() {
             Device::Cpu(cpu) => {
                 let (xs, gs, m, v, ga, su) = (cpu_data(x), cpu_data(g), cpu_data(mean), cpu_data(var), cpu_data(gamma), cpu_data(&sums));
                 let count = s.count() as f32;
@@ -182,24 +191,23 @@ pub fn batch_norm_backward(
                         .map(|i| {
                             let c = (i / s.hw) % s.c;
                             let inv_std = 1.0 / (v[c] + eps).sqrt();
-                            if training {
-                                let xhat = (xs[i] - m[c]) * inv_std;
-                                ga[c] * inv_std * (gs[i] - (su[c] + xhat * su[s.c + c]) / count)
-                            } else {
-                                ga[c] * inv_std * gs[i]
-                            }
+                            let xhat = (xs[i] - m[c]) * inv_std;
+                            ga[c] * inv_std * (gs[i] - (su[c] + xhat * su[s.c + c]) / count)
                         })
                         .collect()
                 });
                 cpu_tensor(out, x.shape(), x.device())
             }
-            Device::Gpu(_) => {
-                let kernel = if training { &k::BACKWARD_TRAIN } else { &k::BACKWARD_EVAL };
-                launch(kernel, &s, eps, x, [Some(g), Some(mean), Some(var), Some(gamma), Some(&sums)], x.shape(), false)?
-            }
-        })
-    } else {
-        None
+            Device::Gpu(_) => launch(
+                &k::BACKWARD_TRAIN,
+                &s,
+                eps,
+                x,
+                [Some(g), Some(mean), Some(var), Some(gamma), Some(&sums)],
+                x.shape(),
+                false,
+            )?,
+        }),
     };
     let (dgamma, dbeta) = if need_affine {
         (Some(narrow(&sums, 0, s.c, s.c)?), Some(narrow(&sums, 0, 0, s.c)?))
@@ -207,4 +215,24 @@ pub fn batch_norm_backward(
         (None, None)
     };
     Ok((dx, dgamma, dbeta))
+}
+
+/// dx = γ/√(var + eps)·g, for statistics that do not depend on x.
+fn eval_input_grad(x: &Tensor, g: &Tensor, mean: &Tensor, var: &Tensor, gamma: &Tensor, eps: f32, s: &BnShape) -> Result<Tensor> {
+    match x.device() {
+        Device::Cpu(cpu) => {
+            let (gs, v, ga) = (cpu_data(g), cpu_data(var), cpu_data(gamma));
+            let out = cpu.install(|| {
+                (0..gs.len())
+                    .into_par_iter()
+                    .map(|i| {
+                        let c = (i / s.hw) % s.c;
+                        ga[c] / (v[c] + eps).sqrt() * gs[i]
+                    })
+                    .collect()
+            });
+            Ok(cpu_tensor(out, x.shape(), x.device()))
+        }
+        Device::Gpu(_) => launch(&k::BACKWARD_EVAL, s, eps, x, [Some(g), Some(mean), Some(var), Some(gamma), None], x.shape(), false),
+    }
 }
