@@ -14,7 +14,9 @@ pub mod cpu;
 pub mod device;
 pub mod error;
 pub mod gpu;
+pub mod nn;
 pub mod ops;
+pub mod optim;
 pub mod tensor;
 
 pub use autograd::{no_grad, Var};

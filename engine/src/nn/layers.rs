@@ -1,0 +1,230 @@
+//! The layers, with PyTorch's parameter names, shapes and default initialisation
+//! (kaiming-uniform with a = √5, i.e. U(−1/√fan_in, 1/√fan_in), for weights and biases).
+use super::{Buffer, Module, Param};
+use crate::autograd::{self as ag, no_grad, Var};
+use crate::device::Device;
+use crate::error::Result;
+use crate::ops::{self, Conv2dOpts};
+use crate::tensor::Tensor;
+use rand::{rngs::StdRng, Rng};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::sync::Arc;
+
+fn uniform(rng: &mut StdRng, shape: &[usize], bound: f32, device: &Device) -> Result<Tensor> {
+    let values = (0..shape.iter().product()).map(|_| rng.gen_range(-bound..=bound)).collect();
+    Tensor::from_vec(values, shape, device)
+}
+
+/// `y = x·Wᵀ + b`; weight [out, in], bias [out].
+pub struct Linear {
+    pub weight: Arc<Param>,
+    pub bias: Option<Arc<Param>>,
+}
+
+impl Linear {
+    pub fn new(inputs: usize, outputs: usize, bias: bool, device: &Device, rng: &mut StdRng) -> Result<Self> {
+        let bound = 1.0 / (inputs as f32).sqrt();
+        let weight = Param::new(uniform(rng, &[outputs, inputs], bound, device)?);
+        let bias = if bias { Some(Param::new(uniform(rng, &[outputs], bound, device)?)) } else { None };
+        Ok(Self { weight, bias })
+    }
+}
+
+impl Module for Linear {
+    fn forward(&self, x: &Var) -> Result<Var> {
+        ag::linear(x, &self.weight.var(), self.bias.as_ref().map(|b| b.var()).as_ref())
+    }
+
+    fn named_params(&self) -> Vec<(String, Arc<Param>)> {
+        let mut out = vec![("weight".to_string(), self.weight.clone())];
+        out.extend(self.bias.iter().map(|b| ("bias".to_string(), b.clone())));
+        out
+    }
+}
+
+/// 2-D convolution; weight [out, in, kh, kw], bias [out].
+pub struct Conv2d {
+    pub weight: Arc<Param>,
+    pub bias: Option<Arc<Param>>,
+    pub opts: Conv2dOpts,
+}
+
+impl Conv2d {
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        inputs: usize,
+        outputs: usize,
+        kernel: usize,
+        opts: Conv2dOpts,
+        bias: bool,
+        device: &Device,
+        rng: &mut StdRng,
+    ) -> Result<Self> {
+        let bound = 1.0 / ((inputs * kernel * kernel) as f32).sqrt();
+        let weight = Param::new(uniform(rng, &[outputs, inputs, kernel, kernel], bound, device)?);
+        let bias = if bias { Some(Param::new(uniform(rng, &[outputs], bound, device)?)) } else { None };
+        Ok(Self { weight, bias, opts })
+    }
+}
+
+impl Module for Conv2d {
+    fn forward(&self, x: &Var) -> Result<Var> {
+        ag::conv2d(x, &self.weight.var(), self.bias.as_ref().map(|b| b.var()).as_ref(), self.opts)
+    }
+
+    fn named_params(&self) -> Vec<(String, Arc<Param>)> {
+        let mut out = vec![("weight".to_string(), self.weight.clone())];
+        out.extend(self.bias.iter().map(|b| ("bias".to_string(), b.clone())));
+        out
+    }
+}
+
+/// batch_norm2d with affine weight/bias and running statistics (momentum 0.1, eps 1e-5, the
+/// running variance unbiased, as in PyTorch).
+pub struct BatchNorm2d {
+    pub weight: Arc<Param>,
+    pub bias: Arc<Param>,
+    pub running_mean: Arc<Buffer>,
+    pub running_var: Arc<Buffer>,
+    pub num_batches_tracked: Arc<Buffer>,
+    pub momentum: f32,
+    pub eps: f32,
+    training: AtomicBool,
+    batches: AtomicU64,
+}
+
+impl BatchNorm2d {
+    pub fn new(channels: usize, device: &Device) -> Result<Self> {
+        let filled = |v: f32| Tensor::from_vec(vec![v; channels], &[channels], device);
+        Ok(Self {
+            weight: Param::new(filled(1.0)?),
+            bias: Param::new(filled(0.0)?),
+            running_mean: Buffer::new(filled(0.0)?),
+            running_var: Buffer::new(filled(1.0)?),
+            num_batches_tracked: Buffer::new(Tensor::from_vec(vec![0.0], &[], device)?),
+            momentum: 0.1,
+            eps: 1e-5,
+            training: AtomicBool::new(true),
+            batches: AtomicU64::new(0),
+        })
+    }
+
+    pub fn training(&self) -> bool {
+        self.training.load(Ordering::Relaxed)
+    }
+}
+
+impl Module for BatchNorm2d {
+    fn forward(&self, x: &Var) -> Result<Var> {
+        let (gamma, beta) = (self.weight.var(), self.bias.var());
+        if !self.training() {
+            let (mean, var) = (self.running_mean.value(), self.running_var.value());
+            return ag::batch_norm2d(x, &gamma, &beta, &mean, &var, false, self.eps);
+        }
+        let (mean, var) = ops::batch_stats(x.value())?;
+        let count = ops::BnShape::new(x.shape())?.count() as f32;
+        no_grad(|| -> Result<()> {
+            let m = self.momentum;
+            let unbiased = if count > 1.0 { count / (count - 1.0) } else { 1.0 };
+            self.running_mean.set_value(ops::axpby(1.0 - m, &self.running_mean.value(), m, &mean)?);
+            self.running_var.set_value(ops::axpby(1.0 - m, &self.running_var.value(), m * unbiased, &var)?);
+            let tracked = self.batches.fetch_add(1, Ordering::Relaxed) + 1;
+            self.num_batches_tracked.set_value(Tensor::from_vec(vec![tracked as f32], &[], x.value().device())?);
+            Ok(())
+        })?;
+        ag::batch_norm2d(x, &gamma, &beta, &mean, &var, true, self.eps)
+    }
+
+    fn named_params(&self) -> Vec<(String, Arc<Param>)> {
+        vec![("weight".into(), self.weight.clone()), ("bias".into(), self.bias.clone())]
+    }
+
+    fn named_buffers(&self) -> Vec<(String, Arc<Buffer>)> {
+        vec![
+            ("running_mean".into(), self.running_mean.clone()),
+            ("running_var".into(), self.running_var.clone()),
+            ("num_batches_tracked".into(), self.num_batches_tracked.clone()),
+        ]
+    }
+
+    fn set_training(&self, training: bool) {
+        self.training.store(training, Ordering::Relaxed);
+    }
+}
+
+pub struct ReLU;
+
+impl Module for ReLU {
+    fn forward(&self, x: &Var) -> Result<Var> {
+        ag::relu(x)
+    }
+}
+
+/// Flattens every axis after the first: [N, …] → [N, Π…].
+pub struct Flatten;
+
+impl Module for Flatten {
+    fn forward(&self, x: &Var) -> Result<Var> {
+        let n = x.shape().first().copied().unwrap_or(1);
+        ag::reshape(x, &[n, x.value().numel() / n.max(1)])
+    }
+}
+
+pub struct MaxPool2d {
+    pub kernel: usize,
+    pub stride: usize,
+    pub padding: usize,
+}
+
+impl Module for MaxPool2d {
+    fn forward(&self, x: &Var) -> Result<Var> {
+        ag::max_pool2d(x, self.kernel, self.stride, self.padding)
+    }
+}
+
+pub struct AvgPool2d {
+    pub kernel: usize,
+    pub stride: usize,
+    pub padding: usize,
+}
+
+impl Module for AvgPool2d {
+    fn forward(&self, x: &Var) -> Result<Var> {
+        ag::avg_pool2d(x, self.kernel, self.stride, self.padding)
+    }
+}
+
+pub struct AdaptiveAvgPool2d(pub [usize; 2]);
+
+impl Module for AdaptiveAvgPool2d {
+    fn forward(&self, x: &Var) -> Result<Var> {
+        ag::adaptive_avg_pool2d(x, self.0)
+    }
+}
+
+/// Dropout with probability `p` in training, identity in eval. Each forward draws the next
+/// mask seed from `seed`, so a run is reproducible.
+pub struct Dropout {
+    pub p: f32,
+    seed: AtomicU32,
+    training: AtomicBool,
+}
+
+impl Dropout {
+    pub fn new(p: f32, seed: u32) -> Self {
+        Self { p, seed: AtomicU32::new(seed), training: AtomicBool::new(true) }
+    }
+}
+
+impl Module for Dropout {
+    fn forward(&self, x: &Var) -> Result<Var> {
+        if !self.training.load(Ordering::Relaxed) || self.p == 0.0 {
+            return Ok(x.clone());
+        }
+        ag::dropout(x, self.p, self.seed.fetch_add(1, Ordering::Relaxed))
+    }
+
+    fn set_training(&self, training: bool) {
+        self.training.store(training, Ordering::Relaxed);
+    }
+}

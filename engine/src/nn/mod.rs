@@ -1,0 +1,155 @@
+//! Layers with named parameters and buffers (PyTorch-style dotted names such as
+//! `0.weight`, `features.3.bias`) and train/eval mode, on top of the autograd.
+mod layers;
+
+pub use layers::{AdaptiveAvgPool2d, AvgPool2d, BatchNorm2d, Conv2d, Dropout, Flatten, Linear, MaxPool2d, ReLU};
+
+use crate::autograd::{GradSlot, Var};
+use crate::error::Result;
+use crate::tensor::Tensor;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+
+/// A trainable tensor. `requires_grad = false` freezes it: ops on it record nothing and the
+/// backward pass computes no gradient for it.
+pub struct Param {
+    value: Mutex<Tensor>,
+    grad: GradSlot,
+    requires_grad: AtomicBool,
+}
+
+impl Param {
+    pub fn new(value: Tensor) -> Arc<Self> {
+        Arc::new(Self { value: Mutex::new(value), grad: Arc::default(), requires_grad: AtomicBool::new(true) })
+    }
+
+    pub fn value(&self) -> Tensor {
+        self.value.lock().expect("param poisoned").clone()
+    }
+
+    pub fn set_value(&self, value: Tensor) {
+        *self.value.lock().expect("param poisoned") = value;
+    }
+
+    /// The graph leaf for one forward pass: accumulates into this parameter's gradient, or a
+    /// constant when frozen.
+    pub fn var(&self) -> Var {
+        if self.requires_grad() {
+            Var::leaf_with_slot(self.value(), self.grad.clone())
+        } else {
+            Var::constant(self.value())
+        }
+    }
+
+    pub fn grad(&self) -> Option<Tensor> {
+        self.grad.lock().expect("grad poisoned").clone()
+    }
+
+    pub fn zero_grad(&self) {
+        *self.grad.lock().expect("grad poisoned") = None;
+    }
+
+    pub fn requires_grad(&self) -> bool {
+        self.requires_grad.load(Ordering::Relaxed)
+    }
+
+    pub fn set_requires_grad(&self, on: bool) {
+        self.requires_grad.store(on, Ordering::Relaxed);
+        if !on {
+            self.zero_grad();
+        }
+    }
+}
+
+/// A non-trainable tensor a layer keeps between steps (BatchNorm's running statistics).
+pub struct Buffer(Mutex<Tensor>);
+
+impl Buffer {
+    pub fn new(value: Tensor) -> Arc<Self> {
+        Arc::new(Self(Mutex::new(value)))
+    }
+
+    pub fn value(&self) -> Tensor {
+        self.0.lock().expect("buffer poisoned").clone()
+    }
+
+    pub fn set_value(&self, value: Tensor) {
+        *self.0.lock().expect("buffer poisoned") = value;
+    }
+}
+
+/// A layer or a container of layers.
+pub trait Module: Send + Sync {
+    fn forward(&self, x: &Var) -> Result<Var>;
+
+    /// Parameters under their dotted names, in registration order.
+    fn named_params(&self) -> Vec<(String, Arc<Param>)> {
+        Vec::new()
+    }
+
+    /// Buffers under their dotted names, in registration order.
+    fn named_buffers(&self) -> Vec<(String, Arc<Buffer>)> {
+        Vec::new()
+    }
+
+    /// Train (batch statistics, dropout on) or eval mode.
+    fn set_training(&self, _training: bool) {}
+
+    /// Freezes or unfreezes every parameter.
+    fn set_requires_grad(&self, on: bool) {
+        self.named_params().iter().for_each(|(_, p)| p.set_requires_grad(on));
+    }
+}
+
+/// Modules applied in order, named `0`, `1`, … like `torch.nn.Sequential`.
+#[derive(Default)]
+pub struct Sequential {
+    layers: Vec<Box<dyn Module>>,
+}
+
+impl Sequential {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Appends a layer (builder style).
+    pub fn add(mut self, layer: impl Module + 'static) -> Self {
+        self.layers.push(Box::new(layer));
+        self
+    }
+
+    pub fn layers(&self) -> &[Box<dyn Module>] {
+        &self.layers
+    }
+
+    pub fn len(&self) -> usize {
+        self.layers.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.layers.is_empty()
+    }
+}
+
+/// Prefixes child names: `weight` of child 3 becomes `3.weight`.
+pub fn prefixed<T>(prefix: &str, items: Vec<(String, T)>) -> Vec<(String, T)> {
+    items.into_iter().map(|(n, t)| (format!("{prefix}.{n}"), t)).collect()
+}
+
+impl Module for Sequential {
+    fn forward(&self, x: &Var) -> Result<Var> {
+        self.layers.iter().try_fold(x.clone(), |h, layer| layer.forward(&h))
+    }
+
+    fn named_params(&self) -> Vec<(String, Arc<Param>)> {
+        self.layers.iter().enumerate().flat_map(|(i, l)| prefixed(&i.to_string(), l.named_params())).collect()
+    }
+
+    fn named_buffers(&self) -> Vec<(String, Arc<Buffer>)> {
+        self.layers.iter().enumerate().flat_map(|(i, l)| prefixed(&i.to_string(), l.named_buffers())).collect()
+    }
+
+    fn set_training(&self, training: bool) {
+        self.layers.iter().for_each(|l| l.set_training(training));
+    }
+}
