@@ -26,16 +26,16 @@ fn freezing_the_first_half_removes_its_backward_kernels() {
     let mut rng = StdRng::seed_from_u64(4);
     let same = Conv2dOpts::new(1, 1);
     let model = Sequential::new()
-        .add(Conv2d::new(3, 8, 3, same, true, &dev, &mut rng).unwrap())
-        .add(ReLU)
-        .add(Conv2d::new(8, 8, 3, same, true, &dev, &mut rng).unwrap())
-        .add(ReLU)
-        .add(Conv2d::new(8, 8, 3, same, true, &dev, &mut rng).unwrap())
-        .add(ReLU)
-        .add(Conv2d::new(8, 8, 3, same, true, &dev, &mut rng).unwrap())
-        .add(ReLU)
-        .add(Flatten)
-        .add(Linear::new(8 * 64, 4, true, &dev, &mut rng).unwrap());
+        .with(Conv2d::new(3, 8, 3, same, true, &dev, &mut rng).unwrap())
+        .with(ReLU)
+        .with(Conv2d::new(8, 8, 3, same, true, &dev, &mut rng).unwrap())
+        .with(ReLU)
+        .with(Conv2d::new(8, 8, 3, same, true, &dev, &mut rng).unwrap())
+        .with(ReLU)
+        .with(Conv2d::new(8, 8, 3, same, true, &dev, &mut rng).unwrap())
+        .with(ReLU)
+        .with(Flatten)
+        .with(Linear::new(8 * 64, 4, true, &dev, &mut rng).unwrap());
     let y = [0, 1, 2, 3, 0, 1, 2, 3];
     let input = Var::constant(Tensor::from_vec(random_vec(8 * 192, 5), &[8, 3, 8, 8], &dev).unwrap());
     let layers = model.layers();

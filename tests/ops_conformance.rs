@@ -189,7 +189,8 @@ fn conv2d_bad_input_names_op_and_shapes() {
 #[test]
 fn pooling_forward_and_backward_match() {
     use tessera_engine::ops::{pool_backward, pool_forward, PoolKind, PoolShape};
-    let cases: Vec<(&str, [usize; 4], Box<dyn Fn(&[usize]) -> tessera_engine::Result<PoolShape>>)> = vec![
+    type MakeShape = Box<dyn Fn(&[usize]) -> tessera_engine::Result<PoolShape>>;
+    let cases: Vec<(&str, [usize; 4], MakeShape)> = vec![
         ("max 3/2/1 (ResNet stem)", [2, 3, 11, 10], Box::new(|x| PoolShape::window(PoolKind::Max, x, [3, 3], [2, 2], [1, 1]))),
         ("max 3/2/0 (AlexNet)", [1, 4, 13, 13], Box::new(|x| PoolShape::window(PoolKind::Max, x, [3, 3], [2, 2], [0, 0]))),
         ("max 2/2", [3, 2, 8, 6], Box::new(|x| PoolShape::window(PoolKind::Max, x, [2, 2], [2, 2], [0, 0]))),

@@ -32,14 +32,14 @@ fn two_conv_cnn(dev: &Device, seed: u64) -> Sequential {
     let mut rng = StdRng::seed_from_u64(seed);
     let same = Conv2dOpts::new(1, 1);
     Sequential::new()
-        .add(Conv2d::new(3, 8, 3, same, true, dev, &mut rng).unwrap())
-        .add(ReLU)
-        .add(MaxPool2d { kernel: 2, stride: 2, padding: 0 })
-        .add(Conv2d::new(8, 16, 3, same, true, dev, &mut rng).unwrap())
-        .add(ReLU)
-        .add(MaxPool2d { kernel: 2, stride: 2, padding: 0 })
-        .add(Flatten)
-        .add(Linear::new(64, 4, true, dev, &mut rng).unwrap())
+        .with(Conv2d::new(3, 8, 3, same, true, dev, &mut rng).unwrap())
+        .with(ReLU)
+        .with(MaxPool2d { kernel: 2, stride: 2, padding: 0 })
+        .with(Conv2d::new(8, 16, 3, same, true, dev, &mut rng).unwrap())
+        .with(ReLU)
+        .with(MaxPool2d { kernel: 2, stride: 2, padding: 0 })
+        .with(Flatten)
+        .with(Linear::new(64, 4, true, dev, &mut rng).unwrap())
 }
 
 fn accuracy(model: &Sequential, x: &[f32], y: &[usize], dev: &Device) -> f32 {
