@@ -65,3 +65,44 @@ pub fn check_against_cpu(
 pub fn random_tensor(shape: &[usize], seed: u64, dev: &Device) -> tessera_engine::Tensor {
     tessera_engine::Tensor::from_vec(random_vec(shape.iter().product(), seed), shape, dev).unwrap()
 }
+
+/// A safetensors fixture from tests/fixtures, with its metadata.
+pub struct Fixture {
+    bytes: Vec<u8>,
+    pub file: String,
+}
+
+impl Fixture {
+    pub fn open(name: &str) -> Self {
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures").join(name);
+        let bytes = std::fs::read(&path).unwrap_or_else(|e| {
+            panic!("{}: {e} (generate with scripts/make_golden.py, see its docstring)", path.display())
+        });
+        Self { bytes, file: name.to_string() }
+    }
+
+    fn view(&self) -> safetensors::SafeTensors<'_> {
+        safetensors::SafeTensors::deserialize(&self.bytes).unwrap_or_else(|e| panic!("{}: {e}", self.file))
+    }
+
+    /// f32 values and shape of tensor `name`.
+    pub fn get(&self, name: &str) -> (Vec<f32>, Vec<usize>) {
+        let view = self.view();
+        let t = view.tensor(name).unwrap_or_else(|e| panic!("{}: tensor {name}: {e}", self.file));
+        assert_eq!(t.dtype(), safetensors::Dtype::F32, "{}: {name} must be F32", self.file);
+        let values = t.data().chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect();
+        (values, t.shape().to_vec())
+    }
+
+    pub fn tensor(&self, name: &str, dev: &Device) -> tessera_engine::Tensor {
+        let (values, shape) = self.get(name);
+        tessera_engine::Tensor::from_vec(values, &shape, dev).unwrap()
+    }
+
+    /// A metadata entry parsed as JSON.
+    pub fn meta(&self, key: &str) -> serde_json::Value {
+        let (_, meta) = safetensors::SafeTensors::read_metadata(&self.bytes).unwrap();
+        let text = meta.metadata().as_ref().and_then(|m| m.get(key)).unwrap_or_else(|| panic!("{}: no metadata {key}", self.file));
+        serde_json::from_str(text).unwrap()
+    }
+}

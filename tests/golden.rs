@@ -1,0 +1,157 @@
+//! PyTorch golden values (tests/fixtures, written by scripts/make_golden.py in float64):
+//! every op's output and input gradients, torch.optim.SGD over 10 steps, and a small CNN's
+//! logits, loss and parameter gradients — on the CPU backend and every GPU adapter.
+use serde_json::Value;
+use tessera_engine::autograd::{self as ag, Var};
+use tessera_engine::nn::{BatchNorm2d, Conv2d, Flatten, Linear, MaxPool2d, Module, ReLU, Sequential};
+use tessera_engine::ops::{Conv2dOpts, SgdHyper};
+use tessera_engine::optim::{ParamGroup, Sgd};
+use tessera_engine::{Device, Result};
+use tessera_tests::{gpu_devices, max_rel_err, Fixture};
+
+const TOL: f32 = 1e-4;
+
+fn devices() -> Vec<Device> {
+    let mut d = vec![Device::cpu()];
+    d.extend(gpu_devices());
+    d
+}
+
+fn close(what: &str, got: &tessera_engine::Tensor, want: (Vec<f32>, Vec<usize>)) {
+    assert_eq!(got.shape(), want.1.as_slice(), "{what}: shape");
+    let err = max_rel_err(&got.to_vec().unwrap(), &want.0);
+    assert!(err <= TOL, "{what}: max rel err {err:e} against PyTorch");
+}
+
+fn usize_list(v: &Value) -> Vec<usize> {
+    v.as_array().unwrap().iter().map(|x| x.as_u64().unwrap() as usize).collect()
+}
+
+fn run_op(case: &Value, v: &[Var]) -> Result<Var> {
+    let n = |k: &str| case[k].as_u64().unwrap() as usize;
+    match case["op"].as_str().unwrap() {
+        "linear" => ag::linear(&v[0], &v[1], Some(&v[2])),
+        "conv2d" => {
+            let opts = Conv2dOpts { stride: [n("stride"); 2], padding: [n("padding"); 2], dilation: [n("dilation"); 2] };
+            ag::conv2d(&v[0], &v[1], Some(&v[2]), opts)
+        }
+        "max_pool2d" => ag::max_pool2d(&v[0], n("kernel"), n("stride"), n("padding")),
+        "avg_pool2d" => ag::avg_pool2d(&v[0], n("kernel"), n("stride"), n("padding")),
+        "adaptive_avg_pool2d" => {
+            let out = usize_list(&case["out"]);
+            ag::adaptive_avg_pool2d(&v[0], [out[0], out[1]])
+        }
+        "relu" => ag::relu(&v[0]),
+        "softmax" => ag::softmax(&v[0]),
+        "log_softmax" => ag::log_softmax(&v[0]),
+        "cross_entropy" => ag::cross_entropy(&v[0], &usize_list(&case["labels"])),
+        "sum" => ag::sum(&v[0], &usize_list(&case["axes"]), case["keepdim"].as_bool().unwrap()),
+        "mean" => ag::mean(&v[0], &usize_list(&case["axes"]), case["keepdim"].as_bool().unwrap()),
+        other => panic!("unknown op {other} in fixture"),
+    }
+}
+
+fn weighted_sum(y: &Var, r: &Var) -> Result<Var> {
+    ag::sum(&ag::mul(y, r)?, &(0..y.shape().len()).collect::<Vec<_>>(), false)
+}
+
+#[test]
+fn every_op_matches_pytorch_forward_and_backward() {
+    let fx = Fixture::open("ops_golden.safetensors");
+    let cases = fx.meta("cases");
+    for dev in devices() {
+        for case in cases.as_array().unwrap() {
+            let name = case["name"].as_str().unwrap();
+            let inputs: Vec<String> = case["inputs"].as_array().unwrap().iter().map(|s| s.as_str().unwrap().to_string()).collect();
+            let r = Var::constant(fx.tensor(&format!("{name}.r"), &dev));
+            if case["op"] == "batch_norm2d" {
+                batch_norm_case(&fx, name, case["training"].as_bool().unwrap(), &r, &dev);
+                continue;
+            }
+            let leaves: Vec<Var> = inputs.iter().map(|i| Var::leaf(fx.tensor(&format!("{name}.{i}"), &dev))).collect();
+            let y = run_op(case, &leaves).unwrap_or_else(|e| panic!("{name} on {dev}: {e}"));
+            close(&format!("{name} output on {dev}"), y.value(), fx.get(&format!("{name}.y")));
+            weighted_sum(&y, &r).unwrap().backward().unwrap();
+            for (input, leaf) in inputs.iter().zip(&leaves) {
+                close(&format!("{name} d{input} on {dev}"), &leaf.grad().unwrap(), fx.get(&format!("{name}.d{input}")));
+            }
+        }
+    }
+}
+
+fn batch_norm_case(fx: &Fixture, name: &str, training: bool, r: &Var, dev: &Device) {
+    let bn = BatchNorm2d::new(4, dev).unwrap();
+    bn.set_training(training);
+    bn.weight.set_value(fx.tensor(&format!("{name}.weight"), dev));
+    bn.bias.set_value(fx.tensor(&format!("{name}.bias"), dev));
+    bn.running_mean.set_value(fx.tensor(&format!("{name}.running_mean_in"), dev));
+    bn.running_var.set_value(fx.tensor(&format!("{name}.running_var_in"), dev));
+    let x = Var::leaf(fx.tensor(&format!("{name}.x"), dev));
+    let y = bn.forward(&x).unwrap();
+    close(&format!("{name} output on {dev}"), y.value(), fx.get(&format!("{name}.y")));
+    close(&format!("{name} running_mean on {dev}"), &bn.running_mean.value(), fx.get(&format!("{name}.running_mean_out")));
+    close(&format!("{name} running_var on {dev}"), &bn.running_var.value(), fx.get(&format!("{name}.running_var_out")));
+    weighted_sum(&y, r).unwrap().backward().unwrap();
+    close(&format!("{name} dx on {dev}"), &x.grad().unwrap(), fx.get(&format!("{name}.dx")));
+    close(&format!("{name} dweight on {dev}"), &bn.weight.grad().unwrap(), fx.get(&format!("{name}.dweight")));
+    close(&format!("{name} dbias on {dev}"), &bn.bias.grad().unwrap(), fx.get(&format!("{name}.dbias")));
+}
+
+#[test]
+fn sgd_matches_torch_optim_sgd_over_ten_steps() {
+    let fx = Fixture::open("sgd_golden.safetensors");
+    for dev in devices() {
+        for case in fx.meta("cases").as_array().unwrap() {
+            let name = case["name"].as_str().unwrap();
+            let f = |k: &str| case[k].as_f64().unwrap() as f32;
+            let hyper = SgdHyper {
+                momentum: f("momentum"),
+                dampening: f("dampening"),
+                weight_decay: f("weight_decay"),
+                nesterov: case["nesterov"].as_bool().unwrap(),
+            };
+            let param = tessera_engine::nn::Param::new(fx.tensor(&format!("{name}.p0"), &dev));
+            let mut sgd = Sgd::new(vec![ParamGroup::new(name, vec![param.clone()])], f("lr"), hyper);
+            for step in 0..10 {
+                let g = Var::constant(fx.tensor(&format!("{name}.g{step}"), &dev));
+                ag::sum(&ag::mul(&param.var(), &g).unwrap(), &[0], false).unwrap().backward().unwrap();
+                sgd.step().unwrap();
+                sgd.zero_grad();
+                close(&format!("{name} step {} on {dev}", step + 1), &param.value(), fx.get(&format!("{name}.p{}", step + 1)));
+            }
+        }
+    }
+}
+
+#[test]
+fn small_cnn_matches_pytorch_logits_loss_and_gradients() {
+    let fx = Fixture::open("cnn_golden.safetensors");
+    let labels = usize_list(&fx.meta("labels"));
+    for dev in devices() {
+        let mut rng = <rand::rngs::StdRng as rand::SeedableRng>::seed_from_u64(0);
+        let same = Conv2dOpts::new(1, 1);
+        let model = Sequential::new()
+            .with(Conv2d::new(3, 8, 3, same, true, &dev, &mut rng).unwrap())
+            .with(ReLU)
+            .with(MaxPool2d { kernel: 2, stride: 2, padding: 0 })
+            .with(Conv2d::new(8, 16, 3, same, true, &dev, &mut rng).unwrap())
+            .with(ReLU)
+            .with(MaxPool2d { kernel: 2, stride: 2, padding: 0 })
+            .with(Flatten)
+            .with(Linear::new(64, 4, true, &dev, &mut rng).unwrap());
+        let params = model.named_params();
+        let names: Vec<&str> = params.iter().map(|(n, _)| n.as_str()).collect();
+        assert_eq!(names, ["0.weight", "0.bias", "3.weight", "3.bias", "7.weight", "7.bias"], "PyTorch's names");
+        for (name, p) in &params {
+            p.set_value(fx.tensor(name, &dev));
+        }
+        let logits = model.forward(&Var::constant(fx.tensor("x", &dev))).unwrap();
+        close(&format!("cnn logits on {dev}"), logits.value(), fx.get("logits"));
+        let loss = ag::cross_entropy(&logits, &labels).unwrap();
+        close(&format!("cnn loss on {dev}"), loss.value(), fx.get("loss"));
+        loss.backward().unwrap();
+        for (name, p) in &params {
+            close(&format!("cnn grad.{name} on {dev}"), &p.grad().unwrap(), fx.get(&format!("grad.{name}")));
+        }
+    }
+}
