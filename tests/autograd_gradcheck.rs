@@ -170,3 +170,17 @@ fn dropout_and_concat() {
     gradcheck("concat axis 1", &[&[2, 3, 2], &[2, 1, 2]], |v| ag::concat(&v[0], &v[1], 1));
     gradcheck("concat axis 0", &[&[2, 3], &[1, 3]], |v| ag::concat(&v[0], &v[1], 0));
 }
+
+#[test]
+fn small_cnn_end_to_end() {
+    use tessera_engine::ops::Conv2dOpts;
+    // conv 2→3 (3×3, pad 1) + bias, relu, avg-pool 2, conv 3→2 (stride 2), residual-free
+    // flatten, linear 2→3 + bias, cross-entropy: every parameter's gradient at once.
+    gradcheck("cnn", &[&[2, 2, 6, 6], &[3, 2, 3, 3], &[3], &[2, 3, 2, 2], &[3, 2], &[3]], |v| {
+        let h = ag::relu(&ag::conv2d(&v[0], &v[1], Some(&v[2]), Conv2dOpts::new(1, 1))?)?;
+        let h = ag::avg_pool2d(&h, 2, 2, 0)?;
+        let h = ag::conv2d(&h, &v[3], None, Conv2dOpts::new(2, 0))?;
+        let h = ag::reshape(&h, &[2, 2])?;
+        ag::cross_entropy(&ag::linear(&h, &v[4], Some(&v[5]))?, &[2, 0])
+    });
+}
