@@ -1,7 +1,7 @@
 //! batch_norm2d over NCHW with PyTorch semantics. Kernels: shaders/wgsl/batchnorm.wgsl; CPU
 //! twins below; conformance: tests/ops_conformance.rs. Running statistics are updated by the
 //! module (`nn::BatchNorm2d`) from the batch statistics returned here.
-use super::{cpu_data, cpu_tensor, gpu_buffer, grid_1d, narrow, same_device, to_u32};
+use super::{cpu_data, cpu_tensor, launch_map, narrow, same_device, to_u32};
 use crate::device::Device;
 use crate::error::{shape_err, Result};
 use crate::tensor::Tensor;
@@ -57,7 +57,7 @@ struct BnParams {
 }
 
 /// One launch; `per_channel` kernels get one invocation per channel, the others one per value.
-/// Bindings: x, g, mean, var, gamma, aux (unused slots take x).
+/// Bindings: x, g, mean, var, gamma, aux (unused slots take x), out.
 #[allow(clippy::too_many_arguments)]
 fn launch(
     kernel: &Kernel,
@@ -68,18 +68,12 @@ fn launch(
     out_shape: &[usize],
     per_channel: bool,
 ) -> Result<Tensor> {
-    let Device::Gpu(gpu) = x.device() else { unreachable!("GPU dispatch") };
     let u = |v| to_u32("batch_norm2d", v);
     let total = s.n * s.c * s.hw;
     let params = BnParams { n: u(s.n)?, c: u(s.c)?, hw: u(s.hw)?, total: u(total)?, eps, _pad: [0; 3] };
-    let out = Tensor::uninit_gpu(out_shape.to_vec(), gpu)?;
-    let groups = if per_channel { [u(s.c.div_ceil(64))?, 1, 1] } else { grid_1d(gpu, "batch_norm2d", total)? };
-    let xb = gpu_buffer(x);
-    let slot = |t: Option<&Tensor>| t.map_or_else(|| xb.clone(), gpu_buffer);
-    let buffers = [xb.clone(), slot(g), slot(mean), slot(var), slot(gamma), slot(aux), gpu_buffer(&out)];
-    let refs: Vec<&crate::gpu::GpuBuffer> = buffers.iter().map(|b| b.as_ref()).collect();
-    gpu.launch(kernel, bytemuck::bytes_of(&params), &refs, groups)?;
-    Ok(out)
+    let invocations = if per_channel { s.c } else { total };
+    let inputs = [x, g.unwrap_or(x), mean.unwrap_or(x), var.unwrap_or(x), gamma.unwrap_or(x), aux.unwrap_or(x)];
+    launch_map("batch_norm2d", kernel, bytemuck::bytes_of(&params), &inputs, out_shape, invocations)
 }
 
 /// Per-channel batch mean and biased variance of x [N, C, H, W] (two passes, for accuracy).

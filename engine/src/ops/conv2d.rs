@@ -1,7 +1,7 @@
 //! conv2d (NCHW, PyTorch semantics: stride, padding, dilation, optional bias) as GEMMs over
 //! unfolded patches. Kernels: shaders/wgsl/conv2d.wgsl (im2col, col2im, swap01) and gemm.wgsl;
 //! CPU twins below and OpenBLAS; conformance: tests/ops_conformance.rs.
-use super::{cpu_data, cpu_tensor, gpu_buffer, grid_1d, to_u32};
+use super::{cpu_data, cpu_tensor, launch_map, to_u32};
 use crate::device::Device;
 use crate::error::{shape_err, Result};
 use crate::ops::{add_channel, gemm, sum, GemmOpts};
@@ -132,11 +132,7 @@ impl ConvParams {
 
 /// One launch of a conv2d.wgsl kernel from `src` into a new tensor of `out_shape`.
 fn launch(kernel: &Kernel, params: ConvParams, src: &Tensor, out_shape: &[usize]) -> Result<Tensor> {
-    let Device::Gpu(gpu) = src.device() else { unreachable!("GPU dispatch") };
-    let out = Tensor::uninit_gpu(out_shape.to_vec(), gpu)?;
-    let groups = grid_1d(gpu, "conv2d", params.total as usize)?;
-    gpu.launch(kernel, bytemuck::bytes_of(&params), &[&gpu_buffer(src), &gpu_buffer(&out)], groups)?;
-    Ok(out)
+    launch_map("conv2d", kernel, bytemuck::bytes_of(&params), &[src], out_shape, params.total as usize)
 }
 
 /// The signed input coordinate of output position `o`, kernel tap `t` on axis `i`.

@@ -1,6 +1,6 @@
 //! Elementwise ops. Kernels: shaders/wgsl/elementwise.wgsl; CPU twins below (rayon);
 //! conformance: tests/ops_conformance.rs.
-use super::{cpu_data, cpu_tensor, gpu_buffer, grid_1d, same_device, same_shape, to_u32};
+use super::{cpu_data, cpu_tensor, launch_map, same_device, same_shape, to_u32};
 use crate::device::Device;
 use crate::error::{shape_err, Result};
 use crate::tensor::Tensor;
@@ -38,12 +38,9 @@ fn map2(
             let out = backend.install(|| (0..n).into_par_iter().map(|i| cpu(xs[i], ys, i)).collect());
             Ok(cpu_tensor(out, x.shape(), x.device()))
         }
-        Device::Gpu(gpu) => {
-            let out = Tensor::uninit_gpu(x.shape().to_vec(), gpu)?;
+        Device::Gpu(_) => {
             let params = EwParams { n: to_u32(op, n)?, ..params };
-            let groups = grid_1d(gpu, op, n)?;
-            gpu.launch(kernel, bytemuck::bytes_of(&params), &[&gpu_buffer(x), &gpu_buffer(y), &gpu_buffer(&out)], groups)?;
-            Ok(out)
+            launch_map(op, kernel, bytemuck::bytes_of(&params), &[x, y], x.shape(), n)
         }
     }
 }
@@ -157,12 +154,9 @@ pub fn concat(a: &Tensor, b: &Tensor, axis: usize) -> Result<Tensor> {
             }
             Ok(cpu_tensor(out, &shape, a.device()))
         }
-        Device::Gpu(gpu) => {
-            let out = Tensor::uninit_gpu(shape, gpu)?;
+        Device::Gpu(_) => {
             let params = EwParams { n: to_u32("concat", n)?, inner: to_u32("concat", la)?, channels: to_u32("concat", lb)?, ..Default::default() };
-            let groups = grid_1d(gpu, "concat", n)?;
-            gpu.launch(&k::CONCAT2, bytemuck::bytes_of(&params), &[&gpu_buffer(a), &gpu_buffer(b), &gpu_buffer(&out)], groups)?;
-            Ok(out)
+            launch_map("concat", &k::CONCAT2, bytemuck::bytes_of(&params), &[a, b], &shape, n)
         }
     }
 }

@@ -1,10 +1,11 @@
 //! GEMM: out = alpha·op(A)·op(B) + beta·C, strided-batched. Kernel: shaders/wgsl/gemm.wgsl;
 //! CPU twin: OpenBLAS sgemm per batch entry; conformance: tests/gemm_conformance.rs.
+use super::{cpu_data, cpu_tensor, gpu_buffer, to_u32};
 use crate::cpu::blas;
 use crate::device::Device;
 use crate::error::{shape_err, Error, Result};
 use crate::gpu::GpuBackend;
-use crate::tensor::{Storage, Tensor};
+use crate::tensor::Tensor;
 use std::sync::Arc;
 use tessera_shaders::gemm::{GemmKernel, REG_16X16, REG_4X4, SUBGROUP_32X8, TILED_64, VARIANTS};
 
@@ -130,7 +131,7 @@ fn gemm_dispatch(variant: Option<&GemmKernel>, a: &Tensor, b: &Tensor, c: Option
             // OpenBLAS threads itself; hopping onto the rayon pool would only add latency.
             cpu.use_blas_threads();
             let out = gemm_cpu(&shape, a, b, c, o);
-            Ok(Tensor::from_storage(Storage::Cpu(Arc::new(out)), shape.out_shape.clone(), a.device().clone()))
+            Ok(cpu_tensor(out, &shape.out_shape, a.device()))
         }
         Device::Gpu(gpu) => {
             let variant = variant.unwrap_or_else(|| choose_kernel(gpu, &shape));
@@ -142,13 +143,6 @@ fn gemm_dispatch(variant: Option<&GemmKernel>, a: &Tensor, b: &Tensor, c: Option
 /// A·B.
 pub fn matmul(a: &Tensor, b: &Tensor) -> Result<Tensor> {
     gemm(a, b, None, GemmOpts::default())
-}
-
-fn cpu_data(t: &Tensor) -> &[f32] {
-    match t.storage() {
-        Storage::Cpu(data) => data,
-        Storage::Gpu(_) => unreachable!("device checked before dispatch"),
-    }
 }
 
 fn gemm_cpu(s: &GemmShape, a: &Tensor, b: &Tensor, c: Option<&Tensor>, o: GemmOpts) -> Vec<f32> {
@@ -257,9 +251,7 @@ fn gemm_gpu(
         });
     }
     let out = Tensor::uninit_gpu(s.out_shape.clone(), gpu)?;
-    let u32_of = |x: usize| {
-        u32::try_from(x).map_err(|_| shape_err("gemm", format!("dimension {x} exceeds the GPU kernel's 32-bit indexing")))
-    };
+    let u32_of = |x: usize| to_u32("gemm", x);
     let params = GemmParams {
         m: u32_of(s.m)?,
         n: u32_of(s.n)?,
@@ -277,13 +269,9 @@ fn gemm_gpu(
         beta: o.beta,
         _pad: [0; 2],
     };
-    let buf = |t: &Tensor| match t.storage() {
-        Storage::Gpu(b) => b.clone(),
-        Storage::Cpu(_) => unreachable!("device checked before dispatch"),
-    };
-    let (ab, bb, ob) = (buf(a), buf(b), buf(&out));
+    let (ab, bb, ob) = (gpu_buffer(a), gpu_buffer(b), gpu_buffer(&out));
     // Without C the kernel never reads binding 3; bind A there to fill the slot.
-    let cb = c.map(buf).unwrap_or_else(|| ab.clone());
+    let cb = c.map(gpu_buffer).unwrap_or_else(|| ab.clone());
     let [rows, cols] = variant.block;
     let groups = [u32_of(s.n)?.div_ceil(cols), u32_of(s.m)?.div_ceil(rows), u32_of(s.batch)?];
     if s.m * s.n * s.batch > 0 {

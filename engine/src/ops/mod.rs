@@ -22,6 +22,7 @@ use crate::device::Device;
 use crate::error::{shape_err, Error, Result};
 use crate::gpu::{GpuBackend, GpuBuffer};
 use crate::tensor::{Storage, Tensor};
+use tessera_shaders::Kernel;
 use std::sync::Arc;
 
 /// Host values of a CPU tensor (callers have matched on the device first).
@@ -60,9 +61,10 @@ pub(crate) fn same_shape(op: &'static str, a: &Tensor, b: &Tensor) -> Result<()>
     }
 }
 
-/// Workgroups for one invocation per value with 256-wide workgroups: x up to 65535, then y.
-pub(crate) fn grid_1d(gpu: &GpuBackend, op: &'static str, n: usize) -> Result<[u32; 3]> {
-    let groups = n.div_ceil(256);
+/// Workgroups for `n` invocations in workgroups of `per_group`: x up to the adapter's
+/// per-dimension limit, then y (kernels fold gid.y back into a flat index).
+pub(crate) fn grid_1d(gpu: &GpuBackend, op: &'static str, n: usize, per_group: usize) -> Result<[u32; 3]> {
+    let groups = n.div_ceil(per_group);
     let max = gpu.limits().max_compute_workgroups_per_dimension as usize;
     let (x, y) = if groups <= max { (groups, 1) } else { (max, groups.div_ceil(max)) };
     if y > max {
@@ -74,4 +76,23 @@ pub(crate) fn grid_1d(gpu: &GpuBackend, op: &'static str, n: usize) -> Result<[u
 /// A dimension as the kernels' 32-bit index.
 pub(crate) fn to_u32(op: &'static str, x: usize) -> Result<u32> {
     u32::try_from(x).map_err(|_| shape_err(op, format!("dimension {x} exceeds the GPU kernels' 32-bit indexing")))
+}
+
+/// The common launch of a map-like kernel: a new output of `out_shape`, `invocations`
+/// invocations in workgroups of `kernel.workgroup[0]`, bindings `inputs` then the output.
+pub(crate) fn launch_map(
+    op: &'static str,
+    kernel: &Kernel,
+    params: &[u8],
+    inputs: &[&Tensor],
+    out_shape: &[usize],
+    invocations: usize,
+) -> Result<Tensor> {
+    let Device::Gpu(gpu) = inputs[0].device() else { unreachable!("{op}: GPU dispatch on a CPU tensor") };
+    let out = Tensor::uninit_gpu(out_shape.to_vec(), gpu)?;
+    let groups = grid_1d(gpu, op, invocations, kernel.workgroup[0] as usize)?;
+    let buffers: Vec<Arc<GpuBuffer>> = inputs.iter().map(|t| gpu_buffer(t)).chain([gpu_buffer(&out)]).collect();
+    let refs: Vec<&GpuBuffer> = buffers.iter().map(|b| b.as_ref()).collect();
+    gpu.launch(kernel, params, &refs, groups)?;
+    Ok(out)
 }

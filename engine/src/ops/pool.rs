@@ -1,7 +1,7 @@
 //! Pooling over NCHW planes: max, average (count_include_pad) and adaptive average, with
 //! their backward. Kernels: shaders/wgsl/pool.wgsl; CPU twins below mirror the same window
 //! rules; conformance: tests/ops_conformance.rs.
-use super::{cpu_data, cpu_tensor, gpu_buffer, grid_1d, same_device, to_u32};
+use super::{cpu_data, cpu_tensor, launch_map, same_device, to_u32};
 use crate::device::Device;
 use crate::error::{shape_err, Result};
 use crate::tensor::Tensor;
@@ -128,7 +128,6 @@ struct PoolParams {
 }
 
 fn launch(kernel: &Kernel, s: &PoolShape, x: &Tensor, g: &Tensor, out_shape: [usize; 4]) -> Result<Tensor> {
-    let Device::Gpu(gpu) = x.device() else { unreachable!("GPU dispatch") };
     let u = |v| to_u32("pool", v);
     let total = out_shape.iter().product();
     let params = PoolParams {
@@ -143,10 +142,7 @@ fn launch(kernel: &Kernel, s: &PoolShape, x: &Tensor, g: &Tensor, out_shape: [us
         pad: [u(s.padding[0])?, u(s.padding[1])?],
         total: u(total)?,
     };
-    let out = Tensor::uninit_gpu(out_shape.to_vec(), gpu)?;
-    let groups = grid_1d(gpu, "pool", total)?;
-    gpu.launch(kernel, bytemuck::bytes_of(&params), &[&gpu_buffer(x), &gpu_buffer(g), &gpu_buffer(&out)], groups)?;
-    Ok(out)
+    launch_map("pool", kernel, bytemuck::bytes_of(&params), &[x, g], &out_shape, total)
 }
 
 /// Pools `x` (shape checked by `s`).

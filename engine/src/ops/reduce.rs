@@ -1,6 +1,6 @@
 //! Sum / mean over chosen axes and their backward, broadcasting back over those axes. Both are
 //! one strided gather-sum: kernel shaders/wgsl/reduce.wgsl; CPU twin `GatherSum::run_cpu`.
-use super::{cpu_data, cpu_tensor, gpu_buffer, grid_1d, to_u32};
+use super::{cpu_data, cpu_tensor, launch_map, to_u32};
 use crate::device::Device;
 use crate::error::{shape_err, Result};
 use crate::tensor::Tensor;
@@ -84,7 +84,7 @@ impl GatherSum {
                 let out = cpu.install(|| self.run_cpu(cpu_data(x)));
                 Ok(cpu_tensor(out, out_shape, x.device()))
             }
-            Device::Gpu(gpu) => {
+            Device::Gpu(_) => {
                 let mut p = ReduceParams {
                     out_numel: to_u32(op, self.out_numel())?,
                     red_numel: to_u32(op, self.red_numel())?,
@@ -104,10 +104,7 @@ impl GatherSum {
                 fill(&mut p.kept_stride, &self.kept_stride)?;
                 fill(&mut p.red_shape, &self.red_shape)?;
                 fill(&mut p.red_stride, &self.red_stride)?;
-                let out = Tensor::uninit_gpu(out_shape.to_vec(), gpu)?;
-                let groups = grid_1d(gpu, op, self.out_numel())?;
-                gpu.launch(&GATHER_SUM, bytemuck::bytes_of(&p), &[&gpu_buffer(x), &gpu_buffer(&out)], groups)?;
-                Ok(out)
+                launch_map(op, &GATHER_SUM, bytemuck::bytes_of(&p), &[x], out_shape, self.out_numel())
             }
         }
     }

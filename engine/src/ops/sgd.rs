@@ -79,7 +79,7 @@ pub fn sgd_step(param: &Tensor, grad: &Tensor, buf: Option<&Tensor>, lr: f32, h:
             let new_b = Tensor::uninit_gpu(if with_momentum { param.shape().to_vec() } else { vec![1] }, gpu)?;
             let pb = gpu_buffer(param);
             let old_b = buf.map_or_else(|| pb.clone(), gpu_buffer);
-            let groups = grid_1d(gpu, "sgd_step", n)?;
+            let groups = grid_1d(gpu, "sgd_step", n, 256)?;
             gpu.launch(&SGD_STEP, bytemuck::bytes_of(&params), &[&pb, &gpu_buffer(grad), &old_b, &gpu_buffer(&new_p), &gpu_buffer(&new_b)], groups)?;
             Ok((new_p, with_momentum.then_some(new_b)))
         }

@@ -1,9 +1,10 @@
 //! Softmax, log-softmax and cross-entropy over the last axis. Kernels:
 //! shaders/wgsl/softmax.wgsl; CPU twins below; conformance: tests/ops_conformance.rs.
-use super::{cpu_data, cpu_tensor, gpu_buffer, same_device, same_shape, to_u32};
+use super::{cpu_data, cpu_tensor, launch_map, same_device, same_shape, to_u32};
 use crate::device::Device;
 use crate::error::{shape_err, Result};
-use crate::gpu::GpuBuffer;
+use crate::tensor::Storage;
+use std::sync::Arc;
 use crate::tensor::Tensor;
 use rayon::prelude::*;
 use tessera_shaders::softmax as k;
@@ -39,22 +40,14 @@ fn launch_rows(
     kernel: &Kernel,
     x: &Tensor,
     g: &Tensor,
-    labels: Option<&GpuBuffer>,
+    labels: Option<&Tensor>,
     out_shape: &[usize],
     rows: usize,
     cols: usize,
 ) -> Result<Tensor> {
-    let Device::Gpu(gpu) = x.device() else { unreachable!("GPU dispatch") };
     let params = SoftmaxParams { rows: to_u32(op, rows)?, cols: to_u32(op, cols)?, inv_rows: 1.0 / rows.max(1) as f32, _pad: 0 };
-    let out = Tensor::uninit_gpu(out_shape.to_vec(), gpu)?;
-    let (xb, gb, ob) = (gpu_buffer(x), gpu_buffer(g), gpu_buffer(&out));
     // Kernels without labels still bind the slot (one layout per module): any buffer will do.
-    let lb = labels.unwrap_or(&xb);
-    let groups = rows.div_ceil(64);
-    let max = gpu.limits().max_compute_workgroups_per_dimension as usize;
-    let grid = [groups.min(max) as u32, groups.div_ceil(max).max(1) as u32, 1];
-    gpu.launch(kernel, bytemuck::bytes_of(&params), &[&xb, &gb, lb, &ob], grid)?;
-    Ok(out)
+    launch_map(op, kernel, bytemuck::bytes_of(&params), &[x, g, labels.unwrap_or(x)], out_shape, rows)
 }
 
 /// Row-wise map on the CPU: f(x_row, g_row, row_index) → out_row.
@@ -127,7 +120,8 @@ pub fn log_softmax_backward(y: &Tensor, g: &Tensor) -> Result<Tensor> {
 /// the form each backend reads.
 pub struct Labels {
     values: Vec<usize>,
-    gpu: Option<GpuBuffer>,
+    /// The labels as u32 values on the GPU (a tensor only as a carrier of the buffer).
+    gpu: Option<Tensor>,
 }
 
 impl Labels {
@@ -147,7 +141,8 @@ impl Labels {
             Device::Cpu(_) => None,
             Device::Gpu(gpu) => {
                 let as_u32: Vec<u32> = labels.iter().map(|&l| l as u32).collect();
-                Some(gpu.upload_bytes(bytemuck::cast_slice(&as_u32))?)
+                let buffer = gpu.upload_bytes(bytemuck::cast_slice(&as_u32))?;
+                Some(Tensor::from_storage(Storage::Gpu(Arc::new(buffer)), vec![labels.len()], logits.device().clone()))
             }
         };
         Ok(Self { values: labels.to_vec(), gpu })
