@@ -18,6 +18,15 @@ fn flat(gid: vec3<u32>, groups: vec3<u32>) -> u32 {
     return gid.x + gid.y * groups.x * 256u;
 }
 
+// (plane, oh, ow) of output index o, and (plane, y, x) of input index i
+fn out_coords(o: u32) -> vec3<u32> {
+    return vec3<u32>(o / (p.wo * p.ho), (o / p.wo) % p.ho, o % p.wo);
+}
+
+fn in_coords(i: u32) -> vec3<u32> {
+    return vec3<u32>(i / (p.w * p.h), (i / p.w) % p.h, i % p.w);
+}
+
 // Index in x of the first maximum of window (oh, ow) of `plane` (−1 if all padding).
 fn window_argmax(plane: u32, oh: u32, ow: u32) -> i32 {
     let y0 = i32(oh * p.stride_h) - i32(p.pad_h);
@@ -53,9 +62,10 @@ fn windows_containing(c: u32, k: u32, s: u32, pad: u32, n_out: u32) -> vec2<u32>
 fn max_pool_forward(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) groups: vec3<u32>) {
     let o = flat(gid, groups);
     if (o >= p.total) { return; }
-    let ow = o % p.wo;
-    let oh = (o / p.wo) % p.ho;
-    let plane = o / (p.wo * p.ho);
+    let at = out_coords(o);
+    let plane = at.x;
+    let oh = at.y;
+    let ow = at.z;
     let best = window_argmax(plane, oh, ow);
     out[o] = select(-3.4028235e38, x[u32(max(best, 0))], best >= 0);
 }
@@ -65,9 +75,10 @@ fn max_pool_forward(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_
 fn max_pool_backward(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) groups: vec3<u32>) {
     let i = flat(gid, groups);
     if (i >= p.total) { return; }
-    let xx = i % p.w;
-    let y = (i / p.w) % p.h;
-    let plane = i / (p.w * p.h);
+    let at = in_coords(i);
+    let plane = at.x;
+    let y = at.y;
+    let xx = at.z;
     let rows = windows_containing(y, p.kh, p.stride_h, p.pad_h, p.ho);
     let cols = windows_containing(xx, p.kw, p.stride_w, p.pad_w, p.wo);
     var acc = 0.0;
@@ -86,9 +97,10 @@ fn max_pool_backward(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num
 fn avg_pool_forward(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) groups: vec3<u32>) {
     let o = flat(gid, groups);
     if (o >= p.total) { return; }
-    let ow = o % p.wo;
-    let oh = (o / p.wo) % p.ho;
-    let plane = o / (p.wo * p.ho);
+    let at = out_coords(o);
+    let plane = at.x;
+    let oh = at.y;
+    let ow = at.z;
     let y0 = i32(oh * p.stride_h) - i32(p.pad_h);
     let x0 = i32(ow * p.stride_w) - i32(p.pad_w);
     var acc = 0.0;
@@ -105,9 +117,10 @@ fn avg_pool_forward(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_
 fn avg_pool_backward(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) groups: vec3<u32>) {
     let i = flat(gid, groups);
     if (i >= p.total) { return; }
-    let xx = i % p.w;
-    let y = (i / p.w) % p.h;
-    let plane = i / (p.w * p.h);
+    let at = in_coords(i);
+    let plane = at.x;
+    let y = at.y;
+    let xx = at.z;
     let rows = windows_containing(y, p.kh, p.stride_h, p.pad_h, p.ho);
     let cols = windows_containing(xx, p.kw, p.stride_w, p.pad_w, p.wo);
     var acc = 0.0;
@@ -132,9 +145,10 @@ fn adaptive_end(i: u32, size: u32, n_out: u32) -> u32 {
 fn adaptive_avg_pool_forward(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) groups: vec3<u32>) {
     let o = flat(gid, groups);
     if (o >= p.total) { return; }
-    let ow = o % p.wo;
-    let oh = (o / p.wo) % p.ho;
-    let plane = o / (p.wo * p.ho);
+    let at = out_coords(o);
+    let plane = at.x;
+    let oh = at.y;
+    let ow = at.z;
     let y0 = adaptive_start(oh, p.h, p.ho);
     let y1 = adaptive_end(oh, p.h, p.ho);
     let x0 = adaptive_start(ow, p.w, p.wo);
@@ -151,9 +165,10 @@ fn adaptive_avg_pool_forward(@builtin(global_invocation_id) gid: vec3<u32>, @bui
 fn adaptive_avg_pool_backward(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) groups: vec3<u32>) {
     let i = flat(gid, groups);
     if (i >= p.total) { return; }
-    let xx = i % p.w;
-    let y = (i / p.w) % p.h;
-    let plane = i / (p.w * p.h);
+    let at = in_coords(i);
+    let plane = at.x;
+    let y = at.y;
+    let xx = at.z;
     var acc = 0.0;
     for (var oh = 0u; oh < p.ho; oh++) {
         let y0 = adaptive_start(oh, p.h, p.ho);
