@@ -1,0 +1,128 @@
+//! Architectures with torchvision's parameter names and counts, and each model's partition
+//! into named sub-models with their dependency graph. Knows nothing of training.
+pub mod alexnet;
+pub mod resnet;
+
+use rand::{rngs::StdRng, SeedableRng};
+use std::sync::Arc;
+use tessera_engine::nn::{Module, Param};
+use tessera_engine::Device;
+use thiserror::Error;
+
+#[derive(Debug, Error)]
+pub enum ModelError {
+    #[error("unknown model `{name}`; known models: {}", MODELS.iter().map(|m| m.name).collect::<Vec<_>>().join(", "))]
+    Unknown { name: String },
+    #[error("num_classes must be at least 1, got {0}")]
+    NoClasses(usize),
+    #[error(transparent)]
+    Engine(#[from] tessera_engine::Error),
+}
+
+/// A named set of parameters (given by name prefixes) and the sub-models it takes input from.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SubModel {
+    pub name: String,
+    pub prefixes: Vec<String>,
+    pub deps: Vec<String>,
+}
+
+impl SubModel {
+    fn chain(parts: &[(&str, &[&str])]) -> Vec<SubModel> {
+        parts
+            .iter()
+            .enumerate()
+            .map(|(i, (name, prefixes))| SubModel {
+                name: name.to_string(),
+                prefixes: prefixes.iter().map(|p| p.to_string()).collect(),
+                deps: if i == 0 { Vec::new() } else { vec![parts[i - 1].0.to_string()] },
+            })
+            .collect()
+    }
+
+    /// Whether parameter `name` belongs to this sub-model.
+    pub fn owns(&self, name: &str) -> bool {
+        self.prefixes.iter().any(|p| name == p || name.starts_with(&format!("{p}.")))
+    }
+}
+
+/// A built model: its network and its sub-models.
+pub struct Model {
+    pub name: &'static str,
+    pub net: Box<dyn Module>,
+    pub submodels: Vec<SubModel>,
+}
+
+impl Model {
+    /// The parameters of sub-model `sub`, with their names.
+    pub fn params_of(&self, sub: &SubModel) -> Vec<(String, Arc<Param>)> {
+        self.net.named_params().into_iter().filter(|(n, _)| sub.owns(n)).collect()
+    }
+
+    pub fn param_count(&self) -> usize {
+        self.net.named_params().iter().map(|(_, p)| p.value().numel()).sum()
+    }
+}
+
+/// What `tessera models` lists.
+pub struct ModelInfo {
+    pub name: &'static str,
+    pub input: usize,
+    pub about: &'static str,
+}
+
+pub static MODELS: &[ModelInfo] = &[
+    ModelInfo { name: "simple-cnn", input: 32, about: "2 convs + linear, for smoke tests and benchmarks" },
+    ModelInfo { name: "alexnet", input: 224, about: "torchvision AlexNet" },
+    ModelInfo { name: "alexnet-cifar", input: 32, about: "AlexNet's five convs for 32-px inputs, 1024-wide classifier" },
+    ModelInfo { name: "resnet18", input: 224, about: "torchvision ResNet-18" },
+    ModelInfo { name: "resnet34", input: 224, about: "torchvision ResNet-34" },
+    ModelInfo { name: "resnet50", input: 224, about: "torchvision ResNet-50 (bottleneck)" },
+    ModelInfo { name: "resnet18-cifar", input: 32, about: "ResNet-18 with a 3×3 stride-1 stem, no max-pool" },
+    ModelInfo { name: "resnet50-cifar", input: 32, about: "ResNet-50 with a 3×3 stride-1 stem, no max-pool" },
+    ModelInfo { name: "resnet20-cifar", input: 32, about: "He et al. 2016 CIFAR ResNet-20 (projection shortcuts)" },
+];
+
+/// Builds model `name` with `num_classes` outputs on `device`; `seed` fixes the initial weights.
+pub fn build(name: &str, num_classes: usize, device: &Device, seed: u64) -> Result<Model, ModelError> {
+    if num_classes == 0 {
+        return Err(ModelError::NoClasses(num_classes));
+    }
+    let rng = &mut StdRng::seed_from_u64(seed);
+    let dropout_seed = seed as u32;
+    let info = MODELS.iter().find(|m| m.name == name).ok_or_else(|| ModelError::Unknown { name: name.to_string() })?;
+    let resnet_parts = |stages: usize| -> Vec<SubModel> {
+        let names: Vec<String> = (1..=stages).map(|i| format!("layer{i}")).collect();
+        let mut parts: Vec<(&str, Vec<&str>)> = vec![("stem", vec!["conv1", "bn1"])];
+        parts.extend(names.iter().map(|n| (n.as_str(), vec![n.as_str()])));
+        parts.push(("fc", vec!["fc"]));
+        let borrowed: Vec<(&str, &[&str])> = parts.iter().map(|(n, p)| (*n, p.as_slice())).collect();
+        SubModel::chain(&borrowed)
+    };
+    let alexnet_parts = || {
+        SubModel::chain(&[
+            ("conv1-3", &["features.0", "features.3", "features.6"]),
+            ("conv4-5", &["features.8", "features.10"]),
+            ("fc6", &["classifier.1"]),
+            ("fc7", &["classifier.4"]),
+            ("fc8", &["classifier.6"]),
+        ])
+    };
+    use resnet::{ResNet, RESNET18, RESNET34, RESNET50};
+    let (net, submodels): (Box<dyn Module>, Vec<SubModel>) = match info.name {
+        "simple-cnn" => (
+            Box::new(alexnet::simple_cnn(num_classes, device, rng)?),
+            SubModel::chain(&[("conv1", &["0"]), ("conv2", &["3"]), ("fc", &["7"])]),
+        ),
+        "alexnet" => (Box::new(alexnet::AlexNet::torchvision(num_classes, device, rng, dropout_seed)?), alexnet_parts()),
+        "alexnet-cifar" => (Box::new(alexnet::AlexNet::cifar(num_classes, device, rng, dropout_seed)?), alexnet_parts()),
+        "resnet18" => (Box::new(ResNet::torchvision(RESNET18, num_classes, true, device, rng)?), resnet_parts(4)),
+        "resnet34" => (Box::new(ResNet::torchvision(RESNET34, num_classes, true, device, rng)?), resnet_parts(4)),
+        "resnet50" => (Box::new(ResNet::torchvision(RESNET50, num_classes, true, device, rng)?), resnet_parts(4)),
+        "resnet18-cifar" => (Box::new(ResNet::torchvision(RESNET18, num_classes, false, device, rng)?), resnet_parts(4)),
+        "resnet50-cifar" => (Box::new(ResNet::torchvision(RESNET50, num_classes, false, device, rng)?), resnet_parts(4)),
+        "resnet20-cifar" => (Box::new(ResNet::cifar20(num_classes, device, rng)?), resnet_parts(3)),
+        _ => unreachable!("every MODELS entry is built above"),
+    };
+    Ok(Model { name: info.name, net, submodels })
+}

@@ -1,0 +1,121 @@
+//! AlexNet as torchvision defines it (`features.N`, `avgpool`, `classifier.N`), the 32-px
+//! `alexnet-cifar`, and the `simple-cnn` used by smoke tests and benchmarks.
+use rand::rngs::StdRng;
+use std::sync::Arc;
+use tessera_engine::autograd::Var;
+use tessera_engine::nn::{prefixed, AdaptiveAvgPool2d, Buffer, Conv2d, Dropout, Flatten, Linear, MaxPool2d, Module, Param, ReLU, Sequential};
+use tessera_engine::ops::Conv2dOpts;
+use tessera_engine::{Device, Result};
+
+/// `features` → adaptive average pool → flatten → `classifier`.
+pub struct AlexNet {
+    features: Sequential,
+    avgpool: AdaptiveAvgPool2d,
+    classifier: Sequential,
+}
+
+fn conv(i: usize, o: usize, k: usize, stride: usize, pad: usize, rng: &mut StdRng, dev: &Device) -> Result<Conv2d> {
+    Conv2d::new(i, o, k, Conv2dOpts::new(stride, pad), true, dev, rng)
+}
+
+fn pool(kernel: usize, stride: usize) -> MaxPool2d {
+    MaxPool2d { kernel, stride, padding: 0 }
+}
+
+impl AlexNet {
+    /// torchvision's AlexNet for 224-px inputs: 61,100,840 parameters with 1000 classes.
+    pub fn torchvision(num_classes: usize, dev: &Device, rng: &mut StdRng, seed: u32) -> Result<Self> {
+        let features = Sequential::new()
+            .with(conv(3, 64, 11, 4, 2, rng, dev)?)
+            .with(ReLU)
+            .with(pool(3, 2))
+            .with(conv(64, 192, 5, 1, 2, rng, dev)?)
+            .with(ReLU)
+            .with(pool(3, 2))
+            .with(conv(192, 384, 3, 1, 1, rng, dev)?)
+            .with(ReLU)
+            .with(conv(384, 256, 3, 1, 1, rng, dev)?)
+            .with(ReLU)
+            .with(conv(256, 256, 3, 1, 1, rng, dev)?)
+            .with(ReLU)
+            .with(pool(3, 2));
+        Self::with_classifier(features, [6, 6], 4096, num_classes, dev, rng, seed)
+    }
+
+    /// AlexNet for 32-px inputs (`alexnet-cifar`): the same five convolutions and names, but
+    /// 3×3 stride-1 first convolution and 2×2 max-pools (32 → 16 → 8 → 4), a 4×4 pool and
+    /// 1024-wide hidden layers: features of 256·4·4 = 4096.
+    pub fn cifar(num_classes: usize, dev: &Device, rng: &mut StdRng, seed: u32) -> Result<Self> {
+        let features = Sequential::new()
+            .with(conv(3, 64, 3, 1, 1, rng, dev)?)
+            .with(ReLU)
+            .with(pool(2, 2))
+            .with(conv(64, 192, 3, 1, 1, rng, dev)?)
+            .with(ReLU)
+            .with(pool(2, 2))
+            .with(conv(192, 384, 3, 1, 1, rng, dev)?)
+            .with(ReLU)
+            .with(conv(384, 256, 3, 1, 1, rng, dev)?)
+            .with(ReLU)
+            .with(conv(256, 256, 3, 1, 1, rng, dev)?)
+            .with(ReLU)
+            .with(pool(2, 2));
+        Self::with_classifier(features, [4, 4], 1024, num_classes, dev, rng, seed)
+    }
+
+    fn with_classifier(
+        features: Sequential,
+        pooled: [usize; 2],
+        hidden: usize,
+        num_classes: usize,
+        dev: &Device,
+        rng: &mut StdRng,
+        seed: u32,
+    ) -> Result<Self> {
+        let flat = 256 * pooled[0] * pooled[1];
+        let classifier = Sequential::new()
+            .with(Dropout::new(0.5, seed))
+            .with(Linear::new(flat, hidden, true, dev, rng)?)
+            .with(ReLU)
+            .with(Dropout::new(0.5, seed.wrapping_add(1 << 20)))
+            .with(Linear::new(hidden, hidden, true, dev, rng)?)
+            .with(ReLU)
+            .with(Linear::new(hidden, num_classes, true, dev, rng)?);
+        Ok(Self { features, avgpool: AdaptiveAvgPool2d(pooled), classifier })
+    }
+}
+
+impl Module for AlexNet {
+    fn forward(&self, x: &Var) -> Result<Var> {
+        let h = self.avgpool.forward(&self.features.forward(x)?)?;
+        self.classifier.forward(&Flatten.forward(&h)?)
+    }
+
+    fn named_params(&self) -> Vec<(String, Arc<Param>)> {
+        let mut out = prefixed("features", self.features.named_params());
+        out.extend(prefixed("classifier", self.classifier.named_params()));
+        out
+    }
+
+    fn named_buffers(&self) -> Vec<(String, Arc<Buffer>)> {
+        Vec::new()
+    }
+
+    fn set_training(&self, training: bool) {
+        self.classifier.set_training(training);
+    }
+}
+
+/// conv 3→32 3×3 pad 1, ReLU, max-pool 2, conv 32→64 3×3 pad 1, ReLU, max-pool 2, flatten,
+/// linear 4096→num_classes (for 32-px inputs).
+pub fn simple_cnn(num_classes: usize, dev: &Device, rng: &mut StdRng) -> Result<Sequential> {
+    Ok(Sequential::new()
+        .with(conv(3, 32, 3, 1, 1, rng, dev)?)
+        .with(ReLU)
+        .with(pool(2, 2))
+        .with(conv(32, 64, 3, 1, 1, rng, dev)?)
+        .with(ReLU)
+        .with(pool(2, 2))
+        .with(Flatten)
+        .with(Linear::new(64 * 8 * 8, num_classes, true, dev, rng)?))
+}

@@ -1,0 +1,71 @@
+//! Architectures: torchvision's parameter counts and names, sub-model partitions, forward shapes.
+use tessera_engine::{no_grad, Device, Tensor, Var};
+use tessera_models::{build, ModelError, MODELS};
+
+fn count(name: &str, classes: usize) -> usize {
+    build(name, classes, &Device::cpu(), 0).unwrap().param_count()
+}
+
+#[test]
+fn parameter_counts_equal_torchvision() {
+    assert_eq!(count("resnet50", 1000), 25_557_032);
+    assert_eq!(count("alexnet", 1000), 61_100_840);
+    assert_eq!(count("resnet18", 1000), 11_689_512);
+    assert_eq!(count("resnet34", 1000), 21_797_672);
+    // He et al.'s "0.27 M" ResNet-20 with 1×1 projection shortcuts (option B): 272,474, the
+    // figure reference PyTorch CIFAR ResNet-20 implementations with option B report.
+    assert_eq!(count("resnet20-cifar", 10), 272_474);
+}
+
+#[test]
+fn names_follow_torchvision() {
+    let cpu = Device::cpu();
+    let r50 = build("resnet50", 10, &cpu, 0).unwrap();
+    let names: Vec<String> = r50.net.named_params().into_iter().map(|(n, _)| n).collect();
+    for expected in ["conv1.weight", "bn1.weight", "layer3.2.conv2.weight", "layer1.0.downsample.0.weight", "layer4.2.bn3.bias", "fc.weight", "fc.bias"] {
+        assert!(names.iter().any(|n| n == expected), "missing {expected}");
+    }
+    let buffers: Vec<String> = r50.net.named_buffers().into_iter().map(|(n, _)| n).collect();
+    assert!(buffers.iter().any(|n| n == "layer1.0.downsample.1.running_mean"));
+    assert!(buffers.iter().any(|n| n == "bn1.num_batches_tracked"));
+    let alex = build("alexnet-cifar", 10, &cpu, 0).unwrap();
+    let names: Vec<String> = alex.net.named_params().into_iter().map(|(n, _)| n).collect();
+    assert_eq!(names.first().map(String::as_str), Some("features.0.weight"));
+    assert_eq!(names.last().map(String::as_str), Some("classifier.6.bias"));
+}
+
+#[test]
+fn every_parameter_belongs_to_exactly_one_sub_model() {
+    for info in MODELS.iter().filter(|m| m.input == 32) {
+        let model = build(info.name, 10, &Device::cpu(), 0).unwrap();
+        for (name, _) in model.net.named_params() {
+            let owners: Vec<&str> = model.submodels.iter().filter(|s| s.owns(&name)).map(|s| s.name.as_str()).collect();
+            assert_eq!(owners.len(), 1, "{}: {name} owned by {owners:?}", info.name);
+        }
+        // A chain: each sub-model depends on the one before it.
+        for pair in model.submodels.windows(2) {
+            assert_eq!(pair[1].deps, vec![pair[0].name.clone()]);
+        }
+    }
+}
+
+#[test]
+fn cifar_models_map_32px_images_to_logits() {
+    let cpu = Device::cpu();
+    let x = Var::constant(Tensor::zeros(&[2, 3, 32, 32], &cpu).unwrap());
+    for info in MODELS.iter().filter(|m| m.input == 32) {
+        let model = build(info.name, 10, &cpu, 0).unwrap();
+        model.net.set_training(false);
+        let y = no_grad(|| model.net.forward(&x)).unwrap();
+        assert_eq!(y.shape(), &[2, 10], "{}", info.name);
+    }
+}
+
+#[test]
+fn unknown_models_are_clear_errors() {
+    let err = build("resnet51", 10, &Device::cpu(), 0).err().unwrap();
+    assert!(matches!(err, ModelError::Unknown { .. }));
+    let msg = err.to_string();
+    assert!(msg.contains("unknown model `resnet51`") && msg.contains("resnet20-cifar"), "{msg}");
+    assert!(build("alexnet", 0, &Device::cpu(), 0).err().unwrap().to_string().contains("num_classes"));
+}
