@@ -1,0 +1,2 @@
+//! Data sets and training runs (the sub-model strategies and reports come next).
+pub mod data;

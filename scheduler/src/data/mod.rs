@@ -1,0 +1,56 @@
+//! Data sets: image folders (the ImageNet layout, JPEG and PNG), the CIFAR-10 binary format,
+//! and a synthetic generator, all decoded into one in-memory [`ImageSet`]; [`Batches`] turns
+//! a set into shuffled, augmented, normalised tensors.
+mod batches;
+mod cifar_bin;
+mod folder;
+mod synthetic;
+
+pub use batches::{Augment, Batches, Normalize};
+pub use cifar_bin::load_cifar_bin;
+pub use folder::{load_image_folder, FolderOptions};
+pub use synthetic::synthetic;
+
+use std::path::PathBuf;
+use thiserror::Error;
+
+#[derive(Debug, Error)]
+pub enum DataError {
+    #[error("{path}: {source}")]
+    Io { path: PathBuf, source: std::io::Error },
+    #[error("{path}: cannot decode image: {detail}")]
+    Decode { path: PathBuf, detail: String },
+    #[error("{path}: {detail}")]
+    Layout { path: PathBuf, detail: String },
+}
+
+pub type Result<T> = std::result::Result<T, DataError>;
+
+/// Decoded images, channel-planar u8 (N × 3 × H × W), with their labels and class names.
+#[derive(Clone, Debug, Default)]
+pub struct ImageSet {
+    pub pixels: Vec<u8>,
+    pub labels: Vec<usize>,
+    pub classes: Vec<String>,
+    pub height: usize,
+    pub width: usize,
+}
+
+impl ImageSet {
+    pub fn len(&self) -> usize {
+        self.labels.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.labels.is_empty()
+    }
+
+    /// Bytes of one image.
+    pub fn image_len(&self) -> usize {
+        3 * self.height * self.width
+    }
+
+    pub fn image(&self, i: usize) -> &[u8] {
+        &self.pixels[i * self.image_len()..(i + 1) * self.image_len()]
+    }
+}
