@@ -31,6 +31,45 @@ enum Command {
     /// Kernel benchmarks.
     #[command(subcommand)]
     Bench(Bench),
+    /// List the models (name, input size, parameters with 10 classes).
+    Models {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Train a model on an image-folder data set (`DIR/train`, `DIR/test`).
+    Train(TrainArgs),
+}
+
+#[derive(Args)]
+struct TrainArgs {
+    #[arg(long, default_value = "resnet20-cifar")]
+    model: String,
+    /// Folder holding `train/` and `test/` image folders (one subfolder per class).
+    #[arg(long)]
+    data: std::path::PathBuf,
+    #[arg(long, default_value_t = 1)]
+    epochs: usize,
+    #[arg(long, default_value_t = 128)]
+    batch: usize,
+    #[arg(long, default_value_t = 0.1)]
+    lr: f32,
+    #[arg(long, default_value_t = 0.9)]
+    momentum: f32,
+    #[arg(long, default_value_t = 5e-4)]
+    wd: f32,
+    #[arg(long, default_value = "cpu")]
+    device: String,
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// Use only the first N images of each class (quick runs).
+    #[arg(long)]
+    limit_per_class: Option<usize>,
+    /// Run folder for per-epoch checkpoints and metrics.jsonl.
+    #[arg(long)]
+    out: Option<std::path::PathBuf>,
+    /// Print the per-epoch rows as JSON lines.
+    #[arg(long)]
+    json: bool,
 }
 
 #[derive(Subcommand)]
@@ -68,7 +107,65 @@ fn main() -> Result<()> {
     match Cli::parse().command {
         Command::Devices { json } => devices(json),
         Command::Bench(Bench::Gemm(args)) => bench_gemm_cmd(args),
+        Command::Models { json } => models(json),
+        Command::Train(args) => train_cmd(args),
     }
+}
+
+fn models(json: bool) -> Result<()> {
+    let mut table = Table::new(&["model", "input_px", "params_10_classes", "sub_models", "about"]);
+    for info in tessera_models::MODELS {
+        let model = tessera_models::build(info.name, 10, &Device::cpu(), 0)?;
+        let subs: Vec<&str> = model.submodels.iter().map(|s| s.name.as_str()).collect();
+        table.push(vec![json!(info.name), json!(info.input), json!(model.param_count()), json!(subs.join(" → ")), json!(info.about)]);
+    }
+    table.print(json);
+    Ok(())
+}
+
+fn train_cmd(a: TrainArgs) -> Result<()> {
+    use tessera_scheduler::train::{train, TrainConfig};
+    let cfg = TrainConfig {
+        model: a.model,
+        data: a.data,
+        epochs: a.epochs,
+        batch: a.batch,
+        lr: a.lr,
+        momentum: a.momentum,
+        weight_decay: a.wd,
+        device: a.device,
+        seed: a.seed,
+        limit_per_class: a.limit_per_class,
+        out: a.out,
+    };
+    let bar = indicatif::ProgressBar::new(0);
+    bar.set_style(
+        indicatif::ProgressStyle::with_template("epoch {prefix} [{bar:30}] {pos}/{len} {msg} ETA {eta}")
+            .expect("valid template")
+            .progress_chars("=> "),
+    );
+    let reports = train(&cfg, &mut |s| {
+        bar.set_length(s.steps_per_epoch as u64);
+        bar.set_prefix(format!("{}/{}", s.epoch, cfg.epochs));
+        bar.set_position(s.step as u64);
+        bar.set_message(format!("loss {:.4} acc {:.3} {:.0} img/s", s.loss, s.accuracy, s.images_per_sec));
+    })
+    .with_context(|| format!("training {} on {}", cfg.model, cfg.data.display()))?;
+    bar.finish_and_clear();
+    let mut table = Table::new(&["epoch", "train_loss", "train_acc", "test_loss", "test_acc", "seconds", "img_per_s"]);
+    for r in &reports {
+        table.push(vec![
+            json!(r.epoch),
+            json!(r.train_loss),
+            json!(r.train_accuracy),
+            json!(r.test_loss),
+            json!(r.test_accuracy),
+            json!(r.seconds),
+            json!(r.images_per_sec),
+        ]);
+    }
+    table.print(a.json);
+    Ok(())
 }
 
 fn devices(json: bool) -> Result<()> {

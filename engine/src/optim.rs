@@ -37,6 +37,19 @@ impl LrSchedule for Constant {
     }
 }
 
+/// Cosine annealing of every group from the base rate to zero over `total_steps`.
+pub struct Cosine {
+    pub total_steps: usize,
+}
+
+impl LrSchedule for Cosine {
+    fn multiplier(&self, step: usize, _: usize, _: usize) -> f32 {
+        let t = (step as f32 / self.total_steps.max(1) as f32).min(1.0);
+        // Never exactly 0 before the end: 0 would freeze the groups.
+        (0.5 * (1.0 + (std::f32::consts::PI * t).cos())).max(if t < 1.0 { 1e-6 } else { 0.0 })
+    }
+}
+
 /// How FreezeOut spaces the layers' freezing times.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Spacing {
@@ -145,6 +158,14 @@ impl Sgd {
     /// The momentum buffer of `param`, if it has one (for checkpoints and tests).
     pub fn momentum_buffer(&self, param: &Arc<Param>) -> Option<&Tensor> {
         self.momentum_buffers.get(&key(param))
+    }
+
+    /// Restores a momentum buffer and the step counter (resuming from a checkpoint).
+    pub fn restore(&mut self, step: usize, buffers: Vec<(Arc<Param>, Tensor)>) {
+        self.step = step;
+        for (p, b) in buffers {
+            self.momentum_buffers.insert(key(&p), b);
+        }
     }
 }
 

@@ -1,2 +1,3 @@
 //! Data sets and training runs (the sub-model strategies and reports come next).
 pub mod data;
+pub mod train;

@@ -1,0 +1,223 @@
+//! A training run: model, data, SGD with cosine annealing, per-epoch evaluation, checkpoints
+//! and `metrics.jsonl`. The CLI's `tessera train` is a thin wrapper around [`train`].
+use crate::data::{load_image_folder, Augment, Batches, FolderOptions, ImageSet, Normalize};
+use std::collections::HashMap;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+use tessera_engine::autograd as ag;
+use tessera_engine::checkpoint::{self, Checkpoint};
+use tessera_engine::ops::SgdHyper;
+use tessera_engine::optim::{Cosine, ParamGroup, Sgd};
+use tessera_engine::{no_grad, Device, Tensor, Var};
+use tessera_models::{build, Model};
+use thiserror::Error;
+
+#[derive(Debug, Error)]
+pub enum TrainError {
+    #[error(transparent)]
+    Data(#[from] crate::data::DataError),
+    #[error(transparent)]
+    Model(#[from] tessera_models::ModelError),
+    #[error(transparent)]
+    Engine(#[from] tessera_engine::Error),
+    #[error(transparent)]
+    Checkpoint(#[from] checkpoint::CheckpointError),
+    #[error("{path}: {source}")]
+    Io { path: PathBuf, source: std::io::Error },
+    #[error("non-finite loss {loss} at epoch {epoch}, step {step}")]
+    NonFinite { epoch: usize, step: usize, loss: f32 },
+}
+
+#[derive(Clone, Debug)]
+pub struct TrainConfig {
+    pub model: String,
+    /// A folder with `train/` and `test/` image folders (the ImageNet layout).
+    pub data: PathBuf,
+    pub epochs: usize,
+    pub batch: usize,
+    pub lr: f32,
+    pub momentum: f32,
+    pub weight_decay: f32,
+    pub device: String,
+    pub seed: u64,
+    pub limit_per_class: Option<usize>,
+    /// Where checkpoints and metrics.jsonl go (none: nothing is written).
+    pub out: Option<PathBuf>,
+}
+
+impl Default for TrainConfig {
+    fn default() -> Self {
+        Self {
+            model: "resnet20-cifar".into(),
+            data: PathBuf::from("../shared/data/cifar10"),
+            epochs: 1,
+            batch: 128,
+            lr: 0.1,
+            momentum: 0.9,
+            weight_decay: 5e-4,
+            device: "cpu".into(),
+            seed: 0,
+            limit_per_class: None,
+            out: None,
+        }
+    }
+}
+
+/// What a training step reports to the progress display.
+pub struct StepInfo {
+    pub epoch: usize,
+    pub step: usize,
+    pub steps_per_epoch: usize,
+    pub loss: f32,
+    pub accuracy: f32,
+    pub images_per_sec: f32,
+}
+
+#[derive(Clone, Debug)]
+pub struct EpochReport {
+    pub epoch: usize,
+    pub train_loss: f32,
+    pub train_accuracy: f32,
+    pub test_loss: f32,
+    pub test_accuracy: f32,
+    pub seconds: f32,
+    pub images_per_sec: f32,
+}
+
+impl EpochReport {
+    pub fn to_json(&self) -> String {
+        format!(
+            "{{\"epoch\":{},\"train_loss\":{},\"train_accuracy\":{},\"test_loss\":{},\"test_accuracy\":{},\"seconds\":{},\"images_per_sec\":{}}}",
+            self.epoch, self.train_loss, self.train_accuracy, self.test_loss, self.test_accuracy, self.seconds, self.images_per_sec
+        )
+    }
+}
+
+fn argmax_hits(logits: &[f32], classes: usize, labels: &[usize]) -> usize {
+    labels
+        .iter()
+        .enumerate()
+        .filter(|(i, &l)| {
+            let row = &logits[i * classes..(i + 1) * classes];
+            row.iter().enumerate().max_by(|a, b| a.1.total_cmp(b.1)).map(|(j, _)| j) == Some(l)
+        })
+        .count()
+}
+
+/// Mean loss and accuracy of `model` on `set` (eval mode, no gradients).
+pub fn evaluate(model: &Model, set: &ImageSet, batch: usize, norm: Normalize, device: &Device) -> Result<(f32, f32), TrainError> {
+    model.net.set_training(false);
+    let classes = set.classes.len();
+    let (mut loss_sum, mut hits) = (0f64, 0usize);
+    for b in Batches::new(set, batch, 0, 0, false, None, norm) {
+        let (loss, logits) = no_grad(|| -> Result<(f32, Vec<f32>), TrainError> {
+            let x = Var::constant(Tensor::from_vec(b.x, &b.shape, device)?);
+            let logits = model.net.forward(&x)?;
+            let loss = ag::cross_entropy(&logits, &b.labels)?;
+            Ok((loss.value().to_vec()?[0], logits.value().to_vec()?))
+        })?;
+        loss_sum += loss as f64 * b.labels.len() as f64;
+        hits += argmax_hits(&logits, classes, &b.labels);
+    }
+    model.net.set_training(true);
+    Ok(((loss_sum / set.len().max(1) as f64) as f32, hits as f32 / set.len().max(1) as f32))
+}
+
+/// Saves weights, buffers, momentum buffers and the epoch to `dir/epoch-NNN.safetensors`.
+fn save_checkpoint(dir: &Path, model: &Model, sgd: &Sgd, cfg: &TrainConfig, epoch: usize) -> Result<PathBuf, TrainError> {
+    let mut tensors: Vec<(String, Tensor)> = model.net.named_params().into_iter().map(|(n, p)| (n, p.value())).collect();
+    tensors.extend(model.net.named_buffers().into_iter().map(|(n, b)| (n, b.value())));
+    for (n, p) in model.net.named_params() {
+        if let Some(buf) = sgd.momentum_buffer(&p) {
+            tensors.push((format!("optimizer.momentum.{n}"), buf.clone()));
+        }
+    }
+    let meta = HashMap::from([
+        ("model".to_string(), cfg.model.clone()),
+        ("epoch".to_string(), epoch.to_string()),
+        ("step".to_string(), sgd.steps_taken().to_string()),
+        ("seed".to_string(), cfg.seed.to_string()),
+    ]);
+    let path = dir.join(format!("epoch-{epoch:03}.safetensors"));
+    checkpoint::save(&path, &tensors, &meta)?;
+    Ok(path)
+}
+
+/// Loads a checkpoint's weights and buffers into `model` (names and shapes checked).
+pub fn load_weights(model: &Model, ckpt: &Checkpoint, device: &Device) -> Result<(), TrainError> {
+    for (name, p) in model.net.named_params() {
+        p.set_value(ckpt.tensor(&name, p.value().shape(), device)?);
+    }
+    for (name, b) in model.net.named_buffers() {
+        b.set_value(ckpt.tensor(&name, b.value().shape(), device)?);
+    }
+    Ok(())
+}
+
+/// Trains per `cfg`, calling `progress` after every step; returns one report per epoch.
+pub fn train(cfg: &TrainConfig, progress: &mut dyn FnMut(&StepInfo)) -> Result<Vec<EpochReport>, TrainError> {
+    let device = Device::parse(&cfg.device)?;
+    let opts = FolderOptions { limit_per_class: cfg.limit_per_class, ..Default::default() };
+    let train_set = load_image_folder(&cfg.data.join("train"), &opts)?;
+    let test_set = load_image_folder(&cfg.data.join("test"), &opts)?;
+    let model = build(&cfg.model, train_set.classes.len(), &device, cfg.seed)?;
+    let params = model.net.named_params().into_iter().map(|(_, p)| p).collect();
+    let hyper = SgdHyper { momentum: cfg.momentum, dampening: 0.0, weight_decay: cfg.weight_decay, nesterov: false };
+    let steps_per_epoch = train_set.len().div_ceil(cfg.batch);
+    let mut sgd = Sgd::new(vec![ParamGroup::new("all", params)], cfg.lr, hyper)
+        .with_schedule(Cosine { total_steps: steps_per_epoch * cfg.epochs });
+    if let Some(out) = &cfg.out {
+        std::fs::create_dir_all(out).map_err(|source| TrainError::Io { path: out.clone(), source })?;
+    }
+    let norm = Normalize::CIFAR10;
+    let mut reports = Vec::new();
+    for epoch in 1..=cfg.epochs {
+        let start = Instant::now();
+        let (mut loss_sum, mut hits, mut seen) = (0f64, 0usize, 0usize);
+        model.net.set_training(true);
+        for (step, b) in Batches::new(&train_set, cfg.batch, cfg.seed, epoch as u64, true, Some(Augment::CIFAR), norm).enumerate() {
+            let x = Var::constant(Tensor::from_vec(b.x, &b.shape, &device)?);
+            let logits = model.net.forward(&x)?;
+            let loss = ag::cross_entropy(&logits, &b.labels)?;
+            loss.backward()?;
+            sgd.step()?;
+            sgd.zero_grad();
+            let loss_value = loss.value().to_vec()?[0];
+            if !loss_value.is_finite() {
+                return Err(TrainError::NonFinite { epoch, step, loss: loss_value });
+            }
+            loss_sum += loss_value as f64 * b.labels.len() as f64;
+            hits += argmax_hits(&logits.value().to_vec()?, train_set.classes.len(), &b.labels);
+            seen += b.labels.len();
+            progress(&StepInfo {
+                epoch,
+                step: step + 1,
+                steps_per_epoch,
+                loss: (loss_sum / seen as f64) as f32,
+                accuracy: hits as f32 / seen as f32,
+                images_per_sec: seen as f32 / start.elapsed().as_secs_f32(),
+            });
+        }
+        let train_seconds = start.elapsed().as_secs_f32();
+        let (test_loss, test_accuracy) = evaluate(&model, &test_set, cfg.batch, norm, &device)?;
+        let report = EpochReport {
+            epoch,
+            train_loss: (loss_sum / seen.max(1) as f64) as f32,
+            train_accuracy: hits as f32 / seen.max(1) as f32,
+            test_loss,
+            test_accuracy,
+            seconds: start.elapsed().as_secs_f32(),
+            images_per_sec: seen as f32 / train_seconds,
+        };
+        if let Some(out) = &cfg.out {
+            save_checkpoint(out, &model, &sgd, cfg, epoch)?;
+            let path = out.join("metrics.jsonl");
+            let io = |source| TrainError::Io { path: path.clone(), source };
+            let mut f = std::fs::OpenOptions::new().create(true).append(true).open(&path).map_err(io)?;
+            writeln!(f, "{}", report.to_json()).map_err(io)?;
+        }
+        reports.push(report);
+    }
+    Ok(reports)
+}
