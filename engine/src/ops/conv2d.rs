@@ -147,14 +147,23 @@ pub fn im2col(x: &Tensor, s: &ConvShape) -> Result<Tensor> {
         Device::Cpu(cpu) => {
             let xs = cpu_data(x);
             let mut out = vec![0f32; shape[0] * shape[1]];
+            // One patch row per task, filled image row by image row: no index arithmetic per
+            // value beyond the column tap.
             cpu.install(|| {
                 out.par_chunks_mut(shape[1].max(1)).enumerate().for_each(|(row, dst)| {
                     let (c, i, j) = (row / (s.kh * s.kw), (row / s.kw) % s.kh, row % s.kw);
-                    for (col, d) in dst.iter_mut().enumerate() {
-                        let (n, oh, ow) = (col / (s.ho * s.wo), (col / s.wo) % s.ho, col % s.wo);
-                        let (y, x) = (tap(s, 0, oh, i), tap(s, 1, ow, j));
-                        if y >= 0 && (y as usize) < s.h && x >= 0 && (x as usize) < s.w {
-                            *d = xs[((n * s.c + c) * s.h + y as usize) * s.w + x as usize];
+                    for (chunk, dst_row) in dst.chunks_mut(s.wo).enumerate() {
+                        let (n, oh) = (chunk / s.ho, chunk % s.ho);
+                        let y = tap(s, 0, oh, i);
+                        if y < 0 || y as usize >= s.h {
+                            continue; // stays zero: padding
+                        }
+                        let src = &xs[((n * s.c + c) * s.h + y as usize) * s.w..][..s.w];
+                        for (ow, d) in dst_row.iter_mut().enumerate() {
+                            let x = tap(s, 1, ow, j);
+                            if x >= 0 && (x as usize) < s.w {
+                                *d = src[x as usize];
+                            }
                         }
                     }
                 })
