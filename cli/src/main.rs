@@ -38,6 +38,19 @@ enum Command {
     },
     /// Train a model on an image-folder data set (`DIR/train`, `DIR/test`).
     Train(TrainArgs),
+    /// Accuracy and confusion matrix of a training checkpoint on `DIR/test`.
+    Eval {
+        #[arg(long)]
+        checkpoint: std::path::PathBuf,
+        #[arg(long)]
+        data: std::path::PathBuf,
+        #[arg(long, default_value = "cpu")]
+        device: String,
+        #[arg(long, default_value_t = 256)]
+        batch: usize,
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 #[derive(Args)]
@@ -103,13 +116,45 @@ struct GemmArgs {
     json: bool,
 }
 
-fn main() -> Result<()> {
-    match Cli::parse().command {
+/// Errors print as one chain of causes, without a backtrace: they are for users.
+fn main() -> std::process::ExitCode {
+    match run(Cli::parse()) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(cli: Cli) -> Result<()> {
+    match cli.command {
         Command::Devices { json } => devices(json),
         Command::Bench(Bench::Gemm(args)) => bench_gemm_cmd(args),
         Command::Models { json } => models(json),
         Command::Train(args) => train_cmd(args),
+        Command::Eval { checkpoint, data, device, batch, json } => eval_cmd(&checkpoint, &data, &device, batch, json),
     }
+}
+
+fn eval_cmd(checkpoint: &std::path::Path, data: &std::path::Path, device: &str, batch: usize, json: bool) -> Result<()> {
+    let r = tessera_scheduler::train::evaluate_checkpoint(checkpoint, data, device, batch)
+        .with_context(|| format!("evaluating {}", checkpoint.display()))?;
+    let mut summary = Table::new(&["checkpoint", "images", "loss", "accuracy"]);
+    let images: usize = r.confusion.iter().flatten().sum();
+    summary.push(vec![json!(checkpoint.display().to_string()), json!(images), json!(r.loss), json!(r.accuracy)]);
+    summary.print(json);
+    // Rows: true class; columns: predicted class.
+    let columns: Vec<&str> = std::iter::once("true \\ predicted").chain(r.classes.iter().map(String::as_str)).collect();
+    let mut matrix = Table::new(&columns);
+    for (name, row) in r.classes.iter().zip(&r.confusion) {
+        matrix.push(std::iter::once(json!(name)).chain(row.iter().map(|v| json!(v))).collect());
+    }
+    if !json {
+        println!();
+    }
+    matrix.print(json);
+    Ok(())
 }
 
 fn models(json: bool) -> Result<()> {

@@ -3,13 +3,13 @@
 use serde_json::{Map, Value};
 
 pub struct Table {
-    columns: Vec<&'static str>,
+    columns: Vec<String>,
     rows: Vec<Vec<Value>>,
 }
 
 impl Table {
-    pub fn new(columns: &[&'static str]) -> Self {
-        Self { columns: columns.to_vec(), rows: Vec::new() }
+    pub fn new<S: AsRef<str>>(columns: &[S]) -> Self {
+        Self { columns: columns.iter().map(|c| c.as_ref().to_string()).collect(), rows: Vec::new() }
     }
 
     pub fn push(&mut self, row: Vec<Value>) {
@@ -25,7 +25,7 @@ impl Table {
     }
 
     fn json_row(&self, row: &[Value]) -> Value {
-        let obj: Map<String, Value> = self.columns.iter().map(|c| c.to_string()).zip(row.iter().cloned()).collect();
+        let obj: Map<String, Value> = self.columns.iter().cloned().zip(row.iter().cloned()).collect();
         Value::Object(obj)
     }
 
@@ -50,7 +50,7 @@ impl Table {
                 .collect();
             println!("{}", padded.join("  ").trim_end());
         };
-        line(self.columns.iter().map(|c| c.to_string()).collect());
+        line(self.columns.clone());
         line(widths.iter().map(|w| "-".repeat(*w)).collect());
         for row in cells {
             line(row);

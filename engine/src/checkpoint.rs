@@ -10,8 +10,8 @@ use thiserror::Error;
 
 #[derive(Debug, Error)]
 pub enum CheckpointError {
-    #[error("{path}: {source}")]
-    Io { path: PathBuf, source: std::io::Error },
+    #[error("{path}: {error}")]
+    Io { path: PathBuf, error: std::io::Error },
     #[error("{path}: not a valid safetensors file: {detail}")]
     Format { path: PathBuf, detail: String },
     #[error("{path}: tensor `{name}`: {detail}")]
@@ -22,7 +22,7 @@ pub enum CheckpointError {
 
 /// Writes `tensors` (copied to the host) and `metadata` to `path` atomically.
 pub fn save(path: &Path, tensors: &[(String, Tensor)], metadata: &HashMap<String, String>) -> Result<(), CheckpointError> {
-    let io = |source| CheckpointError::Io { path: path.into(), source };
+    let io = |error| CheckpointError::Io { path: path.into(), error };
     let mut host: BTreeMap<String, (Vec<u8>, Vec<usize>)> = BTreeMap::new();
     for (name, t) in tensors {
         let values = t.to_vec().map_err(|e| CheckpointError::Engine { path: path.into(), detail: e.to_string() })?;
@@ -53,7 +53,7 @@ pub struct Checkpoint {
 
 impl Checkpoint {
     pub fn load(path: &Path) -> Result<Self, CheckpointError> {
-        let bytes = std::fs::read(path).map_err(|source| CheckpointError::Io { path: path.into(), source })?;
+        let bytes = std::fs::read(path).map_err(|error| CheckpointError::Io { path: path.into(), error })?;
         let format = |e: safetensors::SafeTensorError| CheckpointError::Format { path: path.into(), detail: e.to_string() };
         let (_, meta) = safetensors::SafeTensors::read_metadata(&bytes).map_err(format)?;
         let st = safetensors::SafeTensors::deserialize(&bytes).map_err(format)?;

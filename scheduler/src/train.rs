@@ -23,8 +23,8 @@ pub enum TrainError {
     Engine(#[from] tessera_engine::Error),
     #[error(transparent)]
     Checkpoint(#[from] checkpoint::CheckpointError),
-    #[error("{path}: {source}")]
-    Io { path: PathBuf, source: std::io::Error },
+    #[error("{path}: {error}")]
+    Io { path: PathBuf, error: std::io::Error },
     #[error("non-finite loss {loss} at epoch {epoch}, step {step}")]
     NonFinite { epoch: usize, step: usize, loss: f32 },
 }
@@ -94,22 +94,30 @@ impl EpochReport {
     }
 }
 
-fn argmax_hits(logits: &[f32], classes: usize, labels: &[usize]) -> usize {
-    labels
-        .iter()
-        .enumerate()
-        .filter(|(i, &l)| {
-            let row = &logits[i * classes..(i + 1) * classes];
-            row.iter().enumerate().max_by(|a, b| a.1.total_cmp(b.1)).map(|(j, _)| j) == Some(l)
-        })
-        .count()
+fn argmax(row: &[f32]) -> usize {
+    row.iter().enumerate().max_by(|a, b| a.1.total_cmp(b.1)).map_or(0, |(j, _)| j)
 }
 
-/// Mean loss and accuracy of `model` on `set` (eval mode, no gradients).
-pub fn evaluate(model: &Model, set: &ImageSet, batch: usize, norm: Normalize, device: &Device) -> Result<(f32, f32), TrainError> {
+fn argmax_hits(logits: &[f32], classes: usize, labels: &[usize]) -> usize {
+    labels.iter().enumerate().filter(|(i, &l)| argmax(&logits[i * classes..(i + 1) * classes]) == l).count()
+}
+
+/// Loss, accuracy and confusion matrix of a model on a data set.
+#[derive(Clone, Debug)]
+pub struct EvalReport {
+    pub loss: f32,
+    pub accuracy: f32,
+    /// confusion[true][predicted]
+    pub confusion: Vec<Vec<usize>>,
+    pub classes: Vec<String>,
+}
+
+/// Evaluates `model` on `set` (eval mode, no gradients).
+pub fn evaluate_full(model: &Model, set: &ImageSet, batch: usize, norm: Normalize, device: &Device) -> Result<EvalReport, TrainError> {
     model.net.set_training(false);
     let classes = set.classes.len();
-    let (mut loss_sum, mut hits) = (0f64, 0usize);
+    let mut confusion = vec![vec![0usize; classes]; classes];
+    let mut loss_sum = 0f64;
     for b in Batches::new(set, batch, 0, 0, false, None, norm) {
         let (loss, logits) = no_grad(|| -> Result<(f32, Vec<f32>), TrainError> {
             let x = Var::constant(Tensor::from_vec(b.x, &b.shape, device)?);
@@ -118,10 +126,32 @@ pub fn evaluate(model: &Model, set: &ImageSet, batch: usize, norm: Normalize, de
             Ok((loss.value().to_vec()?[0], logits.value().to_vec()?))
         })?;
         loss_sum += loss as f64 * b.labels.len() as f64;
-        hits += argmax_hits(&logits, classes, &b.labels);
+        for (i, &label) in b.labels.iter().enumerate() {
+            confusion[label][argmax(&logits[i * classes..(i + 1) * classes])] += 1;
+        }
     }
     model.net.set_training(true);
-    Ok(((loss_sum / set.len().max(1) as f64) as f32, hits as f32 / set.len().max(1) as f32))
+    let n = set.len().max(1);
+    let correct: usize = (0..classes).map(|k| confusion[k][k]).sum();
+    Ok(EvalReport { loss: (loss_sum / n as f64) as f32, accuracy: correct as f32 / n as f32, confusion, classes: set.classes.clone() })
+}
+
+/// Mean loss and accuracy of `model` on `set`.
+pub fn evaluate(model: &Model, set: &ImageSet, batch: usize, norm: Normalize, device: &Device) -> Result<(f32, f32), TrainError> {
+    evaluate_full(model, set, batch, norm, device).map(|r| (r.loss, r.accuracy))
+}
+
+/// Evaluates a training checkpoint (its metadata names the model) on `data/test`.
+pub fn evaluate_checkpoint(path: &Path, data: &Path, device: &str, batch: usize) -> Result<EvalReport, TrainError> {
+    let device = Device::parse(device)?;
+    let ckpt = Checkpoint::load(path)?;
+    let name = ckpt.metadata.get("model").cloned().ok_or_else(|| {
+        TrainError::Checkpoint(checkpoint::CheckpointError::Format { path: path.into(), detail: "no `model` in its metadata".into() })
+    })?;
+    let test = load_image_folder(&data.join("test"), &FolderOptions::default())?;
+    let model = build(&name, test.classes.len(), &device, 0)?;
+    load_weights(&model, &ckpt, &device)?;
+    evaluate_full(&model, &test, batch, Normalize::CIFAR10, &device)
 }
 
 /// Saves weights, buffers, momentum buffers and the epoch to `dir/epoch-NNN.safetensors`.
@@ -168,7 +198,7 @@ pub fn train(cfg: &TrainConfig, progress: &mut dyn FnMut(&StepInfo)) -> Result<V
     let mut sgd = Sgd::new(vec![ParamGroup::new("all", params)], cfg.lr, hyper)
         .with_schedule(Cosine { total_steps: steps_per_epoch * cfg.epochs });
     if let Some(out) = &cfg.out {
-        std::fs::create_dir_all(out).map_err(|source| TrainError::Io { path: out.clone(), source })?;
+        std::fs::create_dir_all(out).map_err(|error| TrainError::Io { path: out.clone(), error })?;
     }
     let norm = Normalize::CIFAR10;
     let mut reports = Vec::new();
@@ -213,7 +243,7 @@ pub fn train(cfg: &TrainConfig, progress: &mut dyn FnMut(&StepInfo)) -> Result<V
         if let Some(out) = &cfg.out {
             save_checkpoint(out, &model, &sgd, cfg, epoch)?;
             let path = out.join("metrics.jsonl");
-            let io = |source| TrainError::Io { path: path.clone(), source };
+            let io = |error| TrainError::Io { path: path.clone(), error };
             let mut f = std::fs::OpenOptions::new().create(true).append(true).open(&path).map_err(io)?;
             writeln!(f, "{}", report.to_json()).map_err(io)?;
         }

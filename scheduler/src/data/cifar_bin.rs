@@ -10,7 +10,7 @@ pub const CIFAR10_CLASSES: [&str; 10] = ["airplane", "automobile", "bird", "cat"
 pub fn load_cifar_bin(files: &[&Path]) -> Result<ImageSet> {
     let mut set = ImageSet { classes: CIFAR10_CLASSES.iter().map(|s| s.to_string()).collect(), height: 32, width: 32, ..Default::default() };
     for path in files {
-        let bytes = std::fs::read(path).map_err(|source| DataError::Io { path: path.to_path_buf(), source })?;
+        let bytes = std::fs::read(path).map_err(|error| DataError::Io { path: path.to_path_buf(), error })?;
         if bytes.is_empty() || bytes.len() % RECORD != 0 {
             return Err(DataError::Layout {
                 path: path.to_path_buf(),

@@ -15,7 +15,7 @@ pub struct FolderOptions {
 }
 
 fn io(path: &Path) -> impl FnOnce(std::io::Error) -> DataError + '_ {
-    move |source| DataError::Io { path: path.to_path_buf(), source }
+    move |error| DataError::Io { path: path.to_path_buf(), error }
 }
 
 fn sorted_entries(dir: &Path) -> Result<Vec<PathBuf>> {

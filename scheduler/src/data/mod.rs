@@ -16,8 +16,8 @@ use thiserror::Error;
 
 #[derive(Debug, Error)]
 pub enum DataError {
-    #[error("{path}: {source}")]
-    Io { path: PathBuf, source: std::io::Error },
+    #[error("{path}: {error}")]
+    Io { path: PathBuf, error: std::io::Error },
     #[error("{path}: cannot decode image: {detail}")]
     Decode { path: PathBuf, detail: String },
     #[error("{path}: {detail}")]
