@@ -80,6 +80,9 @@ struct TrainArgs {
     /// Run folder for per-epoch checkpoints and metrics.jsonl.
     #[arg(long)]
     out: Option<std::path::PathBuf>,
+    /// Continue the run in --out from its newest checkpoint.
+    #[arg(long)]
+    resume: bool,
     /// Print the per-epoch rows as JSON lines.
     #[arg(long)]
     json: bool,
@@ -182,6 +185,7 @@ fn train_cmd(a: TrainArgs) -> Result<()> {
         seed: a.seed,
         limit_per_class: a.limit_per_class,
         out: a.out,
+        resume: a.resume,
     };
     let bar = indicatif::ProgressBar::new(0);
     bar.set_style(

@@ -101,6 +101,10 @@ impl Module for AlexNet {
         Vec::new()
     }
 
+    fn named_counters(&self) -> Vec<(String, Arc<std::sync::atomic::AtomicU32>)> {
+        prefixed("classifier", self.classifier.named_counters())
+    }
+
     fn set_training(&self, training: bool) {
         self.classifier.set_training(training);
     }

@@ -27,6 +27,8 @@ pub enum TrainError {
     Io { path: PathBuf, error: std::io::Error },
     #[error("non-finite loss {loss} at epoch {epoch}, step {step}")]
     NonFinite { epoch: usize, step: usize, loss: f32 },
+    #[error("cannot resume: {0}")]
+    Resume(String),
 }
 
 #[derive(Clone, Debug)]
@@ -44,6 +46,8 @@ pub struct TrainConfig {
     pub limit_per_class: Option<usize>,
     /// Where checkpoints and metrics.jsonl go (none: nothing is written).
     pub out: Option<PathBuf>,
+    /// Continue from the newest `epoch-NNN.safetensors` in `out`.
+    pub resume: bool,
 }
 
 impl Default for TrainConfig {
@@ -60,6 +64,7 @@ impl Default for TrainConfig {
             seed: 0,
             limit_per_class: None,
             out: None,
+            resume: false,
         }
     }
 }
@@ -163,12 +168,15 @@ fn save_checkpoint(dir: &Path, model: &Model, sgd: &Sgd, cfg: &TrainConfig, epoc
             tensors.push((format!("optimizer.momentum.{n}"), buf.clone()));
         }
     }
-    let meta = HashMap::from([
+    let mut meta = HashMap::from([
         ("model".to_string(), cfg.model.clone()),
         ("epoch".to_string(), epoch.to_string()),
         ("step".to_string(), sgd.steps_taken().to_string()),
         ("seed".to_string(), cfg.seed.to_string()),
     ]);
+    for (name, counter) in model.net.named_counters() {
+        meta.insert(format!("counter.{name}"), counter.load(std::sync::atomic::Ordering::Relaxed).to_string());
+    }
     let path = dir.join(format!("epoch-{epoch:03}.safetensors"));
     checkpoint::save(&path, &tensors, &meta)?;
     Ok(path)
@@ -183,6 +191,44 @@ pub fn load_weights(model: &Model, ckpt: &Checkpoint, device: &Device) -> Result
         b.set_value(ckpt.tensor(&name, b.value().shape(), device)?);
     }
     Ok(())
+}
+
+/// The newest `epoch-NNN.safetensors` in `dir`, with its epoch.
+fn latest_checkpoint(dir: &Path) -> Result<Option<(usize, PathBuf)>, TrainError> {
+    let entries = std::fs::read_dir(dir).map_err(|error| TrainError::Io { path: dir.into(), error })?;
+    Ok(entries
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter_map(|p| {
+            let epoch = p.file_name()?.to_str()?.strip_prefix("epoch-")?.strip_suffix(".safetensors")?.parse().ok()?;
+            Some((epoch, p))
+        })
+        .max())
+}
+
+/// Restores weights, buffers, momentum, the step count and dropout seeds; returns the epoch.
+fn resume_from(dir: &Path, model: &Model, sgd: &mut Sgd, cfg: &TrainConfig, device: &Device) -> Result<usize, TrainError> {
+    let (epoch, path) = latest_checkpoint(dir)?.ok_or_else(|| TrainError::Resume(format!("no epoch-NNN.safetensors in {}", dir.display())))?;
+    let ckpt = Checkpoint::load(&path)?;
+    let meta = |k: &str| ckpt.metadata.get(k).cloned().unwrap_or_default();
+    if meta("model") != cfg.model {
+        return Err(TrainError::Resume(format!("{} holds model `{}`, not `{}`", path.display(), meta("model"), cfg.model)));
+    }
+    load_weights(model, &ckpt, device)?;
+    let mut buffers = Vec::new();
+    for (name, p) in model.net.named_params() {
+        let key = format!("optimizer.momentum.{name}");
+        if ckpt.tensors.contains_key(&key) {
+            buffers.push((p.clone(), ckpt.tensor(&key, p.value().shape(), device)?));
+        }
+    }
+    let step = meta("step").parse().map_err(|_| TrainError::Resume(format!("{}: bad `step` metadata", path.display())))?;
+    sgd.restore(step, buffers);
+    for (name, counter) in model.net.named_counters() {
+        if let Ok(v) = meta(&format!("counter.{name}")).parse() {
+            counter.store(v, std::sync::atomic::Ordering::Relaxed);
+        }
+    }
+    Ok(epoch)
 }
 
 /// Trains per `cfg`, calling `progress` after every step; returns one report per epoch.
@@ -200,9 +246,14 @@ pub fn train(cfg: &TrainConfig, progress: &mut dyn FnMut(&StepInfo)) -> Result<V
     if let Some(out) = &cfg.out {
         std::fs::create_dir_all(out).map_err(|error| TrainError::Io { path: out.clone(), error })?;
     }
+    let done = match (&cfg.out, cfg.resume) {
+        (Some(out), true) => resume_from(out, &model, &mut sgd, cfg, &device)?,
+        (None, true) => return Err(TrainError::Resume("--resume needs --out (the run folder)".into())),
+        _ => 0,
+    };
     let norm = Normalize::CIFAR10;
     let mut reports = Vec::new();
-    for epoch in 1..=cfg.epochs {
+    for epoch in done + 1..=cfg.epochs {
         let start = Instant::now();
         let (mut loss_sum, mut hits, mut seen) = (0f64, 0usize, 0usize);
         model.net.set_training(true);

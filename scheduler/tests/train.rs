@@ -55,3 +55,31 @@ fn trains_checkpoints_and_reloads() {
     std::fs::write(out.join("broken.safetensors"), b"\x10\x00\x00\x00\x00\x00\x00\x00{}").unwrap();
     assert!(Checkpoint::load(&out.join("broken.safetensors")).err().unwrap().to_string().contains("broken.safetensors"));
 }
+
+#[test]
+fn resuming_gives_the_weights_of_an_uninterrupted_run() {
+    let root: PathBuf = std::env::temp_dir().join(format!("tessera-resume-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&root);
+    write_folders(&root);
+    let base = TrainConfig { model: "simple-cnn".into(), data: root.clone(), epochs: 2, batch: 16, lr: 0.02, ..Default::default() };
+    let straight = TrainConfig { out: Some(root.join("straight")), ..base.clone() };
+    train(&straight, &mut |_| {}).unwrap();
+    // A run that died after epoch 1 (of 2: the cosine schedule spans both): only epoch 1's
+    // checkpoint survives; resuming must recompute epoch 2 exactly.
+    let split = TrainConfig { out: Some(root.join("split")), ..base.clone() };
+    train(&split, &mut |_| {}).unwrap();
+    std::fs::remove_file(root.join("split/epoch-002.safetensors")).unwrap();
+    std::fs::remove_file(root.join("split/metrics.jsonl")).unwrap();
+    let resumed = train(&TrainConfig { resume: true, ..split }, &mut |_| {}).unwrap();
+    assert_eq!(resumed.iter().map(|r| r.epoch).collect::<Vec<_>>(), vec![2], "only the missing epoch runs");
+    let a = Checkpoint::load(&root.join("straight/epoch-002.safetensors")).unwrap();
+    let b = Checkpoint::load(&root.join("split/epoch-002.safetensors")).unwrap();
+    let mut names: Vec<&String> = a.tensors.keys().collect();
+    names.sort();
+    assert!(names.iter().any(|n| n.starts_with("optimizer.momentum.")));
+    for name in names {
+        assert_eq!(a.tensors[name], b.tensors[name], "{name} differs after resume");
+    }
+    let e = train(&TrainConfig { resume: true, out: Some(root.join("empty")), ..base }, &mut |_| {}).err().unwrap().to_string();
+    assert!(e.contains("cannot resume") || e.contains("empty"), "{e}");
+}

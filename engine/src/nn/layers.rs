@@ -7,7 +7,7 @@ use crate::error::Result;
 use crate::ops::{self, Conv2dOpts};
 use crate::tensor::Tensor;
 use rand::{rngs::StdRng, Rng};
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::Arc;
 
 fn uniform(rng: &mut StdRng, shape: &[usize], bound: f32, device: &Device) -> Result<Tensor> {
@@ -90,7 +90,8 @@ pub struct BatchNorm2d {
     pub momentum: f32,
     pub eps: f32,
     training: AtomicBool,
-    batches: AtomicU64,
+    /// The constant 1, for counting batches on the device.
+    one: Tensor,
 }
 
 impl BatchNorm2d {
@@ -105,7 +106,7 @@ impl BatchNorm2d {
             momentum: 0.1,
             eps: 1e-5,
             training: AtomicBool::new(true),
-            batches: AtomicU64::new(0),
+            one: Tensor::from_vec(vec![1.0], &[], device)?,
         })
     }
 
@@ -128,8 +129,8 @@ impl Module for BatchNorm2d {
             let unbiased = if count > 1.0 { count / (count - 1.0) } else { 1.0 };
             self.running_mean.set_value(ops::axpby(1.0 - m, &self.running_mean.value(), m, &mean)?);
             self.running_var.set_value(ops::axpby(1.0 - m, &self.running_var.value(), m * unbiased, &var)?);
-            let tracked = self.batches.fetch_add(1, Ordering::Relaxed) + 1;
-            self.num_batches_tracked.set_value(Tensor::from_vec(vec![tracked as f32], &[], x.value().device())?);
+            // Counted on the device, so a loaded checkpoint's count carries on.
+            self.num_batches_tracked.set_value(ops::axpby(1.0, &self.num_batches_tracked.value(), 1.0, &self.one)?);
             Ok(())
         })?;
         ag::batch_norm2d(x, &gamma, &beta, &mean, &var, true, self.eps)
@@ -206,17 +207,21 @@ impl Module for AdaptiveAvgPool2d {
 /// mask seed from `seed`, so a run is reproducible.
 pub struct Dropout {
     pub p: f32,
-    seed: AtomicU32,
+    seed: Arc<AtomicU32>,
     training: AtomicBool,
 }
 
 impl Dropout {
     pub fn new(p: f32, seed: u32) -> Self {
-        Self { p, seed: AtomicU32::new(seed), training: AtomicBool::new(true) }
+        Self { p, seed: Arc::new(AtomicU32::new(seed)), training: AtomicBool::new(true) }
     }
 }
 
 impl Module for Dropout {
+    fn named_counters(&self) -> Vec<(String, Arc<AtomicU32>)> {
+        vec![("seed".to_string(), self.seed.clone())]
+    }
+
     fn forward(&self, x: &Var) -> Result<Var> {
         if !self.training.load(Ordering::Relaxed) || self.p == 0.0 {
             return Ok(x.clone());

@@ -7,7 +7,7 @@ pub use layers::{AdaptiveAvgPool2d, AvgPool2d, BatchNorm2d, Conv2d, Dropout, Fla
 use crate::autograd::{GradSlot, Var};
 use crate::error::Result;
 use crate::tensor::Tensor;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 
 /// A trainable tensor. `requires_grad = false` freezes it: ops on it record nothing and the
@@ -92,6 +92,12 @@ pub trait Module: Send + Sync {
         Vec::new()
     }
 
+    /// Random-number state (dropout mask seeds) under dotted names: not part of a PyTorch
+    /// state dict, but saved with checkpoints so a resumed run draws the same masks.
+    fn named_counters(&self) -> Vec<(String, Arc<AtomicU32>)> {
+        Vec::new()
+    }
+
     /// Train (batch statistics, dropout on) or eval mode.
     fn set_training(&self, _training: bool) {}
 
@@ -147,6 +153,10 @@ impl Module for Sequential {
 
     fn named_buffers(&self) -> Vec<(String, Arc<Buffer>)> {
         self.layers.iter().enumerate().flat_map(|(i, l)| prefixed(&i.to_string(), l.named_buffers())).collect()
+    }
+
+    fn named_counters(&self) -> Vec<(String, Arc<AtomicU32>)> {
+        self.layers.iter().enumerate().flat_map(|(i, l)| prefixed(&i.to_string(), l.named_counters())).collect()
     }
 
     fn set_training(&self, training: bool) {
