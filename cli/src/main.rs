@@ -38,6 +38,27 @@ enum Command {
     },
     /// Train a model on an image-folder data set (`DIR/train`, `DIR/test`).
     Train(TrainArgs),
+    /// One forward (and, given labels `y`, backward) pass on tensor `x`: the interop check
+    /// against PyTorch. Writes `logits` (and `loss`, `grad.<name>`) to --out.
+    Forward {
+        #[arg(long)]
+        model: String,
+        #[arg(long, default_value_t = 1000)]
+        num_classes: usize,
+        /// A state dict (safetensors) with torchvision's names.
+        #[arg(long)]
+        weights: std::path::PathBuf,
+        /// safetensors holding `x` (and optionally integer labels `y`).
+        #[arg(long)]
+        input: std::path::PathBuf,
+        #[arg(long)]
+        out: std::path::PathBuf,
+        /// Batch statistics in BatchNorm, dropout on.
+        #[arg(long)]
+        train_mode: bool,
+        #[arg(long, default_value = "cpu")]
+        device: String,
+    },
     /// Accuracy and confusion matrix of a training checkpoint on `DIR/test`.
     Eval {
         #[arg(long)]
@@ -137,6 +158,18 @@ fn run(cli: Cli) -> Result<()> {
         Command::Models { json } => models(json),
         Command::Train(args) => train_cmd(args),
         Command::Eval { checkpoint, data, device, batch, json } => eval_cmd(&checkpoint, &data, &device, batch, json),
+        Command::Forward { model, num_classes, weights, input, out, train_mode, device } => {
+            let r = tessera_scheduler::interop::forward(&model, num_classes, &weights, &input, &out, train_mode, &device)
+                .with_context(|| format!("forward pass of {model}"))?;
+            println!(
+                "wrote {}: logits {:?}{}{}",
+                out.display(),
+                r.logits_shape,
+                r.loss.map(|l| format!(", loss {l}")).unwrap_or_default(),
+                if r.gradients > 0 { format!(", {} gradients", r.gradients) } else { String::new() }
+            );
+            Ok(())
+        }
     }
 }
 

@@ -20,18 +20,24 @@ pub enum CheckpointError {
     Engine { path: PathBuf, detail: String },
 }
 
-/// Writes `tensors` (copied to the host) and `metadata` to `path` atomically.
+/// Writes `tensors` (copied to the host) and `metadata` to `path` atomically. Tensors named
+/// `…num_batches_tracked` are written as I64, as PyTorch holds them.
 pub fn save(path: &Path, tensors: &[(String, Tensor)], metadata: &HashMap<String, String>) -> Result<(), CheckpointError> {
     let io = |error| CheckpointError::Io { path: path.into(), error };
-    let mut host: BTreeMap<String, (Vec<u8>, Vec<usize>)> = BTreeMap::new();
+    let mut host: BTreeMap<String, (Dtype, Vec<u8>, Vec<usize>)> = BTreeMap::new();
     for (name, t) in tensors {
         let values = t.to_vec().map_err(|e| CheckpointError::Engine { path: path.into(), detail: e.to_string() })?;
-        host.insert(name.clone(), (bytemuck::cast_slice(&values).to_vec(), t.shape().to_vec()));
+        let (dtype, bytes) = if name.ends_with("num_batches_tracked") {
+            (Dtype::I64, values.iter().flat_map(|v| (*v as i64).to_le_bytes()).collect())
+        } else {
+            (Dtype::F32, bytemuck::cast_slice(&values).to_vec())
+        };
+        host.insert(name.clone(), (dtype, bytes, t.shape().to_vec()));
     }
     let views: Vec<(String, TensorView)> = host
         .iter()
-        .map(|(n, (bytes, shape))| {
-            let view = TensorView::new(Dtype::F32, shape.clone(), bytes).expect("f32 bytes match their shape");
+        .map(|(n, (dtype, bytes, shape))| {
+            let view = TensorView::new(*dtype, shape.clone(), bytes).expect("bytes match their shape");
             (n.clone(), view)
         })
         .collect();
@@ -42,6 +48,21 @@ pub fn save(path: &Path, tensors: &[(String, Tensor)], metadata: &HashMap<String
     file.write_all(&bytes).map_err(io)?;
     file.sync_all().map_err(io)?;
     std::fs::rename(&tmp, path).map_err(io)
+}
+
+/// A tensor's values as f32, from the dtypes state dicts hold (PyTorch stores
+/// `num_batches_tracked` as I64; half-precision checkpoints use F16/BF16).
+fn to_f32(view: &TensorView) -> Result<Vec<f32>, String> {
+    let d = view.data();
+    Ok(match view.dtype() {
+        Dtype::F32 => d.chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect(),
+        Dtype::F64 => d.chunks_exact(8).map(|b| f64::from_le_bytes(b.try_into().expect("8 bytes")) as f32).collect(),
+        Dtype::F16 => d.chunks_exact(2).map(|b| half::f16::from_le_bytes([b[0], b[1]]).to_f32()).collect(),
+        Dtype::BF16 => d.chunks_exact(2).map(|b| half::bf16::from_le_bytes([b[0], b[1]]).to_f32()).collect(),
+        Dtype::I64 => d.chunks_exact(8).map(|b| i64::from_le_bytes(b.try_into().expect("8 bytes")) as f32).collect(),
+        Dtype::I32 => d.chunks_exact(4).map(|b| i32::from_le_bytes([b[0], b[1], b[2], b[3]]) as f32).collect(),
+        other => return Err(format!("dtype {other:?} is not supported (F32, F64, F16, BF16, I64, I32 are)")),
+    })
 }
 
 /// A loaded checkpoint: f32 tensors by name, and the metadata.
@@ -59,10 +80,7 @@ impl Checkpoint {
         let st = safetensors::SafeTensors::deserialize(&bytes).map_err(format)?;
         let mut tensors = HashMap::new();
         for (name, view) in st.tensors() {
-            if view.dtype() != Dtype::F32 {
-                return Err(CheckpointError::Tensor { path: path.into(), name, detail: format!("dtype {:?}; expected F32", view.dtype()) });
-            }
-            let values: Vec<f32> = view.data().chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect();
+            let values = to_f32(&view).map_err(|detail| CheckpointError::Tensor { path: path.into(), name: name.clone(), detail })?;
             tensors.insert(name, (values, view.shape().to_vec()));
         }
         Ok(Self { path: path.into(), tensors, metadata: meta.metadata().clone().unwrap_or_default() })

@@ -1,3 +1,4 @@
 //! Data sets and training runs (the sub-model strategies and reports come next).
 pub mod data;
+pub mod interop;
 pub mod train;

@@ -1,0 +1,68 @@
+//! The interop check against PyTorch: one forward (and, given labels, backward) pass of a model
+//! with a state dict saved from PyTorch, writing logits, loss and gradients to safetensors.
+use crate::train::{load_weights, TrainError};
+use std::collections::HashMap;
+use std::path::Path;
+use tessera_engine::autograd as ag;
+use tessera_engine::checkpoint::{self, Checkpoint};
+use tessera_engine::{no_grad, Device, Tensor, Var};
+use tessera_models::build;
+
+/// What `tessera forward` computed.
+pub struct ForwardReport {
+    pub logits_shape: Vec<usize>,
+    pub loss: Option<f32>,
+    pub gradients: usize,
+}
+
+/// Runs `model` (weights from `weights`, a state dict with torchvision's names) on tensor `x`
+/// of `input`; writes `logits` to `out`, and with integer labels `y` in `input` also the mean
+/// cross-entropy `loss` and every parameter's gradient as `grad.<name>`.
+pub fn forward(
+    model: &str,
+    num_classes: usize,
+    weights: &Path,
+    input: &Path,
+    out: &Path,
+    train_mode: bool,
+    device: &str,
+) -> Result<ForwardReport, TrainError> {
+    let device = Device::parse(device)?;
+    let model = build(model, num_classes, &device, 0)?;
+    load_weights(&model, &Checkpoint::load(weights)?, &device)?;
+    let inputs = Checkpoint::load(input)?;
+    let (xs, shape) = inputs.tensors.get("x").ok_or_else(|| {
+        TrainError::Checkpoint(checkpoint::CheckpointError::Tensor { path: input.into(), name: "x".into(), detail: "missing".into() })
+    })?;
+    let x = Var::constant(Tensor::from_vec(xs.clone(), shape, &device)?);
+    model.net.set_training(train_mode);
+    let mut tensors = Vec::new();
+    let mut loss_value = None;
+    match inputs.tensors.get("y") {
+        None => {
+            let logits = no_grad(|| model.net.forward(&x))?;
+            tensors.push(("logits".to_string(), logits.value().clone()));
+        }
+        Some((labels, _)) => {
+            let labels: Vec<usize> = labels.iter().map(|&v| v as usize).collect();
+            let logits = model.net.forward(&x)?;
+            let loss = ag::cross_entropy(&logits, &labels)?;
+            loss.backward()?;
+            loss_value = Some(loss.value().to_vec()?[0]);
+            tensors.push(("logits".to_string(), logits.value().clone()));
+            tensors.push(("loss".to_string(), loss.value().clone()));
+            for (name, p) in model.net.named_params() {
+                if let Some(g) = p.grad() {
+                    tensors.push((format!("grad.{name}"), g));
+                }
+            }
+        }
+    }
+    let report = ForwardReport {
+        logits_shape: tensors[0].1.shape().to_vec(),
+        loss: loss_value,
+        gradients: tensors.iter().filter(|(n, _)| n.starts_with("grad.")).count(),
+    };
+    checkpoint::save(out, &tensors, &HashMap::from([("train_mode".to_string(), train_mode.to_string())]))?;
+    Ok(report)
+}
