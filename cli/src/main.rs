@@ -31,8 +31,11 @@ enum Command {
     /// Kernel benchmarks.
     #[command(subcommand)]
     Bench(Bench),
-    /// List the models (name, input size, parameters with 10 classes).
+    /// List the models (name, input size, parameters with 10 classes); `models show M` prints
+    /// one model's sub-model graph with parameters and FLOPs.
     Models {
+        #[command(subcommand)]
+        show: Option<ModelsCmd>,
         #[arg(long)]
         json: bool,
     },
@@ -110,6 +113,21 @@ struct TrainArgs {
 }
 
 #[derive(Subcommand)]
+enum ModelsCmd {
+    /// The sub-models of one model: dependencies, output shape, parameters, forward FLOPs.
+    Show {
+        model: String,
+        /// Input size in pixels (default: the model's own).
+        #[arg(long)]
+        input: Option<usize>,
+        #[arg(long, default_value_t = 1000)]
+        num_classes: usize,
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Subcommand)]
 enum Bench {
     /// GEMM throughput against a direct OpenBLAS call measured in the same run.
     Gemm(GemmArgs),
@@ -155,7 +173,10 @@ fn run(cli: Cli) -> Result<()> {
     match cli.command {
         Command::Devices { json } => devices(json),
         Command::Bench(Bench::Gemm(args)) => bench_gemm_cmd(args),
-        Command::Models { json } => models(json),
+        Command::Models { show: None, json } => models(json),
+        Command::Models { show: Some(ModelsCmd::Show { model, input, num_classes, json }), .. } => {
+            models_show(&model, input, num_classes, json)
+        }
         Command::Train(args) => train_cmd(args),
         Command::Eval { checkpoint, data, device, batch, json } => eval_cmd(&checkpoint, &data, &device, batch, json),
         Command::Forward { model, num_classes, weights, input, out, train_mode, device } => {
@@ -199,6 +220,23 @@ fn models(json: bool) -> Result<()> {
         let model = tessera_models::build(info.name, 10, &Device::cpu(), 0)?;
         let subs: Vec<&str> = model.submodels.iter().map(|s| s.name.as_str()).collect();
         table.push(vec![json!(info.name), json!(info.input), json!(model.param_count()), json!(subs.join(" → ")), json!(info.about)]);
+    }
+    table.print(json);
+    Ok(())
+}
+
+fn models_show(name: &str, input: Option<usize>, num_classes: usize, json: bool) -> Result<()> {
+    let model = tessera_models::build(name, num_classes, &Device::cpu(), 0)?;
+    let input = input.unwrap_or_else(|| tessera_models::MODELS.iter().find(|m| m.name == model.name).map_or(224, |m| m.input));
+    let costs = model.stage_costs(input).with_context(|| format!("{name} at {input}×{input} px"))?;
+    let mut table = Table::new(&["sub_model", "depends_on", "output", "params", "MFLOPs"]);
+    for c in &costs {
+        table.push(vec![json!(c.name), json!(c.deps.join(",")), json!(format!("{:?}", c.output)), json!(c.params), json!(c.flops / 1e6)]);
+    }
+    let (params, flops): (usize, f64) = costs.iter().fold((0, 0.0), |(p, f), c| (p + c.params, f + c.flops));
+    table.push(vec![json!("total"), json!(""), json!(""), json!(params), json!(flops / 1e6)]);
+    if !json {
+        println!("{name}, {num_classes} classes, one {input}×{input} image (FLOPs = 2 × multiply-adds of convolutions and linear layers)");
     }
     table.print(json);
     Ok(())

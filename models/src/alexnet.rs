@@ -85,10 +85,24 @@ impl AlexNet {
     }
 }
 
+impl crate::Network for AlexNet {
+    /// Stages: conv1-3 (features 0–7), conv4-5 (features 8–12, pool, flatten), fc6
+    /// (classifier 0–2), fc7 (3–5), fc8 (6).
+    fn forward_stage(&self, stage: usize, x: &Var) -> Result<Var> {
+        match stage {
+            0 => self.features.forward_range(0..8, x),
+            1 => Flatten.forward(&self.avgpool.forward(&self.features.forward_range(8..13, x)?)?),
+            2 => self.classifier.forward_range(0..3, x),
+            3 => self.classifier.forward_range(3..6, x),
+            _ => self.classifier.forward_range(6..7, x),
+        }
+    }
+}
+
 impl Module for AlexNet {
     fn forward(&self, x: &Var) -> Result<Var> {
-        let h = self.avgpool.forward(&self.features.forward(x)?)?;
-        self.classifier.forward(&Flatten.forward(&h)?)
+        use crate::Network;
+        (0..5).try_fold(x.clone(), |h, stage| self.forward_stage(stage, &h))
     }
 
     fn named_params(&self) -> Vec<(String, Arc<Param>)> {

@@ -5,8 +5,9 @@ pub mod resnet;
 
 use rand::{rngs::StdRng, SeedableRng};
 use std::sync::Arc;
-use tessera_engine::nn::{Module, Param};
-use tessera_engine::Device;
+use tessera_engine::nn::{Module, Param, Sequential};
+use tessera_engine::ops::gemm::count_gemm_flops;
+use tessera_engine::{no_grad, Device, Var};
 use thiserror::Error;
 
 #[derive(Debug, Error)]
@@ -46,11 +47,27 @@ impl SubModel {
     }
 }
 
+/// A network that also runs one sub-model at a time: stage i is sub-model i of
+/// [`Model::submodels`], and chaining every stage equals `forward`.
+pub trait Network: Module {
+    fn forward_stage(&self, stage: usize, x: &Var) -> Result<Var, tessera_engine::Error>;
+}
+
 /// A built model: its network and its sub-models.
 pub struct Model {
     pub name: &'static str,
-    pub net: Box<dyn Module>,
+    pub net: Box<dyn Network>,
     pub submodels: Vec<SubModel>,
+}
+
+/// One sub-model's cost at a given input: its output shape, parameters and forward FLOPs.
+#[derive(Clone, Debug)]
+pub struct StageCost {
+    pub name: String,
+    pub deps: Vec<String>,
+    pub output: Vec<usize>,
+    pub params: usize,
+    pub flops: f64,
 }
 
 impl Model {
@@ -61,6 +78,24 @@ impl Model {
 
     pub fn param_count(&self) -> usize {
         self.net.named_params().iter().map(|(_, p)| p.value().numel()).sum()
+    }
+
+    /// Runs one image of `input`×`input` pixels through the sub-models in eval mode and
+    /// measures each: output shape, parameter count and forward FLOPs (2 per multiply-add of
+    /// every convolution and linear layer).
+    pub fn stage_costs(&self, input: usize) -> Result<Vec<StageCost>, ModelError> {
+        let device = Device::cpu();
+        self.net.set_training(false);
+        let mut h = Var::constant(tessera_engine::Tensor::zeros(&[1, 3, input, input], &device)?);
+        let mut out = Vec::new();
+        for (i, sub) in self.submodels.iter().enumerate() {
+            let (next, flops) = no_grad(|| count_gemm_flops(|| self.net.forward_stage(i, &h)));
+            h = next?;
+            let params = self.params_of(sub).iter().map(|(_, p)| p.value().numel()).sum();
+            out.push(StageCost { name: sub.name.clone(), deps: sub.deps.clone(), output: h.shape().to_vec(), params, flops });
+        }
+        self.net.set_training(true);
+        Ok(out)
     }
 }
 
@@ -109,9 +144,9 @@ pub fn build(name: &str, num_classes: usize, device: &Device, seed: u64) -> Resu
         ])
     };
     use resnet::{ResNet, RESNET18, RESNET34, RESNET50};
-    let (net, submodels): (Box<dyn Module>, Vec<SubModel>) = match info.name {
+    let (net, submodels): (Box<dyn Network>, Vec<SubModel>) = match info.name {
         "simple-cnn" => (
-            Box::new(alexnet::simple_cnn(num_classes, device, rng)?),
+            Box::new(Staged { seq: alexnet::simple_cnn(num_classes, device, rng)?, cuts: vec![0, 3, 6, 8] }),
             SubModel::chain(&[("conv1", &["0"]), ("conv2", &["3"]), ("fc", &["7"])]),
         ),
         "alexnet" => (Box::new(alexnet::AlexNet::torchvision(num_classes, device, rng, dropout_seed)?), alexnet_parts()),
@@ -125,4 +160,30 @@ pub fn build(name: &str, num_classes: usize, device: &Device, seed: u64) -> Resu
         _ => unreachable!("every MODELS entry is built above"),
     };
     Ok(Model { name: info.name, net, submodels })
+}
+
+/// A Sequential cut into stages at `cuts` (stage i = layers cuts[i]..cuts[i + 1]).
+struct Staged {
+    seq: Sequential,
+    cuts: Vec<usize>,
+}
+
+impl Module for Staged {
+    fn forward(&self, x: &Var) -> Result<Var, tessera_engine::Error> {
+        self.seq.forward(x)
+    }
+
+    fn named_params(&self) -> Vec<(String, Arc<Param>)> {
+        self.seq.named_params()
+    }
+
+    fn set_training(&self, training: bool) {
+        self.seq.set_training(training)
+    }
+}
+
+impl Network for Staged {
+    fn forward_stage(&self, stage: usize, x: &Var) -> Result<Var, tessera_engine::Error> {
+        self.seq.forward_range(self.cuts[stage]..self.cuts[stage + 1], x)
+    }
 }

@@ -168,18 +168,29 @@ impl ResNet {
     }
 }
 
-impl Module for ResNet {
-    fn forward(&self, x: &Var) -> Result<Var> {
-        let mut h = ag::relu(&self.bn1.forward(&self.conv1.forward(x)?)?)?;
-        if let Some(pool) = &self.maxpool {
-            h = pool.forward(&h)?;
+impl crate::Network for ResNet {
+    /// Stages: stem, layer1…layerN, fc (with the global average pool).
+    fn forward_stage(&self, stage: usize, x: &Var) -> Result<Var> {
+        if stage == 0 {
+            let h = ag::relu(&self.bn1.forward(&self.conv1.forward(x)?)?)?;
+            return match &self.maxpool {
+                Some(pool) => pool.forward(&h),
+                None => Ok(h),
+            };
         }
-        for layer in &self.layers {
-            h = layer.forward(&h)?;
+        if let Some(layer) = self.layers.get(stage - 1) {
+            return layer.forward(x);
         }
-        let pooled = AdaptiveAvgPool2d([1, 1]).forward(&h)?;
+        let pooled = AdaptiveAvgPool2d([1, 1]).forward(x)?;
         let n = pooled.shape()[0];
         self.fc.forward(&ag::reshape(&pooled, &[n, pooled.value().numel() / n])?)
+    }
+}
+
+impl Module for ResNet {
+    fn forward(&self, x: &Var) -> Result<Var> {
+        use crate::Network;
+        (0..self.layers.len() + 2).try_fold(x.clone(), |h, stage| self.forward_stage(stage, &h))
     }
 
     fn named_params(&self) -> Vec<(String, Arc<Param>)> {

@@ -69,3 +69,31 @@ fn unknown_models_are_clear_errors() {
     assert!(msg.contains("unknown model `resnet51`") && msg.contains("resnet20-cifar"), "{msg}");
     assert!(build("alexnet", 0, &Device::cpu(), 0).err().unwrap().to_string().contains("num_classes"));
 }
+
+#[test]
+fn sub_model_costs_add_up_to_the_known_totals() {
+    let cpu = Device::cpu();
+    let r50 = build("resnet50", 1000, &cpu, 0).unwrap();
+    let costs = r50.stage_costs(224).unwrap();
+    let macs: f64 = costs.iter().map(|c| c.flops / 2.0).sum();
+    // torchvision resnet50: 4.09 G multiply-adds at 224 px (convolutions and fc).
+    assert!((4.05e9..4.15e9).contains(&macs), "resnet50 MACs {macs:e}");
+    assert_eq!(costs.iter().map(|c| c.params).sum::<usize>(), 25_557_032);
+    assert_eq!(costs[4].output, vec![1, 2048, 7, 7], "layer4 output");
+    let alex = build("alexnet", 1000, &cpu, 0).unwrap();
+    let macs: f64 = alex.stage_costs(224).unwrap().iter().map(|c| c.flops / 2.0).sum();
+    assert!((0.70e9..0.73e9).contains(&macs), "alexnet MACs {macs:e}");
+}
+
+#[test]
+fn chaining_the_stages_equals_the_forward_pass() {
+    let cpu = Device::cpu();
+    let x = Var::constant(Tensor::from_vec((0..2 * 3 * 32 * 32).map(|i| (i % 17) as f32 / 17.0).collect(), &[2, 3, 32, 32], &cpu).unwrap());
+    for name in ["simple-cnn", "resnet20-cifar", "alexnet-cifar"] {
+        let model = build(name, 10, &cpu, 0).unwrap();
+        model.net.set_training(false);
+        let whole = no_grad(|| model.net.forward(&x)).unwrap().value().to_vec().unwrap();
+        let staged = (0..model.submodels.len()).try_fold(x.clone(), |h, i| no_grad(|| model.net.forward_stage(i, &h))).unwrap();
+        assert_eq!(staged.value().to_vec().unwrap(), whole, "{name}");
+    }
+}

@@ -124,6 +124,11 @@ impl Sequential {
         self
     }
 
+    /// Runs layers `range` only (a slice of the network, e.g. one sub-model).
+    pub fn forward_range(&self, range: std::ops::Range<usize>, x: &Var) -> Result<Var> {
+        self.layers[range].iter().try_fold(x.clone(), |h, layer| layer.forward(&h))
+    }
+
     pub fn layers(&self) -> &[Box<dyn Module>] {
         &self.layers
     }

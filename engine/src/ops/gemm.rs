@@ -103,6 +103,18 @@ impl GemmShape {
     }
 }
 
+thread_local! {
+    static GEMM_FLOPS: std::cell::Cell<f64> = const { std::cell::Cell::new(0.0) };
+}
+
+/// Runs `f` and returns its result with the GEMM FLOPs (2·M·N·K per product) it issued on
+/// this thread: the work of every convolution and linear layer, the usual FLOP count.
+pub fn count_gemm_flops<R>(f: impl FnOnce() -> R) -> (R, f64) {
+    let before = GEMM_FLOPS.with(|c| c.get());
+    let out = f();
+    (out, GEMM_FLOPS.with(|c| c.get()) - before)
+}
+
 /// out = alpha·op(A)·op(B) + beta·C on the operands' device.
 pub fn gemm(a: &Tensor, b: &Tensor, c: Option<&Tensor>, o: GemmOpts) -> Result<Tensor> {
     gemm_dispatch(None, a, b, c, o)
@@ -126,6 +138,7 @@ fn gemm_dispatch(variant: Option<&GemmKernel>, a: &Tensor, b: &Tensor, c: Option
     if let Some(c) = c {
         a.check_same_device("gemm", c)?;
     }
+    GEMM_FLOPS.with(|f| f.set(f.get() + shape.flops()));
     match a.device() {
         Device::Cpu(cpu) => {
             // OpenBLAS threads itself; hopping onto the rayon pool would only add latency.
