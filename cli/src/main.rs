@@ -244,6 +244,10 @@ fn models_show(name: &str, input: Option<usize>, num_classes: usize, json: bool)
 
 fn train_cmd(a: TrainArgs) -> Result<()> {
     use tessera_scheduler::train::{train, TrainConfig};
+    if a.device.trim().eq_ignore_ascii_case("auto") {
+        let (spec, why) = Device::auto_choice();
+        eprintln!("device auto → {spec:?}: {why}");
+    }
     let cfg = TrainConfig {
         model: a.model,
         data: a.data,

@@ -54,13 +54,25 @@ impl Device {
         match spec {
             DeviceSpec::Cpu => Ok(Self::cpu()),
             DeviceSpec::Gpu(index) => Self::gpu(index),
-            DeviceSpec::Auto => {
-                let software = format!("{:?}", wgpu::DeviceType::Cpu);
-                match list_adapters().into_iter().find(|a| a.device_type != software) {
-                    Some(adapter) => Self::gpu(adapter.index),
-                    None => Ok(Self::cpu()),
-                }
-            }
+            DeviceSpec::Auto => Self::open(Self::auto_choice().0),
+        }
+    }
+
+    /// What `auto` picks, and why: the first hardware GPU; otherwise the CPU backend, since a
+    /// CPU-emulated adapter (lavapipe, llvmpipe, WARP) runs the same work far slower.
+    pub fn auto_choice() -> (DeviceSpec, String) {
+        let adapters = list_adapters();
+        let software = format!("{:?}", wgpu::DeviceType::Cpu);
+        match adapters.iter().find(|a| a.device_type != software) {
+            Some(a) => (DeviceSpec::Gpu(a.index), format!("gpu:{} `{}` ({}, {}) is a hardware GPU", a.index, a.name, a.backend, a.device_type)),
+            None if adapters.is_empty() => (DeviceSpec::Cpu, "no GPU adapter found".into()),
+            None => (
+                DeviceSpec::Cpu,
+                format!(
+                    "the only GPU adapters are CPU-emulated ({}); the CPU backend is faster",
+                    adapters.iter().map(|a| format!("gpu:{} {}", a.index, a.backend)).collect::<Vec<_>>().join(", ")
+                ),
+            ),
         }
     }
 
