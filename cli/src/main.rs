@@ -77,27 +77,43 @@ enum Command {
     },
 }
 
-#[derive(Args)]
+/// Settings come from flags, else from the --config TOML file (same names, `wd` as
+/// `weight_decay` too), else the defaults shown.
+#[derive(Args, serde::Deserialize, Default)]
+#[serde(deny_unknown_fields)]
 struct TrainArgs {
-    #[arg(long, default_value = "resnet20-cifar")]
-    model: String,
+    /// A TOML file with any of the settings below (flags override it).
+    #[arg(long)]
+    #[serde(skip)]
+    config: Option<std::path::PathBuf>,
+    /// [default: resnet20-cifar]
+    #[arg(long)]
+    model: Option<String>,
     /// Folder holding `train/` and `test/` image folders (one subfolder per class).
     #[arg(long)]
-    data: std::path::PathBuf,
-    #[arg(long, default_value_t = 1)]
-    epochs: usize,
-    #[arg(long, default_value_t = 128)]
-    batch: usize,
-    #[arg(long, default_value_t = 0.1)]
-    lr: f32,
-    #[arg(long, default_value_t = 0.9)]
-    momentum: f32,
-    #[arg(long, default_value_t = 5e-4)]
-    wd: f32,
-    #[arg(long, default_value = "cpu")]
-    device: String,
-    #[arg(long, default_value_t = 0)]
-    seed: u64,
+    data: Option<std::path::PathBuf>,
+    /// [default: 1]
+    #[arg(long)]
+    epochs: Option<usize>,
+    /// [default: 128]
+    #[arg(long)]
+    batch: Option<usize>,
+    /// [default: 0.1]
+    #[arg(long)]
+    lr: Option<f32>,
+    /// [default: 0.9]
+    #[arg(long)]
+    momentum: Option<f32>,
+    /// Weight decay [default: 5e-4]
+    #[arg(long)]
+    #[serde(alias = "weight_decay")]
+    wd: Option<f32>,
+    /// [default: cpu]
+    #[arg(long)]
+    device: Option<String>,
+    /// [default: 0]
+    #[arg(long)]
+    seed: Option<u64>,
     /// Use only the first N images of each class (quick runs).
     #[arg(long)]
     limit_per_class: Option<usize>,
@@ -106,10 +122,42 @@ struct TrainArgs {
     out: Option<std::path::PathBuf>,
     /// Continue the run in --out from its newest checkpoint.
     #[arg(long)]
+    #[serde(default)]
     resume: bool,
     /// Print the per-epoch rows as JSON lines.
     #[arg(long)]
+    #[serde(default)]
     json: bool,
+}
+
+impl TrainArgs {
+    /// Flags over the --config file over the defaults.
+    fn resolve(self) -> Result<(tessera_scheduler::train::TrainConfig, bool)> {
+        let file: TrainArgs = match &self.config {
+            None => TrainArgs::default(),
+            Some(path) => {
+                let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+                toml::from_str(&text).with_context(|| format!("{}: not a valid training config", path.display()))?
+            }
+        };
+        let d = tessera_scheduler::train::TrainConfig::default();
+        let data = self.data.or(file.data).context("no data folder: pass --data DIR or set `data` in the config")?;
+        let cfg = tessera_scheduler::train::TrainConfig {
+            model: self.model.or(file.model).unwrap_or(d.model),
+            data,
+            epochs: self.epochs.or(file.epochs).unwrap_or(d.epochs),
+            batch: self.batch.or(file.batch).unwrap_or(d.batch),
+            lr: self.lr.or(file.lr).unwrap_or(d.lr),
+            momentum: self.momentum.or(file.momentum).unwrap_or(d.momentum),
+            weight_decay: self.wd.or(file.wd).unwrap_or(d.weight_decay),
+            device: self.device.or(file.device).unwrap_or(d.device),
+            seed: self.seed.or(file.seed).unwrap_or(d.seed),
+            limit_per_class: self.limit_per_class.or(file.limit_per_class),
+            out: self.out.or(file.out),
+            resume: self.resume || file.resume,
+        };
+        Ok((cfg, self.json || file.json))
+    }
 }
 
 #[derive(Subcommand)]
@@ -243,25 +291,12 @@ fn models_show(name: &str, input: Option<usize>, num_classes: usize, json: bool)
 }
 
 fn train_cmd(a: TrainArgs) -> Result<()> {
-    use tessera_scheduler::train::{train, TrainConfig};
-    if a.device.trim().eq_ignore_ascii_case("auto") {
+    use tessera_scheduler::train::train;
+    let (cfg, json) = a.resolve()?;
+    if cfg.device.trim().eq_ignore_ascii_case("auto") {
         let (spec, why) = Device::auto_choice();
         eprintln!("device auto → {spec:?}: {why}");
     }
-    let cfg = TrainConfig {
-        model: a.model,
-        data: a.data,
-        epochs: a.epochs,
-        batch: a.batch,
-        lr: a.lr,
-        momentum: a.momentum,
-        weight_decay: a.wd,
-        device: a.device,
-        seed: a.seed,
-        limit_per_class: a.limit_per_class,
-        out: a.out,
-        resume: a.resume,
-    };
     let bar = indicatif::ProgressBar::new(0);
     bar.set_style(
         indicatif::ProgressStyle::with_template("epoch {prefix} [{bar:30}] {pos}/{len} {msg} ETA {eta}")
@@ -288,7 +323,7 @@ fn train_cmd(a: TrainArgs) -> Result<()> {
             json!(r.images_per_sec),
         ]);
     }
-    table.print(a.json);
+    table.print(json);
     Ok(())
 }
 
