@@ -25,20 +25,7 @@ fn pool(kernel: usize, stride: usize) -> MaxPool2d {
 impl AlexNet {
     /// torchvision's AlexNet for 224-px inputs: 61,100,840 parameters with 1000 classes.
     pub fn torchvision(num_classes: usize, dev: &Device, rng: &mut StdRng, seed: u32) -> Result<Self> {
-        let features = Sequential::new()
-            .with(conv(3, 64, 11, 4, 2, rng, dev)?)
-            .with(ReLU)
-            .with(pool(3, 2))
-            .with(conv(64, 192, 5, 1, 2, rng, dev)?)
-            .with(ReLU)
-            .with(pool(3, 2))
-            .with(conv(192, 384, 3, 1, 1, rng, dev)?)
-            .with(ReLU)
-            .with(conv(384, 256, 3, 1, 1, rng, dev)?)
-            .with(ReLU)
-            .with(conv(256, 256, 3, 1, 1, rng, dev)?)
-            .with(ReLU)
-            .with(pool(3, 2));
+        let features = Self::features((11, 4, 2), (5, 2), (3, 2), dev, rng)?;
         Self::with_classifier(features, [6, 6], 4096, num_classes, dev, rng, seed)
     }
 
@@ -46,21 +33,35 @@ impl AlexNet {
     /// 3×3 stride-1 first convolution and 2×2 max-pools (32 → 16 → 8 → 4), a 4×4 pool and
     /// 1024-wide hidden layers: features of 256·4·4 = 4096.
     pub fn cifar(num_classes: usize, dev: &Device, rng: &mut StdRng, seed: u32) -> Result<Self> {
-        let features = Sequential::new()
-            .with(conv(3, 64, 3, 1, 1, rng, dev)?)
+        let features = Self::features((3, 1, 1), (3, 1), (2, 2), dev, rng)?;
+        Self::with_classifier(features, [4, 4], 1024, num_classes, dev, rng, seed)
+    }
+
+    /// The five convolutions (64, 192, 384, 256, 256 channels) with ReLUs and three max-pools;
+    /// `first` = (kernel, stride, padding) of conv1, `second` = (kernel, padding) of conv2,
+    /// `pooling` = (kernel, stride).
+    fn features(
+        first: (usize, usize, usize),
+        second: (usize, usize),
+        pooling: (usize, usize),
+        dev: &Device,
+        rng: &mut StdRng,
+    ) -> Result<Sequential> {
+        let (k, s, p) = first;
+        Ok(Sequential::new()
+            .with(conv(3, 64, k, s, p, rng, dev)?)
             .with(ReLU)
-            .with(pool(2, 2))
-            .with(conv(64, 192, 3, 1, 1, rng, dev)?)
+            .with(pool(pooling.0, pooling.1))
+            .with(conv(64, 192, second.0, 1, second.1, rng, dev)?)
             .with(ReLU)
-            .with(pool(2, 2))
+            .with(pool(pooling.0, pooling.1))
             .with(conv(192, 384, 3, 1, 1, rng, dev)?)
             .with(ReLU)
             .with(conv(384, 256, 3, 1, 1, rng, dev)?)
             .with(ReLU)
             .with(conv(256, 256, 3, 1, 1, rng, dev)?)
             .with(ReLU)
-            .with(pool(2, 2));
-        Self::with_classifier(features, [4, 4], 1024, num_classes, dev, rng, seed)
+            .with(pool(pooling.0, pooling.1)))
     }
 
     fn with_classifier(
