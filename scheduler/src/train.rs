@@ -1,6 +1,6 @@
 //! A training run: model, data, SGD with cosine annealing, per-epoch evaluation, checkpoints
 //! and `metrics.jsonl`. The CLI's `tessera train` is a thin wrapper around [`train`].
-use crate::data::{load_image_folder, Augment, Batches, FolderOptions, ImageSet, Normalize};
+use crate::data::{load_cifar_bin, load_image_folder, Augment, Batches, FolderOptions, ImageSet, Normalize};
 use std::collections::HashMap;
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -153,7 +153,7 @@ pub fn evaluate_checkpoint(path: &Path, data: &Path, device: &str, batch: usize)
     let name = ckpt.metadata.get("model").cloned().ok_or_else(|| {
         TrainError::Checkpoint(checkpoint::CheckpointError::Format { path: path.into(), detail: "no `model` in its metadata".into() })
     })?;
-    let test = load_image_folder(&data.join("test"), &FolderOptions::default())?;
+    let (_, test) = load_splits(data, None)?;
     let model = build(&name, test.classes.len(), &device, 0)?;
     load_weights(&model, &ckpt, &device)?;
     evaluate_full(&model, &test, batch, Normalize::CIFAR10, &device)
@@ -231,12 +231,26 @@ fn resume_from(dir: &Path, model: &Model, sgd: &mut Sgd, cfg: &TrainConfig, devi
     Ok(epoch)
 }
 
+/// The train and test sets under `data`: the CIFAR-10 binary release (`data_batch_1.bin` …
+/// `data_batch_5.bin`, `test_batch.bin`) when present, else `train/` and `test/` image folders.
+pub fn load_splits(data: &Path, limit_per_class: Option<usize>) -> Result<(ImageSet, ImageSet), TrainError> {
+    if data.join("data_batch_1.bin").is_file() {
+        let train: Vec<PathBuf> = (1..=5).map(|i| data.join(format!("data_batch_{i}.bin"))).collect();
+        let train_refs: Vec<&Path> = train.iter().map(PathBuf::as_path).collect();
+        let limit = |set: ImageSet| match limit_per_class {
+            None => set,
+            Some(n) => set.first_per_class(n),
+        };
+        return Ok((limit(load_cifar_bin(&train_refs)?), limit(load_cifar_bin(&[&data.join("test_batch.bin")])?)));
+    }
+    let opts = FolderOptions { limit_per_class, ..Default::default() };
+    Ok((load_image_folder(&data.join("train"), &opts)?, load_image_folder(&data.join("test"), &opts)?))
+}
+
 /// Trains per `cfg`, calling `progress` after every step; returns one report per epoch.
 pub fn train(cfg: &TrainConfig, progress: &mut dyn FnMut(&StepInfo)) -> Result<Vec<EpochReport>, TrainError> {
     let device = Device::parse(&cfg.device)?;
-    let opts = FolderOptions { limit_per_class: cfg.limit_per_class, ..Default::default() };
-    let train_set = load_image_folder(&cfg.data.join("train"), &opts)?;
-    let test_set = load_image_folder(&cfg.data.join("test"), &opts)?;
+    let (train_set, test_set) = load_splits(&cfg.data, cfg.limit_per_class)?;
     let model = build(&cfg.model, train_set.classes.len(), &device, cfg.seed)?;
     let params = model.net.named_params().into_iter().map(|(_, p)| p).collect();
     let hyper = SgdHyper { momentum: cfg.momentum, dampening: 0.0, weight_decay: cfg.weight_decay, nesterov: false };

@@ -56,6 +56,15 @@ fn cifar_binary_round_trip_and_truncation() {
     std::fs::write(&good, &bytes).unwrap();
     let set = load_cifar_bin(&[&good]).unwrap();
     assert_eq!((set.labels.clone(), set.len(), set.image(1)[5]), (vec![3, 7], 2, 5));
+    let first = set.first_per_class(1);
+    assert_eq!((first.len(), first.labels.clone()), (2, vec![3, 7]));
+    // The binary layout is recognised as a training data folder.
+    for i in 1..=5 {
+        std::fs::write(dir.join(format!("data_batch_{i}.bin")), &bytes).unwrap();
+    }
+    std::fs::write(dir.join("test_batch.bin"), &bytes[..3073]).unwrap();
+    let (train, test) = tessera_scheduler::train::load_splits(&dir, None).unwrap();
+    assert_eq!((train.len(), test.len(), train.classes[3].as_str()), (10, 1, "cat"));
 
     let short = dir.join("short.bin");
     std::fs::write(&short, &bytes[..3073 + 100]).unwrap();

@@ -53,4 +53,18 @@ impl ImageSet {
     pub fn image(&self, i: usize) -> &[u8] {
         &self.pixels[i * self.image_len()..(i + 1) * self.image_len()]
     }
+
+    /// The first `n` images of each class, in order (`--limit-per-class`).
+    pub fn first_per_class(&self, n: usize) -> ImageSet {
+        let mut seen = vec![0usize; self.classes.len()];
+        let mut out = ImageSet { classes: self.classes.clone(), height: self.height, width: self.width, ..Default::default() };
+        for (i, &label) in self.labels.iter().enumerate() {
+            if seen[label] < n {
+                seen[label] += 1;
+                out.labels.push(label);
+                out.pixels.extend_from_slice(self.image(i));
+            }
+        }
+        out
+    }
 }
