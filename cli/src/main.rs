@@ -62,6 +62,13 @@ enum Command {
         #[arg(long, default_value = "cpu")]
         device: String,
     },
+    /// Write a training checkpoint's state dict (no optimizer state) for PyTorch.
+    Export {
+        #[arg(long)]
+        checkpoint: std::path::PathBuf,
+        #[arg(long)]
+        out: std::path::PathBuf,
+    },
     /// Accuracy and confusion matrix of a training checkpoint on `DIR/test`.
     Eval {
         #[arg(long)]
@@ -227,6 +234,12 @@ fn run(cli: Cli) -> Result<()> {
         }
         Command::Train(args) => train_cmd(args),
         Command::Eval { checkpoint, data, device, batch, json } => eval_cmd(&checkpoint, &data, &device, batch, json),
+        Command::Export { checkpoint, out } => {
+            let n = tessera_scheduler::interop::export_weights(&checkpoint, &out)
+                .with_context(|| format!("exporting {}", checkpoint.display()))?;
+            println!("wrote {} ({n} tensors)", out.display());
+            Ok(())
+        }
         Command::Forward { model, num_classes, weights, input, out, train_mode, device } => {
             let r = tessera_scheduler::interop::forward(&model, num_classes, &weights, &input, &out, train_mode, &device)
                 .with_context(|| format!("forward pass of {model}"))?;

@@ -66,3 +66,21 @@ pub fn forward(
     checkpoint::save(out, &tensors, &HashMap::from([("train_mode".to_string(), train_mode.to_string())]))?;
     Ok(report)
 }
+
+/// Writes the state dict of a training checkpoint (weights and buffers, torchvision's names,
+/// `num_batches_tracked` as I64; no optimizer state) to `out`: a file PyTorch loads with
+/// `model.load_state_dict(safetensors.torch.load_file(out))`. Returns the tensor count.
+pub fn export_weights(checkpoint_path: &Path, out: &Path) -> Result<usize, TrainError> {
+    let ckpt = Checkpoint::load(checkpoint_path)?;
+    let device = Device::cpu();
+    let mut tensors = Vec::new();
+    let mut names: Vec<&String> = ckpt.tensors.keys().filter(|n| !n.starts_with("optimizer.")).collect();
+    names.sort();
+    for name in names {
+        let (values, shape) = &ckpt.tensors[name];
+        tensors.push((name.clone(), Tensor::from_vec(values.clone(), shape, &device)?));
+    }
+    let meta: HashMap<String, String> = ckpt.metadata.iter().filter(|(k, _)| *k == "model" || *k == "epoch").map(|(k, v)| (k.clone(), v.clone())).collect();
+    checkpoint::save(out, &tensors, &meta)?;
+    Ok(tensors.len())
+}

@@ -48,6 +48,14 @@ fn trains_checkpoints_and_reloads() {
     let (_, acc) = evaluate(&fresh, &test, 16, Normalize::CIFAR10, &dev).unwrap();
     assert_eq!(acc, reports[2].test_accuracy, "the reloaded weights reproduce the run's test accuracy");
 
+    // The exported state dict: weights and buffers only, loadable by the model again.
+    let exported = out.join("weights.safetensors");
+    let n = tessera_scheduler::interop::export_weights(&out.join("epoch-003.safetensors"), &exported).unwrap();
+    let w = Checkpoint::load(&exported).unwrap();
+    assert_eq!(n, w.tensors.len());
+    assert!(w.tensors.keys().all(|k| !k.starts_with("optimizer.")));
+    load_weights(&fresh, &w, &dev).unwrap();
+
     // A checkpoint for another architecture fails naming the tensor and both shapes.
     let other = tessera_models::build("resnet20-cifar", 2, &dev, 0).unwrap();
     let e = load_weights(&other, &ckpt, &dev).err().unwrap().to_string();
