@@ -186,6 +186,26 @@ enum ModelsCmd {
 enum Bench {
     /// GEMM throughput against a direct OpenBLAS call measured in the same run.
     Gemm(GemmArgs),
+    /// Median training-step time (forward + loss, backward, SGD update) after warm-up.
+    Train {
+        #[arg(long)]
+        model: String,
+        #[arg(long, default_value_t = 10)]
+        num_classes: usize,
+        /// Input size in pixels.
+        #[arg(long, default_value_t = 32)]
+        input: usize,
+        #[arg(long, default_value_t = 32)]
+        batch: usize,
+        #[arg(long, default_value = "cpu", value_delimiter = ',')]
+        device: Vec<String>,
+        #[arg(long, default_value_t = 2)]
+        warmup: usize,
+        #[arg(long, default_value_t = 5)]
+        steps: usize,
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 #[derive(Args)]
@@ -228,6 +248,26 @@ fn run(cli: Cli) -> Result<()> {
     match cli.command {
         Command::Devices { json } => devices(json),
         Command::Bench(Bench::Gemm(args)) => bench_gemm_cmd(args),
+        Command::Bench(Bench::Train { model, num_classes, input, batch, device, warmup, steps, json }) => {
+            let mut table = Table::new(&["model", "device", "input", "batch", "forward_ms", "backward_ms", "optimizer_ms", "step_ms", "img_per_s"]);
+            for d in &device {
+                let t = tessera_scheduler::bench::bench_train_step(&model, num_classes, input, batch, d, warmup, steps)
+                    .with_context(|| format!("timing {model} on {d}"))?;
+                table.push(vec![
+                    json!(model),
+                    json!(d),
+                    json!(input),
+                    json!(batch),
+                    json!(t.forward_ms),
+                    json!(t.backward_ms),
+                    json!(t.optimizer_ms),
+                    json!(t.step_ms),
+                    json!(t.images_per_sec),
+                ]);
+            }
+            table.print(json);
+            Ok(())
+        }
         Command::Models { show: None, json } => models(json),
         Command::Models { show: Some(ModelsCmd::Show { model, input, num_classes, json }), .. } => {
             models_show(&model, input, num_classes, json)
