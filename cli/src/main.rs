@@ -233,8 +233,31 @@ struct GemmArgs {
     json: bool,
 }
 
+/// Keeps freed memory in the process (glibc): training allocates and frees the same large
+/// activation buffers every step, and returning them to the kernel made every step pay
+/// page faults and kernel zeroing for them again.
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+fn keep_freed_memory() {
+    extern "C" {
+        fn mallopt(param: std::ffi::c_int, value: std::ffi::c_int) -> std::ffi::c_int;
+    }
+    const M_TRIM_THRESHOLD: std::ffi::c_int = -1;
+    const M_MMAP_MAX: std::ffi::c_int = -4;
+    // SAFETY: plain glibc tuning calls, made before any other thread exists. No mmap'd
+    // chunks (glibc caps the mmap threshold at 32 MiB, below our patch matrices) and no
+    // trimming: freed blocks stay in the heap for the next step.
+    unsafe {
+        mallopt(M_MMAP_MAX, 0);
+        mallopt(M_TRIM_THRESHOLD, i32::MAX);
+    }
+}
+
+#[cfg(not(all(target_os = "linux", target_env = "gnu")))]
+fn keep_freed_memory() {}
+
 /// Errors print as one chain of causes, without a backtrace: they are for users.
 fn main() -> std::process::ExitCode {
+    keep_freed_memory();
     match run(Cli::parse()) {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
