@@ -206,6 +206,17 @@ def round_trip(tessera):
         err = ((got - want).abs().max() / want.abs().max()).item()
         print(f"tessera checkpoint → PyTorch load_state_dict(strict=True): logits max rel err {err:.2e}")
         assert err <= 1e-4
+        # Half-precision exports: PyTorch reads the dtypes, values within each format's rounding.
+        full = load_file(f"{tmp}/w.safetensors")
+        for dtype, bound in (("f16", 2**-11), ("bf16", 2**-8)):
+            run("export", "--checkpoint", f"{tmp}/run/epoch-001.safetensors", "--out", f"{tmp}/{dtype}.safetensors", "--dtype", dtype)
+            half = load_file(f"{tmp}/{dtype}.safetensors")
+            want_dtype = torch.float16 if dtype == "f16" else torch.bfloat16
+            assert half["conv1.weight"].dtype == want_dtype, half["conv1.weight"].dtype
+            worst = max(((half[k].float() - v).abs() / v.abs().clamp(min=1e-3)).max().item() for k, v in full.items() if v.is_floating_point())
+            model.load_state_dict(half, strict=True)
+            print(f"{dtype} export: PyTorch reads {want_dtype}, worst relative rounding {worst:.2e} (bound {bound:.2e})")
+            assert worst <= bound
 
 
 if __name__ == "__main__":

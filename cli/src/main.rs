@@ -68,6 +68,9 @@ enum Command {
         checkpoint: std::path::PathBuf,
         #[arg(long)]
         out: std::path::PathBuf,
+        /// f32, f16 or bf16.
+        #[arg(long, default_value = "f32")]
+        dtype: tessera_engine::checkpoint::FloatFormat,
     },
     /// Accuracy and confusion matrix of a training checkpoint on `DIR/test`.
     Eval {
@@ -297,8 +300,8 @@ fn run(cli: Cli) -> Result<()> {
         }
         Command::Train(args) => train_cmd(args),
         Command::Eval { checkpoint, data, device, batch, json } => eval_cmd(&checkpoint, &data, &device, batch, json),
-        Command::Export { checkpoint, out } => {
-            let n = tessera_scheduler::interop::export_weights(&checkpoint, &out)
+        Command::Export { checkpoint, out, dtype } => {
+            let n = tessera_scheduler::interop::export_weights(&checkpoint, &out, dtype)
                 .with_context(|| format!("exporting {}", checkpoint.display()))?;
             println!("wrote {} ({n} tensors)", out.display());
             Ok(())

@@ -20,17 +20,49 @@ pub enum CheckpointError {
     Engine { path: PathBuf, detail: String },
 }
 
-/// Writes `tensors` (copied to the host) and `metadata` to `path` atomically. Tensors named
-/// `…num_batches_tracked` are written as I64, as PyTorch holds them.
+/// How floating-point tensors are stored in a file.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum FloatFormat {
+    #[default]
+    F32,
+    F16,
+    BF16,
+}
+
+impl std::str::FromStr for FloatFormat {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s.to_ascii_lowercase().as_str() {
+            "f32" | "float32" => Ok(Self::F32),
+            "f16" | "float16" | "half" => Ok(Self::F16),
+            "bf16" | "bfloat16" => Ok(Self::BF16),
+            other => Err(format!("unknown float format `{other}`: expected f32, f16 or bf16")),
+        }
+    }
+}
+
+/// Writes `tensors` (copied to the host) and `metadata` to `path` atomically, as f32.
+/// Tensors named `…num_batches_tracked` are written as I64, as PyTorch holds them.
 pub fn save(path: &Path, tensors: &[(String, Tensor)], metadata: &HashMap<String, String>) -> Result<(), CheckpointError> {
+    save_as(path, tensors, metadata, FloatFormat::F32)
+}
+
+/// [`save`] with floating-point tensors stored as `format` (rounded to nearest even).
+pub fn save_as(
+    path: &Path,
+    tensors: &[(String, Tensor)],
+    metadata: &HashMap<String, String>,
+    format: FloatFormat,
+) -> Result<(), CheckpointError> {
     let io = |error| CheckpointError::Io { path: path.into(), error };
     let mut host: BTreeMap<String, (Dtype, Vec<u8>, Vec<usize>)> = BTreeMap::new();
     for (name, t) in tensors {
         let values = t.to_vec().map_err(|e| CheckpointError::Engine { path: path.into(), detail: e.to_string() })?;
-        let (dtype, bytes) = if name.ends_with("num_batches_tracked") {
-            (Dtype::I64, values.iter().flat_map(|v| (*v as i64).to_le_bytes()).collect())
-        } else {
-            (Dtype::F32, bytemuck::cast_slice(&values).to_vec())
+        let (dtype, bytes) = match format {
+            _ if name.ends_with("num_batches_tracked") => (Dtype::I64, values.iter().flat_map(|v| (*v as i64).to_le_bytes()).collect()),
+            FloatFormat::F32 => (Dtype::F32, bytemuck::cast_slice(&values).to_vec()),
+            FloatFormat::F16 => (Dtype::F16, values.iter().flat_map(|v| half::f16::from_f32(*v).to_le_bytes()).collect()),
+            FloatFormat::BF16 => (Dtype::BF16, values.iter().flat_map(|v| half::bf16::from_f32(*v).to_le_bytes()).collect()),
         };
         host.insert(name.clone(), (dtype, bytes, t.shape().to_vec()));
     }

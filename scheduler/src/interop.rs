@@ -69,8 +69,9 @@ pub fn forward(
 
 /// Writes the state dict of a training checkpoint (weights and buffers, torchvision's names,
 /// `num_batches_tracked` as I64; no optimizer state) to `out`: a file PyTorch loads with
-/// `model.load_state_dict(safetensors.torch.load_file(out))`. Returns the tensor count.
-pub fn export_weights(checkpoint_path: &Path, out: &Path) -> Result<usize, TrainError> {
+/// `model.load_state_dict(safetensors.torch.load_file(out))`, in f32, f16 or bf16. Returns
+/// the tensor count.
+pub fn export_weights(checkpoint_path: &Path, out: &Path, format: checkpoint::FloatFormat) -> Result<usize, TrainError> {
     let ckpt = Checkpoint::load(checkpoint_path)?;
     let device = Device::cpu();
     let mut tensors = Vec::new();
@@ -81,6 +82,6 @@ pub fn export_weights(checkpoint_path: &Path, out: &Path) -> Result<usize, Train
         tensors.push((name.clone(), Tensor::from_vec(values.clone(), shape, &device)?));
     }
     let meta: HashMap<String, String> = ckpt.metadata.iter().filter(|(k, _)| *k == "model" || *k == "epoch").map(|(k, v)| (k.clone(), v.clone())).collect();
-    checkpoint::save(out, &tensors, &meta)?;
+    checkpoint::save_as(out, &tensors, &meta, format)?;
     Ok(tensors.len())
 }

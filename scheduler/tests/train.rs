@@ -50,7 +50,7 @@ fn trains_checkpoints_and_reloads() {
 
     // The exported state dict: weights and buffers only, loadable by the model again.
     let exported = out.join("weights.safetensors");
-    let n = tessera_scheduler::interop::export_weights(&out.join("epoch-003.safetensors"), &exported).unwrap();
+    let n = tessera_scheduler::interop::export_weights(&out.join("epoch-003.safetensors"), &exported, Default::default()).unwrap();
     let w = Checkpoint::load(&exported).unwrap();
     assert_eq!(n, w.tensors.len());
     assert!(w.tensors.keys().all(|k| !k.starts_with("optimizer.")));
