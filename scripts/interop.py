@@ -72,11 +72,9 @@ def model_with_formula_weights(name):
     return model, state
 
 
-def f32_deviation(name, x, y, ref):
-    """How far PyTorch's own float32 run lands from the float64 reference, per compared
-    tensor: the tests allow max(1e-4, 4 × this), since train-mode BatchNorm over a batch of 2
-    makes early-layer gradients ill-conditioned (PyTorch f32: 3 % off on conv1.weight)."""
-    model, _ = model_with_formula_weights(name)
+def train_step(model, name, x, y):
+    """Train-mode forward, cross-entropy and backward. AlexNet's train mode differs only by
+    dropout, whose random masks are not PyTorch's: its train-mode check keeps dropout off."""
     model.train()
     if name == "alexnet":
         for m in model.modules():
@@ -85,6 +83,15 @@ def f32_deviation(name, x, y, ref):
     logits = model(x)
     loss = F.cross_entropy(logits, y)
     loss.backward()
+    return logits, loss
+
+
+def f32_deviation(name, x, y, ref):
+    """How far PyTorch's own float32 run lands from the float64 reference, per compared
+    tensor: the tests allow max(1e-4, 4 × this), since train-mode BatchNorm over a batch of 2
+    makes early-layer gradients ill-conditioned (PyTorch f32: 3 % off on conv1.weight)."""
+    model, _ = model_with_formula_weights(name)
+    logits, loss = train_step(model, name, x, y)
     got = {"logits_train": logits.detach(), "loss_train": loss.detach().reshape([])}
     for k, p in model.named_parameters():
         if f"grad.{k}" in ref:
@@ -107,16 +114,7 @@ def reference(name, x, y):
     model.eval()
     with torch.no_grad():
         out["logits_eval"] = model(x).float()
-    model.train()
-    if name == "alexnet":
-        # AlexNet's train mode differs only by dropout, whose random masks are not PyTorch's:
-        # the train-mode check keeps dropout off.
-        for m in model.modules():
-            if isinstance(m, torch.nn.Dropout):
-                m.eval()
-    logits = model(x)
-    loss = F.cross_entropy(logits, y)
-    loss.backward()
+    logits, loss = train_step(model, name, x, y)
     out["logits_train"] = logits.detach().float()
     out["loss_train"] = loss.detach().float().reshape([])
     first = next(k for k, _ in model.named_parameters())
