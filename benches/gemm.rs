@@ -27,9 +27,12 @@ fn cpu(c: &mut Criterion) {
             bench.iter(|| ops::matmul(&a, &b).unwrap())
         });
         let mut out = vec![0f32; n * n];
+        // The reference: OpenBLAS threading itself (the backend keeps it single-threaded).
+        blas::set_num_threads(tessera_engine::cpu::CpuBackend::global().threads());
         group.bench_with_input(BenchmarkId::new("openblas_direct", n), &n, |bench, _| {
             bench.iter(|| blas::sgemm(false, false, n, n, n, 1.0, &a_host, n, &b_host, n, 0.0, &mut out, n))
         });
+        blas::set_num_threads(1);
     }
     group.finish();
 }

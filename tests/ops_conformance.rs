@@ -2,7 +2,7 @@
 //! reductions, softmax family and cross-entropy. Max relative error ≤ 1e-4 (norm-wise, see
 //! tessera_tests::max_rel_err).
 use rand::{rngs::StdRng, Rng, SeedableRng};
-use tessera_engine::ops::{self, Labels};
+use tessera_engine::ops::{self, ConvShape, Labels};
 use tessera_engine::{Device, Error, Tensor};
 use tessera_tests::{check_against_cpu, gpu_devices, random_tensor};
 
@@ -143,6 +143,11 @@ fn conv_cases() -> Vec<(tessera_engine::ops::Conv2dOpts, [usize; 4], [usize; 4])
         (Conv2dOpts::new(2, 3), [1, 3, 20, 18], [4, 3, 7, 7]),
         (Conv2dOpts::new(1, 1), [3, 5, 8, 8], [6, 5, 3, 3]),
         (Conv2dOpts::new(2, 0), [2, 6, 9, 9], [8, 6, 1, 1]),
+        // pointwise 1×1 (the CPU route multiplies the image itself), an odd batch across threads
+        (Conv2dOpts::new(1, 0), [5, 6, 4, 4], [7, 6, 1, 1]),
+        (Conv2dOpts::new(1, 1), [5, 3, 6, 5], [4, 3, 3, 3]),
+        // padding wider than the input: whole taps fall outside it
+        (Conv2dOpts::new(1, 2), [2, 2, 1, 3], [3, 2, 5, 5]),
         (Conv2dOpts { stride: [2, 1], padding: [1, 2], dilation: [2, 3] }, [1, 2, 11, 13], [3, 2, 3, 3]),
     ]
 }
@@ -156,6 +161,14 @@ fn conv2d_matches_direct_convolution_on_cpu() {
         let want = naive_conv2d(&x.to_vec().unwrap(), xs, &w.to_vec().unwrap(), ws, o);
         let err = tessera_tests::max_rel_err(&got, &want);
         assert!(err < 1e-5, "case {i}: {err:e}");
+        // Each gradient alone equals the one computed beside the other.
+        let g = random_tensor(&ConvShape::new(&xs, &ws, o).unwrap().out_shape(), i as u64 + 70, &cpu);
+        let (dx, dw) = ops::conv2d_backward(&x, &w, &g, o, true, true).unwrap();
+        let (dx_only, none) = ops::conv2d_backward(&x, &w, &g, o, true, false).unwrap();
+        let (none2, dw_only) = ops::conv2d_backward(&x, &w, &g, o, false, true).unwrap();
+        assert!(none.is_none() && none2.is_none());
+        assert_eq!(dx.unwrap().to_vec().unwrap(), dx_only.unwrap().to_vec().unwrap(), "case {i}: dx");
+        assert_eq!(dw.unwrap().to_vec().unwrap(), dw_only.unwrap().to_vec().unwrap(), "case {i}: dw");
     }
 }
 

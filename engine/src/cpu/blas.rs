@@ -46,33 +46,74 @@ pub fn sgemm(
     c: &mut [f32],
     ldc: usize,
 ) {
+    check_bounds(trans_a, trans_b, m, n, k, a.len(), lda, b.len(), ldb, c.len(), ldc);
+    // SAFETY: bounds checked above.
+    unsafe { sgemm_raw(trans_a, trans_b, m, n, k, alpha, a.as_ptr(), lda, b.as_ptr(), ldb, beta, c.as_mut_ptr(), ldc) }
+}
+
+/// Panics unless every element a row-major GEMM of these dimensions touches lies inside the
+/// given lengths.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn check_bounds(
+    trans_a: bool,
+    trans_b: bool,
+    m: usize,
+    n: usize,
+    k: usize,
+    a_len: usize,
+    lda: usize,
+    b_len: usize,
+    ldb: usize,
+    c_len: usize,
+    ldc: usize,
+) {
     let (a_rows, b_rows) = (if trans_a { k } else { m }, if trans_b { n } else { k });
-    assert!(a_rows == 0 || a.len() >= (a_rows - 1) * lda + if trans_a { m } else { k });
-    assert!(b_rows == 0 || b.len() >= (b_rows - 1) * ldb + if trans_b { k } else { n });
-    assert!(m == 0 || c.len() >= (m - 1) * ldc + n);
+    assert!(a_rows == 0 || a_len >= (a_rows - 1) * lda + if trans_a { m } else { k });
+    assert!(b_rows == 0 || b_len >= (b_rows - 1) * ldb + if trans_b { k } else { n });
+    assert!(m == 0 || c_len >= (m - 1) * ldc + n);
+}
+
+/// The OpenBLAS call on raw pointers.
+///
+/// # Safety
+/// The pointers must cover the elements [`check_bounds`] describes, and no other thread may
+/// touch the written block of C meanwhile.
+#[allow(clippy::too_many_arguments)]
+pub(crate) unsafe fn sgemm_raw(
+    trans_a: bool,
+    trans_b: bool,
+    m: usize,
+    n: usize,
+    k: usize,
+    alpha: f32,
+    a: *const f32,
+    lda: usize,
+    b: *const f32,
+    ldb: usize,
+    beta: f32,
+    c: *mut f32,
+    ldc: usize,
+) {
     if m == 0 || n == 0 {
         return;
     }
     let t = |x: bool| if x { CBLAS_TRANS } else { CBLAS_NO_TRANS };
-    // SAFETY: the asserts above bound every access BLAS makes; lda/ldb/ldc ≥ 1 by construction.
-    unsafe {
-        cblas_sgemm(
-            CBLAS_ROW_MAJOR,
-            t(trans_a),
-            t(trans_b),
-            m as c_int,
-            n as c_int,
-            k as c_int,
-            alpha,
-            a.as_ptr(),
-            lda.max(1) as c_int,
-            b.as_ptr(),
-            ldb.max(1) as c_int,
-            beta,
-            c.as_mut_ptr(),
-            ldc.max(1) as c_int,
-        )
-    }
+    cblas_sgemm(
+        CBLAS_ROW_MAJOR,
+        t(trans_a),
+        t(trans_b),
+        m as c_int,
+        n as c_int,
+        k as c_int,
+        alpha,
+        a,
+        lda.max(1) as c_int,
+        b,
+        ldb.max(1) as c_int,
+        beta,
+        c,
+        ldc.max(1) as c_int,
+    )
 }
 
 /// OpenBLAS's build configuration string, e.g. `OpenBLAS 0.3.21 DYNAMIC_ARCH NO_AFFINITY Haswell MAX_THREADS=64`.

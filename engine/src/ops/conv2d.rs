@@ -1,12 +1,12 @@
 //! conv2d (NCHW, PyTorch semantics: stride, padding, dilation, optional bias) as GEMMs over
-//! unfolded patches. Kernels: shaders/wgsl/conv2d.wgsl (im2col, col2im, swap01) and gemm.wgsl;
-//! CPU twins below and OpenBLAS; conformance: tests/ops_conformance.rs.
-use super::{cpu_data, cpu_tensor, launch_map, to_u32};
+//! unfolded patches. GPU route below: shaders/wgsl/conv2d.wgsl (im2col, col2im, swap01) around
+//! single batch-wide GEMMs (gemm.wgsl); CPU twin: conv2d_cpu.rs, image by image with OpenBLAS;
+//! conformance: tests/ops_conformance.rs.
+use super::{conv2d_cpu, cpu_data, cpu_tensor, launch_map, to_u32};
 use crate::device::Device;
 use crate::error::{shape_err, Result};
 use crate::ops::{add_channel, gemm, sum, GemmOpts};
 use crate::tensor::Tensor;
-use rayon::prelude::*;
 use tessera_shaders::conv2d as k;
 use tessera_shaders::Kernel;
 
@@ -135,111 +135,35 @@ fn launch(kernel: &Kernel, params: ConvParams, src: &Tensor, out_shape: &[usize]
     launch_map("conv2d", kernel, bytemuck::bytes_of(&params), &[src], out_shape, params.total as usize)
 }
 
-/// The signed input coordinate of output position `o`, kernel tap `t` on axis `i`.
-fn tap(s: &ConvShape, i: usize, o: usize, t: usize) -> isize {
-    (o * s.opts.stride[i] + t * s.opts.dilation[i]) as isize - s.opts.padding[i] as isize
-}
-
-/// x [N, C, H, W] → patches [C·kh·kw, N·Ho·Wo].
-pub fn im2col(x: &Tensor, s: &ConvShape) -> Result<Tensor> {
-    let shape = [s.patch_len(), s.positions()];
-    match x.device() {
-        Device::Cpu(cpu) => {
-            let xs = cpu_data(x);
-            let mut out = vec![0f32; shape[0] * shape[1]];
-            // One patch row per task, filled image row by image row: no index arithmetic per
-            // value beyond the column tap.
-            cpu.install(|| {
-                out.par_chunks_mut(shape[1].max(1)).enumerate().for_each(|(row, dst)| {
-                    let (c, i, j) = (row / (s.kh * s.kw), (row / s.kw) % s.kh, row % s.kw);
-                    for (chunk, dst_row) in dst.chunks_mut(s.wo).enumerate() {
-                        let (n, oh) = (chunk / s.ho, chunk % s.ho);
-                        let y = tap(s, 0, oh, i);
-                        if y < 0 || y as usize >= s.h {
-                            continue; // stays zero: padding
-                        }
-                        let src = &xs[((n * s.c + c) * s.h + y as usize) * s.w..][..s.w];
-                        for (ow, d) in dst_row.iter_mut().enumerate() {
-                            let x = tap(s, 1, ow, j);
-                            if x >= 0 && (x as usize) < s.w {
-                                *d = src[x as usize];
-                            }
-                        }
-                    }
-                })
-            });
-            Ok(cpu_tensor(out, &shape, x.device()))
-        }
-        Device::Gpu(_) => launch(&k::IM2COL, ConvParams::of(s, shape[0] * shape[1])?, x, &shape),
-    }
+/// x [N, C, H, W] → patches [C·kh·kw, N·Ho·Wo] on the GPU.
+fn im2col(x: &Tensor, s: &ConvShape) -> Result<Tensor> {
+    launch(&k::IM2COL, ConvParams::of(s, s.patch_len() * s.positions())?, x, &[s.patch_len(), s.positions()])
 }
 
 /// The adjoint of [`im2col`]: patches [C·kh·kw, N·Ho·Wo] → dx [N, C, H, W], summing overlaps.
-pub fn col2im(cols: &Tensor, s: &ConvShape) -> Result<Tensor> {
-    let shape = [s.n, s.c, s.h, s.w];
-    match cols.device() {
-        Device::Cpu(cpu) => {
-            let cs = cpu_data(cols);
-            let positions = s.positions();
-            let mut out = vec![0f32; shape.iter().product()];
-            cpu.install(|| {
-                out.par_chunks_mut(s.h * s.w).enumerate().for_each(|(plane, dst)| {
-                    let (n, c) = (plane / s.c, plane % s.c);
-                    for i in 0..s.kh {
-                        for j in 0..s.kw {
-                            let row = &cs[((c * s.kh + i) * s.kw + j) * positions..][..positions];
-                            for oh in 0..s.ho {
-                                let y = tap(s, 0, oh, i);
-                                if y < 0 || y as usize >= s.h {
-                                    continue;
-                                }
-                                for ow in 0..s.wo {
-                                    let x = tap(s, 1, ow, j);
-                                    if x >= 0 && (x as usize) < s.w {
-                                        dst[y as usize * s.w + x as usize] += row[(n * s.ho + oh) * s.wo + ow];
-                                    }
-                                }
-                            }
-                        }
-                    }
-                })
-            });
-            Ok(cpu_tensor(out, &shape, cols.device()))
-        }
-        Device::Gpu(_) => launch(&k::COL2IM, ConvParams::of(s, shape.iter().product())?, cols, &shape),
-    }
+fn col2im(cols: &Tensor, s: &ConvShape) -> Result<Tensor> {
+    launch(&k::COL2IM, ConvParams::of(s, s.n * s.c * s.h * s.w)?, cols, &[s.n, s.c, s.h, s.w])
 }
 
-/// [a, b, inner] → [b, a, inner] (given as the flat tensor's leading view).
-pub fn swap01(x: &Tensor, a: usize, b: usize, inner: usize, out_shape: &[usize]) -> Result<Tensor> {
-    if a * b * inner != x.numel() || out_shape.iter().product::<usize>() != x.numel() {
-        return Err(shape_err("swap01", format!("[{a}, {b}, {inner}] does not view {:?} as {out_shape:?}", x.shape())));
-    }
-    match x.device() {
-        Device::Cpu(cpu) => {
-            let xs = cpu_data(x);
-            let mut out = vec![0f32; x.numel()];
-            cpu.install(|| {
-                out.par_chunks_mut(a * inner.max(1)).enumerate().for_each(|(bi, dst)| {
-                    for ai in 0..a {
-                        dst[ai * inner..(ai + 1) * inner].copy_from_slice(&xs[(ai * b + bi) * inner..][..inner]);
-                    }
-                })
-            });
-            Ok(cpu_tensor(out, out_shape, x.device()))
-        }
-        Device::Gpu(_) => {
-            let u = |v| to_u32("swap01", v);
-            let params = ConvParams { a: u(a)?, b: u(b)?, inner: u(inner)?, total: u(x.numel())?, ..Default::default() };
-            launch(&k::SWAP01, params, x, out_shape)
-        }
-    }
+/// [a, b, inner] → [b, a, inner] on the GPU (given as the flat tensor's leading view).
+fn swap01(x: &Tensor, a: usize, b: usize, inner: usize, out_shape: &[usize]) -> Result<Tensor> {
+    let u = |v| to_u32("swap01", v);
+    let params = ConvParams { a: u(a)?, b: u(b)?, inner: u(inner)?, total: u(x.numel())?, ..Default::default() };
+    launch(&k::SWAP01, params, x, out_shape)
 }
 
 /// conv2d(x, weight, bias): x [N, C, H, W], weight [O, C, kh, kw], bias [O] → [N, O, Ho, Wo].
 pub fn conv2d(x: &Tensor, weight: &Tensor, bias: Option<&Tensor>, opts: Conv2dOpts) -> Result<Tensor> {
     let s = ConvShape::new(x.shape(), weight.shape(), opts)?;
     super::same_device("conv2d", &[x, weight])?;
+    if let Device::Cpu(cpu) = x.device() {
+        super::gemm::add_gemm_flops(s.forward_flops());
+        let out = cpu_tensor(conv2d_cpu::conv2d(cpu, &s, cpu_data(x), cpu_data(weight)), &s.out_shape(), x.device());
+        return match bias {
+            Some(b) => add_channel(&out, b, 1),
+            None => Ok(out),
+        };
+    }
     let cols = im2col(x, &s)?;
     let w_mat = weight.reshape(&[s.o, s.patch_len()])?;
     let out_onp = gemm(&w_mat, &cols, None, GemmOpts::default())?; // [O, N·Ho·Wo]
@@ -264,6 +188,12 @@ pub fn conv2d_backward(
     let s = ConvShape::new(x.shape(), weight.shape(), opts)?;
     if g.shape() != s.out_shape() {
         return Err(shape_err("conv2d_backward", format!("gradient {:?} does not match output {:?}", g.shape(), s.out_shape())));
+    }
+    super::same_device("conv2d_backward", &[x, weight, g])?;
+    if let Device::Cpu(cpu) = x.device() {
+        super::gemm::add_gemm_flops(s.forward_flops() * (need_input as u8 + need_weight as u8) as f64);
+        let (dx, dw) = conv2d_cpu::conv2d_backward(cpu, &s, cpu_data(x), cpu_data(weight), cpu_data(g), need_input, need_weight);
+        return Ok((dx.map(|d| cpu_tensor(d, x.shape(), x.device())), dw.map(|d| cpu_tensor(d, weight.shape(), x.device()))));
     }
     let g_onp = swap01(g, s.n, s.o, s.ho * s.wo, &[s.o, s.positions()])?;
     let w_mat = weight.reshape(&[s.o, s.patch_len()])?;

@@ -1,7 +1,7 @@
 //! GEMM: out = alpha·op(A)·op(B) + beta·C, strided-batched. Kernel: shaders/wgsl/gemm.wgsl;
-//! CPU twin: OpenBLAS sgemm per batch entry; conformance: tests/gemm_conformance.rs.
+//! CPU twin: OpenBLAS sgemm per batch entry, split across threads; conformance: tests/gemm_conformance.rs.
 use super::{cpu_data, cpu_tensor, gpu_buffer, to_u32};
-use crate::cpu::blas;
+use crate::cpu::CpuBackend;
 use crate::device::Device;
 use crate::error::{shape_err, Error, Result};
 use crate::gpu::GpuBackend;
@@ -115,6 +115,11 @@ pub fn count_gemm_flops<R>(f: impl FnOnce() -> R) -> (R, f64) {
     (out, GEMM_FLOPS.with(|c| c.get()) - before)
 }
 
+/// Adds `flops` to this thread's count for products issued outside [`gemm`] (the CPU conv).
+pub(crate) fn add_gemm_flops(flops: f64) {
+    GEMM_FLOPS.with(|f| f.set(f.get() + flops));
+}
+
 /// out = alpha·op(A)·op(B) + beta·C on the operands' device.
 pub fn gemm(a: &Tensor, b: &Tensor, c: Option<&Tensor>, o: GemmOpts) -> Result<Tensor> {
     gemm_dispatch(None, a, b, c, o)
@@ -138,12 +143,10 @@ fn gemm_dispatch(variant: Option<&GemmKernel>, a: &Tensor, b: &Tensor, c: Option
     if let Some(c) = c {
         a.check_same_device("gemm", c)?;
     }
-    GEMM_FLOPS.with(|f| f.set(f.get() + shape.flops()));
+    add_gemm_flops(shape.flops());
     match a.device() {
         Device::Cpu(cpu) => {
-            // OpenBLAS threads itself; hopping onto the rayon pool would only add latency.
-            cpu.use_blas_threads();
-            let out = gemm_cpu(&shape, a, b, c, o);
+            let out = gemm_cpu(cpu, &shape, a, b, c, o);
             Ok(cpu_tensor(out, &shape.out_shape, a.device()))
         }
         Device::Gpu(gpu) => {
@@ -158,7 +161,7 @@ pub fn matmul(a: &Tensor, b: &Tensor) -> Result<Tensor> {
     gemm(a, b, None, GemmOpts::default())
 }
 
-fn gemm_cpu(s: &GemmShape, a: &Tensor, b: &Tensor, c: Option<&Tensor>, o: GemmOpts) -> Vec<f32> {
+fn gemm_cpu(cpu: &CpuBackend, s: &GemmShape, a: &Tensor, b: &Tensor, c: Option<&Tensor>, o: GemmOpts) -> Vec<f32> {
     let (a, b) = (cpu_data(a), cpu_data(b));
     let mn = s.m * s.n;
     let mut out = vec![0.0f32; s.batch * mn];
@@ -177,7 +180,7 @@ fn gemm_cpu(s: &GemmShape, a: &Tensor, b: &Tensor, c: Option<&Tensor>, o: GemmOp
     let ldb = if o.trans_b { s.b_cs } else { s.b_rs };
     let (a_len, b_len) = (s.m * s.k, s.k * s.n);
     for z in 0..s.batch {
-        blas::sgemm(
+        cpu.sgemm(
             o.trans_a,
             o.trans_b,
             s.m,

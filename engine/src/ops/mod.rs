@@ -2,6 +2,7 @@
 //! WGSL kernel of the same name in `shaders/wgsl/`.
 pub mod batchnorm;
 pub mod conv2d;
+mod conv2d_cpu;
 pub mod elementwise;
 pub mod gemm;
 pub mod pool;

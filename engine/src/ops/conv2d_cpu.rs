@@ -1,0 +1,183 @@
+//! The CPU twin of conv2d (shape rules and the GPU route: conv2d.rs): image by image, each
+//! image's patch matrix [C·kh·kw, Ho·Wo] unfolded into a per-thread buffer that stays in cache
+//! and multiplied in place into the image's [O, Ho·Wo] output block, which in NCHW is already
+//! the output layout. Compared with one batch-wide patch matrix this allocates and touches
+//! N times less memory and needs no axis swap; a pointwise (1×1, stride 1, no padding)
+//! convolution multiplies the image itself.
+use super::conv2d::ConvShape;
+use crate::cpu::{blas, CpuBackend};
+use rayon::prelude::*;
+
+impl ConvShape {
+    /// Input positions per output position are the identity: the image is its patch matrix.
+    fn is_pointwise(&self) -> bool {
+        self.kh == 1 && self.kw == 1 && self.opts.stride == [1, 1] && self.opts.padding == [0, 0]
+    }
+
+    fn image_len(&self) -> usize {
+        self.c * self.h * self.w
+    }
+
+    fn out_plane(&self) -> usize {
+        self.ho * self.wo
+    }
+}
+
+/// The signed input coordinate of output position `o`, kernel tap `t` on axis `i`.
+fn tap(s: &ConvShape, i: usize, o: usize, t: usize) -> isize {
+    (o * s.opts.stride[i] + t * s.opts.dilation[i]) as isize - s.opts.padding[i] as isize
+}
+
+/// The output columns `ow` whose tap `j` lands inside the input row, and the input column of
+/// the first: x = ow·stride + j·dil − pad ∈ [0, W) ⇔ ow ∈ [lo, hi). Bounds once per row instead
+/// of a check per value.
+fn valid_columns(s: &ConvShape, j: usize) -> (usize, usize, usize) {
+    let (st, off) = (s.opts.stride[1] as isize, tap(s, 1, 0, j));
+    let lo = if off >= 0 { 0 } else { (-off + st - 1) / st };
+    let hi = if (s.w as isize) <= off { 0 } else { (s.w as isize - off + st - 1) / st };
+    let (lo, hi) = (lo as usize, (hi as usize).min(s.wo));
+    let lo = lo.min(hi);
+    (lo, hi, if lo < hi { (lo as isize * st + off) as usize } else { 0 })
+}
+
+/// One image [C, H, W] → its patch matrix [C·kh·kw, Ho·Wo] (zeros where taps fall in padding).
+fn im2col_image(s: &ConvShape, x: &[f32], cols: &mut [f32]) {
+    let stride = s.opts.stride[1];
+    for (row, dst) in cols.chunks_mut(s.out_plane()).enumerate() {
+        let (c, i, j) = (row / (s.kh * s.kw), (row / s.kw) % s.kh, row % s.kw);
+        let (lo, hi, x0) = valid_columns(s, j);
+        for (oh, dst_row) in dst.chunks_mut(s.wo).enumerate() {
+            let y = tap(s, 0, oh, i);
+            if y < 0 || y as usize >= s.h {
+                dst_row.fill(0.0);
+                continue;
+            }
+            let src = &x[(c * s.h + y as usize) * s.w..][..s.w];
+            dst_row[..lo].fill(0.0);
+            dst_row[hi..].fill(0.0);
+            if stride == 1 {
+                dst_row[lo..hi].copy_from_slice(&src[x0..x0 + (hi - lo)]);
+            } else {
+                dst_row[lo..hi].iter_mut().zip(src[x0..].iter().step_by(stride)).for_each(|(d, v)| *d = *v);
+            }
+        }
+    }
+}
+
+/// The adjoint of [`im2col_image`]: dx [C, H, W] += the patch gradients folded back.
+fn col2im_image(s: &ConvShape, cols: &[f32], dx: &mut [f32]) {
+    let stride = s.opts.stride[1];
+    for (row, src) in cols.chunks(s.out_plane()).enumerate() {
+        let (c, i, j) = (row / (s.kh * s.kw), (row / s.kw) % s.kh, row % s.kw);
+        let (lo, hi, x0) = valid_columns(s, j);
+        let plane = &mut dx[c * s.h * s.w..][..s.h * s.w];
+        for (oh, src_row) in src.chunks(s.wo).enumerate() {
+            let y = tap(s, 0, oh, i);
+            if y < 0 || y as usize >= s.h {
+                continue;
+            }
+            let dst = &mut plane[y as usize * s.w..][x0..];
+            dst.iter_mut().step_by(stride).zip(&src_row[lo..hi]).for_each(|(d, v)| *d += v);
+        }
+    }
+}
+
+/// C = op(A)·op(B) + beta·C: single-threaded when the images already run in parallel, split
+/// across the pool when there are fewer images than threads.
+#[allow(clippy::too_many_arguments)]
+fn product(cpu: &CpuBackend, split: bool, ta: bool, tb: bool, m: usize, n: usize, k: usize, a: &[f32], b: &[f32], beta: f32, c: &mut [f32]) {
+    let (lda, ldb) = (if ta { m } else { k }, if tb { k } else { n });
+    if split {
+        cpu.sgemm(ta, tb, m, n, k, 1.0, a, lda, b, ldb, beta, c, n)
+    } else {
+        blas::sgemm(ta, tb, m, n, k, 1.0, a, lda, b, ldb, beta, c, n)
+    }
+}
+
+/// out[n] = W·patches(x[n]) for each image: x [N, C, H, W], weight [O, C·kh·kw] → [N, O, Ho, Wo].
+pub(super) fn conv2d(cpu: &CpuBackend, s: &ConvShape, x: &[f32], weight: &[f32]) -> Vec<f32> {
+    let (ck, p) = (s.patch_len(), s.out_plane());
+    let split = s.n < cpu.threads();
+    let mut out = vec![0f32; s.n * s.o * p];
+    let cols_len = if s.is_pointwise() { 0 } else { ck * p };
+    cpu.install(|| {
+        out.par_chunks_mut((s.o * p).max(1)).enumerate().for_each_init(
+            || vec![0f32; cols_len],
+            |cols, (n, out_n)| {
+                let x_n = &x[n * s.image_len()..][..s.image_len()];
+                let patches: &[f32] = if s.is_pointwise() {
+                    x_n
+                } else {
+                    im2col_image(s, x_n, cols);
+                    cols
+                };
+                product(cpu, split, false, false, s.o, p, ck, weight, patches, 0.0, out_n);
+            },
+        )
+    });
+    out
+}
+
+/// dx[n] = col2im(Wᵀ·g[n]) and dW = Σₙ g[n]·patches(x[n])ᵀ, each only if asked for. The batch
+/// is cut into one contiguous run of images per thread, each summing its own dW.
+pub(super) fn conv2d_backward(
+    cpu: &CpuBackend,
+    s: &ConvShape,
+    x: &[f32],
+    weight: &[f32],
+    g: &[f32],
+    need_input: bool,
+    need_weight: bool,
+) -> (Option<Vec<f32>>, Option<Vec<f32>>) {
+    let (ck, p) = (s.patch_len(), s.out_plane());
+    let runs = cpu.threads().min(s.n).max(1);
+    let per_run = s.n.div_ceil(runs);
+    let split = s.n < cpu.threads();
+    let mut dx = vec![0f32; if need_input { s.n * s.image_len() } else { 0 }];
+    let dx_chunk = if need_input { (per_run * s.image_len()).max(1) } else { 1 };
+    let pointwise = s.is_pointwise();
+    // One task per run of images: (first image, its dx block) → its partial dW.
+    let run_images = |first: usize, dx_run: &mut [f32]| -> Vec<f32> {
+        let mut dw = vec![0f32; if need_weight { s.o * ck } else { 0 }];
+        let mut cols = vec![0f32; if pointwise { 0 } else { ck * p }];
+        for n in first..(first + per_run).min(s.n) {
+            let g_n = &g[n * s.o * p..][..s.o * p];
+            if need_weight {
+                let x_n = &x[n * s.image_len()..][..s.image_len()];
+                let patches: &[f32] = if pointwise {
+                    x_n
+                } else {
+                    im2col_image(s, x_n, &mut cols);
+                    &cols
+                };
+                product(cpu, split, false, true, s.o, ck, p, g_n, patches, 1.0, &mut dw);
+            }
+            if need_input {
+                let dx_n = &mut dx_run[(n - first) * s.image_len()..][..s.image_len()];
+                if pointwise {
+                    product(cpu, split, true, false, ck, p, s.o, weight, g_n, 0.0, dx_n);
+                } else {
+                    product(cpu, split, true, false, ck, p, s.o, weight, g_n, 0.0, &mut cols);
+                    col2im_image(s, &cols, dx_n);
+                }
+            }
+        }
+        dw
+    };
+    let partial_dws: Vec<Vec<f32>> = cpu.install(|| {
+        if need_input {
+            dx.par_chunks_mut(dx_chunk).enumerate().map(|(r, dx_run)| run_images(r * per_run, dx_run)).collect()
+        } else {
+            (0..s.n.div_ceil(per_run.max(1))).into_par_iter().map(|r| run_images(r * per_run, &mut [])).collect()
+        }
+    });
+    let dw = need_weight.then(|| {
+        let mut parts = partial_dws.into_iter();
+        let mut dw = parts.next().unwrap_or_else(|| vec![0f32; s.o * ck]);
+        for part in parts {
+            dw.iter_mut().zip(part).for_each(|(a, b)| *a += b);
+        }
+        dw
+    });
+    (need_input.then_some(dx), dw)
+}
