@@ -2,6 +2,7 @@
 //! twins below; conformance: tests/ops_conformance.rs. Running statistics are updated by the
 //! module (`nn::BatchNorm2d`) from the batch statistics returned here.
 use super::{cpu_data, cpu_tensor, launch_map, narrow, same_device, to_u32};
+use crate::cpu::CpuBackend;
 use crate::device::Device;
 use crate::error::{shape_err, Result};
 use crate::tensor::Tensor;
@@ -39,9 +40,25 @@ impl BnShape {
         }
     }
 
-    /// Iterates the flat indices of channel `c`.
-    fn channel(&self, c: usize) -> impl Iterator<Item = usize> + '_ {
-        (0..self.n).flat_map(move |n| (0..self.hw).map(move |k| (n * self.c + c) * self.hw + k))
+    /// The [H·W] planes of channel `c` in `data`, one per image.
+    fn planes<'a>(&self, data: &'a [f32], c: usize) -> impl Iterator<Item = &'a [f32]> + 'a {
+        let (hw, channels) = (self.hw, self.c);
+        (0..self.n).map(move |n| &data[(n * channels + c) * hw..][..hw])
+    }
+
+    /// A new [N, C, H, W] tensor's values, plane by plane in parallel: `f(c, offset, plane)`
+    /// fills the plane of channel c starting at flat index `offset`.
+    fn map_planes(&self, cpu: &CpuBackend, f: impl Fn(usize, usize, &mut [f32]) + Sync) -> Vec<f32> {
+        let mut out = vec![0f32; self.n * self.c * self.hw];
+        cpu.install(|| {
+            out.par_chunks_mut(self.hw.max(1)).enumerate().for_each(|(p, plane)| f(p % self.c, p * self.hw, plane))
+        });
+        out
+    }
+
+    /// Per-channel values computed in parallel.
+    fn per_channel<T: Send>(&self, cpu: &CpuBackend, f: impl Fn(usize) -> T + Sync + Send) -> Vec<T> {
+        cpu.install(|| (0..self.c).into_par_iter().map(f).collect())
     }
 }
 
@@ -83,16 +100,14 @@ pub fn batch_stats(x: &Tensor) -> Result<(Tensor, Tensor)> {
         Device::Cpu(cpu) => {
             let xs = cpu_data(x);
             let m = s.count() as f32;
-            let (mean, var): (Vec<f32>, Vec<f32>) = cpu.install(|| {
-                (0..s.c)
-                    .into_par_iter()
-                    .map(|c| {
-                        let mu = s.channel(c).map(|i| xs[i]).sum::<f32>() / m;
-                        let var = s.channel(c).map(|i| (xs[i] - mu) * (xs[i] - mu)).sum::<f32>() / m;
-                        (mu, var)
-                    })
-                    .unzip()
-            });
+            let (mean, var): (Vec<f32>, Vec<f32>) = s
+                .per_channel(cpu, |c| {
+                    let mu = s.planes(xs, c).map(|p| p.iter().sum::<f32>()).sum::<f32>() / m;
+                    let var = s.planes(xs, c).map(|p| p.iter().map(|x| (x - mu) * (x - mu)).sum::<f32>()).sum::<f32>() / m;
+                    (mu, var)
+                })
+                .into_iter()
+                .unzip();
             Ok((cpu_tensor(mean, &[s.c], x.device()), cpu_tensor(var, &[s.c], x.device())))
         }
         Device::Gpu(_) => {
@@ -114,14 +129,11 @@ pub fn batch_norm_forward(x: &Tensor, mean: &Tensor, var: &Tensor, gamma: &Tenso
     match x.device() {
         Device::Cpu(cpu) => {
             let (xs, m, v, ga, be) = (cpu_data(x), cpu_data(mean), cpu_data(var), cpu_data(gamma), cpu_data(beta));
-            let out = cpu.install(|| {
-                (0..xs.len())
-                    .into_par_iter()
-                    .map(|i| {
-                        let c = (i / s.hw) % s.c;
-                        (xs[i] - m[c]) / (v[c] + eps).sqrt() * ga[c] + be[c]
-                    })
-                    .collect()
+            // y = x·a + b with a = γ/√(var + eps), b = β − mean·a per channel.
+            let a: Vec<f32> = (0..s.c).map(|c| ga[c] / (v[c] + eps).sqrt()).collect();
+            let b: Vec<f32> = (0..s.c).map(|c| be[c] - m[c] * a[c]).collect();
+            let out = s.map_planes(cpu, |c, off, plane| {
+                plane.iter_mut().zip(&xs[off..]).for_each(|(y, x)| *y = x * a[c] + b[c]);
             });
             Ok(cpu_tensor(out, x.shape(), x.device()))
         }
@@ -159,15 +171,19 @@ pub fn batch_norm_backward(
     let sums = match x.device() {
         Device::Cpu(cpu) => {
             let (xs, gs, m, v) = (cpu_data(x), cpu_data(g), cpu_data(mean), cpu_data(var));
-            let (sg, sgx): (Vec<f32>, Vec<f32>) = cpu.install(|| {
-                (0..s.c)
-                    .into_par_iter()
-                    .map(|c| {
-                        let inv_std = 1.0 / (v[c] + eps).sqrt();
-                        s.channel(c).fold((0f32, 0f32), |(a, b), i| (a + gs[i], b + gs[i] * (xs[i] - m[c]) * inv_std))
-                    })
-                    .unzip()
-            });
+            let (sg, sgx): (Vec<f32>, Vec<f32>) = s
+                .per_channel(cpu, |c| {
+                    let inv_std = 1.0 / (v[c] + eps).sqrt();
+                    let sg = s.planes(gs, c).map(|p| p.iter().sum::<f32>()).sum::<f32>();
+                    let sgx = s
+                        .planes(gs, c)
+                        .zip(s.planes(xs, c))
+                        .map(|(gp, xp)| gp.iter().zip(xp).map(|(g, x)| g * (x - m[c])).sum::<f32>())
+                        .sum::<f32>();
+                    (sg, sgx * inv_std)
+                })
+                .into_iter()
+                .unzip();
             cpu_tensor([sg, sgx].concat(), &[2 * s.c], x.device())
         }
         Device::Gpu(_) => launch(&k::GRAD_SUMS, &s, eps, x, [Some(g), Some(mean), Some(var), None, None], &[2 * s.c], true)?,
@@ -179,16 +195,11 @@ pub fn batch_norm_backward(
             Device::Cpu(cpu) => {
                 let (xs, gs, m, v, ga, su) = (cpu_data(x), cpu_data(g), cpu_data(mean), cpu_data(var), cpu_data(gamma), cpu_data(&sums));
                 let count = s.count() as f32;
-                let out = cpu.install(|| {
-                    (0..xs.len())
-                        .into_par_iter()
-                        .map(|i| {
-                            let c = (i / s.hw) % s.c;
-                            let inv_std = 1.0 / (v[c] + eps).sqrt();
-                            let xhat = (xs[i] - m[c]) * inv_std;
-                            ga[c] * inv_std * (gs[i] - (su[c] + xhat * su[s.c + c]) / count)
-                        })
-                        .collect()
+                // dx = γ·inv_std·(g − Σg/M − x̂·Σg·x̂/M) with x̂ = (x − mean)·inv_std.
+                let out = s.map_planes(cpu, |c, off, plane| {
+                    let inv_std = 1.0 / (v[c] + eps).sqrt();
+                    let (a, mean_g, k) = (ga[c] * inv_std, su[c] / count, su[s.c + c] / count * inv_std);
+                    plane.iter_mut().zip(&gs[off..]).zip(&xs[off..]).for_each(|((d, g), x)| *d = a * (g - mean_g - (x - m[c]) * k));
                 });
                 cpu_tensor(out, x.shape(), x.device())
             }
@@ -216,14 +227,9 @@ fn eval_input_grad(x: &Tensor, g: &Tensor, mean: &Tensor, var: &Tensor, gamma: &
     match x.device() {
         Device::Cpu(cpu) => {
             let (gs, v, ga) = (cpu_data(g), cpu_data(var), cpu_data(gamma));
-            let out = cpu.install(|| {
-                (0..gs.len())
-                    .into_par_iter()
-                    .map(|i| {
-                        let c = (i / s.hw) % s.c;
-                        ga[c] / (v[c] + eps).sqrt() * gs[i]
-                    })
-                    .collect()
+            let out = s.map_planes(cpu, |c, off, plane| {
+                let a = ga[c] / (v[c] + eps).sqrt();
+                plane.iter_mut().zip(&gs[off..]).for_each(|(d, g)| *d = a * g);
             });
             Ok(cpu_tensor(out, x.shape(), x.device()))
         }

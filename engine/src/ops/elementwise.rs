@@ -35,7 +35,15 @@ fn map2(
     match x.device() {
         Device::Cpu(backend) => {
             let (xs, ys) = (cpu_data(x), cpu_data(y));
-            let out = backend.install(|| (0..n).into_par_iter().map(|i| cpu(xs[i], ys, i)).collect());
+            // Blocks of values per task: a task per value costs more than the value.
+            const BLOCK: usize = 1 << 14;
+            let mut out = vec![0f32; n];
+            backend.install(|| {
+                out.par_chunks_mut(BLOCK).enumerate().for_each(|(b, block)| {
+                    let first = b * BLOCK;
+                    block.iter_mut().zip(&xs[first..]).enumerate().for_each(|(j, (o, x))| *o = cpu(*x, ys, first + j));
+                })
+            });
             Ok(cpu_tensor(out, x.shape(), x.device()))
         }
         Device::Gpu(_) => {
