@@ -60,6 +60,10 @@ fn trains_checkpoints_and_reloads() {
     let other = tessera_models::build("resnet20-cifar", 2, &dev, 0).unwrap();
     let e = load_weights(&other, &ckpt, &dev).err().unwrap().to_string();
     assert!(e.contains("epoch-003.safetensors") && e.contains("conv1.weight") && e.contains("missing"), "{e}");
+    // Same architecture, another head: the mis-shaped tensor is named with both shapes.
+    let three = tessera_models::build("simple-cnn", 3, &dev, 0).unwrap();
+    let e = load_weights(&three, &ckpt, &dev).err().unwrap().to_string();
+    assert!(e.contains("epoch-003.safetensors") && e.contains("shape [2, 4096]") && e.contains("expects [3, 4096]"), "{e}");
     std::fs::write(out.join("broken.safetensors"), b"\x10\x00\x00\x00\x00\x00\x00\x00{}").unwrap();
     assert!(Checkpoint::load(&out.join("broken.safetensors")).err().unwrap().to_string().contains("broken.safetensors"));
 }
@@ -90,4 +94,21 @@ fn resuming_gives_the_weights_of_an_uninterrupted_run() {
     }
     let e = train(&TrainConfig { resume: true, out: Some(root.join("empty")), ..base }, &mut |_| {}).err().unwrap().to_string();
     assert!(e.contains("cannot resume") || e.contains("empty"), "{e}");
+}
+
+#[test]
+fn a_failed_save_keeps_the_last_good_checkpoint() {
+    let root: PathBuf = std::env::temp_dir().join(format!("tessera-failsave-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&root);
+    write_folders(&root);
+    let out = root.join("run");
+    let one = TrainConfig { model: "simple-cnn".into(), data: root.clone(), epochs: 1, batch: 16, lr: 0.02, out: Some(out.clone()), ..Default::default() };
+    train(&one, &mut |_| {}).unwrap();
+    let good = std::fs::read(out.join("epoch-001.safetensors")).unwrap();
+    // Epoch 2's checkpoint cannot be written (its temporary path is taken by a folder).
+    std::fs::create_dir_all(out.join("epoch-002.safetensors.partial")).unwrap();
+    let e = train(&TrainConfig { epochs: 2, resume: true, ..one }, &mut |_| {}).err().unwrap().to_string();
+    assert!(e.contains("epoch-002.safetensors"), "{e}");
+    assert!(!out.join("epoch-002.safetensors").exists(), "no partial checkpoint under the final name");
+    assert_eq!(std::fs::read(out.join("epoch-001.safetensors")).unwrap(), good, "the last good checkpoint is untouched");
 }
