@@ -10,20 +10,7 @@ pub fn random_vec(len: usize, seed: u64) -> Vec<f32> {
     (0..len).map(|_| rng.gen_range(-1.0..1.0)).collect()
 }
 
-/// Max relative error of `got` against `want`: max|got − want| / max|want|. Normalising by the
-/// reference's largest magnitude (the norm-wise error used for BLAS testing) keeps outputs that
-/// cancel to ≈0 from reporting huge relative errors that only reflect summation order. A
-/// reference that is all zeros (e.g. log-softmax's gradient over one class) is compared
-/// absolutely, against a scale of 1e-6.
-pub fn max_rel_err(got: &[f32], want: &[f32]) -> f32 {
-    assert_eq!(got.len(), want.len(), "length mismatch");
-    let scale = want.iter().fold(0f32, |m, v| m.max(v.abs())).max(1e-6);
-    let diff = got.iter().zip(want).fold(0f32, |m, (g, w)| m.max((g - w).abs()));
-    if got.iter().any(|v| !v.is_finite()) {
-        return f32::INFINITY;
-    }
-    diff / scale
-}
+pub use tessera_engine::conformance::max_rel_err;
 
 /// Every GPU adapter wgpu finds. Fails when there is none, so a CI machine missing lavapipe
 /// cannot pass silently; set TESSERA_SKIP_GPU_TESTS=1 to run CPU-only on purpose.
@@ -37,28 +24,6 @@ pub fn gpu_devices() -> Vec<Device> {
         "no GPU adapter found: install mesa-vulkan-drivers (lavapipe) or set TESSERA_SKIP_GPU_TESTS=1"
     );
     adapters.iter().map(|a| Device::gpu(a.index).expect("opening adapter")).collect()
-}
-
-/// Runs `f` on the CPU backend and on every GPU adapter and checks the GPU results against
-/// the CPU's: same shape, max relative error ≤ `tol`. Returns the number of comparisons.
-pub fn check_against_cpu(
-    name: &str,
-    tol: f32,
-    f: impl Fn(&Device) -> tessera_engine::Result<Vec<tessera_engine::Tensor>>,
-) -> usize {
-    let want = f(&Device::cpu()).unwrap_or_else(|e| panic!("{name} on cpu: {e}"));
-    let mut checked = 0;
-    for gpu in gpu_devices() {
-        let got = f(&gpu).unwrap_or_else(|e| panic!("{name} on {gpu}: {e}"));
-        assert_eq!(got.len(), want.len());
-        for (i, (g, w)) in got.iter().zip(&want).enumerate() {
-            assert_eq!(g.shape(), w.shape(), "{name} output {i} on {gpu}");
-            let err = max_rel_err(&g.to_vec().unwrap(), &w.to_vec().unwrap());
-            assert!(err <= tol, "{name} output {i} on {gpu}: max rel err {err:e} > {tol:e}");
-            checked += 1;
-        }
-    }
-    checked
 }
 
 /// A seeded random tensor of `shape` on `dev`.

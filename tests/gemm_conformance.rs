@@ -100,6 +100,58 @@ fn gpu_gemm_matches_cpu_for_all_shapes_transposes_and_batching() {
     println!("checked {checked} GPU GEMMs against OpenBLAS");
 }
 
+/// f16 storage: every f16 kernel on every adapter (unsupported ones must say so) against the
+/// CPU on the same f16 operands, and the f16 values equal the host's rounding of the f32 ones.
+#[test]
+fn f16_storage_gemm_matches_cpu_and_rounds_like_the_host() {
+    use half::f16;
+    use tessera_engine::ops::gemm::{gemm_f16, gemm_f16_with_kernel};
+    use tessera_engine::HalfTensor;
+    use tessera_shaders::gemm::HALF_VARIANTS;
+    let cpu = Device::cpu();
+    let half = |(d, s): &(Vec<f32>, Vec<usize>), dev: &Device| {
+        HalfTensor::from_f16_vec(d.iter().map(|&v| f16::from_f32(v)).collect(), s, dev).unwrap()
+    };
+    let mut ran = 0;
+    for (i, dims) in cases().into_iter().enumerate().step_by(2) {
+        let (ta, tb) = (i % 4 == 0, i % 3 == 0);
+        let case = make_case(i, dims, ta, tb, (i % 4 == 2).then_some(2));
+        let c_cpu = case.c.as_ref().map(|(d, s)| Tensor::from_vec(d.clone(), s, &cpu).unwrap());
+        let want = gemm_f16(&half(&case.a, &cpu), &half(&case.b, &cpu), c_cpu.as_ref(), case.opts).unwrap().to_vec().unwrap();
+        // The f16 result is the f32 product of the rounded operands: within f16 rounding of f32's.
+        let (a32, b32, c32) = upload(&case, &cpu);
+        let exact = ops::gemm(&a32, &b32, c32.as_ref(), case.opts).unwrap().to_vec().unwrap();
+        assert!(max_rel_err(&want, &exact) < 5e-3, "dims {dims:?}: f16 rounding error too large");
+        for gpu in &gpu_devices() {
+            let (a, b) = (half(&case.a, gpu), half(&case.b, gpu));
+            let c = case.c.as_ref().map(|(d, s)| Tensor::from_vec(d.clone(), s, gpu).unwrap());
+            for variant in HALF_VARIANTS {
+                match gemm_f16_with_kernel(variant, &a, &b, c.as_ref(), case.opts) {
+                    Ok(got) => {
+                        let err = max_rel_err(&got.to_vec().unwrap(), &want);
+                        assert!(err <= TOLERANCE, "{} on {gpu}: dims {dims:?}: max rel err {err:e}", variant.kernel.shader.file);
+                        ran += 1;
+                    }
+                    Err(Error::Unsupported { detail, .. }) => assert!(!kernel_supported(gpu, variant), "{detail}"),
+                    Err(e) => panic!("{} on {gpu}: {e}", variant.kernel.shader.file),
+                }
+            }
+            // On-device rounding (pack2x16float) against the host's round-to-nearest-even.
+            let (values, shape) = &case.a;
+            let t = Tensor::from_vec(values.clone(), shape, gpu).unwrap();
+            if let Ok(packed) = HalfTensor::from_tensor(&t) {
+                let host: Vec<f16> = values.iter().map(|&v| f16::from_f32(v)).collect();
+                let got = packed.to_f16_vec().unwrap();
+                let off = got.iter().zip(&host).filter(|(g, h)| g != h).count();
+                assert!(off * 100 <= host.len(), "{gpu}: {off} of {} values round differently", host.len());
+                let back = packed.to_tensor().unwrap().to_vec().unwrap();
+                assert!(max_rel_err(&back, values) < 1e-3, "{gpu}: f16 round trip");
+            }
+        }
+    }
+    println!("checked {ran} f16-storage GEMMs on GPUs");
+}
+
 #[test]
 fn cpu_gemm_matches_a_naive_reference() {
     let cpu = Device::cpu();

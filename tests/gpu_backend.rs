@@ -10,7 +10,7 @@ static BROKEN: Shader = Shader {
     name: "broken_for_test",
     file: "broken_for_test.wgsl",
     source: "@compute @workgroup_size(1)\nfn main() {\n  let x: f32 = 1u;\n}\n",
-    prelude: None,
+    shared: &[],
 };
 static BROKEN_KERNEL: Kernel = Kernel { shader: &BROKEN, entry: "main", workgroup: [1, 1, 1] };
 

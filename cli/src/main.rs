@@ -1,4 +1,5 @@
 //! The `tessera` command line: parses, wires and prints; the work lives in the library crates.
+mod check;
 mod table;
 
 use anyhow::{bail, Context, Result};
@@ -31,6 +32,10 @@ enum Command {
     /// Kernel benchmarks.
     #[command(subcommand)]
     Bench(Bench),
+    /// Conformance of every op, forward and backward, on every adapter against the CPU
+    /// backend (op × adapter matrix; non-zero exit on a failure); `--shaders`: naga's
+    /// validation and translation of every kernel to SPIR-V, MSL, HLSL and GLSL ES.
+    Check(check::CheckArgs),
     /// List the models (name, input size, parameters with 10 classes); `models show M` prints
     /// one model's sub-model graph with parameters and FLOPs.
     Models {
@@ -273,6 +278,7 @@ fn main() -> std::process::ExitCode {
 fn run(cli: Cli) -> Result<()> {
     match cli.command {
         Command::Devices { json } => devices(json),
+        Command::Check(args) => check::run(args),
         Command::Bench(Bench::Gemm(args)) => bench_gemm_cmd(args),
         Command::Bench(Bench::Train { model, num_classes, input, batch, device, warmup, steps, json }) => {
             let mut table = Table::new(&["model", "device", "input", "batch", "forward_ms", "backward_ms", "optimizer_ms", "step_ms", "img_per_s"]);

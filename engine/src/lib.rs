@@ -11,6 +11,7 @@
 pub mod autograd;
 pub mod bench;
 pub mod checkpoint;
+pub mod conformance;
 pub mod cpu;
 pub mod device;
 pub mod error;
@@ -19,8 +20,10 @@ pub mod nn;
 pub mod ops;
 pub mod optim;
 pub mod tensor;
+pub mod tensor_f16;
 
 pub use autograd::{no_grad, Var};
 pub use device::{Device, DeviceSpec};
 pub use error::{Error, Result};
 pub use tensor::Tensor;
+pub use tensor_f16::HalfTensor;

@@ -3,27 +3,34 @@
 //! tensors: the engine decides which [`Kernel`] to launch and how.
 pub mod validate;
 
-/// One shader module: a `.wgsl` file, after an optional shared prelude file.
+/// One shader module: a `.wgsl` file, followed by the shared files it builds on.
 #[derive(Debug)]
 pub struct Shader {
     /// Short name, also the pipeline-cache key.
     pub name: &'static str,
     /// File name under `shaders/wgsl/`, for error messages.
     pub file: &'static str,
-    /// The module's full WGSL: the prelude's text, then the file's.
+    /// The module's full WGSL: the file's text, then each shared file's. The module's own
+    /// file comes first so that it may open with directives such as `enable f16;`.
     pub source: &'static str,
-    /// A file of declarations shared by several modules (WGSL has no includes): its name and text.
-    pub prelude: Option<(&'static str, &'static str)>,
+    /// Files of declarations shared by several modules (WGSL has no includes): name and text.
+    pub shared: &'static [(&'static str, &'static str)],
 }
 
 impl Shader {
     /// Maps a 1-based line of [`Shader::source`] to the file and line it came from.
     pub fn locate(&self, line: u32) -> (&'static str, u32) {
-        match self.prelude {
-            Some((file, text)) if line <= text.lines().count() as u32 => (file, line),
-            Some((_, text)) => (self.file, line - text.lines().count() as u32),
-            None => (self.file, line),
+        let shared_len: usize = self.shared.iter().map(|(_, text)| text.len()).sum();
+        let own = &self.source[..self.source.len() - shared_len];
+        let mut first = 1;
+        for (file, text) in std::iter::once((self.file, own)).chain(self.shared.iter().copied()) {
+            let lines = text.lines().count() as u32;
+            if line < first + lines {
+                return (file, line - first + 1);
+            }
+            first += lines;
         }
+        (self.file, line)
     }
 }
 
@@ -37,29 +44,24 @@ pub struct Kernel {
 }
 
 macro_rules! shader {
-    ($ident:ident, $name:literal) => {
-        pub static $ident: Shader = Shader {
-            name: $name,
-            file: concat!($name, ".wgsl"),
-            source: include_str!(concat!("../wgsl/", $name, ".wgsl")),
-            prelude: None,
-        };
-    };
-    ($ident:ident, $name:literal, prelude $prelude:literal) => {
+    ($ident:ident, $name:literal $(, with $($shared:literal),+)?) => {
         pub static $ident: Shader = Shader {
             name: $name,
             file: concat!($name, ".wgsl"),
             source: concat!(
-                include_str!(concat!("../wgsl/", $prelude, ".wgsl")),
                 include_str!(concat!("../wgsl/", $name, ".wgsl"))
+                $($(, include_str!(concat!("../wgsl/", $shared, ".wgsl")))+)?
             ),
-            prelude: Some((concat!($prelude, ".wgsl"), include_str!(concat!("../wgsl/", $prelude, ".wgsl")))),
+            shared: &[$($((concat!($shared, ".wgsl"), include_str!(concat!("../wgsl/", $shared, ".wgsl")))),+)?],
         };
     };
 }
 
-shader!(GEMM, "gemm", prelude "gemm_common");
-shader!(GEMM_SUBGROUP, "gemm_subgroup", prelude "gemm_common");
+shader!(GEMM, "gemm", with "gemm_common", "gemm_reg4x4");
+shader!(GEMM_SUBGROUP, "gemm_subgroup", with "gemm_common");
+shader!(GEMM_F16, "gemm_f16", with "gemm_common", "gemm_reg4x4");
+shader!(GEMM_F16_PACKED, "gemm_f16_packed", with "gemm_common", "gemm_reg4x4");
+shader!(HALF, "half");
 shader!(ELEMENTWISE, "elementwise");
 shader!(REDUCE, "reduce");
 shader!(SOFTMAX, "softmax");
@@ -69,7 +71,8 @@ shader!(BATCHNORM, "batchnorm");
 shader!(SGD, "sgd");
 
 /// Every shader module; the validation test checks that they use every file in the folder.
-pub static ALL: &[&Shader] = &[&GEMM, &GEMM_SUBGROUP, &ELEMENTWISE, &REDUCE, &SOFTMAX, &CONV2D, &POOL, &BATCHNORM, &SGD];
+pub static ALL: &[&Shader] =
+    &[&GEMM, &GEMM_SUBGROUP, &GEMM_F16, &GEMM_F16_PACKED, &HALF, &ELEMENTWISE, &REDUCE, &SOFTMAX, &CONV2D, &POOL, &BATCHNORM, &SGD];
 
 macro_rules! kernels {
     ($shader:ident, $workgroup:expr, $($ident:ident = $entry:literal),+ $(,)?) => {
@@ -150,6 +153,12 @@ pub mod sgd {
     kernels!(SGD, [256, 1, 1], SGD_STEP = "sgd_step");
 }
 
+/// f32 ⇄ f16 storage conversion (half.wgsl).
+pub mod half {
+    use super::{Kernel, HALF};
+    kernels!(HALF, [256, 1, 1], PACK_F16 = "pack_f16", UNPACK_F16 = "unpack_f16");
+}
+
 /// The strided gather-sum behind reductions and broadcasts (reduce.wgsl).
 pub mod reduce {
     use super::{Kernel, REDUCE};
@@ -160,7 +169,17 @@ pub mod reduce {
 /// drivers such as lavapipe, where barriers and shared memory are slow) or cooperative
 /// workgroup-memory tiles (`tiled*`: the classic shape for hardware GPUs).
 pub mod gemm {
-    use super::{Kernel, GEMM, GEMM_SUBGROUP};
+    use super::{Kernel, GEMM, GEMM_F16, GEMM_F16_PACKED, GEMM_SUBGROUP};
+
+    /// How a GEMM kernel stores A and B.
+    #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+    pub enum Storage {
+        F32,
+        /// IEEE f16 read natively: needs the adapter's SHADER_F16 feature.
+        F16,
+        /// IEEE f16 read as u32 words of two halves: every adapter.
+        F16Packed,
+    }
 
     #[derive(Debug)]
     pub struct GemmKernel {
@@ -169,6 +188,7 @@ pub mod gemm {
         pub block: [u32; 2],
         /// The exact subgroup width the kernel is written for, if it uses subgroup operations.
         pub subgroup_size: Option<u32>,
+        pub storage: Storage,
     }
 
     /// Every GEMM kernel. The engine picks one per adapter and shape
@@ -179,21 +199,41 @@ pub mod gemm {
         kernel: Kernel { shader: &GEMM, entry: "gemm_reg4x4", workgroup: [8, 8, 1] },
         block: [32, 32],
         subgroup_size: None,
+        storage: Storage::F32,
     };
     pub const REG_16X16: GemmKernel = GemmKernel {
         kernel: Kernel { shader: &GEMM, entry: "gemm_reg16x16", workgroup: [8, 4, 1] },
         block: [64, 128],
         subgroup_size: None,
+        storage: Storage::F32,
     };
     pub const SUBGROUP_32X8: GemmKernel = GemmKernel {
         kernel: Kernel { shader: &GEMM_SUBGROUP, entry: "gemm_sg32x8", workgroup: [32, 1, 1] },
         block: [128, 64],
         subgroup_size: Some(8),
+        storage: Storage::F32,
     };
     pub const TILED_64: GemmKernel = GemmKernel {
         kernel: Kernel { shader: &GEMM, entry: "gemm_tiled64", workgroup: [16, 16, 1] },
         block: [64, 64],
         subgroup_size: None,
+        storage: Storage::F32,
+    };
+
+    /// f16-storage GEMMs (A and B in f16, f32 accumulation and output), same 4×4 body.
+    pub static HALF_VARIANTS: &[GemmKernel] = &[F16_REG4X4, F16_PACKED_REG4X4];
+
+    pub const F16_REG4X4: GemmKernel = GemmKernel {
+        kernel: Kernel { shader: &GEMM_F16, entry: "gemm_reg4x4", workgroup: [8, 8, 1] },
+        block: [32, 32],
+        subgroup_size: None,
+        storage: Storage::F16,
+    };
+    pub const F16_PACKED_REG4X4: GemmKernel = GemmKernel {
+        kernel: Kernel { shader: &GEMM_F16_PACKED, entry: "gemm_reg4x4", workgroup: [8, 8, 1] },
+        block: [32, 32],
+        subgroup_size: None,
+        storage: Storage::F16Packed,
     };
 
     /// The variant whose entry point is `name`.

@@ -37,11 +37,30 @@ impl std::error::Error for ShaderError {}
 pub struct Translation {
     pub entry: String,
     pub target: &'static str,
-    pub result: Result<usize, ShaderError>,
+    pub result: Outcome,
+}
+
+#[derive(Debug)]
+pub enum Outcome {
+    /// The generated code's length (bytes for text, words for SPIR-V).
+    Translated(usize),
+    /// The target cannot express the module by design (why); adapters of that API use another module.
+    NotApplicable(&'static str),
+    Failed(ShaderError),
+}
+
+/// Why `target` cannot express a module, if it cannot: f16 arithmetic has no GLSL ES form in
+/// naga, so GL adapters run the packed-u32 f16 kernels instead.
+fn not_applicable(source: &str, target: &str) -> Option<&'static str> {
+    (target == "GLSL ES" && uses_f16(source)).then_some("no f16 type in GLSL ES; GL adapters use gemm_f16_packed")
+}
+
+fn uses_f16(source: &str) -> bool {
+    source.lines().any(|l| l.trim() == "enable f16;")
 }
 
 /// Validates and translates a registered shader, reporting errors at the file and line they
-/// come from (its prelude's or its own).
+/// come from (its own file or a shared one).
 pub fn translate_shader(shader: &crate::Shader) -> Result<Vec<Translation>, ShaderError> {
     let relocate = |e: &mut ShaderError| {
         if let Some(line) = e.line {
@@ -54,7 +73,7 @@ pub fn translate_shader(shader: &crate::Shader) -> Result<Vec<Translation>, Shad
         e
     })?;
     for t in &mut results {
-        if let Err(e) = &mut t.result {
+        if let Outcome::Failed(e) = &mut t.result {
             relocate(e);
         }
     }
@@ -70,7 +89,7 @@ pub fn validate(file: &str, source: &str) -> Result<(naga::Module, naga::valid::
         line: e.location(source).map(|l| l.line_number),
         message: e.emit_to_string_with_path(source, file),
     })?;
-    let info = Validator::new(ValidationFlags::all(), Capabilities::SUBGROUP).validate(&module).map_err(|e| {
+    let info = Validator::new(ValidationFlags::all(), Capabilities::SUBGROUP | Capabilities::SHADER_FLOAT16 | Capabilities::SHADER_FLOAT16_IN_FLOAT32).validate(&module).map_err(|e| {
         let entry = match e.as_inner() {
             ValidationError::EntryPoint { name, .. } | ValidationError::Function { name, .. } => Some(name.clone()),
             _ => None,
@@ -86,20 +105,26 @@ pub fn validate(file: &str, source: &str) -> Result<(naga::Module, naga::valid::
     Ok((module, info))
 }
 
-/// Validates `source` and translates each entry point to every target. The `Ok` sizes are
-/// the generated code's length (bytes for text, words for SPIR-V).
+/// Validates `source` and translates each entry point to every target.
 pub fn translate_all(file: &str, source: &str) -> Result<Vec<Translation>, ShaderError> {
     let (module, info) = validate(file, source)?;
     let mut out = Vec::new();
     for ep in &module.entry_points {
         for target in TARGETS {
-            let result = translate(&module, &info, target, &ep.name, ep.stage).map_err(|message| ShaderError {
-                file: file.into(),
-                stage: target,
-                entry: Some(ep.name.clone()),
-                line: line_of_entry(source, &ep.name),
-                message,
-            });
+            let result = if let Some(why) = not_applicable(source, target) {
+                Outcome::NotApplicable(why)
+            } else {
+                match translate(&module, &info, target, &ep.name, ep.stage, uses_f16(source)) {
+                    Ok(size) => Outcome::Translated(size),
+                    Err(message) => Outcome::Failed(ShaderError {
+                        file: file.into(),
+                        stage: target,
+                        entry: Some(ep.name.clone()),
+                        line: line_of_entry(source, &ep.name),
+                        message,
+                    }),
+                }
+            };
             out.push(Translation { entry: ep.name.clone(), target, result });
         }
     }
@@ -112,6 +137,7 @@ fn translate(
     target: &str,
     entry: &str,
     stage: naga::ShaderStage,
+    f16: bool,
 ) -> Result<usize, String> {
     let entry = entry.to_string();
     match target {
@@ -128,7 +154,9 @@ fn translate(
         }
         "HLSL" => {
             let mut text = String::new();
-            let options = hlsl::Options { shader_model: hlsl::ShaderModel::V6_0, ..Default::default() };
+            // f16 needs shader model 6.2 (native 16-bit types); everything else runs on 6.0.
+            let shader_model = if f16 { hlsl::ShaderModel::V6_2 } else { hlsl::ShaderModel::V6_0 };
+            let options = hlsl::Options { shader_model, ..Default::default() };
             let pipeline = hlsl::PipelineOptions { entry_point: Some((stage, entry)) };
             hlsl::Writer::new(&mut text, &options, &pipeline)
                 .write(module, info, None)

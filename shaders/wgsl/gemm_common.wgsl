@@ -1,5 +1,6 @@
-// Shared by gemm.wgsl and gemm_subgroup.wgsl (prepended to each; WGSL has no includes):
-// the GEMM contract, its parameters, bindings and the output store.
+// Shared by every GEMM module (appended to each; WGSL has no includes): the GEMM contract,
+// its parameters, the C and output bindings and the output store. Each module declares A
+// and B (bindings 1 and 2) in its storage format, with `load_a(i)` / `load_b(i)` → f32.
 // GEMM: out[b] = alpha · op(A[b]) · op(B[b]) + beta · C[b], any M, N, K, strided-batched.
 // op(A)(i, l) = a[b·a_bs + i·a_rs + l·a_cs]: a transpose is only a swap of the two strides,
 // so one kernel body serves NN, NT, TN and TT. A batch stride of 0 broadcasts that operand.
@@ -13,8 +14,6 @@ struct GemmParams {
 }
 
 @group(0) @binding(0) var<uniform> p: GemmParams;
-@group(0) @binding(1) var<storage, read> a: array<f32>;
-@group(0) @binding(2) var<storage, read> b: array<f32>;
 @group(0) @binding(3) var<storage, read> c: array<f32>;
 @group(0) @binding(4) var<storage, read_write> out: array<f32>;
 

@@ -9,6 +9,9 @@
 // them: per K step 12 loads feed 256 FMAs, where gemm_reg16x16 needs 32 loads for 256.
 // The engine picks this kernel only where the adapter's subgroup size is exactly 8.
 
+@group(0) @binding(1) var<storage, read> a: array<f32>;
+@group(0) @binding(2) var<storage, read> b: array<f32>;
+
 // 32×8 outputs per lane; a workgroup is 4 subgroups of 8 lanes (128 rows × 64 columns).
 @compute @workgroup_size(32, 1, 1)
 fn gemm_sg32x8(

@@ -15,6 +15,8 @@ pub struct AdapterSummary {
     pub max_workgroup_invocations: u32,
     pub max_workgroup_storage: u32,
     pub shader_f16: bool,
+    /// pack2x16float / unpack2x16float in shaders (wgpu downlevel flag SHADER_F16_IN_F32).
+    pub f16_pack: bool,
     pub subgroups: bool,
     /// Subgroup width range the adapter reports (equal when fixed).
     pub subgroup_sizes: (u32, u32),
@@ -68,6 +70,7 @@ pub(crate) fn summarize(index: usize, adapter: &wgpu::Adapter) -> AdapterSummary
         max_workgroup_invocations: limits.max_compute_invocations_per_workgroup,
         max_workgroup_storage: limits.max_compute_workgroup_storage_size,
         shader_f16: features.contains(wgpu::Features::SHADER_F16),
+        f16_pack: adapter.get_downlevel_capabilities().flags.contains(wgpu::DownlevelFlags::SHADER_F16_IN_F32),
         subgroups: features.contains(wgpu::Features::SUBGROUP),
         subgroup_sizes: (info.subgroup_min_size, info.subgroup_max_size),
     }

@@ -78,7 +78,7 @@ impl GpuBackend {
         let limits = adapter.limits();
         let desc = wgpu::DeviceDescriptor {
             label: Some("tessera"),
-            required_features: adapter.features() & wgpu::Features::SUBGROUP,
+            required_features: adapter.features() & (wgpu::Features::SUBGROUP | wgpu::Features::SHADER_F16),
             required_limits: limits.clone(),
             experimental_features: wgpu::ExperimentalFeatures::disabled(),
             memory_hints: wgpu::MemoryHints::Performance,
@@ -145,6 +145,16 @@ impl GpuBackend {
     /// Whether `kernel`'s requirements (today: an exact subgroup width) are met here.
     pub fn supports_subgroup_size(&self, required: Option<u32>) -> bool {
         required.is_none_or(|n| self.fixed_subgroup_size() == Some(n))
+    }
+
+    /// Native f16 arithmetic in shaders (the SHADER_F16 feature, enabled when offered).
+    pub fn has_shader_f16(&self) -> bool {
+        self.summary.shader_f16
+    }
+
+    /// The pack2x16float / unpack2x16float builtins (every f16-storage route needs them).
+    pub fn has_f16_pack(&self) -> bool {
+        self.summary.f16_pack
     }
 
     pub fn stats(&self) -> GpuStats {

@@ -1,5 +1,6 @@
 //! GEMM: out = alpha·op(A)·op(B) + beta·C, strided-batched. Kernel: shaders/wgsl/gemm.wgsl;
-//! CPU twin: OpenBLAS sgemm per batch entry, split across threads; conformance: tests/gemm_conformance.rs.
+//! gemm_f16.wgsl / gemm_f16_packed.wgsl for f16 storage; CPU twin: OpenBLAS sgemm per batch
+//! entry, split across threads; conformance: tests/gemm_conformance.rs.
 use super::{cpu_data, cpu_tensor, gpu_buffer, to_u32};
 use crate::cpu::CpuBackend;
 use crate::device::Device;
@@ -7,7 +8,9 @@ use crate::error::{shape_err, Error, Result};
 use crate::gpu::GpuBackend;
 use crate::tensor::Tensor;
 use std::sync::Arc;
-use tessera_shaders::gemm::{GemmKernel, REG_16X16, REG_4X4, SUBGROUP_32X8, TILED_64, VARIANTS};
+use crate::gpu::GpuBuffer;
+use crate::tensor_f16::{HalfStorage, HalfTensor};
+use tessera_shaders::gemm::{GemmKernel, Storage, F16_PACKED_REG4X4, F16_REG4X4, REG_16X16, REG_4X4, SUBGROUP_32X8, TILED_64, VARIANTS};
 
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct GemmOpts {
@@ -138,6 +141,7 @@ pub fn gemm_with_kernel(
 }
 
 fn gemm_dispatch(variant: Option<&GemmKernel>, a: &Tensor, b: &Tensor, c: Option<&Tensor>, o: GemmOpts) -> Result<Tensor> {
+    check_storage("gemm", variant, false)?;
     let shape = GemmShape::new(a.shape(), b.shape(), c.map(|c| c.shape()), o)?;
     a.check_same_device("gemm", b)?;
     if let Some(c) = c {
@@ -146,13 +150,64 @@ fn gemm_dispatch(variant: Option<&GemmKernel>, a: &Tensor, b: &Tensor, c: Option
     add_gemm_flops(shape.flops());
     match a.device() {
         Device::Cpu(cpu) => {
-            let out = gemm_cpu(cpu, &shape, a, b, c, o);
+            let out = gemm_cpu(cpu, &shape, cpu_data(a), cpu_data(b), c, o);
             Ok(cpu_tensor(out, &shape.out_shape, a.device()))
         }
         Device::Gpu(gpu) => {
             let variant = variant.unwrap_or_else(|| choose_kernel(gpu, &shape));
-            gemm_gpu(gpu, variant, &shape, a, b, c, o)
+            gemm_gpu(gpu, variant, &shape, gpu_buffer(a), gpu_buffer(b), c, o)
         }
+    }
+}
+
+/// out = alpha·op(A)·op(B) + beta·C with A and B stored in f16 and products accumulated in
+/// f32 (C and the output are f32): the f16-storage route. On GPUs, the native-f16 kernel where
+/// the adapter has SHADER_F16, else the packed-u32 kernel; on the CPU, OpenBLAS on the values
+/// widened to f32.
+pub fn gemm_f16(a: &HalfTensor, b: &HalfTensor, c: Option<&Tensor>, o: GemmOpts) -> Result<Tensor> {
+    gemm_f16_dispatch(None, a, b, c, o)
+}
+
+/// [`gemm_f16`] with a chosen GPU kernel (`HALF_VARIANTS`); on the CPU the variant is ignored.
+pub fn gemm_f16_with_kernel(variant: &GemmKernel, a: &HalfTensor, b: &HalfTensor, c: Option<&Tensor>, o: GemmOpts) -> Result<Tensor> {
+    gemm_f16_dispatch(Some(variant), a, b, c, o)
+}
+
+fn gemm_f16_dispatch(variant: Option<&GemmKernel>, a: &HalfTensor, b: &HalfTensor, c: Option<&Tensor>, o: GemmOpts) -> Result<Tensor> {
+    check_storage("gemm_f16", variant, true)?;
+    let shape = GemmShape::new(a.shape(), b.shape(), c.map(|c| c.shape()), o)?;
+    for other in [Some(b.device()), c.map(|c| c.device())].into_iter().flatten() {
+        if !a.device().same(other) {
+            return Err(Error::DeviceMismatch { op: "gemm_f16", left: a.device().to_string(), right: other.to_string() });
+        }
+    }
+    add_gemm_flops(shape.flops());
+    match (a.device(), a.storage(), b.storage()) {
+        (Device::Cpu(cpu), HalfStorage::Cpu(av), HalfStorage::Cpu(bv)) => {
+            let widen = |v: &[half::f16]| v.iter().map(|h| h.to_f32()).collect::<Vec<f32>>();
+            let out = gemm_cpu(cpu, &shape, &widen(av), &widen(bv), c, o);
+            Ok(cpu_tensor(out, &shape.out_shape, a.device()))
+        }
+        (Device::Gpu(gpu), HalfStorage::Gpu(ab), HalfStorage::Gpu(bb)) => {
+            let variant = match variant {
+                Some(v) => v,
+                None if gpu.has_shader_f16() => &F16_REG4X4,
+                None => &F16_PACKED_REG4X4,
+            };
+            gemm_gpu(gpu, variant, &shape, ab.clone(), bb.clone(), c, o)
+        }
+        _ => unreachable!("storage always matches the device"),
+    }
+}
+
+/// Errors unless a chosen kernel reads the operands' storage format.
+fn check_storage(op: &'static str, variant: Option<&GemmKernel>, half: bool) -> Result<()> {
+    match variant {
+        Some(v) if (v.storage != Storage::F32) != half => Err(Error::Unsupported {
+            op,
+            detail: format!("kernel {} of {} reads {:?} operands", v.kernel.entry, v.kernel.shader.file, v.storage),
+        }),
+        _ => Ok(()),
     }
 }
 
@@ -161,8 +216,7 @@ pub fn matmul(a: &Tensor, b: &Tensor) -> Result<Tensor> {
     gemm(a, b, None, GemmOpts::default())
 }
 
-fn gemm_cpu(cpu: &CpuBackend, s: &GemmShape, a: &Tensor, b: &Tensor, c: Option<&Tensor>, o: GemmOpts) -> Vec<f32> {
-    let (a, b) = (cpu_data(a), cpu_data(b));
+fn gemm_cpu(cpu: &CpuBackend, s: &GemmShape, a: &[f32], b: &[f32], c: Option<&Tensor>, o: GemmOpts) -> Vec<f32> {
     let mn = s.m * s.n;
     let mut out = vec![0.0f32; s.batch * mn];
     let beta = match (c, s.c_bs) {
@@ -220,7 +274,28 @@ pub fn choose_kernel(gpu: &GpuBackend, shape: &GemmShape) -> &'static GemmKernel
 pub fn kernel_supported(device: &Device, variant: &GemmKernel) -> bool {
     match device {
         Device::Cpu(_) => true,
-        Device::Gpu(gpu) => gpu.supports_subgroup_size(variant.subgroup_size),
+        Device::Gpu(gpu) => unsupported_reason(gpu, variant).is_none(),
+    }
+}
+
+/// Why `variant` cannot run on `gpu`, if it cannot.
+fn unsupported_reason(gpu: &GpuBackend, variant: &GemmKernel) -> Option<String> {
+    let name = gpu.name();
+    if !gpu.supports_subgroup_size(variant.subgroup_size) {
+        let has = gpu.fixed_subgroup_size().map_or("no fixed subgroup width".to_string(), |n| format!("{n}-lane subgroups"));
+        return Some(format!(
+            "kernel {} needs subgroups of exactly {} lanes; adapter `{name}` has {has}",
+            variant.kernel.entry,
+            variant.subgroup_size.unwrap_or(0),
+        ));
+    }
+    match variant.storage {
+        Storage::F32 => None,
+        Storage::F16 if !gpu.has_shader_f16() => Some(format!("{} needs SHADER_F16, which adapter `{name}` lacks", variant.kernel.shader.file)),
+        Storage::F16 | Storage::F16Packed if !gpu.has_f16_pack() => {
+            Some(format!("f16 storage needs pack2x16float (downlevel SHADER_F16_IN_F32), which adapter `{name}` lacks"))
+        }
+        Storage::F16 | Storage::F16Packed => None,
     }
 }
 
@@ -249,22 +324,13 @@ fn gemm_gpu(
     gpu: &Arc<GpuBackend>,
     variant: &GemmKernel,
     s: &GemmShape,
-    a: &Tensor,
-    b: &Tensor,
+    ab: Arc<GpuBuffer>,
+    bb: Arc<GpuBuffer>,
     c: Option<&Tensor>,
     o: GemmOpts,
 ) -> Result<Tensor> {
-    if !gpu.supports_subgroup_size(variant.subgroup_size) {
-        return Err(Error::Unsupported {
-            op: "gemm",
-            detail: format!(
-                "kernel {} needs subgroups of exactly {:?} lanes; adapter `{}` has {:?}",
-                variant.kernel.entry,
-                variant.subgroup_size,
-                gpu.name(),
-                gpu.fixed_subgroup_size()
-            ),
-        });
+    if let Some(detail) = unsupported_reason(gpu, variant) {
+        return Err(Error::Unsupported { op: "gemm", detail });
     }
     let out = Tensor::uninit_gpu(s.out_shape.clone(), gpu)?;
     let u32_of = |x: usize| to_u32("gemm", x);
@@ -285,7 +351,7 @@ fn gemm_gpu(
         beta: o.beta,
         _pad: [0; 2],
     };
-    let (ab, bb, ob) = (gpu_buffer(a), gpu_buffer(b), gpu_buffer(&out));
+    let ob = gpu_buffer(&out);
     // Without C the kernel never reads binding 3; bind A there to fill the slot.
     let cb = c.map(gpu_buffer).unwrap_or_else(|| ab.clone());
     let [rows, cols] = variant.block;
