@@ -33,6 +33,9 @@ fn resnet50_training_step_matches_the_cpu_on_every_adapter() {
         let err = fc.iter().zip(&cpu_fc).fold(0f32, |m, (a, b)| m.max((a - b).abs())) / cpu_fc.iter().fold(1e-6f32, |m, v| m.max(v.abs()));
         println!("{dev}: loss {loss} (cpu {cpu_loss}), fc.weight rel err {err:e}, {:.1} s", start.elapsed().as_secs_f32());
         assert!((loss - cpu_loss).abs() <= 1e-4 * cpu_loss.abs().max(1.0), "{dev}: loss {loss} vs cpu {cpu_loss}");
-        assert!(err <= 1e-4, "{dev}: fc.weight after one step differs by {err:e}");
+        // After 50 layers of batch-2 train-mode BatchNorm, the summation order alone moves
+        // fc.weight's update by ~2.5e-4 (measured between two valid CPU orders: batch-wide vs
+        // per-image convolution sums), so the bound is 1e-3, not the per-op 1e-4.
+        assert!(err <= 1e-3, "{dev}: fc.weight after one step differs by {err:e}");
     }
 }
