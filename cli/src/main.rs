@@ -1,5 +1,6 @@
 //! The `tessera` command line: parses, wires and prints; the work lives in the library crates.
 mod check;
+mod compare;
 mod table;
 
 use anyhow::{bail, Context, Result};
@@ -36,6 +37,9 @@ enum Command {
     /// backend (op × adapter matrix; non-zero exit on a failure); `--shaders`: naga's
     /// validation and translation of every kernel to SPIR-V, MSL, HLSL and GLSL ES.
     Check(check::CheckArgs),
+    /// Train one model under several sub-model scheduling strategies (same weights, same data
+    /// order) and write the standard run report: report.md, report.json, report.svg.
+    Compare(compare::CompareArgs),
     /// List the models (name, input size, parameters with 10 classes); `models show M` prints
     /// one model's sub-model graph with parameters and FLOPs.
     Models {
@@ -279,6 +283,7 @@ fn run(cli: Cli) -> Result<()> {
     match cli.command {
         Command::Devices { json } => devices(json),
         Command::Check(args) => check::run(args),
+        Command::Compare(args) => compare::run(args),
         Command::Bench(Bench::Gemm(args)) => bench_gemm_cmd(args),
         Command::Bench(Bench::Train { model, num_classes, input, batch, device, warmup, steps, json }) => {
             let mut table = Table::new(&["model", "device", "input", "batch", "forward_ms", "backward_ms", "optimizer_ms", "step_ms", "img_per_s"]);

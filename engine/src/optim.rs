@@ -28,6 +28,12 @@ pub trait LrSchedule: Send + Sync {
     fn multiplier(&self, step: usize, group: usize, groups: usize) -> f32;
 }
 
+impl LrSchedule for Box<dyn LrSchedule> {
+    fn multiplier(&self, step: usize, group: usize, groups: usize) -> f32 {
+        self.as_ref().multiplier(step, group, groups)
+    }
+}
+
 /// The plain schedule: every group at the base rate.
 pub struct Constant;
 
@@ -113,6 +119,11 @@ impl Sgd {
 
     pub fn groups(&self) -> &[ParamGroup] {
         &self.groups
+    }
+
+    /// Adds a group (e.g. an auxiliary head created after the optimizer).
+    pub fn push_group(&mut self, group: ParamGroup) {
+        self.groups.push(group);
     }
 
     pub fn steps_taken(&self) -> usize {

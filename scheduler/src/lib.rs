@@ -1,5 +1,9 @@
-//! Data sets and training runs (the sub-model strategies and reports come next).
+//! Data sets, training runs, the sub-model scheduling strategies and the standard run report.
 pub mod bench;
+pub mod compare;
 pub mod data;
 pub mod interop;
+pub mod memory;
+pub mod plot;
+pub mod strategy;
 pub mod train;

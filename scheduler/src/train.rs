@@ -29,6 +29,8 @@ pub enum TrainError {
     NonFinite { epoch: usize, step: usize, loss: f32 },
     #[error("cannot resume: {0}")]
     Resume(String),
+    #[error("{0}")]
+    Config(String),
 }
 
 #[derive(Clone, Debug)]
@@ -115,6 +117,9 @@ pub struct EvalReport {
     /// confusion[true][predicted]
     pub confusion: Vec<Vec<usize>>,
     pub classes: Vec<String>,
+    /// Per test sample, in set order: its cross-entropy and whether the top class was right.
+    pub sample_loss: Vec<f32>,
+    pub sample_correct: Vec<bool>,
 }
 
 /// Evaluates `model` on `set` (eval mode, no gradients).
@@ -122,23 +127,26 @@ pub fn evaluate_full(model: &Model, set: &ImageSet, batch: usize, norm: Normaliz
     model.net.set_training(false);
     let classes = set.classes.len();
     let mut confusion = vec![vec![0usize; classes]; classes];
-    let mut loss_sum = 0f64;
+    let (mut sample_loss, mut sample_correct) = (Vec::with_capacity(set.len()), Vec::with_capacity(set.len()));
     for b in Batches::new(set, batch, 0, 0, false, None, norm) {
-        let (loss, logits) = no_grad(|| -> Result<(f32, Vec<f32>), TrainError> {
+        let (losses, logits) = no_grad(|| -> Result<(Vec<f32>, Vec<f32>), TrainError> {
             let x = Var::constant(Tensor::from_vec(b.x, &b.shape, device)?);
             let logits = model.net.forward(&x)?;
-            let loss = ag::cross_entropy(&logits, &b.labels)?;
-            Ok((loss.value().to_vec()?[0], logits.value().to_vec()?))
+            let labels = tessera_engine::ops::Labels::new(logits.value(), &b.labels)?;
+            Ok((tessera_engine::ops::cross_entropy_per_sample(logits.value(), &labels)?.to_vec()?, logits.value().to_vec()?))
         })?;
-        loss_sum += loss as f64 * b.labels.len() as f64;
+        sample_loss.extend(losses);
         for (i, &label) in b.labels.iter().enumerate() {
-            confusion[label][argmax(&logits[i * classes..(i + 1) * classes])] += 1;
+            let predicted = argmax(&logits[i * classes..(i + 1) * classes]);
+            confusion[label][predicted] += 1;
+            sample_correct.push(predicted == label);
         }
     }
     model.net.set_training(true);
     let n = set.len().max(1);
     let correct: usize = (0..classes).map(|k| confusion[k][k]).sum();
-    Ok(EvalReport { loss: (loss_sum / n as f64) as f32, accuracy: correct as f32 / n as f32, confusion, classes: set.classes.clone() })
+    let loss = (sample_loss.iter().map(|&l| l as f64).sum::<f64>() / n as f64) as f32;
+    Ok(EvalReport { loss, accuracy: correct as f32 / n as f32, confusion, classes: set.classes.clone(), sample_loss, sample_correct })
 }
 
 /// Mean loss and accuracy of `model` on `set`.

@@ -1,0 +1,104 @@
+//! `tessera compare`: the standard run report over several scheduling strategies.
+use anyhow::{Context, Result};
+use clap::Args;
+use tessera_scheduler::compare::{compare, CompareConfig};
+use tessera_scheduler::strategy::{dynamic::Criterion, fc::Order, RunSettings, StrategyOptions, NAMES};
+use tessera_scheduler::train::load_splits;
+
+#[derive(Args)]
+pub struct CompareArgs {
+    #[arg(long, default_value = "resnet20-cifar")]
+    model: String,
+    /// Folder holding `train/` and `test/` image folders (or the CIFAR-10 binary release).
+    #[arg(long)]
+    data: std::path::PathBuf,
+    /// Comma-separated: full, fc, local-fc, dynamic, balanced, coupled.
+    #[arg(long, default_value = "full,fc,dynamic")]
+    strategies: String,
+    #[arg(long, default_value_t = 2)]
+    epochs: usize,
+    #[arg(long, default_value_t = 128)]
+    batch: usize,
+    #[arg(long, default_value_t = 0.1)]
+    lr: f32,
+    #[arg(long, default_value_t = 0.9)]
+    momentum: f32,
+    #[arg(long, default_value_t = 5e-4)]
+    wd: f32,
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    #[arg(long, default_value = "cpu")]
+    device: String,
+    /// Use only the first N images of each class.
+    #[arg(long)]
+    limit_per_class: Option<usize>,
+    /// Start every strategy from this training checkpoint's weights.
+    #[arg(long)]
+    init: Option<std::path::PathBuf>,
+    /// fc: visit the fully-connected sub-models depth- or breadth-first.
+    #[arg(long, default_value = "dfs")]
+    order: Order,
+    /// local-fc: train each sub-model with those within this many graph hops.
+    #[arg(long, default_value_t = 1)]
+    neighbors: usize,
+    /// dynamic: grad-norm, act-var or freezeout.
+    #[arg(long, default_value = "grad-norm")]
+    criterion: Criterion,
+    /// dynamic: freeze when the windowed statistic moves by less than this (relative).
+    #[arg(long, default_value_t = 0.1)]
+    threshold: f32,
+    /// dynamic: window length in steps.
+    #[arg(long, default_value_t = 50)]
+    window: usize,
+    /// balanced: cap on each head's relative loss change per step.
+    #[arg(long, default_value_t = 0.1)]
+    gamma: f32,
+    /// coupled: the first sub-model of the back part (default: the middle one).
+    #[arg(long)]
+    split: Option<usize>,
+    /// Where report.md, report.json and report.svg go.
+    #[arg(long, default_value = "runs/compare")]
+    out: std::path::PathBuf,
+}
+
+pub fn run(a: CompareArgs) -> Result<()> {
+    let strategies: Vec<String> = a.strategies.split(',').map(|s| s.trim().to_string()).filter(|s| !s.is_empty()).collect();
+    if let Some(bad) = strategies.iter().find(|s| !NAMES.contains(&s.as_str())) {
+        anyhow::bail!("unknown strategy `{bad}`; known: {}", NAMES.join(", "));
+    }
+    let (train, test) = load_splits(&a.data, a.limit_per_class).with_context(|| format!("loading {}", a.data.display()))?;
+    let cfg = CompareConfig {
+        model: a.model.clone(),
+        strategies,
+        settings: RunSettings { epochs: a.epochs, batch: a.batch, lr: a.lr, momentum: a.momentum, weight_decay: a.wd, seed: a.seed },
+        options: StrategyOptions {
+            order: a.order,
+            neighbors: a.neighbors,
+            criterion: a.criterion,
+            threshold: a.threshold,
+            window: a.window,
+            gamma: a.gamma,
+            split: a.split,
+        },
+        device: a.device.clone(),
+        init: a.init.clone(),
+        out: a.out.clone(),
+    };
+    eprintln!("comparing {} on {} training / {} test images", cfg.strategies.join(", "), train.len(), test.len());
+    let rows = compare(&cfg, &train, &test, &mut |name, e| {
+        eprintln!(
+            "{name:>22}  epoch {:>2}  {:<24} {:>7.1} s  loss {:.4}  test {:.2} %",
+            e.epoch,
+            e.stage,
+            e.seconds,
+            e.train_loss,
+            e.test_accuracy * 100.0
+        )
+    })
+    .with_context(|| format!("comparing strategies on {}", a.model))?;
+    for r in &rows {
+        println!("{:>22}  {:>8.1} s  backward {:>5.1} %  test {:.2} % [{:.2}, {:.2}]", r.run.strategy, r.seconds, r.backward_share * 100.0, r.run.test_accuracy * 100.0, r.ci95.0 * 100.0, r.ci95.1 * 100.0);
+    }
+    println!("wrote {}/report.md, report.json, report.svg", a.out.display());
+    Ok(())
+}

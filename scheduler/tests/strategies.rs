@@ -1,0 +1,177 @@
+//! Each strategy's mechanism on simple-cnn (conv1 → conv2 → fc) and a small synthetic set:
+//! which sub-models' parameters changed and which did not, epoch by epoch, and that frozen
+//! parts ran no backward work (GEMM FLOPs of the backward pass, counted exactly).
+use std::collections::HashMap;
+use std::sync::Arc;
+use tessera_engine::nn::Param;
+use tessera_engine::Device;
+use tessera_scheduler::data::{synthetic, ImageSet};
+use tessera_scheduler::strategy::{self, dynamic::Criterion, EpochRecord, RunSettings, StrategyOptions, StrategyRun};
+
+const CLASSES: usize = 2;
+const IMAGES: usize = 64;
+const BATCH: usize = 16;
+/// The fc layer's weight gradient alone: 2 FLOPs per multiply-add of [classes, batch]·[batch, 4096].
+const FC_DW_PER_IMAGE: f64 = 2.0 * (CLASSES * 4096) as f64;
+
+fn data() -> (ImageSet, ImageSet) {
+    (synthetic(IMAGES, CLASSES, 32, 1), synthetic(32, CLASSES, 32, 2))
+}
+
+fn settings(epochs: usize) -> RunSettings {
+    RunSettings { epochs, batch: BATCH, lr: 0.05, momentum: 0.9, weight_decay: 5e-4, seed: 3 }
+}
+
+/// Each sub-model's name and parameter handles (they stay valid while the model trains).
+type Handles = Vec<(String, Vec<Arc<Param>>)>;
+
+/// A fresh simple-cnn and its handles.
+fn model_and_handles() -> (tessera_models::Model, Handles) {
+    let model = tessera_models::build("simple-cnn", CLASSES, &Device::cpu(), 7).unwrap();
+    let handles = model.submodels.iter().map(|s| (s.name.clone(), model.params_of(s).into_iter().map(|(_, p)| p).collect())).collect();
+    (model, handles)
+}
+
+fn values(handles: &Handles) -> HashMap<String, Vec<f32>> {
+    handles.iter().map(|(n, ps)| (n.clone(), ps.iter().flat_map(|p| p.value().to_vec().unwrap()).collect())).collect()
+}
+
+/// Runs `name` and returns the run and, per epoch, the set of sub-models whose weights changed.
+fn train(name: &str, options: &StrategyOptions, epochs: usize) -> (StrategyRun, Vec<Vec<String>>) {
+    let (train, test) = data();
+    let (model, handles) = model_and_handles();
+    let mut s = strategy::by_name(name, options).unwrap();
+    let mut before = values(&handles);
+    let mut changed = Vec::new();
+    let run = strategy::run(s.as_mut(), model, Device::cpu(), &train, &test, &settings(epochs), &mut |_: &EpochRecord| {
+        let now = values(&handles);
+        let mut moved: Vec<String> = now.iter().filter(|(n, v)| before[*n] != **v).map(|(n, _)| n.clone()).collect();
+        moved.sort();
+        changed.push(moved);
+        before = now;
+    })
+    .unwrap();
+    (run, changed)
+}
+
+fn names(list: &[&str]) -> Vec<String> {
+    list.iter().map(|s| s.to_string()).collect()
+}
+
+#[test]
+fn full_trains_everything_with_the_full_backward() {
+    let (run, changed) = train("full", &StrategyOptions::default(), 2);
+    assert_eq!(changed, vec![names(&["conv1", "conv2", "fc"]); 2]);
+    assert!(run.epochs.iter().all(|e| e.stage == "all" && e.trainable_params == run.epochs[0].trainable_params));
+    assert!(run.epochs[0].backward_flops > 100.0 * FC_DW_PER_IMAGE * IMAGES as f64);
+}
+
+#[test]
+fn fc_trains_only_the_head_on_cached_features() {
+    let (run, changed) = train("fc", &StrategyOptions::default(), 2);
+    // simple-cnn has one FC sub-model: a stage for it, then the fine-tuning of all FC ones.
+    assert_eq!(changed, vec![names(&["fc"]); 2]);
+    assert_eq!(run.epochs.iter().map(|e| e.stage.as_str()).collect::<Vec<_>>(), ["fc", "fc"]);
+    for e in &run.epochs {
+        // No convolution ran backward: only fc's weight gradient (its input is a constant).
+        assert_eq!(e.backward_flops, FC_DW_PER_IMAGE * IMAGES as f64, "epoch {}", e.epoch);
+    }
+    // The backbone ran forward once (the cache), not every epoch.
+    assert!(run.epochs[0].forward_flops > 10.0 * run.epochs[1].forward_flops);
+}
+
+#[test]
+fn local_fc_trains_one_sub_model_and_its_neighbours_per_stage() {
+    let alone = StrategyOptions { neighbors: 0, ..Default::default() };
+    let (run, changed) = train("local-fc", &alone, 3);
+    // Every sub-model gets one stage, alone.
+    assert!(changed.iter().all(|c| c.len() == 1), "{changed:?}");
+    let mut visited: Vec<String> = changed.iter().flatten().cloned().collect();
+    visited.sort();
+    assert_eq!(visited, names(&["conv1", "conv2", "fc"]));
+    assert!(run.notes[0].starts_with("importance order"));
+    let (_, changed) = run_neighbours();
+    // conv2 with one hop trains conv1 and fc too; conv1 or fc bring only conv2.
+    for c in changed {
+        assert!(c.len() >= 2 && (c.contains(&"conv2".to_string())), "{c:?}");
+    }
+}
+
+fn run_neighbours() -> (StrategyRun, Vec<Vec<String>>) {
+    train("local-fc", &StrategyOptions { neighbors: 1, ..Default::default() }, 3)
+}
+
+#[test]
+fn dynamic_freezes_front_to_back_and_drops_their_backward_work() {
+    // A threshold no change can miss: each window end freezes the next sub-model.
+    let eager = StrategyOptions { criterion: Criterion::GradNorm, threshold: 1e9, window: 2, ..Default::default() };
+    let (run, changed) = train("dynamic", &eager, 3);
+    // 4 steps per epoch: conv1 freezes at step 4 (2nd window end), conv2 at step 6; fc never.
+    assert_eq!(changed[0], names(&["conv1", "conv2", "fc"]));
+    assert_eq!(changed[1], names(&["conv2", "fc"]));
+    assert_eq!(changed[2], names(&["fc"]));
+    assert_eq!(run.epochs[2].stage, "frozen: conv1,conv2");
+    assert_eq!(run.epochs[2].backward_flops, FC_DW_PER_IMAGE * IMAGES as f64, "only fc's weight gradient is left");
+    assert!(run.notes.len() == 2 && run.notes[0].starts_with("conv1 froze at step 4"), "{:?}", run.notes);
+
+    let never = StrategyOptions { threshold: 0.0, window: 2, ..eager.clone() };
+    let (run, changed) = train("dynamic", &never, 2);
+    assert!(run.notes.is_empty() && changed.iter().all(|c| c.len() == 3));
+
+    let by_activation = StrategyOptions { criterion: Criterion::ActivationVariance, ..eager.clone() };
+    let (run, _) = train("dynamic", &by_activation, 2);
+    assert!(run.notes[0].starts_with("conv1 froze"), "{:?}", run.notes);
+
+    // FreezeOut: conv1 anneals to zero first and is frozen by the SGD.
+    let freezeout = StrategyOptions { criterion: Criterion::FreezeOut, ..Default::default() };
+    let (run, changed) = train("dynamic", &freezeout, 4);
+    assert_eq!(changed[3], names(&["fc"]), "{changed:?}");
+    assert!(run.epochs[3].stage.starts_with("frozen: conv1"), "{}", run.epochs[3].stage);
+}
+
+#[test]
+fn balanced_adapts_the_head_weights() {
+    let (run, changed) = train("balanced", &StrategyOptions { gamma: 0.05, ..Default::default() }, 2);
+    assert_eq!(changed, vec![names(&["conv1", "conv2", "fc"]); 2]);
+    let weights: Vec<f32> = run.notes[0].split(": ").nth(1).unwrap().split(", ").map(|w| w.parse().unwrap()).collect();
+    assert_eq!(weights.len(), 3, "two auxiliary heads and the final one");
+    assert!((weights.iter().sum::<f32>() - 3.0).abs() < 1e-3, "{weights:?}");
+    assert!(weights.iter().any(|w| (w - 1.0).abs() > 1e-3), "the weights moved: {weights:?}");
+}
+
+#[test]
+fn coupled_alternates_front_and_back() {
+    let (run, changed) = train("coupled", &StrategyOptions { split: Some(1), ..Default::default() }, 3);
+    assert_eq!(changed, vec![names(&["conv2", "fc"]), names(&["conv1"]), names(&["conv2", "fc"])]);
+    assert_eq!(run.epochs[1].stage, "front: conv1");
+    // Training the front needs no weight gradient of the back, only its input gradients.
+    assert!(run.epochs[1].backward_flops < run.epochs[0].backward_flops * 2.0);
+}
+
+#[test]
+fn compare_writes_the_report() {
+    use tessera_scheduler::compare::{compare, CompareConfig};
+    let (train, test) = data();
+    let out = std::env::temp_dir().join(format!("tessera-compare-{}", std::process::id()));
+    let cfg = CompareConfig {
+        model: "simple-cnn".into(),
+        strategies: names(&["full", "fc"]),
+        settings: settings(2),
+        options: StrategyOptions::default(),
+        device: "cpu".into(),
+        init: None,
+        out: out.clone(),
+    };
+    let rows = compare(&cfg, &train, &test, &mut |_, _| {}).unwrap();
+    assert!((rows[0].backward_share - 1.0).abs() < 1e-9, "full is the reference: {}", rows[0].backward_share);
+    assert!(rows[1].backward_share < 0.01);
+    let (lo, hi) = rows[0].ci95;
+    assert!(lo <= rows[0].run.test_accuracy && rows[0].run.test_accuracy <= hi);
+    let md = std::fs::read_to_string(out.join("report.md")).unwrap();
+    assert!(md.contains("| full |") && md.contains("| fc (dfs) |") && md.contains("bootstrap 95 % CI"), "{md}");
+    let json: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(out.join("report.json")).unwrap()).unwrap();
+    assert_eq!(json["strategies"].as_array().unwrap().len(), 2);
+    assert!(std::fs::read_to_string(out.join("report.svg")).unwrap().contains("<svg"));
+    let e = strategy::by_name("nope", &StrategyOptions::default()).err().unwrap().to_string();
+    assert!(e.contains("unknown strategy `nope`") && e.contains("local-fc"), "{e}");
+}
