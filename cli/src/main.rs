@@ -2,6 +2,7 @@
 mod check;
 mod compare;
 mod table;
+mod tasks;
 
 use anyhow::{bail, Context, Result};
 use clap::{Args, Parser, Subcommand};
@@ -40,6 +41,14 @@ enum Command {
     /// Train one model under several sub-model scheduling strategies (same weights, same data
     /// order) and write the standard run report: report.md, report.json, report.svg.
     Compare(compare::CompareArgs),
+    /// Split K classes into N tasks with a wall-time budget each (writes plan.json).
+    Plan(tasks::PlanArgs),
+    /// Train one model per task of a plan as parallel processes bounded by the cores, each
+    /// stopping when its budget is spent, then merge them into one classifier and evaluate it.
+    RunPlan(tasks::RunPlanArgs),
+    /// One task of a plan (what run-plan starts per task).
+    #[command(hide = true)]
+    RunTask(tasks::RunTaskArgs),
     /// List the models (name, input size, parameters with 10 classes); `models show M` prints
     /// one model's sub-model graph with parameters and FLOPs.
     Models {
@@ -284,6 +293,9 @@ fn run(cli: Cli) -> Result<()> {
         Command::Devices { json } => devices(json),
         Command::Check(args) => check::run(args),
         Command::Compare(args) => compare::run(args),
+        Command::Plan(args) => tasks::plan(args),
+        Command::RunPlan(args) => tasks::run_plan(args),
+        Command::RunTask(args) => tasks::run_task(args),
         Command::Bench(Bench::Gemm(args)) => bench_gemm_cmd(args),
         Command::Bench(Bench::Train { model, num_classes, input, batch, device, warmup, steps, json }) => {
             let mut table = Table::new(&["model", "device", "input", "batch", "forward_ms", "backward_ms", "optimizer_ms", "step_ms", "img_per_s"]);

@@ -6,4 +6,5 @@ pub mod interop;
 pub mod memory;
 pub mod plot;
 pub mod strategy;
+pub mod tasks;
 pub mod train;

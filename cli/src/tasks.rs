@@ -1,0 +1,129 @@
+//! `tessera plan` / `run-plan` / `run-task`: task decomposition, trained as parallel processes.
+use anyhow::{bail, Context, Result};
+use clap::Args;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::Instant;
+use tessera_engine::Device;
+use tessera_scheduler::tasks::{evaluate_merged, train_task, Plan, TaskConfig};
+use tessera_scheduler::train::load_splits;
+
+#[derive(Args)]
+pub struct PlanArgs {
+    /// Number of classes K.
+    #[arg(long)]
+    classes: usize,
+    /// Number of tasks N.
+    #[arg(long)]
+    tasks: usize,
+    /// Wall-time budget of each task, in seconds.
+    #[arg(long)]
+    time_budget: f64,
+    #[arg(long, default_value = "plan.json")]
+    out: PathBuf,
+}
+
+/// Settings of the task models, shared by run-plan and the run-task children it starts.
+#[derive(Args, Clone)]
+pub struct TaskArgs {
+    #[arg(long)]
+    plan: PathBuf,
+    #[arg(long)]
+    data: PathBuf,
+    #[arg(long, default_value = "simple-cnn")]
+    model: String,
+    #[arg(long, default_value_t = 64)]
+    batch: usize,
+    #[arg(long, default_value_t = 0.05)]
+    lr: f32,
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    #[arg(long)]
+    limit_per_class: Option<usize>,
+    /// Folder for the task checkpoints.
+    #[arg(long, default_value = "runs/plan")]
+    out: PathBuf,
+}
+
+#[derive(Args)]
+pub struct RunPlanArgs {
+    #[command(flatten)]
+    task: TaskArgs,
+    /// Concurrent task processes (default: one per core, at most one per task).
+    #[arg(long)]
+    workers: Option<usize>,
+}
+
+#[derive(Args)]
+pub struct RunTaskArgs {
+    #[command(flatten)]
+    task: TaskArgs,
+    #[arg(long)]
+    index: usize,
+}
+
+pub fn plan(a: PlanArgs) -> Result<()> {
+    let plan = Plan::new(a.classes, a.tasks, a.time_budget)?;
+    std::fs::write(&a.out, plan.to_json()).with_context(|| format!("writing {}", a.out.display()))?;
+    for (t, classes) in plan.tasks.iter().enumerate() {
+        println!("task {t}: classes {classes:?}, budget {} s", plan.budget_secs);
+    }
+    println!("wrote {}", a.out.display());
+    Ok(())
+}
+
+fn config(a: &TaskArgs) -> TaskConfig {
+    TaskConfig { model: a.model.clone(), data: a.data.clone(), limit_per_class: a.limit_per_class, batch: a.batch, lr: a.lr, seed: a.seed, device: "cpu".into() }
+}
+
+/// One task, in this process (what run-plan's children run).
+pub fn run_task(a: RunTaskArgs) -> Result<()> {
+    let plan = Plan::load(&a.task.plan)?;
+    let r = train_task(&plan, a.index, &config(&a.task), &a.task.out).with_context(|| format!("training task {}", a.index))?;
+    println!("task {}: {} steps ({:.2} epochs of its data) in {:.1} s → {}", r.task, r.steps, r.epochs, r.seconds, r.checkpoint.display());
+    Ok(())
+}
+
+/// Every task as a child process, at most `workers` at a time, then the merged classifier.
+pub fn run_plan(a: RunPlanArgs) -> Result<()> {
+    let plan = Plan::load(&a.task.plan)?;
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let workers = a.workers.unwrap_or(cores).clamp(1, plan.tasks.len());
+    let threads = (cores / workers).max(1);
+    let exe = std::env::current_exe().context("locating the tessera binary")?;
+    let start = Instant::now();
+    let spawn = |t: usize| -> Result<Child> {
+        let mut cmd = Command::new(&exe);
+        cmd.arg("run-task").arg("--index").arg(t.to_string()).arg("--plan").arg(&a.task.plan).arg("--data").arg(&a.task.data);
+        cmd.args(["--model", &a.task.model, "--batch", &a.task.batch.to_string(), "--lr", &a.task.lr.to_string(), "--seed", &a.task.seed.to_string()]);
+        cmd.arg("--out").arg(&a.task.out);
+        if let Some(n) = a.task.limit_per_class {
+            cmd.args(["--limit-per-class", &n.to_string()]);
+        }
+        cmd.env("TESSERA_THREADS", threads.to_string()).stdout(Stdio::inherit()).stderr(Stdio::inherit());
+        cmd.spawn().with_context(|| format!("starting task {t}"))
+    };
+    eprintln!("{} tasks, {workers} at a time, {threads} thread(s) each, budget {} s per task", plan.tasks.len(), plan.budget_secs);
+    let mut pending: Vec<usize> = (0..plan.tasks.len()).rev().collect();
+    let mut running: Vec<(usize, Child)> = Vec::new();
+    while !pending.is_empty() || !running.is_empty() {
+        while running.len() < workers {
+            let Some(t) = pending.pop() else { break };
+            running.push((t, spawn(t)?));
+        }
+        let (t, mut child) = running.remove(0);
+        let status = child.wait().with_context(|| format!("waiting for task {t}"))?;
+        if !status.success() {
+            bail!("task {t} failed ({status})");
+        }
+    }
+    let trained = start.elapsed().as_secs_f64();
+    let (_, test) = load_splits(&a.task.data, a.task.limit_per_class)?;
+    let (accuracy, own) = evaluate_merged(&plan, &a.task.out, &test, &a.task.model, &Device::cpu(), 256)?;
+    println!("all tasks trained in {trained:.1} s (budget {} s per task, {workers} at a time)", plan.budget_secs);
+    for (t, acc) in own.iter().enumerate() {
+        println!("task {t} (classes {:?} + other): {:.2} % on the test set", plan.tasks[t], acc * 100.0);
+    }
+    println!("merged {}-way classifier: test accuracy {:.2} % (chance {:.2} %)", plan.classes, accuracy * 100.0, 100.0 / plan.classes as f32);
+    Ok(())
+}

@@ -1,0 +1,66 @@
+//! `tessera plan` + `tessera run-plan` end to end: two tasks on the cores as two processes,
+//! each stopping at its budget; the merged 10-way classifier beats chance by a wide margin.
+use std::path::Path;
+use std::process::Command;
+use std::time::Instant;
+
+/// A CIFAR-10-binary data set of noisy 32×32 images whose colour gives the class (robust to
+/// the training crops and flips).
+fn write_coloured_cifar(dir: &Path) {
+    let record = |k: u8, i: usize| -> Vec<u8> {
+        let k16 = k as usize;
+        let base = [40 + 18 * k16, 220 - 18 * k16, 40 + 50 * (k16 % 4)];
+        let mut r = vec![k];
+        for level in base {
+            r.extend((0..32 * 32).map(|p| (level + (i * 31 + p * 13) % 30) as u8));
+        }
+        r
+    };
+    std::fs::create_dir_all(dir).unwrap();
+    for file in 1..=5 {
+        let bytes: Vec<u8> = (0..200).flat_map(|i| record((i % 10) as u8, i + 1000 * file)).collect();
+        std::fs::write(dir.join(format!("data_batch_{file}.bin")), bytes).unwrap();
+    }
+    let test: Vec<u8> = (0..200).flat_map(|i| record((i % 10) as u8, i)).collect();
+    std::fs::write(dir.join("test_batch.bin"), test).unwrap();
+}
+
+#[test]
+fn two_tasks_train_in_parallel_within_budget_and_merge_above_chance() {
+    let root = std::env::temp_dir().join(format!("tessera-run-plan-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&root);
+    write_coloured_cifar(&root.join("data"));
+    let tessera = env!("CARGO_BIN_EXE_tessera");
+    let plan = root.join("plan.json");
+    let budget = 4.0;
+    let out = Command::new(tessera).args(["plan", "--classes", "10", "--tasks", "2", "--time-budget", &budget.to_string(), "--out"]).arg(&plan).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+
+    let start = Instant::now();
+    let out = Command::new(tessera)
+        .args(["run-plan", "--batch", "32", "--plan"])
+        .arg(&plan)
+        .arg("--data")
+        .arg(root.join("data"))
+        .arg("--out")
+        .arg(root.join("run"))
+        .output()
+        .unwrap();
+    let wall = start.elapsed().as_secs_f64();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
+    // Both tasks ran at once: the whole run takes one budget plus start-up and evaluation.
+    assert!(wall < budget + 8.0, "run-plan took {wall:.1} s for a {budget} s budget:\n{stdout}");
+    for line in stdout.lines().filter(|l| l.starts_with("task ") && l.contains(" steps ")) {
+        let secs: f64 = line.split(" in ").nth(1).unwrap().split(" s").next().unwrap().parse().unwrap();
+        assert!(secs <= budget + 1.0, "a task overran its budget: {line}");
+    }
+    println!("{stdout}");
+    let merged = stdout.lines().find(|l| l.starts_with("merged 10-way")).expect("a merged result");
+    let accuracy: f32 = merged.split("accuracy ").nth(1).unwrap().split(" %").next().unwrap().parse().unwrap();
+    assert!(accuracy >= 50.0, "chance is 10 %: {merged}");
+    assert!(root.join("run/task-0.safetensors").is_file() && root.join("run/task-1.safetensors").is_file());
+
+    let bad = Command::new(tessera).args(["plan", "--classes", "3", "--tasks", "5", "--time-budget", "1"]).output().unwrap();
+    assert!(!bad.status.success() && String::from_utf8_lossy(&bad.stderr).contains("cannot split 3 classes into 5 tasks"));
+}

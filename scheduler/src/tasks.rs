@@ -1,0 +1,189 @@
+//! Task decomposition: K classes split into N tasks, one model per task trained on its own
+//! labels under a wall-time budget (as parallel processes: `tessera run-plan`), then merged
+//! into one K-way classifier. Each task model has one class more than its task, "other",
+//! trained on an equal number of images of the other tasks' classes, so that its scores mean
+//! "this image is one of mine" and the merged classifier can compare tasks: the merged score
+//! of class c of task t is task t's log-probability of c, and the top score wins.
+use crate::data::{Augment, Batches, ImageSet, Normalize};
+use crate::train::{load_splits, load_weights, TrainError};
+use rand::{rngs::StdRng, seq::SliceRandom, SeedableRng};
+use serde_json::json;
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+use tessera_engine::autograd as ag;
+use tessera_engine::checkpoint::{self, Checkpoint};
+use tessera_engine::ops::{self, SgdHyper};
+use tessera_engine::optim::{ParamGroup, Sgd};
+use tessera_engine::{no_grad, Device, Tensor, Var};
+
+/// A decomposition: which classes each task owns and each task's wall-time budget.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Plan {
+    pub classes: usize,
+    pub tasks: Vec<Vec<usize>>,
+    pub budget_secs: f64,
+}
+
+impl Plan {
+    /// Splits classes 0..k into `n` tasks of near-equal size, round robin (task t gets
+    /// t, t + n, …), so neighbouring class indices land in different tasks.
+    pub fn new(k: usize, n: usize, budget_secs: f64) -> Result<Self, TrainError> {
+        if n == 0 || n > k {
+            return Err(TrainError::Config(format!("cannot split {k} classes into {n} tasks (need 1 ≤ tasks ≤ classes)")));
+        }
+        if budget_secs.is_nan() || budget_secs <= 0.0 {
+            return Err(TrainError::Config(format!("the time budget must be positive, got {budget_secs} s")));
+        }
+        Ok(Self { classes: k, tasks: (0..n).map(|t| (t..k).step_by(n).collect()).collect(), budget_secs })
+    }
+
+    pub fn to_json(&self) -> String {
+        serde_json::to_string_pretty(&json!({"classes": self.classes, "tasks": self.tasks, "budget_secs": self.budget_secs})).expect("plain values")
+    }
+
+    pub fn load(path: &Path) -> Result<Self, TrainError> {
+        let bad = |detail: String| TrainError::Config(format!("{}: {detail}", path.display()));
+        let text = std::fs::read_to_string(path).map_err(|error| TrainError::Io { path: path.into(), error })?;
+        let v: serde_json::Value = serde_json::from_str(&text).map_err(|e| bad(format!("not JSON: {e}")))?;
+        let classes = v["classes"].as_u64().ok_or_else(|| bad("no `classes` count".into()))? as usize;
+        let budget_secs = v["budget_secs"].as_f64().ok_or_else(|| bad("no `budget_secs`".into()))?;
+        let tasks: Vec<Vec<usize>> = v["tasks"]
+            .as_array()
+            .ok_or_else(|| bad("no `tasks` list".into()))?
+            .iter()
+            .map(|t| t.as_array().map(|cs| cs.iter().filter_map(|c| c.as_u64().map(|c| c as usize)).collect()))
+            .collect::<Option<_>>()
+            .ok_or_else(|| bad("each task must be a list of class indices".into()))?;
+        let mut all: Vec<usize> = tasks.iter().flatten().copied().collect();
+        all.sort_unstable();
+        if all != (0..classes).collect::<Vec<_>>() {
+            return Err(bad(format!("the tasks must cover classes 0..{classes} once each, got {tasks:?}")));
+        }
+        Ok(Self { classes, tasks, budget_secs })
+    }
+}
+
+/// One task's training settings.
+#[derive(Clone, Debug)]
+pub struct TaskConfig {
+    pub model: String,
+    pub data: PathBuf,
+    pub limit_per_class: Option<usize>,
+    pub batch: usize,
+    pub lr: f32,
+    pub seed: u64,
+    pub device: String,
+}
+
+/// What training one task did.
+#[derive(Clone, Debug)]
+pub struct TaskReport {
+    pub task: usize,
+    pub steps: usize,
+    pub epochs: f64,
+    pub seconds: f64,
+    pub checkpoint: PathBuf,
+}
+
+/// `set` relabelled for a task: its classes become 0..k, and as many images of other classes
+/// as it has (drawn with `seed`) become class k, "other".
+pub fn task_view(set: &ImageSet, own: &[usize], seed: u64) -> ImageSet {
+    let k = own.len();
+    let mut mine: Vec<usize> = (0..set.len()).filter(|&i| own.contains(&set.labels[i])).collect();
+    let mut others: Vec<usize> = (0..set.len()).filter(|&i| !own.contains(&set.labels[i])).collect();
+    others.shuffle(&mut StdRng::seed_from_u64(seed));
+    others.truncate(mine.len());
+    mine.extend(others);
+    mine.sort_unstable();
+    let mut view = ImageSet { height: set.height, width: set.width, ..Default::default() };
+    view.classes = own.iter().map(|&c| set.classes[c].clone()).chain(["other".to_string()]).collect();
+    for i in mine {
+        view.pixels.extend_from_slice(set.image(i));
+        view.labels.push(own.iter().position(|&c| c == set.labels[i]).unwrap_or(k));
+    }
+    view
+}
+
+/// Trains task `task` of `plan` until its budget is spent (checked before every step: the
+/// last step may overrun by one step's time) and saves `out/task-<t>.safetensors`.
+pub fn train_task(plan: &Plan, task: usize, cfg: &TaskConfig, out: &Path) -> Result<TaskReport, TrainError> {
+    let start = Instant::now();
+    let own = plan.tasks.get(task).ok_or_else(|| TrainError::Config(format!("the plan has {} tasks, not {}", plan.tasks.len(), task + 1)))?;
+    let device = Device::parse(&cfg.device)?;
+    let (train, _) = load_splits(&cfg.data, cfg.limit_per_class)?;
+    if train.classes.len() != plan.classes {
+        return Err(TrainError::Config(format!("{} has {} classes; the plan has {}", cfg.data.display(), train.classes.len(), plan.classes)));
+    }
+    let view = task_view(&train, own, cfg.seed ^ task as u64);
+    let model = tessera_models::build(&cfg.model, own.len() + 1, &device, cfg.seed + task as u64)?;
+    let params = model.net.named_params().into_iter().map(|(_, p)| p).collect();
+    let hyper = SgdHyper { momentum: 0.9, dampening: 0.0, weight_decay: 5e-4, nesterov: false };
+    let mut sgd = Sgd::new(vec![ParamGroup::new("all", params)], cfg.lr, hyper);
+    let budget = plan.budget_secs;
+    let (mut steps, mut images) = (0usize, 0usize);
+    'epochs: for epoch in 0.. {
+        for b in Batches::new(&view, cfg.batch, cfg.seed, epoch, true, Some(Augment::CIFAR), Normalize::CIFAR10) {
+            let elapsed = start.elapsed().as_secs_f64();
+            if elapsed >= budget {
+                break 'epochs;
+            }
+            // Cosine annealing over the time budget instead of a step count.
+            sgd.lr = cfg.lr * 0.5 * (1.0 + (std::f64::consts::PI * elapsed / budget).cos()) as f32;
+            let loss = ag::cross_entropy(&model.net.forward(&Var::constant(Tensor::from_vec(b.x, &b.shape, &device)?))?, &b.labels)?;
+            loss.backward()?;
+            sgd.step()?;
+            sgd.zero_grad();
+            steps += 1;
+            images += b.labels.len();
+        }
+    }
+    std::fs::create_dir_all(out).map_err(|error| TrainError::Io { path: out.into(), error })?;
+    let path = out.join(format!("task-{task}.safetensors"));
+    let mut tensors: Vec<(String, Tensor)> = model.net.named_params().into_iter().map(|(n, p)| (n, p.value())).collect();
+    tensors.extend(model.net.named_buffers().into_iter().map(|(n, b)| (n, b.value())));
+    let classes = own.iter().map(|c| c.to_string()).collect::<Vec<_>>().join(",");
+    let meta = HashMap::from([("model".to_string(), cfg.model.clone()), ("task".to_string(), task.to_string()), ("classes".to_string(), classes)]);
+    checkpoint::save(&path, &tensors, &meta)?;
+    Ok(TaskReport { task, steps, epochs: images as f64 / view.len().max(1) as f64, seconds: start.elapsed().as_secs_f64(), checkpoint: path })
+}
+
+/// The merged classifier's accuracy on `test` from the task checkpoints in `dir`, and each
+/// task model's own accuracy on its share of the test set (its classes vs "other").
+pub fn evaluate_merged(plan: &Plan, dir: &Path, test: &ImageSet, model_name: &str, device: &Device, batch: usize) -> Result<(f32, Vec<f32>), TrainError> {
+    let mut scores = vec![f32::NEG_INFINITY; test.len() * plan.classes];
+    let mut own_accuracy = Vec::new();
+    for (t, own) in plan.tasks.iter().enumerate() {
+        let ckpt = Checkpoint::load(&dir.join(format!("task-{t}.safetensors")))?;
+        let model = tessera_models::build(model_name, own.len() + 1, device, 0)?;
+        load_weights(&model, &ckpt, device)?;
+        model.net.set_training(false);
+        let (mut hits, mut seen, mut row) = (0usize, 0usize, 0usize);
+        for b in Batches::new(test, batch, 0, 0, false, None, Normalize::CIFAR10) {
+            let logp = no_grad(|| -> Result<Vec<f32>, TrainError> {
+                let logits = model.net.forward(&Var::constant(Tensor::from_vec(b.x, &b.shape, device)?))?;
+                Ok(ops::log_softmax(logits.value())?.to_vec()?)
+            })?;
+            let k1 = own.len() + 1;
+            for (i, &label) in b.labels.iter().enumerate() {
+                let p = &logp[i * k1..(i + 1) * k1];
+                for (j, &c) in own.iter().enumerate() {
+                    scores[(row + i) * plan.classes + c] = p[j];
+                }
+                let truth = own.iter().position(|&c| c == label).unwrap_or(own.len());
+                let guess = p.iter().enumerate().max_by(|a, b| a.1.total_cmp(b.1)).map_or(0, |(j, _)| j);
+                hits += (guess == truth) as usize;
+                seen += 1;
+            }
+            row += b.labels.len();
+        }
+        own_accuracy.push(hits as f32 / seen.max(1) as f32);
+    }
+    let correct = (0..test.len())
+        .filter(|&i| {
+            let s = &scores[i * plan.classes..(i + 1) * plan.classes];
+            s.iter().enumerate().max_by(|a, b| a.1.total_cmp(b.1)).map(|(j, _)| j) == Some(test.labels[i])
+        })
+        .count();
+    Ok((correct as f32 / test.len().max(1) as f32, own_accuracy))
+}
