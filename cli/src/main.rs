@@ -1,4 +1,5 @@
 //! The `tessera` command line: parses, wires and prints; the work lives in the library crates.
+mod analysis;
 mod check;
 mod compare;
 mod table;
@@ -41,6 +42,12 @@ enum Command {
     /// Train one model under several sub-model scheduling strategies (same weights, same data
     /// order) and write the standard run report: report.md, report.json, report.svg.
     Compare(compare::CompareArgs),
+    /// Rank each Linear layer's input units by mean |W| over outputs; draw the network (DOT,
+    /// rendered to SVG/PNG with Graphviz) with edges coloured by importance.
+    Importance(analysis::ImportanceArgs),
+    /// Per-sample test losses of a head at every sub-model boundary (linear probes, then the
+    /// model's classifier) and their Pearson correlation matrix, printed and as a heatmap.
+    Correlation(analysis::CorrelationArgs),
     /// Split K classes into N tasks with a wall-time budget each (writes plan.json).
     Plan(tasks::PlanArgs),
     /// Train one model per task of a plan as parallel processes bounded by the cores, each
@@ -294,6 +301,8 @@ fn run(cli: Cli) -> Result<()> {
         Command::Check(args) => check::run(args),
         Command::Compare(args) => compare::run(args),
         Command::Plan(args) => tasks::plan(args),
+        Command::Importance(args) => analysis::importance(args),
+        Command::Correlation(args) => analysis::correlation(args),
         Command::RunPlan(args) => tasks::run_plan(args),
         Command::RunTask(args) => tasks::run_task(args),
         Command::Bench(Bench::Gemm(args)) => bench_gemm_cmd(args),

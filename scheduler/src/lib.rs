@@ -1,7 +1,9 @@
 //! Data sets, training runs, the sub-model scheduling strategies and the standard run report.
 pub mod bench;
 pub mod compare;
+pub mod correlation;
 pub mod data;
+pub mod importance;
 pub mod interop;
 pub mod memory;
 pub mod plot;

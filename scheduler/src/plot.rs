@@ -73,3 +73,47 @@ fn draw<DB: DrawingBackend>(root: DrawingArea<DB, plotters::coord::Shift>, title
     chart.configure_series_labels().background_style(WHITE.mix(0.85)).border_style(BLACK).position(SeriesLabelPosition::LowerRight).draw().map_err(|e| err(&e))?;
     root.present().map_err(|e| err(&e))
 }
+
+/// Draws a square matrix (values in [-1, 1]) as a heatmap with its values printed, rows and
+/// columns labelled `labels`, into `path` (.svg or .png).
+pub fn heatmap(path: &Path, title: &str, labels: &[String], matrix: &[Vec<f32>]) -> Result<(), PlotError> {
+    register_font()?;
+    let draw_err = |e: String| PlotError::Draw { path: path.into(), detail: e };
+    let size = (220 + 110 * labels.len() as u32, 120 + 70 * labels.len() as u32);
+    if path.extension().is_some_and(|e| e == "png") {
+        draw_heatmap(BitMapBackend::new(path, size).into_drawing_area(), title, labels, matrix).map_err(draw_err)
+    } else {
+        draw_heatmap(SVGBackend::new(path, size).into_drawing_area(), title, labels, matrix).map_err(draw_err)
+    }
+}
+
+fn draw_heatmap<DB: DrawingBackend>(root: DrawingArea<DB, plotters::coord::Shift>, title: &str, labels: &[String], m: &[Vec<f32>]) -> Result<(), String> {
+    let err = |e: &dyn std::fmt::Display| e.to_string();
+    let n = labels.len();
+    root.fill(&WHITE).map_err(|e| err(&e))?;
+    let root = root.titled(title, ("sans-serif", 20)).map_err(|e| err(&e))?;
+    let (w, h) = root.dim_in_pixel();
+    let (left, top) = (200i32, 10i32);
+    let cell = (((w as i32 - left - 10) / n.max(1) as i32).min((h as i32 - top - 40) / n.max(1) as i32)).max(10);
+    for (i, row) in m.iter().enumerate() {
+        root.draw(&Text::new(labels[i].clone(), (8, top + cell * i as i32 + cell / 2 - 7), ("sans-serif", 13))).map_err(|e| err(&e))?;
+        for (j, &v) in row.iter().enumerate() {
+            // Blue (−1) through white (0) to red (+1).
+            let t = v.clamp(-1.0, 1.0);
+            let color = if t >= 0.0 {
+                RGBColor(255, (255.0 * (1.0 - t)) as u8, (255.0 * (1.0 - t)) as u8)
+            } else {
+                RGBColor((255.0 * (1.0 + t)) as u8, (255.0 * (1.0 + t)) as u8, 255)
+            };
+            let (x0, y0) = (left + cell * j as i32, top + cell * i as i32);
+            root.draw(&Rectangle::new([(x0, y0), (x0 + cell, y0 + cell)], color.filled())).map_err(|e| err(&e))?;
+            root.draw(&Rectangle::new([(x0, y0), (x0 + cell, y0 + cell)], BLACK.stroke_width(1))).map_err(|e| err(&e))?;
+            root.draw(&Text::new(format!("{v:.2}"), (x0 + cell / 2 - 14, y0 + cell / 2 - 7), ("sans-serif", 13))).map_err(|e| err(&e))?;
+        }
+    }
+    for (j, label) in labels.iter().enumerate() {
+        let short: String = label.chars().take(14).collect();
+        root.draw(&Text::new(short, (left + cell * j as i32 + 2, top + cell * n as i32 + 6), ("sans-serif", 11))).map_err(|e| err(&e))?;
+    }
+    root.present().map_err(|e| err(&e))
+}

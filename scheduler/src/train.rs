@@ -154,6 +154,20 @@ pub fn evaluate(model: &Model, set: &ImageSet, batch: usize, norm: Normalize, de
     evaluate_full(model, set, batch, norm, device).map(|r| (r.loss, r.accuracy))
 }
 
+/// The model a training checkpoint holds (its metadata names the architecture; the class
+/// count is read off the final layer), with the checkpoint's weights loaded.
+pub fn model_from_checkpoint(path: &Path, ckpt: &Checkpoint, device: &Device) -> Result<Model, TrainError> {
+    let format = |detail: String| TrainError::Checkpoint(checkpoint::CheckpointError::Format { path: path.into(), detail });
+    let name = ckpt.metadata.get("model").cloned().ok_or_else(|| format("no `model` in its metadata".into()))?;
+    // The last parameter of every model is its classifier's bias or weight, [classes(, in)].
+    let probe = build(&name, 1, &Device::cpu(), 0)?;
+    let (head, _) = probe.net.named_params().pop().ok_or_else(|| format(format!("model `{name}` has no parameters")))?;
+    let classes = ckpt.tensors.get(&head).map(|(_, shape)| shape[0]).ok_or_else(|| format(format!("tensor `{head}` is missing")))?;
+    let model = build(&name, classes, device, 0)?;
+    load_weights(&model, ckpt, device)?;
+    Ok(model)
+}
+
 /// Evaluates a training checkpoint (its metadata names the model) on `data/test`.
 pub fn evaluate_checkpoint(path: &Path, data: &Path, device: &str, batch: usize) -> Result<EvalReport, TrainError> {
     let device = Device::parse(device)?;

@@ -1,0 +1,101 @@
+//! `tessera importance` and `tessera correlation`: what a trained checkpoint's layers do.
+use anyhow::{Context, Result};
+use clap::Args;
+use std::path::PathBuf;
+use tessera_engine::checkpoint::Checkpoint;
+use tessera_engine::Device;
+use tessera_scheduler::correlation::loss_correlation;
+use tessera_scheduler::importance::{linear_importance, network_dot, render};
+use tessera_scheduler::plot::heatmap;
+use tessera_scheduler::train::{load_splits, model_from_checkpoint};
+
+#[derive(Args)]
+pub struct ImportanceArgs {
+    #[arg(long)]
+    checkpoint: PathBuf,
+    /// Inputs listed (and drawn) per layer.
+    #[arg(long, default_value_t = 10)]
+    top: usize,
+    /// Folder for importance.dot, importance.svg and importance.png.
+    #[arg(long, default_value = "runs/importance")]
+    out: PathBuf,
+}
+
+#[derive(Args)]
+pub struct CorrelationArgs {
+    #[arg(long)]
+    checkpoint: PathBuf,
+    #[arg(long)]
+    data: PathBuf,
+    /// Use only the first N images of each class (train and test).
+    #[arg(long)]
+    limit_per_class: Option<usize>,
+    #[arg(long, default_value = "cpu")]
+    device: String,
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// Folder for correlation.json and correlation.png.
+    #[arg(long, default_value = "runs/correlation")]
+    out: PathBuf,
+}
+
+pub fn importance(a: ImportanceArgs) -> Result<()> {
+    let ckpt = Checkpoint::load(&a.checkpoint)?;
+    let model = model_from_checkpoint(&a.checkpoint, &ckpt, &Device::cpu())?;
+    let order: Vec<String> = model.net.named_params().into_iter().map(|(n, _)| n).collect();
+    let layers = linear_importance(&ckpt, &order);
+    if layers.is_empty() {
+        anyhow::bail!("{}: model `{}` has no Linear layer", a.checkpoint.display(), model.name);
+    }
+    for layer in &layers {
+        let ranking = layer.ranking();
+        println!("{} ({} inputs → {} outputs): inputs by mean |W| over outputs", layer.name, layer.scores.len(), layer.outputs);
+        for (rank, &j) in ranking.iter().take(a.top).enumerate() {
+            println!("  {:>3}. input {j:>5}  {:.5}", rank + 1, layer.scores[j]);
+        }
+        let last = ranking[ranking.len() - 1];
+        println!("  weakest: input {last} {:.5}; {:.1} % of inputs below 10 % of the strongest", layer.scores[last], layer.share_below(0.1) * 100.0);
+    }
+    std::fs::create_dir_all(&a.out).with_context(|| format!("creating {}", a.out.display()))?;
+    let subs: Vec<(String, usize)> = model.submodels.iter().map(|s| (s.name.clone(), model.params_of(s).iter().map(|(_, p)| p.value().numel()).sum())).collect();
+    let dot_path = a.out.join("importance.dot");
+    let owners: Vec<usize> = layers.iter().map(|l| model.submodels.iter().position(|s| s.owns(&l.name)).unwrap_or(0)).collect();
+    std::fs::write(&dot_path, network_dot(model.name, &subs, &layers, &owners, a.top)).with_context(|| format!("writing {}", dot_path.display()))?;
+    let mut rendered = Vec::new();
+    for ext in ["svg", "png"] {
+        let path = a.out.join(format!("importance.{ext}"));
+        if render(&dot_path, &path)? {
+            rendered.push(path.display().to_string());
+        }
+    }
+    if rendered.is_empty() {
+        println!("wrote {} (install Graphviz to render it: apt-get install graphviz)", dot_path.display());
+    } else {
+        println!("wrote {} and {}", dot_path.display(), rendered.join(", "));
+    }
+    Ok(())
+}
+
+pub fn correlation(a: CorrelationArgs) -> Result<()> {
+    let device = Device::parse(&a.device)?;
+    let ckpt = Checkpoint::load(&a.checkpoint)?;
+    let model = model_from_checkpoint(&a.checkpoint, &ckpt, &device)?;
+    let (train, test) = load_splits(&a.data, a.limit_per_class).with_context(|| format!("loading {}", a.data.display()))?;
+    let c = loss_correlation(&model, &train, &test, &device, a.seed).context("measuring per-sample losses")?;
+    println!("per-sample test losses of {} heads on {} images (probes: linear on pooled features, trained on {} images)", c.heads.len(), test.len(), train.len());
+    for (h, acc) in c.heads.iter().zip(&c.accuracy) {
+        let mean = c.losses[c.heads.iter().position(|x| x == h).unwrap()].iter().sum::<f32>() / test.len().max(1) as f32;
+        println!("  {h:<28} accuracy {:.2} %, mean loss {mean:.4}", acc * 100.0);
+    }
+    println!("Pearson correlation of per-sample losses:");
+    for (h, row) in c.heads.iter().zip(&c.pearson) {
+        println!("  {h:<28} {}", row.iter().map(|v| format!("{v:>6.3}")).collect::<Vec<_>>().join(" "));
+    }
+    std::fs::create_dir_all(&a.out).with_context(|| format!("creating {}", a.out.display()))?;
+    let doc = serde_json::json!({"heads": c.heads, "accuracy": c.accuracy, "pearson": c.pearson, "test_images": test.len()});
+    std::fs::write(a.out.join("correlation.json"), serde_json::to_string_pretty(&doc)?)?;
+    let png = a.out.join("correlation.png");
+    heatmap(&png, "Pearson correlation of per-sample test losses", &c.heads, &c.pearson)?;
+    println!("wrote {}/correlation.json and {}", a.out.display(), png.display());
+    Ok(())
+}
