@@ -46,8 +46,15 @@ pub fn pearson(a: &[f32], b: &[f32]) -> f32 {
     }
 }
 
+/// Pooled features of every inner boundary ([N, width] each), their widths, and the logits.
+struct Features {
+    pooled: Vec<Vec<f32>>,
+    widths: Vec<usize>,
+    logits: Vec<f32>,
+}
+
 /// Every inner boundary's pooled features [N, C] (and the final logits) for `set`, eval mode.
-fn features(model: &Model, set: &ImageSet, device: &Device) -> Result<(Vec<Vec<f32>>, Vec<usize>, Vec<f32>), TrainError> {
+fn features(model: &Model, set: &ImageSet, device: &Device) -> Result<Features, TrainError> {
     let n = model.submodels.len();
     model.net.set_training(false);
     let (mut feats, mut widths, mut logits) = (vec![Vec::new(); n - 1], vec![0; n - 1], Vec::new());
@@ -68,7 +75,7 @@ fn features(model: &Model, set: &ImageSet, device: &Device) -> Result<(Vec<Vec<f
         })?;
     }
     model.net.set_training(true);
-    Ok((feats, widths, logits))
+    Ok(Features { pooled: feats, widths, logits })
 }
 
 /// Softmax regression on fixed features: `epochs` of SGD, batch 128, cosine-free constant lr.
@@ -123,8 +130,8 @@ fn losses_of(logits: Vec<f32>, labels: &[usize], classes: usize, device: &Device
 /// Trains the probes on `train` and measures every head on `test`.
 pub fn loss_correlation(model: &Model, train: &ImageSet, test: &ImageSet, device: &Device, seed: u64) -> Result<LossCorrelation, TrainError> {
     let classes = train.classes.len();
-    let (train_feats, widths, _) = features(model, train, device)?;
-    let (test_feats, _, test_logits) = features(model, test, device)?;
+    let Features { pooled: train_feats, widths, .. } = features(model, train, device)?;
+    let Features { pooled: test_feats, logits: test_logits, .. } = features(model, test, device)?;
     let (mut heads, mut losses, mut accuracy) = (Vec::new(), Vec::new(), Vec::new());
     for (i, (mut xtr, mut xte)) in train_feats.into_iter().zip(test_feats).enumerate() {
         let width = widths[i];
