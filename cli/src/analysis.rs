@@ -99,3 +99,42 @@ pub fn correlation(a: CorrelationArgs) -> Result<()> {
     println!("wrote {}/correlation.json and {}", a.out.display(), png.display());
     Ok(())
 }
+
+#[derive(Args)]
+pub struct RobustnessArgs {
+    /// A run folder of `tessera train` (epoch-NNN.safetensors, metrics.jsonl).
+    #[arg(long)]
+    run: PathBuf,
+    #[arg(long)]
+    data: PathBuf,
+    #[arg(long, default_value = "cpu")]
+    device: String,
+    #[arg(long, default_value_t = 256)]
+    batch: usize,
+    /// Use only the first N test images of each class.
+    #[arg(long)]
+    limit_per_class: Option<usize>,
+    /// Skip the input-corruption table (6 corruptions × 5 severities of test-set passes).
+    #[arg(long)]
+    no_corruptions: bool,
+    /// Sub-model noise, relative to each tensor's RMS.
+    #[arg(long, default_value_t = 0.5)]
+    noise_scale: f32,
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// Where results.txt, results.json and the PNGs go [default: RUN/robustness].
+    #[arg(long)]
+    out: Option<PathBuf>,
+}
+
+pub fn robustness(a: RobustnessArgs) -> Result<()> {
+    use tessera_scheduler::robustness::{robustness_report, RobustnessConfig};
+    let (_, test) = load_splits(&a.data, a.limit_per_class).with_context(|| format!("loading {}", a.data.display()))?;
+    let out = a.out.clone().unwrap_or_else(|| a.run.join("robustness"));
+    std::fs::create_dir_all(&out).with_context(|| format!("creating {}", out.display()))?;
+    let cfg = RobustnessConfig { run: a.run.clone(), device: a.device, batch: a.batch, seed: a.seed, corruptions: !a.no_corruptions, noise_scale: a.noise_scale, out: out.clone() };
+    let text = robustness_report(&cfg, &test).with_context(|| format!("robustness of {}", a.run.display()))?;
+    print!("{text}");
+    println!("wrote {}/results.txt, results.json, learning_curves.png{}", out.display(), if a.no_corruptions { "" } else { ", corruptions.png" });
+    Ok(())
+}

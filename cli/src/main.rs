@@ -48,6 +48,10 @@ enum Command {
     /// Per-sample test losses of a head at every sub-model boundary (linear probes, then the
     /// model's classifier) and their Pearson correlation matrix, printed and as a heatmap.
     Correlation(analysis::CorrelationArgs),
+    /// Evaluate every checkpoint of a run: accuracy per checkpoint, mean ± std, mean confusion
+    /// matrix, classification report, bootstrap interval, learning curves; accuracy under input
+    /// corruptions; sub-model fault tolerance. Writes results.txt and results.json.
+    Robustness(analysis::RobustnessArgs),
     /// Split K classes into N tasks with a wall-time budget each (writes plan.json).
     Plan(tasks::PlanArgs),
     /// Train one model per task of a plan as parallel processes bounded by the cores, each
@@ -302,6 +306,7 @@ fn run(cli: Cli) -> Result<()> {
         Command::Compare(args) => compare::run(args),
         Command::Plan(args) => tasks::plan(args),
         Command::Importance(args) => analysis::importance(args),
+        Command::Robustness(args) => analysis::robustness(args),
         Command::Correlation(args) => analysis::correlation(args),
         Command::RunPlan(args) => tasks::run_plan(args),
         Command::RunTask(args) => tasks::run_task(args),

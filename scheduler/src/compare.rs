@@ -5,7 +5,7 @@
 //! trainable parameters per stage — as report.md, report.json and a plot of test accuracy
 //! against training wall time.
 use crate::data::ImageSet;
-use crate::plot::{line_chart, PlotError, Series};
+use crate::plot::{line_chart, Series};
 use crate::strategy::{self, EpochRecord, RunSettings, StrategyOptions, StrategyRun};
 use crate::train::{load_weights, TrainError};
 use rand::{rngs::StdRng, Rng, SeedableRng};
@@ -180,9 +180,6 @@ fn write_report(cfg: &CompareConfig, train: &ImageSet, test: &ImageSet, rows: &[
         })
         .collect();
     let title = format!("{}: test accuracy against training wall time", cfg.model);
-    line_chart(&cfg.out.join("report.svg"), &title, "training wall time (s)", "test accuracy", &series).map_err(plot_err)
-}
-
-fn plot_err(e: PlotError) -> TrainError {
-    TrainError::Config(e.to_string())
+    line_chart(&cfg.out.join("report.svg"), &title, "training wall time (s)", "test accuracy", &series)?;
+    Ok(())
 }

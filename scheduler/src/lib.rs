@@ -7,6 +7,7 @@ pub mod importance;
 pub mod interop;
 pub mod memory;
 pub mod plot;
+pub mod robustness;
 pub mod strategy;
 pub mod tasks;
 pub mod train;

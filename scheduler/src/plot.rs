@@ -36,16 +36,37 @@ pub struct Series {
     pub points: Vec<(f64, f64)>,
 }
 
+/// One chart of a figure.
+pub struct Panel<'a> {
+    pub title: &'a str,
+    pub x_desc: &'a str,
+    pub y_desc: &'a str,
+    pub series: &'a [Series],
+}
+
 /// Draws `series` as lines with a legend into `path` (.svg or .png).
 pub fn line_chart(path: &Path, title: &str, x_desc: &str, y_desc: &str, series: &[Series]) -> Result<(), PlotError> {
+    line_panels(path, &[Panel { title, x_desc, y_desc, series }])
+}
+
+/// Draws several line charts stacked vertically into `path` (.svg or .png).
+pub fn line_panels(path: &Path, panels: &[Panel]) -> Result<(), PlotError> {
     register_font()?;
     let draw_err = |e: String| PlotError::Draw { path: path.into(), detail: e };
-    let size = (900, 560);
+    let size = (900, 480 * panels.len().max(1) as u32);
     if path.extension().is_some_and(|e| e == "png") {
-        draw(BitMapBackend::new(path, size).into_drawing_area(), title, x_desc, y_desc, series).map_err(draw_err)
+        panels_on(BitMapBackend::new(path, size).into_drawing_area(), panels).map_err(draw_err)
     } else {
-        draw(SVGBackend::new(path, size).into_drawing_area(), title, x_desc, y_desc, series).map_err(draw_err)
+        panels_on(SVGBackend::new(path, size).into_drawing_area(), panels).map_err(draw_err)
     }
+}
+
+fn panels_on<DB: DrawingBackend>(root: DrawingArea<DB, plotters::coord::Shift>, panels: &[Panel]) -> Result<(), String> {
+    root.fill(&WHITE).map_err(|e| e.to_string())?;
+    for (area, p) in root.split_evenly((panels.len().max(1), 1)).into_iter().zip(panels) {
+        draw(area, p.title, p.x_desc, p.y_desc, p.series)?;
+    }
+    root.present().map_err(|e| e.to_string())
 }
 
 fn draw<DB: DrawingBackend>(root: DrawingArea<DB, plotters::coord::Shift>, title: &str, x_desc: &str, y_desc: &str, series: &[Series]) -> Result<(), String> {
@@ -53,7 +74,6 @@ fn draw<DB: DrawingBackend>(root: DrawingArea<DB, plotters::coord::Shift>, title
     let points = || series.iter().flat_map(|s| s.points.iter());
     let (x_max, y_min, y_max) = points().fold((0f64, f64::INFINITY, f64::NEG_INFINITY), |(x, lo, hi), &(px, py)| (x.max(px), lo.min(py), hi.max(py)));
     let (y_min, y_max) = if y_min.is_finite() { (y_min.min(0.0), y_max.max(y_min + 1e-6) * 1.05) } else { (0.0, 1.0) };
-    root.fill(&WHITE).map_err(|e| err(&e))?;
     let mut chart = ChartBuilder::on(&root)
         .caption(title, ("sans-serif", 22))
         .margin(12)
@@ -71,7 +91,7 @@ fn draw<DB: DrawingBackend>(root: DrawingArea<DB, plotters::coord::Shift>, title
             .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], color.stroke_width(2)));
     }
     chart.configure_series_labels().background_style(WHITE.mix(0.85)).border_style(BLACK).position(SeriesLabelPosition::LowerRight).draw().map_err(|e| err(&e))?;
-    root.present().map_err(|e| err(&e))
+    Ok(())
 }
 
 /// Draws a square matrix (values in [-1, 1]) as a heatmap with its values printed, rows and

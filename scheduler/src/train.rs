@@ -31,6 +31,8 @@ pub enum TrainError {
     Resume(String),
     #[error("{0}")]
     Config(String),
+    #[error(transparent)]
+    Plot(#[from] crate::plot::PlotError),
 }
 
 #[derive(Clone, Debug)]

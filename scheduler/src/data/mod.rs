@@ -3,11 +3,13 @@
 //! a set into shuffled, augmented, normalised tensors.
 mod batches;
 mod cifar_bin;
+mod corrupt;
 mod folder;
 mod synthetic;
 
 pub use batches::{Augment, Batches, Normalize};
 pub use cifar_bin::load_cifar_bin;
+pub use corrupt::Corruption;
 pub use folder::{load_image_folder, FolderOptions};
 pub use synthetic::synthetic;
 
