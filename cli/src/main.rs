@@ -163,6 +163,10 @@ struct TrainArgs {
     #[arg(long)]
     #[serde(default)]
     resume: bool,
+    /// A non-finite loss or gradient: `stop` with an error naming the step and where it first
+    /// appeared, or `skip` the batch and count it [default: stop].
+    #[arg(long)]
+    on_nan: Option<String>,
     /// Print the per-epoch rows as JSON lines.
     #[arg(long)]
     #[serde(default)]
@@ -194,6 +198,10 @@ impl TrainArgs {
             limit_per_class: self.limit_per_class.or(file.limit_per_class),
             out: self.out.or(file.out),
             resume: self.resume || file.resume,
+            on_nan: match self.on_nan.or(file.on_nan) {
+                Some(s) => s.parse().map_err(anyhow::Error::msg)?,
+                None => d.on_nan,
+            },
         };
         Ok((cfg, self.json || file.json))
     }
@@ -427,7 +435,7 @@ fn train_cmd(a: TrainArgs) -> Result<()> {
     })
     .with_context(|| format!("training {} on {}", cfg.model, cfg.data.display()))?;
     bar.finish_and_clear();
-    let mut table = Table::new(&["epoch", "train_loss", "train_acc", "test_loss", "test_acc", "seconds", "img_per_s"]);
+    let mut table = Table::new(&["epoch", "train_loss", "train_acc", "test_loss", "test_acc", "seconds", "img_per_s", "skipped"]);
     for r in &reports {
         table.push(vec![
             json!(r.epoch),
@@ -437,6 +445,7 @@ fn train_cmd(a: TrainArgs) -> Result<()> {
             json!(r.test_accuracy),
             json!(r.seconds),
             json!(r.images_per_sec),
+            json!(r.skipped_batches),
         ]);
     }
     table.print(json);

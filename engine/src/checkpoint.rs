@@ -14,6 +14,8 @@ pub enum CheckpointError {
     Io { path: PathBuf, error: std::io::Error },
     #[error("{path}: not a valid safetensors file: {detail}")]
     Format { path: PathBuf, detail: String },
+    #[error("{path}: checksum mismatch (stored {stored}, computed {actual}): the file is corrupt")]
+    Corrupt { path: PathBuf, stored: String, actual: String },
     #[error("{path}: tensor `{name}`: {detail}")]
     Tensor { path: PathBuf, name: String, detail: String },
     #[error("{path}: {detail}")]
@@ -66,6 +68,8 @@ pub fn save_as(
         };
         host.insert(name.clone(), (dtype, bytes, t.shape().to_vec()));
     }
+    let mut metadata = metadata.clone();
+    metadata.insert(CHECKSUM_KEY.into(), format!("{:08x}", checksum(host.iter().map(|(n, (_, bytes, _))| (n.as_str(), bytes.as_slice())))));
     let views: Vec<(String, TensorView)> = host
         .iter()
         .map(|(n, (dtype, bytes, shape))| {
@@ -73,13 +77,31 @@ pub fn save_as(
             (n.clone(), view)
         })
         .collect();
-    let bytes = safetensors::serialize(views, Some(metadata.clone()))
+    let bytes = safetensors::serialize(views, Some(metadata))
         .map_err(|e| CheckpointError::Format { path: path.into(), detail: e.to_string() })?;
     let tmp = path.with_extension("safetensors.partial");
     let mut file = std::fs::File::create(&tmp).map_err(io)?;
     file.write_all(&bytes).map_err(io)?;
     file.sync_all().map_err(io)?;
-    std::fs::rename(&tmp, path).map_err(io)
+    std::fs::rename(&tmp, path).map_err(io)?;
+    // The rename itself is durable once the folder's entry is on disk.
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::File::open(dir).and_then(|d| d.sync_all()).map_err(io)?;
+    }
+    Ok(())
+}
+
+/// Metadata key of the CRC-32 over every tensor's name and bytes (in name order), written by
+/// [`save_as`] and verified by [`Checkpoint::load`] when present (PyTorch's files lack it).
+pub const CHECKSUM_KEY: &str = "tessera.crc32";
+
+fn checksum<'a>(tensors: impl Iterator<Item = (&'a str, &'a [u8])>) -> u32 {
+    let mut h = crc32fast::Hasher::new();
+    for (name, bytes) in tensors {
+        h.update(name.as_bytes());
+        h.update(bytes);
+    }
+    h.finalize()
 }
 
 /// A tensor's values as f32, from the dtypes state dicts hold (PyTorch stores
@@ -110,12 +132,21 @@ impl Checkpoint {
         let format = |e: safetensors::SafeTensorError| CheckpointError::Format { path: path.into(), detail: e.to_string() };
         let (_, meta) = safetensors::SafeTensors::read_metadata(&bytes).map_err(format)?;
         let st = safetensors::SafeTensors::deserialize(&bytes).map_err(format)?;
+        let metadata = meta.metadata().clone().unwrap_or_default();
+        if let Some(stored) = metadata.get(CHECKSUM_KEY) {
+            let mut named = st.tensors();
+            named.sort_by(|a, b| a.0.cmp(&b.0));
+            let actual = format!("{:08x}", checksum(named.iter().map(|(n, v)| (n.as_str(), v.data()))));
+            if &actual != stored {
+                return Err(CheckpointError::Corrupt { path: path.into(), stored: stored.clone(), actual });
+            }
+        }
         let mut tensors = HashMap::new();
         for (name, view) in st.tensors() {
             let values = to_f32(&view).map_err(|detail| CheckpointError::Tensor { path: path.into(), name: name.clone(), detail })?;
             tensors.insert(name, (values, view.shape().to_vec()));
         }
-        Ok(Self { path: path.into(), tensors, metadata: meta.metadata().clone().unwrap_or_default() })
+        Ok(Self { path: path.into(), tensors, metadata })
     }
 
     /// Tensor `name` on `device`, checked against the `expected` shape.

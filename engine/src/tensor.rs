@@ -68,6 +68,14 @@ impl Tensor {
         &self.storage
     }
 
+    /// Whether every value is finite (no NaN or ±inf); CPU tensors are checked in place.
+    pub fn all_finite(&self) -> Result<bool> {
+        Ok(match &self.storage {
+            Storage::Cpu(data) => data.iter().all(|v| v.is_finite()),
+            Storage::Gpu(_) => self.to_vec()?.iter().all(|v| v.is_finite()),
+        })
+    }
+
     /// Copies the values to the host (waits for pending GPU work).
     pub fn to_vec(&self) -> Result<Vec<f32>> {
         match &self.storage {

@@ -25,8 +25,8 @@ pub enum TrainError {
     Checkpoint(#[from] checkpoint::CheckpointError),
     #[error("{path}: {error}")]
     Io { path: PathBuf, error: std::io::Error },
-    #[error("non-finite loss {loss} at epoch {epoch}, step {step}")]
-    NonFinite { epoch: usize, step: usize, loss: f32 },
+    #[error("non-finite {what} at epoch {epoch}, step {step}; first seen in {place} (the last good checkpoint is kept; --on-nan skip skips such batches)")]
+    NonFinite { epoch: usize, step: usize, what: String, place: String },
     #[error("cannot resume: {0}")]
     Resume(String),
     #[error("{0}")]
@@ -52,6 +52,57 @@ pub struct TrainConfig {
     pub out: Option<PathBuf>,
     /// Continue from the newest `epoch-NNN.safetensors` in `out`.
     pub resume: bool,
+    /// What a non-finite loss or gradient does: stop with an error, or skip the batch.
+    pub on_nan: OnNan,
+}
+
+/// What training does with a batch whose loss or gradients are not finite.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum OnNan {
+    #[default]
+    Stop,
+    Skip,
+}
+
+impl std::str::FromStr for OnNan {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "stop" => Ok(Self::Stop),
+            "skip" => Ok(Self::Skip),
+            other => Err(format!("unknown --on-nan `{other}`: expected stop or skip")),
+        }
+    }
+}
+
+/// Where non-finite values first appear for batch `x`: a parameter that already holds one,
+/// else the first sub-model whose output has one (forward order), else the loss itself.
+pub fn first_non_finite(model: &Model, x: &Var) -> Result<String, TrainError> {
+    for (name, p) in model.net.named_params() {
+        if !p.value().all_finite()? {
+            return Ok(format!("parameter `{name}`"));
+        }
+    }
+    let mut h = x.clone();
+    for (i, sub) in model.submodels.iter().enumerate() {
+        h = no_grad(|| model.net.forward_stage(i, &h))?;
+        if !h.value().all_finite()? {
+            return Ok(format!("the output of sub-model `{}`", sub.name));
+        }
+    }
+    Ok("the loss (every layer's output is finite)".into())
+}
+
+/// The first parameter (forward order) whose gradient is not finite.
+fn first_non_finite_grad(model: &Model) -> Result<Option<String>, TrainError> {
+    for (name, p) in model.net.named_params() {
+        if let Some(g) = p.grad() {
+            if !g.all_finite()? {
+                return Ok(Some(name));
+            }
+        }
+    }
+    Ok(None)
 }
 
 impl Default for TrainConfig {
@@ -69,6 +120,7 @@ impl Default for TrainConfig {
             limit_per_class: None,
             out: None,
             resume: false,
+            on_nan: OnNan::Stop,
         }
     }
 }
@@ -92,13 +144,15 @@ pub struct EpochReport {
     pub test_accuracy: f32,
     pub seconds: f32,
     pub images_per_sec: f32,
+    /// Batches skipped for a non-finite loss or gradient (`OnNan::Skip`).
+    pub skipped_batches: usize,
 }
 
 impl EpochReport {
     pub fn to_json(&self) -> String {
         format!(
-            "{{\"epoch\":{},\"train_loss\":{},\"train_accuracy\":{},\"test_loss\":{},\"test_accuracy\":{},\"seconds\":{},\"images_per_sec\":{}}}",
-            self.epoch, self.train_loss, self.train_accuracy, self.test_loss, self.test_accuracy, self.seconds, self.images_per_sec
+            "{{\"epoch\":{},\"train_loss\":{},\"train_accuracy\":{},\"test_loss\":{},\"test_accuracy\":{},\"seconds\":{},\"images_per_sec\":{},\"skipped_batches\":{}}}",
+            self.epoch, self.train_loss, self.train_accuracy, self.test_loss, self.test_accuracy, self.seconds, self.images_per_sec, self.skipped_batches
         )
     }
 }
@@ -293,19 +347,32 @@ pub fn train(cfg: &TrainConfig, progress: &mut dyn FnMut(&StepInfo)) -> Result<V
     let mut reports = Vec::new();
     for epoch in done + 1..=cfg.epochs {
         let start = Instant::now();
-        let (mut loss_sum, mut hits, mut seen) = (0f64, 0usize, 0usize);
+        let (mut loss_sum, mut hits, mut seen, mut skipped) = (0f64, 0usize, 0usize, 0usize);
         model.net.set_training(true);
         for (step, b) in Batches::new(&train_set, cfg.batch, cfg.seed, epoch as u64, true, Some(Augment::CIFAR), norm).enumerate() {
             let x = Var::constant(Tensor::from_vec(b.x, &b.shape, &device)?);
             let logits = model.net.forward(&x)?;
             let loss = ag::cross_entropy(&logits, &b.labels)?;
-            loss.backward()?;
+            let loss_value = loss.value().to_vec()?[0];
+            // A non-finite loss, or after backward a non-finite gradient, never reaches the weights.
+            let bad = if !loss_value.is_finite() {
+                Some((format!("loss {loss_value}"), first_non_finite(&model, &x)?))
+            } else {
+                loss.backward()?;
+                first_non_finite_grad(&model)?.map(|name| ("gradient".to_string(), format!("parameter `{name}`")))
+            };
+            if let Some((what, place)) = bad {
+                sgd.zero_grad();
+                match cfg.on_nan {
+                    OnNan::Stop => return Err(TrainError::NonFinite { epoch, step: step + 1, what, place }),
+                    OnNan::Skip => {
+                        skipped += 1;
+                        continue;
+                    }
+                }
+            }
             sgd.step()?;
             sgd.zero_grad();
-            let loss_value = loss.value().to_vec()?[0];
-            if !loss_value.is_finite() {
-                return Err(TrainError::NonFinite { epoch, step, loss: loss_value });
-            }
             loss_sum += loss_value as f64 * b.labels.len() as f64;
             hits += argmax_hits(&logits.value().to_vec()?, train_set.classes.len(), &b.labels);
             seen += b.labels.len();
@@ -328,6 +395,7 @@ pub fn train(cfg: &TrainConfig, progress: &mut dyn FnMut(&StepInfo)) -> Result<V
             test_accuracy,
             seconds: start.elapsed().as_secs_f32(),
             images_per_sec: seen as f32 / train_seconds,
+            skipped_batches: skipped,
         };
         if let Some(out) = &cfg.out {
             save_checkpoint(out, &model, &sgd, cfg, epoch)?;

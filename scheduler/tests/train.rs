@@ -112,3 +112,25 @@ fn a_failed_save_keeps_the_last_good_checkpoint() {
     assert!(!out.join("epoch-002.safetensors").exists(), "no partial checkpoint under the final name");
     assert_eq!(std::fs::read(out.join("epoch-001.safetensors")).unwrap(), good, "the last good checkpoint is untouched");
 }
+
+#[test]
+fn a_non_finite_loss_stops_naming_the_step_or_is_skipped() {
+    use tessera_scheduler::train::OnNan;
+    let root: PathBuf = std::env::temp_dir().join(format!("tessera-nan-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&root);
+    write_folders(&root);
+    let out = root.join("run");
+    let base = TrainConfig { model: "simple-cnn".into(), data: root.clone(), epochs: 1, batch: 16, lr: 0.02, out: Some(out.clone()), ..Default::default() };
+    train(&base, &mut |_| {}).unwrap();
+    let good = std::fs::read(out.join("epoch-001.safetensors")).unwrap();
+    // Resumed with an absurd learning rate, the weights blow up within a few steps.
+    let wild = TrainConfig { epochs: 3, lr: 1e12, resume: true, ..base.clone() };
+    let e = train(&wild, &mut |_| {}).err().unwrap().to_string();
+    assert!(e.contains("non-finite") && e.contains("epoch 2, step") && e.contains("first seen in"), "{e}");
+    assert_eq!(std::fs::read(out.join("epoch-001.safetensors")).unwrap(), good, "the last good checkpoint is kept");
+    assert!(!out.join("epoch-002.safetensors").exists());
+
+    let skipping = TrainConfig { on_nan: OnNan::Skip, out: None, resume: false, ..wild };
+    let reports = train(&skipping, &mut |_| {}).unwrap();
+    assert!(reports.iter().map(|r| r.skipped_batches).sum::<usize>() > 0, "{reports:?}");
+}

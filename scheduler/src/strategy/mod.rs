@@ -122,7 +122,7 @@ impl Trainer {
 pub fn finish(loss: &Var, logits: &Var) -> Result<StepOutput, TrainError> {
     let loss = loss.value().to_vec()?[0];
     if !loss.is_finite() {
-        return Err(TrainError::NonFinite { epoch: 0, step: 0, loss });
+        return Err(TrainError::NonFinite { epoch: 0, step: 0, what: format!("loss {loss}"), place: "a strategy step".into() });
     }
     Ok(StepOutput { loss, logits: logits.value().to_vec()? })
 }
