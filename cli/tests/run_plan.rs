@@ -1,29 +1,10 @@
 //! `tessera plan` + `tessera run-plan` end to end: two tasks on the cores as two processes,
 //! each stopping at its budget; the merged 10-way classifier beats chance by a wide margin.
-use std::path::Path;
+mod common;
+
+use common::write_coloured_cifar;
 use std::process::Command;
 use std::time::Instant;
-
-/// A CIFAR-10-binary data set of noisy 32×32 images whose colour gives the class (robust to
-/// the training crops and flips).
-fn write_coloured_cifar(dir: &Path) {
-    let record = |k: u8, i: usize| -> Vec<u8> {
-        let k16 = k as usize;
-        let base = [40 + 18 * k16, 220 - 18 * k16, 40 + 50 * (k16 % 4)];
-        let mut r = vec![k];
-        for level in base {
-            r.extend((0..32 * 32).map(|p| (level + (i * 31 + p * 13) % 30) as u8));
-        }
-        r
-    };
-    std::fs::create_dir_all(dir).unwrap();
-    for file in 1..=5 {
-        let bytes: Vec<u8> = (0..200).flat_map(|i| record((i % 10) as u8, i + 1000 * file)).collect();
-        std::fs::write(dir.join(format!("data_batch_{file}.bin")), bytes).unwrap();
-    }
-    let test: Vec<u8> = (0..200).flat_map(|i| record((i % 10) as u8, i)).collect();
-    std::fs::write(dir.join("test_batch.bin"), test).unwrap();
-}
 
 #[test]
 fn two_tasks_train_in_parallel_within_budget_and_merge_above_chance() {

@@ -1,0 +1,31 @@
+//! Helpers shared by the CLI's end-to-end tests.
+use std::path::Path;
+
+/// A CIFAR-10-binary data set of noisy 32×32 images whose colour gives the class (robust to
+/// the training crops and flips): 200 images in each of the five training files.
+#[allow(dead_code)] // each test binary uses its own share of these helpers
+pub fn write_coloured_cifar(dir: &Path) {
+    write_coloured_cifar_sized(dir, 200);
+}
+
+/// The same with `per_file` images in each training file (the test file keeps 200).
+#[allow(dead_code)]
+pub fn write_coloured_cifar_sized(dir: &Path, per_file: usize) {
+    let record = |k: u8, i: usize| -> Vec<u8> {
+        let k16 = k as usize;
+        let base = [40 + 18 * k16, 220 - 18 * k16, 40 + 50 * (k16 % 4)];
+        let mut r = vec![k];
+        for level in base {
+            r.extend((0..32 * 32).map(|p| (level + (i * 31 + p * 13) % 30) as u8));
+        }
+        r
+    };
+    std::fs::create_dir_all(dir).unwrap();
+    for file in 1..=5 {
+        let bytes: Vec<u8> = (0..per_file).flat_map(|i| record((i % 10) as u8, i + 100_000 * file)).collect();
+        std::fs::write(dir.join(format!("data_batch_{file}.bin")), bytes).unwrap();
+    }
+    let test: Vec<u8> = (0..200).flat_map(|i| record((i % 10) as u8, i)).collect();
+    std::fs::write(dir.join("test_batch.bin"), test).unwrap();
+}
+
