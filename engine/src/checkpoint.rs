@@ -129,9 +129,14 @@ pub struct Checkpoint {
 impl Checkpoint {
     pub fn load(path: &Path) -> Result<Self, CheckpointError> {
         let bytes = std::fs::read(path).map_err(|error| CheckpointError::Io { path: path.into(), error })?;
+        Self::from_bytes(&bytes, path)
+    }
+
+    /// Parses a safetensors file's `bytes`; `path` names it in errors.
+    pub fn from_bytes(bytes: &[u8], path: &Path) -> Result<Self, CheckpointError> {
         let format = |e: safetensors::SafeTensorError| CheckpointError::Format { path: path.into(), detail: e.to_string() };
-        let (_, meta) = safetensors::SafeTensors::read_metadata(&bytes).map_err(format)?;
-        let st = safetensors::SafeTensors::deserialize(&bytes).map_err(format)?;
+        let (_, meta) = safetensors::SafeTensors::read_metadata(bytes).map_err(format)?;
+        let st = safetensors::SafeTensors::deserialize(bytes).map_err(format)?;
         let metadata = meta.metadata().clone().unwrap_or_default();
         if let Some(stored) = metadata.get(CHECKSUM_KEY) {
             let mut named = st.tensors();

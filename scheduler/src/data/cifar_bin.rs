@@ -11,20 +11,28 @@ pub fn load_cifar_bin(files: &[&Path]) -> Result<ImageSet> {
     let mut set = ImageSet { classes: CIFAR10_CLASSES.iter().map(|s| s.to_string()).collect(), height: 32, width: 32, ..Default::default() };
     for path in files {
         let bytes = std::fs::read(path).map_err(|error| DataError::Io { path: path.to_path_buf(), error })?;
-        if bytes.is_empty() || bytes.len() % RECORD != 0 {
-            return Err(DataError::Layout {
-                path: path.to_path_buf(),
-                detail: format!("{} bytes is not a whole number of {RECORD}-byte records (record {} is truncated)", bytes.len(), bytes.len() / RECORD),
-            });
-        }
-        for (i, record) in bytes.chunks_exact(RECORD).enumerate() {
-            let label = record[0] as usize;
-            if label >= 10 {
-                return Err(DataError::Layout { path: path.to_path_buf(), detail: format!("record {i} has label {label}; CIFAR-10 labels are 0..=9") });
-            }
-            set.labels.push(label);
-            set.pixels.extend_from_slice(&record[1..]);
-        }
+        append_cifar_bin(&mut set, &bytes, path)?;
     }
     Ok(set)
+}
+
+/// Appends one CIFAR-10 binary file's records (`bytes`; `path` names it in errors) to `set`.
+pub fn append_cifar_bin(set: &mut ImageSet, bytes: &[u8], path: &Path) -> Result<()> {
+    if bytes.is_empty() || bytes.len() % RECORD != 0 {
+        return Err(DataError::Layout {
+            path: path.to_path_buf(),
+            detail: format!("{} bytes is not a whole number of {RECORD}-byte records (record {} is truncated)", bytes.len(), bytes.len() / RECORD),
+        });
+    }
+    for (i, record) in bytes.chunks_exact(RECORD).enumerate() {
+        let label = record[0] as usize;
+        if label >= 10 {
+            return Err(DataError::Layout { path: path.to_path_buf(), detail: format!("record {i} has label {label}; CIFAR-10 labels are 0..=9") });
+        }
+    }
+    for record in bytes.chunks_exact(RECORD) {
+        set.labels.push(record[0] as usize);
+        set.pixels.extend_from_slice(&record[1..]);
+    }
+    Ok(())
 }

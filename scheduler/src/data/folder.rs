@@ -29,8 +29,13 @@ fn is_image(p: &Path) -> bool {
 }
 
 fn decode(path: &Path, resize_crop: Option<(u32, u32)>) -> Result<image::RgbImage> {
-    let bytes = std::fs::read(path).map_err(io(path))?;
-    let img = image::load_from_memory(&bytes).map_err(|e| DataError::Decode { path: path.to_path_buf(), detail: e.to_string() })?;
+    decode_image(&std::fs::read(path).map_err(io(path))?, path, resize_crop)
+}
+
+/// Decodes one image file's bytes (JPEG or PNG) to RGB, resized and cropped if asked;
+/// `path` names the file in errors.
+pub fn decode_image(bytes: &[u8], path: &Path, resize_crop: Option<(u32, u32)>) -> Result<image::RgbImage> {
+    let img = image::load_from_memory(bytes).map_err(|e| DataError::Decode { path: path.to_path_buf(), detail: e.to_string() })?;
     let img = match resize_crop {
         None => img,
         Some((resize, crop)) => {

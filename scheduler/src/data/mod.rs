@@ -8,9 +8,9 @@ mod folder;
 mod synthetic;
 
 pub use batches::{Augment, Batches, Normalize};
-pub use cifar_bin::load_cifar_bin;
+pub use cifar_bin::{append_cifar_bin, load_cifar_bin};
 pub use corrupt::Corruption;
-pub use folder::{load_image_folder, FolderOptions};
+pub use folder::{decode_image, load_image_folder, FolderOptions};
 pub use synthetic::synthetic;
 
 use std::path::PathBuf;
