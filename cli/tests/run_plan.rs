@@ -33,7 +33,7 @@ fn two_tasks_train_in_parallel_within_budget_and_merge_above_chance() {
     // Both tasks ran at once: the whole run takes one budget plus start-up and evaluation.
     assert!(wall < budget + 8.0, "run-plan took {wall:.1} s for a {budget} s budget:\n{stdout}");
     for line in stdout.lines().filter(|l| l.starts_with("task ") && l.contains(" steps ")) {
-        let secs: f64 = line.split(" in ").nth(1).unwrap().split(" s").next().unwrap().parse().unwrap();
+        let secs: f64 = line.split(" in ").nth(1).unwrap().split(" s ").next().unwrap().parse().unwrap();
         assert!(secs <= budget + 1.0, "a task overran its budget: {line}");
     }
     println!("{stdout}");
