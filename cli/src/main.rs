@@ -243,6 +243,13 @@ enum Bench {
         warmup: usize,
         #[arg(long, default_value_t = 5)]
         steps: usize,
+        /// The Python that runs the PyTorch reference (scripts/bench_torch.py); skipped with a
+        /// note when it cannot import torch.
+        #[arg(long, default_value = "python3")]
+        torch_python: String,
+        /// Do not run the PyTorch reference.
+        #[arg(long)]
+        no_torch: bool,
         #[arg(long)]
         json: bool,
     },
@@ -319,11 +326,15 @@ fn run(cli: Cli) -> Result<()> {
         Command::RunPlan(args) => tasks::run_plan(args),
         Command::RunTask(args) => tasks::run_task(args),
         Command::Bench(Bench::Gemm(args)) => bench_gemm_cmd(args),
-        Command::Bench(Bench::Train { model, num_classes, input, batch, device, warmup, steps, json }) => {
-            let mut table = Table::new(&["model", "device", "input", "batch", "forward_ms", "backward_ms", "optimizer_ms", "step_ms", "img_per_s"]);
+        Command::Bench(Bench::Train { model, num_classes, input, batch, device, warmup, steps, torch_python, no_torch, json }) => {
+            use tessera_scheduler::bench::{bench_train_step, torch_reference, StepSpec};
+            let spec = StepSpec { model: model.clone(), num_classes, input, batch, warmup, steps };
+            let mut table = Table::new(&["model", "device", "input", "batch", "forward_ms", "backward_ms", "optimizer_ms", "step_ms", "img_per_s", "peak_MiB", "vs_pytorch"]);
+            let threads = CpuBackend::global().threads();
+            let reference = if no_torch { Err("not run (--no-torch)".to_string()) } else { torch_reference(&torch_python, &spec, threads) };
+            let torch_ms = reference.as_ref().ok().and_then(|r| r["step_ms"].as_f64());
             for d in &device {
-                let t = tessera_scheduler::bench::bench_train_step(&model, num_classes, input, batch, d, warmup, steps)
-                    .with_context(|| format!("timing {model} on {d}"))?;
+                let t = bench_train_step(&spec, d).with_context(|| format!("timing {model} on {d}"))?;
                 table.push(vec![
                     json!(model),
                     json!(d),
@@ -334,7 +345,25 @@ fn run(cli: Cli) -> Result<()> {
                     json!(t.optimizer_ms),
                     json!(t.step_ms),
                     json!(t.images_per_sec),
+                    json!(t.peak_mib),
+                    json!(torch_ms.map(|r| t.step_ms / r)),
                 ]);
+            }
+            match &reference {
+                Ok(r) => table.push(vec![
+                    json!(model),
+                    json!(format!("pytorch {} cpu ({} threads)", r["torch"].as_str().unwrap_or("?"), threads)),
+                    json!(input),
+                    json!(batch),
+                    r["forward_ms"].clone(),
+                    r["backward_ms"].clone(),
+                    r["optimizer_ms"].clone(),
+                    r["step_ms"].clone(),
+                    r["images_per_sec"].clone(),
+                    r["peak_mib"].clone(),
+                    json!(1.0),
+                ]),
+                Err(why) => eprintln!("PyTorch reference: {why}"),
             }
             table.print(json);
             Ok(())

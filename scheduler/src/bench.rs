@@ -15,6 +15,8 @@ pub struct StepTimes {
     pub optimizer_ms: f64,
     pub step_ms: f64,
     pub images_per_sec: f64,
+    /// Peak resident memory above the size before the model was built, if known.
+    pub peak_mib: Option<f64>,
 }
 
 fn median(mut v: Vec<Duration>) -> f64 {
@@ -22,19 +24,25 @@ fn median(mut v: Vec<Duration>) -> f64 {
     v[v.len() / 2].as_secs_f64() * 1e3
 }
 
-/// Times `steps` SGD steps (momentum 0.9, weight decay 5e-4) of `model` on random
+/// What to time: `steps` SGD steps (momentum 0.9, weight decay 5e-4) of `model` on random
 /// `batch`×3×`input`×`input` images after `warmup` untimed ones.
-pub fn bench_train_step(
-    model: &str,
-    num_classes: usize,
-    input: usize,
-    batch: usize,
-    device: &str,
-    warmup: usize,
-    steps: usize,
-) -> Result<StepTimes, TrainError> {
+#[derive(Clone, Debug)]
+pub struct StepSpec {
+    pub model: String,
+    pub num_classes: usize,
+    pub input: usize,
+    pub batch: usize,
+    pub warmup: usize,
+    pub steps: usize,
+}
+
+/// Times the step of `spec` on `device`.
+pub fn bench_train_step(spec: &StepSpec, device: &str) -> Result<StepTimes, TrainError> {
+    let StepSpec { model, num_classes, input, batch, warmup, steps } = spec.clone();
     let device = Device::parse(device)?;
-    let model = build(model, num_classes, &device, 0)?;
+    let baseline = crate::memory::current_rss_bytes();
+    crate::memory::reset_peak_rss();
+    let model = build(&model, num_classes, &device, 0)?;
     let params = model.net.named_params().into_iter().map(|(_, p)| p).collect();
     let hyper = SgdHyper { momentum: 0.9, dampening: 0.0, weight_decay: 5e-4, nesterov: false };
     let mut sgd = Sgd::new(vec![ParamGroup::new("all", params)], 0.01, hyper);
@@ -68,5 +76,33 @@ pub fn bench_train_step(
         optimizer_ms: median(opt),
         step_ms,
         images_per_sec: batch as f64 / (step_ms / 1e3),
+        peak_mib: crate::memory::peak_rss_bytes().zip(baseline).map(|(peak, base)| peak.saturating_sub(base) as f64 / (1 << 20) as f64),
     })
+}
+
+/// PyTorch's figures for the same step (scripts/bench_torch.py run with `python`), or why not.
+pub fn torch_reference(python: &str, spec: &StepSpec, threads: usize) -> Result<serde_json::Value, String> {
+    const SCRIPT: &str = include_str!("../../scripts/bench_torch.py");
+    let args = [
+        ("--model", spec.model.clone()),
+        ("--num-classes", spec.num_classes.to_string()),
+        ("--input", spec.input.to_string()),
+        ("--batch", spec.batch.to_string()),
+        ("--threads", threads.to_string()),
+        ("--warmup", spec.warmup.to_string()),
+        ("--steps", spec.steps.to_string()),
+    ]
+    .into_iter()
+    .flat_map(|(k, v)| [k.to_string(), v]);
+    let out = std::process::Command::new(python)
+        .arg("-c")
+        .arg(SCRIPT)
+        .args(args)
+        .output()
+        .map_err(|e| format!("cannot run `{python}`: {e}"))?;
+    if !out.status.success() {
+        let err = String::from_utf8_lossy(&out.stderr);
+        return Err(err.lines().last().unwrap_or("failed").to_string());
+    }
+    serde_json::from_slice(&out.stdout).map_err(|e| format!("unreadable output: {e}"))
 }

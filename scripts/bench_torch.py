@@ -1,0 +1,88 @@
+#!/usr/bin/env python3
+"""PyTorch's CPU training step for `tessera bench train` (the reference column): torchvision's
+model with Tessera's names (resnet18/34/50, their -cifar variants with a 3×3 stride-1 stem and
+no max-pool, alexnet), SGD momentum 0.9 weight decay 5e-4, random inputs; the median over
+steps after warm-up, split into forward + loss, backward and optimizer, and the peak resident
+memory above the process's size right after importing torch. Prints one JSON object.
+
+    python3 scripts/bench_torch.py --model resnet50 --num-classes 10 --input 32 --batch 32 --threads 2
+"""
+import argparse
+import json
+import statistics
+import sys
+import time
+
+
+def rss_kib(field):
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith(field + ":"):
+                return int(line.split()[1])
+    return 0
+
+
+def build(name, classes):
+    import torch
+    import torchvision
+
+    base = name.removesuffix("-cifar")
+    if base not in ("resnet18", "resnet34", "resnet50", "alexnet"):
+        raise SystemExit(f"no PyTorch reference for model `{name}`")
+    model = getattr(torchvision.models, base)(num_classes=classes)
+    if name.endswith("-cifar") and base.startswith("resnet"):
+        model.conv1 = torch.nn.Conv2d(3, 64, 3, 1, 1, bias=False)
+        model.maxpool = torch.nn.Identity()
+    elif name.endswith("-cifar"):
+        raise SystemExit(f"no PyTorch reference for model `{name}`")
+    return model
+
+
+def main():
+    p = argparse.ArgumentParser()
+    p.add_argument("--model", required=True)
+    p.add_argument("--num-classes", type=int, default=10)
+    p.add_argument("--input", type=int, default=32)
+    p.add_argument("--batch", type=int, default=32)
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--warmup", type=int, default=2)
+    p.add_argument("--steps", type=int, default=5)
+    a = p.parse_args()
+    import torch
+    import torchvision  # noqa: F401  (part of the import baseline)
+
+    torch.set_num_threads(a.threads)
+    baseline = rss_kib("VmRSS")
+    with open("/proc/self/clear_refs", "w") as f:
+        f.write("5")  # reset the peak to now
+    torch.manual_seed(0)
+    model = build(a.model, a.num_classes)
+    opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, weight_decay=5e-4)
+    x = torch.rand(a.batch, 3, a.input, a.input) * 2 - 1
+    y = torch.arange(a.batch) % a.num_classes
+    fwd, bwd, upd = [], [], []
+    for step in range(a.warmup + max(a.steps, 1)):
+        t0 = time.perf_counter()
+        loss = torch.nn.functional.cross_entropy(model(x), y)
+        t1 = time.perf_counter()
+        loss.backward()
+        t2 = time.perf_counter()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        t3 = time.perf_counter()
+        if step >= a.warmup:
+            fwd.append(t1 - t0)
+            bwd.append(t2 - t1)
+            upd.append(t3 - t2)
+    ms = lambda v: statistics.median(v) * 1e3
+    step_ms = ms([f + b + u for f, b, u in zip(fwd, bwd, upd)])
+    print(json.dumps({
+        "torch": torch.__version__, "threads": a.threads,
+        "forward_ms": ms(fwd), "backward_ms": ms(bwd), "optimizer_ms": ms(upd), "step_ms": step_ms,
+        "images_per_sec": a.batch / (step_ms / 1e3),
+        "peak_mib": (rss_kib("VmHWM") - baseline) / 1024,
+    }))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
