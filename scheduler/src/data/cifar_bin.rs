@@ -18,7 +18,7 @@ pub fn load_cifar_bin(files: &[&Path]) -> Result<ImageSet> {
 
 /// Appends one CIFAR-10 binary file's records (`bytes`; `path` names it in errors) to `set`.
 pub fn append_cifar_bin(set: &mut ImageSet, bytes: &[u8], path: &Path) -> Result<()> {
-    if bytes.is_empty() || bytes.len() % RECORD != 0 {
+    if bytes.is_empty() || !bytes.len().is_multiple_of(RECORD) {
         return Err(DataError::Layout {
             path: path.to_path_buf(),
             detail: format!("{} bytes is not a whole number of {RECORD}-byte records (record {} is truncated)", bytes.len(), bytes.len() / RECORD),
