@@ -226,6 +226,18 @@ enum ModelsCmd {
 enum Bench {
     /// GEMM throughput against a direct OpenBLAS call measured in the same run.
     Gemm(GemmArgs),
+    /// conv2d (forward, backward data, backward weight), the fc6 GEMM, max pooling, batch
+    /// norm and cross-entropy at ResNet-50/AlexNet shapes (224 px, batch 8): time, GFLOP/s,
+    /// GB/s, and on the CPU the share of OpenBLAS's 2048³ sgemm rate measured in the same run.
+    Kernels {
+        #[arg(long, default_value = "cpu", value_delimiter = ',')]
+        device: Vec<String>,
+        /// Time budget per kernel, in seconds (at least 3 timed runs).
+        #[arg(long, default_value_t = 1.0)]
+        seconds: f64,
+        #[arg(long)]
+        json: bool,
+    },
     /// Median training-step time (forward + loss, backward, SGD update) after warm-up.
     Train {
         #[arg(long)]
@@ -326,6 +338,7 @@ fn run(cli: Cli) -> Result<()> {
         Command::RunPlan(args) => tasks::run_plan(args),
         Command::RunTask(args) => tasks::run_task(args),
         Command::Bench(Bench::Gemm(args)) => bench_gemm_cmd(args),
+        Command::Bench(Bench::Kernels { device, seconds, json }) => bench_kernels_cmd(&device, seconds, json),
         Command::Bench(Bench::Train { model, num_classes, input, batch, device, warmup, steps, torch_python, no_torch, json }) => {
             use tessera_scheduler::bench::{bench_train_step, torch_reference, StepSpec};
             let spec = StepSpec { model: model.clone(), num_classes, input, batch, warmup, steps };
@@ -522,6 +535,39 @@ fn devices(json: bool) -> Result<()> {
         json!(false),
     ]);
     table.print(json);
+    Ok(())
+}
+
+fn bench_kernels_cmd(devices: &[String], seconds: f64, json: bool) -> Result<()> {
+    use tessera_engine::bench::kernels::{bench_kernel, kernel_cases};
+    let budget = Duration::from_secs_f64(seconds);
+    // The CPU's practical peak: OpenBLAS on a large square product, in this run.
+    let peak = bench_gemm(&Device::cpu(), None, 2048, (false, false), budget)?.openblas_gflops;
+    let mut table = Table::new(&["device", "op", "shape", "ms", "GFLOP/s", "pct_of_sgemm_peak", "GB/s"]);
+    for d in devices {
+        let device = Device::parse(d)?;
+        for case in kernel_cases() {
+            let row = match bench_kernel(&case, &device, budget) {
+                Ok(row) => row,
+                Err(e) => {
+                    eprintln!("{} on {d}: {e}", case.op);
+                    continue;
+                }
+            };
+            let pct = match (&device, row.gflops) {
+                (Device::Cpu(_), Some(g)) => json!(100.0 * g / peak),
+                _ => json!(null),
+            };
+            table.push(vec![json!(d), json!(row.op), json!(row.shape), json!(row.ms), json!(row.gflops), pct, json!(row.gbytes_per_s)]);
+            if json {
+                table.print_last();
+            }
+        }
+    }
+    if !json {
+        table.print(false);
+        println!("CPU peak reference: OpenBLAS sgemm 2048³ = {peak:.1} GFLOP/s");
+    }
     Ok(())
 }
 

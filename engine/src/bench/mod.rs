@@ -8,6 +8,8 @@ use crate::tensor::Tensor;
 use std::time::{Duration, Instant};
 use tessera_shaders::gemm::GemmKernel;
 
+pub mod kernels;
+
 /// One `tessera bench gemm` row.
 #[derive(Clone, Debug)]
 pub struct GemmBenchRow {
