@@ -235,6 +235,9 @@ enum Bench {
         /// Time budget per kernel, in seconds (at least 3 timed runs).
         #[arg(long, default_value_t = 1.0)]
         seconds: f64,
+        /// Forget the GPU adapters' tuned kernel choices first, so this run times the variants again.
+        #[arg(long)]
+        retune: bool,
         #[arg(long)]
         json: bool,
     },
@@ -287,9 +290,23 @@ struct GemmArgs {
     /// CPU threads (OpenBLAS and rayon); 0 = one per core.
     #[arg(long, default_value_t = 0)]
     threads: usize,
+    /// Forget the GPU adapters' tuned kernel choices first, so this run times the variants again.
+    #[arg(long)]
+    retune: bool,
     /// Print JSON lines instead of a table.
     #[arg(long)]
     json: bool,
+}
+
+/// Forgets the tuned kernel choices of the GPU devices named in `devices`.
+fn retune(devices: &[String]) -> Result<()> {
+    for d in devices {
+        if let Device::Gpu(gpu) = Device::parse(d)? {
+            let n = tessera_engine::gpu::tune::forget_adapter(&gpu.tune_key());
+            eprintln!("{d}: forgot {n} tuned choices ({})", tessera_engine::gpu::tune::cache_path().display());
+        }
+    }
+    Ok(())
 }
 
 /// Keeps freed memory in the process (glibc): training allocates and frees the same large
@@ -338,7 +355,12 @@ fn run(cli: Cli) -> Result<()> {
         Command::RunPlan(args) => tasks::run_plan(args),
         Command::RunTask(args) => tasks::run_task(args),
         Command::Bench(Bench::Gemm(args)) => bench_gemm_cmd(args),
-        Command::Bench(Bench::Kernels { device, seconds, json }) => bench_kernels_cmd(&device, seconds, json),
+        Command::Bench(Bench::Kernels { device, seconds, retune: again, json }) => {
+            if again {
+                retune(&device)?;
+            }
+            bench_kernels_cmd(&device, seconds, json)
+        }
         Command::Bench(Bench::Train { model, num_classes, input, batch, device, warmup, steps, torch_python, no_torch, json }) => {
             use tessera_scheduler::bench::{bench_train_step, torch_reference, StepSpec};
             let spec = StepSpec { model: model.clone(), num_classes, input, batch, warmup, steps };
@@ -572,6 +594,9 @@ fn bench_kernels_cmd(devices: &[String], seconds: f64, json: bool) -> Result<()>
 }
 
 fn bench_gemm_cmd(args: GemmArgs) -> Result<()> {
+    if args.retune {
+        retune(&args.device)?;
+    }
     if args.threads > 0 {
         std::env::set_var("TESSERA_THREADS", args.threads.to_string());
     }

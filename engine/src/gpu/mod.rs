@@ -3,6 +3,7 @@
 //! and the host waits only when it reads a result back.
 mod adapters;
 mod pool;
+pub mod tune;
 
 pub use adapters::{list_adapters, AdapterSummary};
 pub use pool::GpuBuffer;
@@ -124,6 +125,12 @@ impl GpuBackend {
 
     pub fn name(&self) -> &str {
         &self.summary.name
+    }
+
+    /// The adapter and driver, as the tuning cache's key: choices do not carry over to
+    /// another driver version.
+    pub fn tune_key(&self) -> String {
+        format!("{} [{}] {}", self.summary.name, self.summary.backend, self.summary.driver)
     }
 
     pub fn limits(&self) -> &wgpu::Limits {

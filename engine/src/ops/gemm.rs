@@ -154,10 +154,58 @@ fn gemm_dispatch(variant: Option<&GemmKernel>, a: &Tensor, b: &Tensor, c: Option
             Ok(cpu_tensor(out, &shape.out_shape, a.device()))
         }
         Device::Gpu(gpu) => {
-            let variant = variant.unwrap_or_else(|| choose_kernel(gpu, &shape));
-            gemm_gpu(gpu, variant, &shape, gpu_buffer(a), gpu_buffer(b), c, o)
+            let (ab, bb) = (gpu_buffer(a), gpu_buffer(b));
+            let variant = match variant {
+                Some(v) => v,
+                None => tuned_kernel(gpu, &shape, &ab, &bb, c, o)?,
+            };
+            gemm_gpu(gpu, variant, &shape, ab, bb, c, o)
         }
     }
+}
+
+/// Products below this many multiply-adds keep the heuristic's kernel: timing them costs more
+/// than any choice saves.
+const TUNE_MIN_MACS: usize = 1 << 18;
+
+/// The size class a tuned choice applies to: each dimension rounded up to a power of two.
+fn size_class(s: &GemmShape) -> String {
+    format!("gemm/m{}n{}k{}", s.m.next_power_of_two(), s.n.next_power_of_two(), s.k.next_power_of_two())
+}
+
+/// The kernel for this product on this adapter: the cached tuned choice of its size class; on
+/// first use (tuning on), every supported variant timed on these operands — one warm-up run,
+/// then the best of two — and the fastest cached; otherwise the heuristic [`choose_kernel`].
+fn tuned_kernel(gpu: &Arc<GpuBackend>, s: &GemmShape, ab: &Arc<GpuBuffer>, bb: &Arc<GpuBuffer>, c: Option<&Tensor>, o: GemmOpts) -> Result<&'static GemmKernel> {
+    let heuristic = choose_kernel(gpu, s);
+    if !crate::gpu::tune::enabled() || s.batch * s.m * s.n * s.k < TUNE_MIN_MACS {
+        return Ok(heuristic);
+    }
+    let key = format!("{}/{}", gpu.tune_key(), size_class(s));
+    if let Some(name) = crate::gpu::tune::lookup(&key) {
+        if let Some(v) = VARIANTS.iter().find(|v| v.kernel.entry == name && unsupported_reason(gpu, v).is_none()) {
+            return Ok(v);
+        }
+    }
+    let mut best: Option<(std::time::Duration, &'static GemmKernel)> = None;
+    for v in VARIANTS.iter().filter(|v| unsupported_reason(gpu, v).is_none()) {
+        gpu.synchronize()?;
+        let mut fastest = std::time::Duration::MAX;
+        for run in 0..3 {
+            let start = std::time::Instant::now();
+            drop(gemm_gpu(gpu, v, s, ab.clone(), bb.clone(), c, o)?);
+            gpu.synchronize()?;
+            if run > 0 {
+                fastest = fastest.min(start.elapsed());
+            }
+        }
+        if best.is_none_or(|(t, _)| fastest < t) {
+            best = Some((fastest, v));
+        }
+    }
+    let chosen = best.map_or(heuristic, |(_, v)| v);
+    crate::gpu::tune::store(&key, chosen.kernel.entry);
+    Ok(chosen)
 }
 
 /// out = alpha·op(A)·op(B) + beta·C with A and B stored in f16 and products accumulated in
