@@ -1,16 +1,24 @@
 //! Per-adapter autotuning of kernel choices: the first time a product of a given size class
 //! runs on an adapter, every supported kernel variant is timed on it and the fastest is kept
 //! in a cache file keyed by adapter and driver, so later runs (and processes) reuse it.
-//! `TESSERA_AUTOTUNE=0` turns tuning off (the built-in heuristic decides); the file is
+//! Tuning is on by default for hardware adapters; on software ones (lavapipe, llvmpipe) the
+//! built-in heuristic, measured for them, decides unless `TESSERA_AUTOTUNE=1` (timing every
+//! variant there costs tenths of a second per size class). `TESSERA_AUTOTUNE=0` turns tuning
+//! off everywhere. The file is
 //! `TESSERA_TUNE_CACHE`, else `$XDG_CACHE_HOME/tessera/tune.json`, else
 //! `~/.cache/tessera/tune.json`. `tessera bench gemm --retune` forgets an adapter's choices.
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::{Mutex, OnceLock};
 
-/// Whether kernel choices are tuned (default) or left to the heuristic.
-pub fn enabled() -> bool {
-    std::env::var("TESSERA_AUTOTUNE").map_or(true, |v| v != "0")
+/// Whether kernel choices on an adapter (`software`: a CPU-emulated one) are tuned or left
+/// to the heuristic.
+pub fn enabled(software: bool) -> bool {
+    match std::env::var("TESSERA_AUTOTUNE").as_deref() {
+        Ok("1") => true,
+        Ok("0") => false,
+        _ => !software,
+    }
 }
 
 pub fn cache_path() -> PathBuf {

@@ -174,11 +174,12 @@ fn size_class(s: &GemmShape) -> String {
 }
 
 /// The kernel for this product on this adapter: the cached tuned choice of its size class; on
-/// first use (tuning on), every supported variant timed on these operands — one warm-up run,
+/// first use (tuning on: hardware adapters, or `TESSERA_AUTOTUNE=1`), every supported variant
+/// timed on these operands — one warm-up run,
 /// then the best of two — and the fastest cached; otherwise the heuristic [`choose_kernel`].
 fn tuned_kernel(gpu: &Arc<GpuBackend>, s: &GemmShape, ab: &Arc<GpuBuffer>, bb: &Arc<GpuBuffer>, c: Option<&Tensor>, o: GemmOpts) -> Result<&'static GemmKernel> {
     let heuristic = choose_kernel(gpu, s);
-    if !crate::gpu::tune::enabled() || s.batch * s.m * s.n * s.k < TUNE_MIN_MACS {
+    if !crate::gpu::tune::enabled(gpu.is_software()) || s.batch * s.m * s.n * s.k < TUNE_MIN_MACS {
         return Ok(heuristic);
     }
     let key = format!("{}/{}", gpu.tune_key(), size_class(s));
