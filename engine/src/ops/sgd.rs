@@ -42,22 +42,37 @@ pub fn sgd_step(param: &Tensor, grad: &Tensor, buf: Option<&Tensor>, lr: f32, h:
         Device::Cpu(cpu) => {
             let (p, g) = (cpu_data(param), cpu_data(grad));
             let b = buf.map(cpu_data);
-            let (new_p, new_b): (Vec<f32>, Vec<f32>) = cpu.install(|| {
-                (0..p.len())
-                    .into_par_iter()
-                    .map(|i| {
-                        let mut d = g[i] + h.weight_decay * p[i];
-                        let mut m = 0.0;
-                        if with_momentum {
-                            m = match b {
-                                Some(b) => h.momentum * b[i] + (1.0 - h.dampening) * d,
-                                None => d,
-                            };
-                            d = if h.nesterov { d + h.momentum * m } else { m };
+            // Blocks of values per task into preallocated outputs: a task (and a tuple) per
+            // value made AlexNet's 61 M-parameter update twice PyTorch's time.
+            const BLOCK: usize = 1 << 14;
+            let n = p.len();
+            let mut new_p = vec![0f32; n];
+            let mut new_b = vec![0f32; if with_momentum { n } else { 0 }];
+            // d = g + wd·p; m = momentum·b + (1 − dampening)·d (m = d on the first step);
+            // p' = p − lr·(nesterov ? d + momentum·m : m), or p − lr·d without momentum.
+            let update = |i: usize| -> (f32, f32) {
+                let d = g[i] + h.weight_decay * p[i];
+                if !with_momentum {
+                    return (p[i] - lr * d, 0.0);
+                }
+                let m = match b {
+                    Some(b) => h.momentum * b[i] + (1.0 - h.dampening) * d,
+                    None => d,
+                };
+                (p[i] - lr * if h.nesterov { d + h.momentum * m } else { m }, m)
+            };
+            cpu.install(|| {
+                if with_momentum {
+                    new_p.par_chunks_mut(BLOCK).zip(new_b.par_chunks_mut(BLOCK)).enumerate().for_each(|(c, (np, nb))| {
+                        for (j, (pv, bv)) in np.iter_mut().zip(nb.iter_mut()).enumerate() {
+                            (*pv, *bv) = update(c * BLOCK + j);
                         }
-                        (p[i] - lr * d, m)
                     })
-                    .unzip()
+                } else {
+                    new_p.par_chunks_mut(BLOCK).enumerate().for_each(|(c, np)| {
+                        np.iter_mut().enumerate().for_each(|(j, pv)| *pv = update(c * BLOCK + j).0)
+                    })
+                }
             });
             let new_b = with_momentum.then(|| cpu_tensor(new_b, param.shape(), param.device()));
             Ok((cpu_tensor(new_p, param.shape(), param.device()), new_b))
