@@ -257,6 +257,7 @@ pub fn conv_shapes() -> Vec<(Conv2dOpts, [usize; 4], [usize; 4])> {
         (Conv2dOpts::new(1, 0), [5, 6, 4, 4], [7, 6, 1, 1]),     // pointwise, odd batch
         (Conv2dOpts::new(1, 1), [5, 3, 6, 5], [4, 3, 3, 3]),
         (Conv2dOpts::new(1, 2), [2, 2, 1, 3], [3, 2, 5, 5]), // padding wider than the input
+        (Conv2dOpts::new(1, 1), [7, 3, 8, 8], [4, 3, 3, 3]), // CPU: groups of 4 images + a partial one
         (Conv2dOpts { stride: [2, 1], padding: [1, 2], dilation: [2, 3] }, [1, 2, 11, 13], [3, 2, 3, 3]),
     ]
 }

@@ -42,8 +42,15 @@ fn valid_columns(s: &ConvShape, j: usize) -> (usize, usize, usize) {
 
 /// One image [C, H, W] → its patch matrix [C·kh·kw, Ho·Wo] (zeros where taps fall in padding).
 fn im2col_image(s: &ConvShape, x: &[f32], cols: &mut [f32]) {
+    im2col_into(s, x, cols, s.out_plane(), 0)
+}
+
+/// [`im2col_image`] into the columns `off..off + Ho·Wo` of a patch matrix with rows `ld` long
+/// (several images side by side).
+fn im2col_into(s: &ConvShape, x: &[f32], cols: &mut [f32], ld: usize, off: usize) {
     let stride = s.opts.stride[1];
-    for (row, dst) in cols.chunks_mut(s.out_plane()).enumerate() {
+    for row in 0..s.patch_len() {
+        let dst = &mut cols[row * ld + off..][..s.out_plane()];
         let (c, i, j) = (row / (s.kh * s.kw), (row / s.kw) % s.kh, row % s.kw);
         let (lo, hi, x0) = valid_columns(s, j);
         for (oh, dst_row) in dst.chunks_mut(s.wo).enumerate() {
@@ -66,8 +73,14 @@ fn im2col_image(s: &ConvShape, x: &[f32], cols: &mut [f32]) {
 
 /// The adjoint of [`im2col_image`]: dx [C, H, W] += the patch gradients folded back.
 fn col2im_image(s: &ConvShape, cols: &[f32], dx: &mut [f32]) {
+    col2im_from(s, cols, s.out_plane(), 0, dx)
+}
+
+/// [`col2im_image`] from the columns `off..off + Ho·Wo` of rows `ld` long.
+fn col2im_from(s: &ConvShape, cols: &[f32], ld: usize, off: usize, dx: &mut [f32]) {
     let stride = s.opts.stride[1];
-    for (row, src) in cols.chunks(s.out_plane()).enumerate() {
+    for row in 0..s.patch_len() {
+        let src = &cols[row * ld + off..][..s.out_plane()];
         let (c, i, j) = (row / (s.kh * s.kw), (row / s.kw) % s.kh, row % s.kw);
         let (lo, hi, x0) = valid_columns(s, j);
         let plane = &mut dx[c * s.h * s.w..][..s.h * s.w];
@@ -94,8 +107,20 @@ fn product(cpu: &CpuBackend, split: bool, ta: bool, tb: bool, m: usize, n: usize
     }
 }
 
+/// Output planes smaller than this many positions are multiplied several images at a time:
+/// image by image they would be thin GEMMs (a GEMV at 1×1) that waste the BLAS kernel.
+const MIN_GEMM_COLUMNS: usize = 256;
+
+/// Images per product: enough side by side to give the GEMM `MIN_GEMM_COLUMNS` columns.
+fn group_size(s: &ConvShape) -> usize {
+    MIN_GEMM_COLUMNS.div_ceil(s.out_plane().max(1)).min(s.n.max(1))
+}
+
 /// out[n] = W·patches(x[n]) for each image: x [N, C, H, W], weight [O, C·kh·kw] → [N, O, Ho, Wo].
 pub(super) fn conv2d(cpu: &CpuBackend, s: &ConvShape, x: &[f32], weight: &[f32]) -> Vec<f32> {
+    if group_size(s) > 1 {
+        return conv2d_grouped(cpu, s, x, weight, group_size(s));
+    }
     let (ck, p) = (s.patch_len(), s.out_plane());
     let split = s.n < cpu.threads();
     let mut out = vec![0f32; s.n * s.o * p];
@@ -118,6 +143,81 @@ pub(super) fn conv2d(cpu: &CpuBackend, s: &ConvShape, x: &[f32], weight: &[f32])
     out
 }
 
+/// conv2d for small output planes: `group` images' patch matrices side by side as one
+/// [C·kh·kw, group·Ho·Wo] matrix, one GEMM, then the [O, group·Ho·Wo] result scattered to NCHW.
+fn conv2d_grouped(cpu: &CpuBackend, s: &ConvShape, x: &[f32], weight: &[f32], group: usize) -> Vec<f32> {
+    let (ck, p, o) = (s.patch_len(), s.out_plane(), s.o);
+    let split = s.n.div_ceil(group) < cpu.threads();
+    let mut out = vec![0f32; s.n * o * p];
+    cpu.install(|| {
+        out.par_chunks_mut((group * o * p).max(1)).enumerate().for_each_init(
+            || (vec![0f32; ck * group * p], vec![0f32; o * group * p]),
+            |(cols, tmp), (gi, out_g)| {
+                let images = out_g.len() / (o * p).max(1);
+                let width = images * p;
+                for k in 0..images {
+                    let n = gi * group + k;
+                    im2col_into(s, &x[n * s.image_len()..][..s.image_len()], cols, width, k * p);
+                }
+                product(cpu, split, false, false, o, width, ck, weight, &cols[..ck * width], 0.0, &mut tmp[..o * width]);
+                for k in 0..images {
+                    for oc in 0..o {
+                        out_g[(k * o + oc) * p..][..p].copy_from_slice(&tmp[oc * width + k * p..][..p]);
+                    }
+                }
+            },
+        )
+    });
+    out
+}
+
+/// The backward of [`conv2d_grouped`] for one run of images starting at `first`: the
+/// gradient gathered to [O, group·Ho·Wo] per group, dW += g·patchesᵀ, dpatches = Wᵀ·g folded
+/// back image by image. Returns the run's partial dW.
+#[allow(clippy::too_many_arguments)]
+fn backward_grouped_run(
+    cpu: &CpuBackend,
+    s: &ConvShape,
+    x: &[f32],
+    weight: &[f32],
+    g: &[f32],
+    (first, count): (usize, usize),
+    group: usize,
+    split: bool,
+    dx_run: &mut [f32],
+    need: (bool, bool),
+) -> Vec<f32> {
+    let (ck, p, o) = (s.patch_len(), s.out_plane(), s.o);
+    let (need_input, need_weight) = need;
+    let mut dw = vec![0f32; if need_weight { o * ck } else { 0 }];
+    let (mut cols, mut g_g) = (vec![0f32; ck * group * p], vec![0f32; o * group * p]);
+    let mut start = first;
+    while start < first + count {
+        let images = group.min(first + count - start);
+        let width = images * p;
+        for k in 0..images {
+            for oc in 0..o {
+                g_g[oc * width + k * p..][..p].copy_from_slice(&g[((start + k) * o + oc) * p..][..p]);
+            }
+        }
+        if need_weight {
+            for k in 0..images {
+                im2col_into(s, &x[(start + k) * s.image_len()..][..s.image_len()], &mut cols, width, k * p);
+            }
+            product(cpu, split, false, true, o, ck, width, &g_g[..o * width], &cols[..ck * width], 1.0, &mut dw);
+        }
+        if need_input {
+            product(cpu, split, true, false, ck, width, o, weight, &g_g[..o * width], 0.0, &mut cols[..ck * width]);
+            for k in 0..images {
+                let dx_n = &mut dx_run[(start + k - first) * s.image_len()..][..s.image_len()];
+                col2im_from(s, &cols, width, k * p, dx_n);
+            }
+        }
+        start += images;
+    }
+    dw
+}
+
 /// dx[n] = col2im(Wᵀ·g[n]) and dW = Σₙ g[n]·patches(x[n])ᵀ, each only if asked for. The batch
 /// is cut into one contiguous run of images per thread, each summing its own dW.
 pub(super) fn conv2d_backward(
@@ -136,8 +236,13 @@ pub(super) fn conv2d_backward(
     let mut dx = vec![0f32; if need_input { s.n * s.image_len() } else { 0 }];
     let dx_chunk = if need_input { (per_run * s.image_len()).max(1) } else { 1 };
     let pointwise = s.is_pointwise();
+    let group = group_size(s);
     // One task per run of images: (first image, its dx block) → its partial dW.
     let run_images = |first: usize, dx_run: &mut [f32]| -> Vec<f32> {
+        if group > 1 {
+            let count = per_run.min(s.n.saturating_sub(first));
+            return backward_grouped_run(cpu, s, x, weight, g, (first, count), group, split, dx_run, (need_input, need_weight));
+        }
         let mut dw = vec![0f32; if need_weight { s.o * ck } else { 0 }];
         let mut cols = vec![0f32; if pointwise { 0 } else { ck * p }];
         for n in first..(first + per_run).min(s.n) {
