@@ -3,7 +3,8 @@
 //! and multiplied in place into the image's [O, Ho·Wo] output block, which in NCHW is already
 //! the output layout. Compared with one batch-wide patch matrix this allocates and touches
 //! N times less memory and needs no axis swap; a pointwise (1×1, stride 1, no padding)
-//! convolution multiplies the image itself.
+//! convolution multiplies the image itself. Small output planes (< 256 positions) take a few
+//! images side by side per GEMM instead (`conv2d_grouped`).
 use super::conv2d::ConvShape;
 use crate::cpu::{blas, CpuBackend};
 use rayon::prelude::*;
