@@ -8,7 +8,7 @@ use crate::compare::bootstrap_ci;
 use crate::data::{Corruption, ImageSet, Normalize};
 use crate::plot::{line_chart, line_panels, Panel, Series};
 use crate::train::{evaluate_full, model_from_checkpoint, EvalReport, TrainError};
-use rand::{rngs::StdRng, Rng, SeedableRng};
+use rand::{rngs::StdRng, SeedableRng};
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 use tessera_engine::checkpoint::Checkpoint;
@@ -124,7 +124,7 @@ pub fn submodel_faults(model: &Model, init: &Model, test: &ImageSet, device: &De
         for (_, p) in &params {
             let v = p.value().to_vec()?;
             let rms = (v.iter().map(|x| x * x).sum::<f32>() / v.len().max(1) as f32).sqrt();
-            let noisy: Vec<f32> = v.iter().map(|x| x + scale * rms * gaussian(rng)).collect();
+            let noisy: Vec<f32> = v.iter().map(|x| x + scale * rms * crate::data::corrupt::normal(rng)).collect();
             p.set_value(Tensor::from_vec(noisy, p.value().shape(), device)?);
         }
         let noise_accuracy = evaluate_full(model, test, batch, Normalize::CIFAR10, device)?.accuracy;
@@ -143,11 +143,6 @@ pub fn submodel_faults(model: &Model, init: &Model, test: &ImageSet, device: &De
         out.push(SubModelFault { name: sub.name.clone(), noise_accuracy, reset_accuracy });
     }
     Ok(out)
-}
-
-fn gaussian(rng: &mut StdRng) -> f32 {
-    let (u1, u2): (f32, f32) = (rng.gen::<f32>().max(1e-12), rng.gen());
-    (-2.0 * u1.ln()).sqrt() * (std::f32::consts::TAU * u2).cos()
 }
 
 /// Settings of a robustness report.

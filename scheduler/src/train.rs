@@ -157,11 +157,13 @@ impl EpochReport {
     }
 }
 
+/// Index of the largest value (the predicted class of a row of logits).
 fn argmax(row: &[f32]) -> usize {
     row.iter().enumerate().max_by(|a, b| a.1.total_cmp(b.1)).map_or(0, |(j, _)| j)
 }
 
-fn argmax_hits(logits: &[f32], classes: usize, labels: &[usize]) -> usize {
+/// How many rows of `logits` [batch, classes] have their top class equal to the label.
+pub(crate) fn argmax_hits(logits: &[f32], classes: usize, labels: &[usize]) -> usize {
     labels.iter().enumerate().filter(|(i, &l)| argmax(&logits[i * classes..(i + 1) * classes]) == l).count()
 }
 

@@ -77,7 +77,7 @@ impl Corruption {
 }
 
 /// A standard normal sample (Box–Muller).
-fn normal(rng: &mut StdRng) -> f32 {
+pub(crate) fn normal(rng: &mut StdRng) -> f32 {
     let (u1, u2): (f32, f32) = (rng.gen::<f32>().max(1e-12), rng.gen());
     (-2.0 * u1.ln()).sqrt() * (std::f32::consts::TAU * u2).cos()
 }

@@ -3,7 +3,7 @@
 //! a set into shuffled, augmented, normalised tensors.
 mod batches;
 mod cifar_bin;
-mod corrupt;
+pub(crate) mod corrupt;
 mod folder;
 mod synthetic;
 

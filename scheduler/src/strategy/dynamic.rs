@@ -126,9 +126,7 @@ impl Strategy for Dynamic {
             }
         }
         let loss = ag::cross_entropy(&h, labels)?;
-        let (done, flops) = tessera_engine::ops::gemm::count_gemm_flops(|| loss.backward());
-        done?;
-        t.backward_flops += flops;
+        t.backward(&loss)?;
         if self.criterion == Criterion::GradNorm {
             for (i, norm) in t.grad_norms()?.into_iter().enumerate().skip(self.frozen) {
                 self.current[i].push(norm);

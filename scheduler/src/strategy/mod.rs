@@ -10,7 +10,7 @@ pub mod full;
 pub mod local_fc;
 
 use crate::data::{Augment, Batches, ImageSet, Normalize};
-use crate::train::{evaluate_full, TrainError};
+use crate::train::{argmax_hits, evaluate_full, TrainError};
 use std::time::Instant;
 use tessera_engine::autograd as ag;
 use tessera_engine::ops::gemm::count_gemm_flops;
@@ -82,11 +82,17 @@ impl Trainer {
         Ok(out?)
     }
 
-    /// Backward from `loss`, one SGD update, gradients cleared; counts backward FLOPs.
-    pub fn backward_and_update(&mut self, loss: &Var) -> Result<(), TrainError> {
+    /// Backward from `loss`, counting its FLOPs.
+    pub fn backward(&mut self, loss: &Var) -> Result<(), TrainError> {
         let (done, flops) = count_gemm_flops(|| loss.backward());
         done?;
         self.backward_flops += flops;
+        Ok(())
+    }
+
+    /// Backward from `loss`, one SGD update, gradients cleared.
+    pub fn backward_and_update(&mut self, loss: &Var) -> Result<(), TrainError> {
+        self.backward(loss)?;
         self.sgd.step()?;
         self.sgd.zero_grad();
         Ok(())
@@ -156,7 +162,7 @@ pub struct Tally {
 impl Tally {
     pub fn add(&mut self, out: &StepOutput, labels: &[usize], classes: usize) {
         self.loss += out.loss as f64 * labels.len() as f64;
-        self.hits += labels.iter().enumerate().filter(|(i, &l)| argmax(&out.logits[i * classes..(i + 1) * classes]) == l).count();
+        self.hits += argmax_hits(&out.logits, classes, labels);
         self.seen += labels.len();
     }
 
@@ -164,10 +170,6 @@ impl Tally {
         let n = self.seen.max(1) as f64;
         EpochStats { loss: (self.loss / n) as f32, accuracy: (self.hits as f64 / n) as f32, images: self.seen }
     }
-}
-
-fn argmax(row: &[f32]) -> usize {
-    row.iter().enumerate().max_by(|a, b| a.1.total_cmp(b.1)).map_or(0, |(j, _)| j)
 }
 
 pub trait Strategy {
