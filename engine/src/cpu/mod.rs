@@ -21,6 +21,7 @@ impl CpuBackend {
     /// A backend using `threads` threads (0: one per core).
     pub fn new(threads: usize) -> Arc<Self> {
         let threads = if threads == 0 { std::thread::available_parallelism().map_or(1, |n| n.get()) } else { threads };
+        blas::ensure_native_kernels();
         blas::set_num_threads(1);
         let pool = rayon::ThreadPoolBuilder::new()
             .num_threads(threads)
@@ -114,7 +115,8 @@ impl CpuBackend {
 
     /// One line describing the backend for `tessera devices`.
     pub fn describe(&self) -> String {
-        format!("{} ({} threads)", blas::config(), self.threads)
+        let note = blas::ensure_native_kernels().map(|n| format!("; {n}")).unwrap_or_default();
+        format!("{} ({} threads){note}", blas::config(), self.threads)
     }
 }
 
