@@ -4,7 +4,7 @@
 //! gradients and so leave the backward pass.
 use crate::error::Result;
 use crate::nn::Param;
-use crate::ops::{sgd_step, SgdHyper};
+use crate::ops::{sgd_step_in_place, SgdHyper};
 use crate::tensor::Tensor;
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -150,12 +150,12 @@ impl Sgd {
             }
             for p in group.params.iter().filter(|p| p.requires_grad()) {
                 let Some(grad) = p.grad() else { continue };
-                let buf = self.momentum_buffers.get(&key(p));
-                let (value, new_buf) = sgd_step(&p.value(), &grad, buf, lr, self.hyper)?;
-                p.set_value(value);
-                if let Some(b) = new_buf {
+                let mut buf = self.momentum_buffers.remove(&key(p));
+                let updated = p.update(|value| sgd_step_in_place(value, &grad, &mut buf, lr, self.hyper));
+                if let Some(b) = buf {
                     self.momentum_buffers.insert(key(p), b);
                 }
+                updated?;
             }
         }
         self.step += 1;

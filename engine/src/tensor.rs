@@ -68,6 +68,15 @@ impl Tensor {
         &self.storage
     }
 
+    /// The host values for writing in place; copied first if another tensor shares them.
+    /// CPU tensors only (callers have matched on the device).
+    pub(crate) fn cpu_values_mut(&mut self) -> &mut [f32] {
+        match &mut self.storage {
+            Storage::Cpu(data) => Arc::make_mut(data).as_mut_slice(),
+            Storage::Gpu(_) => unreachable!("device checked before dispatch"),
+        }
+    }
+
     /// Whether every value is finite (no NaN or ±inf); CPU tensors are checked in place.
     pub fn all_finite(&self) -> Result<bool> {
         Ok(match &self.storage {

@@ -31,6 +31,11 @@ impl Param {
         *self.value.lock().expect("param poisoned") = value;
     }
 
+    /// Changes the value in place (the optimizer's update).
+    pub fn update<R>(&self, f: impl FnOnce(&mut Tensor) -> R) -> R {
+        f(&mut self.value.lock().expect("param poisoned"))
+    }
+
     /// The graph leaf for one forward pass: accumulates into this parameter's gradient, or a
     /// constant when frozen.
     pub fn var(&self) -> Var {

@@ -13,7 +13,7 @@ pub mod softmax;
 pub use batchnorm::{batch_norm_backward, batch_norm_forward, batch_stats, BnShape};
 pub use conv2d::{conv2d, conv2d_backward, Conv2dOpts, ConvShape};
 pub use elementwise::{add, add_channel, axpby, concat, dropout, mul, relu, relu_backward, scale};
-pub use sgd::{sgd_step, SgdHyper};
+pub use sgd::{sgd_step, sgd_step_in_place, SgdHyper};
 pub use gemm::{gemm, matmul, GemmOpts};
 pub use pool::{pool_backward, pool_forward, PoolKind, PoolShape};
 pub use reduce::{expand, mean, narrow, sum};

@@ -1,6 +1,7 @@
 //! The fused torch.optim.SGD update of one parameter tensor. Kernel: shaders/wgsl/sgd.wgsl;
 //! CPU twin below; tests: tests/optim.rs.
 use super::{cpu_data, cpu_tensor, gpu_buffer, grid_1d, same_device, same_shape, to_u32};
+use crate::cpu::CpuBackend;
 use crate::device::Device;
 use crate::error::Result;
 use crate::tensor::Tensor;
@@ -30,52 +31,32 @@ struct SgdParams {
 }
 
 /// One update: returns the new parameter and (with momentum) the new momentum buffer.
-/// `buf` is None on a parameter's first step.
+/// `buf` is None on a parameter's first step. The functional form of [`sgd_step_in_place`].
 pub fn sgd_step(param: &Tensor, grad: &Tensor, buf: Option<&Tensor>, lr: f32, h: SgdHyper) -> Result<(Tensor, Option<Tensor>)> {
+    let (mut param, mut buf) = (param.clone(), buf.cloned());
+    sgd_step_in_place(&mut param, grad, &mut buf, lr, h)?;
+    Ok((param, buf))
+}
+
+/// One update of `param` and (with momentum) its momentum buffer `buf`, None before the first
+/// step. On the CPU the values change in place unless another tensor shares them (then they
+/// are copied first), like PyTorch's in-place `p.add_`; on the GPU new buffers are written.
+pub fn sgd_step_in_place(param: &mut Tensor, grad: &Tensor, buf: &mut Option<Tensor>, lr: f32, h: SgdHyper) -> Result<()> {
     same_device("sgd_step", &[param, grad])?;
     same_shape("sgd_step", param, grad)?;
     if let Some(b) = buf {
         same_shape("sgd_step", param, b)?;
     }
     let with_momentum = h.momentum != 0.0;
-    match param.device() {
+    match param.device().clone() {
         Device::Cpu(cpu) => {
-            let (p, g) = (cpu_data(param), cpu_data(grad));
-            let b = buf.map(cpu_data);
-            // Blocks of values per task into preallocated outputs: a task (and a tuple) per
-            // value made AlexNet's 61 M-parameter update twice PyTorch's time.
-            const BLOCK: usize = 1 << 14;
-            let n = p.len();
-            let mut new_p = vec![0f32; n];
-            let mut new_b = vec![0f32; if with_momentum { n } else { 0 }];
-            // d = g + wd·p; m = momentum·b + (1 − dampening)·d (m = d on the first step);
-            // p' = p − lr·(nesterov ? d + momentum·m : m), or p − lr·d without momentum.
-            let update = |i: usize| -> (f32, f32) {
-                let d = g[i] + h.weight_decay * p[i];
-                if !with_momentum {
-                    return (p[i] - lr * d, 0.0);
-                }
-                let m = match b {
-                    Some(b) => h.momentum * b[i] + (1.0 - h.dampening) * d,
-                    None => d,
-                };
-                (p[i] - lr * if h.nesterov { d + h.momentum * m } else { m }, m)
-            };
-            cpu.install(|| {
-                if with_momentum {
-                    new_p.par_chunks_mut(BLOCK).zip(new_b.par_chunks_mut(BLOCK)).enumerate().for_each(|(c, (np, nb))| {
-                        for (j, (pv, bv)) in np.iter_mut().zip(nb.iter_mut()).enumerate() {
-                            (*pv, *bv) = update(c * BLOCK + j);
-                        }
-                    })
-                } else {
-                    new_p.par_chunks_mut(BLOCK).enumerate().for_each(|(c, np)| {
-                        np.iter_mut().enumerate().for_each(|(j, pv)| *pv = update(c * BLOCK + j).0)
-                    })
-                }
-            });
-            let new_b = with_momentum.then(|| cpu_tensor(new_b, param.shape(), param.device()));
-            Ok((cpu_tensor(new_p, param.shape(), param.device()), new_b))
+            if with_momentum && buf.is_none() {
+                // m = d on the first step: start from zeros with dampening off.
+                *buf = Some(cpu_tensor(vec![0f32; param.numel()], param.shape(), param.device()));
+                let first = SgdHyper { dampening: 0.0, ..h };
+                return update_cpu(&cpu, param, grad, buf.as_mut(), lr, first);
+            }
+            update_cpu(&cpu, param, grad, buf.as_mut().filter(|_| with_momentum), lr, h)
         }
         Device::Gpu(gpu) => {
             let n = param.numel();
@@ -89,14 +70,50 @@ pub fn sgd_step(param: &Tensor, grad: &Tensor, buf: Option<&Tensor>, lr: f32, h:
                 first_step: buf.is_none() as u32,
                 _pad: 0,
             };
-            let new_p = Tensor::uninit_gpu(param.shape().to_vec(), gpu)?;
+            let new_p = Tensor::uninit_gpu(param.shape().to_vec(), &gpu)?;
             // Without momentum the buffer slot is bound but never written: a 1-value placeholder.
-            let new_b = Tensor::uninit_gpu(if with_momentum { param.shape().to_vec() } else { vec![1] }, gpu)?;
+            let new_b = Tensor::uninit_gpu(if with_momentum { param.shape().to_vec() } else { vec![1] }, &gpu)?;
             let pb = gpu_buffer(param);
-            let old_b = buf.map_or_else(|| pb.clone(), gpu_buffer);
-            let groups = grid_1d(gpu, "sgd_step", n, 256)?;
+            let old_b = buf.as_ref().map_or_else(|| pb.clone(), gpu_buffer);
+            let groups = grid_1d(&gpu, "sgd_step", n, 256)?;
             gpu.launch(&SGD_STEP, bytemuck::bytes_of(&params), &[&pb, &gpu_buffer(grad), &old_b, &gpu_buffer(&new_p), &gpu_buffer(&new_b)], groups)?;
-            Ok((new_p, with_momentum.then_some(new_b)))
+            *param = new_p;
+            *buf = with_momentum.then_some(new_b);
+            Ok(())
         }
     }
+}
+
+/// The CPU update in blocks of values per task, each loop free of branches so it vectorises:
+/// d = g + wd·p; m = momentum·b + (1 − dampening)·d; p −= lr·(nesterov ? d + momentum·m : m),
+/// or p −= lr·d without momentum.
+fn update_cpu(cpu: &CpuBackend, param: &mut Tensor, grad: &Tensor, buf: Option<&mut Tensor>, lr: f32, h: SgdHyper) -> Result<()> {
+    const BLOCK: usize = 1 << 14;
+    let g = cpu_data(grad);
+    let p = param.cpu_values_mut();
+    let (wd, mom, keep) = (h.weight_decay, h.momentum, 1.0 - h.dampening);
+    cpu.install(|| match buf {
+        None => p.par_chunks_mut(BLOCK).zip(g.par_chunks(BLOCK)).for_each(|(p, g)| {
+            p.iter_mut().zip(g).for_each(|(p, g)| *p -= lr * (g + wd * *p));
+        }),
+        Some(buf) => {
+            let b = buf.cpu_values_mut();
+            p.par_chunks_mut(BLOCK).zip(b.par_chunks_mut(BLOCK)).zip(g.par_chunks(BLOCK)).for_each(|((p, b), g)| {
+                let lanes = p.iter_mut().zip(b.iter_mut()).zip(g);
+                if h.nesterov {
+                    lanes.for_each(|((p, b), g)| {
+                        let d = g + wd * *p;
+                        *b = mom * *b + keep * d;
+                        *p -= lr * (d + mom * *b);
+                    })
+                } else {
+                    lanes.for_each(|((p, b), g)| {
+                        *b = mom * *b + keep * (g + wd * *p);
+                        *p -= lr * *b;
+                    })
+                }
+            })
+        }
+    });
+    Ok(())
 }
