@@ -129,6 +129,26 @@ fn gradients_accumulate_and_constants_get_none() {
 }
 
 #[test]
+fn backward_frees_the_saved_tensors_and_refuses_a_second_pass() {
+    use tessera_engine::tensor::Storage;
+    let dev = Device::cpu();
+    let x = Var::leaf(Tensor::from_vec(vec![1.0, 2.0], &[2], &dev).unwrap());
+    let c = Var::constant(Tensor::from_vec(vec![3.0, 4.0], &[2], &dev).unwrap());
+    let holders = |v: &Var| match v.value().storage() {
+        Storage::Cpu(data) => std::sync::Arc::strong_count(data),
+        Storage::Gpu(_) => unreachable!(),
+    };
+    let loss = ag::sum(&ag::mul(&x, &c).unwrap(), &[0], false).unwrap();
+    // x's values: its node and the copy mul saved for dc.
+    assert_eq!(holders(&x), 2);
+    loss.backward().unwrap();
+    assert_eq!(holders(&x), 1, "mul's saved copy of x is released by backward");
+    assert_eq!(x.grad().unwrap().to_vec().unwrap(), vec![3.0, 4.0]);
+    let err = loss.backward().unwrap_err().to_string();
+    assert!(err.contains("second time") && err.contains("`sum`"), "{err}");
+}
+
+#[test]
 fn conv2d_with_stride_padding_dilation() {
     use tessera_engine::ops::Conv2dOpts;
     let cases = [

@@ -2,6 +2,10 @@
 //! from something that needs a gradient, the op that made it: its inputs and a backward
 //! closure. [`Var::backward`] walks that graph from a scalar loss in reverse topological order.
 //!
+//! As in PyTorch, back-propagating frees the graph as it goes: once an op's backward has run,
+//! the tensors it saved are released, so activations leave memory while gradients arrive.
+//! A second `backward` through the same graph is an error.
+//!
 //! Freezing is just `requires_grad = false` on a leaf. An op whose inputs all lack
 //! `requires_grad` records nothing, and a backward closure is told which inputs need a
 //! gradient and computes only those: a frozen prefix of a network runs no backward kernel.
@@ -9,7 +13,7 @@ mod ops;
 
 pub use ops::*;
 
-use crate::error::{shape_err, Result};
+use crate::error::{shape_err, Error, Result};
 use crate::tensor::Tensor;
 use std::cell::Cell;
 use std::collections::HashMap;
@@ -33,7 +37,10 @@ struct Node {
     requires_grad: bool,
     /// Leaves that require a gradient accumulate it here.
     grad: Option<GradSlot>,
-    op: Option<Op>,
+    /// The op that made this value; taken (freeing what its backward saved) by `backward`.
+    op: Mutex<Option<Op>>,
+    /// The op's name, kept after the op itself is freed.
+    op_name: Option<&'static str>,
 }
 
 /// A tensor in the autograd graph. Cheap to clone.
@@ -59,7 +66,7 @@ fn grad_enabled() -> bool {
 impl Var {
     /// A value that never needs a gradient (inputs, labels, frozen buffers).
     pub fn constant(value: Tensor) -> Self {
-        Var(Arc::new(Node { value, requires_grad: false, grad: None, op: None }))
+        Var(Arc::new(Node { value, requires_grad: false, grad: None, op: Mutex::new(None), op_name: None }))
     }
 
     /// A leaf that accumulates its gradient into a fresh slot.
@@ -69,7 +76,7 @@ impl Var {
 
     /// A leaf that accumulates its gradient into `slot` (a parameter's gradient).
     pub fn leaf_with_slot(value: Tensor, slot: GradSlot) -> Self {
-        Var(Arc::new(Node { value, requires_grad: true, grad: Some(slot), op: None }))
+        Var(Arc::new(Node { value, requires_grad: true, grad: Some(slot), op: Mutex::new(None), op_name: None }))
     }
 
     /// The result of op `name` on `inputs`. Recorded only when gradients are enabled and some
@@ -77,7 +84,8 @@ impl Var {
     pub fn from_op(name: &'static str, value: Tensor, inputs: &[&Var], backward: BackwardFn) -> Self {
         let requires_grad = grad_enabled() && inputs.iter().any(|v| v.requires_grad());
         let op = requires_grad.then(|| Op { name, inputs: inputs.iter().map(|v| (*v).clone()).collect(), backward });
-        Var(Arc::new(Node { value, requires_grad, grad: None, op }))
+        let op_name = op.as_ref().map(|op| op.name);
+        Var(Arc::new(Node { value, requires_grad, grad: None, op: Mutex::new(op), op_name }))
     }
 
     pub fn value(&self) -> &Tensor {
@@ -94,7 +102,7 @@ impl Var {
 
     /// The name of the op that produced this value, if it was recorded.
     pub fn op_name(&self) -> Option<&'static str> {
-        self.0.op.as_ref().map(|op| op.name)
+        self.0.op_name
     }
 
     /// The gradient accumulated in this leaf so far.
@@ -113,9 +121,12 @@ impl Var {
         let seed = Tensor::from_vec(vec![1.0], self.shape(), self.0.value.device())?;
         let key = |v: &Var| Arc::as_ptr(&v.0) as usize;
         let mut grads: HashMap<usize, Tensor> = HashMap::from([(key(self), seed)]);
-        for var in self.topological_order().iter().rev() {
-            let Some(grad) = grads.remove(&key(var)) else { continue };
-            match &var.0.op {
+        // Consumed from the end: a node's inputs come earlier in the order, so they stay alive
+        // (and their addresses unique) until their own turn.
+        for var in self.topological_order().into_iter().rev() {
+            let Some(grad) = grads.remove(&key(&var)) else { continue };
+            let op = var.0.op.lock().expect("graph node poisoned").take();
+            match op {
                 Some(op) => {
                     let needs: Vec<bool> = op.inputs.iter().map(Var::requires_grad).collect();
                     let input_grads = (op.backward)(&grad, &needs)?;
@@ -127,6 +138,9 @@ impl Var {
                         };
                         grads.insert(key(input), total);
                     }
+                }
+                None if var.0.op_name.is_some() => {
+                    return Err(Error::BackwardTwice { op: var.0.op_name.unwrap_or("?") });
                 }
                 None => {
                     if let Some(slot) = &var.0.grad {
@@ -158,7 +172,7 @@ impl Var {
                 continue;
             }
             stack.push((var.clone(), true));
-            if let Some(op) = &var.0.op {
+            if let Some(op) = var.0.op.lock().expect("graph node poisoned").as_ref() {
                 stack.extend(op.inputs.iter().map(|i| (i.clone(), false)));
             }
         }

@@ -34,11 +34,12 @@ pub fn mul(a: &Var, b: &Var) -> Result<Var> {
     ))
 }
 
-/// max(x, 0): dx = g·[x > 0].
+/// max(x, 0): dx = g·[x > 0] = g·[y > 0]. Saving the output rather than the input lets the
+/// input (a batch norm's output, say) be freed after the forward, as PyTorch's in-place ReLU does.
 pub fn relu(x: &Var) -> Result<Var> {
     let value = k::relu(x.value())?;
-    let xv = x.value().clone();
-    Ok(Var::from_op("relu", value, &[x], Box::new(move |g, _| Ok(vec![Some(k::relu_backward(&xv, g)?)]))))
+    let y = value.clone();
+    Ok(Var::from_op("relu", value, &[x], Box::new(move |g, _| Ok(vec![Some(k::relu_backward(&y, g)?)]))))
 }
 
 /// A·B for 2-D A [M, K] and B [K, N]: dA = g·Bᵀ, dB = Aᵀ·g.
