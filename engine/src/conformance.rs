@@ -258,6 +258,8 @@ pub fn conv_shapes() -> Vec<(Conv2dOpts, [usize; 4], [usize; 4])> {
         (Conv2dOpts::new(1, 1), [5, 3, 6, 5], [4, 3, 3, 3]),
         (Conv2dOpts::new(1, 2), [2, 2, 1, 3], [3, 2, 5, 5]), // padding wider than the input
         (Conv2dOpts::new(1, 1), [7, 3, 8, 8], [4, 3, 3, 3]), // CPU: groups of 4 images + a partial one
+        (Conv2dOpts::new(1, 1), [3, 4, 1, 1], [5, 4, 3, 3]), // ResNet layer4 at 32 px: only the centre tap reads the input
+        (Conv2dOpts::new(2, 1), [2, 4, 2, 2], [3, 4, 3, 3]), // stride 2 onto a 1×1 plane: 4 of 9 taps read the input
         (Conv2dOpts { stride: [2, 1], padding: [1, 2], dilation: [2, 3] }, [1, 2, 11, 13], [3, 2, 3, 3]),
     ]
 }

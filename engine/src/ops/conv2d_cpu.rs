@@ -4,7 +4,8 @@
 //! the output layout. Compared with one batch-wide patch matrix this allocates and touches
 //! N times less memory and needs no axis swap; a pointwise (1×1, stride 1, no padding)
 //! convolution multiplies the image itself. Small output planes (< 256 positions) take a few
-//! images side by side per GEMM instead (`conv2d_grouped`).
+//! images side by side per GEMM instead (`conv2d_grouped`), unfolded through a table of tap
+//! offsets (`TapTable`) that also drops the taps reading only padding.
 use super::conv2d::ConvShape;
 use crate::cpu::{blas, CpuBackend};
 use rayon::prelude::*;
@@ -43,15 +44,8 @@ fn valid_columns(s: &ConvShape, j: usize) -> (usize, usize, usize) {
 
 /// One image [C, H, W] → its patch matrix [C·kh·kw, Ho·Wo] (zeros where taps fall in padding).
 fn im2col_image(s: &ConvShape, x: &[f32], cols: &mut [f32]) {
-    im2col_into(s, x, cols, s.out_plane(), 0)
-}
-
-/// [`im2col_image`] into the columns `off..off + Ho·Wo` of a patch matrix with rows `ld` long
-/// (several images side by side).
-fn im2col_into(s: &ConvShape, x: &[f32], cols: &mut [f32], ld: usize, off: usize) {
     let stride = s.opts.stride[1];
-    for row in 0..s.patch_len() {
-        let dst = &mut cols[row * ld + off..][..s.out_plane()];
+    for (row, dst) in cols.chunks_mut(s.out_plane()).take(s.patch_len()).enumerate() {
         let (c, i, j) = (row / (s.kh * s.kw), (row / s.kw) % s.kh, row % s.kw);
         let (lo, hi, x0) = valid_columns(s, j);
         for (oh, dst_row) in dst.chunks_mut(s.wo).enumerate() {
@@ -74,14 +68,8 @@ fn im2col_into(s: &ConvShape, x: &[f32], cols: &mut [f32], ld: usize, off: usize
 
 /// The adjoint of [`im2col_image`]: dx [C, H, W] += the patch gradients folded back.
 fn col2im_image(s: &ConvShape, cols: &[f32], dx: &mut [f32]) {
-    col2im_from(s, cols, s.out_plane(), 0, dx)
-}
-
-/// [`col2im_image`] from the columns `off..off + Ho·Wo` of rows `ld` long.
-fn col2im_from(s: &ConvShape, cols: &[f32], ld: usize, off: usize, dx: &mut [f32]) {
     let stride = s.opts.stride[1];
-    for row in 0..s.patch_len() {
-        let src = &cols[row * ld + off..][..s.out_plane()];
+    for (row, src) in cols.chunks(s.out_plane()).take(s.patch_len()).enumerate() {
         let (c, i, j) = (row / (s.kh * s.kw), (row / s.kw) % s.kh, row % s.kw);
         let (lo, hi, x0) = valid_columns(s, j);
         let plane = &mut dx[c * s.h * s.w..][..s.h * s.w];
@@ -92,6 +80,97 @@ fn col2im_from(s: &ConvShape, cols: &[f32], ld: usize, off: usize, dx: &mut [f32
             }
             let dst = &mut plane[y as usize * s.w..][x0..];
             dst.iter_mut().step_by(stride).zip(&src_row[lo..hi]).for_each(|(d, v)| *d += v);
+        }
+    }
+}
+
+/// Where each kernel tap reads for each output position, for the small output planes that take
+/// the grouped route: offsets into one input channel plane, −1 in the padding. There the
+/// patch matrix is copied value by value, and per-row bounds arithmetic would cost more than
+/// the copy. Taps that read only padding are dropped with their weight columns: on a 1×1
+/// plane a 3×3 convolution (padding 1) is the 1×1 convolution by its centre tap, 9× less work.
+struct TapTable {
+    /// Kept taps, as i·kw + j.
+    taps: Vec<usize>,
+    /// taps.len() × Ho·Wo offsets.
+    offsets: Vec<i32>,
+}
+
+impl TapTable {
+    fn new(s: &ConvShape) -> Self {
+        let (mut taps, mut offsets) = (Vec::new(), Vec::new());
+        for t in 0..s.kh * s.kw {
+            let (i, j) = (t / s.kw, t % s.kw);
+            let row: Vec<i32> = (0..s.out_plane())
+                .map(|q| {
+                    let (y, x) = (tap(s, 0, q / s.wo, i), tap(s, 1, q % s.wo, j));
+                    let inside = (0..s.h as isize).contains(&y) && (0..s.w as isize).contains(&x);
+                    if inside { (y * s.w as isize + x) as i32 } else { -1 }
+                })
+                .collect();
+            if row.iter().any(|&o| o >= 0) {
+                taps.push(t);
+                offsets.extend(row);
+            }
+        }
+        Self { taps, offsets }
+    }
+
+    /// Rows of the compact patch matrix: C · kept taps.
+    fn rows(&self, s: &ConvShape) -> usize {
+        s.c * self.taps.len()
+    }
+
+    fn keeps_all(&self, s: &ConvShape) -> bool {
+        self.taps.len() == s.kh * s.kw
+    }
+
+    /// The weight's columns for the kept taps: [O, C·kh·kw] → [O, C·taps].
+    fn compact_weight<'a>(&self, s: &ConvShape, weight: &'a [f32]) -> std::borrow::Cow<'a, [f32]> {
+        if self.keeps_all(s) {
+            return weight.into();
+        }
+        let kk = s.kh * s.kw;
+        weight.chunks(s.patch_len()).flat_map(|w_o| (0..s.c).flat_map(move |c| self.taps.iter().map(move |&t| w_o[c * kk + t]))).collect::<Vec<f32>>().into()
+    }
+
+    /// A compact weight gradient back in the weight's layout, zero at the dropped taps.
+    fn expand_weight_grad(&self, s: &ConvShape, compact: Vec<f32>) -> Vec<f32> {
+        if self.keeps_all(s) {
+            return compact;
+        }
+        let (kk, t) = (s.kh * s.kw, self.taps.len());
+        let mut dw = vec![0f32; s.o * s.patch_len()];
+        for (dw_o, cw_o) in dw.chunks_mut(s.patch_len()).zip(compact.chunks(self.rows(s))) {
+            for c in 0..s.c {
+                for (ti, &tap) in self.taps.iter().enumerate() {
+                    dw_o[c * kk + tap] = cw_o[c * t + ti];
+                }
+            }
+        }
+        dw
+    }
+
+    /// One image [C, H, W] into the columns `off..off + Ho·Wo` of the compact patch matrix
+    /// whose rows are `ld` long.
+    fn gather(&self, s: &ConvShape, x: &[f32], cols: &mut [f32], ld: usize, off: usize) {
+        let p = s.out_plane();
+        for (c, plane) in x.chunks(s.h * s.w).enumerate() {
+            for (ti, offsets) in self.offsets.chunks(p).enumerate() {
+                let dst = &mut cols[(c * self.taps.len() + ti) * ld + off..][..p];
+                dst.iter_mut().zip(offsets).for_each(|(d, &o)| *d = if o >= 0 { plane[o as usize] } else { 0.0 });
+            }
+        }
+    }
+
+    /// The adjoint of [`TapTable::gather`]: dx [C, H, W] += those columns folded back.
+    fn scatter_add(&self, s: &ConvShape, cols: &[f32], ld: usize, off: usize, dx: &mut [f32]) {
+        let p = s.out_plane();
+        for (c, plane) in dx.chunks_mut(s.h * s.w).enumerate() {
+            for (ti, offsets) in self.offsets.chunks(p).enumerate() {
+                let src = &cols[(c * self.taps.len() + ti) * ld + off..][..p];
+                src.iter().zip(offsets).filter(|(_, &o)| o >= 0).for_each(|(v, &o)| plane[o as usize] += v);
+            }
         }
     }
 }
@@ -144,23 +223,25 @@ pub(super) fn conv2d(cpu: &CpuBackend, s: &ConvShape, x: &[f32], weight: &[f32])
     out
 }
 
-/// conv2d for small output planes: `group` images' patch matrices side by side as one
-/// [C·kh·kw, group·Ho·Wo] matrix, one GEMM, then the [O, group·Ho·Wo] result scattered to NCHW.
+/// conv2d for small output planes: `group` images' compact patch matrices side by side as one
+/// [C·taps, group·Ho·Wo] matrix, one GEMM, then the [O, group·Ho·Wo] result scattered to NCHW.
 fn conv2d_grouped(cpu: &CpuBackend, s: &ConvShape, x: &[f32], weight: &[f32], group: usize) -> Vec<f32> {
-    let (ck, p, o) = (s.patch_len(), s.out_plane(), s.o);
+    let (p, o) = (s.out_plane(), s.o);
+    let table = TapTable::new(s);
+    let (rows, weight) = (table.rows(s), table.compact_weight(s, weight));
     let split = s.n.div_ceil(group) < cpu.threads();
     let mut out = vec![0f32; s.n * o * p];
     cpu.install(|| {
         out.par_chunks_mut((group * o * p).max(1)).enumerate().for_each_init(
-            || (vec![0f32; ck * group * p], vec![0f32; o * group * p]),
+            || (vec![0f32; rows * group * p], vec![0f32; o * group * p]),
             |(cols, tmp), (gi, out_g)| {
                 let images = out_g.len() / (o * p).max(1);
                 let width = images * p;
                 for k in 0..images {
                     let n = gi * group + k;
-                    im2col_into(s, &x[n * s.image_len()..][..s.image_len()], cols, width, k * p);
+                    table.gather(s, &x[n * s.image_len()..][..s.image_len()], cols, width, k * p);
                 }
-                product(cpu, split, false, false, o, width, ck, weight, &cols[..ck * width], 0.0, &mut tmp[..o * width]);
+                product(cpu, split, false, false, o, width, rows, &weight, &cols[..rows * width], 0.0, &mut tmp[..o * width]);
                 for k in 0..images {
                     for oc in 0..o {
                         out_g[(k * o + oc) * p..][..p].copy_from_slice(&tmp[oc * width + k * p..][..p]);
@@ -173,14 +254,14 @@ fn conv2d_grouped(cpu: &CpuBackend, s: &ConvShape, x: &[f32], weight: &[f32], gr
 }
 
 /// The backward of [`conv2d_grouped`] for one run of images starting at `first`: the
-/// gradient gathered to [O, group·Ho·Wo] per group, dW += g·patchesᵀ, dpatches = Wᵀ·g folded
-/// back image by image. Returns the run's partial dW.
+/// gradient gathered to [O, group·Ho·Wo] per group, dW' += g·patchesᵀ, dpatches = W'ᵀ·g folded
+/// back image by image (W' the compact weight). Returns the run's partial dW' [O, C·taps].
 #[allow(clippy::too_many_arguments)]
 fn backward_grouped_run(
     cpu: &CpuBackend,
     s: &ConvShape,
+    (table, weight): (&TapTable, &[f32]),
     x: &[f32],
-    weight: &[f32],
     g: &[f32],
     (first, count): (usize, usize),
     group: usize,
@@ -188,10 +269,10 @@ fn backward_grouped_run(
     dx_run: &mut [f32],
     need: (bool, bool),
 ) -> Vec<f32> {
-    let (ck, p, o) = (s.patch_len(), s.out_plane(), s.o);
+    let (rows, p, o) = (table.rows(s), s.out_plane(), s.o);
     let (need_input, need_weight) = need;
-    let mut dw = vec![0f32; if need_weight { o * ck } else { 0 }];
-    let (mut cols, mut g_g) = (vec![0f32; ck * group * p], vec![0f32; o * group * p]);
+    let mut dw = vec![0f32; if need_weight { o * rows } else { 0 }];
+    let (mut cols, mut g_g) = (vec![0f32; rows * group * p], vec![0f32; o * group * p]);
     let mut start = first;
     while start < first + count {
         let images = group.min(first + count - start);
@@ -203,15 +284,15 @@ fn backward_grouped_run(
         }
         if need_weight {
             for k in 0..images {
-                im2col_into(s, &x[(start + k) * s.image_len()..][..s.image_len()], &mut cols, width, k * p);
+                table.gather(s, &x[(start + k) * s.image_len()..][..s.image_len()], &mut cols, width, k * p);
             }
-            product(cpu, split, false, true, o, ck, width, &g_g[..o * width], &cols[..ck * width], 1.0, &mut dw);
+            product(cpu, split, false, true, o, rows, width, &g_g[..o * width], &cols[..rows * width], 1.0, &mut dw);
         }
         if need_input {
-            product(cpu, split, true, false, ck, width, o, weight, &g_g[..o * width], 0.0, &mut cols[..ck * width]);
+            product(cpu, split, true, false, rows, width, o, weight, &g_g[..o * width], 0.0, &mut cols[..rows * width]);
             for k in 0..images {
                 let dx_n = &mut dx_run[(start + k - first) * s.image_len()..][..s.image_len()];
-                col2im_from(s, &cols, width, k * p, dx_n);
+                table.scatter_add(s, &cols, width, k * p, dx_n);
             }
         }
         start += images;
@@ -238,11 +319,13 @@ pub(super) fn conv2d_backward(
     let dx_chunk = if need_input { (per_run * s.image_len()).max(1) } else { 1 };
     let pointwise = s.is_pointwise();
     let group = group_size(s);
+    let table = (group > 1).then(|| TapTable::new(s));
+    let compact = table.as_ref().map(|t| (t, t.compact_weight(s, weight)));
     // One task per run of images: (first image, its dx block) → its partial dW.
     let run_images = |first: usize, dx_run: &mut [f32]| -> Vec<f32> {
-        if group > 1 {
+        if let Some((table, weight)) = &compact {
             let count = per_run.min(s.n.saturating_sub(first));
-            return backward_grouped_run(cpu, s, x, weight, g, (first, count), group, split, dx_run, (need_input, need_weight));
+            return backward_grouped_run(cpu, s, (table, weight), x, g, (first, count), group, split, dx_run, (need_input, need_weight));
         }
         let mut dw = vec![0f32; if need_weight { s.o * ck } else { 0 }];
         let mut cols = vec![0f32; if pointwise { 0 } else { ck * p }];
@@ -279,11 +362,15 @@ pub(super) fn conv2d_backward(
     });
     let dw = need_weight.then(|| {
         let mut parts = partial_dws.into_iter();
-        let mut dw = parts.next().unwrap_or_else(|| vec![0f32; s.o * ck]);
+        let rows = table.as_ref().map_or(ck, |t| t.rows(s));
+        let mut dw = parts.next().unwrap_or_else(|| vec![0f32; s.o * rows]);
         for part in parts {
             dw.iter_mut().zip(part).for_each(|(a, b)| *a += b);
         }
-        dw
+        match &table {
+            Some(t) => t.expand_weight_grad(s, dw),
+            None => dw,
+        }
     });
     (need_input.then_some(dx), dw)
 }
