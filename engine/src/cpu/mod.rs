@@ -120,6 +120,30 @@ impl CpuBackend {
     }
 }
 
+/// Runs `f` with a scratch buffer of `len` values whose contents are left from earlier use
+/// (callers overwrite what they read): the per-call patch matrices of the convolution reuse
+/// this thread's buffers instead of allocating and zeroing megabytes per layer. `slot` tells
+/// apart buffers used at the same time. A nested use of a slot (rayon may run another task on
+/// this thread while `f` waits) gets a fresh buffer.
+pub fn with_scratch<R>(slot: usize, len: usize, f: impl FnOnce(&mut [f32]) -> R) -> R {
+    thread_local! {
+        static SCRATCH: std::cell::RefCell<Vec<Vec<f32>>> = const { std::cell::RefCell::new(Vec::new()) };
+    }
+    let mut buf = SCRATCH.with(|s| s.borrow_mut().get_mut(slot).map(std::mem::take).unwrap_or_default());
+    if buf.len() < len {
+        buf.resize(len, 0.0);
+    }
+    let out = f(&mut buf[..len]);
+    SCRATCH.with(|s| {
+        let mut s = s.borrow_mut();
+        if s.len() <= slot {
+            s.resize_with(slot + 1, Vec::new);
+        }
+        s[slot] = buf;
+    });
+    out
+}
+
 /// A pointer shared by tasks that touch disjoint parts of its buffer.
 #[derive(Clone, Copy)]
 struct SharedPtr(*mut f32);

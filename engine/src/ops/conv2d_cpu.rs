@@ -7,7 +7,7 @@
 //! images side by side per GEMM instead (`conv2d_grouped`), unfolded through a table of tap
 //! offsets (`TapTable`) that also drops the taps reading only padding.
 use super::conv2d::ConvShape;
-use crate::cpu::{blas, CpuBackend};
+use crate::cpu::{blas, with_scratch, CpuBackend};
 use rayon::prelude::*;
 
 impl ConvShape {
@@ -105,7 +105,11 @@ impl TapTable {
                 .map(|q| {
                     let (y, x) = (tap(s, 0, q / s.wo, i), tap(s, 1, q % s.wo, j));
                     let inside = (0..s.h as isize).contains(&y) && (0..s.w as isize).contains(&x);
-                    if inside { (y * s.w as isize + x) as i32 } else { -1 }
+                    if inside {
+                        (y * s.w as isize + x) as i32
+                    } else {
+                        -1
+                    }
                 })
                 .collect();
             if row.iter().any(|&o| o >= 0) {
@@ -130,8 +134,11 @@ impl TapTable {
         if self.keeps_all(s) {
             return weight.into();
         }
-        let kk = s.kh * s.kw;
-        weight.chunks(s.patch_len()).flat_map(|w_o| (0..s.c).flat_map(move |c| self.taps.iter().map(move |&t| w_o[c * kk + t]))).collect::<Vec<f32>>().into()
+        let mut compact = Vec::with_capacity(s.o * self.rows(s));
+        for w_c in weight.chunks(s.kh * s.kw) {
+            compact.extend(self.taps.iter().map(|&t| w_c[t]));
+        }
+        compact.into()
     }
 
     /// A compact weight gradient back in the weight's layout, zero at the dropped taps.
@@ -139,14 +146,9 @@ impl TapTable {
         if self.keeps_all(s) {
             return compact;
         }
-        let (kk, t) = (s.kh * s.kw, self.taps.len());
         let mut dw = vec![0f32; s.o * s.patch_len()];
-        for (dw_o, cw_o) in dw.chunks_mut(s.patch_len()).zip(compact.chunks(self.rows(s))) {
-            for c in 0..s.c {
-                for (ti, &tap) in self.taps.iter().enumerate() {
-                    dw_o[c * kk + tap] = cw_o[c * t + ti];
-                }
-            }
+        for (dw_c, cw_c) in dw.chunks_mut(s.kh * s.kw).zip(compact.chunks(self.taps.len())) {
+            self.taps.iter().zip(cw_c).for_each(|(&t, v)| dw_c[t] = *v);
         }
         dw
     }
@@ -199,26 +201,24 @@ fn group_size(s: &ConvShape) -> usize {
 /// out[n] = W·patches(x[n]) for each image: x [N, C, H, W], weight [O, C·kh·kw] → [N, O, Ho, Wo].
 pub(super) fn conv2d(cpu: &CpuBackend, s: &ConvShape, x: &[f32], weight: &[f32]) -> Vec<f32> {
     if group_size(s) > 1 {
-        return conv2d_grouped(cpu, s, x, weight, group_size(s));
+        // At least one group per thread: unfolding and scattering run per group.
+        return conv2d_grouped(cpu, s, x, weight, group_size(s).min(s.n.div_ceil(cpu.threads())).max(1));
     }
     let (ck, p) = (s.patch_len(), s.out_plane());
     let split = s.n < cpu.threads();
     let mut out = vec![0f32; s.n * s.o * p];
     let cols_len = if s.is_pointwise() { 0 } else { ck * p };
     cpu.install(|| {
-        out.par_chunks_mut((s.o * p).max(1)).enumerate().for_each_init(
-            || vec![0f32; cols_len],
-            |cols, (n, out_n)| {
-                let x_n = &x[n * s.image_len()..][..s.image_len()];
-                let patches: &[f32] = if s.is_pointwise() {
-                    x_n
-                } else {
-                    im2col_image(s, x_n, cols);
-                    cols
-                };
-                product(cpu, split, false, false, s.o, p, ck, weight, patches, 0.0, out_n);
-            },
-        )
+        out.par_chunks_mut((s.o * p).max(1)).enumerate().for_each(|(n, out_n)| {
+            let x_n = &x[n * s.image_len()..][..s.image_len()];
+            if s.is_pointwise() {
+                return product(cpu, split, false, false, s.o, p, ck, weight, x_n, 0.0, out_n);
+            }
+            with_scratch(0, cols_len, |cols| {
+                im2col_image(s, x_n, cols);
+                product(cpu, split, false, false, s.o, p, ck, weight, cols, 0.0, out_n);
+            })
+        })
     });
     out
 }
@@ -232,23 +232,24 @@ fn conv2d_grouped(cpu: &CpuBackend, s: &ConvShape, x: &[f32], weight: &[f32], gr
     let split = s.n.div_ceil(group) < cpu.threads();
     let mut out = vec![0f32; s.n * o * p];
     cpu.install(|| {
-        out.par_chunks_mut((group * o * p).max(1)).enumerate().for_each_init(
-            || (vec![0f32; rows * group * p], vec![0f32; o * group * p]),
-            |(cols, tmp), (gi, out_g)| {
-                let images = out_g.len() / (o * p).max(1);
-                let width = images * p;
-                for k in 0..images {
-                    let n = gi * group + k;
-                    table.gather(s, &x[n * s.image_len()..][..s.image_len()], cols, width, k * p);
-                }
-                product(cpu, split, false, false, o, width, rows, &weight, &cols[..rows * width], 0.0, &mut tmp[..o * width]);
-                for k in 0..images {
-                    for oc in 0..o {
-                        out_g[(k * o + oc) * p..][..p].copy_from_slice(&tmp[oc * width + k * p..][..p]);
+        out.par_chunks_mut((group * o * p).max(1)).enumerate().for_each(|(gi, out_g)| {
+            let images = out_g.len() / (o * p).max(1);
+            let width = images * p;
+            with_scratch(0, rows * width, |cols| {
+                with_scratch(1, o * width, |tmp| {
+                    for k in 0..images {
+                        let n = gi * group + k;
+                        table.gather(s, &x[n * s.image_len()..][..s.image_len()], cols, width, k * p);
                     }
-                }
-            },
-        )
+                    product(cpu, split, false, false, o, width, rows, &weight, cols, 0.0, tmp);
+                    for k in 0..images {
+                        for oc in 0..o {
+                            out_g[(k * o + oc) * p..][..p].copy_from_slice(&tmp[oc * width + k * p..][..p]);
+                        }
+                    }
+                })
+            })
+        })
     });
     out
 }
@@ -272,31 +273,34 @@ fn backward_grouped_run(
     let (rows, p, o) = (table.rows(s), s.out_plane(), s.o);
     let (need_input, need_weight) = need;
     let mut dw = vec![0f32; if need_weight { o * rows } else { 0 }];
-    let (mut cols, mut g_g) = (vec![0f32; rows * group * p], vec![0f32; o * group * p]);
-    let mut start = first;
-    while start < first + count {
-        let images = group.min(first + count - start);
-        let width = images * p;
-        for k in 0..images {
-            for oc in 0..o {
-                g_g[oc * width + k * p..][..p].copy_from_slice(&g[((start + k) * o + oc) * p..][..p]);
+    with_scratch(0, rows * group * p, |cols| {
+        with_scratch(1, o * group * p, |g_g| {
+            let mut start = first;
+            while start < first + count {
+                let images = group.min(first + count - start);
+                let width = images * p;
+                for k in 0..images {
+                    for oc in 0..o {
+                        g_g[oc * width + k * p..][..p].copy_from_slice(&g[((start + k) * o + oc) * p..][..p]);
+                    }
+                }
+                if need_weight {
+                    for k in 0..images {
+                        table.gather(s, &x[(start + k) * s.image_len()..][..s.image_len()], cols, width, k * p);
+                    }
+                    product(cpu, split, false, true, o, rows, width, &g_g[..o * width], &cols[..rows * width], 1.0, &mut dw);
+                }
+                if need_input {
+                    product(cpu, split, true, false, rows, width, o, weight, &g_g[..o * width], 0.0, &mut cols[..rows * width]);
+                    for k in 0..images {
+                        let dx_n = &mut dx_run[(start + k - first) * s.image_len()..][..s.image_len()];
+                        table.scatter_add(s, cols, width, k * p, dx_n);
+                    }
+                }
+                start += images;
             }
-        }
-        if need_weight {
-            for k in 0..images {
-                table.gather(s, &x[(start + k) * s.image_len()..][..s.image_len()], &mut cols, width, k * p);
-            }
-            product(cpu, split, false, true, o, rows, width, &g_g[..o * width], &cols[..rows * width], 1.0, &mut dw);
-        }
-        if need_input {
-            product(cpu, split, true, false, rows, width, o, weight, &g_g[..o * width], 0.0, &mut cols[..rows * width]);
-            for k in 0..images {
-                let dx_n = &mut dx_run[(start + k - first) * s.image_len()..][..s.image_len()];
-                table.scatter_add(s, &cols, width, k * p, dx_n);
-            }
-        }
-        start += images;
-    }
+        })
+    });
     dw
 }
 
@@ -328,29 +332,30 @@ pub(super) fn conv2d_backward(
             return backward_grouped_run(cpu, s, (table, weight), x, g, (first, count), group, split, dx_run, (need_input, need_weight));
         }
         let mut dw = vec![0f32; if need_weight { s.o * ck } else { 0 }];
-        let mut cols = vec![0f32; if pointwise { 0 } else { ck * p }];
-        for n in first..(first + per_run).min(s.n) {
-            let g_n = &g[n * s.o * p..][..s.o * p];
-            if need_weight {
-                let x_n = &x[n * s.image_len()..][..s.image_len()];
-                let patches: &[f32] = if pointwise {
-                    x_n
-                } else {
-                    im2col_image(s, x_n, &mut cols);
-                    &cols
-                };
-                product(cpu, split, false, true, s.o, ck, p, g_n, patches, 1.0, &mut dw);
-            }
-            if need_input {
-                let dx_n = &mut dx_run[(n - first) * s.image_len()..][..s.image_len()];
-                if pointwise {
-                    product(cpu, split, true, false, ck, p, s.o, weight, g_n, 0.0, dx_n);
-                } else {
-                    product(cpu, split, true, false, ck, p, s.o, weight, g_n, 0.0, &mut cols);
-                    col2im_image(s, &cols, dx_n);
+        with_scratch(0, if pointwise { 0 } else { ck * p }, |cols| {
+            for n in first..(first + per_run).min(s.n) {
+                let g_n = &g[n * s.o * p..][..s.o * p];
+                if need_weight {
+                    let x_n = &x[n * s.image_len()..][..s.image_len()];
+                    let patches: &[f32] = if pointwise {
+                        x_n
+                    } else {
+                        im2col_image(s, x_n, cols);
+                        cols
+                    };
+                    product(cpu, split, false, true, s.o, ck, p, g_n, patches, 1.0, &mut dw);
+                }
+                if need_input {
+                    let dx_n = &mut dx_run[(n - first) * s.image_len()..][..s.image_len()];
+                    if pointwise {
+                        product(cpu, split, true, false, ck, p, s.o, weight, g_n, 0.0, dx_n);
+                    } else {
+                        product(cpu, split, true, false, ck, p, s.o, weight, g_n, 0.0, cols);
+                        col2im_image(s, cols, dx_n);
+                    }
                 }
             }
-        }
+        });
         dw
     };
     let partial_dws: Vec<Vec<f32>> = cpu.install(|| {
