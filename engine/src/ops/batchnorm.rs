@@ -1,7 +1,7 @@
 //! batch_norm2d over NCHW with PyTorch semantics. Kernels: shaders/wgsl/batchnorm.wgsl; CPU
 //! twins below; conformance: tests/ops_conformance.rs. Running statistics are updated by the
 //! module (`nn::BatchNorm2d`) from the batch statistics returned here.
-use super::{cpu_data, cpu_tensor, launch_map, narrow, same_device, to_u32};
+use super::{cpu_data, cpu_tensor, launch_map, narrow, par_fill, same_device, to_u32};
 use crate::cpu::CpuBackend;
 use crate::device::Device;
 use crate::error::{shape_err, Result};
@@ -46,14 +46,16 @@ impl BnShape {
         (0..self.n).map(move |n| &data[(n * channels + c) * hw..][..hw])
     }
 
-    /// A new [N, C, H, W] tensor's values, plane by plane in parallel: `f(c, offset, plane)`
-    /// fills the plane of channel c starting at flat index `offset`.
-    fn map_planes(&self, cpu: &CpuBackend, f: impl Fn(usize, usize, &mut [f32]) + Sync) -> Vec<f32> {
-        let mut out = vec![0f32; self.n * self.c * self.hw];
-        cpu.install(|| {
-            out.par_chunks_mut(self.hw.max(1)).enumerate().for_each(|(p, plane)| f(p % self.c, p * self.hw, plane))
-        });
-        out
+    /// A new [N, C, H, W] tensor's values, plane by plane: `f(c, offset)` yields the [H·W]
+    /// values of a plane of channel c starting at flat index `offset`. Tasks take whole planes,
+    /// enough of them for ~16 K values (at 1×1 a plane is one value).
+    fn map_planes<I: Iterator<Item = f32>>(&self, cpu: &CpuBackend, f: impl Fn(usize, usize) -> I + Sync) -> Vec<f32> {
+        let hw = self.hw.max(1);
+        let planes_per_task = (1usize << 14).div_ceil(hw);
+        par_fill(cpu, self.n * self.c * self.hw, hw * planes_per_task, |first, len| {
+            let f = &f;
+            (first / hw..(first + len) / hw).flat_map(move |p| f(p % self.c, p * hw))
+        })
     }
 
     /// Per-channel values computed in parallel.
@@ -132,9 +134,8 @@ pub fn batch_norm_forward(x: &Tensor, mean: &Tensor, var: &Tensor, gamma: &Tenso
             // y = x·a + b with a = γ/√(var + eps), b = β − mean·a per channel.
             let a: Vec<f32> = (0..s.c).map(|c| ga[c] / (v[c] + eps).sqrt()).collect();
             let b: Vec<f32> = (0..s.c).map(|c| be[c] - m[c] * a[c]).collect();
-            let out = s.map_planes(cpu, |c, off, plane| {
-                plane.iter_mut().zip(&xs[off..]).for_each(|(y, x)| *y = x * a[c] + b[c]);
-            });
+            let (a, b) = (&a, &b);
+            let out = s.map_planes(cpu, |c, off| xs[off..][..s.hw].iter().map(move |x| x * a[c] + b[c]));
             Ok(cpu_tensor(out, x.shape(), x.device()))
         }
         Device::Gpu(_) => launch(&k::FORWARD, &s, eps, x, [None, Some(mean), Some(var), Some(gamma), Some(beta)], x.shape(), false),
@@ -196,10 +197,10 @@ pub fn batch_norm_backward(
                 let (xs, gs, m, v, ga, su) = (cpu_data(x), cpu_data(g), cpu_data(mean), cpu_data(var), cpu_data(gamma), cpu_data(&sums));
                 let count = s.count() as f32;
                 // dx = γ·inv_std·(g − Σg/M − x̂·Σg·x̂/M) with x̂ = (x − mean)·inv_std.
-                let out = s.map_planes(cpu, |c, off, plane| {
+                let out = s.map_planes(cpu, |c, off| {
                     let inv_std = 1.0 / (v[c] + eps).sqrt();
-                    let (a, mean_g, k) = (ga[c] * inv_std, su[c] / count, su[s.c + c] / count * inv_std);
-                    plane.iter_mut().zip(&gs[off..]).zip(&xs[off..]).for_each(|((d, g), x)| *d = a * (g - mean_g - (x - m[c]) * k));
+                    let (a, mean_g, k, mc) = (ga[c] * inv_std, su[c] / count, su[s.c + c] / count * inv_std, m[c]);
+                    gs[off..][..s.hw].iter().zip(&xs[off..][..s.hw]).map(move |(g, x)| a * (g - mean_g - (x - mc) * k))
                 });
                 cpu_tensor(out, x.shape(), x.device())
             }
@@ -227,9 +228,9 @@ fn eval_input_grad(x: &Tensor, g: &Tensor, mean: &Tensor, var: &Tensor, gamma: &
     match x.device() {
         Device::Cpu(cpu) => {
             let (gs, v, ga) = (cpu_data(g), cpu_data(var), cpu_data(gamma));
-            let out = s.map_planes(cpu, |c, off, plane| {
+            let out = s.map_planes(cpu, |c, off| {
                 let a = ga[c] / (v[c] + eps).sqrt();
-                plane.iter_mut().zip(&gs[off..]).for_each(|(d, g)| *d = a * g);
+                gs[off..][..s.hw].iter().map(move |g| a * g)
             });
             Ok(cpu_tensor(out, x.shape(), x.device()))
         }

@@ -1,10 +1,9 @@
 //! Elementwise ops. Kernels: shaders/wgsl/elementwise.wgsl; CPU twins below (rayon);
 //! conformance: tests/ops_conformance.rs.
-use super::{cpu_data, cpu_tensor, launch_map, same_device, same_shape, to_u32};
+use super::{cpu_data, cpu_tensor, launch_map, par_fill, same_device, same_shape, to_u32};
 use crate::device::Device;
 use crate::error::{shape_err, Result};
 use crate::tensor::Tensor;
-use rayon::prelude::*;
 use tessera_shaders::elementwise as k;
 use tessera_shaders::Kernel;
 
@@ -20,29 +19,27 @@ struct EwParams {
     _pad: [u32; 3],
 }
 
-/// Runs `kernel` over x (and y) into a new tensor shaped like x; `cpu` is its CPU twin,
-/// mapping (x_i, y_i, i) to out_i.
+/// Values per parallel task: a task per value costs more than the value.
+const BLOCK: usize = 1 << 14;
+
+/// Runs `kernel` over x (and y, of x's length) into a new tensor shaped like x; `cpu` is its
+/// CPU twin, mapping (x_i, y_i, i) to out_i.
 fn map2(
     op: &'static str,
     kernel: &Kernel,
     x: &Tensor,
     y: &Tensor,
     params: EwParams,
-    cpu: impl Fn(f32, &[f32], usize) -> f32 + Sync,
+    cpu: impl Fn(f32, f32, usize) -> f32 + Sync,
 ) -> Result<Tensor> {
     same_device(op, &[x, y])?;
     let n = x.numel();
     match x.device() {
         Device::Cpu(backend) => {
             let (xs, ys) = (cpu_data(x), cpu_data(y));
-            // Blocks of values per task: a task per value costs more than the value.
-            const BLOCK: usize = 1 << 14;
-            let mut out = vec![0f32; n];
-            backend.install(|| {
-                out.par_chunks_mut(BLOCK).enumerate().for_each(|(b, block)| {
-                    let first = b * BLOCK;
-                    block.iter_mut().zip(&xs[first..]).enumerate().for_each(|(j, (o, x))| *o = cpu(*x, ys, first + j));
-                })
+            let out = par_fill(backend, n, BLOCK, |first, len| {
+                let cpu = &cpu;
+                xs[first..][..len].iter().zip(&ys[first..][..len]).enumerate().map(move |(j, (a, b))| cpu(*a, *b, first + j))
             });
             Ok(cpu_tensor(out, x.shape(), x.device()))
         }
@@ -56,9 +53,7 @@ fn map2(
 /// alpha·x + beta·y.
 pub fn axpby(alpha: f32, x: &Tensor, beta: f32, y: &Tensor) -> Result<Tensor> {
     same_shape("axpby", x, y)?;
-    map2("axpby", &k::AXPBY, x, y, EwParams { alpha, beta, ..Default::default() }, |a, ys, i| {
-        alpha * a + beta * ys[i]
-    })
+    map2("axpby", &k::AXPBY, x, y, EwParams { alpha, beta, ..Default::default() }, |a, b, _| alpha * a + beta * b)
 }
 
 /// x + y.
@@ -75,7 +70,7 @@ pub fn scale(x: &Tensor, alpha: f32) -> Result<Tensor> {
 /// x·y.
 pub fn mul(x: &Tensor, y: &Tensor) -> Result<Tensor> {
     same_shape("mul", x, y)?;
-    map2("mul", &k::MUL, x, y, EwParams::default(), |a, ys, i| a * ys[i])
+    map2("mul", &k::MUL, x, y, EwParams::default(), |a, b, _| a * b)
 }
 
 /// max(x, 0).
@@ -86,7 +81,7 @@ pub fn relu(x: &Tensor) -> Result<Tensor> {
 /// The gradient of relu at `x` given the upstream gradient `g`: g·[x > 0].
 pub fn relu_backward(x: &Tensor, g: &Tensor) -> Result<Tensor> {
     same_shape("relu_backward", x, g)?;
-    map2("relu_backward", &k::RELU_BACKWARD, x, g, EwParams::default(), |a, gs, i| if a > 0.0 { gs[i] } else { 0.0 })
+    map2("relu_backward", &k::RELU_BACKWARD, x, g, EwParams::default(), |a, g, _| if a > 0.0 { g } else { 0.0 })
 }
 
 /// x + b broadcast along `axis`: b has x.shape()[axis] values (a bias per feature or channel).
@@ -107,7 +102,23 @@ pub fn add_channel(x: &Tensor, b: &Tensor, axis: usize) -> Result<Tensor> {
         channels: to_u32("add_channel", channels.max(1))?,
         ..Default::default()
     };
-    map2("add_channel", &k::ADD_CHANNEL, x, b, params, |a, bs, i| a + bs[(i / inner.max(1)) % channels])
+    same_device("add_channel", &[x, b])?;
+    match x.device() {
+        Device::Cpu(cpu) => {
+            let (xs, bs) = (cpu_data(x), cpu_data(b));
+            // One task per run of whole rows [channels, inner]: each value's channel by counting.
+            let row = (channels * inner).max(1);
+            let out = par_fill(cpu, x.numel(), row * BLOCK.div_ceil(row), |first, len| {
+                let biases = bs.iter().flat_map(move |b| std::iter::repeat_n(*b, inner)).cycle();
+                xs[first..][..len].iter().zip(biases).map(|(v, b)| v + b)
+            });
+            Ok(cpu_tensor(out, x.shape(), x.device()))
+        }
+        Device::Gpu(_) => {
+            let params = EwParams { n: to_u32("add_channel", x.numel())?, ..params };
+            launch_map("add_channel", &k::ADD_CHANNEL, bytemuck::bytes_of(&params), &[x, b], x.shape(), x.numel())
+        }
+    }
 }
 
 /// The dropout mask hash; the same bits as `hash` in elementwise.wgsl.

@@ -19,8 +19,10 @@ pub use pool::{pool_backward, pool_forward, PoolKind, PoolShape};
 pub use reduce::{expand, mean, narrow, sum};
 pub use softmax::{cross_entropy_backward, cross_entropy_per_sample, log_softmax, log_softmax_backward, softmax, softmax_backward, Labels};
 
+use crate::cpu::CpuBackend;
 use crate::device::Device;
 use crate::error::{shape_err, Error, Result};
+use rayon::prelude::*;
 use crate::gpu::{GpuBackend, GpuBuffer};
 use crate::tensor::{Storage, Tensor};
 use tessera_shaders::Kernel;
@@ -46,6 +48,29 @@ pub(crate) fn gpu_buffer(t: &Tensor) -> Arc<GpuBuffer> {
 pub(crate) fn cpu_tensor(values: Vec<f32>, shape: &[usize], device: &Device) -> Tensor {
     debug_assert_eq!(values.len(), shape.iter().product::<usize>());
     Tensor::from_storage(Storage::Cpu(Arc::new(values)), shape.to_vec(), device.clone())
+}
+
+/// A new vector of `n` values computed in parallel blocks of `block` (the last may be
+/// shorter): `values(first, len)` yields the values first..first + len. They are written
+/// straight into fresh memory — no zero-filling pass that they would overwrite (calloc'd
+/// buffers cost a full extra write of every activation). Panics if a block yields too few.
+pub(crate) fn par_fill<I: Iterator<Item = f32>>(cpu: &CpuBackend, n: usize, block: usize, values: impl Fn(usize, usize) -> I + Sync) -> Vec<f32> {
+    let mut out = Vec::with_capacity(n);
+    let block = block.max(1);
+    cpu.install(|| {
+        out.spare_capacity_mut()[..n].par_chunks_mut(block).enumerate().for_each(|(b, dst)| {
+            let (mut written, len) = (0, dst.len());
+            for (d, v) in dst.iter_mut().zip(values(b * block, len)) {
+                d.write(v);
+                written += 1;
+            }
+            assert_eq!(written, dst.len(), "par_fill: a block yielded {written} of its {} values", dst.len());
+        })
+    });
+    // SAFETY: every block wrote each of its values (asserted above; a panic propagates out of
+    // `install` before this line, leaving the vector empty).
+    unsafe { out.set_len(n) };
+    out
 }
 
 /// Errors unless every tensor lives on the first one's device.
