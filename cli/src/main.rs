@@ -309,22 +309,29 @@ fn retune(devices: &[String]) -> Result<()> {
     Ok(())
 }
 
-/// Keeps freed memory in the process (glibc): training allocates and frees the same large
-/// activation buffers every step, and returning them to the kernel made every step pay
-/// page faults and kernel zeroing for them again.
+/// Large blocks (≥ 32 MiB) are reused by size; see `LargeBlockCache`.
+#[global_allocator]
+static ALLOC: tessera_engine::cpu::alloc::LargeBlockCache = tessera_engine::cpu::alloc::LargeBlockCache;
+
+/// Keeps freed memory in the process (glibc): training allocates and frees the same
+/// activation buffers every step, and returning them to the kernel made every step pay page
+/// faults and kernel zeroing for them again. Blocks of 32 MiB and more are mapped by glibc and
+/// kept by `LargeBlockCache` (in glibc's heap they left holes that smaller tensors split, and
+/// the next step's copy went on top: +130 MiB for AlexNet). One arena: a second thread's
+/// arena held another 64 MiB heap.
 #[cfg(all(target_os = "linux", target_env = "gnu"))]
 fn keep_freed_memory() {
     extern "C" {
         fn mallopt(param: std::ffi::c_int, value: std::ffi::c_int) -> std::ffi::c_int;
     }
     const M_TRIM_THRESHOLD: std::ffi::c_int = -1;
-    const M_MMAP_MAX: std::ffi::c_int = -4;
-    // SAFETY: plain glibc tuning calls, made before any other thread exists. No mmap'd
-    // chunks (glibc caps the mmap threshold at 32 MiB, below our patch matrices) and no
-    // trimming: freed blocks stay in the heap for the next step.
+    const M_MMAP_THRESHOLD: std::ffi::c_int = -3;
+    const M_ARENA_MAX: std::ffi::c_int = -8;
+    // SAFETY: plain glibc tuning calls, made before any other thread exists.
     unsafe {
-        mallopt(M_MMAP_MAX, 0);
+        mallopt(M_MMAP_THRESHOLD, tessera_engine::cpu::alloc::LARGE_BLOCK as std::ffi::c_int);
         mallopt(M_TRIM_THRESHOLD, i32::MAX);
+        mallopt(M_ARENA_MAX, 1);
     }
 }
 

@@ -3,6 +3,7 @@
 //! One thread pool only: OpenBLAS's own threads spin in `sched_yield` after each call and
 //! fought rayon's for the two cores (12–18 % of a resnet20 training step), so OpenBLAS runs
 //! one thread per call and large products are split into row or column blocks across rayon.
+pub mod alloc;
 pub mod blas;
 
 use rayon::prelude::*;
