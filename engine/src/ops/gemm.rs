@@ -267,6 +267,13 @@ pub fn matmul(a: &Tensor, b: &Tensor) -> Result<Tensor> {
 
 fn gemm_cpu(cpu: &CpuBackend, s: &GemmShape, a: &[f32], b: &[f32], c: Option<&Tensor>, o: GemmOpts) -> Vec<f32> {
     let mn = s.m * s.n;
+    // Leading dimension of each stored operand = its stored row length.
+    let lda = if o.trans_a { s.a_cs } else { s.a_rs };
+    let ldb = if o.trans_b { s.b_cs } else { s.b_rs };
+    let (a_len, b_len) = (s.m * s.k, s.k * s.n);
+    if s.batch == 1 && (c.is_none() || o.beta == 0.0) {
+        return cpu.sgemm_new(o.trans_a, o.trans_b, s.m, s.n, s.k, o.alpha, &a[..a_len], lda, &b[..b_len], ldb);
+    }
     let mut out = vec![0.0f32; s.batch * mn];
     let beta = match (c, s.c_bs) {
         (Some(c), Some(c_bs)) if o.beta != 0.0 => {
@@ -278,10 +285,6 @@ fn gemm_cpu(cpu: &CpuBackend, s: &GemmShape, a: &[f32], b: &[f32], c: Option<&Te
         }
         _ => 0.0,
     };
-    // Leading dimension of each stored operand = its stored row length.
-    let lda = if o.trans_a { s.a_cs } else { s.a_rs };
-    let ldb = if o.trans_b { s.b_cs } else { s.b_rs };
-    let (a_len, b_len) = (s.m * s.k, s.k * s.n);
     for z in 0..s.batch {
         cpu.sgemm(
             o.trans_a,
