@@ -8,9 +8,11 @@ struct BnParams {
     hw: u32,
     total: u32,
     eps: f32,
+    // The per-channel reductions sum values [k_begin, k_end) of their M (all of them unless
+    // a software adapter's loop budget splits the sum into several launches).
+    k_begin: u32,
+    k_end: u32,
     _pad0: u32,
-    _pad1: u32,
-    _pad2: u32,
 }
 
 @group(0) @binding(0) var<uniform> p: BnParams;
@@ -44,7 +46,7 @@ fn bn_mean(@builtin(global_invocation_id) gid: vec3<u32>) {
     let c = gid.x;
     if (c >= p.c) { return; }
     var s = 0.0;
-    for (var k = 0u; k < p.n * p.hw; k++) { s += x[at(c, k)]; }
+    for (var k = p.k_begin; k < p.k_end; k++) { s += x[at(c, k)]; }
     out[c] = s / count();
 }
 
@@ -54,7 +56,7 @@ fn bn_var(@builtin(global_invocation_id) gid: vec3<u32>) {
     let c = gid.x;
     if (c >= p.c) { return; }
     var s = 0.0;
-    for (var k = 0u; k < p.n * p.hw; k++) {
+    for (var k = p.k_begin; k < p.k_end; k++) {
         let d = x[at(c, k)] - mean[c];
         s += d * d;
     }
@@ -78,7 +80,7 @@ fn bn_grad_sums(@builtin(global_invocation_id) gid: vec3<u32>) {
     let inv_std = inverseSqrt(var_[c] + p.eps);
     var sg = 0.0;
     var sgx = 0.0;
-    for (var k = 0u; k < p.n * p.hw; k++) {
+    for (var k = p.k_begin; k < p.k_end; k++) {
         let i = at(c, k);
         sg += g[i];
         sgx += g[i] * (x[i] - mean[c]) * inv_std;

@@ -12,8 +12,10 @@ struct ReduceParams {
     red_rank: u32,
     scale: f32,
     base: u32,
-    _pad1: u32,
-    _pad2: u32,
+    // The reduced indices [r_begin, r_end) this launch sums (all of them unless a software
+    // adapter's loop budget splits the sum into several launches).
+    r_begin: u32,
+    r_end: u32,
     kept_shape: array<vec4<u32>, 2>,
     kept_stride: array<vec4<u32>, 2>,
     red_shape: array<vec4<u32>, 2>,
@@ -46,7 +48,7 @@ fn gather_sum(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgr
     if (o >= p.out_numel) { return; }
     let base = p.base + offset_of(o, p.kept_rank, p.kept_shape, p.kept_stride);
     var acc = 0.0;
-    for (var r = 0u; r < p.red_numel; r++) {
+    for (var r = p.r_begin; r < p.r_end; r++) {
         acc += x[base + offset_of(r, p.red_rank, p.red_shape, p.red_stride)];
     }
     out[o] = p.scale * acc;

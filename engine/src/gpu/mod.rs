@@ -17,6 +17,11 @@ use tessera_shaders::Kernel;
 /// Kernel launches recorded before the batch is submitted without waiting. Bounds the memory
 /// the uniform arena and pending commands hold; the host still only waits when it reads.
 const MAX_LAUNCHES_PER_BATCH: usize = 256;
+/// Loop iterations one invocation may run on a software adapter, with a 2× margin. llvmpipe
+/// (lavapipe, Mesa GL) ends every shader loop once an invocation has run 65 535 iterations in
+/// all, without an error: a 60 000-value sum came out 21 845. Kernels whose loops would run
+/// longer are launched in slices there (GEMM over K, reductions, batch-norm statistics).
+pub const SOFTWARE_LOOP_TRIPS: usize = 1 << 15;
 /// Bytes of launch parameters one kernel may take (one uniform block).
 pub const MAX_PARAMS_BYTES: usize = 256;
 

@@ -3,6 +3,7 @@
 //! module (`nn::BatchNorm2d`) from the batch statistics returned here.
 use super::{cpu_data, cpu_tensor, launch_map, narrow, par_fill, same_device, to_u32};
 use crate::cpu::CpuBackend;
+use crate::gpu::SOFTWARE_LOOP_TRIPS;
 use crate::device::Device;
 use crate::error::{shape_err, Result};
 use crate::tensor::Tensor;
@@ -72,7 +73,9 @@ struct BnParams {
     hw: u32,
     total: u32,
     eps: f32,
-    _pad: [u32; 3],
+    k_begin: u32,
+    k_end: u32,
+    _pad: u32,
 }
 
 /// One launch; `per_channel` kernels get one invocation per channel, the others one per value.
@@ -89,10 +92,24 @@ fn launch(
 ) -> Result<Tensor> {
     let u = |v| to_u32("batch_norm2d", v);
     let total = s.n * s.c * s.hw;
-    let params = BnParams { n: u(s.n)?, c: u(s.c)?, hw: u(s.hw)?, total: u(total)?, eps, _pad: [0; 3] };
-    let invocations = if per_channel { s.c } else { total };
+    let params = BnParams { n: u(s.n)?, c: u(s.c)?, hw: u(s.hw)?, total: u(total)?, eps, k_begin: 0, k_end: u(s.count())?, _pad: 0 };
     let inputs = [x, g.unwrap_or(x), mean.unwrap_or(x), var.unwrap_or(x), gamma.unwrap_or(x), aux.unwrap_or(x)];
-    launch_map("batch_norm2d", kernel, bytemuck::bytes_of(&params), &inputs, out_shape, invocations)
+    if !per_channel {
+        return launch_map("batch_norm2d", kernel, bytemuck::bytes_of(&params), &inputs, out_shape, total);
+    }
+    // The per-channel sums are linear in their values: slices add up (see SOFTWARE_LOOP_TRIPS).
+    let Device::Gpu(gpu) = x.device() else { unreachable!("GPU launch on a CPU tensor") };
+    let slice = if gpu.is_software() { SOFTWARE_LOOP_TRIPS } else { s.count() };
+    let mut sum: Option<Tensor> = None;
+    for begin in (0..s.count()).step_by(slice) {
+        let params = BnParams { k_begin: u(begin)?, k_end: u((begin + slice).min(s.count()))?, ..params };
+        let part = launch_map("batch_norm2d", kernel, bytemuck::bytes_of(&params), &inputs, out_shape, s.c)?;
+        sum = Some(match sum {
+            Some(acc) => super::add(&acc, &part)?,
+            None => part,
+        });
+    }
+    Ok(sum.expect("M > 0 values per channel"))
 }
 
 /// Per-channel batch mean and biased variance of x [N, C, H, W] (two passes, for accuracy).

@@ -5,7 +5,8 @@
 use super::{conv2d_cpu, cpu_data, cpu_tensor, launch_map, to_u32};
 use crate::device::Device;
 use crate::error::{shape_err, Result};
-use crate::ops::{add_channel, gemm, sum, GemmOpts};
+use crate::gpu::GpuBackend;
+use crate::ops::{add, add_channel, concat, gemm, narrow, sum, GemmOpts};
 use crate::tensor::Tensor;
 use tessera_shaders::conv2d as k;
 use tessera_shaders::Kernel;
@@ -152,6 +153,20 @@ fn swap01(x: &Tensor, a: usize, b: usize, inner: usize, out_shape: &[usize]) -> 
     launch(&k::SWAP01, params, x, out_shape)
 }
 
+/// Images per GPU pass: one pass's patch matrix [C·kh·kw, n·Ho·Wo] and GEMM result
+/// [O, n·Ho·Wo] must each fit one storage binding (128 MiB on lavapipe: ResNet-50's layer1 at
+/// 224 px, batch 32, needs 231 MB). Larger batches run in chunks of images; a single image
+/// that does not fit still reports `TooLarge`.
+fn images_per_pass(gpu: &GpuBackend, s: &ConvShape) -> usize {
+    let per_image = 4 * s.patch_len().max(s.o) * s.ho * s.wo;
+    (gpu.max_tensor_bytes() as usize / per_image.max(1)).clamp(1, s.n.max(1))
+}
+
+/// The images [start, start + len) of a batch tensor.
+fn images(t: &Tensor, start: usize, len: usize) -> Result<Tensor> {
+    narrow(t, 0, start, len)
+}
+
 /// conv2d(x, weight, bias): x [N, C, H, W], weight [O, C, kh, kw], bias [O] → [N, O, Ho, Wo].
 pub fn conv2d(x: &Tensor, weight: &Tensor, bias: Option<&Tensor>, opts: Conv2dOpts) -> Result<Tensor> {
     let s = ConvShape::new(x.shape(), weight.shape(), opts)?;
@@ -163,6 +178,16 @@ pub fn conv2d(x: &Tensor, weight: &Tensor, bias: Option<&Tensor>, opts: Conv2dOp
             Some(b) => add_channel(&out, b, 1),
             None => Ok(out),
         };
+    }
+    let Device::Gpu(gpu) = x.device() else { unreachable!("CPU handled above") };
+    let per_pass = images_per_pass(gpu, &s);
+    if per_pass < s.n {
+        let mut out = conv2d(&images(x, 0, per_pass)?, weight, bias, opts)?;
+        for start in (per_pass..s.n).step_by(per_pass) {
+            let part = conv2d(&images(x, start, per_pass.min(s.n - start))?, weight, bias, opts)?;
+            out = concat(&out, &part, 0)?;
+        }
+        return Ok(out);
     }
     let cols = im2col(x, &s)?;
     let w_mat = weight.reshape(&[s.o, s.patch_len()])?;
@@ -194,6 +219,25 @@ pub fn conv2d_backward(
         super::gemm::add_gemm_flops(s.forward_flops() * (need_input as u8 + need_weight as u8) as f64);
         let (dx, dw) = conv2d_cpu::conv2d_backward(cpu, &s, cpu_data(x), cpu_data(weight), cpu_data(g), need_input, need_weight);
         return Ok((dx.map(|d| cpu_tensor(d, x.shape(), x.device())), dw.map(|d| cpu_tensor(d, weight.shape(), x.device()))));
+    }
+    let Device::Gpu(gpu) = x.device() else { unreachable!("CPU handled above") };
+    let per_pass = images_per_pass(gpu, &s);
+    if per_pass < s.n {
+        // dx: the passes' input gradients side by side; dW: their sum.
+        let (mut dx, mut dw): (Option<Tensor>, Option<Tensor>) = (None, None);
+        for start in (0..s.n).step_by(per_pass) {
+            let len = per_pass.min(s.n - start);
+            let (dx_part, dw_part) = conv2d_backward(&images(x, start, len)?, weight, &images(g, start, len)?, opts, need_input, need_weight)?;
+            dx = match (dx, dx_part) {
+                (Some(acc), Some(part)) => Some(concat(&acc, &part, 0)?),
+                (acc, part) => acc.or(part),
+            };
+            dw = match (dw, dw_part) {
+                (Some(acc), Some(part)) => Some(add(&acc, &part)?),
+                (acc, part) => acc.or(part),
+            };
+        }
+        return Ok((dx, dw));
     }
     let g_onp = swap01(g, s.n, s.o, s.ho * s.wo, &[s.o, s.positions()])?;
     let w_mat = weight.reshape(&[s.o, s.patch_len()])?;

@@ -147,7 +147,11 @@ fn gemm_dispatch(variant: Option<&GemmKernel>, a: &Tensor, b: &Tensor, c: Option
     if let Some(c) = c {
         a.check_same_device("gemm", c)?;
     }
-    add_gemm_flops(shape.flops());
+    match a.device() {
+        // Each slice counts its own FLOPs.
+        Device::Gpu(gpu) if gpu.is_software() && shape.k > SOFTWARE_MAX_K => return gemm_in_k_slices(variant, &shape, a, b, c, o),
+        _ => add_gemm_flops(shape.flops()),
+    }
     match a.device() {
         Device::Cpu(cpu) => {
             let out = gemm_cpu(cpu, &shape, cpu_data(a), cpu_data(b), c, o);
@@ -162,6 +166,32 @@ fn gemm_dispatch(variant: Option<&GemmKernel>, a: &Tensor, b: &Tensor, c: Option
             gemm_gpu(gpu, variant, &shape, ab, bb, c, o)
         }
     }
+}
+
+/// The longest K one launch takes on a software adapter ([`crate::gpu::SOFTWARE_LOOP_TRIPS`]:
+/// a product with K = 70 000 came out 30 % wrong). Longer products run as K slices
+/// accumulated through C.
+const SOFTWARE_MAX_K: usize = crate::gpu::SOFTWARE_LOOP_TRIPS;
+
+/// op(A)·op(B) as Σ over K slices of at most [`SOFTWARE_MAX_K`]: each slice's operands are
+/// narrowed copies, and each launch adds onto the previous result (beta = 1).
+fn gemm_in_k_slices(variant: Option<&GemmKernel>, s: &GemmShape, a: &Tensor, b: &Tensor, c: Option<&Tensor>, o: GemmOpts) -> Result<Tensor> {
+    // The K axis of each stored operand: A is [.., M, K] (or [.., K, M] transposed), B is
+    // [.., K, N] (or [.., N, K]).
+    let (ra, rb) = (a.rank(), b.rank());
+    let k_axis_a = if o.trans_a { ra - 2 } else { ra - 1 };
+    let k_axis_b = if o.trans_b { rb - 1 } else { rb - 2 };
+    let mut acc: Option<Tensor> = None;
+    for start in (0..s.k).step_by(SOFTWARE_MAX_K) {
+        let len = SOFTWARE_MAX_K.min(s.k - start);
+        let (a_k, b_k) = (super::narrow(a, k_axis_a, start, len)?, super::narrow(b, k_axis_b, start, len)?);
+        let (prev, opts) = match &acc {
+            None => (c, o),
+            Some(partial) => (Some(partial), GemmOpts { beta: 1.0, ..o }),
+        };
+        acc = Some(gemm_dispatch(variant, &a_k, &b_k, prev, opts)?);
+    }
+    Ok(acc.expect("K > 0 slices"))
 }
 
 /// Products below this many multiply-adds keep the heuristic's kernel: timing them costs more

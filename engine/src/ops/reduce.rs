@@ -1,6 +1,7 @@
 //! Sum / mean over chosen axes and their backward, broadcasting back over those axes. Both are
 //! one strided gather-sum: kernel shaders/wgsl/reduce.wgsl; CPU twin `GatherSum::run_cpu`.
 use super::{cpu_data, cpu_tensor, launch_map, to_u32};
+use crate::gpu::SOFTWARE_LOOP_TRIPS;
 use crate::device::Device;
 use crate::error::{shape_err, Result};
 use crate::tensor::Tensor;
@@ -47,7 +48,8 @@ struct ReduceParams {
     red_rank: u32,
     scale: f32,
     base: u32,
-    _pad: [u32; 2],
+    r_begin: u32,
+    r_end: u32,
     kept_shape: [u32; MAX_RANK],
     kept_stride: [u32; MAX_RANK],
     red_shape: [u32; MAX_RANK],
@@ -84,7 +86,7 @@ impl GatherSum {
                 let out = cpu.install(|| self.run_cpu(cpu_data(x)));
                 Ok(cpu_tensor(out, out_shape, x.device()))
             }
-            Device::Gpu(_) => {
+            Device::Gpu(gpu) => {
                 let mut p = ReduceParams {
                     out_numel: to_u32(op, self.out_numel())?,
                     red_numel: to_u32(op, self.red_numel())?,
@@ -104,7 +106,19 @@ impl GatherSum {
                 fill(&mut p.kept_stride, &self.kept_stride)?;
                 fill(&mut p.red_shape, &self.red_shape)?;
                 fill(&mut p.red_stride, &self.red_stride)?;
-                launch_map(op, &GATHER_SUM, bytemuck::bytes_of(&p), &[x], out_shape, self.out_numel())
+                // Each summed value costs the loop over its coordinates too (rank + 1 trips).
+                let red = self.red_numel();
+                let slice = if gpu.is_software() { SOFTWARE_LOOP_TRIPS / (self.red_shape.len() + 1) } else { red.max(1) };
+                let mut total: Option<Tensor> = None;
+                for begin in (0..red.max(1)).step_by(slice) {
+                    let params = ReduceParams { r_begin: to_u32(op, begin)?, r_end: to_u32(op, (begin + slice).min(red))?, ..p };
+                    let part = launch_map(op, &GATHER_SUM, bytemuck::bytes_of(&params), &[x], out_shape, self.out_numel())?;
+                    total = Some(match total {
+                        Some(t) => super::add(&t, &part)?,
+                        None => part,
+                    });
+                }
+                Ok(total.expect("at least one slice"))
             }
         }
     }
