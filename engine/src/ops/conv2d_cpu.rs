@@ -94,6 +94,9 @@ struct TapTable {
     taps: Vec<usize>,
     /// taps.len() × Ho·Wo offsets.
     offsets: Vec<i32>,
+    /// Per kept tap, the first offset when its offsets are one run inside the plane (every
+    /// tap of a pointwise convolution): then its rows are plain copies.
+    runs: Vec<Option<usize>>,
 }
 
 impl TapTable {
@@ -117,7 +120,8 @@ impl TapTable {
                 offsets.extend(row);
             }
         }
-        Self { taps, offsets }
+        let runs = offsets.chunks(s.out_plane().max(1)).map(contiguous).collect();
+        Self { taps, offsets, runs }
     }
 
     /// Rows of the compact patch matrix: C · kept taps.
@@ -158,9 +162,12 @@ impl TapTable {
     fn gather(&self, s: &ConvShape, x: &[f32], cols: &mut [f32], ld: usize, off: usize) {
         let p = s.out_plane();
         for (c, plane) in x.chunks(s.h * s.w).enumerate() {
-            for (ti, offsets) in self.offsets.chunks(p).enumerate() {
+            for (ti, (offsets, run)) in self.offsets.chunks(p).zip(&self.runs).enumerate() {
                 let dst = &mut cols[(c * self.taps.len() + ti) * ld + off..][..p];
-                dst.iter_mut().zip(offsets).for_each(|(d, &o)| *d = if o >= 0 { plane[o as usize] } else { 0.0 });
+                match *run {
+                    Some(start) => dst.copy_from_slice(&plane[start..start + p]),
+                    None => dst.iter_mut().zip(offsets).for_each(|(d, &o)| *d = if o >= 0 { plane[o as usize] } else { 0.0 }),
+                }
             }
         }
     }
@@ -169,12 +176,21 @@ impl TapTable {
     fn scatter_add(&self, s: &ConvShape, cols: &[f32], ld: usize, off: usize, dx: &mut [f32]) {
         let p = s.out_plane();
         for (c, plane) in dx.chunks_mut(s.h * s.w).enumerate() {
-            for (ti, offsets) in self.offsets.chunks(p).enumerate() {
+            for (ti, (offsets, run)) in self.offsets.chunks(p).zip(&self.runs).enumerate() {
                 let src = &cols[(c * self.taps.len() + ti) * ld + off..][..p];
-                src.iter().zip(offsets).filter(|(_, &o)| o >= 0).for_each(|(v, &o)| plane[o as usize] += v);
+                match *run {
+                    Some(start) => plane[start..start + p].iter_mut().zip(src).for_each(|(d, v)| *d += v),
+                    None => src.iter().zip(offsets).filter(|(_, &o)| o >= 0).for_each(|(v, &o)| plane[o as usize] += v),
+                }
             }
         }
     }
+}
+
+/// The first offset when a tap's offsets are one run start, start + 1, … inside the plane.
+fn contiguous(offsets: &[i32]) -> Option<usize> {
+    let first = *offsets.first()?;
+    (first >= 0 && offsets.iter().enumerate().all(|(q, &o)| o == first + q as i32)).then_some(first as usize)
 }
 
 /// C = op(A)·op(B) + beta·C: single-threaded when the images already run in parallel, split
