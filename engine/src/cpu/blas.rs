@@ -54,6 +54,21 @@ pub fn sgemm(
     unsafe { sgemm_raw(trans_a, trans_b, m, n, k, alpha, a.as_ptr(), lda, b.as_ptr(), ldb, beta, c.as_mut_ptr(), ldc) }
 }
 
+/// A new row-major m×n product `alpha·op(A)·op(B)` on one thread, written straight into fresh
+/// memory: with beta = 0 BLAS sets every element of C without reading it.
+#[allow(clippy::too_many_arguments)]
+pub fn sgemm_new(trans_a: bool, trans_b: bool, m: usize, n: usize, k: usize, alpha: f32, a: &[f32], lda: usize, b: &[f32], ldb: usize) -> Vec<f32> {
+    let mut c = Vec::with_capacity(m * n);
+    check_bounds(trans_a, trans_b, m, n, k, a.len(), lda, b.len(), ldb, m * n, n);
+    // SAFETY: bounds checked against the m×n capacity; beta = 0 writes all m·n elements
+    // (k = 0 included: C := 0), so they are initialised when the length is set.
+    unsafe {
+        sgemm_raw(trans_a, trans_b, m, n, k, alpha, a.as_ptr(), lda, b.as_ptr(), ldb, 0.0, c.as_mut_ptr(), n);
+        c.set_len(m * n);
+    }
+    c
+}
+
 /// Panics unless every element a row-major GEMM of these dimensions touches lies inside the
 /// given lengths.
 #[allow(clippy::too_many_arguments)]

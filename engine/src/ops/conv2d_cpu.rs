@@ -205,6 +205,17 @@ fn product(cpu: &CpuBackend, split: bool, ta: bool, tb: bool, m: usize, n: usize
     }
 }
 
+/// dW += g·patchesᵀ into a run's partial sum [m, n]; the first product (`dw` still empty)
+/// writes fresh memory instead of adding onto a zero-filled one: per step those zeros were
+/// twice the size of every convolution weight.
+#[allow(clippy::too_many_arguments)]
+fn accumulate_weight_grad(cpu: &CpuBackend, split: bool, m: usize, n: usize, k: usize, g: &[f32], patches: &[f32], dw: &mut Vec<f32>) {
+    if !dw.is_empty() {
+        return product(cpu, split, false, true, m, n, k, g, patches, 1.0, dw);
+    }
+    *dw = if split { cpu.sgemm_new(false, true, m, n, k, 1.0, g, k, patches, k) } else { blas::sgemm_new(false, true, m, n, k, 1.0, g, k, patches, k) };
+}
+
 /// Output planes smaller than this many positions are multiplied several images at a time:
 /// image by image they would be thin GEMMs (a GEMV at 1×1) that waste the BLAS kernel.
 const MIN_GEMM_COLUMNS: usize = 256;
@@ -288,7 +299,7 @@ fn backward_grouped_run(
 ) -> Vec<f32> {
     let (rows, p, o) = (table.rows(s), s.out_plane(), s.o);
     let (need_input, need_weight) = need;
-    let mut dw = vec![0f32; if need_weight { o * rows } else { 0 }];
+    let mut dw = Vec::new();
     with_scratch(0, rows * group * p, |cols| {
         with_scratch(1, o * group * p, |g_g| {
             let mut start = first;
@@ -304,7 +315,7 @@ fn backward_grouped_run(
                     for k in 0..images {
                         table.gather(s, &x[(start + k) * s.image_len()..][..s.image_len()], cols, width, k * p);
                     }
-                    product(cpu, split, false, true, o, rows, width, &g_g[..o * width], &cols[..rows * width], 1.0, &mut dw);
+                    accumulate_weight_grad(cpu, split, o, rows, width, &g_g[..o * width], &cols[..rows * width], &mut dw);
                 }
                 if need_input {
                     product(cpu, split, true, false, rows, width, o, weight, &g_g[..o * width], 0.0, &mut cols[..rows * width]);
@@ -347,7 +358,7 @@ pub(super) fn conv2d_backward(
             let count = per_run.min(s.n.saturating_sub(first));
             return backward_grouped_run(cpu, s, (table, weight), x, g, (first, count), group, split, dx_run, (need_input, need_weight));
         }
-        let mut dw = vec![0f32; if need_weight { s.o * ck } else { 0 }];
+        let mut dw = Vec::new();
         with_scratch(0, if pointwise { 0 } else { ck * p }, |cols| {
             for n in first..(first + per_run).min(s.n) {
                 let g_n = &g[n * s.o * p..][..s.o * p];
@@ -359,7 +370,7 @@ pub(super) fn conv2d_backward(
                         im2col_image(s, x_n, cols);
                         cols
                     };
-                    product(cpu, split, false, true, s.o, ck, p, g_n, patches, 1.0, &mut dw);
+                    accumulate_weight_grad(cpu, split, s.o, ck, p, g_n, patches, &mut dw);
                 }
                 if need_input {
                     let dx_n = &mut dx_run[(n - first) * s.image_len()..][..s.image_len()];
@@ -382,7 +393,7 @@ pub(super) fn conv2d_backward(
         }
     });
     let dw = need_weight.then(|| {
-        let mut parts = partial_dws.into_iter();
+        let mut parts = partial_dws.into_iter().filter(|part| !part.is_empty());
         let rows = table.as_ref().map_or(ck, |t| t.rows(s));
         let mut dw = parts.next().unwrap_or_else(|| vec![0f32; s.o * rows]);
         for part in parts {
