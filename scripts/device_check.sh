@@ -1,0 +1,69 @@
+#!/usr/bin/env bash
+# The prepared GPU check for a session that is lent a device machine (the `device` tool):
+# correctness of every op on the real adapter against the CPU backend, GEMM and conv GFLOP/s
+# for every kernel variant (autotuned afresh), and a ResNet-50 training step at 224 px.
+#
+#   scripts/device_check.sh prepare   # here: build, and gather the binary, the libraries it
+#                                     # links and the Vulkan/EGL loaders into .device/
+#   then, through the device tool, with carry [".device"] and a timeout of about 540 s:
+#   scripts/device_check.sh run       # there: writes $OUT/device_check.txt and check.json
+#
+# The device machine starts bare (no OpenBLAS, no Vulkan loader) and cannot reach a package
+# registry, so everything it needs travels in .device/ (ignored by git, ~55 MB of the 64 MiB
+# the tool carries). Each step has its own time limit, so one slow step cannot eat the lease.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+prepare() {
+    cargo build --release -p tessera-cli
+    rm -rf .device && mkdir -p .device/lib .device/debs
+    grep -qx '/.device/' .git/info/exclude 2>/dev/null || echo '/.device/' >>.git/info/exclude
+    cp target/release/tessera .device/
+    # The shared libraries the binary links that a bare machine may lack (OpenBLAS and the
+    # Fortran runtime it pulls in); glibc and libgcc are everywhere.
+    ldd target/release/tessera | awk '/=> \// {print $3}' | grep -E 'openblas|gfortran|quadmath' | while read -r lib; do
+        cp -L "$lib" .device/lib/
+    done
+    # The Vulkan and EGL loaders, as the device tool's notes describe (the NVIDIA driver brings
+    # the ICDs).
+    local o='-oAPT::Architecture=amd64 -oAPT::Architectures=amd64 -oDir::State::Lists=/tmp/amd64'
+    mkdir -p /tmp/amd64/partial
+    # shellcheck disable=SC2086
+    apt-get $o update -qq
+    # shellcheck disable=SC2086
+    (cd .device/debs && apt-get $o download -qq libvulkan1 libegl1 libglvnd0 libopengl0 libgl1 libglx0 libgles2)
+    du -sh .device
+}
+
+run() {
+    local out="${OUT:-/tmp/device_check}" log
+    mkdir -p "$out"
+    log="$out/device_check.txt"
+    for f in .device/debs/*.deb; do dpkg -x "$f" /; done
+    ldconfig
+    export LD_LIBRARY_PATH="$PWD/.device/lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}" XDG_RUNTIME_DIR=/tmp
+    # The NVIDIA driver's own ICD files, where the loaders would not find them.
+    if [ -e /usr/local/nvidia/share/vulkan/icd.d/nvidia_icd.json ] && ! ls /usr/share/vulkan/icd.d/nvidia* /etc/vulkan/icd.d/nvidia* >/dev/null 2>&1; then
+        export VK_DRIVER_FILES=/usr/local/nvidia/share/vulkan/icd.d/nvidia_icd.json
+        export __EGL_VENDOR_LIBRARY_FILENAMES=/usr/local/nvidia/share/glvnd/egl_vendor.d/10_nvidia.json
+    fi
+    local t=.device/tessera
+    step() {
+        local limit=$1; shift
+        echo "== $* (limit ${limit}s)" | tee -a "$log"
+        timeout "$limit" "$@" 2>&1 | tee -a "$log" || echo "-- exit status $? (124: past its limit)" | tee -a "$log"
+    }
+    step 30 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv
+    step 30 "$t" devices
+    # gpu:0 is the first adapter `tessera devices` lists (the NVIDIA Vulkan one on a bare machine).
+    step 120 "$t" check --adapters all --json "$out/check.json"
+    step 120 "$t" bench gemm --device gpu:0 --sizes 1024,2048,4096 --trans nn,nt,tn --kernel all --retune
+    step 120 "$t" bench kernels --device gpu:0 --retune
+    step 150 "$t" bench train --model resnet50 --num-classes 1000 --input 224 --batch 32 --device gpu:0 --warmup 2 --steps 5 --no-torch
+}
+
+case "${1:-}" in
+    prepare) prepare ;;
+    run) run ;;
+    *) echo "usage: $0 prepare|run" >&2; exit 2 ;;
+esac
