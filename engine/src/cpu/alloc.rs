@@ -19,7 +19,7 @@ use std::sync::Mutex;
 pub const LARGE_BLOCK: usize = 32 << 20;
 /// At most this many cached blocks and bytes; the least recently freed goes first.
 const MAX_BLOCKS: usize = 32;
-const MAX_BYTES: usize = 2 << 30;
+const MAX_BYTES: usize = 1 << 30;
 
 #[derive(Clone, Copy)]
 struct Block {
@@ -77,8 +77,8 @@ impl LargeBlockCache {
 }
 
 // SAFETY: every block handed out comes from `System` with the same layout it is returned with:
-// cached blocks are matched on exact size and alignment, and freed through `System` with the
-// layout they were allocated with.
+// cached blocks are matched on exact size and alignment, and freed (or grown) through `System`
+// with the layout they were allocated with.
 unsafe impl GlobalAlloc for LargeBlockCache {
     unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
         if layout.size() >= LARGE_BLOCK {
@@ -97,6 +97,12 @@ unsafe impl GlobalAlloc for LargeBlockCache {
             }
         }
         System.alloc_zeroed(layout)
+    }
+
+    /// Growth goes straight to the system allocator (glibc remaps large blocks in place): a
+    /// vector growing through 32, 64, 128 MB… would otherwise leave each old size cached.
+    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+        System.realloc(ptr, layout, new_size)
     }
 
     unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {

@@ -165,7 +165,9 @@ fn native_core() -> Option<(&'static str, &'static [&'static str])> {
 /// Emerald Rapids, and falls back to the SSE3 `Prescott` kernels — 26 instead of 220 GFLOP/s
 /// at 2048³ on such a machine. It re-runs OpenBLAS's own core selection with
 /// `OPENBLAS_CORETYPE` set, as a user would in the environment; a user's setting is kept.
-/// Returns a note on what was changed, once per process. Call before the first BLAS call.
+/// Returns a note on what was changed, once per process. It runs when the program starts
+/// (below), before main and any other thread: setting the environment while another thread
+/// reads it is a data race.
 pub fn ensure_native_kernels() -> Option<&'static str> {
     static NOTE: OnceLock<Option<String>> = OnceLock::new();
     NOTE.get_or_init(|| {
@@ -196,6 +198,13 @@ pub fn ensure_native_kernels() -> Option<&'static str> {
         Some(format!("OpenBLAS detected `{detected}` kernels on this CPU; switched to `{now}`"))
     })
     .as_deref()
+}
+
+// SAFETY (of running before main): OpenBLAS, a shared library this one links, has finished
+// its own constructor by then; the selection uses only the environment, cpuid and OpenBLAS.
+#[ctor::ctor]
+fn select_kernels_at_start() {
+    ensure_native_kernels();
 }
 
 /// OpenBLAS's build configuration string, e.g. `OpenBLAS 0.3.21 DYNAMIC_ARCH NO_AFFINITY Haswell MAX_THREADS=64`.
