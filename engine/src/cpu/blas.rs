@@ -58,14 +58,20 @@ pub fn sgemm(
 /// memory: with beta = 0 BLAS sets every element of C without reading it.
 #[allow(clippy::too_many_arguments)]
 pub fn sgemm_new(trans_a: bool, trans_b: bool, m: usize, n: usize, k: usize, alpha: f32, a: &[f32], lda: usize, b: &[f32], ldb: usize) -> Vec<f32> {
-    let mut c = Vec::with_capacity(m * n);
     check_bounds(trans_a, trans_b, m, n, k, a.len(), lda, b.len(), ldb, m * n, n);
-    // SAFETY: bounds checked against the m×n capacity; beta = 0 writes all m·n elements
-    // (k = 0 included: C := 0), so they are initialised when the length is set.
-    unsafe {
-        sgemm_raw(trans_a, trans_b, m, n, k, alpha, a.as_ptr(), lda, b.as_ptr(), ldb, 0.0, c.as_mut_ptr(), n);
-        c.set_len(m * n);
-    }
+    // SAFETY: bounds checked against the m×n product.
+    unsafe { new_product(m, n, |c| sgemm_raw(trans_a, trans_b, m, n, k, alpha, a.as_ptr(), lda, b.as_ptr(), ldb, 0.0, c, n)) }
+}
+
+/// A fresh m×n matrix that `write` fills through a pointer to its first element.
+///
+/// # Safety
+/// `write` must set all m·n elements: a GEMM with beta = 0 does (BLAS sets every element of C
+/// without reading it, k = 0 included: C := 0).
+pub(crate) unsafe fn new_product(m: usize, n: usize, write: impl FnOnce(*mut f32)) -> Vec<f32> {
+    let mut c = Vec::with_capacity(m * n);
+    write(c.as_mut_ptr());
+    c.set_len(m * n);
     c
 }
 
@@ -115,7 +121,6 @@ pub(crate) unsafe fn sgemm_raw(
     if m == 0 || n == 0 {
         return;
     }
-    ensure_native_kernels();
     let t = |x: bool| if x { CBLAS_TRANS } else { CBLAS_NO_TRANS };
     cblas_sgemm(
         CBLAS_ROW_MAJOR,

@@ -22,7 +22,6 @@ impl CpuBackend {
     /// A backend using `threads` threads (0: one per core).
     pub fn new(threads: usize) -> Arc<Self> {
         let threads = if threads == 0 { std::thread::available_parallelism().map_or(1, |n| n.get()) } else { threads };
-        blas::ensure_native_kernels();
         blas::set_num_threads(1);
         let pool = rayon::ThreadPoolBuilder::new()
             .num_threads(threads)
@@ -81,15 +80,9 @@ impl CpuBackend {
     /// first (for AlexNet's fc6 weight gradient that pass alone wrote 151 MB per step).
     #[allow(clippy::too_many_arguments)]
     pub fn sgemm_new(&self, trans_a: bool, trans_b: bool, m: usize, n: usize, k: usize, alpha: f32, a: &[f32], lda: usize, b: &[f32], ldb: usize) -> Vec<f32> {
-        let mut c = Vec::with_capacity(m * n);
         blas::check_bounds(trans_a, trans_b, m, n, k, a.len(), lda, b.len(), ldb, m * n, n);
-        // SAFETY: bounds checked against the m×n capacity; beta = 0 writes all m·n elements
-        // (k = 0 included: C := 0), so they are initialised when the length is set.
-        unsafe {
-            self.sgemm_ptr(trans_a, trans_b, m, n, k, alpha, a, lda, b, ldb, 0.0, c.as_mut_ptr(), n);
-            c.set_len(m * n);
-        }
-        c
+        // SAFETY: bounds checked against the m×n product.
+        unsafe { blas::new_product(m, n, |c| self.sgemm_ptr(trans_a, trans_b, m, n, k, alpha, a, lda, b, ldb, 0.0, c, n)) }
     }
 
     /// [`CpuBackend::sgemm`] into C at `c`.

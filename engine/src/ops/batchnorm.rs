@@ -3,7 +3,6 @@
 //! module (`nn::BatchNorm2d`) from the batch statistics returned here.
 use super::{cpu_data, cpu_tensor, launch_map, narrow, par_fill, same_device, to_u32};
 use crate::cpu::CpuBackend;
-use crate::gpu::SOFTWARE_LOOP_TRIPS;
 use crate::device::Device;
 use crate::error::{shape_err, Result};
 use crate::tensor::Tensor;
@@ -97,19 +96,12 @@ fn launch(
     if !per_channel {
         return launch_map("batch_norm2d", kernel, bytemuck::bytes_of(&params), &inputs, out_shape, total);
     }
-    // The per-channel sums are linear in their values: slices add up (see SOFTWARE_LOOP_TRIPS).
+    // The per-channel sums are linear in their values: slices add up.
     let Device::Gpu(gpu) = x.device() else { unreachable!("GPU launch on a CPU tensor") };
-    let slice = if gpu.is_software() { SOFTWARE_LOOP_TRIPS } else { s.count() };
-    let mut sum: Option<Tensor> = None;
-    for begin in (0..s.count()).step_by(slice) {
-        let params = BnParams { k_begin: u(begin)?, k_end: u((begin + slice).min(s.count()))?, ..params };
-        let part = launch_map("batch_norm2d", kernel, bytemuck::bytes_of(&params), &inputs, out_shape, s.c)?;
-        sum = Some(match sum {
-            Some(acc) => super::add(&acc, &part)?,
-            None => part,
-        });
-    }
-    Ok(sum.expect("M > 0 values per channel"))
+    super::sum_in_slices(gpu, s.count(), 1, |begin, end| {
+        let params = BnParams { k_begin: u(begin)?, k_end: u(end)?, ..params };
+        launch_map("batch_norm2d", kernel, bytemuck::bytes_of(&params), &inputs, out_shape, s.c)
+    })
 }
 
 /// Per-channel batch mean and biased variance of x [N, C, H, W] (two passes, for accuracy).

@@ -1,7 +1,6 @@
 //! Sum / mean over chosen axes and their backward, broadcasting back over those axes. Both are
 //! one strided gather-sum: kernel shaders/wgsl/reduce.wgsl; CPU twin `GatherSum::run_cpu`.
 use super::{cpu_data, cpu_tensor, launch_map, to_u32};
-use crate::gpu::SOFTWARE_LOOP_TRIPS;
 use crate::device::Device;
 use crate::error::{shape_err, Result};
 use crate::tensor::Tensor;
@@ -107,18 +106,11 @@ impl GatherSum {
                 fill(&mut p.red_shape, &self.red_shape)?;
                 fill(&mut p.red_stride, &self.red_stride)?;
                 // Each summed value costs the loop over its coordinates too (rank + 1 trips).
-                let red = self.red_numel();
-                let slice = if gpu.is_software() { SOFTWARE_LOOP_TRIPS / (self.red_shape.len() + 1) } else { red.max(1) };
-                let mut total: Option<Tensor> = None;
-                for begin in (0..red.max(1)).step_by(slice) {
-                    let params = ReduceParams { r_begin: to_u32(op, begin)?, r_end: to_u32(op, (begin + slice).min(red))?, ..p };
-                    let part = launch_map(op, &GATHER_SUM, bytemuck::bytes_of(&params), &[x], out_shape, self.out_numel())?;
-                    total = Some(match total {
-                        Some(t) => super::add(&t, &part)?,
-                        None => part,
-                    });
-                }
-                Ok(total.expect("at least one slice"))
+                super::sum_in_slices(gpu, self.red_numel(), self.red_shape.len() + 1, |begin, end| {
+                    let mut params = p;
+                    (params.r_begin, params.r_end) = (to_u32(op, begin)?, to_u32(op, end)?);
+                    launch_map(op, &GATHER_SUM, bytemuck::bytes_of(&params), &[x], out_shape, self.out_numel())
+                })
             }
         }
     }
