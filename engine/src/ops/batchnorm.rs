@@ -1,12 +1,11 @@
 //! batch_norm2d over NCHW with PyTorch semantics. Kernels: shaders/wgsl/batchnorm.wgsl; CPU
-//! twins below; conformance: tests/ops_conformance.rs. Running statistics are updated by the
-//! module (`nn::BatchNorm2d`) from the batch statistics returned here.
-use super::{cpu_data, cpu_tensor, launch_map, narrow, par_fill, same_device, to_u32};
-use crate::cpu::CpuBackend;
+//! twins: batchnorm_cpu.rs; conformance: tests/ops_conformance.rs. Running statistics are
+//! updated by the module (`nn::BatchNorm2d`) from the batch statistics returned here.
+use super::batchnorm_cpu as cpu_bn;
+use super::{cpu_data, cpu_tensor, launch_map, narrow, same_device, to_u32};
 use crate::device::Device;
 use crate::error::{shape_err, Result};
 use crate::tensor::Tensor;
-use rayon::prelude::*;
 use tessera_shaders::batchnorm as k;
 use tessera_shaders::Kernel;
 
@@ -38,29 +37,6 @@ impl BnShape {
         } else {
             Err(shape_err("batch_norm2d", format!("{name} has shape {:?}; expected [{}]", t.shape(), self.c)))
         }
-    }
-
-    /// The [H·W] planes of channel `c` in `data`, one per image.
-    fn planes<'a>(&self, data: &'a [f32], c: usize) -> impl Iterator<Item = &'a [f32]> + 'a {
-        let (hw, channels) = (self.hw, self.c);
-        (0..self.n).map(move |n| &data[(n * channels + c) * hw..][..hw])
-    }
-
-    /// A new [N, C, H, W] tensor's values, plane by plane: `f(c, offset)` yields the [H·W]
-    /// values of a plane of channel c starting at flat index `offset`. Tasks take whole planes,
-    /// enough of them for ~16 K values (at 1×1 a plane is one value).
-    fn map_planes<I: Iterator<Item = f32>>(&self, cpu: &CpuBackend, f: impl Fn(usize, usize) -> I + Sync) -> Vec<f32> {
-        let hw = self.hw.max(1);
-        let planes_per_task = (1usize << 14).div_ceil(hw);
-        par_fill(cpu, self.n * self.c * self.hw, hw * planes_per_task, |first, len| {
-            let f = &f;
-            (first / hw..(first + len) / hw).flat_map(move |p| f(p % self.c, p * hw))
-        })
-    }
-
-    /// Per-channel values computed in parallel.
-    fn per_channel<T: Send>(&self, cpu: &CpuBackend, f: impl Fn(usize) -> T + Sync + Send) -> Vec<T> {
-        cpu.install(|| (0..self.c).into_par_iter().map(f).collect())
     }
 }
 
@@ -109,16 +85,7 @@ pub fn batch_stats(x: &Tensor) -> Result<(Tensor, Tensor)> {
     let s = BnShape::new(x.shape())?;
     match x.device() {
         Device::Cpu(cpu) => {
-            let xs = cpu_data(x);
-            let m = s.count() as f32;
-            let (mean, var): (Vec<f32>, Vec<f32>) = s
-                .per_channel(cpu, |c| {
-                    let mu = s.planes(xs, c).map(|p| p.iter().sum::<f32>()).sum::<f32>() / m;
-                    let var = s.planes(xs, c).map(|p| p.iter().map(|x| (x - mu) * (x - mu)).sum::<f32>()).sum::<f32>() / m;
-                    (mu, var)
-                })
-                .into_iter()
-                .unzip();
+            let (mean, var) = cpu_bn::batch_stats(cpu, &s, cpu_data(x));
             Ok((cpu_tensor(mean, &[s.c], x.device()), cpu_tensor(var, &[s.c], x.device())))
         }
         Device::Gpu(_) => {
@@ -139,12 +106,7 @@ pub fn batch_norm_forward(x: &Tensor, mean: &Tensor, var: &Tensor, gamma: &Tenso
     }
     match x.device() {
         Device::Cpu(cpu) => {
-            let (xs, m, v, ga, be) = (cpu_data(x), cpu_data(mean), cpu_data(var), cpu_data(gamma), cpu_data(beta));
-            // y = x·a + b with a = γ/√(var + eps), b = β − mean·a per channel.
-            let a: Vec<f32> = (0..s.c).map(|c| ga[c] / (v[c] + eps).sqrt()).collect();
-            let b: Vec<f32> = (0..s.c).map(|c| be[c] - m[c] * a[c]).collect();
-            let (a, b) = (&a, &b);
-            let out = s.map_planes(cpu, |c, off| xs[off..][..s.hw].iter().map(move |x| x * a[c] + b[c]));
+            let out = cpu_bn::forward(cpu, &s, cpu_data(x), [mean, var, gamma, beta].map(cpu_data), eps);
             Ok(cpu_tensor(out, x.shape(), x.device()))
         }
         Device::Gpu(_) => launch(&k::FORWARD, &s, eps, x, [None, Some(mean), Some(var), Some(gamma), Some(beta)], x.shape(), false),
@@ -180,21 +142,8 @@ pub fn batch_norm_backward(
     }
     let sums = match x.device() {
         Device::Cpu(cpu) => {
-            let (xs, gs, m, v) = (cpu_data(x), cpu_data(g), cpu_data(mean), cpu_data(var));
-            let (sg, sgx): (Vec<f32>, Vec<f32>) = s
-                .per_channel(cpu, |c| {
-                    let inv_std = 1.0 / (v[c] + eps).sqrt();
-                    let sg = s.planes(gs, c).map(|p| p.iter().sum::<f32>()).sum::<f32>();
-                    let sgx = s
-                        .planes(gs, c)
-                        .zip(s.planes(xs, c))
-                        .map(|(gp, xp)| gp.iter().zip(xp).map(|(g, x)| g * (x - m[c])).sum::<f32>())
-                        .sum::<f32>();
-                    (sg, sgx * inv_std)
-                })
-                .into_iter()
-                .unzip();
-            cpu_tensor([sg, sgx].concat(), &[2 * s.c], x.device())
+            let sums = cpu_bn::grad_sums(cpu, &s, cpu_data(x), cpu_data(g), cpu_data(mean), cpu_data(var), eps);
+            cpu_tensor(sums, &[2 * s.c], x.device())
         }
         Device::Gpu(_) => launch(&k::GRAD_SUMS, &s, eps, x, [Some(g), Some(mean), Some(var), None, None], &[2 * s.c], true)?,
     };
@@ -203,15 +152,8 @@ pub fn batch_norm_backward(
         (true, false) => Some(eval_input_grad(x, g, mean, var, gamma, eps, &s)?),
         (true, true) => Some(match x.device() {
             Device::Cpu(cpu) => {
-                let (xs, gs, m, v, ga, su) = (cpu_data(x), cpu_data(g), cpu_data(mean), cpu_data(var), cpu_data(gamma), cpu_data(&sums));
-                let count = s.count() as f32;
-                // dx = γ·inv_std·(g − Σg/M − x̂·Σg·x̂/M) with x̂ = (x − mean)·inv_std.
-                let out = s.map_planes(cpu, |c, off| {
-                    let inv_std = 1.0 / (v[c] + eps).sqrt();
-                    let (a, mean_g, k, mc) = (ga[c] * inv_std, su[c] / count, su[s.c + c] / count * inv_std, m[c]);
-                    gs[off..][..s.hw].iter().zip(&xs[off..][..s.hw]).map(move |(g, x)| a * (g - mean_g - (x - mc) * k))
-                });
-                cpu_tensor(out, x.shape(), x.device())
+                let stats = [mean, var, gamma].map(cpu_data);
+                cpu_tensor(cpu_bn::input_grad_train(cpu, &s, cpu_data(x), cpu_data(g), stats, cpu_data(&sums), eps), x.shape(), x.device())
             }
             Device::Gpu(_) => launch(
                 &k::BACKWARD_TRAIN,
@@ -236,11 +178,7 @@ pub fn batch_norm_backward(
 fn eval_input_grad(x: &Tensor, g: &Tensor, mean: &Tensor, var: &Tensor, gamma: &Tensor, eps: f32, s: &BnShape) -> Result<Tensor> {
     match x.device() {
         Device::Cpu(cpu) => {
-            let (gs, v, ga) = (cpu_data(g), cpu_data(var), cpu_data(gamma));
-            let out = s.map_planes(cpu, |c, off| {
-                let a = ga[c] / (v[c] + eps).sqrt();
-                gs[off..][..s.hw].iter().map(move |g| a * g)
-            });
+            let out = cpu_bn::input_grad_eval(cpu, s, cpu_data(g), cpu_data(var), cpu_data(gamma), eps);
             Ok(cpu_tensor(out, x.shape(), x.device()))
         }
         Device::Gpu(_) => launch(&k::BACKWARD_EVAL, s, eps, x, [Some(g), Some(mean), Some(var), Some(gamma), None], x.shape(), false),

@@ -37,7 +37,7 @@ fn map2(
     match x.device() {
         Device::Cpu(backend) => {
             let (xs, ys) = (cpu_data(x), cpu_data(y));
-            let out = par_fill(backend, n, BLOCK, |first, len| {
+            let out = par_fill(backend, n, (BLOCK, 1), |first, len| {
                 let cpu = &cpu;
                 xs[first..][..len].iter().zip(&ys[first..][..len]).enumerate().map(move |(j, (a, b))| cpu(*a, *b, first + j))
             });
@@ -106,11 +106,11 @@ pub fn add_channel(x: &Tensor, b: &Tensor, axis: usize) -> Result<Tensor> {
     match x.device() {
         Device::Cpu(cpu) => {
             let (xs, bs) = (cpu_data(x), cpu_data(b));
-            // One task per run of whole rows [channels, inner]: each value's channel by counting.
-            let row = (channels * inner).max(1);
-            let out = par_fill(cpu, x.numel(), row * BLOCK.div_ceil(row), |first, len| {
-                let biases = bs.iter().flat_map(move |b| std::iter::repeat_n(*b, inner)).cycle();
-                xs[first..][..len].iter().zip(biases).map(|(v, b)| v + b)
+            // Units of `inner` values share one bias; tasks take ~BLOCK values.
+            let inner = inner.max(1);
+            let out = par_fill(cpu, x.numel(), (inner, BLOCK.div_ceil(inner)), |first, len| {
+                let b = bs[(first / inner) % channels];
+                xs[first..][..len].iter().map(move |v| v + b)
             });
             Ok(cpu_tensor(out, x.shape(), x.device()))
         }

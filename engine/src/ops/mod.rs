@@ -1,6 +1,7 @@
 //! Ops: each file holds one op family's shape rules and its dispatch to the CPU twin and the
 //! WGSL kernel of the same name in `shaders/wgsl/`.
 pub mod batchnorm;
+mod batchnorm_cpu;
 pub mod conv2d;
 mod conv2d_cpu;
 pub mod elementwise;
@@ -50,24 +51,35 @@ pub(crate) fn cpu_tensor(values: Vec<f32>, shape: &[usize], device: &Device) -> 
     Tensor::from_storage(Storage::Cpu(Arc::new(values)), shape.to_vec(), device.clone())
 }
 
-/// A new vector of `n` values computed in parallel blocks of `block` (the last may be
-/// shorter): `values(first, len)` yields the values first..first + len. They are written
+/// A new vector of `n` values computed in parallel, unit by unit: `values(first, len)` yields
+/// the values first..first + len of one unit (`unit` values, the last unit maybe shorter: a
+/// block of an elementwise op, a plane of a per-channel one); a task takes `units_per_task`
+/// consecutive units. Each unit's iterator is a plain slice map, which the compiler
+/// vectorizes (one iterator chained across units would not be). The values are written
 /// straight into fresh memory — no zero-filling pass that they would overwrite (calloc'd
-/// buffers cost a full extra write of every activation). Panics if a block yields too few.
-pub(crate) fn par_fill<I: Iterator<Item = f32>>(cpu: &CpuBackend, n: usize, block: usize, values: impl Fn(usize, usize) -> I + Sync) -> Vec<f32> {
+/// buffers cost a full extra write of every activation). Panics if a unit yields too few.
+pub(crate) fn par_fill<I: Iterator<Item = f32>>(
+    cpu: &CpuBackend,
+    n: usize,
+    (unit, units_per_task): (usize, usize),
+    values: impl Fn(usize, usize) -> I + Sync,
+) -> Vec<f32> {
     let mut out = Vec::with_capacity(n);
-    let block = block.max(1);
+    let unit = unit.max(1);
+    let task = unit * units_per_task.max(1);
     cpu.install(|| {
-        out.spare_capacity_mut()[..n].par_chunks_mut(block).enumerate().for_each(|(b, dst)| {
-            let (mut written, len) = (0, dst.len());
-            for (d, v) in dst.iter_mut().zip(values(b * block, len)) {
-                d.write(v);
-                written += 1;
+        out.spare_capacity_mut()[..n].par_chunks_mut(task).enumerate().for_each(|(t, task_dst)| {
+            for (u, dst) in task_dst.chunks_mut(unit).enumerate() {
+                let (mut written, len) = (0, dst.len());
+                for (d, v) in dst.iter_mut().zip(values(t * task + u * unit, len)) {
+                    d.write(v);
+                    written += 1;
+                }
+                assert_eq!(written, len, "par_fill: a unit yielded {written} of its {len} values");
             }
-            assert_eq!(written, dst.len(), "par_fill: a block yielded {written} of its {} values", dst.len());
         })
     });
-    // SAFETY: every block wrote each of its values (asserted above; a panic propagates out of
+    // SAFETY: every unit wrote each of its values (asserted above; a panic propagates out of
     // `install` before this line, leaving the vector empty).
     unsafe { out.set_len(n) };
     out
