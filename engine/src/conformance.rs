@@ -302,6 +302,14 @@ fn pool_cases(cases: &mut Vec<Case>) {
             Ok(vec![ops::pool_backward(&random_tensor(&xs, i as u64, d)?, &g, &s)?])
         }));
     }
+    // After a ReLU many windows are all zeros: every backend sends the gradient to the same
+    // (first) of the tied maxima.
+    let xs = [2usize, 3, 9, 8];
+    cases.push(case("max_pool2d backward", format!("3/2/1 over ReLU output (tied maxima) x {xs:?}"), move |d| {
+        let s = PoolShape::window(PoolKind::Max, &xs, [3, 3], [2, 2], [1, 1])?;
+        let x = ops::relu(&random_tensor(&xs, 40, d)?)?;
+        Ok(vec![ops::pool_forward(&x, &s)?, ops::pool_backward(&x, &random_tensor(&s.out_shape(), 41, d)?, &s)?])
+    }));
 }
 
 fn batch_norm_cases(cases: &mut Vec<Case>) {

@@ -7,6 +7,7 @@ mod conv2d_cpu;
 pub mod elementwise;
 pub mod gemm;
 pub mod pool;
+mod pool_cpu;
 pub mod reduce;
 pub mod sgd;
 pub mod softmax;

@@ -1,11 +1,10 @@
 //! Pooling over NCHW planes: max, average (count_include_pad) and adaptive average, with
-//! their backward. Kernels: shaders/wgsl/pool.wgsl; CPU twins below mirror the same window
-//! rules; conformance: tests/ops_conformance.rs.
-use super::{cpu_data, cpu_tensor, launch_map, same_device, to_u32};
+//! their backward. Kernels: shaders/wgsl/pool.wgsl; CPU twins (the same window rules):
+//! pool_cpu.rs; conformance: tests/ops_conformance.rs.
+use super::{cpu_data, cpu_tensor, launch_map, pool_cpu, same_device, to_u32};
 use crate::device::Device;
 use crate::error::{shape_err, Result};
 use crate::tensor::Tensor;
-use rayon::prelude::*;
 use tessera_shaders::pool as k;
 use tessera_shaders::Kernel;
 
@@ -70,45 +69,8 @@ impl PoolShape {
         [self.n, self.c, self.ho, self.wo]
     }
 
-    fn in_shape(&self) -> [usize; 4] {
+    pub(super) fn in_shape(&self) -> [usize; 4] {
         [self.n, self.c, self.h, self.w]
-    }
-
-    /// The input rows [start, end) of output row `o` along axis `i` (0 = H, 1 = W), clipped.
-    fn span(&self, i: usize, o: usize) -> (usize, usize) {
-        let size = if i == 0 { self.h } else { self.w };
-        if self.kind == PoolKind::AdaptiveAvg {
-            let n_out = if i == 0 { self.ho } else { self.wo };
-            return (o * size / n_out, ((o + 1) * size).div_ceil(n_out));
-        }
-        let start = (o * self.stride[i]) as isize - self.padding[i] as isize;
-        (start.max(0) as usize, ((start + self.kernel[i] as isize) as usize).min(size))
-    }
-
-    /// The divisor of an average window at (oh, ow).
-    fn divisor(&self, oh: usize, ow: usize) -> f32 {
-        match self.kind {
-            PoolKind::AdaptiveAvg => {
-                let ((y0, y1), (x0, x1)) = (self.span(0, oh), self.span(1, ow));
-                ((y1 - y0) * (x1 - x0)) as f32
-            }
-            _ => (self.kernel[0] * self.kernel[1]) as f32,
-        }
-    }
-
-    /// Offset within a plane of the first maximum of window (oh, ow); None if all padding.
-    fn argmax(&self, plane: &[f32], oh: usize, ow: usize) -> Option<usize> {
-        let ((y0, y1), (x0, x1)) = (self.span(0, oh), self.span(1, ow));
-        let mut best: Option<(usize, f32)> = None;
-        for y in y0..y1 {
-            for x in x0..x1 {
-                let v = plane[y * self.w + x];
-                if best.is_none_or(|(_, m)| v > m || v.is_nan()) {
-                    best = Some((y * self.w + x, v));
-                }
-            }
-        }
-        best.map(|(i, _)| i)
     }
 }
 
@@ -152,25 +114,7 @@ pub fn pool_forward(x: &Tensor, s: &PoolShape) -> Result<Tensor> {
     }
     match x.device() {
         Device::Cpu(cpu) => {
-            let xs = cpu_data(x);
-            let mut out = vec![0f32; s.out_shape().iter().product()];
-            cpu.install(|| {
-                out.par_chunks_mut((s.ho * s.wo).max(1)).enumerate().for_each(|(p, dst)| {
-                    let plane = &xs[p * s.h * s.w..][..s.h * s.w];
-                    for (o, d) in dst.iter_mut().enumerate() {
-                        let (oh, ow) = (o / s.wo, o % s.wo);
-                        *d = match s.kind {
-                            PoolKind::Max => s.argmax(plane, oh, ow).map_or(f32::MIN, |i| plane[i]),
-                            _ => {
-                                let ((y0, y1), (x0, x1)) = (s.span(0, oh), s.span(1, ow));
-                                let total: f32 = (y0..y1).flat_map(|y| (x0..x1).map(move |x| plane[y * s.w + x])).sum();
-                                total / s.divisor(oh, ow)
-                            }
-                        };
-                    }
-                })
-            });
-            Ok(cpu_tensor(out, &s.out_shape(), x.device()))
+            Ok(cpu_tensor(pool_cpu::forward(cpu, s, cpu_data(x)), &s.out_shape(), x.device()))
         }
         Device::Gpu(_) => {
             let kernel = match s.kind {
@@ -191,34 +135,7 @@ pub fn pool_backward(x: &Tensor, g: &Tensor, s: &PoolShape) -> Result<Tensor> {
     }
     match x.device() {
         Device::Cpu(cpu) => {
-            let (xs, gs) = (cpu_data(x), cpu_data(g));
-            let mut out = vec![0f32; x.numel()];
-            cpu.install(|| {
-                out.par_chunks_mut((s.h * s.w).max(1)).enumerate().for_each(|(p, dst)| {
-                    let plane = &xs[p * s.h * s.w..][..s.h * s.w];
-                    let gp = &gs[p * s.ho * s.wo..][..s.ho * s.wo];
-                    // Scatter per window: the same sums the GPU gathers per pixel.
-                    for oh in 0..s.ho {
-                        for ow in 0..s.wo {
-                            let go = gp[oh * s.wo + ow];
-                            if s.kind == PoolKind::Max {
-                                if let Some(i) = s.argmax(plane, oh, ow) {
-                                    dst[i] += go;
-                                }
-                                continue;
-                            }
-                            let ((y0, y1), (x0, x1)) = (s.span(0, oh), s.span(1, ow));
-                            let share = go / s.divisor(oh, ow);
-                            for y in y0..y1 {
-                                for x in x0..x1 {
-                                    dst[y * s.w + x] += share;
-                                }
-                            }
-                        }
-                    }
-                })
-            });
-            Ok(cpu_tensor(out, x.shape(), x.device()))
+            Ok(cpu_tensor(pool_cpu::backward(cpu, s, cpu_data(x), cpu_data(g)), x.shape(), x.device()))
         }
         Device::Gpu(_) => {
             let kernel = match s.kind {
