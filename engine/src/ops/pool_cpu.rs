@@ -61,7 +61,7 @@ impl PoolShape {
                     (row_max[y * wo + ow], row_arg[y * wo + ow]) = (f32::MIN, NONE);
                     continue;
                 }
-                // The maximum's bits, so that both selects are integer moves, never branches.
+                // The maximum's bits: both selects are then integer moves (cmov), never branches.
                 let (mut best, mut m) = (x0, line[x0].to_bits());
                 for (x, &v) in line[x0 + 1..x1].iter().enumerate() {
                     let take = (v > f32::from_bits(m)) | v.is_nan();
