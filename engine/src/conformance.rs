@@ -313,6 +313,7 @@ fn pool_cases(cases: &mut Vec<Case>) {
 }
 
 fn batch_norm_cases(cases: &mut Vec<Case>) {
+    use crate::ops::batchnorm::{batch_stats_with, grad_sums, BnReduction};
     use crate::ops::{batch_norm_backward, batch_norm_forward, batch_stats};
     // Planes of fewer than 64 values take the CPU's image walk, [2, 3, 9, 8] its plane walk.
     for (i, xs) in [[4usize, 3, 5, 5], [2, 16, 7, 3], [8, 2, 1, 1], [2, 3, 9, 8]].into_iter().enumerate() {
@@ -328,6 +329,15 @@ fn batch_norm_cases(cases: &mut Vec<Case>) {
             let y = batch_norm_forward(&x, &mean, &var, &gamma, &beta, 1e-5)?;
             Ok(vec![mean, var, y])
         }));
+        // Each GPU variant of the per-channel reductions, pinned (the CPU ignores the pin).
+        for (variant, label) in [(BnReduction::Looped, "looped"), (BnReduction::PerWorkgroup, "per workgroup")] {
+            cases.push(case(&format!("batch_norm2d sums ({label})"), name.clone(), move |d| {
+                let [x, _, _, g] = inputs(d)?;
+                let (mean, var) = batch_stats_with(&x, Some(variant))?;
+                let sums = grad_sums(&x, &g, &mean, &var, 1e-5, Some(variant))?;
+                Ok(vec![mean, var, sums])
+            }));
+        }
         for training in [true, false] {
             let op = if training { "batch_norm2d backward (train)" } else { "batch_norm2d backward (eval)" };
             cases.push(case(op, name.clone(), move |d| {

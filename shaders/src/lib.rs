@@ -134,17 +134,21 @@ pub mod pool {
     );
 }
 
-/// batch_norm2d (batchnorm.wgsl): per-channel reductions 64 channels per workgroup, the
-/// elementwise parts 256 values per workgroup.
+/// batch_norm2d (batchnorm.wgsl): per-channel reductions 64 channels per workgroup or one
+/// workgroup of 256 per channel (`*_WG`), the elementwise parts 256 values per workgroup.
 pub mod batchnorm {
     use super::{Kernel, BATCHNORM};
     pub static MEAN: Kernel = Kernel { shader: &BATCHNORM, entry: "bn_mean", workgroup: [64, 1, 1] };
     pub static VAR: Kernel = Kernel { shader: &BATCHNORM, entry: "bn_var", workgroup: [64, 1, 1] };
     pub static GRAD_SUMS: Kernel = Kernel { shader: &BATCHNORM, entry: "bn_grad_sums", workgroup: [64, 1, 1] };
+    pub static MEAN_WG: Kernel = Kernel { shader: &BATCHNORM, entry: "bn_mean_wg", workgroup: [256, 1, 1] };
+    pub static VAR_WG: Kernel = Kernel { shader: &BATCHNORM, entry: "bn_var_wg", workgroup: [256, 1, 1] };
+    pub static GRAD_SUMS_WG: Kernel = Kernel { shader: &BATCHNORM, entry: "bn_grad_sums_wg", workgroup: [256, 1, 1] };
     pub static FORWARD: Kernel = Kernel { shader: &BATCHNORM, entry: "bn_forward", workgroup: [256, 1, 1] };
     pub static BACKWARD_TRAIN: Kernel = Kernel { shader: &BATCHNORM, entry: "bn_backward_train", workgroup: [256, 1, 1] };
     pub static BACKWARD_EVAL: Kernel = Kernel { shader: &BATCHNORM, entry: "bn_backward_eval", workgroup: [256, 1, 1] };
-    pub static ALL_KERNELS: &[&Kernel] = &[&MEAN, &VAR, &GRAD_SUMS, &FORWARD, &BACKWARD_TRAIN, &BACKWARD_EVAL];
+    pub static ALL_KERNELS: &[&Kernel] =
+        &[&MEAN, &VAR, &GRAD_SUMS, &MEAN_WG, &VAR_WG, &GRAD_SUMS_WG, &FORWARD, &BACKWARD_TRAIN, &BACKWARD_EVAL];
 }
 
 /// The fused SGD update (sgd.wgsl).

@@ -1,5 +1,8 @@
 // batch_norm2d over NCHW, forward and backward side by side. Statistics are per channel over
-// N·H·W values (M of them); one invocation per channel for the reductions, one per value for
+// N·H·W values (M of them). The reductions come in two variants, chosen per adapter: one
+// invocation per channel looping over its M values (`bn_mean`, …: no barriers), or one
+// workgroup of 256 per channel summing strided slices and then a tree in workgroup memory
+// (`bn_mean_wg`, …: C·256 invocations where the first has C). One invocation per value for
 // the elementwise parts. Training normalises with the biased batch variance, as PyTorch does.
 
 struct BnParams {
@@ -61,6 +64,78 @@ fn bn_var(@builtin(global_invocation_id) gid: vec3<u32>) {
         s += d * d;
     }
     out[c] = s / count();
+}
+
+const WG: u32 = 256u;
+var<workgroup> lanes: array<f32, 256>;
+var<workgroup> lanes2: array<f32, 256>;
+
+// The channel of a workgroup-per-channel launch (workgroups may wrap into a second dimension).
+fn group_channel(wid: vec3<u32>, groups: vec3<u32>) -> u32 {
+    return wid.x + wid.y * groups.x;
+}
+
+// lanes[0] = Σ lanes, lanes2[0] = Σ lanes2: a tree over the workgroup.
+fn tree_sum(lid: u32) {
+    workgroupBarrier();
+    for (var half = WG / 2u; half > 0u; half = half >> 1u) {
+        if (lid < half) {
+            lanes[lid] += lanes[lid + half];
+            lanes2[lid] += lanes2[lid + half];
+        }
+        workgroupBarrier();
+    }
+}
+
+// mean_c = Σ x_c / M, one workgroup per channel
+@compute @workgroup_size(256)
+fn bn_mean_wg(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) groups: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
+    let c = group_channel(wid, groups);
+    if (c >= p.c) { return; }
+    var s = 0.0;
+    for (var k = p.k_begin + lid; k < p.k_end; k += WG) { s += x[at(c, k)]; }
+    lanes[lid] = s;
+    lanes2[lid] = 0.0;
+    tree_sum(lid);
+    if (lid == 0u) { out[c] = lanes[0] / count(); }
+}
+
+// var_c = Σ (x_c − mean_c)² / M, one workgroup per channel
+@compute @workgroup_size(256)
+fn bn_var_wg(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) groups: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
+    let c = group_channel(wid, groups);
+    if (c >= p.c) { return; }
+    var s = 0.0;
+    for (var k = p.k_begin + lid; k < p.k_end; k += WG) {
+        let d = x[at(c, k)] - mean[c];
+        s += d * d;
+    }
+    lanes[lid] = s;
+    lanes2[lid] = 0.0;
+    tree_sum(lid);
+    if (lid == 0u) { out[c] = lanes[0] / count(); }
+}
+
+// [Σ g | Σ g·x̂] per channel, one workgroup per channel
+@compute @workgroup_size(256)
+fn bn_grad_sums_wg(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) groups: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
+    let c = group_channel(wid, groups);
+    if (c >= p.c) { return; }
+    let inv_std = inverseSqrt(var_[c] + p.eps);
+    var sg = 0.0;
+    var sgx = 0.0;
+    for (var k = p.k_begin + lid; k < p.k_end; k += WG) {
+        let i = at(c, k);
+        sg += g[i];
+        sgx += g[i] * (x[i] - mean[c]) * inv_std;
+    }
+    lanes[lid] = sg;
+    lanes2[lid] = sgx;
+    tree_sum(lid);
+    if (lid == 0u) {
+        out[c] = lanes[0];
+        out[p.c + c] = lanes2[0];
+    }
 }
 
 // y = (x − mean) / √(var + eps) · γ + β

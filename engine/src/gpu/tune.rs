@@ -1,15 +1,19 @@
-//! Per-adapter autotuning of kernel choices: the first time a product of a given size class
-//! runs on an adapter, every supported kernel variant is timed on it and the fastest is kept
-//! in a cache file keyed by adapter and driver, so later runs (and processes) reuse it.
+//! Per-adapter autotuning of kernel choices: the first time a kernel with variants (GEMM, the
+//! batch-norm reductions) runs at a given size class on an adapter, every supported variant
+//! is timed on it and the fastest is kept in a cache file keyed by adapter and driver, so
+//! later runs (and processes) reuse it.
 //! Tuning is on by default for hardware adapters; on software ones (lavapipe, llvmpipe) the
 //! built-in heuristic, measured for them, decides unless `TESSERA_AUTOTUNE=1` (timing every
 //! variant there costs tenths of a second per size class). `TESSERA_AUTOTUNE=0` turns tuning
 //! off everywhere. The file is
 //! `TESSERA_TUNE_CACHE`, else `$XDG_CACHE_HOME/tessera/tune.json`, else
 //! `~/.cache/tessera/tune.json`. `tessera bench gemm --retune` forgets an adapter's choices.
+use super::GpuBackend;
+use crate::error::Result;
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::{Mutex, OnceLock};
+use std::time::{Duration, Instant};
 
 /// Whether kernel choices on an adapter (`software`: a CPU-emulated one) are tuned or left
 /// to the heuristic.
@@ -40,6 +44,47 @@ fn cache() -> &'static Mutex<BTreeMap<String, String>> {
         let entries = std::fs::read_to_string(cache_path()).ok().and_then(|t| serde_json::from_str(&t).ok()).unwrap_or_default();
         Mutex::new(entries)
     })
+}
+
+/// The tuned choice among `candidates` for the size class `what` on `gpu`: the cached one
+/// while it is still a candidate; else each is timed by `run` on the caller's operands — one
+/// warm-up run, then the best of two — and the fastest is stored. `None` when tuning is off
+/// for this adapter: the caller's heuristic decides.
+pub fn choose<'a, T>(
+    gpu: &GpuBackend,
+    what: &str,
+    candidates: &[&'a T],
+    name: impl Fn(&T) -> &'static str,
+    mut run: impl FnMut(&T) -> Result<()>,
+) -> Result<Option<&'a T>> {
+    if !enabled(gpu.is_software()) || candidates.is_empty() {
+        return Ok(None);
+    }
+    let key = format!("{}/{what}", gpu.tune_key());
+    if let Some(found) = lookup(&key).and_then(|stored| candidates.iter().find(|c| name(c) == stored)) {
+        return Ok(Some(*found));
+    }
+    let mut best: Option<(Duration, &'a T)> = None;
+    for &candidate in candidates {
+        gpu.synchronize()?;
+        let mut fastest = Duration::MAX;
+        for round in 0..3 {
+            let start = Instant::now();
+            run(candidate)?;
+            gpu.synchronize()?;
+            if round > 0 {
+                fastest = fastest.min(start.elapsed());
+            }
+        }
+        if best.is_none_or(|(t, _)| fastest < t) {
+            best = Some((fastest, candidate));
+        }
+    }
+    let chosen = best.map(|(_, c)| c);
+    if let Some(c) = chosen {
+        store(&key, name(c));
+    }
+    Ok(chosen)
 }
 
 /// The choice stored under `key`, if any.

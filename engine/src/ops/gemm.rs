@@ -203,40 +203,17 @@ fn size_class(s: &GemmShape) -> String {
     format!("gemm/m{}n{}k{}", s.m.next_power_of_two(), s.n.next_power_of_two(), s.k.next_power_of_two())
 }
 
-/// The kernel for this product on this adapter: the cached tuned choice of its size class; on
-/// first use (tuning on: hardware adapters, or `TESSERA_AUTOTUNE=1`), every supported variant
-/// timed on these operands — one warm-up run,
-/// then the best of two — and the fastest cached; otherwise the heuristic [`choose_kernel`].
+/// The kernel for this product on this adapter: the tuned choice of its size class
+/// (`gpu::tune::choose`, timed on these operands), or the heuristic [`choose_kernel`] where
+/// tuning is off or the product is too small to be worth timing.
 fn tuned_kernel(gpu: &Arc<GpuBackend>, s: &GemmShape, ab: &Arc<GpuBuffer>, bb: &Arc<GpuBuffer>, c: Option<&Tensor>, o: GemmOpts) -> Result<&'static GemmKernel> {
     let heuristic = choose_kernel(gpu, s);
-    if !crate::gpu::tune::enabled(gpu.is_software()) || s.batch * s.m * s.n * s.k < TUNE_MIN_MACS {
+    if s.batch * s.m * s.n * s.k < TUNE_MIN_MACS {
         return Ok(heuristic);
     }
-    let key = format!("{}/{}", gpu.tune_key(), size_class(s));
-    if let Some(name) = crate::gpu::tune::lookup(&key) {
-        if let Some(v) = VARIANTS.iter().find(|v| v.kernel.entry == name && unsupported_reason(gpu, v).is_none()) {
-            return Ok(v);
-        }
-    }
-    let mut best: Option<(std::time::Duration, &'static GemmKernel)> = None;
-    for v in VARIANTS.iter().filter(|v| unsupported_reason(gpu, v).is_none()) {
-        gpu.synchronize()?;
-        let mut fastest = std::time::Duration::MAX;
-        for run in 0..3 {
-            let start = std::time::Instant::now();
-            drop(gemm_gpu(gpu, v, s, ab.clone(), bb.clone(), c, o)?);
-            gpu.synchronize()?;
-            if run > 0 {
-                fastest = fastest.min(start.elapsed());
-            }
-        }
-        if best.is_none_or(|(t, _)| fastest < t) {
-            best = Some((fastest, v));
-        }
-    }
-    let chosen = best.map_or(heuristic, |(_, v)| v);
-    crate::gpu::tune::store(&key, chosen.kernel.entry);
-    Ok(chosen)
+    let supported: Vec<&'static GemmKernel> = VARIANTS.iter().filter(|v| unsupported_reason(gpu, v).is_none()).collect();
+    let run = |v: &GemmKernel| gemm_gpu(gpu, v, s, ab.clone(), bb.clone(), c, o).map(drop);
+    Ok(crate::gpu::tune::choose(gpu, &size_class(s), &supported, |v| v.kernel.entry, run)?.unwrap_or(heuristic))
 }
 
 /// out = alpha·op(A)·op(B) + beta·C with A and B stored in f16 and products accumulated in

@@ -88,9 +88,10 @@ pub(crate) fn par_fill<I: Iterator<Item = f32>>(
 
 /// Σ over slices of `count` summed values of `launch(begin, end)`, each launch summing values
 /// [begin, end): one launch, except on software adapters, where an invocation may loop at most
-/// [`crate::gpu::SOFTWARE_LOOP_TRIPS`] times and each value costs `trips_per_value` of them.
-pub(crate) fn sum_in_slices(gpu: &GpuBackend, count: usize, trips_per_value: usize, mut launch: impl FnMut(usize, usize) -> Result<Tensor>) -> Result<Tensor> {
-    let slice = if gpu.is_software() { (crate::gpu::SOFTWARE_LOOP_TRIPS / trips_per_value.max(1)).max(1) } else { count.max(1) };
+/// [`crate::gpu::SOFTWARE_LOOP_TRIPS`] times: there slices of `software_slice` values, what
+/// that budget covers for the kernel.
+pub(crate) fn sum_in_slices(gpu: &GpuBackend, count: usize, software_slice: usize, mut launch: impl FnMut(usize, usize) -> Result<Tensor>) -> Result<Tensor> {
+    let slice = if gpu.is_software() { software_slice.max(1) } else { count.max(1) };
     let mut total = launch(0, slice.min(count))?;
     for begin in (slice..count).step_by(slice) {
         total = add(&total, &launch(begin, (begin + slice).min(count))?)?;

@@ -106,7 +106,8 @@ impl GatherSum {
                 fill(&mut p.red_shape, &self.red_shape)?;
                 fill(&mut p.red_stride, &self.red_stride)?;
                 // Each summed value costs the loop over its coordinates too (rank + 1 trips).
-                super::sum_in_slices(gpu, self.red_numel(), self.red_shape.len() + 1, |begin, end| {
+                let slice = crate::gpu::SOFTWARE_LOOP_TRIPS / (self.red_shape.len() + 1);
+                super::sum_in_slices(gpu, self.red_numel(), slice, |begin, end| {
                     let mut params = p;
                     (params.r_begin, params.r_end) = (to_u32(op, begin)?, to_u32(op, end)?);
                     launch_map(op, &GATHER_SUM, bytemuck::bytes_of(&params), &[x], out_shape, self.out_numel())
