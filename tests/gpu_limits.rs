@@ -4,7 +4,7 @@
 //! invocation, long GEMMs, sums and batch-norm statistics run in slices. Each matches the
 //! CPU backend. On adapters without these limits the same calls run in one launch.
 use tessera_engine::ops::{self, Conv2dOpts, ConvShape, GemmOpts};
-use tessera_engine::{Device, Tensor};
+use tessera_engine::{Device, HalfTensor, Tensor};
 use tessera_tests::{gpu_devices, max_rel_err, random_tensor};
 
 fn close(what: &str, got: &Tensor, want: &Tensor) {
@@ -36,7 +36,7 @@ fn a_conv_larger_than_one_binding_runs_in_passes_of_images() {
 #[test]
 fn loops_longer_than_a_software_adapter_runs_are_sliced() {
     let cpu = Device::cpu();
-    // GEMMs with K = 70 000 (thin and subgroup kernels), and one reading A transposed.
+    // GEMMs with K = 70 000 (thin and subgroup kernels), one reading A transposed, one f16.
     let nt = GemmOpts { trans_b: true, ..Default::default() };
     let tn = GemmOpts { trans_a: true, ..Default::default() };
     let products = [([4, 70_000], [27, 70_000], nt), ([32, 70_000], [32, 70_000], nt), ([70_000, 16], [70_000, 20], tn)];
@@ -56,6 +56,11 @@ fn loops_longer_than_a_software_adapter_runs_are_sliced() {
             let want = ops::gemm(&a, &b, None, *o).unwrap();
             close(&format!("{name}: gemm {ash:?}·{bsh:?}"), &ops::gemm(&on(&a), &on(&b), None, *o).unwrap(), &want);
         }
+        // The f16-storage product slices K the same way.
+        let (a, b) = (random_tensor(&[8, 70_000], 30, &cpu), random_tensor(&[12, 70_000], 31, &cpu));
+        let half = |t: &Tensor| HalfTensor::from_tensor(t).unwrap();
+        let want = ops::gemm::gemm_f16(&half(&a), &half(&b), None, nt).unwrap();
+        close(&format!("{name}: gemm_f16 K = 70 000"), &ops::gemm::gemm_f16(&half(&on(&a)), &half(&on(&b)), None, nt).unwrap(), &want);
         close(&format!("{name}: sum of 100 000"), &ops::sum(&on(&long), &[1], false).unwrap(), &ops::sum(&long, &[1], false).unwrap());
         let (gm, gv) = ops::batch_stats(&on(&bn_x)).unwrap();
         close(&format!("{name}: batch mean"), &gm, &mean);

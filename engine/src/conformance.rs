@@ -315,8 +315,10 @@ fn pool_cases(cases: &mut Vec<Case>) {
 fn batch_norm_cases(cases: &mut Vec<Case>) {
     use crate::ops::batchnorm::{batch_stats_with, grad_sums, BnReduction};
     use crate::ops::{batch_norm_backward, batch_norm_forward, batch_stats};
-    // Planes of fewer than 64 values take the CPU's image walk, [2, 3, 9, 8] its plane walk.
-    for (i, xs) in [[4usize, 3, 5, 5], [2, 16, 7, 3], [8, 2, 1, 1], [2, 3, 9, 8]].into_iter().enumerate() {
+    // Planes of fewer than 64 values take the CPU's image walk, [2, 3, 9, 8] its plane walk;
+    // [2, 1, 130, 130] has more values per channel than one launch of the looped GPU variant
+    // covers on a software adapter (sliced launches).
+    for (i, xs) in [[4usize, 3, 5, 5], [2, 16, 7, 3], [8, 2, 1, 1], [2, 3, 9, 8], [2, 1, 130, 130]].into_iter().enumerate() {
         // An offset and scale per tensor, so the statistics are not trivially 0 and 1.
         let inputs = move |d: &Device| -> Result<[Tensor; 4]> {
             let x = ops::add_channel(&ops::scale(&random_tensor(&xs, i as u64, d)?, 3.0)?, &random_tensor(&[xs[1]], 5, d)?, 1)?;

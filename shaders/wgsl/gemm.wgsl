@@ -18,8 +18,8 @@ fn gemm_reg16x16(@builtin(global_invocation_id) gid: vec3<u32>) {
     let col = gid.x * 16u;
     if (row >= p.m || col >= p.n) { return; }
     let bz = gid.z;
-    let ab = bz * p.a_bs;
-    let bb = bz * p.b_bs;
+    let ab = p.a_off + bz * p.a_bs;
+    let bb = p.b_off + bz * p.b_bs;
     let mx = p.m - 1u;
     let nx = p.n - 1u;
     // Offsets of the 16 rows of A and 16 columns of B this invocation reads, clamped in bounds.
@@ -137,7 +137,7 @@ fn gemm_tiled64(
             let ak = e % TILE_K;
             var va = 0.0;
             if (row0 + ar < p.m && t + ak < p.k) {
-                va = a[bz * p.a_bs + (row0 + ar) * p.a_rs + (t + ak) * p.a_cs];
+                va = a[p.a_off + bz * p.a_bs + (row0 + ar) * p.a_rs + (t + ak) * p.a_cs];
             }
             tile_a[ak * TILE + ar] = va;
             // B slice: consecutive invocations walk columns.
@@ -145,7 +145,7 @@ fn gemm_tiled64(
             let bc = e % TILE;
             var vb = 0.0;
             if (col0 + bc < p.n && t + bk < p.k) {
-                vb = b[bz * p.b_bs + (t + bk) * p.b_rs + (col0 + bc) * p.b_cs];
+                vb = b[p.b_off + bz * p.b_bs + (t + bk) * p.b_rs + (col0 + bc) * p.b_cs];
             }
             tile_b[bk * TILE + bc] = vb;
         }

@@ -2,15 +2,17 @@
 // its parameters, the C and output bindings and the output store. Each module declares A
 // and B (bindings 1 and 2) in its storage format, with `load_a(i)` / `load_b(i)` → f32.
 // GEMM: out[b] = alpha · op(A[b]) · op(B[b]) + beta · C[b], any M, N, K, strided-batched.
-// op(A)(i, l) = a[b·a_bs + i·a_rs + l·a_cs]: a transpose is only a swap of the two strides,
-// so one kernel body serves NN, NT, TN and TT. A batch stride of 0 broadcasts that operand.
+// op(A)(i, l) = a[a_off + b·a_bs + i·a_rs + l·a_cs]: a transpose is only a swap of the two
+// strides, so one kernel body serves NN, NT, TN and TT. A batch stride of 0 broadcasts that
+// operand. The offsets start a product part-way along K (software adapters run long
+// products as K slices, see SOFTWARE_LOOP_TRIPS).
 // Loads use clamped indices (always in bounds), stores are masked: no branch in the K loop.
 
 struct GemmParams {
     m: u32, n: u32, k: u32, batch: u32,
     a_rs: u32, a_cs: u32, a_bs: u32, b_rs: u32,
     b_cs: u32, b_bs: u32, c_bs: u32, has_c: u32,
-    alpha: f32, beta: f32, _pad0: u32, _pad1: u32,
+    alpha: f32, beta: f32, a_off: u32, b_off: u32,
 }
 
 @group(0) @binding(0) var<uniform> p: GemmParams;

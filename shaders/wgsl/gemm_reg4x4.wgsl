@@ -10,14 +10,14 @@ fn gemm_reg4x4(@builtin(global_invocation_id) gid: vec3<u32>) {
     let col = gid.x * 4u;
     if (row >= p.m || col >= p.n) { return; }
     let bz = gid.z;
-    let ra = bz * p.a_bs + min(row, p.m - 1u) * p.a_rs;
-    let ra1 = bz * p.a_bs + min(row + 1u, p.m - 1u) * p.a_rs;
-    let ra2 = bz * p.a_bs + min(row + 2u, p.m - 1u) * p.a_rs;
-    let ra3 = bz * p.a_bs + min(row + 3u, p.m - 1u) * p.a_rs;
-    let cb = bz * p.b_bs + min(col, p.n - 1u) * p.b_cs;
-    let cb1 = bz * p.b_bs + min(col + 1u, p.n - 1u) * p.b_cs;
-    let cb2 = bz * p.b_bs + min(col + 2u, p.n - 1u) * p.b_cs;
-    let cb3 = bz * p.b_bs + min(col + 3u, p.n - 1u) * p.b_cs;
+    let ra = p.a_off + bz * p.a_bs + min(row, p.m - 1u) * p.a_rs;
+    let ra1 = p.a_off + bz * p.a_bs + min(row + 1u, p.m - 1u) * p.a_rs;
+    let ra2 = p.a_off + bz * p.a_bs + min(row + 2u, p.m - 1u) * p.a_rs;
+    let ra3 = p.a_off + bz * p.a_bs + min(row + 3u, p.m - 1u) * p.a_rs;
+    let cb = p.b_off + bz * p.b_bs + min(col, p.n - 1u) * p.b_cs;
+    let cb1 = p.b_off + bz * p.b_bs + min(col + 1u, p.n - 1u) * p.b_cs;
+    let cb2 = p.b_off + bz * p.b_bs + min(col + 2u, p.n - 1u) * p.b_cs;
+    let cb3 = p.b_off + bz * p.b_bs + min(col + 3u, p.n - 1u) * p.b_cs;
     var acc0 = vec4<f32>(0.0);
     var acc1 = vec4<f32>(0.0);
     var acc2 = vec4<f32>(0.0);

@@ -23,8 +23,8 @@ fn gemm_sg32x8(
     let row = (wid.y * 4u + sg) * 32u;
     let col = (wid.x * 8u + lane) * 8u;
     let bz = wid.z;
-    let ab = bz * p.a_bs;
-    let bb = bz * p.b_bs;
+    let ab = p.a_off + bz * p.a_bs;
+    let bb = p.b_off + bz * p.b_bs;
     let mx = p.m - 1u;
     let nx = p.n - 1u;
     let a0 = ab + min(row + 0u + lane, mx) * p.a_rs;

@@ -147,11 +147,7 @@ fn gemm_dispatch(variant: Option<&GemmKernel>, a: &Tensor, b: &Tensor, c: Option
     if let Some(c) = c {
         a.check_same_device("gemm", c)?;
     }
-    match a.device() {
-        // Each slice counts its own FLOPs.
-        Device::Gpu(gpu) if gpu.is_software() && shape.k > SOFTWARE_MAX_K => return gemm_in_k_slices(variant, &shape, a, b, c, o),
-        _ => add_gemm_flops(shape.flops()),
-    }
+    add_gemm_flops(shape.flops());
     match a.device() {
         Device::Cpu(cpu) => {
             let out = gemm_cpu(cpu, &shape, cpu_data(a), cpu_data(b), c, o);
@@ -170,29 +166,8 @@ fn gemm_dispatch(variant: Option<&GemmKernel>, a: &Tensor, b: &Tensor, c: Option
 
 /// The longest K one launch takes on a software adapter ([`crate::gpu::SOFTWARE_LOOP_TRIPS`]:
 /// a product with K = 70 000 came out 30 % wrong). Longer products run as K slices
-/// accumulated through C.
+/// accumulated through C (`gemm_gpu`).
 const SOFTWARE_MAX_K: usize = crate::gpu::SOFTWARE_LOOP_TRIPS;
-
-/// op(A)·op(B) as Σ over K slices of at most [`SOFTWARE_MAX_K`]: each slice's operands are
-/// narrowed copies, and each launch adds onto the previous result (beta = 1).
-fn gemm_in_k_slices(variant: Option<&GemmKernel>, s: &GemmShape, a: &Tensor, b: &Tensor, c: Option<&Tensor>, o: GemmOpts) -> Result<Tensor> {
-    // The K axis of each stored operand: A is [.., M, K] (or [.., K, M] transposed), B is
-    // [.., K, N] (or [.., N, K]).
-    let (ra, rb) = (a.rank(), b.rank());
-    let k_axis_a = if o.trans_a { ra - 2 } else { ra - 1 };
-    let k_axis_b = if o.trans_b { rb - 1 } else { rb - 2 };
-    let mut acc: Option<Tensor> = None;
-    for start in (0..s.k).step_by(SOFTWARE_MAX_K) {
-        let len = SOFTWARE_MAX_K.min(s.k - start);
-        let (a_k, b_k) = (super::narrow(a, k_axis_a, start, len)?, super::narrow(b, k_axis_b, start, len)?);
-        let (prev, opts) = match &acc {
-            None => (c, o),
-            Some(partial) => (Some(partial), GemmOpts { beta: 1.0, ..o }),
-        };
-        acc = Some(gemm_dispatch(variant, &a_k, &b_k, prev, opts)?);
-    }
-    Ok(acc.expect("K > 0 slices"))
-}
 
 /// Products below this many multiply-adds keep the heuristic's kernel: timing them costs more
 /// than any choice saves.
@@ -376,9 +351,14 @@ struct GemmParams {
     has_c: u32,
     alpha: f32,
     beta: f32,
-    _pad: [u32; 2],
+    /// Where op(A) and op(B) start: a K slice's first column of A and row of B.
+    a_off: u32,
+    b_off: u32,
 }
 
+/// The product on the GPU. On software adapters a K longer than [`SOFTWARE_MAX_K`] runs as
+/// slices read in place at an offset, each launch adding onto the previous one's result
+/// through C (beta = 1): out = alpha·Σₛ op(A)ₛ·op(B)ₛ + beta·C.
 fn gemm_gpu(
     gpu: &Arc<GpuBackend>,
     variant: &GemmKernel,
@@ -386,6 +366,26 @@ fn gemm_gpu(
     ab: Arc<GpuBuffer>,
     bb: Arc<GpuBuffer>,
     c: Option<&Tensor>,
+    o: GemmOpts,
+) -> Result<Tensor> {
+    let slice = if gpu.is_software() { SOFTWARE_MAX_K } else { s.k.max(1) };
+    let c_first = c.map(|c| (gpu_buffer(c), s.c_bs.unwrap_or(0)));
+    let mut out = launch_gemm(gpu, variant, s, (0, slice.min(s.k)), (&ab, &bb), c_first, o)?;
+    for k0 in (slice..s.k).step_by(slice) {
+        let partial = Some((gpu_buffer(&out), s.m * s.n));
+        out = launch_gemm(gpu, variant, s, (k0, slice.min(s.k - k0)), (&ab, &bb), partial, GemmOpts { beta: 1.0, ..o })?;
+    }
+    Ok(out)
+}
+
+/// One launch: the K slice `(k0, k_len)` of the product, plus beta·C with C's batch stride.
+fn launch_gemm(
+    gpu: &Arc<GpuBackend>,
+    variant: &GemmKernel,
+    s: &GemmShape,
+    (k0, k_len): (usize, usize),
+    (ab, bb): (&Arc<GpuBuffer>, &Arc<GpuBuffer>),
+    c: Option<(Arc<GpuBuffer>, usize)>,
     o: GemmOpts,
 ) -> Result<Tensor> {
     if let Some(detail) = unsupported_reason(gpu, variant) {
@@ -396,7 +396,7 @@ fn gemm_gpu(
     let params = GemmParams {
         m: u32_of(s.m)?,
         n: u32_of(s.n)?,
-        k: u32_of(s.k)?,
+        k: u32_of(k_len)?,
         batch: u32_of(s.batch)?,
         a_rs: u32_of(s.a_rs)?,
         a_cs: u32_of(s.a_cs)?,
@@ -404,19 +404,20 @@ fn gemm_gpu(
         b_rs: u32_of(s.b_rs)?,
         b_cs: u32_of(s.b_cs)?,
         b_bs: u32_of(s.b_bs)?,
-        c_bs: u32_of(s.c_bs.unwrap_or(0))?,
+        c_bs: u32_of(c.as_ref().map_or(0, |(_, bs)| *bs))?,
         has_c: c.is_some() as u32,
         alpha: o.alpha,
         beta: o.beta,
-        _pad: [0; 2],
+        a_off: u32_of(k0 * s.a_cs)?,
+        b_off: u32_of(k0 * s.b_rs)?,
     };
     let ob = gpu_buffer(&out);
     // Without C the kernel never reads binding 3; bind A there to fill the slot.
-    let cb = c.map(gpu_buffer).unwrap_or_else(|| ab.clone());
+    let cb = c.map_or_else(|| ab.clone(), |(buffer, _)| buffer);
     let [rows, cols] = variant.block;
     let groups = [u32_of(s.n)?.div_ceil(cols), u32_of(s.m)?.div_ceil(rows), u32_of(s.batch)?];
     if s.m * s.n * s.batch > 0 {
-        gpu.launch(&variant.kernel, bytemuck::bytes_of(&params), &[&ab, &bb, &cb, &ob], groups)?;
+        gpu.launch(&variant.kernel, bytemuck::bytes_of(&params), &[ab, bb, &cb, &ob], groups)?;
     }
     Ok(out)
 }
