@@ -30,7 +30,7 @@ fn cpu(c: &mut Criterion) {
         // The reference: OpenBLAS threading itself (the backend keeps it single-threaded).
         blas::set_num_threads(tessera_engine::cpu::CpuBackend::global().threads());
         group.bench_with_input(BenchmarkId::new("openblas_direct", n), &n, |bench, _| {
-            bench.iter(|| blas::sgemm(false, false, n, n, n, 1.0, &a_host, n, &b_host, n, 0.0, &mut out, n))
+            bench.iter(|| blas::sgemm(&blas::Gemm::packed(false, false, n, n, n), 1.0, &a_host, &b_host, 0.0, &mut out))
         });
         blas::set_num_threads(1);
     }

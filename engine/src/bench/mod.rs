@@ -87,8 +87,6 @@ pub fn bench_gemm(
     })?;
 
     let mut c_host = vec![0f32; m * n];
-    let lda = if trans_a { m } else { k };
-    let ldb = if trans_b { k } else { n };
     // The reference is OpenBLAS threading itself over as many threads as the CPU backend has.
     let threads = match device {
         Device::Cpu(cpu) => cpu.threads(),
@@ -96,7 +94,7 @@ pub fn bench_gemm(
     };
     blas::set_num_threads(threads);
     let reference = median_time(budget, 3, || {
-        blas::sgemm(trans_a, trans_b, m, n, k, 1.0, &a_host, lda, &b_host, ldb, 0.0, &mut c_host, n);
+        blas::sgemm(&blas::Gemm::packed(trans_a, trans_b, m, n, k), 1.0, &a_host, &b_host, 0.0, &mut c_host);
         Ok(())
     });
     blas::set_num_threads(1);

@@ -31,36 +31,50 @@ extern "C" {
     fn openblas_set_num_threads(n: c_int);
 }
 
-/// Row-major `C = alpha·op(A)·op(B) + beta·C` on one matrix; slices are checked against the
-/// dimensions so the unsafe call cannot read or write out of bounds.
-#[allow(clippy::too_many_arguments)]
-pub fn sgemm(
-    trans_a: bool,
-    trans_b: bool,
-    m: usize,
-    n: usize,
-    k: usize,
-    alpha: f32,
-    a: &[f32],
-    lda: usize,
-    b: &[f32],
-    ldb: usize,
-    beta: f32,
-    c: &mut [f32],
-    ldc: usize,
-) {
-    check_bounds(trans_a, trans_b, m, n, k, a.len(), lda, b.len(), ldb, c.len(), ldc);
-    // SAFETY: bounds checked above.
-    unsafe { sgemm_raw(trans_a, trans_b, m, n, k, alpha, a.as_ptr(), lda, b.as_ptr(), ldb, beta, c.as_mut_ptr(), ldc) }
+/// The shape of one row-major product C = alpha·op(A)·op(B) + beta·C: op(A) is m×k, op(B)
+/// k×n, C m×n, and each stored matrix's rows lie its leading dimension apart.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Gemm {
+    pub trans_a: bool,
+    pub trans_b: bool,
+    pub m: usize,
+    pub n: usize,
+    pub k: usize,
+    pub lda: usize,
+    pub ldb: usize,
+    pub ldc: usize,
 }
 
-/// A new row-major m×n product `alpha·op(A)·op(B)` on one thread, written straight into fresh
-/// memory: with beta = 0 BLAS sets every element of C without reading it.
-#[allow(clippy::too_many_arguments)]
-pub fn sgemm_new(trans_a: bool, trans_b: bool, m: usize, n: usize, k: usize, alpha: f32, a: &[f32], lda: usize, b: &[f32], ldb: usize) -> Vec<f32> {
-    check_bounds(trans_a, trans_b, m, n, k, a.len(), lda, b.len(), ldb, m * n, n);
+impl Gemm {
+    /// A product of contiguous matrices: each stored row is as long as its matrix is wide.
+    pub fn packed(trans_a: bool, trans_b: bool, m: usize, n: usize, k: usize) -> Self {
+        Self { trans_a, trans_b, m, n, k, lda: if trans_a { m } else { k }, ldb: if trans_b { k } else { n }, ldc: n }
+    }
+
+    /// Panics unless every element the product touches lies inside the given lengths.
+    pub(crate) fn check_bounds(&self, a_len: usize, b_len: usize, c_len: usize) {
+        let (a_rows, b_rows) = (if self.trans_a { self.k } else { self.m }, if self.trans_b { self.n } else { self.k });
+        assert!(a_rows == 0 || a_len >= (a_rows - 1) * self.lda + if self.trans_a { self.m } else { self.k });
+        assert!(b_rows == 0 || b_len >= (b_rows - 1) * self.ldb + if self.trans_b { self.k } else { self.n });
+        assert!(self.m == 0 || c_len >= (self.m - 1) * self.ldc + self.n);
+    }
+}
+
+/// `C = alpha·op(A)·op(B) + beta·C` on one thread; slices are checked against the dimensions
+/// so the unsafe call cannot read or write out of bounds.
+pub fn sgemm(g: &Gemm, alpha: f32, a: &[f32], b: &[f32], beta: f32, c: &mut [f32]) {
+    g.check_bounds(a.len(), b.len(), c.len());
+    // SAFETY: bounds checked above.
+    unsafe { sgemm_raw(g, alpha, a.as_ptr(), b.as_ptr(), beta, c.as_mut_ptr()) }
+}
+
+/// A new m×n product `alpha·op(A)·op(B)` on one thread, written straight into fresh memory:
+/// with beta = 0 BLAS sets every element of C without reading it.
+pub fn sgemm_new(g: &Gemm, alpha: f32, a: &[f32], b: &[f32]) -> Vec<f32> {
+    let g = Gemm { ldc: g.n, ..*g };
+    g.check_bounds(a.len(), b.len(), g.m * g.n);
     // SAFETY: bounds checked against the m×n product.
-    unsafe { new_product(m, n, |c| sgemm_raw(trans_a, trans_b, m, n, k, alpha, a.as_ptr(), lda, b.as_ptr(), ldb, 0.0, c, n)) }
+    unsafe { new_product(g.m, g.n, |c| sgemm_raw(&g, alpha, a.as_ptr(), b.as_ptr(), 0.0, c)) }
 }
 
 /// A fresh m×n matrix that `write` fills through a pointer to its first element.
@@ -75,69 +89,18 @@ pub(crate) unsafe fn new_product(m: usize, n: usize, write: impl FnOnce(*mut f32
     c
 }
 
-/// Panics unless every element a row-major GEMM of these dimensions touches lies inside the
-/// given lengths.
-#[allow(clippy::too_many_arguments)]
-pub(crate) fn check_bounds(
-    trans_a: bool,
-    trans_b: bool,
-    m: usize,
-    n: usize,
-    k: usize,
-    a_len: usize,
-    lda: usize,
-    b_len: usize,
-    ldb: usize,
-    c_len: usize,
-    ldc: usize,
-) {
-    let (a_rows, b_rows) = (if trans_a { k } else { m }, if trans_b { n } else { k });
-    assert!(a_rows == 0 || a_len >= (a_rows - 1) * lda + if trans_a { m } else { k });
-    assert!(b_rows == 0 || b_len >= (b_rows - 1) * ldb + if trans_b { k } else { n });
-    assert!(m == 0 || c_len >= (m - 1) * ldc + n);
-}
-
 /// The OpenBLAS call on raw pointers.
 ///
 /// # Safety
-/// The pointers must cover the elements [`check_bounds`] describes, and no other thread may
-/// touch the written block of C meanwhile.
-#[allow(clippy::too_many_arguments)]
-pub(crate) unsafe fn sgemm_raw(
-    trans_a: bool,
-    trans_b: bool,
-    m: usize,
-    n: usize,
-    k: usize,
-    alpha: f32,
-    a: *const f32,
-    lda: usize,
-    b: *const f32,
-    ldb: usize,
-    beta: f32,
-    c: *mut f32,
-    ldc: usize,
-) {
-    if m == 0 || n == 0 {
+/// The pointers must cover the elements [`Gemm::check_bounds`] describes, and no other thread
+/// may touch the written block of C meanwhile.
+pub(crate) unsafe fn sgemm_raw(g: &Gemm, alpha: f32, a: *const f32, b: *const f32, beta: f32, c: *mut f32) {
+    if g.m == 0 || g.n == 0 {
         return;
     }
     let t = |x: bool| if x { CBLAS_TRANS } else { CBLAS_NO_TRANS };
-    cblas_sgemm(
-        CBLAS_ROW_MAJOR,
-        t(trans_a),
-        t(trans_b),
-        m as c_int,
-        n as c_int,
-        k as c_int,
-        alpha,
-        a,
-        lda.max(1) as c_int,
-        b,
-        ldb.max(1) as c_int,
-        beta,
-        c,
-        ldc.max(1) as c_int,
-    )
+    let d = |x: usize| x.max(1) as c_int;
+    cblas_sgemm(CBLAS_ROW_MAJOR, t(g.trans_a), t(g.trans_b), d(g.m), d(g.n), g.k as c_int, alpha, a, d(g.lda), b, d(g.ldb), beta, c, d(g.ldc))
 }
 
 /// OpenBLAS's kernel family for this CPU, e.g. `Haswell`.

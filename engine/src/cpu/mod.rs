@@ -6,6 +6,8 @@
 pub mod alloc;
 pub mod blas;
 
+pub use blas::Gemm;
+
 use rayon::prelude::*;
 use std::sync::{Arc, OnceLock};
 
@@ -51,67 +53,35 @@ impl CpuBackend {
         self.pool.install(f)
     }
 
-    /// Row-major `C = alpha·op(A)·op(B) + beta·C`, split across the pool into one block of C's
-    /// rows (or columns, when C is wide) per thread, each a single-threaded OpenBLAS call.
-    #[allow(clippy::too_many_arguments)]
-    pub fn sgemm(
-        &self,
-        trans_a: bool,
-        trans_b: bool,
-        m: usize,
-        n: usize,
-        k: usize,
-        alpha: f32,
-        a: &[f32],
-        lda: usize,
-        b: &[f32],
-        ldb: usize,
-        beta: f32,
-        c: &mut [f32],
-        ldc: usize,
-    ) {
-        blas::check_bounds(trans_a, trans_b, m, n, k, a.len(), lda, b.len(), ldb, c.len(), ldc);
+    /// `C = alpha·op(A)·op(B) + beta·C`, split across the pool into one block of C's rows (or
+    /// columns, when C is wide) per thread, each a single-threaded OpenBLAS call.
+    pub fn sgemm(&self, g: &Gemm, alpha: f32, a: &[f32], b: &[f32], beta: f32, c: &mut [f32]) {
+        g.check_bounds(a.len(), b.len(), c.len());
         // SAFETY: bounds checked above; `c` is borrowed mutably for the call.
-        unsafe { self.sgemm_ptr(trans_a, trans_b, m, n, k, alpha, a, lda, b, ldb, beta, c.as_mut_ptr(), ldc) }
+        unsafe { self.sgemm_ptr(g, alpha, a, b, beta, c.as_mut_ptr()) }
     }
 
-    /// A new row-major m×n product `alpha·op(A)·op(B)`, written straight into fresh memory:
-    /// with beta = 0 BLAS sets every element of C without reading it, so no zero-filling pass
-    /// first (for AlexNet's fc6 weight gradient that pass alone wrote 151 MB per step).
-    #[allow(clippy::too_many_arguments)]
-    pub fn sgemm_new(&self, trans_a: bool, trans_b: bool, m: usize, n: usize, k: usize, alpha: f32, a: &[f32], lda: usize, b: &[f32], ldb: usize) -> Vec<f32> {
-        blas::check_bounds(trans_a, trans_b, m, n, k, a.len(), lda, b.len(), ldb, m * n, n);
+    /// A new m×n product `alpha·op(A)·op(B)`, written straight into fresh memory: with beta = 0
+    /// BLAS sets every element of C without reading it, so no zero-filling pass first (for
+    /// AlexNet's fc6 weight gradient that pass alone wrote 151 MB per step).
+    pub fn sgemm_new(&self, g: &Gemm, alpha: f32, a: &[f32], b: &[f32]) -> Vec<f32> {
+        let g = Gemm { ldc: g.n, ..*g };
+        g.check_bounds(a.len(), b.len(), g.m * g.n);
         // SAFETY: bounds checked against the m×n product.
-        unsafe { blas::new_product(m, n, |c| self.sgemm_ptr(trans_a, trans_b, m, n, k, alpha, a, lda, b, ldb, 0.0, c, n)) }
+        unsafe { blas::new_product(g.m, g.n, |c| self.sgemm_ptr(&g, alpha, a, b, 0.0, c)) }
     }
 
     /// [`CpuBackend::sgemm`] into C at `c`.
     ///
     /// # Safety
-    /// The operands must satisfy [`blas::check_bounds`] (C's extent counted from `c`), and
+    /// The operands must satisfy [`Gemm::check_bounds`] (C's extent counted from `c`), and
     /// nothing else may touch that extent of C during the call.
-    #[allow(clippy::too_many_arguments)]
-    unsafe fn sgemm_ptr(
-        &self,
-        trans_a: bool,
-        trans_b: bool,
-        m: usize,
-        n: usize,
-        k: usize,
-        alpha: f32,
-        a: &[f32],
-        lda: usize,
-        b: &[f32],
-        ldb: usize,
-        beta: f32,
-        c: *mut f32,
-        ldc: usize,
-    ) {
-        let by_rows = m >= n;
-        let extent = if by_rows { m } else { n };
+    unsafe fn sgemm_ptr(&self, g: &Gemm, alpha: f32, a: &[f32], b: &[f32], beta: f32, c: *mut f32) {
+        let by_rows = g.m >= g.n;
+        let extent = if by_rows { g.m } else { g.n };
         let blocks = self.threads.min(extent.div_ceil(8));
-        if blocks <= 1 || m * n * k < SPLIT_MIN_MACS {
-            return blas::sgemm_raw(trans_a, trans_b, m, n, k, alpha, a.as_ptr(), lda, b.as_ptr(), ldb, beta, c, ldc);
+        if blocks <= 1 || g.m * g.n * g.k < SPLIT_MIN_MACS {
+            return blas::sgemm_raw(g, alpha, a.as_ptr(), b.as_ptr(), beta, c);
         }
         // Block i covers [start, start + len) of the split axis; rounded to 8 for the kernels.
         let step = extent.div_ceil(blocks).next_multiple_of(8);
@@ -120,31 +90,14 @@ impl CpuBackend {
             (0..extent.div_ceil(step)).into_par_iter().for_each(|i| {
                 let (start, len) = (i * step, step.min(extent - i * step));
                 // Offsets of the block's first element in A (rows) or B (columns), and in C.
-                let (a_off, b_off, c_off) = if by_rows {
-                    (if trans_a { start } else { start * lda }, 0, start * ldc)
+                let (a_off, b_off, c_off, block) = if by_rows {
+                    (if g.trans_a { start } else { start * g.lda }, 0, start * g.ldc, Gemm { m: len, ..*g })
                 } else {
-                    (0, if trans_b { start * ldb } else { start }, start)
+                    (0, if g.trans_b { start * g.ldb } else { start }, start, Gemm { n: len, ..*g })
                 };
-                let (bm, bn) = if by_rows { (len, n) } else { (m, len) };
                 // SAFETY: the caller's bounds cover the whole product; each block reads inside
                 // it and writes a disjoint block of C.
-                unsafe {
-                    blas::sgemm_raw(
-                        trans_a,
-                        trans_b,
-                        bm,
-                        bn,
-                        k,
-                        alpha,
-                        a_ptr.get().add(a_off),
-                        lda,
-                        b_ptr.get().add(b_off),
-                        ldb,
-                        beta,
-                        c_ptr.get().add(c_off),
-                        ldc,
-                    )
-                }
+                unsafe { blas::sgemm_raw(&block, alpha, a_ptr.get().add(a_off), b_ptr.get().add(b_off), beta, c_ptr.get().add(c_off)) }
             })
         })
     }

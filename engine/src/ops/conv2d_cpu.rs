@@ -9,7 +9,7 @@
 //! activations (`small_plane_plan`), unfolded through a table of tap offsets (`TapTable`)
 //! that also drops the taps reading only padding.
 use super::conv2d::ConvShape;
-use crate::cpu::{blas, with_scratch, CpuBackend};
+use crate::cpu::{blas, with_scratch, CpuBackend, Gemm};
 use rayon::prelude::*;
 
 impl ConvShape {
@@ -234,15 +234,16 @@ fn contiguous(offsets: &[i32]) -> Option<usize> {
     (first >= 0 && offsets.iter().enumerate().all(|(q, &o)| o == first + q as i32)).then_some(first as usize)
 }
 
-/// C = op(A)·op(B) + beta·C: single-threaded when the images already run in parallel, split
-/// across the pool when there are fewer images than threads.
+/// C = op(A)·op(B) + beta·C of packed matrices: split across the pool when `split` (fewer
+/// images than threads, or a batch-wide product), single-threaded when the images already
+/// run in parallel.
 #[allow(clippy::too_many_arguments)]
 fn product(cpu: &CpuBackend, split: bool, ta: bool, tb: bool, m: usize, n: usize, k: usize, a: &[f32], b: &[f32], beta: f32, c: &mut [f32]) {
-    let (lda, ldb) = (if ta { m } else { k }, if tb { k } else { n });
+    let g = Gemm::packed(ta, tb, m, n, k);
     if split {
-        cpu.sgemm(ta, tb, m, n, k, 1.0, a, lda, b, ldb, beta, c, n)
+        cpu.sgemm(&g, 1.0, a, b, beta, c)
     } else {
-        blas::sgemm(ta, tb, m, n, k, 1.0, a, lda, b, ldb, beta, c, n)
+        blas::sgemm(&g, 1.0, a, b, beta, c)
     }
 }
 
@@ -254,7 +255,8 @@ fn accumulate_weight_grad(cpu: &CpuBackend, split: bool, m: usize, n: usize, k: 
     if !dw.is_empty() {
         return product(cpu, split, false, true, m, n, k, g, patches, 1.0, dw);
     }
-    *dw = if split { cpu.sgemm_new(false, true, m, n, k, 1.0, g, k, patches, k) } else { blas::sgemm_new(false, true, m, n, k, 1.0, g, k, patches, k) };
+    let shape = Gemm::packed(false, true, m, n, k);
+    *dw = if split { cpu.sgemm_new(&shape, 1.0, g, patches) } else { blas::sgemm_new(&shape, 1.0, g, patches) };
 }
 
 /// Output planes smaller than this many positions are multiplied several images at a time:

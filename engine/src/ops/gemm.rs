@@ -2,7 +2,7 @@
 //! gemm_f16.wgsl / gemm_f16_packed.wgsl for f16 storage; CPU twin: OpenBLAS sgemm per batch
 //! entry, split across threads; conformance: tests/gemm_conformance.rs.
 use super::{cpu_data, cpu_tensor, gpu_buffer, to_u32};
-use crate::cpu::CpuBackend;
+use crate::cpu::{CpuBackend, Gemm};
 use crate::device::Device;
 use crate::error::{shape_err, Error, Result};
 use crate::gpu::GpuBackend;
@@ -249,12 +249,10 @@ pub fn matmul(a: &Tensor, b: &Tensor) -> Result<Tensor> {
 
 fn gemm_cpu(cpu: &CpuBackend, s: &GemmShape, a: &[f32], b: &[f32], c: Option<&Tensor>, o: GemmOpts) -> Vec<f32> {
     let mn = s.m * s.n;
-    // Leading dimension of each stored operand = its stored row length.
-    let lda = if o.trans_a { s.a_cs } else { s.a_rs };
-    let ldb = if o.trans_b { s.b_cs } else { s.b_rs };
+    let g = Gemm::packed(o.trans_a, o.trans_b, s.m, s.n, s.k);
     let (a_len, b_len) = (s.m * s.k, s.k * s.n);
     if s.batch == 1 && (c.is_none() || o.beta == 0.0) {
-        return cpu.sgemm_new(o.trans_a, o.trans_b, s.m, s.n, s.k, o.alpha, &a[..a_len], lda, &b[..b_len], ldb);
+        return cpu.sgemm_new(&g, o.alpha, &a[..a_len], &b[..b_len]);
     }
     let mut out = vec![0.0f32; s.batch * mn];
     let beta = match (c, s.c_bs) {
@@ -268,21 +266,8 @@ fn gemm_cpu(cpu: &CpuBackend, s: &GemmShape, a: &[f32], b: &[f32], c: Option<&Te
         _ => 0.0,
     };
     for z in 0..s.batch {
-        cpu.sgemm(
-            o.trans_a,
-            o.trans_b,
-            s.m,
-            s.n,
-            s.k,
-            o.alpha,
-            &a[z * s.a_bs..z * s.a_bs + a_len],
-            lda,
-            &b[z * s.b_bs..z * s.b_bs + b_len],
-            ldb,
-            beta,
-            &mut out[z * mn..(z + 1) * mn],
-            s.n,
-        );
+        let (a_z, b_z) = (&a[z * s.a_bs..][..a_len], &b[z * s.b_bs..][..b_len]);
+        cpu.sgemm(&g, o.alpha, a_z, b_z, beta, &mut out[z * mn..(z + 1) * mn]);
     }
     out
 }
