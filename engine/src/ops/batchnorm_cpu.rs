@@ -5,7 +5,7 @@
 //! coefficients, so the loops vectorize across channels: plane by plane, the per-plane work
 //! cost 3–7× the values themselves. Larger planes go plane by plane.
 use super::batchnorm::BnShape;
-use super::par_fill;
+use super::{lane_sum, par_fill};
 use crate::cpu::CpuBackend;
 use rayon::prelude::*;
 
@@ -91,21 +91,6 @@ impl BnShape {
         }
         out
     }
-}
-
-/// Σ f(aᵢ, bᵢ) in eight independent lanes, which the compiler turns into vector adds (one
-/// running f32 sum must add in order, one value per add latency) and which round less.
-fn lane_sum(a: &[f32], b: &[f32], f: impl Fn(f32, f32) -> f32) -> f32 {
-    const LANES: usize = 8;
-    let (a8, b8) = (a.chunks_exact(LANES), b.chunks_exact(LANES));
-    let tail: f32 = a8.remainder().iter().zip(b8.remainder()).map(|(x, y)| f(*x, *y)).sum();
-    let mut acc = [0f32; LANES];
-    for (x, y) in a8.zip(b8) {
-        for l in 0..LANES {
-            acc[l] += f(x[l], y[l]);
-        }
-    }
-    acc.iter().sum::<f32>() + tail
 }
 
 /// Per-channel mean and biased variance, two passes (mean, then centred squares) for accuracy.

@@ -86,6 +86,21 @@ pub(crate) fn par_fill<I: Iterator<Item = f32>>(
     out
 }
 
+/// Σ f(aᵢ, bᵢ) in eight independent lanes, which the compiler turns into vector adds (one
+/// running f32 sum must add in order, one value per add latency) and which round less.
+pub(crate) fn lane_sum(a: &[f32], b: &[f32], f: impl Fn(f32, f32) -> f32) -> f32 {
+    const LANES: usize = 8;
+    let (a8, b8) = (a.chunks_exact(LANES), b.chunks_exact(LANES));
+    let tail: f32 = a8.remainder().iter().zip(b8.remainder()).map(|(x, y)| f(*x, *y)).sum();
+    let mut acc = [0f32; LANES];
+    for (x, y) in a8.zip(b8) {
+        for l in 0..LANES {
+            acc[l] += f(x[l], y[l]);
+        }
+    }
+    acc.iter().sum::<f32>() + tail
+}
+
 /// Σ over slices of `count` summed values of `launch(begin, end)`, each launch summing values
 /// [begin, end): one launch, except on software adapters, where an invocation may loop at most
 /// [`crate::gpu::SOFTWARE_LOOP_TRIPS`] times: there slices of `software_slice` values, what

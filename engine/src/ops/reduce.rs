@@ -64,13 +64,28 @@ impl GatherSum {
         self.red_shape.iter().product()
     }
 
+    /// The CPU twin of reduce.wgsl. The innermost reduced axis is walked as one run per
+    /// position of the others, summed in vector lanes where it is contiguous (a plane of a
+    /// convolution's bias gradient): coordinates are decoded per run, not per value.
     fn run_cpu(&self, x: &[f32]) -> Vec<f32> {
-        let red = self.red_numel();
+        let rank = self.red_shape.len();
+        let (run_len, run_stride) = if rank == 0 { (1, 0) } else { (self.red_shape[rank - 1], self.red_stride[rank - 1]) };
+        let (outer_shape, outer_stride) = (&self.red_shape[..rank.saturating_sub(1)], &self.red_stride[..rank.saturating_sub(1)]);
+        let runs: usize = outer_shape.iter().product();
         (0..self.out_numel())
             .into_par_iter()
+            .with_min_len((1usize << 14).div_ceil((runs * run_len).max(1)))
             .map(|o| {
                 let base = self.base + offset_of(o, &self.kept_shape, &self.kept_stride);
-                let sum: f32 = (0..red).map(|r| x[base + offset_of(r, &self.red_shape, &self.red_stride)]).sum();
+                let sum: f32 = (0..runs)
+                    .map(|r| {
+                        let start = base + offset_of(r, outer_shape, outer_stride);
+                        match run_stride {
+                            1 => super::lane_sum(&x[start..start + run_len], &x[start..start + run_len], |v, _| v),
+                            _ => (0..run_len).map(|j| x[start + j * run_stride]).sum(),
+                        }
+                    })
+                    .sum();
                 self.scale * sum
             })
             .collect()
