@@ -200,8 +200,10 @@ fn reduction_cases(cases: &mut Vec<Case>) {
             let axes = (0..s.len()).filter(|_| rng.gen_bool(0.5)).collect();
             (s, axes)
         }).collect();
-    // A large reduction, to catch accumulation-order differences.
+    // A large reduction, to catch accumulation-order differences, and one longer than a
+    // looped launch covers on a software adapter (sliced launches).
     shapes_axes.push((vec![64, 4096], vec![1]));
+    shapes_axes.push((vec![2, 40_000], vec![1]));
     for (i, (shape, axes)) in shapes_axes.into_iter().enumerate() {
         let keepdim = i % 2 == 0;
         let name = format!("{shape:?} over {axes:?}");
@@ -210,6 +212,13 @@ fn reduction_cases(cases: &mut Vec<Case>) {
             let x = random_tensor(&s2, i as u64, d)?;
             Ok(vec![ops::sum(&x, &a2, keepdim)?, ops::mean(&x, &a2, keepdim)?])
         }));
+        // Each GPU variant pinned (the CPU ignores the pin).
+        for (variant, label) in [(ops::ReductionVariant::Looped, "looped"), (ops::ReductionVariant::PerWorkgroup, "per workgroup")] {
+            let (s2, a2) = (shape.clone(), axes.clone());
+            cases.push(case(&format!("sum / mean ({label})"), name.clone(), move |d| {
+                Ok(ops::reduce::sum_and_mean_with(&random_tensor(&s2, i as u64, d)?, &a2, keepdim, variant)?.to_vec())
+            }));
+        }
         cases.push(case("sum backward (expand)", name, move |d| {
             let g = random_tensor(&ops::reduce::reduced_shape(&shape, &axes, keepdim), i as u64, d)?;
             Ok(vec![ops::expand(&g, &shape, &axes, 0.5)?])
@@ -313,7 +322,8 @@ fn pool_cases(cases: &mut Vec<Case>) {
 }
 
 fn batch_norm_cases(cases: &mut Vec<Case>) {
-    use crate::ops::batchnorm::{batch_stats_with, grad_sums, BnReduction};
+    use crate::ops::batchnorm::{batch_stats_with, grad_sums};
+    use crate::ops::ReductionVariant;
     use crate::ops::{batch_norm_backward, batch_norm_forward, batch_stats};
     // Planes of fewer than 64 values take the CPU's image walk, [2, 3, 9, 8] its plane walk;
     // [2, 1, 130, 130] has more values per channel than one launch of the looped GPU variant
@@ -332,7 +342,7 @@ fn batch_norm_cases(cases: &mut Vec<Case>) {
             Ok(vec![mean, var, y])
         }));
         // Each GPU variant of the per-channel reductions, pinned (the CPU ignores the pin).
-        for (variant, label) in [(BnReduction::Looped, "looped"), (BnReduction::PerWorkgroup, "per workgroup")] {
+        for (variant, label) in [(ReductionVariant::Looped, "looped"), (ReductionVariant::PerWorkgroup, "per workgroup")] {
             cases.push(case(&format!("batch_norm2d sums ({label})"), name.clone(), move |d| {
                 let [x, _, _, g] = inputs(d)?;
                 let (mean, var) = batch_stats_with(&x, Some(variant))?;

@@ -166,7 +166,7 @@ pub mod half {
 /// The strided gather-sum behind reductions and broadcasts (reduce.wgsl).
 pub mod reduce {
     use super::{Kernel, REDUCE};
-    kernels!(REDUCE, [256, 1, 1], GATHER_SUM = "gather_sum");
+    kernels!(REDUCE, [256, 1, 1], GATHER_SUM = "gather_sum", GATHER_SUM_WG = "gather_sum_wg");
 }
 
 /// GEMM kernels: register tiles without workgroup memory (`reg*`, `sg*`: fast on software

@@ -3,7 +3,10 @@
 //   out[o] = scale · Σ_{r < red_numel} x[base + offset(kept coords of o) + offset(reduced coords of r)]
 // With nothing reduced and a base offset it is also a strided copy (narrow/slice).
 // Coordinates are decoded from the flat indices with the shapes below (row-major, rank ≤ 8);
-// a stride of 0 repeats a value (broadcast). One invocation per output value.
+// a stride of 0 repeats a value (broadcast). Two variants, chosen per adapter: one invocation
+// per output value looping over its reduced values (`gather_sum`), or, for few outputs over
+// many values (a bias gradient: C outputs over N·H·W), one workgroup of 256 per output summing
+// strided slices and then a tree in workgroup memory (`gather_sum_wg`).
 
 struct ReduceParams {
     out_numel: u32,
@@ -52,4 +55,24 @@ fn gather_sum(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgr
         acc += x[base + offset_of(r, p.red_rank, p.red_shape, p.red_stride)];
     }
     out[o] = p.scale * acc;
+}
+
+var<workgroup> lanes: array<f32, 256>;
+
+@compute @workgroup_size(256)
+fn gather_sum_wg(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) groups: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
+    let o = wid.x + wid.y * groups.x;
+    if (o >= p.out_numel) { return; }
+    let base = p.base + offset_of(o, p.kept_rank, p.kept_shape, p.kept_stride);
+    var acc = 0.0;
+    for (var r = p.r_begin + lid; r < p.r_end; r += 256u) {
+        acc += x[base + offset_of(r, p.red_rank, p.red_shape, p.red_stride)];
+    }
+    lanes[lid] = acc;
+    workgroupBarrier();
+    for (var half = 128u; half > 0u; half = half >> 1u) {
+        if (lid < half) { lanes[lid] += lanes[lid + half]; }
+        workgroupBarrier();
+    }
+    if (lid == 0u) { out[o] = p.scale * lanes[0]; }
 }

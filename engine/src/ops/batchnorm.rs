@@ -2,7 +2,7 @@
 //! twins: batchnorm_cpu.rs; conformance: tests/ops_conformance.rs. Running statistics are
 //! updated by the module (`nn::BatchNorm2d`) from the batch statistics returned here.
 use super::batchnorm_cpu as cpu_bn;
-use super::{cpu_data, cpu_tensor, launch_map, narrow, same_device, to_u32};
+use super::{cpu_data, cpu_tensor, launch_map, narrow, same_device, to_u32, ReductionVariant};
 use crate::device::Device;
 use crate::error::{shape_err, Result};
 use crate::tensor::Tensor;
@@ -67,13 +67,6 @@ fn launch(kernel: &Kernel, s: &BnShape, eps: f32, x: &Tensor, bindings: [Option<
     launch_map("batch_norm2d", kernel, bytemuck::bytes_of(&params), &inputs, out_shape, params.total as usize)
 }
 
-/// The variants of the GPU per-channel reductions.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) enum BnReduction {
-    Looped,
-    PerWorkgroup,
-}
-
 /// A per-channel reduction in its two variants (batchnorm.wgsl): one invocation per channel
 /// looping over its values, or one workgroup per channel.
 struct Reduction {
@@ -85,39 +78,25 @@ const MEAN: Reduction = Reduction { looped: &k::MEAN, per_workgroup: &k::MEAN_WG
 const VAR: Reduction = Reduction { looped: &k::VAR, per_workgroup: &k::VAR_WG };
 const GRAD_SUMS: Reduction = Reduction { looped: &k::GRAD_SUMS, per_workgroup: &k::GRAD_SUMS_WG };
 
-/// Reductions over fewer values (C·M) than this keep the heuristic's variant untimed.
-const TUNE_MIN_VALUES: usize = 1 << 16;
-
-/// A per-channel reduction into [out_len] values: the variant tuned for this adapter and size
-/// class, else the heuristic. Hardware GPUs: one workgroup per channel (C invocations cannot
-/// fill a GPU). Software adapters pay dearly for workgroup barriers: on lavapipe the
-/// per-workgroup mean took 74 ms against 0.9 ms looped over [32, 2048, 1, 1], but 12 against
-/// 19 ms over [8, 64, 56, 56], where the looped variant keeps all but one of its threads idle;
-/// there it is per workgroup only where channels hold many values (M ≥ 32·C).
-/// `pinned` fixes the variant (the conformance suite checks each).
+/// A per-channel reduction into [out_len] values, in the variant `ops::reduction_variant`
+/// picks (or `pinned`).
 #[allow(clippy::too_many_arguments)]
-fn reduce(red: &Reduction, pinned: Option<BnReduction>, s: &BnShape, eps: f32, x: &Tensor, bindings: [Option<&Tensor>; 5], out_len: usize) -> Result<Tensor> {
+fn reduce(red: &Reduction, pinned: Option<ReductionVariant>, s: &BnShape, eps: f32, x: &Tensor, bindings: [Option<&Tensor>; 5], out_len: usize) -> Result<Tensor> {
     let Device::Gpu(gpu) = x.device() else { unreachable!("GPU launch on a CPU tensor") };
     let (params, inputs) = params_and_inputs(s, eps, x, bindings)?;
-    let run = |kernel: &Kernel| -> Result<Tensor> {
+    let run = |variant: ReductionVariant| -> Result<Tensor> {
+        let kernel = if variant == ReductionVariant::Looped { red.looped } else { red.per_workgroup };
         // Invocations per channel: each loops over count / lanes values, so a software
         // adapter's loop budget covers that many more values per slice.
-        let lanes = if std::ptr::eq(kernel, red.looped) { 1 } else { kernel.workgroup[0] as usize };
+        let lanes = if variant == ReductionVariant::Looped { 1 } else { kernel.workgroup[0] as usize };
         // The per-channel sums are linear in their values: slices add up.
         super::sum_in_slices(gpu, s.count(), crate::gpu::SOFTWARE_LOOP_TRIPS * lanes, |begin, end| {
             let params = BnParams { k_begin: to_u32("batch_norm2d", begin)?, k_end: to_u32("batch_norm2d", end)?, ..params };
             launch_map("batch_norm2d", kernel, bytemuck::bytes_of(&params), &inputs, &[out_len], s.c * lanes)
         })
     };
-    let mut kernel = if gpu.is_software() && s.count() < 32 * s.c { red.looped } else { red.per_workgroup };
-    if let Some(pinned) = pinned {
-        kernel = if pinned == BnReduction::Looped { red.looped } else { red.per_workgroup };
-    } else if s.c * s.count() >= TUNE_MIN_VALUES {
-        let what = format!("{}/c{}m{}", red.looped.entry, s.c.next_power_of_two(), s.count().next_power_of_two());
-        let candidates = [red.looped, red.per_workgroup];
-        kernel = crate::gpu::tune::choose(gpu, &what, &candidates, |k| k.entry, |k| run(k).map(drop))?.unwrap_or(kernel);
-    }
-    run(kernel)
+    let variant = super::reduction_variant(gpu, red.looped.entry, (s.c, s.count()), pinned, |v| run(v).map(drop))?;
+    run(variant)
 }
 
 /// Per-channel batch mean and biased variance of x [N, C, H, W] (two passes, for accuracy).
@@ -126,7 +105,7 @@ pub fn batch_stats(x: &Tensor) -> Result<(Tensor, Tensor)> {
 }
 
 /// [`batch_stats`] with the GPU reductions' variant pinned.
-pub(crate) fn batch_stats_with(x: &Tensor, pinned: Option<BnReduction>) -> Result<(Tensor, Tensor)> {
+pub(crate) fn batch_stats_with(x: &Tensor, pinned: Option<ReductionVariant>) -> Result<(Tensor, Tensor)> {
     let s = BnShape::new(x.shape())?;
     match x.device() {
         Device::Cpu(cpu) => {
@@ -214,7 +193,7 @@ pub fn batch_norm_backward(
 
 /// [Σg | Σg·x̂] per channel (x̂ = (x − mean)/√(var + eps)), with the GPU reductions' variant
 /// optionally pinned: dβ, dγ, and what the training-mode dx needs.
-pub(crate) fn grad_sums(x: &Tensor, g: &Tensor, mean: &Tensor, var: &Tensor, eps: f32, pinned: Option<BnReduction>) -> Result<Tensor> {
+pub(crate) fn grad_sums(x: &Tensor, g: &Tensor, mean: &Tensor, var: &Tensor, eps: f32, pinned: Option<ReductionVariant>) -> Result<Tensor> {
     let s = BnShape::new(x.shape())?;
     match x.device() {
         Device::Cpu(cpu) => {

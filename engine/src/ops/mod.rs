@@ -101,6 +101,51 @@ pub(crate) fn lane_sum(a: &[f32], b: &[f32], f: impl Fn(f32, f32) -> f32) -> f32
     acc.iter().sum::<f32>() + tail
 }
 
+/// The variants of the GPU reductions with few outputs over many values (batch-norm
+/// statistics, sums over axes): one invocation per output looping over its values, or one
+/// workgroup of 256 per output with a tree in workgroup memory. Tuned per adapter; the
+/// conformance suite pins each.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum ReductionVariant {
+    Looped,
+    PerWorkgroup,
+}
+
+/// Reductions over fewer values (outputs × values each) than this keep the heuristic's
+/// variant untimed.
+const TUNE_MIN_VALUES: usize = 1 << 16;
+
+/// The variant for a reduction of `outputs` sums over `values` each: `pinned`, else the tuned
+/// choice for this size class (`time` runs one variant), else the heuristic. Hardware GPUs:
+/// one workgroup per output while there are few outputs (a few thousand invocations cannot
+/// fill a GPU). Software adapters pay dearly for workgroup barriers: on lavapipe a
+/// per-workgroup batch-norm mean took 74 ms against 0.9 ms looped over [32, 2048, 1, 1], but
+/// 12 against 19 ms over [8, 64, 56, 56], where the looped variant keeps all but one of its
+/// threads idle; there it is per workgroup only where outputs hold many values (≥ 32 per output).
+pub(crate) fn reduction_variant(
+    gpu: &GpuBackend,
+    what: &str,
+    (outputs, values): (usize, usize),
+    pinned: Option<ReductionVariant>,
+    mut time: impl FnMut(ReductionVariant) -> Result<()>,
+) -> Result<ReductionVariant> {
+    use ReductionVariant::*;
+    if let Some(v) = pinned {
+        return Ok(v);
+    }
+    let heuristic = match gpu.is_software() {
+        true if values < 32 * outputs => Looped,
+        false if outputs > 1 << 14 => Looped,
+        _ => PerWorkgroup,
+    };
+    if outputs * values < TUNE_MIN_VALUES {
+        return Ok(heuristic);
+    }
+    let class = format!("{what}/o{}v{}", outputs.next_power_of_two(), values.next_power_of_two());
+    let name = |v: &ReductionVariant| if *v == Looped { "looped" } else { "per_workgroup" };
+    Ok(*crate::gpu::tune::choose(gpu, &class, &[&Looped, &PerWorkgroup], name, |v| time(*v))?.unwrap_or(&heuristic))
+}
+
 /// Σ over slices of `count` summed values of `launch(begin, end)`, each launch summing values
 /// [begin, end): one launch, except on software adapters, where an invocation may loop at most
 /// [`crate::gpu::SOFTWARE_LOOP_TRIPS`] times: there slices of `software_slice` values, what

@@ -1,11 +1,12 @@
 //! Sum / mean over chosen axes and their backward, broadcasting back over those axes. Both are
-//! one strided gather-sum: kernel shaders/wgsl/reduce.wgsl; CPU twin `GatherSum::run_cpu`.
-use super::{cpu_data, cpu_tensor, launch_map, to_u32};
+//! one strided gather-sum: kernels shaders/wgsl/reduce.wgsl (looped or one workgroup per
+//! output, `ops::reduction_variant`); CPU twin `GatherSum::run_cpu`.
+use super::{cpu_data, cpu_tensor, launch_map, to_u32, ReductionVariant};
 use crate::device::Device;
 use crate::error::{shape_err, Result};
 use crate::tensor::Tensor;
 use rayon::prelude::*;
-use tessera_shaders::reduce::GATHER_SUM;
+use tessera_shaders::reduce::{GATHER_SUM, GATHER_SUM_WG};
 
 const MAX_RANK: usize = 8;
 
@@ -91,7 +92,8 @@ impl GatherSum {
             .collect()
     }
 
-    fn run(&self, op: &'static str, x: &Tensor, out_shape: &[usize]) -> Result<Tensor> {
+    /// The gather-sum on x's device; `pinned` fixes the GPU variant of a reduction.
+    fn run(&self, op: &'static str, x: &Tensor, out_shape: &[usize], pinned: Option<ReductionVariant>) -> Result<Tensor> {
         if self.kept_shape.len() > MAX_RANK || self.red_shape.len() > MAX_RANK {
             return Err(shape_err(op, format!("rank above {MAX_RANK} is not supported (shape {:?})", x.shape())));
         }
@@ -120,13 +122,26 @@ impl GatherSum {
                 fill(&mut p.kept_stride, &self.kept_stride)?;
                 fill(&mut p.red_shape, &self.red_shape)?;
                 fill(&mut p.red_stride, &self.red_stride)?;
-                // Each summed value costs the loop over its coordinates too (rank + 1 trips).
-                let slice = crate::gpu::SOFTWARE_LOOP_TRIPS / (self.red_shape.len() + 1);
-                super::sum_in_slices(gpu, self.red_numel(), slice, |begin, end| {
-                    let mut params = p;
-                    (params.r_begin, params.r_end) = (to_u32(op, begin)?, to_u32(op, end)?);
-                    launch_map(op, &GATHER_SUM, bytemuck::bytes_of(&params), &[x], out_shape, self.out_numel())
-                })
+                let run = |variant: ReductionVariant| -> Result<Tensor> {
+                    let (kernel, lanes) = match variant {
+                        ReductionVariant::Looped => (&GATHER_SUM, 1),
+                        ReductionVariant::PerWorkgroup => (&GATHER_SUM_WG, GATHER_SUM_WG.workgroup[0] as usize),
+                    };
+                    // Each summed value costs the loop over its coordinates too (rank + 1
+                    // trips); each of a workgroup's lanes takes 1/lanes of the values.
+                    let slice = crate::gpu::SOFTWARE_LOOP_TRIPS * lanes / (self.red_shape.len() + 1);
+                    super::sum_in_slices(gpu, self.red_numel(), slice, |begin, end| {
+                        let mut params = p;
+                        (params.r_begin, params.r_end) = (to_u32(op, begin)?, to_u32(op, end)?);
+                        launch_map(op, kernel, bytemuck::bytes_of(&params), &[x], out_shape, self.out_numel() * lanes)
+                    })
+                };
+                // Copies and broadcasts (nothing reduced) take one invocation per value.
+                let variant = match self.red_numel() {
+                    0 | 1 => ReductionVariant::Looped,
+                    values => super::reduction_variant(gpu, "gather_sum", (self.out_numel(), values), pinned, |v| run(v).map(drop))?,
+                };
+                run(variant)
             }
         }
     }
@@ -156,7 +171,7 @@ pub fn reduced_shape(shape: &[usize], axes: &[usize], keepdim: bool) -> Vec<usiz
         .collect()
 }
 
-fn reduce(op: &'static str, x: &Tensor, axes: &[usize], keepdim: bool, mean: bool) -> Result<Tensor> {
+fn reduce(op: &'static str, x: &Tensor, axes: &[usize], keepdim: bool, mean: bool, pinned: Option<ReductionVariant>) -> Result<Tensor> {
     let axes = check_axes(op, x.shape(), axes)?;
     let stride = strides(x.shape());
     let mut g = GatherSum::default();
@@ -166,17 +181,22 @@ fn reduce(op: &'static str, x: &Tensor, axes: &[usize], keepdim: bool, mean: boo
         st.push(stride[d]);
     }
     g.scale = if mean { 1.0 / g.red_numel().max(1) as f32 } else { 1.0 };
-    g.run(op, x, &reduced_shape(x.shape(), &axes, keepdim))
+    g.run(op, x, &reduced_shape(x.shape(), &axes, keepdim), pinned)
 }
 
 /// Σ over `axes`.
 pub fn sum(x: &Tensor, axes: &[usize], keepdim: bool) -> Result<Tensor> {
-    reduce("sum", x, axes, keepdim, false)
+    reduce("sum", x, axes, keepdim, false, None)
+}
+
+/// [`sum`] and [`mean`] with the GPU reduction variant pinned.
+pub(crate) fn sum_and_mean_with(x: &Tensor, axes: &[usize], keepdim: bool, pinned: ReductionVariant) -> Result<[Tensor; 2]> {
+    Ok([reduce("sum", x, axes, keepdim, false, Some(pinned))?, reduce("mean", x, axes, keepdim, true, Some(pinned))?])
 }
 
 /// Mean over `axes`.
 pub fn mean(x: &Tensor, axes: &[usize], keepdim: bool) -> Result<Tensor> {
-    reduce("mean", x, axes, keepdim, true)
+    reduce("mean", x, axes, keepdim, true, None)
 }
 
 /// `alpha·g` repeated over `axes` to `shape`, where g has the shape of a reduction of `shape`
@@ -197,7 +217,7 @@ pub fn expand(g: &Tensor, shape: &[usize], axes: &[usize], alpha: f32) -> Result
         scale: alpha,
         base: 0,
     };
-    gather.run("expand", g, shape)
+    gather.run("expand", g, shape, None)
 }
 
 /// The slice `start..start + len` of `x` along `axis` (PyTorch's `narrow`), as a new tensor.
@@ -216,5 +236,5 @@ pub fn narrow(x: &Tensor, axis: usize, start: usize, len: usize) -> Result<Tenso
         base: start * stride[axis],
         ..Default::default()
     };
-    gather.run("narrow", x, &out_shape)
+    gather.run("narrow", x, &out_shape, None)
 }
