@@ -281,6 +281,13 @@ fn conv_cases(cases: &mut Vec<Case>) {
             let (x, w) = inputs(d)?;
             Ok(vec![ops::conv2d(&x, &w, Some(&random_tensor(&[ws[0]], i as u64 + 60, d)?), o)?])
         }));
+        // Each GPU im2col kernel pinned (the CPU ignores the pin).
+        for kernel in crate::ops::conv2d::IM2COL_VARIANTS {
+            cases.push(case(&format!("conv2d {}", kernel.entry), name.clone(), move |d| {
+                let (x, w) = inputs(d)?;
+                Ok(vec![crate::ops::conv2d::conv2d_with_im2col(&x, &w, None, o, Some(kernel))?])
+            }));
+        }
         cases.push(case("conv2d backward", name, move |d| {
             let (x, w) = inputs(d)?;
             let g = random_tensor(&ops::ConvShape::new(&xs, &ws, o)?.out_shape(), i as u64 + 70, d)?;

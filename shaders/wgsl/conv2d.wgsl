@@ -21,7 +21,16 @@ fn flat(gid: vec3<u32>, groups: vec3<u32>) -> u32 {
     return gid.x + gid.y * groups.x * 256u;
 }
 
-// im2col: cols[row][col] = x[n][c][oh·s − pad + i·dil][ow·s − pad + j·dil], 0 outside the image
+// x[n][c][oh·s − pad + i·dil][ow·s − pad + j·dil], 0 outside the image
+fn patch_value(n: u32, c: u32, i: u32, j: u32, oh: u32, ow: u32) -> f32 {
+    // Signed: padding reaches before the image.
+    let y = i32(oh * p.stride_h + i * p.dil_h) - i32(p.pad_h);
+    let x = i32(ow * p.stride_w + j * p.dil_w) - i32(p.pad_w);
+    if (y < 0 || y >= i32(p.h) || x < 0 || x >= i32(p.w)) { return 0.0; }
+    return src[((n * p.c + c) * p.h + u32(y)) * p.w + u32(x)];
+}
+
+// im2col: cols[row][col] = patch_value of the row's (c, i, j) and the column's (n, oh, ow)
 @compute @workgroup_size(256)
 fn im2col(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) groups: vec3<u32>) {
     let idx = flat(gid, groups);
@@ -36,14 +45,38 @@ fn im2col(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups
     let n = col / spatial;
     let ow = col % p.wo;
     let oh = (col / p.wo) % p.ho;
-    // Signed: padding reaches before the image.
-    let y = i32(oh * p.stride_h + i * p.dil_h) - i32(p.pad_h);
-    let x = i32(ow * p.stride_w + j * p.dil_w) - i32(p.pad_w);
-    var v = 0.0;
-    if (y >= 0 && y < i32(p.h) && x >= 0 && x < i32(p.w)) {
-        v = src[((n * p.c + c) * p.h + u32(y)) * p.w + u32(x)];
+    dst[idx] = patch_value(n, c, i, j, oh, ow);
+}
+
+// im2col, four consecutive patch-matrix values per invocation: the row's channel and tap and
+// the column's image and position are decoded once, then stepped rather than divided out again
+// for each value (integer division is the costly part of the kernel).
+@compute @workgroup_size(256)
+fn im2col_x4(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) groups: vec3<u32>) {
+    let first = flat(gid, groups) * 4u;
+    if (first >= p.total) { return; }
+    let spatial = p.ho * p.wo;
+    let cols = p.n * spatial;
+    let row = first / cols;
+    let col = first % cols;
+    var j = row % p.kw;
+    var i = (row / p.kw) % p.kh;
+    var c = row / (p.kw * p.kh);
+    var n = col / spatial;
+    var oh = (col / p.wo) % p.ho;
+    var ow = col % p.wo;
+    for (var t = 0u; t < 4u; t++) {
+        let idx = first + t;
+        if (idx >= p.total) { return; }
+        dst[idx] = patch_value(n, c, i, j, oh, ow);
+        // The next column; past the last one, the next row's first.
+        ow += 1u;
+        if (ow == p.wo) { ow = 0u; oh += 1u; }
+        if (oh == p.ho) { oh = 0u; n += 1u; }
+        if (n == p.n) { n = 0u; j += 1u; }
+        if (j == p.kw) { j = 0u; i += 1u; }
+        if (i == p.kh) { i = 0u; c += 1u; }
     }
-    dst[idx] = v;
 }
 
 // col2im, the adjoint of im2col: dx[n][c][y][x] = Σ over (i, j) of cols[(c,i,j)][(n,oh,ow)]

@@ -136,9 +136,31 @@ fn launch(kernel: &Kernel, params: ConvParams, src: &Tensor, out_shape: &[usize]
     launch_map("conv2d", kernel, bytemuck::bytes_of(&params), &[src], out_shape, params.total as usize)
 }
 
-/// x [N, C, H, W] → patches [C·kh·kw, N·Ho·Wo] on the GPU.
-fn im2col(x: &Tensor, s: &ConvShape) -> Result<Tensor> {
-    launch(&k::IM2COL, ConvParams::of(s, s.patch_len() * s.positions())?, x, &[s.patch_len(), s.positions()])
+/// The im2col kernels: one patch-matrix value per invocation, or four (`im2col_x4`).
+pub(crate) static IM2COL_VARIANTS: [&Kernel; 2] = [&k::IM2COL, &k::IM2COL_X4];
+
+/// Patch matrices smaller than this keep the heuristic's im2col untimed.
+const TUNE_MIN_VALUES: usize = 1 << 16;
+
+/// x [N, C, H, W] → patches [C·kh·kw, N·Ho·Wo] on the GPU, with the kernel `pinned`, else the
+/// one tuned for this adapter and size class, else four values per invocation.
+fn im2col(x: &Tensor, s: &ConvShape, pinned: Option<&'static Kernel>) -> Result<Tensor> {
+    let Device::Gpu(gpu) = x.device() else { unreachable!("GPU launch on a CPU tensor") };
+    let total = s.patch_len() * s.positions();
+    let params = ConvParams::of(s, total)?;
+    let run = |kernel: &Kernel| {
+        let per_invocation = if std::ptr::eq(kernel, &k::IM2COL_X4) { 4 } else { 1 };
+        launch_map("conv2d", kernel, bytemuck::bytes_of(&params), &[x], &[s.patch_len(), s.positions()], total.div_ceil(per_invocation))
+    };
+    let kernel = match pinned {
+        Some(kernel) => kernel,
+        None if total < TUNE_MIN_VALUES => &k::IM2COL_X4,
+        None => {
+            let what = format!("im2col/v{}", total.next_power_of_two());
+            crate::gpu::tune::choose(gpu, &what, &IM2COL_VARIANTS, |k| k.entry, |k| run(k).map(drop))?.unwrap_or(&k::IM2COL_X4)
+        }
+    };
+    run(kernel)
 }
 
 /// The adjoint of [`im2col`]: patches [C·kh·kw, N·Ho·Wo] → dx [N, C, H, W], summing overlaps.
@@ -169,6 +191,11 @@ fn images(t: &Tensor, start: usize, len: usize) -> Result<Tensor> {
 
 /// conv2d(x, weight, bias): x [N, C, H, W], weight [O, C, kh, kw], bias [O] → [N, O, Ho, Wo].
 pub fn conv2d(x: &Tensor, weight: &Tensor, bias: Option<&Tensor>, opts: Conv2dOpts) -> Result<Tensor> {
+    conv2d_with_im2col(x, weight, bias, opts, None)
+}
+
+/// [`conv2d`] with the GPU's im2col kernel pinned (the conformance suite checks each).
+pub(crate) fn conv2d_with_im2col(x: &Tensor, weight: &Tensor, bias: Option<&Tensor>, opts: Conv2dOpts, im2col_kernel: Option<&'static Kernel>) -> Result<Tensor> {
     let s = ConvShape::new(x.shape(), weight.shape(), opts)?;
     super::same_device("conv2d", &[x, weight])?;
     if let Device::Cpu(cpu) = x.device() {
@@ -182,14 +209,14 @@ pub fn conv2d(x: &Tensor, weight: &Tensor, bias: Option<&Tensor>, opts: Conv2dOp
     let Device::Gpu(gpu) = x.device() else { unreachable!("CPU handled above") };
     let per_pass = images_per_pass(gpu, &s);
     if per_pass < s.n {
-        let mut out = conv2d(&images(x, 0, per_pass)?, weight, bias, opts)?;
+        let mut out = conv2d_with_im2col(&images(x, 0, per_pass)?, weight, bias, opts, im2col_kernel)?;
         for start in (per_pass..s.n).step_by(per_pass) {
-            let part = conv2d(&images(x, start, per_pass.min(s.n - start))?, weight, bias, opts)?;
+            let part = conv2d_with_im2col(&images(x, start, per_pass.min(s.n - start))?, weight, bias, opts, im2col_kernel)?;
             out = concat(&out, &part, 0)?;
         }
         return Ok(out);
     }
-    let cols = im2col(x, &s)?;
+    let cols = im2col(x, &s, im2col_kernel)?;
     let w_mat = weight.reshape(&[s.o, s.patch_len()])?;
     let out_onp = gemm(&w_mat, &cols, None, GemmOpts::default())?; // [O, N·Ho·Wo]
     let out = swap01(&out_onp, s.o, s.n, s.ho * s.wo, &s.out_shape())?;
@@ -242,7 +269,7 @@ pub fn conv2d_backward(
     let g_onp = swap01(g, s.n, s.o, s.ho * s.wo, &[s.o, s.positions()])?;
     let w_mat = weight.reshape(&[s.o, s.patch_len()])?;
     let dw = if need_weight {
-        let cols = im2col(x, &s)?;
+        let cols = im2col(x, &s, None)?;
         let dw = gemm(&g_onp, &cols, None, GemmOpts { trans_b: true, ..Default::default() })?;
         Some(dw.reshape(weight.shape())?)
     } else {
