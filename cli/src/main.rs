@@ -265,6 +265,10 @@ enum Bench {
         /// Do not run the PyTorch reference.
         #[arg(long)]
         no_torch: bool,
+        /// Alternate the PyTorch reference and each device this many times and report each
+        /// row's median round: on a shared machine the speed drifts over minutes.
+        #[arg(long, default_value_t = 1)]
+        rounds: usize,
         #[arg(long)]
         json: bool,
     },
@@ -368,15 +372,32 @@ fn run(cli: Cli) -> Result<()> {
             }
             bench_kernels_cmd(&device, seconds, json)
         }
-        Command::Bench(Bench::Train { model, num_classes, input, batch, device, warmup, steps, torch_python, no_torch, json }) => {
+        Command::Bench(Bench::Train { model, num_classes, input, batch, device, warmup, steps, torch_python, no_torch, rounds, json }) => {
             use tessera_scheduler::bench::{bench_train_step, torch_reference, StepSpec};
             let spec = StepSpec { model: model.clone(), num_classes, input, batch, warmup, steps };
             let mut table = Table::new(&["model", "device", "input", "batch", "forward_ms", "backward_ms", "optimizer_ms", "step_ms", "img_per_s", "peak_MiB", "vs_pytorch"]);
             let threads = CpuBackend::global().threads();
-            let reference = if no_torch { Err("not run (--no-torch)".to_string()) } else { torch_reference(&torch_python, &spec, threads) };
+            // Rounds alternate the reference and the devices; each row is its median round.
+            let (mut references, mut timings) = (Vec::new(), vec![Vec::new(); device.len()]);
+            for _ in 0..rounds.max(1) {
+                references.push(if no_torch { Err("not run (--no-torch)".to_string()) } else { torch_reference(&torch_python, &spec, threads) });
+                for (d, times) in device.iter().zip(&mut timings) {
+                    times.push(bench_train_step(&spec, d).with_context(|| format!("timing {model} on {d}"))?);
+                }
+            }
+            let mut measured: Vec<serde_json::Value> = references.iter().filter_map(|r| r.as_ref().ok().cloned()).collect();
+            measured.sort_by(|a, b| a["step_ms"].as_f64().partial_cmp(&b["step_ms"].as_f64()).unwrap_or(std::cmp::Ordering::Equal));
+            let reference = match measured.get(measured.len() / 2) {
+                Some(r) => Ok(r.clone()),
+                None => Err(references.into_iter().find_map(|r| r.err()).unwrap_or_default()),
+            };
             let torch_ms = reference.as_ref().ok().and_then(|r| r["step_ms"].as_f64());
-            for d in &device {
-                let t = bench_train_step(&spec, d).with_context(|| format!("timing {model} on {d}"))?;
+            for (d, mut times) in device.iter().zip(timings) {
+                // Peak memory from the first round: later ones start with the memory the
+                // process already holds (freed blocks stay cached), so they see no growth.
+                let first_peak = times[0].peak_mib;
+                times.sort_by(|a, b| a.step_ms.total_cmp(&b.step_ms));
+                let t = &tessera_scheduler::bench::StepTimes { peak_mib: first_peak, ..times[times.len() / 2].clone() };
                 table.push(vec![
                     json!(model),
                     json!(d),
