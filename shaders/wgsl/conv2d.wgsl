@@ -21,61 +21,55 @@ fn flat(gid: vec3<u32>, groups: vec3<u32>) -> u32 {
     return gid.x + gid.y * groups.x * 256u;
 }
 
-// x[n][c][oh·s − pad + i·dil][ow·s − pad + j·dil], 0 outside the image
-fn patch_value(n: u32, c: u32, i: u32, j: u32, oh: u32, ow: u32) -> f32 {
-    // Signed: padding reaches before the image.
-    let y = i32(oh * p.stride_h + i * p.dil_h) - i32(p.pad_h);
-    let x = i32(ow * p.stride_w + j * p.dil_w) - i32(p.pad_w);
-    if (y < 0 || y >= i32(p.h) || x < 0 || x >= i32(p.w)) { return 0.0; }
-    return src[((n * p.c + c) * p.h + u32(y)) * p.w + u32(x)];
-}
+// Where a patch-matrix value comes from: its row's channel and tap (c, i, j) and its
+// column's image and output position (n, oh, ow).
+struct PatchAt { c: u32, i: u32, j: u32, n: u32, oh: u32, ow: u32 }
 
-// im2col: cols[row][col] = patch_value of the row's (c, i, j) and the column's (n, oh, ow)
-@compute @workgroup_size(256)
-fn im2col(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) groups: vec3<u32>) {
-    let idx = flat(gid, groups);
-    if (idx >= p.total) { return; }
+// The coordinates of the patch-matrix value at flat index idx.
+fn patch_at(idx: u32) -> PatchAt {
     let spatial = p.ho * p.wo;
     let cols = p.n * spatial;
     let row = idx / cols;
     let col = idx % cols;
-    let j = row % p.kw;
-    let i = (row / p.kw) % p.kh;
-    let c = row / (p.kw * p.kh);
-    let n = col / spatial;
-    let ow = col % p.wo;
-    let oh = (col / p.wo) % p.ho;
-    dst[idx] = patch_value(n, c, i, j, oh, ow);
+    return PatchAt(row / (p.kw * p.kh), (row / p.kw) % p.kh, row % p.kw, col / spatial, (col / p.wo) % p.ho, col % p.wo);
 }
 
-// im2col, four consecutive patch-matrix values per invocation: the row's channel and tap and
-// the column's image and position are decoded once, then stepped rather than divided out again
-// for each value (integer division is the costly part of the kernel).
+// x[n][c][oh·s − pad + i·dil][ow·s − pad + j·dil], 0 outside the image
+fn patch_value(q: PatchAt) -> f32 {
+    // Signed: padding reaches before the image.
+    let y = i32(q.oh * p.stride_h + q.i * p.dil_h) - i32(p.pad_h);
+    let x = i32(q.ow * p.stride_w + q.j * p.dil_w) - i32(p.pad_w);
+    if (y < 0 || y >= i32(p.h) || x < 0 || x >= i32(p.w)) { return 0.0; }
+    return src[((q.n * p.c + q.c) * p.h + u32(y)) * p.w + u32(x)];
+}
+
+// im2col: cols[row][col] = patch_value(patch_at(row·cols + col))
+@compute @workgroup_size(256)
+fn im2col(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) groups: vec3<u32>) {
+    let idx = flat(gid, groups);
+    if (idx >= p.total) { return; }
+    dst[idx] = patch_value(patch_at(idx));
+}
+
+// im2col, four consecutive patch-matrix values per invocation: the coordinates are decoded
+// once, then stepped rather than divided out again for each value (integer division is the
+// costly part of the kernel).
 @compute @workgroup_size(256)
 fn im2col_x4(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) groups: vec3<u32>) {
     let first = flat(gid, groups) * 4u;
     if (first >= p.total) { return; }
-    let spatial = p.ho * p.wo;
-    let cols = p.n * spatial;
-    let row = first / cols;
-    let col = first % cols;
-    var j = row % p.kw;
-    var i = (row / p.kw) % p.kh;
-    var c = row / (p.kw * p.kh);
-    var n = col / spatial;
-    var oh = (col / p.wo) % p.ho;
-    var ow = col % p.wo;
+    var q = patch_at(first);
     for (var t = 0u; t < 4u; t++) {
         let idx = first + t;
         if (idx >= p.total) { return; }
-        dst[idx] = patch_value(n, c, i, j, oh, ow);
+        dst[idx] = patch_value(q);
         // The next column; past the last one, the next row's first.
-        ow += 1u;
-        if (ow == p.wo) { ow = 0u; oh += 1u; }
-        if (oh == p.ho) { oh = 0u; n += 1u; }
-        if (n == p.n) { n = 0u; j += 1u; }
-        if (j == p.kw) { j = 0u; i += 1u; }
-        if (i == p.kh) { i = 0u; c += 1u; }
+        q.ow += 1u;
+        if (q.ow == p.wo) { q.ow = 0u; q.oh += 1u; }
+        if (q.oh == p.ho) { q.oh = 0u; q.n += 1u; }
+        if (q.n == p.n) { q.n = 0u; q.j += 1u; }
+        if (q.j == p.kw) { q.j = 0u; q.i += 1u; }
+        if (q.i == p.kh) { q.i = 0u; q.c += 1u; }
     }
 }
 

@@ -1,7 +1,7 @@
 //! Per-adapter autotuning of kernel choices: the first time a kernel with variants (GEMM, the
-//! batch-norm reductions) runs at a given size class on an adapter, every supported variant
-//! is timed on it and the fastest is kept in a cache file keyed by adapter and driver, so
-//! later runs (and processes) reuse it.
+//! batch-norm and axis reductions, im2col) runs at a given size class on an adapter, every
+//! supported variant is timed on it and the fastest is kept in a cache file keyed by adapter
+//! and driver, so later runs (and processes) reuse it.
 //! Tuning is on by default for hardware adapters; on software ones (lavapipe, llvmpipe) the
 //! built-in heuristic, measured for them, decides unless `TESSERA_AUTOTUNE=1` (timing every
 //! variant there costs tenths of a second per size class). `TESSERA_AUTOTUNE=0` turns tuning

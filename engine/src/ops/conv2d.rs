@@ -139,9 +139,6 @@ fn launch(kernel: &Kernel, params: ConvParams, src: &Tensor, out_shape: &[usize]
 /// The im2col kernels: one patch-matrix value per invocation, or four (`im2col_x4`).
 pub(crate) static IM2COL_VARIANTS: [&Kernel; 2] = [&k::IM2COL, &k::IM2COL_X4];
 
-/// Patch matrices smaller than this keep the heuristic's im2col untimed.
-const TUNE_MIN_VALUES: usize = 1 << 16;
-
 /// x [N, C, H, W] → patches [C·kh·kw, N·Ho·Wo] on the GPU, with the kernel `pinned`, else the
 /// one tuned for this adapter and size class, else four values per invocation.
 fn im2col(x: &Tensor, s: &ConvShape, pinned: Option<&'static Kernel>) -> Result<Tensor> {
@@ -154,7 +151,7 @@ fn im2col(x: &Tensor, s: &ConvShape, pinned: Option<&'static Kernel>) -> Result<
     };
     let kernel = match pinned {
         Some(kernel) => kernel,
-        None if total < TUNE_MIN_VALUES => &k::IM2COL_X4,
+        None if total < super::TUNE_MIN_VALUES => &k::IM2COL_X4,
         None => {
             let what = format!("im2col/v{}", total.next_power_of_two());
             crate::gpu::tune::choose(gpu, &what, &IM2COL_VARIANTS, |k| k.entry, |k| run(k).map(drop))?.unwrap_or(&k::IM2COL_X4)

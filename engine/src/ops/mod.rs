@@ -111,9 +111,9 @@ pub(crate) enum ReductionVariant {
     PerWorkgroup,
 }
 
-/// Reductions over fewer values (outputs × values each) than this keep the heuristic's
-/// variant untimed.
-const TUNE_MIN_VALUES: usize = 1 << 16;
+/// Kernels with variants over fewer values than this (a reduction's outputs × values each, a
+/// patch matrix) keep the heuristic's choice untimed.
+pub(crate) const TUNE_MIN_VALUES: usize = 1 << 16;
 
 /// The variant for a reduction of `outputs` sums over `values` each: `pinned`, else the tuned
 /// choice for this size class (`time` runs one variant), else the heuristic. Hardware GPUs:
