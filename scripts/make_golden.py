@@ -8,6 +8,7 @@ options from the file rather than repeating them.
 
     python3 -m venv /tmp/torchenv && /tmp/torchenv/bin/pip install torch safetensors numpy
     /tmp/torchenv/bin/python scripts/make_golden.py        # from the repository root
+    /tmp/torchenv/bin/python scripts/make_golden.py optim  # one set: ops, sgd, optim, cnn
 """
 import json
 import os
@@ -115,6 +116,49 @@ def sgd_fixtures():
     save_file(tensors, os.path.join(OUT, "sgd_golden.safetensors"), metadata={"cases": json.dumps(cases)})
 
 
+def optim_fixtures():
+    """Parameter values after each of 10 steps of torch.optim.AdamW and SGD with fixed
+    gradients, some under a linear warm-up times a cosine schedule: LambdaLR with
+    min(1, (s + 1)/W) · ½(1 + cos(π s/T)), whose warm-up factor is LinearLR's (checked below)."""
+    import math
+    tensors, cases = {}, []
+    configs = [
+        dict(kind="adamw", lr=1e-2, betas=(0.9, 0.999), eps=1e-8, weight_decay=1e-2, warmup=0, total=0),
+        dict(kind="adamw", lr=3e-3, betas=(0.8, 0.99), eps=1e-6, weight_decay=0.1, warmup=4, total=10),
+        dict(kind="adamw", lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0, warmup=0, total=10),
+        dict(kind="sgd", lr=0.1, momentum=0.9, dampening=0.0, weight_decay=5e-4, nesterov=False, warmup=3, total=10),
+    ]
+    for i, cfg in enumerate(configs):
+        p0 = rand(29)
+        p = torch.nn.Parameter(p0.clone())
+        if cfg["kind"] == "adamw":
+            opt = torch.optim.AdamW([p], lr=cfg["lr"], betas=cfg["betas"], eps=cfg["eps"], weight_decay=cfg["weight_decay"])
+        else:
+            opt = torch.optim.SGD([p], lr=cfg["lr"], momentum=cfg["momentum"], dampening=cfg["dampening"],
+                                  weight_decay=cfg["weight_decay"], nesterov=cfg["nesterov"])
+        w, t = cfg["warmup"], cfg["total"]
+        warm = lambda s: min(1.0, (s + 1) / w) if w else 1.0
+        cos = lambda s: 0.5 * (1 + math.cos(math.pi * s / t)) if t else 1.0
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: warm(s) * cos(s))
+        if w:
+            probe = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
+            linear = torch.optim.lr_scheduler.LinearLR(probe, start_factor=1 / w, total_iters=w - 1)
+            for s in range(w + 2):
+                assert abs(probe.param_groups[0]["lr"] - warm(s)) < 1e-12, (s, probe.param_groups[0]["lr"], warm(s))
+                probe.step()
+                linear.step()
+        tensors[f"optim{i}.p0"] = p0
+        for step in range(10):
+            g = rand(29)
+            p.grad = g.clone()
+            opt.step()
+            sched.step()
+            tensors[f"optim{i}.g{step}"] = g
+            tensors[f"optim{i}.p{step + 1}"] = p.detach().clone()
+        cases.append(dict(name=f"optim{i}", **cfg))
+    save_file(tensors, os.path.join(OUT, "optim_golden.safetensors"), metadata={"cases": json.dumps(cases)})
+
+
 def cnn_fixtures():
     """The simple CNN of the Tessera tests: logits, loss and every parameter gradient."""
     model = torch.nn.Sequential(
@@ -135,8 +179,10 @@ def cnn_fixtures():
 
 
 if __name__ == "__main__":
+    import sys
     os.makedirs(OUT, exist_ok=True)
-    ops_fixtures()
-    sgd_fixtures()
-    cnn_fixtures()
+    # Optional arguments name the fixture sets to write (default: all).
+    sets = {"ops": ops_fixtures, "sgd": sgd_fixtures, "optim": optim_fixtures, "cnn": cnn_fixtures}
+    for name in sys.argv[1:] or list(sets):
+        sets[name]()
     print("wrote", sorted(os.listdir(OUT)))

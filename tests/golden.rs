@@ -1,11 +1,12 @@
 //! PyTorch golden values (tests/fixtures, written by scripts/make_golden.py in float64):
-//! every op's output and input gradients, torch.optim.SGD over 10 steps, and a small CNN's
+//! every op's output and input gradients, torch.optim.SGD and AdamW over 10 steps (with and
+//! without a linear warm-up in front of a cosine schedule), and a small CNN's
 //! logits, loss and parameter gradients — on the CPU backend and every GPU adapter.
 use serde_json::Value;
 use tessera_engine::autograd::{self as ag, Var};
 use tessera_engine::nn::{BatchNorm2d, Conv2d, Flatten, Linear, MaxPool2d, Module, ReLU, Sequential};
-use tessera_engine::ops::{Conv2dOpts, SgdHyper};
-use tessera_engine::optim::{ParamGroup, Sgd};
+use tessera_engine::ops::{AdamWHyper, Conv2dOpts, SgdHyper};
+use tessera_engine::optim::{Constant, Cosine, LrSchedule, Optimizer, ParamGroup, Rule, Warmup};
 use tessera_engine::{Device, Result};
 use tessera_tests::{gpu_devices, max_rel_err, Fixture};
 
@@ -111,13 +112,48 @@ fn sgd_matches_torch_optim_sgd_over_ten_steps() {
                 nesterov: case["nesterov"].as_bool().unwrap(),
             };
             let param = tessera_engine::nn::Param::new(fx.tensor(&format!("{name}.p0"), &dev));
-            let mut sgd = Sgd::new(vec![ParamGroup::new(name, vec![param.clone()])], f("lr"), hyper);
+            let mut sgd = Optimizer::new(vec![ParamGroup::new(name, vec![param.clone()])], f("lr"), hyper);
             for step in 0..10 {
                 let g = Var::constant(fx.tensor(&format!("{name}.g{step}"), &dev));
                 ag::sum(&ag::mul(&param.var(), &g).unwrap(), &[0], false).unwrap().backward().unwrap();
                 sgd.step().unwrap();
                 sgd.zero_grad();
                 close(&format!("{name} step {} on {dev}", step + 1), &param.value(), fx.get(&format!("{name}.p{}", step + 1)));
+            }
+        }
+    }
+}
+
+#[test]
+fn adamw_sgd_and_warmup_match_torch_over_ten_steps() {
+    let fx = Fixture::open("optim_golden.safetensors");
+    for dev in devices() {
+        for case in fx.meta("cases").as_array().unwrap() {
+            let name = case["name"].as_str().unwrap();
+            let f = |k: &str| case[k].as_f64().unwrap() as f32;
+            let rule = match case["kind"].as_str().unwrap() {
+                "adamw" => {
+                    let betas = case["betas"].as_array().unwrap();
+                    let beta = |i: usize| betas[i].as_f64().unwrap() as f32;
+                    Rule::AdamW(AdamWHyper { beta1: beta(0), beta2: beta(1), eps: f("eps"), weight_decay: f("weight_decay") })
+                }
+                _ => Rule::Sgd(SgdHyper {
+                    momentum: f("momentum"),
+                    dampening: f("dampening"),
+                    weight_decay: f("weight_decay"),
+                    nesterov: case["nesterov"].as_bool().unwrap(),
+                }),
+            };
+            let (warmup, total) = (case["warmup"].as_u64().unwrap() as usize, case["total"].as_u64().unwrap() as usize);
+            let inner: Box<dyn LrSchedule> = if total > 0 { Box::new(Cosine { total_steps: total }) } else { Box::new(Constant) };
+            let param = tessera_engine::nn::Param::new(fx.tensor(&format!("{name}.p0"), &dev));
+            let mut opt = Optimizer::new(vec![ParamGroup::new(name, vec![param.clone()])], f("lr"), rule).with_schedule(Warmup { steps: warmup, inner });
+            for step in 0..10 {
+                let g = Var::constant(fx.tensor(&format!("{name}.g{step}"), &dev));
+                ag::sum(&ag::mul(&param.var(), &g).unwrap(), &[0], false).unwrap().backward().unwrap();
+                opt.step().unwrap();
+                opt.zero_grad();
+                close(&format!("{name} ({:?}) step {} on {dev}", rule, step + 1), &param.value(), fx.get(&format!("{name}.p{}", step + 1)));
             }
         }
     }

@@ -5,7 +5,7 @@ use rand::{rngs::StdRng, Rng, SeedableRng};
 use tessera_engine::autograd as ag;
 use tessera_engine::nn::{BatchNorm2d, Conv2d, Flatten, Linear, MaxPool2d, Module, ReLU, Sequential};
 use tessera_engine::ops::{Conv2dOpts, SgdHyper};
-use tessera_engine::optim::{ParamGroup, Sgd};
+use tessera_engine::optim::{Optimizer, ParamGroup};
 use tessera_engine::{Device, Tensor, Var};
 use tessera_tests::gpu_devices;
 
@@ -30,7 +30,7 @@ fn a_gpu_training_step_reads_nothing_back_and_submits_only_full_batches() {
             .with(Linear::new(128, 4, true, &dev, &mut rng).unwrap());
         let params = model.named_params().into_iter().map(|(_, p)| p).collect();
         let hyper = SgdHyper { momentum: 0.9, dampening: 0.0, weight_decay: 5e-4, nesterov: false };
-        let mut sgd = Sgd::new(vec![ParamGroup::new("all", params)], 0.05, hyper);
+        let mut sgd = Optimizer::new(vec![ParamGroup::new("all", params)], 0.05, hyper);
         let input = Var::constant(Tensor::from_vec(x.clone(), &[16, 3, 8, 8], &dev).unwrap());
         let mut step = || {
             let loss = ag::cross_entropy(&model.forward(&input).unwrap(), &y).unwrap();

@@ -4,7 +4,7 @@ use rand::{rngs::StdRng, SeedableRng};
 use tessera_engine::autograd as ag;
 use tessera_engine::nn::{Linear, Module, Param};
 use tessera_engine::ops::SgdHyper;
-use tessera_engine::optim::{FreezeOut, LrSchedule, ParamGroup, Sgd, Spacing};
+use tessera_engine::optim::{FreezeOut, LrSchedule, Optimizer, ParamGroup, Spacing};
 use tessera_engine::{Device, Tensor, Var};
 use tessera_tests::{gpu_devices, max_rel_err, random_vec};
 
@@ -36,7 +36,7 @@ fn sgd_matches_torch_update_rule_over_ten_steps() {
         for (ci, h) in configs.into_iter().enumerate() {
             let init = random_vec(37, ci as u64);
             let param = Param::new(Tensor::from_vec(init.clone(), &[37], &dev).unwrap());
-            let mut sgd = Sgd::new(vec![ParamGroup::new("all", vec![param.clone()])], 0.1, h);
+            let mut sgd = Optimizer::new(vec![ParamGroup::new("all", vec![param.clone()])], 0.1, h);
             let (mut want, mut buf) = (init, None);
             for step in 0..10 {
                 let g = random_vec(37, 1000 + step);
@@ -71,7 +71,7 @@ fn freezeout_anneals_then_freezes_layers_front_to_back() {
     let mut rng = StdRng::seed_from_u64(0);
     let layers = [Linear::new(4, 4, true, &dev, &mut rng).unwrap(), Linear::new(4, 2, true, &dev, &mut rng).unwrap()];
     let groups = layers.iter().enumerate().map(|(i, l)| ParamGroup::new(format!("{i}"), l.named_params().into_iter().map(|(_, p)| p).collect())).collect();
-    let mut sgd = Sgd::new(groups, 0.1, SgdHyper { momentum: 0.9, dampening: 0.0, weight_decay: 0.0, nesterov: false })
+    let mut sgd = Optimizer::new(groups, 0.1, SgdHyper { momentum: 0.9, dampening: 0.0, weight_decay: 0.0, nesterov: false })
         .with_schedule(FreezeOut { t0: 0.5, total_steps: 10, spacing: Spacing::Linear, scale_lr: false });
     let x = Var::constant(Tensor::from_vec(random_vec(8, 3), &[2, 4], &dev).unwrap());
     let mut frozen_at = None;

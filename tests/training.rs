@@ -3,7 +3,7 @@ use rand::{rngs::StdRng, Rng, SeedableRng};
 use tessera_engine::autograd as ag;
 use tessera_engine::nn::{Conv2d, Flatten, Linear, MaxPool2d, Module, ReLU, Sequential};
 use tessera_engine::ops::{Conv2dOpts, SgdHyper};
-use tessera_engine::optim::{ParamGroup, Sgd};
+use tessera_engine::optim::{Optimizer, ParamGroup};
 use tessera_engine::{no_grad, Device, Tensor, Var};
 use tessera_tests::gpu_devices;
 
@@ -70,7 +70,7 @@ fn two_conv_cnn_learns_a_separable_task_on_every_backend() {
         let model = two_conv_cnn(&dev, 3);
         let params = model.named_params().into_iter().map(|(_, p)| p).collect();
         let hyper = SgdHyper { momentum: 0.9, dampening: 0.0, weight_decay: 5e-4, nesterov: false };
-        let mut sgd = Sgd::new(vec![ParamGroup::new("all", params)], 0.05, hyper);
+        let mut sgd = Optimizer::new(vec![ParamGroup::new("all", params)], 0.05, hyper);
         for _epoch in 0..4 {
             for b in 0..8 {
                 let xs = &train_x[b * 32 * 192..(b + 1) * 32 * 192];

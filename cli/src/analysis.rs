@@ -7,7 +7,8 @@ use tessera_engine::Device;
 use tessera_scheduler::correlation::loss_correlation;
 use tessera_scheduler::importance::{linear_importance, network_dot, render};
 use tessera_scheduler::plot::heatmap;
-use tessera_scheduler::train::{load_splits, model_from_checkpoint};
+use tessera_scheduler::eval::model_from_checkpoint;
+use tessera_scheduler::run_state::load_splits;
 
 #[derive(Args)]
 pub struct ImportanceArgs {
@@ -133,6 +134,8 @@ pub fn robustness(a: RobustnessArgs) -> Result<()> {
     let out = a.out.clone().unwrap_or_else(|| a.run.join("robustness"));
     std::fs::create_dir_all(&out).with_context(|| format!("creating {}", out.display()))?;
     let cfg = RobustnessConfig { run: a.run.clone(), device: a.device, batch: a.batch, seed: a.seed, corruptions: !a.no_corruptions, noise_scale: a.noise_scale, out: out.clone() };
+    // Corruptions rewrite pixels: the test set in memory.
+    let test = std::sync::Arc::new(tessera_scheduler::data::materialize(test.as_ref()).with_context(|| format!("reading {}", a.data.display()))?);
     let text = robustness_report(&cfg, &test).with_context(|| format!("robustness of {}", a.run.display()))?;
     print!("{text}");
     println!("wrote {}/results.txt, results.json, learning_curves.png{}", out.display(), if a.no_corruptions { "" } else { ", corruptions.png" });

@@ -2,8 +2,9 @@
 use anyhow::{Context, Result};
 use clap::Args;
 use tessera_scheduler::compare::{compare, CompareConfig};
-use tessera_scheduler::strategy::{dynamic::Criterion, fc::Order, RunSettings, StrategyOptions, NAMES};
-use tessera_scheduler::train::load_splits;
+use tessera_scheduler::run_state::load_splits;
+use tessera_scheduler::strategy::{dynamic::Criterion, fc::Order, RunSpec, StrategyOptions, NAMES};
+use tessera_scheduler::trainer::{OptimConfig, OptimizerKind};
 
 #[derive(Args)]
 pub struct CompareArgs {
@@ -19,12 +20,23 @@ pub struct CompareArgs {
     epochs: usize,
     #[arg(long, default_value_t = 128)]
     batch: usize,
+    /// sgd or adamw.
+    #[arg(long, default_value = "sgd")]
+    optimizer: OptimizerKind,
     #[arg(long, default_value_t = 0.1)]
     lr: f32,
-    #[arg(long, default_value_t = 0.9)]
-    momentum: f32,
-    #[arg(long, default_value_t = 5e-4)]
-    wd: f32,
+    /// SGD's momentum [default: 0.9].
+    #[arg(long)]
+    momentum: Option<f32>,
+    /// Weight decay [default: 5e-4 with SGD, 0.01 with AdamW].
+    #[arg(long)]
+    wd: Option<f32>,
+    /// Linear warm-up of the learning rate over this many steps.
+    #[arg(long, default_value_t = 0)]
+    warmup_steps: usize,
+    /// Threads reading batches ahead of the step (0: one per core).
+    #[arg(long, default_value_t = 0)]
+    workers: usize,
     #[arg(long, default_value_t = 0)]
     seed: u64,
     #[arg(long, default_value = "cpu")]
@@ -70,7 +82,8 @@ pub fn run(a: CompareArgs) -> Result<()> {
     let cfg = CompareConfig {
         model: a.model.clone(),
         strategies,
-        settings: RunSettings { epochs: a.epochs, batch: a.batch, lr: a.lr, momentum: a.momentum, weight_decay: a.wd, seed: a.seed },
+        settings: RunSpec { epochs: a.epochs, batch: a.batch, seed: a.seed, workers: a.workers, memory_limit: None },
+        optim: OptimConfig::from_flags(a.optimizer, a.lr, a.momentum, a.wd, a.warmup_steps)?,
         options: StrategyOptions {
             order: a.order,
             neighbors: a.neighbors,

@@ -15,6 +15,8 @@ use tessera_engine::ops::gemm::kernel_supported;
 use tessera_engine::cpu::CpuBackend;
 use tessera_engine::gpu::list_adapters;
 use tessera_engine::Device;
+use tessera_scheduler::strategy::RunSpec;
+use tessera_scheduler::trainer::{OptimConfig, OptimizerKind};
 use tessera_shaders::gemm::{by_name, VARIANTS};
 
 #[derive(Parser)]
@@ -137,16 +139,28 @@ struct TrainArgs {
     /// [default: 128]
     #[arg(long)]
     batch: Option<usize>,
+    /// sgd or adamw [default: sgd]
+    #[arg(long)]
+    optimizer: Option<String>,
     /// [default: 0.1]
     #[arg(long)]
     lr: Option<f32>,
-    /// [default: 0.9]
+    /// SGD's momentum [default: 0.9]
     #[arg(long)]
     momentum: Option<f32>,
-    /// Weight decay [default: 5e-4]
+    /// Weight decay [default: 5e-4 with SGD, 0.01 with AdamW]
     #[arg(long)]
     #[serde(alias = "weight_decay")]
     wd: Option<f32>,
+    /// Linear warm-up of the learning rate over this many steps, before the cosine [default: 0]
+    #[arg(long)]
+    warmup_steps: Option<usize>,
+    /// Threads reading and augmenting batches ahead of the step [default: one per core]
+    #[arg(long)]
+    workers: Option<usize>,
+    /// Bytes of batches the loader may hold at once [default: two per worker]
+    #[arg(long)]
+    loader_memory: Option<usize>,
     /// [default: cpu]
     #[arg(long)]
     device: Option<String>,
@@ -185,16 +199,25 @@ impl TrainArgs {
         };
         let d = tessera_scheduler::train::TrainConfig::default();
         let data = self.data.or(file.data).context("no data folder: pass --data DIR or set `data` in the config")?;
+        let kind: OptimizerKind = match self.optimizer.or(file.optimizer) {
+            Some(s) => s.parse().map_err(anyhow::Error::msg)?,
+            None => OptimizerKind::default(),
+        };
+        let lr = self.lr.or(file.lr).unwrap_or(d.optim.lr);
+        let optim = OptimConfig::from_flags(kind, lr, self.momentum.or(file.momentum), self.wd.or(file.wd), self.warmup_steps.or(file.warmup_steps).unwrap_or(0))?;
+        let run = RunSpec {
+            epochs: self.epochs.or(file.epochs).unwrap_or(d.run.epochs),
+            batch: self.batch.or(file.batch).unwrap_or(d.run.batch),
+            seed: self.seed.or(file.seed).unwrap_or(d.run.seed),
+            workers: self.workers.or(file.workers).unwrap_or(d.run.workers),
+            memory_limit: self.loader_memory.or(file.loader_memory),
+        };
         let cfg = tessera_scheduler::train::TrainConfig {
             model: self.model.or(file.model).unwrap_or(d.model),
             data,
-            epochs: self.epochs.or(file.epochs).unwrap_or(d.epochs),
-            batch: self.batch.or(file.batch).unwrap_or(d.batch),
-            lr: self.lr.or(file.lr).unwrap_or(d.lr),
-            momentum: self.momentum.or(file.momentum).unwrap_or(d.momentum),
-            weight_decay: self.wd.or(file.wd).unwrap_or(d.weight_decay),
+            run,
+            optim,
             device: self.device.or(file.device).unwrap_or(d.device),
-            seed: self.seed.or(file.seed).unwrap_or(d.seed),
             limit_per_class: self.limit_per_class.or(file.limit_per_class),
             out: self.out.or(file.out),
             resume: self.resume || file.resume,
@@ -373,34 +396,17 @@ fn run(cli: Cli) -> Result<()> {
             bench_kernels_cmd(&device, seconds, json)
         }
         Command::Bench(Bench::Train { model, num_classes, input, batch, device, warmup, steps, torch_python, no_torch, rounds, json }) => {
-            use tessera_scheduler::bench::{bench_train_step, torch_reference, StepSpec};
-            let spec = StepSpec { model: model.clone(), num_classes, input, batch, warmup, steps };
-            let mut table = Table::new(&["model", "device", "input", "batch", "forward_ms", "backward_ms", "optimizer_ms", "step_ms", "img_per_s", "peak_MiB", "vs_pytorch"]);
+            use tessera_scheduler::bench::{bench_train, StepSpec};
+            let spec = StepSpec { model: model.clone(), num_classes, input, batch, warmup, steps, optim: OptimConfig::default() };
             let threads = CpuBackend::global().threads();
-            // Rounds alternate the reference and the devices; each row is its median round.
-            let (mut references, mut timings) = (Vec::new(), vec![Vec::new(); device.len()]);
-            for _ in 0..rounds.max(1) {
-                references.push(if no_torch { Err("not run (--no-torch)".to_string()) } else { torch_reference(&torch_python, &spec, threads) });
-                for (d, times) in device.iter().zip(&mut timings) {
-                    times.push(bench_train_step(&spec, d).with_context(|| format!("timing {model} on {d}"))?);
-                }
-            }
-            let mut measured: Vec<serde_json::Value> = references.iter().filter_map(|r| r.as_ref().ok().cloned()).collect();
-            measured.sort_by(|a, b| a["step_ms"].as_f64().partial_cmp(&b["step_ms"].as_f64()).unwrap_or(std::cmp::Ordering::Equal));
-            let reference = match measured.get(measured.len() / 2) {
-                Some(r) => Ok(r.clone()),
-                None => Err(references.into_iter().find_map(|r| r.err()).unwrap_or_default()),
-            };
-            let torch_ms = reference.as_ref().ok().and_then(|r| r["step_ms"].as_f64());
-            for (d, mut times) in device.iter().zip(timings) {
-                // Peak memory from the first round: later ones start with the memory the
-                // process already holds (freed blocks stay cached), so they see no growth.
-                let first_peak = times[0].peak_mib;
-                times.sort_by(|a, b| a.step_ms.total_cmp(&b.step_ms));
-                let t = &tessera_scheduler::bench::StepTimes { peak_mib: first_peak, ..times[times.len() / 2].clone() };
+            let python = (!no_torch).then_some(torch_python.as_str());
+            let result = bench_train(&spec, &device, rounds, python, threads).with_context(|| format!("timing {model}"))?;
+            let mut table = Table::new(&["model", "device", "input", "batch", "forward_ms", "backward_ms", "optimizer_ms", "step_ms", "img_per_s", "peak_MiB", "vs_pytorch"]);
+            let torch_ms = result.torch.as_ref().ok().map(|r| r.times.step_ms);
+            let mut row = |name: String, t: &tessera_scheduler::bench::StepTimes, ratio: Option<f64>| {
                 table.push(vec![
                     json!(model),
-                    json!(d),
+                    json!(name),
                     json!(input),
                     json!(batch),
                     json!(t.forward_ms),
@@ -409,23 +415,14 @@ fn run(cli: Cli) -> Result<()> {
                     json!(t.step_ms),
                     json!(t.images_per_sec),
                     json!(t.peak_mib),
-                    json!(torch_ms.map(|r| t.step_ms / r)),
-                ]);
+                    json!(ratio),
+                ])
+            };
+            for (d, t) in &result.devices {
+                row(d.clone(), t, torch_ms.map(|r| t.step_ms / r));
             }
-            match &reference {
-                Ok(r) => table.push(vec![
-                    json!(model),
-                    json!(format!("pytorch {} cpu ({} threads)", r["torch"].as_str().unwrap_or("?"), threads)),
-                    json!(input),
-                    json!(batch),
-                    r["forward_ms"].clone(),
-                    r["backward_ms"].clone(),
-                    r["optimizer_ms"].clone(),
-                    r["step_ms"].clone(),
-                    r["images_per_sec"].clone(),
-                    r["peak_mib"].clone(),
-                    json!(1.0),
-                ]),
+            match &result.torch {
+                Ok(r) => row(format!("pytorch {} cpu ({threads} threads)", r.version), &r.times, Some(1.0)),
                 Err(why) => eprintln!("PyTorch reference: {why}"),
             }
             table.print(json);
@@ -459,7 +456,7 @@ fn run(cli: Cli) -> Result<()> {
 }
 
 fn eval_cmd(checkpoint: &std::path::Path, data: &std::path::Path, device: &str, batch: usize, json: bool) -> Result<()> {
-    let r = tessera_scheduler::train::evaluate_checkpoint(checkpoint, data, device, batch)
+    let r = tessera_scheduler::eval::evaluate_checkpoint(checkpoint, data, device, batch)
         .with_context(|| format!("evaluating {}", checkpoint.display()))?;
     let mut summary = Table::new(&["checkpoint", "images", "loss", "accuracy"]);
     let images: usize = r.confusion.iter().flatten().sum();
@@ -521,7 +518,7 @@ fn train_cmd(a: TrainArgs) -> Result<()> {
     );
     let reports = train(&cfg, &mut |s| {
         bar.set_length(s.steps_per_epoch as u64);
-        bar.set_prefix(format!("{}/{}", s.epoch, cfg.epochs));
+        bar.set_prefix(format!("{}/{}", s.epoch, cfg.run.epochs));
         bar.set_position(s.step as u64);
         bar.set_message(format!("loss {:.4} acc {:.3} {:.0} img/s", s.loss, s.accuracy, s.images_per_sec));
     })
@@ -535,7 +532,7 @@ fn train_cmd(a: TrainArgs) -> Result<()> {
             json!(r.train_accuracy),
             json!(r.test_loss),
             json!(r.test_accuracy),
-            json!(r.seconds),
+            json!(r.seconds + r.eval_seconds),
             json!(r.images_per_sec),
             json!(r.skipped_batches),
         ]);
@@ -625,9 +622,6 @@ fn bench_gemm_cmd(args: GemmArgs) -> Result<()> {
     if args.retune {
         retune(&args.device)?;
     }
-    if args.threads > 0 {
-        std::env::set_var("TESSERA_THREADS", args.threads.to_string());
-    }
     let trans: Vec<(bool, bool)> = args
         .trans
         .iter()
@@ -656,7 +650,10 @@ fn bench_gemm_cmd(args: GemmArgs) -> Result<()> {
         "ratio_vs_openblas",
     ]);
     for name in &args.device {
-        let device = Device::parse(name)?;
+        let device = match Device::parse(name)? {
+            Device::Cpu(_) => Device::cpu_with_threads(args.threads),
+            gpu => gpu,
+        };
         let kernels: Vec<_> = match device {
             Device::Cpu(_) => vec![None],
             // `all` skips variants the adapter cannot run; a named one reports why it cannot.

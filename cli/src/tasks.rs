@@ -6,7 +6,8 @@ use std::process::{Child, Command, Stdio};
 use std::time::Instant;
 use tessera_engine::Device;
 use tessera_scheduler::tasks::{evaluate_merged, train_task, Plan, TaskConfig};
-use tessera_scheduler::train::load_splits;
+use tessera_scheduler::run_state::load_splits;
+use tessera_scheduler::trainer::{OptimConfig, OptimizerKind};
 
 #[derive(Args)]
 pub struct PlanArgs {
@@ -34,10 +35,17 @@ pub struct TaskArgs {
     model: String,
     #[arg(long, default_value_t = 64)]
     batch: usize,
+    /// sgd or adamw.
+    #[arg(long, default_value = "sgd")]
+    optimizer: OptimizerKind,
+    /// The peak of the cosine over the time budget.
     #[arg(long, default_value_t = 0.05)]
     lr: f32,
     #[arg(long, default_value_t = 0)]
     seed: u64,
+    /// CPU threads of each task's backend (0: one per core).
+    #[arg(long, default_value_t = 0)]
+    threads: usize,
     #[arg(long)]
     limit_per_class: Option<usize>,
     /// Folder for the task checkpoints.
@@ -72,14 +80,24 @@ pub fn plan(a: PlanArgs) -> Result<()> {
     Ok(())
 }
 
-fn config(a: &TaskArgs) -> TaskConfig {
-    TaskConfig { model: a.model.clone(), data: a.data.clone(), limit_per_class: a.limit_per_class, batch: a.batch, lr: a.lr, seed: a.seed, device: "cpu".into() }
+fn config(a: &TaskArgs) -> Result<TaskConfig> {
+    Ok(TaskConfig {
+        model: a.model.clone(),
+        data: a.data.clone(),
+        limit_per_class: a.limit_per_class,
+        batch: a.batch,
+        optim: OptimConfig::from_flags(a.optimizer, a.lr, None, None, 0)?,
+        seed: a.seed,
+        device: "cpu".into(),
+        threads: a.threads,
+        workers: 1,
+    })
 }
 
 /// One task, in this process (what run-plan's children run).
 pub fn run_task(a: RunTaskArgs) -> Result<()> {
     let plan = Plan::load(&a.task.plan)?;
-    let r = train_task(&plan, a.index, &config(&a.task), &a.task.out).with_context(|| format!("training task {}", a.index))?;
+    let r = train_task(&plan, a.index, &config(&a.task)?, &a.task.out).with_context(|| format!("training task {}", a.index))?;
     println!("task {}: {} steps ({:.2} epochs of its data) in {:.1} s after {:.1} s of start-up → {}", r.task, r.steps, r.epochs, r.seconds, r.startup_secs, r.checkpoint.display());
     Ok(())
 }
@@ -96,11 +114,16 @@ pub fn run_plan(a: RunPlanArgs) -> Result<()> {
         let mut cmd = Command::new(&exe);
         cmd.arg("run-task").arg("--index").arg(t.to_string()).arg("--plan").arg(&a.task.plan).arg("--data").arg(&a.task.data);
         cmd.args(["--model", &a.task.model, "--batch", &a.task.batch.to_string(), "--lr", &a.task.lr.to_string(), "--seed", &a.task.seed.to_string()]);
+        let optimizer = match a.task.optimizer {
+            OptimizerKind::Sgd => "sgd",
+            OptimizerKind::AdamW => "adamw",
+        };
+        cmd.args(["--optimizer", optimizer, "--threads", &threads.to_string()]);
         cmd.arg("--out").arg(&a.task.out);
         if let Some(n) = a.task.limit_per_class {
             cmd.args(["--limit-per-class", &n.to_string()]);
         }
-        cmd.env("TESSERA_THREADS", threads.to_string()).stdout(Stdio::inherit()).stderr(Stdio::inherit());
+        cmd.stdout(Stdio::inherit()).stderr(Stdio::inherit());
         cmd.spawn().with_context(|| format!("starting task {t}"))
     };
     eprintln!("{} tasks, {workers} at a time, {threads} thread(s) each, budget {} s per task", plan.tasks.len(), plan.budget_secs);

@@ -1,5 +1,6 @@
 //! A training run killed with SIGKILL in the middle of an epoch resumes from its last
-//! checkpoint and ends with exactly the weights of a run that was never interrupted.
+//! checkpoint and ends with exactly the weights of a run that was never interrupted — with 4
+//! loader threads against the uninterrupted run's one.
 mod common;
 
 use common::write_coloured_cifar_sized;
@@ -8,11 +9,11 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 use tessera_engine::checkpoint::Checkpoint;
 
-fn train_args(data: &Path, out: &Path) -> Vec<String> {
+fn train_args(data: &Path, out: &Path, workers: usize) -> Vec<String> {
     ["train", "--model", "simple-cnn", "--epochs", "2", "--batch", "25", "--lr", "0.02", "--data"]
         .iter()
         .map(|s| s.to_string())
-        .chain([data.display().to_string(), "--out".into(), out.display().to_string()])
+        .chain([data.display().to_string(), "--out".into(), out.display().to_string(), "--workers".into(), workers.to_string()])
         .collect()
 }
 
@@ -25,11 +26,11 @@ fn a_killed_run_resumes_to_the_weights_of_an_uninterrupted_one() {
     let tessera = env!("CARGO_BIN_EXE_tessera");
 
     let straight = root.join("straight");
-    let status = Command::new(tessera).args(train_args(&data, &straight)).stdout(Stdio::null()).status().unwrap();
+    let status = Command::new(tessera).args(train_args(&data, &straight, 1)).stdout(Stdio::null()).status().unwrap();
     assert!(status.success());
 
     let killed = root.join("killed");
-    let mut child = Command::new(tessera).args(train_args(&data, &killed)).stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap();
+    let mut child = Command::new(tessera).args(train_args(&data, &killed, 4)).stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap();
     let start = Instant::now();
     while !killed.join("epoch-001.safetensors").exists() {
         assert!(start.elapsed() < Duration::from_secs(120), "epoch 1 never finished");
@@ -40,7 +41,7 @@ fn a_killed_run_resumes_to_the_weights_of_an_uninterrupted_one() {
     child.wait().unwrap();
     assert!(!killed.join("epoch-002.safetensors").exists(), "the kill came after epoch 2: make the epochs longer");
 
-    let mut resume = train_args(&data, &killed);
+    let mut resume = train_args(&data, &killed, 4);
     resume.push("--resume".into());
     let out = Command::new(tessera).args(&resume).output().unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));

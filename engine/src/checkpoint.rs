@@ -58,8 +58,10 @@ pub fn save_as(
 ) -> Result<(), CheckpointError> {
     let io = |error| CheckpointError::Io { path: path.into(), error };
     let mut host: BTreeMap<String, (Dtype, Vec<u8>, Vec<usize>)> = BTreeMap::new();
-    for (name, t) in tensors {
-        let values = t.to_vec().map_err(|e| CheckpointError::Engine { path: path.into(), detail: e.to_string() })?;
+    // One read for every tensor on a GPU, not one per tensor.
+    let all: Vec<Tensor> = tensors.iter().map(|(_, t)| t.clone()).collect();
+    let fetched = Tensor::to_vecs(&all).map_err(|e| CheckpointError::Engine { path: path.into(), detail: e.to_string() })?;
+    for ((name, t), values) in tensors.iter().zip(fetched) {
         let (dtype, bytes) = match format {
             _ if name.ends_with("num_batches_tracked") => (Dtype::I64, values.iter().flat_map(|v| (*v as i64).to_le_bytes()).collect()),
             FloatFormat::F32 => (Dtype::F32, bytemuck::cast_slice(&values).to_vec()),

@@ -5,7 +5,7 @@
 use crate::device::Device;
 use crate::error::{Error, Result};
 use crate::ops::gemm::{gemm_f16_with_kernel, gemm_with_kernel, GemmOpts};
-use crate::ops::{self, Conv2dOpts, Labels, PoolKind, PoolShape, SgdHyper};
+use crate::ops::{self, AdamWHyper, Conv2dOpts, Labels, PoolKind, PoolShape, SgdHyper};
 use crate::tensor::Tensor;
 use crate::tensor_f16::HalfTensor;
 use rand::{rngs::StdRng, Rng, SeedableRng};
@@ -99,6 +99,8 @@ pub fn suite() -> Vec<Case> {
     pool_cases(&mut cases);
     batch_norm_cases(&mut cases);
     sgd_cases(&mut cases);
+    adamw_cases(&mut cases);
+    guard_cases(&mut cases);
     cases
 }
 
@@ -382,6 +384,54 @@ fn sgd_cases(cases: &mut Vec<Case>) {
             let with_buf = (h.momentum != 0.0).then_some(&b);
             let (p2, b2) = ops::sgd_step(&p, &g, with_buf, 0.1, h)?;
             Ok([Some(p2), b2].into_iter().flatten().collect())
+        }));
+    }
+}
+
+fn adamw_cases(cases: &mut Vec<Case>) {
+    let hypers = [AdamWHyper::default(), AdamWHyper { beta1: 0.8, beta2: 0.99, eps: 1e-6, weight_decay: 0.1 }];
+    for (i, h) in hypers.into_iter().enumerate() {
+        cases.push(case("adamw_step", format!("{h:?}, 3 steps"), move |d| {
+            let mut p = random_tensor(&[37, 11], i as u64, d)?;
+            let mut state = ops::AdamWState::zeros(&p)?;
+            for step in 0..3 {
+                let g = random_tensor(&[37, 11], 10 + step, d)?;
+                ops::adamw_step_in_place(&mut p, &g, &mut state, 1e-2, h, None)?;
+            }
+            Ok(vec![p, state.exp_avg, state.exp_avg_sq, state.step])
+        }));
+    }
+    // A flagged step changes nothing: the guard's state vector holds the flag in value 0.
+    cases.push(case("adamw_step", "flagged by the guard".into(), |d| {
+        let mut p = random_tensor(&[37, 11], 5, d)?;
+        let mut state = ops::AdamWState::zeros(&p)?;
+        let flagged = Tensor::from_vec(vec![1.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0], &[8], d)?;
+        ops::adamw_step_in_place(&mut p, &random_tensor(&[37, 11], 6, d)?, &mut state, 1e-2, AdamWHyper::default(), Some(&flagged))?;
+        Ok(vec![p, state.exp_avg, state.step])
+    }));
+}
+
+/// The step guard: flags from NaN and infinity, loss and correct-prediction sums, counts.
+fn guard_cases(cases: &mut Vec<Case>) {
+    for (i, (rows, classes)) in [(5usize, 3usize), (300, 10), (7, 1000)].into_iter().enumerate() {
+        cases.push(case("step_guard", format!("logits [{rows}, {classes}], 3 steps, one flagged"), move |d| {
+            let mut guard = ops::StepGuard::new(d, false)?;
+            let labels: Vec<usize> = (0..rows).map(|r| (r * 7 + i) % classes).collect();
+            for step in 1..=3 {
+                guard.open()?;
+                let logits = random_tensor(&[rows, classes], step as u64 + 20 * i as u64, d)?;
+                let mut grad = random_tensor(&[rows * classes], step as u64 + 50, d)?;
+                if step == 2 {
+                    let mut v = grad.to_vec()?;
+                    v[rows * classes / 2] = if i == 1 { f32::INFINITY } else { f32::NAN };
+                    grad = Tensor::from_vec(v, &[rows * classes], d)?;
+                }
+                guard.check(&grad)?;
+                let loss = ops::mean(&random_tensor(&[4], step as u64, d)?, &[0], false)?;
+                guard.add_metrics(&loss, &logits, &Labels::new(&logits, &labels)?)?;
+                guard.close(step)?;
+            }
+            Ok(vec![guard.state().clone()])
         }));
     }
 }

@@ -46,6 +46,15 @@ impl Device {
         Self::Cpu(CpuBackend::global())
     }
 
+    /// The CPU backend with its own pool of `threads` threads (0: the process-wide default).
+    pub fn cpu_with_threads(threads: usize) -> Self {
+        if threads == 0 {
+            Self::cpu()
+        } else {
+            Self::Cpu(CpuBackend::new(threads))
+        }
+    }
+
     pub fn gpu(index: usize) -> Result<Self> {
         GpuBackend::open(index).map(Self::Gpu)
     }

@@ -27,6 +27,9 @@ pub enum Error {
     #[error("backward through a graph a second time (reached the output of `{op}` again): the first backward freed the tensors it saved; run a new forward pass")]
     BackwardTwice { op: &'static str },
 
+    #[error("optimizer state: {0}")]
+    OptimizerState(String),
+
     #[error("GPU error on `{adapter}`: {detail}")]
     Gpu { adapter: String, detail: String },
 }

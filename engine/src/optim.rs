@@ -1,10 +1,10 @@
-//! SGD with parameter groups and a per-group learning-rate multiplier evaluated every step
+//! SGD and AdamW with parameter groups and a per-group learning-rate multiplier evaluated every step
 //! ("SGD with a dynamic schedule": lr_i(step) = base_lr · s(step, i, n)), including FreezeOut's
 //! schedules. A group whose multiplier reaches zero is frozen: its parameters stop requiring
 //! gradients and so leave the backward pass.
 use crate::error::Result;
 use crate::nn::Param;
-use crate::ops::{sgd_step_in_place, SgdHyper};
+use crate::ops::{adamw_step_in_place, sgd_step_in_place, AdamWHyper, AdamWState, SgdHyper};
 use crate::tensor::Tensor;
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -56,6 +56,21 @@ impl LrSchedule for Cosine {
     }
 }
 
+/// Linear warm-up in front of any schedule: over the first `steps` steps the multiplier is
+/// (step + 1)/steps times the inner schedule's — PyTorch's `LinearLR(start_factor=1/steps,
+/// total_iters=steps − 1)` chained with it — and the inner schedule's alone after.
+pub struct Warmup {
+    pub steps: usize,
+    pub inner: Box<dyn LrSchedule>,
+}
+
+impl LrSchedule for Warmup {
+    fn multiplier(&self, step: usize, group: usize, groups: usize) -> f32 {
+        let ramp = if step < self.steps { (step + 1) as f32 / self.steps as f32 } else { 1.0 };
+        ramp * self.inner.multiplier(step, group, groups)
+    }
+}
+
 /// How FreezeOut spaces the layers' freezing times.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Spacing {
@@ -97,19 +112,80 @@ impl LrSchedule for FreezeOut {
     }
 }
 
-/// torch.optim.SGD (momentum, dampening, nesterov, weight decay) over parameter groups.
-pub struct Sgd {
+/// The update rule and its hyper-parameters: torch.optim.SGD or torch.optim.AdamW.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Rule {
+    Sgd(SgdHyper),
+    AdamW(AdamWHyper),
+}
+
+impl Default for Rule {
+    fn default() -> Self {
+        Self::Sgd(SgdHyper::default())
+    }
+}
+
+impl From<SgdHyper> for Rule {
+    fn from(h: SgdHyper) -> Self {
+        Self::Sgd(h)
+    }
+}
+
+impl From<AdamWHyper> for Rule {
+    fn from(h: AdamWHyper) -> Self {
+        Self::AdamW(h)
+    }
+}
+
+impl Rule {
+    /// The names of a parameter's state tensors, as PyTorch's optimizer state dict has them.
+    pub fn state_names(&self) -> &'static [&'static str] {
+        match self {
+            Self::Sgd(_) => &["momentum"],
+            Self::AdamW(_) => &["exp_avg", "exp_avg_sq", "step"],
+        }
+    }
+}
+
+/// The rule with each parameter's state, keyed by the parameter's address: SGD's momentum
+/// buffers (none before the first step, or without momentum) or AdamW's moments and count.
+enum Slots {
+    Sgd(SgdHyper, HashMap<usize, Tensor>),
+    AdamW(AdamWHyper, HashMap<usize, AdamWState>),
+}
+
+impl Slots {
+    fn forget(&mut self, key: usize) {
+        match self {
+            Self::Sgd(_, bufs) => drop(bufs.remove(&key)),
+            Self::AdamW(_, states) => drop(states.remove(&key)),
+        }
+    }
+}
+
+/// An optimizer over parameter groups: a [`Rule`], a base learning rate and a schedule.
+pub struct Optimizer {
     pub lr: f32,
-    pub hyper: SgdHyper,
+    slots: Slots,
     groups: Vec<ParamGroup>,
     schedule: Box<dyn LrSchedule>,
-    momentum_buffers: HashMap<usize, Tensor>,
     step: usize,
 }
 
-impl Sgd {
-    pub fn new(groups: Vec<ParamGroup>, lr: f32, hyper: SgdHyper) -> Self {
-        Self { lr, hyper, groups, schedule: Box::new(Constant), momentum_buffers: HashMap::new(), step: 0 }
+impl Optimizer {
+    pub fn new(groups: Vec<ParamGroup>, lr: f32, rule: impl Into<Rule>) -> Self {
+        let slots = match rule.into() {
+            Rule::Sgd(h) => Slots::Sgd(h, HashMap::new()),
+            Rule::AdamW(h) => Slots::AdamW(h, HashMap::new()),
+        };
+        Self { lr, slots, groups, schedule: Box::new(Constant), step: 0 }
+    }
+
+    pub fn rule(&self) -> Rule {
+        match &self.slots {
+            Slots::Sgd(h, _) => Rule::Sgd(*h),
+            Slots::AdamW(h, _) => Rule::AdamW(*h),
+        }
     }
 
     pub fn with_schedule(mut self, schedule: impl LrSchedule + 'static) -> Self {
@@ -139,23 +215,43 @@ impl Sgd {
     /// Applies one update to every parameter that has a gradient, then advances the step.
     /// Groups whose rate has reached zero are frozen first.
     pub fn step(&mut self) -> Result<()> {
+        self.step_guarded(None)
+    }
+
+    /// [`Optimizer::step`], the kernels reading a step guard's state
+    /// (`ops::StepGuard::state`): on a flagged step no weight or state changes. The schedule
+    /// still advances, as PyTorch's does when a GradScaler skips a step.
+    pub fn step_guarded(&mut self, guard: Option<&Tensor>) -> Result<()> {
         let lrs = self.current_lrs();
         for (group, lr) in self.groups.iter().zip(lrs) {
             if lr == 0.0 {
                 for p in &group.params {
                     p.set_requires_grad(false);
-                    self.momentum_buffers.remove(&key(p));
+                    self.slots.forget(key(p));
                 }
                 continue;
             }
             for p in group.params.iter().filter(|p| p.requires_grad()) {
                 let Some(grad) = p.grad() else { continue };
-                let mut buf = self.momentum_buffers.remove(&key(p));
-                let updated = p.update(|value| sgd_step_in_place(value, &grad, &mut buf, lr, self.hyper));
-                if let Some(b) = buf {
-                    self.momentum_buffers.insert(key(p), b);
+                match &mut self.slots {
+                    Slots::Sgd(h, bufs) => {
+                        let mut buf = bufs.remove(&key(p));
+                        let updated = p.update(|value| sgd_step_in_place(value, &grad, &mut buf, lr, *h, guard));
+                        if let Some(b) = buf {
+                            bufs.insert(key(p), b);
+                        }
+                        updated?;
+                    }
+                    Slots::AdamW(h, states) => {
+                        let mut state = match states.remove(&key(p)) {
+                            Some(state) => state,
+                            None => AdamWState::zeros(&p.value())?,
+                        };
+                        let updated = p.update(|value| adamw_step_in_place(value, &grad, &mut state, lr, *h, guard));
+                        states.insert(key(p), state);
+                        updated?;
+                    }
                 }
-                updated?;
             }
         }
         self.step += 1;
@@ -166,17 +262,33 @@ impl Sgd {
         self.groups.iter().flat_map(|g| &g.params).for_each(|p| p.zero_grad());
     }
 
-    /// The momentum buffer of `param`, if it has one (for checkpoints and tests).
-    pub fn momentum_buffer(&self, param: &Arc<Param>) -> Option<&Tensor> {
-        self.momentum_buffers.get(&key(param))
+    /// `param`'s state tensors under [`Rule::state_names`] (for checkpoints and tests); empty
+    /// before its first step.
+    pub fn state_of(&self, param: &Arc<Param>) -> Vec<(&'static str, Tensor)> {
+        match &self.slots {
+            Slots::Sgd(_, bufs) => bufs.get(&key(param)).map(|b| vec![("momentum", b.clone())]).unwrap_or_default(),
+            Slots::AdamW(_, states) => states
+                .get(&key(param))
+                .map(|s| vec![("exp_avg", s.exp_avg.clone()), ("exp_avg_sq", s.exp_avg_sq.clone()), ("step", s.step.clone())])
+                .unwrap_or_default(),
+        }
     }
 
-    /// Restores a momentum buffer and the step counter (resuming from a checkpoint).
-    pub fn restore(&mut self, step: usize, buffers: Vec<(Arc<Param>, Tensor)>) {
+    /// Restores the step counter and each listed parameter's state (resuming from a
+    /// checkpoint): each parameter's tensors under the names of [`Rule::state_names`].
+    pub fn restore(&mut self, step: usize, states: Vec<(Arc<Param>, HashMap<&'static str, Tensor>)>) -> Result<()> {
         self.step = step;
-        for (p, b) in buffers {
-            self.momentum_buffers.insert(key(&p), b);
+        for (p, mut tensors) in states {
+            let mut take = |name: &str| tensors.remove(name).ok_or_else(|| crate::Error::OptimizerState(format!("`{name}` is missing")));
+            match &mut self.slots {
+                Slots::Sgd(_, bufs) => drop(bufs.insert(key(&p), take("momentum")?)),
+                Slots::AdamW(_, all) => {
+                    let state = AdamWState { exp_avg: take("exp_avg")?, exp_avg_sq: take("exp_avg_sq")?, step: take("step")? };
+                    all.insert(key(&p), state);
+                }
+            }
         }
+        Ok(())
     }
 }
 

@@ -96,6 +96,31 @@ impl Tensor {
         }
     }
 
+    /// Copies several tensors' values to the host: on a GPU one round trip for all of them
+    /// (one submission, one wait) instead of one per tensor.
+    pub fn to_vecs(tensors: &[Tensor]) -> Result<Vec<Vec<f32>>> {
+        let gpu = tensors.iter().find_map(|t| match &t.device {
+            Device::Gpu(gpu) => Some(gpu.clone()),
+            Device::Cpu(_) => None,
+        });
+        let Some(gpu) = gpu else { return tensors.iter().map(Tensor::to_vec).collect() };
+        let on_gpu: Vec<&GpuBuffer> = tensors
+            .iter()
+            .filter_map(|t| match &t.storage {
+                Storage::Gpu(b) if t.device.same(&Device::Gpu(gpu.clone())) => Some(b.as_ref()),
+                _ => None,
+            })
+            .collect();
+        let mut fetched = gpu.download_many(&on_gpu)?.into_iter();
+        tensors
+            .iter()
+            .map(|t| match &t.storage {
+                Storage::Gpu(_) if t.device.same(&Device::Gpu(gpu.clone())) => Ok(fetched.next().unwrap_or_default()),
+                _ => t.to_vec(),
+            })
+            .collect()
+    }
+
     /// The same values on `device`.
     pub fn to_device(&self, device: &Device) -> Result<Self> {
         if self.device.same(device) {

@@ -162,6 +162,17 @@ pub fn build(name: &str, num_classes: usize, device: &Device, seed: u64) -> Resu
     Ok(Model { name: info.name, net, submodels })
 }
 
+impl Model {
+    /// A stack of layers as a one-stage model whose one sub-model (`name`) owns every
+    /// parameter: how a small head such as a linear probe trains through the same loop.
+    pub fn single(name: &'static str, seq: Sequential) -> Model {
+        let prefixes: Vec<String> = (0..seq.len()).map(|i| i.to_string()).collect();
+        let sub = SubModel { name: name.to_string(), prefixes, deps: Vec::new() };
+        let cuts = vec![0, seq.len()];
+        Model { name, net: Box::new(Staged { seq, cuts }), submodels: vec![sub] }
+    }
+}
+
 /// A Sequential cut into stages at `cuts` (stage i = layers cuts[i]..cuts[i + 1]).
 struct Staged {
     seq: Sequential,

@@ -3,7 +3,7 @@
 use tessera_engine::autograd as ag;
 use tessera_engine::gpu::list_adapters;
 use tessera_engine::ops::SgdHyper;
-use tessera_engine::optim::{ParamGroup, Sgd};
+use tessera_engine::optim::{Optimizer, ParamGroup};
 use tessera_engine::{Device, Tensor, Var};
 
 fn one_step(dev: &Device) -> (f32, Vec<f32>) {
@@ -14,7 +14,7 @@ fn one_step(dev: &Device) -> (f32, Vec<f32>) {
     loss.backward().unwrap();
     let params = model.net.named_params().into_iter().map(|(_, p)| p).collect();
     let hyper = SgdHyper { momentum: 0.9, dampening: 0.0, weight_decay: 1e-4, nesterov: false };
-    let mut sgd = Sgd::new(vec![ParamGroup::new("all", params)], 0.1, hyper);
+    let mut sgd = Optimizer::new(vec![ParamGroup::new("all", params)], 0.1, hyper);
     sgd.step().unwrap();
     let fc = model.net.named_params().into_iter().find(|(n, _)| n == "fc.weight").unwrap().1;
     (loss.value().to_vec().unwrap()[0], fc.value().to_vec().unwrap())

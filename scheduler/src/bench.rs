@@ -1,10 +1,11 @@
-//! Training-step timing for `tessera bench train`: the median over steps after warm-up,
-//! split into forward + loss, backward, and the optimizer update.
-use crate::train::TrainError;
+//! `tessera bench train`: the training step of the one loop ([`Trainer`]) timed piece by piece
+//! — forward + loss, backward, the guarded update — median over steps after warm-up, and
+//! rounds that alternate PyTorch's reference with each device.
+use crate::error::TrainError;
+use crate::trainer::{OnNan, OptimConfig, Trainer};
 use std::time::{Duration, Instant};
 use tessera_engine::autograd as ag;
-use tessera_engine::ops::SgdHyper;
-use tessera_engine::optim::{ParamGroup, Sgd};
+use tessera_engine::optim::Constant;
 use tessera_engine::{Device, Tensor, Var};
 use tessera_models::build;
 
@@ -24,8 +25,9 @@ fn median(mut v: Vec<Duration>) -> f64 {
     v[v.len() / 2].as_secs_f64() * 1e3
 }
 
-/// What to time: `steps` SGD steps (momentum 0.9, weight decay 5e-4) of `model` on random
-/// `batch`×3×`input`×`input` images after `warmup` untimed ones.
+/// What to time: `steps` steps of `model` on `batch`×3×`input`×`input` images after `warmup`
+/// untimed ones, with the default optimizer ([`OptimConfig::default`]: what `tessera train`
+/// runs unless told otherwise).
 #[derive(Clone, Debug)]
 pub struct StepSpec {
     pub model: String,
@@ -34,32 +36,33 @@ pub struct StepSpec {
     pub batch: usize,
     pub warmup: usize,
     pub steps: usize,
+    pub optim: OptimConfig,
 }
 
 /// Times the step of `spec` on `device`.
 pub fn bench_train_step(spec: &StepSpec, device: &str) -> Result<StepTimes, TrainError> {
-    let StepSpec { model, num_classes, input, batch, warmup, steps } = spec.clone();
+    let StepSpec { model, num_classes, input, batch, warmup, steps, optim } = spec.clone();
     let device = Device::parse(device)?;
     let baseline = crate::memory::current_rss_bytes();
     crate::memory::reset_peak_rss();
     let model = build(&model, num_classes, &device, 0)?;
-    let params = model.net.named_params().into_iter().map(|(_, p)| p).collect();
-    let hyper = SgdHyper { momentum: 0.9, dampening: 0.0, weight_decay: 5e-4, nesterov: false };
-    let mut sgd = Sgd::new(vec![ParamGroup::new("all", params)], 0.01, hyper);
+    let mut t = Trainer::new(model, device.clone(), num_classes, &optim, Box::new(Constant), OnNan::Stop)?;
+    let n = t.submodel_count();
     let values: Vec<f32> = (0..batch * 3 * input * input).map(|i| ((i * 7919) % 2000) as f32 / 1000.0 - 1.0).collect();
     let labels: Vec<usize> = (0..batch).map(|i| i % num_classes).collect();
     let (mut fwd, mut bwd, mut opt) = (Vec::new(), Vec::new(), Vec::new());
     for step in 0..warmup + steps.max(1) {
+        // The pieces of Trainer::step_from, with a synchronisation between them.
         let t0 = Instant::now();
         let x = Var::constant(Tensor::from_vec(values.clone(), &[batch, 3, input, input], &device)?);
-        let loss = ag::cross_entropy(&model.net.forward(&x)?, &labels)?;
+        let logits = t.forward_stages(0..n, &x)?;
+        let loss = ag::cross_entropy(&logits, &labels)?;
         device.synchronize()?;
         let t1 = Instant::now();
-        loss.backward()?;
+        t.backward(&loss)?;
         device.synchronize()?;
         let t2 = Instant::now();
-        sgd.step()?;
-        sgd.zero_grad();
+        t.finish_step(&loss, &logits, &labels)?;
         device.synchronize()?;
         let t3 = Instant::now();
         if step >= warmup {
@@ -80,8 +83,15 @@ pub fn bench_train_step(spec: &StepSpec, device: &str) -> Result<StepTimes, Trai
     })
 }
 
+/// PyTorch's figures for the same step, as scripts/bench_torch.py prints them.
+#[derive(Clone, Debug)]
+pub struct TorchStep {
+    pub version: String,
+    pub times: StepTimes,
+}
+
 /// PyTorch's figures for the same step (scripts/bench_torch.py run with `python`), or why not.
-pub fn torch_reference(python: &str, spec: &StepSpec, threads: usize) -> Result<serde_json::Value, String> {
+pub fn torch_reference(python: &str, spec: &StepSpec, threads: usize) -> Result<TorchStep, String> {
     const SCRIPT: &str = include_str!("../../scripts/bench_torch.py");
     let args = [
         ("--model", spec.model.clone()),
@@ -104,5 +114,52 @@ pub fn torch_reference(python: &str, spec: &StepSpec, threads: usize) -> Result<
         let err = String::from_utf8_lossy(&out.stderr);
         return Err(err.lines().last().unwrap_or("failed").to_string());
     }
-    serde_json::from_slice(&out.stdout).map_err(|e| format!("unreadable output: {e}"))
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).map_err(|e| format!("unreadable output: {e}"))?;
+    let f = |k: &str| v[k].as_f64().ok_or_else(|| format!("no `{k}` in its output"));
+    Ok(TorchStep {
+        version: v["torch"].as_str().unwrap_or("?").to_string(),
+        times: StepTimes {
+            forward_ms: f("forward_ms")?,
+            backward_ms: f("backward_ms")?,
+            optimizer_ms: f("optimizer_ms")?,
+            step_ms: f("step_ms")?,
+            images_per_sec: f("images_per_sec")?,
+            peak_mib: v["peak_mib"].as_f64(),
+        },
+    })
+}
+
+/// The result of [`bench_train`]: each device's median round, and PyTorch's (or why not).
+#[derive(Clone, Debug)]
+pub struct TrainBench {
+    pub devices: Vec<(String, StepTimes)>,
+    pub torch: Result<TorchStep, String>,
+}
+
+/// `rounds` rounds, each timing PyTorch (unless `torch_python` is None) and then every device
+/// once; each row is its median round by step time. On a shared machine the speed drifts by
+/// 1.5× over minutes, and alternating keeps one slow stretch from landing on one side only.
+/// Peak memory is the first round's: later rounds start with memory the process already holds.
+pub fn bench_train(spec: &StepSpec, devices: &[String], rounds: usize, torch_python: Option<&str>, threads: usize) -> Result<TrainBench, TrainError> {
+    let (mut references, mut timings) = (Vec::new(), vec![Vec::new(); devices.len()]);
+    for _ in 0..rounds.max(1) {
+        references.push(match torch_python {
+            Some(python) => torch_reference(python, spec, threads),
+            None => Err("not run (--no-torch)".to_string()),
+        });
+        for (d, times) in devices.iter().zip(&mut timings) {
+            times.push(bench_train_step(spec, d)?);
+        }
+    }
+    let median_round = |mut rounds: Vec<StepTimes>| {
+        let first_peak = rounds[0].peak_mib;
+        rounds.sort_by(|a, b| a.step_ms.total_cmp(&b.step_ms));
+        StepTimes { peak_mib: first_peak, ..rounds[rounds.len() / 2].clone() }
+    };
+    let measured: Vec<TorchStep> = references.iter().filter_map(|r| r.as_ref().ok().cloned()).collect();
+    let torch = match measured.first() {
+        Some(first) => Ok(TorchStep { version: first.version.clone(), times: median_round(measured.iter().map(|r| r.times.clone()).collect()) }),
+        None => Err(references.into_iter().find_map(|r| r.err()).unwrap_or_default()),
+    };
+    Ok(TrainBench { devices: devices.iter().cloned().zip(timings.into_iter().map(median_round)).collect(), torch })
 }

@@ -4,10 +4,12 @@
 //! full training, images/s, peak memory, final test accuracy with a bootstrap 95 % interval,
 //! trainable parameters per stage — as report.md, report.json and a plot of test accuracy
 //! against training wall time.
-use crate::data::ImageSet;
+use crate::data::Dataset;
+use crate::error::TrainError;
 use crate::plot::{line_chart, Series};
-use crate::strategy::{self, EpochRecord, RunSettings, StrategyOptions, StrategyRun};
-use crate::train::{load_weights, TrainError};
+use crate::run_state::load_weights;
+use crate::strategy::{self, EpochRecord, RunSpec, StrategyOptions, StrategyRun};
+use crate::trainer::OptimConfig;
 use rand::{rngs::StdRng, Rng, SeedableRng};
 use serde_json::json;
 use std::fmt::Write as _;
@@ -20,7 +22,8 @@ use tessera_engine::{Device, Tensor, Var};
 pub struct CompareConfig {
     pub model: String,
     pub strategies: Vec<String>,
-    pub settings: RunSettings,
+    pub settings: RunSpec,
+    pub optim: OptimConfig,
     pub options: StrategyOptions,
     pub device: String,
     /// Start every strategy from this checkpoint's weights (e.g. to fine-tune a trained
@@ -65,14 +68,14 @@ fn full_backward_flops_per_image(model_name: &str, classes: usize, image: (usize
 /// Trains every strategy of `cfg` and writes the report into `cfg.out`.
 pub fn compare(
     cfg: &CompareConfig,
-    train: &ImageSet,
-    test: &ImageSet,
+    train: &Dataset,
+    test: &Dataset,
     progress: &mut dyn FnMut(&str, &EpochRecord),
 ) -> Result<Vec<Row>, TrainError> {
     let device = Device::parse(&cfg.device)?;
-    let classes = train.classes.len();
+    let classes = train.classes().len();
     let init = cfg.init.as_deref().map(Checkpoint::load).transpose()?;
-    let per_image = full_backward_flops_per_image(&cfg.model, classes, (train.height, train.width))?;
+    let per_image = full_backward_flops_per_image(&cfg.model, classes, train.dims())?;
     let mut rows = Vec::new();
     for name in &cfg.strategies {
         let mut s = strategy::by_name(name, &cfg.options)?;
@@ -81,7 +84,7 @@ pub fn compare(
             load_weights(&model, ckpt, &device)?;
         }
         let label = s.name();
-        let run = strategy::run(s.as_mut(), model, device.clone(), train, test, &cfg.settings, &mut |r| progress(&label, r))?;
+        let run = strategy::run(s.as_mut(), model, device.clone(), train, test, &cfg.settings, &cfg.optim, &mut |r| progress(&label, r))?;
         let seconds = run.epochs.iter().map(|e| e.seconds).sum();
         let images = (train.len() * cfg.settings.epochs) as f64;
         let backward: f64 = run.epochs.iter().map(|e| e.backward_flops).sum();
@@ -97,7 +100,7 @@ fn write(path: &Path, text: &str) -> Result<(), TrainError> {
     std::fs::write(path, text).map_err(|error| TrainError::Io { path: path.into(), error })
 }
 
-fn write_report(cfg: &CompareConfig, train: &ImageSet, test: &ImageSet, rows: &[Row]) -> Result<(), TrainError> {
+fn write_report(cfg: &CompareConfig, train: &Dataset, test: &Dataset, rows: &[Row]) -> Result<(), TrainError> {
     let s = &cfg.settings;
     let full_seconds = rows.iter().find(|r| r.run.strategy == "full").map(|r| r.seconds);
     let mib = |b: Option<u64>| b.map_or("n/a".to_string(), |b| format!("{:.0}", b as f64 / (1 << 20) as f64));
@@ -105,8 +108,8 @@ fn write_report(cfg: &CompareConfig, train: &ImageSet, test: &ImageSet, rows: &[
     let _ = writeln!(md, "# Strategy comparison: {} on {} training / {} test images\n", cfg.model, train.len(), test.len());
     let _ = writeln!(
         md,
-        "Device {}, {} epochs, batch {}, lr {} (cosine), momentum {}, weight decay {}, seed {}{}. Same initial weights and data order for every strategy. Wall time is training only (evaluation excluded); backward FLOPs are GEMM FLOPs (convolutions, linear layers) as a share of full training over the same images.\n",
-        cfg.device, s.epochs, s.batch, s.lr, s.momentum, s.weight_decay, s.seed,
+        "Device {}, {} epochs, batch {}, lr {} (cosine), optimizer {:?}, seed {}{}. Same initial weights and data order for every strategy. Wall time is training only (evaluation excluded); backward FLOPs are GEMM FLOPs (convolutions, linear layers) as a share of full training over the same images.\n",
+        cfg.device, s.epochs, s.batch, cfg.optim.lr, cfg.optim.rule, s.seed,
         cfg.init.as_ref().map(|p| format!(", initial weights {}", p.display())).unwrap_or_default()
     );
     let _ = writeln!(md, "| strategy | train wall s | vs full | images/s | backward FLOPs vs full | peak RSS MiB | test accuracy | bootstrap 95 % CI |");
@@ -164,8 +167,8 @@ fn write_report(cfg: &CompareConfig, train: &ImageSet, test: &ImageSet, rows: &[
         })
         .collect();
     let doc = json!({
-        "model": cfg.model, "device": cfg.device, "epochs": s.epochs, "batch": s.batch, "lr": s.lr,
-        "momentum": s.momentum, "weight_decay": s.weight_decay, "seed": s.seed,
+        "model": cfg.model, "device": cfg.device, "epochs": s.epochs, "batch": s.batch, "lr": cfg.optim.lr,
+        "optimizer": format!("{:?}", cfg.optim.rule), "warmup_steps": cfg.optim.warmup_steps, "seed": s.seed,
         "train_images": train.len(), "test_images": test.len(), "strategies": json_rows,
     });
     write(&cfg.out.join("report.json"), &serde_json::to_string_pretty(&doc).expect("JSON of plain values"))?;
@@ -174,7 +177,7 @@ fn write_report(cfg: &CompareConfig, train: &ImageSet, test: &ImageSet, rows: &[
         .iter()
         .map(|r| Series {
             name: r.run.strategy.clone(),
-            points: std::iter::once((0.0, 1.0 / train.classes.len() as f64))
+            points: std::iter::once((0.0, 1.0 / train.classes().len() as f64))
                 .chain(r.run.epochs.iter().map(|e| (e.elapsed, e.test_accuracy as f64)))
                 .collect(),
         })

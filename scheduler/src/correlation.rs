@@ -3,13 +3,13 @@
 //! frozen network's features) at each inner boundary, the model's own classifier at the end —
 //! gives a per-sample test loss, and the Pearson correlation of those losses across samples
 //! says whether two sub-models fail on the same images.
-use crate::data::{Batches, ImageSet, Normalize};
-use crate::train::TrainError;
+use crate::data::{Batch, Dataset, Loader, LoaderSpec};
+use crate::error::TrainError;
+use crate::trainer::{OnNan, OptimConfig, Trainer};
 use rand::{rngs::StdRng, seq::SliceRandom, SeedableRng};
-use tessera_engine::autograd as ag;
-use tessera_engine::nn::{Linear, Module};
+use tessera_engine::nn::{Linear, Module, Sequential};
 use tessera_engine::ops::{self, Labels, SgdHyper};
-use tessera_engine::optim::{ParamGroup, Sgd};
+use tessera_engine::optim::{Constant, Rule};
 use tessera_engine::{no_grad, Device, Tensor, Var};
 use tessera_models::Model;
 
@@ -54,11 +54,12 @@ struct Features {
 }
 
 /// Every inner boundary's pooled features [N, C] (and the final logits) for `set`, eval mode.
-fn features(model: &Model, set: &ImageSet, device: &Device) -> Result<Features, TrainError> {
+fn features(model: &Model, set: &Dataset, device: &Device) -> Result<Features, TrainError> {
     let n = model.submodels.len();
     model.net.set_training(false);
     let (mut feats, mut widths, mut logits) = (vec![Vec::new(); n - 1], vec![0; n - 1], Vec::new());
-    for b in Batches::new(set, 256, 0, 0, false, None, Normalize::CIFAR10) {
+    for b in Loader::new(set, &LoaderSpec::eval(256))? {
+        let b = b?;
         no_grad(|| -> Result<(), TrainError> {
             let mut h = Var::constant(Tensor::from_vec(b.x, &b.shape, device)?);
             for stage in 0..n {
@@ -78,24 +79,24 @@ fn features(model: &Model, set: &ImageSet, device: &Device) -> Result<Features, 
     Ok(Features { pooled: feats, widths, logits })
 }
 
-/// Softmax regression on fixed features: `epochs` of SGD, batch 128, cosine-free constant lr.
+/// Softmax regression on fixed features: 10 epochs of SGD (rate 0.05, momentum 0.9, no weight
+/// decay, constant rate), batch 128, through the one training loop.
 fn train_probe(x: &[f32], width: usize, labels: &[usize], classes: usize, device: &Device, seed: u64) -> Result<Linear, TrainError> {
     let rng = &mut StdRng::seed_from_u64(seed);
     let probe = Linear::new(width, classes, true, device, rng)?;
-    let params = probe.named_params().into_iter().map(|(_, p)| p).collect();
-    let mut sgd = Sgd::new(vec![ParamGroup::new("probe", params)], 0.05, SgdHyper { momentum: 0.9, dampening: 0.0, weight_decay: 0.0, nesterov: false });
-    // Standardise the inputs per feature so one learning rate suits every boundary.
+    let model = Model::single("probe", Sequential::new().with(probe.clone()));
+    let optim = OptimConfig { rule: Rule::Sgd(SgdHyper { weight_decay: 0.0, ..SgdHyper::default() }), lr: 0.05, warmup_steps: 0 };
+    let mut t = Trainer::new(model, device.clone(), classes, &optim, Box::new(Constant), OnNan::Stop)?;
+    // Standardised inputs (by the caller) let one learning rate suit every boundary.
     let mut order: Vec<usize> = (0..labels.len()).collect();
-    for _epoch in 0..10 {
+    for epoch in 1..=10 {
         order.shuffle(rng);
-        for chunk in order.chunks(128) {
+        let chunks: Vec<&[usize]> = order.chunks(128).collect();
+        let batches = chunks.iter().map(|chunk| {
             let xb: Vec<f32> = chunk.iter().flat_map(|&i| x[i * width..(i + 1) * width].iter().copied()).collect();
-            let yb: Vec<usize> = chunk.iter().map(|&i| labels[i]).collect();
-            let logits = probe.forward(&Var::constant(Tensor::from_vec(xb, &[chunk.len(), width], device)?))?;
-            ag::cross_entropy(&logits, &yb)?.backward()?;
-            sgd.step()?;
-            sgd.zero_grad();
-        }
+            Ok(Batch { x: xb, shape: vec![chunk.len(), width], labels: chunk.iter().map(|&i| labels[i]).collect() })
+        });
+        t.run_epoch(epoch, 0, batches, chunks.len(), &mut |t, x, labels| t.step_from(0, x, labels), &mut |_| {})?;
     }
     Ok(probe)
 }
@@ -128,8 +129,10 @@ fn losses_of(logits: Vec<f32>, labels: &[usize], classes: usize, device: &Device
 }
 
 /// Trains the probes on `train` and measures every head on `test`.
-pub fn loss_correlation(model: &Model, train: &ImageSet, test: &ImageSet, device: &Device, seed: u64) -> Result<LossCorrelation, TrainError> {
-    let classes = train.classes.len();
+pub fn loss_correlation(model: &Model, train: &Dataset, test: &Dataset, device: &Device, seed: u64) -> Result<LossCorrelation, TrainError> {
+    let classes = train.classes().len();
+    let train_labels: Vec<usize> = (0..train.len()).map(|i| train.label(i)).collect();
+    let test_labels: Vec<usize> = (0..test.len()).map(|i| test.label(i)).collect();
     let Features { pooled: train_feats, widths, .. } = features(model, train, device)?;
     let Features { pooled: test_feats, logits: test_logits, .. } = features(model, test, device)?;
     let (mut heads, mut losses, mut accuracy) = (Vec::new(), Vec::new(), Vec::new());
@@ -138,14 +141,14 @@ pub fn loss_correlation(model: &Model, train: &ImageSet, test: &ImageSet, device
         let m = moments(&xtr, width);
         standardise(&mut xtr, width, &m);
         standardise(&mut xte, width, &m);
-        let probe = train_probe(&xtr, width, &train.labels, classes, device, seed + i as u64)?;
+        let probe = train_probe(&xtr, width, &train_labels, classes, device, seed + i as u64)?;
         let logits = no_grad(|| probe.forward(&Var::constant(Tensor::from_vec(xte, &[test.len(), width], device)?)))?;
-        let (l, acc) = losses_of(logits.value().to_vec()?, &test.labels, classes, device)?;
+        let (l, acc) = losses_of(logits.value().to_vec()?, &test_labels, classes, device)?;
         heads.push(format!("after {}", model.submodels[i].name));
         losses.push(l);
         accuracy.push(acc);
     }
-    let (l, acc) = losses_of(test_logits, &test.labels, classes, device)?;
+    let (l, acc) = losses_of(test_logits, &test_labels, classes, device)?;
     heads.push(format!("{} (model head)", model.submodels.last().map_or("head", |s| s.name.as_str())));
     losses.push(l);
     accuracy.push(acc);

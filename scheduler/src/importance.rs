@@ -3,7 +3,7 @@
 //! barely moves any output), and a picture of the network — the sub-model chain, with each
 //! Linear layer's strongest inputs drawn as edges coloured and sized by importance — as
 //! Graphviz DOT, rendered to SVG or PNG by Graphviz's `dot` when it is installed.
-use crate::train::TrainError;
+use crate::error::TrainError;
 use std::fmt::Write as _;
 use std::path::Path;
 use tessera_engine::checkpoint::Checkpoint;

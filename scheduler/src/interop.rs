@@ -1,6 +1,7 @@
 //! The interop check against PyTorch: one forward (and, given labels, backward) pass of a model
 //! with a state dict saved from PyTorch, writing logits, loss and gradients to safetensors.
-use crate::train::{load_weights, TrainError};
+use crate::error::TrainError;
+use crate::run_state::load_weights;
 use std::collections::HashMap;
 use std::path::Path;
 use tessera_engine::autograd as ag;

@@ -3,11 +3,17 @@ pub mod bench;
 pub mod compare;
 pub mod correlation;
 pub mod data;
+pub mod error;
+pub mod eval;
 pub mod importance;
 pub mod interop;
 pub mod memory;
 pub mod plot;
 pub mod robustness;
+pub mod run_state;
 pub mod strategy;
 pub mod tasks;
 pub mod train;
+pub mod trainer;
+
+pub use error::TrainError;

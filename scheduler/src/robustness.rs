@@ -5,9 +5,11 @@
 //! sub-model fault tolerance: accuracy with one sub-model's weights perturbed by relative
 //! noise or reset to their initialisation.
 use crate::compare::bootstrap_ci;
-use crate::data::{Corruption, ImageSet, Normalize};
+use crate::data::{Corruption, Dataset, ImageSet, LoaderSpec};
+use crate::error::TrainError;
+use crate::eval::{evaluate_full, model_from_checkpoint, EvalReport};
 use crate::plot::{line_chart, line_panels, Panel, Series};
-use crate::train::{evaluate_full, model_from_checkpoint, EvalReport, TrainError};
+use std::sync::Arc;
 use rand::{rngs::StdRng, SeedableRng};
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
@@ -37,13 +39,13 @@ pub fn run_checkpoints(run_dir: &Path) -> Result<Vec<(usize, PathBuf)>, TrainErr
 }
 
 /// Evaluates every checkpoint of `run_dir` on `test`; returns them and the last one's model.
-pub fn evaluate_run(run_dir: &Path, test: &ImageSet, device: &Device, batch: usize) -> Result<(Vec<CheckpointResult>, Model), TrainError> {
+pub fn evaluate_run(run_dir: &Path, test: &Arc<ImageSet>, device: &Device, batch: usize) -> Result<(Vec<CheckpointResult>, Model), TrainError> {
     let mut results = Vec::new();
     let mut last = None;
     for (epoch, path) in run_checkpoints(run_dir)? {
         let ckpt = Checkpoint::load(&path)?;
         let model = model_from_checkpoint(&path, &ckpt, device)?;
-        let report = evaluate_full(&model, test, batch, Normalize::CIFAR10, device)?;
+        let report = evaluate_full(&model, &(test.clone() as Dataset), &LoaderSpec::eval(batch), device)?;
         results.push(CheckpointResult { epoch, path, report });
         last = Some(model);
     }
@@ -91,12 +93,12 @@ pub fn classification_report(confusion: &[Vec<f64>], classes: &[String]) -> Stri
 }
 
 /// Accuracy under each corruption at severities 1–5.
-pub fn corruption_accuracy(model: &Model, test: &ImageSet, device: &Device, batch: usize, seed: u64) -> Result<Vec<(Corruption, Vec<f32>)>, TrainError> {
+pub fn corruption_accuracy(model: &Model, test: &Arc<ImageSet>, device: &Device, batch: usize, seed: u64) -> Result<Vec<(Corruption, Vec<f32>)>, TrainError> {
     Corruption::ALL
         .iter()
         .map(|&c| {
             let accs = (1..=5)
-                .map(|s| Ok(evaluate_full(model, &c.apply(test, s, seed), batch, Normalize::CIFAR10, device)?.accuracy))
+                .map(|s| Ok(evaluate_full(model, &(Arc::new(c.apply(test, s, seed)) as Dataset), &LoaderSpec::eval(batch), device)?.accuracy))
                 .collect::<Result<Vec<f32>, TrainError>>()?;
             Ok((c, accs))
         })
@@ -114,7 +116,7 @@ pub struct SubModelFault {
 /// For each sub-model: accuracy when its parameters get Gaussian noise of `scale` × their RMS,
 /// and when its parameters and buffers are reset to the model's initialisation (`init`, the
 /// same architecture built with the run's seed). The model is restored after each.
-pub fn submodel_faults(model: &Model, init: &Model, test: &ImageSet, device: &Device, batch: usize, scale: f32, seed: u64) -> Result<Vec<SubModelFault>, TrainError> {
+pub fn submodel_faults(model: &Model, init: &Model, test: &Arc<ImageSet>, device: &Device, batch: usize, scale: f32, seed: u64) -> Result<Vec<SubModelFault>, TrainError> {
     let mut out = Vec::new();
     for (i, sub) in model.submodels.iter().enumerate() {
         let params = model.params_of(sub);
@@ -127,7 +129,7 @@ pub fn submodel_faults(model: &Model, init: &Model, test: &ImageSet, device: &De
             let noisy: Vec<f32> = v.iter().map(|x| x + scale * rms * crate::data::corrupt::normal(rng)).collect();
             p.set_value(Tensor::from_vec(noisy, p.value().shape(), device)?);
         }
-        let noise_accuracy = evaluate_full(model, test, batch, Normalize::CIFAR10, device)?.accuracy;
+        let noise_accuracy = evaluate_full(model, &(test.clone() as Dataset), &LoaderSpec::eval(batch), device)?.accuracy;
         let init_params: std::collections::HashMap<String, Tensor> = init.net.named_params().into_iter().map(|(n, p)| (n, p.value())).collect();
         let init_buffers: std::collections::HashMap<String, Tensor> = init.net.named_buffers().into_iter().map(|(n, b)| (n, b.value())).collect();
         for (n, p) in &params {
@@ -136,7 +138,7 @@ pub fn submodel_faults(model: &Model, init: &Model, test: &ImageSet, device: &De
         for (n, b) in &buffers {
             b.set_value(init_buffers[n].to_device(device)?);
         }
-        let reset_accuracy = evaluate_full(model, test, batch, Normalize::CIFAR10, device)?.accuracy;
+        let reset_accuracy = evaluate_full(model, &(test.clone() as Dataset), &LoaderSpec::eval(batch), device)?.accuracy;
         let mut saved = saved.into_iter();
         params.iter().for_each(|(_, p)| p.set_value(saved.next().expect("saved")));
         buffers.iter().for_each(|(_, b)| b.set_value(saved.next().expect("saved")));
@@ -158,7 +160,7 @@ pub struct RobustnessConfig {
 
 /// Writes results.txt, results.json, learning_curves.png and corruptions.png into `cfg.out`;
 /// returns results.txt's text.
-pub fn robustness_report(cfg: &RobustnessConfig, test: &ImageSet) -> Result<String, TrainError> {
+pub fn robustness_report(cfg: &RobustnessConfig, test: &Arc<ImageSet>) -> Result<String, TrainError> {
     let device = Device::parse(&cfg.device)?;
     let (results, model) = evaluate_run(&cfg.run, test, &device, cfg.batch)?;
     let last = results.last().expect("at least one checkpoint");

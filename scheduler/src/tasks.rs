@@ -4,17 +4,19 @@
 //! trained on an equal number of images of the other tasks' classes, so that its scores mean
 //! "this image is one of mine" and the merged classifier can compare tasks: the merged score
 //! of class c of task t is task t's log-probability of c, and the top score wins.
-use crate::data::{Augment, Batches, ImageSet, Normalize};
-use crate::train::{load_splits, load_weights, TrainError};
+use crate::data::{Dataset, Loader, LoaderSpec, Subset};
+use crate::error::TrainError;
+use crate::run_state::{load_splits, load_weights};
+use crate::trainer::{OnNan, OptimConfig, Trainer};
 use rand::{rngs::StdRng, seq::SliceRandom, SeedableRng};
 use serde_json::json;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
-use tessera_engine::autograd as ag;
+use std::sync::Arc;
 use tessera_engine::checkpoint::{self, Checkpoint};
-use tessera_engine::ops::{self, SgdHyper};
-use tessera_engine::optim::{ParamGroup, Sgd};
+use tessera_engine::ops;
+use tessera_engine::optim::Constant;
 use tessera_engine::{no_grad, Device, Tensor, Var};
 
 /// A decomposition: which classes each task owns and each task's wall-time budget.
@@ -71,9 +73,14 @@ pub struct TaskConfig {
     pub data: PathBuf,
     pub limit_per_class: Option<usize>,
     pub batch: usize,
-    pub lr: f32,
+    /// The optimizer; its rate is the peak of the cosine over the budget.
+    pub optim: OptimConfig,
     pub seed: u64,
     pub device: String,
+    /// CPU threads of the backend (0: the process-wide default) and loader threads (0: one
+    /// per core).
+    pub threads: usize,
+    pub workers: usize,
 }
 
 /// What training one task did.
@@ -89,22 +96,18 @@ pub struct TaskReport {
 }
 
 /// `set` relabelled for a task: its classes become 0..k, and as many images of other classes
-/// as it has (drawn with `seed`) become class k, "other".
-pub fn task_view(set: &ImageSet, own: &[usize], seed: u64) -> ImageSet {
+/// as it has (drawn with `seed`) become class k, "other". A view: no image is copied.
+pub fn task_view(set: &Dataset, own: &[usize], seed: u64) -> Subset {
     let k = own.len();
-    let mut mine: Vec<usize> = (0..set.len()).filter(|&i| own.contains(&set.labels[i])).collect();
-    let mut others: Vec<usize> = (0..set.len()).filter(|&i| !own.contains(&set.labels[i])).collect();
+    let mut mine: Vec<usize> = (0..set.len()).filter(|&i| own.contains(&set.label(i))).collect();
+    let mut others: Vec<usize> = (0..set.len()).filter(|&i| !own.contains(&set.label(i))).collect();
     others.shuffle(&mut StdRng::seed_from_u64(seed));
     others.truncate(mine.len());
     mine.extend(others);
     mine.sort_unstable();
-    let mut view = ImageSet { height: set.height, width: set.width, ..Default::default() };
-    view.classes = own.iter().map(|&c| set.classes[c].clone()).chain(["other".to_string()]).collect();
-    for i in mine {
-        view.pixels.extend_from_slice(set.image(i));
-        view.labels.push(own.iter().position(|&c| c == set.labels[i]).unwrap_or(k));
-    }
-    view
+    let classes = own.iter().map(|&c| set.classes()[c].clone()).chain(["other".to_string()]).collect();
+    let labels = mine.iter().map(|&i| own.iter().position(|&c| c == set.label(i)).unwrap_or(k)).collect();
+    Subset { base: set.clone(), indices: mine, labels, classes }
 }
 
 /// Trains task `task` of `plan` until its budget is spent (checked before every step: the
@@ -113,37 +116,44 @@ pub fn task_view(set: &ImageSet, own: &[usize], seed: u64) -> ImageSet {
 pub fn train_task(plan: &Plan, task: usize, cfg: &TaskConfig, out: &Path) -> Result<TaskReport, TrainError> {
     let launched = Instant::now();
     let own = plan.tasks.get(task).ok_or_else(|| TrainError::Config(format!("the plan has {} tasks, not {}", plan.tasks.len(), task + 1)))?;
-    let device = Device::parse(&cfg.device)?;
+    let device = match Device::parse(&cfg.device)? {
+        Device::Cpu(_) => Device::cpu_with_threads(cfg.threads),
+        gpu => gpu,
+    };
     let (train, _) = load_splits(&cfg.data, cfg.limit_per_class)?;
-    if train.classes.len() != plan.classes {
-        return Err(TrainError::Config(format!("{} has {} classes; the plan has {}", cfg.data.display(), train.classes.len(), plan.classes)));
+    if train.classes().len() != plan.classes {
+        return Err(TrainError::Config(format!("{} has {} classes; the plan has {}", cfg.data.display(), train.classes().len(), plan.classes)));
     }
-    let view = task_view(&train, own, cfg.seed ^ task as u64);
+    let view: Dataset = Arc::new(task_view(&train, own, cfg.seed ^ task as u64));
+    if view.is_empty() {
+        return Err(TrainError::Config(format!("task {task} (classes {own:?}) has no training image in {}", cfg.data.display())));
+    }
     let model = tessera_models::build(&cfg.model, own.len() + 1, &device, cfg.seed + task as u64)?;
-    let params = model.net.named_params().into_iter().map(|(_, p)| p).collect();
-    let hyper = SgdHyper { momentum: 0.9, dampening: 0.0, weight_decay: 5e-4, nesterov: false };
-    let mut sgd = Sgd::new(vec![ParamGroup::new("all", params)], cfg.lr, hyper);
+    // The rate follows a cosine over the time budget, set before each step.
+    let mut t = Trainer::new(model, device, own.len() + 1, &cfg.optim, Box::new(Constant), OnNan::Stop)?;
     // The budget is for training: loading and decoding the data is start-up.
     let start = Instant::now();
     let startup_secs = launched.elapsed().as_secs_f64();
     let budget = plan.budget_secs;
-    let (mut steps, mut images) = (0usize, 0usize);
-    'epochs: for epoch in 0.. {
-        for b in Batches::new(&view, cfg.batch, cfg.seed, epoch, true, Some(Augment::CIFAR), Normalize::CIFAR10) {
-            let elapsed = start.elapsed().as_secs_f64();
-            if elapsed >= budget {
-                break 'epochs;
-            }
-            // Cosine annealing over the time budget instead of a step count.
-            sgd.lr = cfg.lr * 0.5 * (1.0 + (std::f64::consts::PI * elapsed / budget).cos()) as f32;
-            let loss = ag::cross_entropy(&model.net.forward(&Var::constant(Tensor::from_vec(b.x, &b.shape, &device)?))?, &b.labels)?;
-            loss.backward()?;
-            sgd.step()?;
-            sgd.zero_grad();
-            steps += 1;
-            images += b.labels.len();
+    let base_lr = cfg.optim.lr;
+    let mut images = 0usize;
+    for epoch in 0.. {
+        if start.elapsed().as_secs_f64() >= budget {
+            break;
         }
+        let spec = LoaderSpec { workers: cfg.workers, ..LoaderSpec::train(cfg.batch, cfg.seed, epoch) };
+        let loader = Loader::new(&view, &spec)?;
+        let count = loader.len();
+        // The budget is checked before every step: the loader yields no batch past it.
+        let batches = loader.take_while(|_| start.elapsed().as_secs_f64() < budget);
+        let stats = t.run_epoch(epoch as usize + 1, 0, batches, count, &mut |t, x, labels| {
+            let elapsed = start.elapsed().as_secs_f64().min(budget);
+            t.opt.lr = base_lr * 0.5 * (1.0 + (std::f64::consts::PI * elapsed / budget).cos()) as f32;
+            t.step_from(0, x, labels)
+        }, &mut |_| {})?;
+        images += stats.images;
     }
+    let (model, steps) = (&t.model, t.steps());
     std::fs::create_dir_all(out).map_err(|error| TrainError::Io { path: out.into(), error })?;
     let path = out.join(format!("task-{task}.safetensors"));
     let mut tensors: Vec<(String, Tensor)> = model.net.named_params().into_iter().map(|(n, p)| (n, p.value())).collect();
@@ -152,12 +162,12 @@ pub fn train_task(plan: &Plan, task: usize, cfg: &TaskConfig, out: &Path) -> Res
     let meta = HashMap::from([("model".to_string(), cfg.model.clone()), ("task".to_string(), task.to_string()), ("classes".to_string(), classes)]);
     checkpoint::save(&path, &tensors, &meta)?;
     let seconds = start.elapsed().as_secs_f64();
-    Ok(TaskReport { task, steps, epochs: images as f64 / view.len().max(1) as f64, seconds, startup_secs, checkpoint: path })
+    Ok(TaskReport { task, steps, epochs: images as f64 / view.len() as f64, seconds, startup_secs, checkpoint: path })
 }
 
 /// The merged classifier's accuracy on `test` from the task checkpoints in `dir`, and each
 /// task model's own accuracy on its share of the test set (its classes vs "other").
-pub fn evaluate_merged(plan: &Plan, dir: &Path, test: &ImageSet, model_name: &str, device: &Device, batch: usize) -> Result<(f32, Vec<f32>), TrainError> {
+pub fn evaluate_merged(plan: &Plan, dir: &Path, test: &Dataset, model_name: &str, device: &Device, batch: usize) -> Result<(f32, Vec<f32>), TrainError> {
     let mut scores = vec![f32::NEG_INFINITY; test.len() * plan.classes];
     let mut own_accuracy = Vec::new();
     for (t, own) in plan.tasks.iter().enumerate() {
@@ -166,7 +176,8 @@ pub fn evaluate_merged(plan: &Plan, dir: &Path, test: &ImageSet, model_name: &st
         load_weights(&model, &ckpt, device)?;
         model.net.set_training(false);
         let (mut hits, mut seen, mut row) = (0usize, 0usize, 0usize);
-        for b in Batches::new(test, batch, 0, 0, false, None, Normalize::CIFAR10) {
+        for b in Loader::new(test, &LoaderSpec::eval(batch))? {
+            let b = b?;
             let logp = no_grad(|| -> Result<Vec<f32>, TrainError> {
                 let logits = model.net.forward(&Var::constant(Tensor::from_vec(b.x, &b.shape, device)?))?;
                 Ok(ops::log_softmax(logits.value())?.to_vec()?)
@@ -189,7 +200,7 @@ pub fn evaluate_merged(plan: &Plan, dir: &Path, test: &ImageSet, model_name: &st
     let correct = (0..test.len())
         .filter(|&i| {
             let s = &scores[i * plan.classes..(i + 1) * plan.classes];
-            s.iter().enumerate().max_by(|a, b| a.1.total_cmp(b.1)).map(|(j, _)| j) == Some(test.labels[i])
+            s.iter().enumerate().max_by(|a, b| a.1.total_cmp(b.1)).map(|(j, _)| j) == Some(test.label(i))
         })
         .count();
     Ok((correct as f32 / test.len().max(1) as f32, own_accuracy))

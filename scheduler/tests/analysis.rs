@@ -3,7 +3,8 @@ use std::collections::HashMap;
 use tessera_engine::checkpoint::{save, Checkpoint};
 use tessera_engine::{Device, Tensor};
 use tessera_scheduler::correlation::{loss_correlation, pearson};
-use tessera_scheduler::data::synthetic;
+use std::sync::Arc;
+use tessera_scheduler::data::{synthetic, Dataset};
 use tessera_scheduler::importance::{linear_importance, network_dot, render};
 
 #[test]
@@ -48,7 +49,7 @@ fn pearson_correlation_of_known_series() {
 fn loss_correlation_has_a_head_per_boundary() {
     let device = Device::cpu();
     let model = tessera_models::build("simple-cnn", 2, &device, 1).unwrap();
-    let (train, test) = (synthetic(64, 2, 32, 1), synthetic(40, 2, 32, 2));
+    let (train, test): (Dataset, Dataset) = (Arc::new(synthetic(64, 2, 32, 1)), Arc::new(synthetic(40, 2, 32, 2)));
     let c = loss_correlation(&model, &train, &test, &device, 0).unwrap();
     assert_eq!(c.heads, vec!["after conv1", "after conv2", "fc (model head)"]);
     assert!(c.losses.iter().all(|l| l.len() == 40 && l.iter().all(|v| v.is_finite() && *v >= 0.0)));

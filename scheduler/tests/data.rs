@@ -1,6 +1,7 @@
 //! Data loading: the shared CIFAR-10 folders, the binary format, batches, and bad input.
 use std::path::{Path, PathBuf};
-use tessera_scheduler::data::{load_cifar_bin, load_image_folder, synthetic, Augment, Batches, FolderOptions, Normalize};
+use std::sync::Arc;
+use tessera_scheduler::data::{load_cifar_bin, load_image_folder, synthetic, Dataset, FolderOptions, Loader, LoaderSpec, Normalize};
 
 fn shared_cifar() -> Option<PathBuf> {
     let p = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/data/cifar10");
@@ -31,17 +32,24 @@ fn loads_the_shared_cifar10_folders() {
 }
 
 #[test]
-fn batches_are_deterministic_augmented_and_normalised() {
-    let set = synthetic(10, 2, 8, 1);
-    let collect = |epoch| Batches::new(&set, 4, 7, epoch, true, Some(Augment::CIFAR), Normalize::CIFAR10).map(|b| (b.x, b.labels)).collect::<Vec<_>>();
-    let (a, b, c) = (collect(0), collect(0), collect(1));
+fn batches_are_deterministic_augmented_and_normalised_whatever_the_worker_count() {
+    let set: Dataset = Arc::new(synthetic(10, 2, 8, 1));
+    let collect = |epoch, workers| {
+        let spec = LoaderSpec { workers, ..LoaderSpec::train(4, 7, epoch) };
+        Loader::new(&set, &spec).unwrap().map(|b| b.map(|b| (b.x, b.labels)).unwrap()).collect::<Vec<_>>()
+    };
+    let (a, b, c) = (collect(0, 1), collect(0, 4), collect(1, 2));
     assert_eq!(a.len(), 3, "10 images in batches of 4");
-    assert_eq!(a, b, "same seed and epoch, same batches");
+    assert_eq!(a, b, "same seed and epoch, same batches, 1 or 4 workers");
     assert_ne!(a, c, "another epoch shuffles and augments differently");
-    let plain = Batches::new(&set, 10, 7, 0, false, None, Normalize { mean: [0.0; 3], std: [1.0; 3] }).next().unwrap();
+    let spec = LoaderSpec { norm: Normalize { mean: [0.0; 3], std: [1.0; 3] }, ..LoaderSpec::eval(10) };
+    let plain = Loader::new(&set, &spec).unwrap().next().unwrap().unwrap();
     assert_eq!(plain.shape, [10, 3, 8, 8]);
-    assert_eq!(plain.labels, set.labels);
-    assert_eq!(plain.x[0], set.pixels[0] as f32 / 255.0);
+    let labels: Vec<usize> = (0..10).map(|i| set.label(i)).collect();
+    assert_eq!(plain.labels, labels);
+    let mut first = vec![0u8; 3 * 8 * 8];
+    set.read_into(0, &mut first).unwrap();
+    assert_eq!(plain.x[0], first[0] as f32 / 255.0);
 }
 
 #[test]
@@ -63,8 +71,8 @@ fn cifar_binary_round_trip_and_truncation() {
         std::fs::write(dir.join(format!("data_batch_{i}.bin")), &bytes).unwrap();
     }
     std::fs::write(dir.join("test_batch.bin"), &bytes[..3073]).unwrap();
-    let (train, test) = tessera_scheduler::train::load_splits(&dir, None).unwrap();
-    assert_eq!((train.len(), test.len(), train.classes[3].as_str()), (10, 1, "cat"));
+    let (train, test) = tessera_scheduler::run_state::load_splits(&dir, None).unwrap();
+    assert_eq!((train.len(), test.len(), train.classes()[3].as_str()), (10, 1, "cat"));
 
     let short = dir.join("short.bin");
     std::fs::write(&short, &bytes[..3073 + 100]).unwrap();

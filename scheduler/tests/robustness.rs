@@ -1,8 +1,12 @@
 //! The robustness report: scikit-learn's classification-report numbers and layout, the input
 //! corruptions, and the whole report on a short real run.
+use std::sync::Arc;
 use tessera_scheduler::data::{synthetic, Corruption};
 use tessera_scheduler::robustness::{classification_report, mean_std, robustness_report, RobustnessConfig};
-use tessera_scheduler::train::{load_splits, train, TrainConfig};
+use tessera_scheduler::run_state::load_splits;
+use tessera_scheduler::strategy::RunSpec;
+use tessera_scheduler::train::{train, TrainConfig};
+use tessera_scheduler::trainer::OptimConfig;
 
 #[test]
 fn classification_report_matches_scikit_learn() {
@@ -50,13 +54,14 @@ fn report_on_a_short_run() {
     (1..=5).for_each(|i| write(&format!("data_batch_{i}.bin"), 40, i));
     write("test_batch.bin", 60, 9);
     let run = root.join("run");
-    let cfg = TrainConfig { model: "simple-cnn".into(), data: data.clone(), epochs: 2, batch: 20, lr: 0.02, out: Some(run.clone()), ..Default::default() };
+    let cfg = TrainConfig { model: "simple-cnn".into(), data: data.clone(), run: RunSpec { epochs: 2, batch: 20, ..Default::default() }, optim: OptimConfig::default().with_lr(0.02), out: Some(run.clone()), ..Default::default() };
     train(&cfg, &mut |_| {}).unwrap();
 
     let (_, test) = load_splits(&data, None).unwrap();
     let out = run.join("robustness");
     std::fs::create_dir_all(&out).unwrap();
     let rc = RobustnessConfig { run: run.clone(), device: "cpu".into(), batch: 30, seed: 0, corruptions: true, noise_scale: 0.5, out: out.clone() };
+    let test = Arc::new(tessera_scheduler::data::materialize(test.as_ref()).unwrap());
     let text = robustness_report(&rc, &test).unwrap();
     for section in ["epoch   1", "epoch   2", "mean accuracy", "bootstrap 95 % interval", "Mean confusion matrix", "weighted avg", "gaussian_noise", "mean corruption accuracy", "Sub-model fault tolerance", "conv1", "fc"] {
         assert!(text.contains(section), "missing `{section}` in\n{text}");

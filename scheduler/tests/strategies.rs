@@ -5,8 +5,9 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use tessera_engine::nn::Param;
 use tessera_engine::Device;
-use tessera_scheduler::data::{synthetic, ImageSet};
-use tessera_scheduler::strategy::{self, dynamic::Criterion, EpochRecord, RunSettings, StrategyOptions, StrategyRun};
+use tessera_scheduler::data::{synthetic, Dataset};
+use tessera_scheduler::strategy::{self, dynamic::Criterion, EpochRecord, RunSpec, StrategyOptions, StrategyRun};
+use tessera_scheduler::trainer::OptimConfig;
 
 const CLASSES: usize = 2;
 const IMAGES: usize = 64;
@@ -14,12 +15,17 @@ const BATCH: usize = 16;
 /// The fc layer's weight gradient alone: 2 FLOPs per multiply-add of [classes, batch]·[batch, 4096].
 const FC_DW_PER_IMAGE: f64 = 2.0 * (CLASSES * 4096) as f64;
 
-fn data() -> (ImageSet, ImageSet) {
-    (synthetic(IMAGES, CLASSES, 32, 1), synthetic(32, CLASSES, 32, 2))
+fn data() -> (Dataset, Dataset) {
+    (Arc::new(synthetic(IMAGES, CLASSES, 32, 1)), Arc::new(synthetic(32, CLASSES, 32, 2)))
 }
 
-fn settings(epochs: usize) -> RunSettings {
-    RunSettings { epochs, batch: BATCH, lr: 0.05, momentum: 0.9, weight_decay: 5e-4, seed: 3 }
+fn settings(epochs: usize) -> RunSpec {
+    RunSpec { epochs, batch: BATCH, seed: 3, ..RunSpec::default() }
+}
+
+/// SGD at 0.05 (momentum 0.9, weight decay 5e-4).
+fn optim() -> OptimConfig {
+    OptimConfig::default().with_lr(0.05)
 }
 
 /// Each sub-model's name and parameter handles (they stay valid while the model trains).
@@ -43,7 +49,7 @@ fn train(name: &str, options: &StrategyOptions, epochs: usize) -> (StrategyRun, 
     let mut s = strategy::by_name(name, options).unwrap();
     let mut before = values(&handles);
     let mut changed = Vec::new();
-    let run = strategy::run(s.as_mut(), model, Device::cpu(), &train, &test, &settings(epochs), &mut |_: &EpochRecord| {
+    let run = strategy::run(s.as_mut(), model, Device::cpu(), &train, &test, &settings(epochs), &optim(), &mut |_: &EpochRecord| {
         let now = values(&handles);
         let mut moved: Vec<String> = now.iter().filter(|(n, v)| before[*n] != **v).map(|(n, _)| n.clone()).collect();
         moved.sort();
@@ -157,6 +163,7 @@ fn compare_writes_the_report() {
         model: "simple-cnn".into(),
         strategies: names(&["full", "fc"]),
         settings: settings(2),
+        optim: optim(),
         options: StrategyOptions::default(),
         device: "cpu".into(),
         init: None,

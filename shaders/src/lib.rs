@@ -69,10 +69,12 @@ shader!(CONV2D, "conv2d");
 shader!(POOL, "pool");
 shader!(BATCHNORM, "batchnorm");
 shader!(SGD, "sgd");
+shader!(ADAMW, "adamw");
+shader!(GUARD, "guard");
 
 /// Every shader module; the validation test checks that they use every file in the folder.
 pub static ALL: &[&Shader] =
-    &[&GEMM, &GEMM_SUBGROUP, &GEMM_F16, &GEMM_F16_PACKED, &HALF, &ELEMENTWISE, &REDUCE, &SOFTMAX, &CONV2D, &POOL, &BATCHNORM, &SGD];
+    &[&GEMM, &GEMM_SUBGROUP, &GEMM_F16, &GEMM_F16_PACKED, &HALF, &ELEMENTWISE, &REDUCE, &SOFTMAX, &CONV2D, &POOL, &BATCHNORM, &SGD, &ADAMW, &GUARD];
 
 macro_rules! kernels {
     ($shader:ident, $workgroup:expr, $($ident:ident = $entry:literal),+ $(,)?) => {
@@ -155,6 +157,26 @@ pub mod batchnorm {
 pub mod sgd {
     use super::{Kernel, SGD};
     kernels!(SGD, [256, 1, 1], SGD_STEP = "sgd_step");
+}
+
+/// The fused AdamW update (adamw.wgsl): the step count's tick, then the update.
+pub mod adamw {
+    use super::{Kernel, ADAMW};
+    kernels!(ADAMW, [256, 1, 1], ADAMW_TICK = "adamw_tick", ADAMW_STEP = "adamw_step");
+}
+
+/// The training step's device-side guard and metrics (guard.wgsl).
+pub mod guard {
+    use super::{Kernel, GUARD};
+    kernels!(
+        GUARD,
+        [256, 1, 1],
+        GUARD_OPEN = "guard_open",
+        GUARD_CHECK = "guard_check",
+        GUARD_LOSS = "guard_loss",
+        GUARD_HITS = "guard_hits",
+        GUARD_CLOSE = "guard_close",
+    );
 }
 
 /// f32 ⇄ f16 storage conversion (half.wgsl).

@@ -85,6 +85,8 @@ fn every_registered_kernel_names_a_real_entry_point() {
         tessera_shaders::pool::ALL_KERNELS,
         tessera_shaders::batchnorm::ALL_KERNELS,
         tessera_shaders::sgd::ALL_KERNELS,
+        tessera_shaders::adamw::ALL_KERNELS,
+        tessera_shaders::guard::ALL_KERNELS,
         tessera_shaders::half::ALL_KERNELS,
     ];
     for k in gemm.chain(others.into_iter().flatten().copied()) {

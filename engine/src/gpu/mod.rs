@@ -240,19 +240,34 @@ impl GpuBackend {
 
     /// Reads `buffer` back to the host; submits pending work and waits for it.
     pub fn download(&self, buffer: &GpuBuffer) -> Result<Vec<f32>> {
-        let len = buffer.len;
-        if len == 0 {
-            return Ok(Vec::new());
+        Ok(self.download_many(&[buffer])?.pop().unwrap_or_default())
+    }
+
+    /// Reads several buffers back in one round trip: one copy each into one staging buffer,
+    /// one submission, one wait (a checkpoint of every parameter costs one read, not one per
+    /// tensor).
+    pub fn download_many(&self, buffers: &[&GpuBuffer]) -> Result<Vec<Vec<f32>>> {
+        let total: u64 = buffers.iter().map(|b| b.len).sum();
+        if total == 0 {
+            return Ok(buffers.iter().map(|_| Vec::new()).collect());
         }
         let staging = self.device.create_buffer(&wgpu::BufferDescriptor {
             label: Some("tessera download"),
-            size: len,
+            size: total,
             usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
             mapped_at_creation: false,
         });
         {
             let mut batch = self.batch.lock().expect("batch poisoned");
-            self.encoder(&mut batch).copy_buffer_to_buffer(buffer.raw(), 0, &staging, 0, len);
+            let encoder = self.encoder(&mut batch);
+            let mut offset = 0;
+            for b in buffers {
+                // Lengths are whole f32 values, so every offset keeps COPY's 4-byte alignment.
+                if b.len > 0 {
+                    encoder.copy_buffer_to_buffer(b.raw(), 0, &staging, offset, b.len);
+                }
+                offset += b.len;
+            }
             self.submit(&mut batch);
         }
         self.stats.lock().expect("stats poisoned").host_reads += 1;
@@ -264,10 +279,17 @@ impl GpuBackend {
         let mapped = rx.recv().map_err(|e| self.gpu_err(e))?;
         mapped.map_err(|e| self.gpu_err(e))?;
         let view = staging.slice(..).get_mapped_range().map_err(|e| self.gpu_err(e))?;
-        let data = bytemuck::cast_slice::<u8, f32>(&view).to_vec();
+        let all = bytemuck::cast_slice::<u8, f32>(&view);
+        let mut out = Vec::with_capacity(buffers.len());
+        let mut at = 0;
+        for b in buffers {
+            let n = (b.len / 4) as usize;
+            out.push(all[at..at + n].to_vec());
+            at += n;
+        }
         drop(view);
         staging.unmap();
-        Ok(data)
+        Ok(out)
     }
 
     /// Submits recorded work and blocks until the device is idle.

@@ -15,7 +15,8 @@ fn uniform(rng: &mut StdRng, shape: &[usize], bound: f32, device: &Device) -> Re
     Tensor::from_vec(values, shape, device)
 }
 
-/// `y = x·Wᵀ + b`; weight [out, in], bias [out].
+/// `y = x·Wᵀ + b`; weight [out, in], bias [out]. A clone shares the parameters.
+#[derive(Clone)]
 pub struct Linear {
     pub weight: Arc<Param>,
     pub bias: Option<Arc<Param>>,

@@ -54,6 +54,11 @@ impl Param {
         *self.grad.lock().expect("grad poisoned") = None;
     }
 
+    /// Replaces the gradient (PyTorch's `p.grad = g`: clipping, injected faults in tests).
+    pub fn set_grad(&self, grad: Option<Tensor>) {
+        *self.grad.lock().expect("grad poisoned") = grad;
+    }
+
     pub fn requires_grad(&self) -> bool {
         self.requires_grad.load(Ordering::Relaxed)
     }

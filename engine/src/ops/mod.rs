@@ -1,11 +1,13 @@
 //! Ops: each file holds one op family's shape rules and its dispatch to the CPU twin and the
 //! WGSL kernel of the same name in `shaders/wgsl/`.
+pub mod adamw;
 pub mod batchnorm;
 mod batchnorm_cpu;
 pub mod conv2d;
 mod conv2d_cpu;
 pub mod elementwise;
 pub mod gemm;
+pub mod guard;
 pub mod pool;
 mod pool_cpu;
 pub mod reduce;
@@ -15,6 +17,8 @@ pub mod softmax;
 pub use batchnorm::{batch_norm_backward, batch_norm_forward, batch_stats, BnShape};
 pub use conv2d::{conv2d, conv2d_backward, Conv2dOpts, ConvShape};
 pub use elementwise::{add, add_channel, axpby, concat, dropout, mul, relu, relu_backward, scale};
+pub use adamw::{adamw_step_in_place, AdamWHyper, AdamWState};
+pub use guard::{StepGuard, StepTotals};
 pub use sgd::{sgd_step, sgd_step_in_place, SgdHyper};
 pub use gemm::{gemm, matmul, GemmOpts};
 pub use pool::{pool_backward, pool_forward, PoolKind, PoolShape};

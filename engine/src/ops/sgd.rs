@@ -17,6 +17,14 @@ pub struct SgdHyper {
     pub nesterov: bool,
 }
 
+impl Default for SgdHyper {
+    /// The usual image-classification settings (torch.optim.SGD's own default is no momentum
+    /// and no weight decay): momentum 0.9, weight decay 5e-4.
+    fn default() -> Self {
+        Self { momentum: 0.9, dampening: 0.0, weight_decay: 5e-4, nesterov: false }
+    }
+}
+
 #[repr(C)]
 #[derive(Clone, Copy, Default, bytemuck::Pod, bytemuck::Zeroable)]
 struct SgdParams {
@@ -27,22 +35,27 @@ struct SgdParams {
     weight_decay: f32,
     nesterov: u32,
     first_step: u32,
-    _pad: u32,
+    guarded: u32,
 }
 
 /// One update: returns the new parameter and (with momentum) the new momentum buffer.
 /// `buf` is None on a parameter's first step. The functional form of [`sgd_step_in_place`].
 pub fn sgd_step(param: &Tensor, grad: &Tensor, buf: Option<&Tensor>, lr: f32, h: SgdHyper) -> Result<(Tensor, Option<Tensor>)> {
     let (mut param, mut buf) = (param.clone(), buf.cloned());
-    sgd_step_in_place(&mut param, grad, &mut buf, lr, h)?;
+    sgd_step_in_place(&mut param, grad, &mut buf, lr, h, None)?;
     Ok((param, buf))
 }
 
 /// One update of `param` and (with momentum) its momentum buffer `buf`, None before the first
 /// step. On the CPU the values change in place unless another tensor shares them (then they
 /// are copied first), like PyTorch's in-place `p.add_`; on the GPU new buffers are written.
-pub fn sgd_step_in_place(param: &mut Tensor, grad: &Tensor, buf: &mut Option<Tensor>, lr: f32, h: SgdHyper) -> Result<()> {
+/// With a `guard` (ops::guard's state) whose step is flagged, nothing changes (a momentum
+/// buffer that did not exist yet starts as zeros).
+pub fn sgd_step_in_place(param: &mut Tensor, grad: &Tensor, buf: &mut Option<Tensor>, lr: f32, h: SgdHyper, guard: Option<&Tensor>) -> Result<()> {
     same_device("sgd_step", &[param, grad])?;
+    if let Some(g) = guard {
+        same_device("sgd_step", &[param, g])?;
+    }
     same_shape("sgd_step", param, grad)?;
     if let Some(b) = buf {
         same_shape("sgd_step", param, b)?;
@@ -50,6 +63,12 @@ pub fn sgd_step_in_place(param: &mut Tensor, grad: &Tensor, buf: &mut Option<Ten
     let with_momentum = h.momentum != 0.0;
     match param.device().clone() {
         Device::Cpu(cpu) => {
+            if guard.is_some_and(|g| cpu_data(g)[0] != 0.0) {
+                if with_momentum && buf.is_none() {
+                    *buf = Some(cpu_tensor(vec![0f32; param.numel()], param.shape(), param.device()));
+                }
+                return Ok(());
+            }
             if with_momentum && buf.is_none() {
                 // m = d on the first step: start from zeros with dampening off.
                 *buf = Some(cpu_tensor(vec![0f32; param.numel()], param.shape(), param.device()));
@@ -68,7 +87,7 @@ pub fn sgd_step_in_place(param: &mut Tensor, grad: &Tensor, buf: &mut Option<Ten
                 weight_decay: h.weight_decay,
                 nesterov: h.nesterov as u32,
                 first_step: buf.is_none() as u32,
-                _pad: 0,
+                guarded: guard.is_some() as u32,
             };
             let new_p = Tensor::uninit_gpu(param.shape().to_vec(), &gpu)?;
             // Without momentum the buffer slot is bound but never written: a 1-value placeholder.
@@ -76,7 +95,9 @@ pub fn sgd_step_in_place(param: &mut Tensor, grad: &Tensor, buf: &mut Option<Ten
             let pb = gpu_buffer(param);
             let old_b = buf.as_ref().map_or_else(|| pb.clone(), gpu_buffer);
             let groups = grid_1d(&gpu, "sgd_step", n, 256)?;
-            gpu.launch(&SGD_STEP, bytemuck::bytes_of(&params), &[&pb, &gpu_buffer(grad), &old_b, &gpu_buffer(&new_p), &gpu_buffer(&new_b)], groups)?;
+            // Unguarded, the guard slot holds the parameter (read-only, never read).
+            let guard_b = guard.map_or_else(|| pb.clone(), gpu_buffer);
+            gpu.launch(&SGD_STEP, bytemuck::bytes_of(&params), &[&pb, &gpu_buffer(grad), &old_b, &gpu_buffer(&new_p), &gpu_buffer(&new_b), &guard_b], groups)?;
             *param = new_p;
             *buf = with_momentum.then_some(new_b);
             Ok(())

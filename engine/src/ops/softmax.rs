@@ -151,6 +151,11 @@ impl Labels {
     pub fn values(&self) -> &[usize] {
         &self.values
     }
+
+    /// The labels' u32 buffer on a GPU (None on the CPU).
+    pub(crate) fn gpu_tensor(&self) -> Option<&Tensor> {
+        self.gpu.as_ref()
+    }
 }
 
 /// Per-sample cross-entropy losses [batch]: logsumexp(x_n) − x_n[label_n]. The mean over the

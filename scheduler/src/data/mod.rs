@@ -1,16 +1,19 @@
-//! Data sets: image folders (the ImageNet layout, JPEG and PNG), the CIFAR-10 binary format,
-//! and a synthetic generator, all decoded into one in-memory [`ImageSet`]; [`Batches`] turns
-//! a set into shuffled, augmented, normalised tensors.
-mod batches;
+//! Data sets: image folders (the ImageNet layout, JPEG and PNG) indexed on disk, the CIFAR-10
+//! binary format and a synthetic generator in memory ([`ImageSet`]), all behind one
+//! [`Source`]; the [`Loader`] turns any of them into shuffled, augmented, normalised batches
+//! on worker threads.
 mod cifar_bin;
 pub(crate) mod corrupt;
 mod folder;
+mod loader;
+mod source;
 mod synthetic;
 
-pub use batches::{Augment, Batches, Normalize};
 pub use cifar_bin::{append_cifar_bin, load_cifar_bin};
 pub use corrupt::Corruption;
-pub use folder::{decode_image, load_image_folder, FolderOptions};
+pub use folder::{decode_image, load_image_folder, FolderIndex, FolderOptions};
+pub use loader::{Augment, Batch, Loader, LoaderMemory, LoaderSpec, Normalize};
+pub use source::{materialize, Dataset, Source, Subset};
 pub use synthetic::synthetic;
 
 use std::path::PathBuf;

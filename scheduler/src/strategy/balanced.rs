@@ -4,8 +4,9 @@
 //! more than `gamma` (relative) in the last step has its weight scaled down by gamma/change,
 //! keeping each head's relative loss change per step under gamma. Test accuracy is the final
 //! head's: the auxiliary heads only shape training.
-use super::{finish, EpochData, StepOutput, Strategy, Trainer};
-use crate::train::TrainError;
+use super::{EpochData, Strategy};
+use crate::error::TrainError;
+use crate::trainer::Trainer;
 use rand::{rngs::StdRng, SeedableRng};
 use std::sync::Arc;
 use tessera_engine::autograd as ag;
@@ -33,15 +34,15 @@ impl Balanced {
     /// Creates the heads from one sample's stage outputs and hands them to the optimizer.
     fn build_heads(&mut self, t: &mut Trainer, data: &EpochData) -> Result<(), TrainError> {
         let n = t.submodel_count();
-        let (h, w) = (data.train.height, data.train.width);
+        let (h, w) = data.train.dims();
         let mut x = Var::constant(Tensor::zeros(&[1, 3, h, w], &t.device)?);
-        let rng = &mut StdRng::seed_from_u64(data.seed ^ 0xba1a);
+        let rng = &mut StdRng::seed_from_u64(data.spec.seed ^ 0xba1a);
         for stage in 0..n - 1 {
             x = tessera_engine::no_grad(|| t.model.net.forward_stage(stage, &x))?;
             let features = if x.shape().len() == 4 { x.shape()[1] } else { x.value().numel() };
             let head = Linear::new(features, t.classes, true, &t.device, rng)?;
             let params: Vec<Arc<Param>> = head.named_params().into_iter().map(|(_, p)| p).collect();
-            t.sgd.push_group(ParamGroup::new(format!("aux head {}", t.model.submodels[stage].name), params));
+            t.opt.push_group(ParamGroup::new(format!("aux head {}", t.model.submodels[stage].name), params));
             self.heads.push(head);
         }
         self.weights = vec![1.0; n];
@@ -91,7 +92,7 @@ impl Strategy for Balanced {
         Ok(format!("weights {}", self.weights.iter().map(|w| format!("{w:.2}")).collect::<Vec<_>>().join("/")))
     }
 
-    fn step(&mut self, t: &mut Trainer, x: Tensor, labels: &[usize]) -> Result<StepOutput, TrainError> {
+    fn step(&mut self, t: &mut Trainer, x: Tensor, labels: &[usize]) -> Result<(), TrainError> {
         let n = t.submodel_count();
         let mut h = Var::constant(x);
         let mut losses = Vec::with_capacity(n);
@@ -106,10 +107,13 @@ impl Strategy for Balanced {
         for (l, &w) in losses.iter().zip(&self.weights).skip(1) {
             total = ag::add(&total, &ag::scale(l, w)?)?;
         }
-        t.backward_and_update(&total)?;
-        let values = losses.iter().map(|l| Ok(l.value().to_vec()?[0])).collect::<Result<Vec<f32>, TrainError>>()?;
-        self.adapt(&values);
-        finish(losses.last().expect("the final head's loss"), &h)
+        t.backward(&total)?;
+        t.finish_step(losses.last().expect("the final head's loss"), &h, labels)?;
+        // The weights follow the heads' losses step by step: one read per step, the price
+        // of this strategy's policy (the ordinary step reads nothing).
+        let values = tessera_engine::Tensor::to_vecs(&losses.iter().map(|l| l.value().clone()).collect::<Vec<_>>())?;
+        self.adapt(&values.iter().map(|v| v[0]).collect::<Vec<f32>>());
+        Ok(())
     }
 
     fn notes(&self) -> Vec<String> {

@@ -4,8 +4,9 @@
 //! output is also pulled towards the features the back was last trained on — the front's
 //! output with its weights from the start of the phase — by an MSE term, so the back's
 //! input does not drift away from what it learned.
-use super::{finish, EpochData, StepOutput, Strategy, Trainer};
-use crate::train::TrainError;
+use super::{EpochData, Strategy};
+use crate::error::TrainError;
+use crate::trainer::Trainer;
 use std::sync::Arc;
 use tessera_engine::autograd as ag;
 use tessera_engine::nn::Param;
@@ -43,7 +44,7 @@ impl Strategy for Coupled {
         let part: Vec<usize> = if self.front_phase { (0..split).collect() } else { (split..n).collect() };
         t.set_trainable(&part);
         self.snapshot = if self.front_phase {
-            (0..split).flat_map(|i| t.sgd.groups()[i].params.iter().map(|p| (p.clone(), p.value()))).collect()
+            (0..split).flat_map(|i| t.opt.groups()[i].params.iter().map(|p| (p.clone(), p.value()))).collect()
         } else {
             Vec::new()
         };
@@ -51,7 +52,7 @@ impl Strategy for Coupled {
         Ok(format!("{}: {}", if self.front_phase { "front" } else { "back" }, names.join(",")))
     }
 
-    fn step(&mut self, t: &mut Trainer, x: Tensor, labels: &[usize]) -> Result<StepOutput, TrainError> {
+    fn step(&mut self, t: &mut Trainer, x: Tensor, labels: &[usize]) -> Result<(), TrainError> {
         if !self.front_phase {
             return t.step_from(0, x, labels);
         }
@@ -70,7 +71,7 @@ impl Strategy for Coupled {
         let diff = ag::add(&features, &ag::scale(&target, -1.0)?)?;
         let axes: Vec<usize> = (0..diff.shape().len()).collect();
         let mse = ag::mean(&ag::mul(&diff, &diff)?, &axes, false)?;
-        t.backward_and_update(&ag::add(&ce, &ag::scale(&mse, COUPLING)?)?)?;
-        finish(&ce, &logits)
+        t.backward(&ag::add(&ce, &ag::scale(&mse, COUPLING)?)?)?;
+        t.finish_step(&ce, &logits, labels)
     }
 }

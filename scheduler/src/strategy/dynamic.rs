@@ -5,11 +5,12 @@
 //! window's, it freezes and its backward work disappears from every later step. The head
 //! never freezes. `freezeout` instead anneals sub-model i's learning rate to zero at t_i
 //! (FreezeOut, through the SGD's per-group schedule).
-use super::{finish, EpochData, StepOutput, Strategy, Trainer};
-use crate::train::TrainError;
+use super::{EpochData, Strategy};
+use crate::trainer::Trainer;
+use crate::error::TrainError;
 use tessera_engine::autograd as ag;
 use tessera_engine::ops;
-use tessera_engine::optim::{FreezeOut, LrSchedule, Spacing};
+use tessera_engine::optim::{Cosine, FreezeOut, LrSchedule, Spacing};
 use tessera_engine::{no_grad, Tensor, Var};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -95,7 +96,7 @@ impl Strategy for Dynamic {
     fn schedule(&self, total_steps: usize) -> Box<dyn LrSchedule> {
         match self.criterion {
             Criterion::FreezeOut => Box::new(FreezeOut { t0: 0.5, total_steps, spacing: Spacing::Cubic, scale_lr: true }),
-            _ => Trainer::cosine(total_steps),
+            _ => Box::new(Cosine { total_steps }),
         }
     }
 
@@ -114,7 +115,7 @@ impl Strategy for Dynamic {
         Ok(if names.is_empty() { "all".into() } else { format!("frozen: {}", names.join(",")) })
     }
 
-    fn step(&mut self, t: &mut Trainer, x: Tensor, labels: &[usize]) -> Result<StepOutput, TrainError> {
+    fn step(&mut self, t: &mut Trainer, x: Tensor, labels: &[usize]) -> Result<(), TrainError> {
         let n = t.submodel_count();
         // Stage by stage, so the activation statistic can see each sub-model's output.
         let mut h = Var::constant(x);
@@ -132,13 +133,12 @@ impl Strategy for Dynamic {
                 self.current[i].push(norm);
             }
         }
-        t.sgd.step()?;
-        t.sgd.zero_grad();
+        t.finish_step(&loss, &h, labels)?;
         self.steps += 1;
         if self.criterion != Criterion::FreezeOut && self.steps.is_multiple_of(self.window) {
             self.end_window(t);
         }
-        finish(&loss, &h)
+        Ok(())
     }
 
     fn notes(&self) -> Vec<String> {

@@ -2,9 +2,10 @@
 //! train one stage each, in depth- or breadth-first order over the sub-model graph, then all
 //! together. The frozen backbone's outputs are computed once (eval mode, no augmentation) and
 //! cached, so every stage costs only the head's forward and backward.
-use super::{stage_of, EpochData, EpochStats, Strategy, Tally, Trainer};
-use crate::data::Batches;
-use crate::train::TrainError;
+use super::{stage_of, EpochData, Strategy};
+use crate::data::{Batch, Loader, LoaderSpec};
+use crate::trainer::{EpochStats, StepInfo, Trainer};
+use crate::error::TrainError;
 use rand::{rngs::StdRng, seq::SliceRandom, SeedableRng};
 use std::collections::VecDeque;
 use tessera_engine::{no_grad, Tensor, Var};
@@ -99,7 +100,9 @@ impl Fc {
         let first = self.first_head();
         t.model.net.set_training(false);
         let (mut values, mut shape, mut labels) = (Vec::new(), Vec::new(), Vec::new());
-        for b in Batches::new(data.train, data.batch, 0, 0, false, None, data.norm) {
+        let spec = LoaderSpec { workers: data.spec.workers, memory_limit: data.spec.memory_limit, ..LoaderSpec::eval(data.spec.batch) };
+        for b in Loader::new(data.train, &spec)? {
+            let b = b?;
             let x = Var::constant(Tensor::from_vec(b.x, &b.shape, &t.device)?);
             let h = no_grad(|| t.forward_stages(0..first, &x))?;
             shape = h.shape()[1..].to_vec();
@@ -130,7 +133,7 @@ impl Strategy for Fc {
         Ok(stage.iter().map(|&i| t.model.submodels[i].name.as_str()).collect::<Vec<_>>().join("+"))
     }
 
-    fn train_epoch(&mut self, t: &mut Trainer, data: &EpochData) -> Result<EpochStats, TrainError> {
+    fn train_epoch(&mut self, t: &mut Trainer, data: &EpochData, progress: &mut dyn FnMut(&StepInfo)) -> Result<EpochStats, TrainError> {
         if self.cache.is_none() {
             self.cache = Some(self.build_cache(t, data)?);
         }
@@ -138,16 +141,14 @@ impl Strategy for Fc {
         let cache = self.cache.as_ref().expect("built above");
         let per = cache.shape.iter().product::<usize>();
         let mut order: Vec<usize> = (0..cache.labels.len()).collect();
-        order.shuffle(&mut StdRng::seed_from_u64(data.seed ^ (data.epoch as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15)));
-        let mut tally = Tally::default();
-        for chunk in order.chunks(data.batch.max(1)) {
+        order.shuffle(&mut StdRng::seed_from_u64(data.spec.seed ^ (data.epoch as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15)));
+        let chunks: Vec<&[usize]> = order.chunks(data.spec.batch.max(1)).collect();
+        let batches = chunks.iter().map(|chunk| {
             let mut x = Vec::with_capacity(chunk.len() * per);
             chunk.iter().for_each(|&i| x.extend_from_slice(&cache.values[i * per..(i + 1) * per]));
             let shape: Vec<usize> = std::iter::once(chunk.len()).chain(cache.shape.iter().copied()).collect();
-            let labels: Vec<usize> = chunk.iter().map(|&i| cache.labels[i]).collect();
-            let out = t.step_from(first, Tensor::from_vec(x, &shape, &t.device)?, &labels)?;
-            tally.add(&out, &labels, t.classes);
-        }
-        Ok(tally.stats())
+            Ok(Batch { x, shape, labels: chunk.iter().map(|&i| cache.labels[i]).collect() })
+        });
+        t.run_epoch(data.epoch, first, batches, chunks.len(), &mut |t, x, labels| t.step_from(first, x, labels), progress)
     }
 }

@@ -1,6 +1,7 @@
 //! `full`: the baseline. Every sub-model trains every step.
-use super::{EpochData, Strategy, Trainer};
-use crate::train::TrainError;
+use super::{EpochData, Strategy};
+use crate::error::TrainError;
+use crate::trainer::Trainer;
 
 pub struct Full;
 

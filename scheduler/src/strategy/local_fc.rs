@@ -2,9 +2,10 @@
 //! the sub-models within `neighbors` hops of it in the dependency graph, either direction —
 //! with the rest frozen; sub-models are visited in order of importance, measured before the
 //! first stage as each sub-model's gradient norm per parameter (RMS gradient) on one batch.
-use super::{stage_of, EpochData, Strategy, Trainer};
-use crate::data::{Augment, Batches};
-use crate::train::TrainError;
+use super::{stage_of, EpochData, Strategy};
+use crate::data::Loader;
+use crate::error::TrainError;
+use crate::trainer::Trainer;
 use tessera_engine::autograd as ag;
 use tessera_engine::{Tensor, Var};
 use tessera_models::Model;
@@ -25,18 +26,17 @@ impl LocalFc {
     fn rank(&mut self, t: &mut Trainer, data: &EpochData) -> Result<(), TrainError> {
         let n = t.submodel_count();
         t.set_trainable(&(0..n).collect::<Vec<_>>());
-        let b = Batches::new(data.train, data.batch, data.seed, 0, true, Some(Augment::CIFAR), data.norm)
-            .next()
-            .ok_or_else(|| TrainError::Config("local-fc needs a non-empty training set".into()))?;
+        let spec = crate::data::LoaderSpec { epoch: 0, ..data.spec.clone() };
+        let b = Loader::new(data.train, &spec)?.next().ok_or_else(|| TrainError::Config("local-fc needs a non-empty training set".into()))??;
         let logits = t.forward_stages(0..n, &Var::constant(Tensor::from_vec(b.x, &b.shape, &t.device)?))?;
         ag::cross_entropy(&logits, &b.labels)?.backward()?;
         let norms = t.grad_norms()?;
-        t.sgd.zero_grad();
+        t.opt.zero_grad();
         let mut order: Vec<(usize, f32)> = norms
             .into_iter()
             .enumerate()
             .map(|(i, norm)| {
-                let count: usize = t.sgd.groups()[i].params.iter().map(|p| p.value().numel()).sum();
+                let count: usize = t.opt.groups()[i].params.iter().map(|p| p.value().numel()).sum();
                 (i, norm / (count.max(1) as f32).sqrt())
             })
             .collect();

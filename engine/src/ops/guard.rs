@@ -1,0 +1,212 @@
+//! The training step's guard and running metrics, kept on the step's device so that a step
+//! never waits for the host: a non-finite loss or gradient flags the step (the optimizer
+//! kernels then leave weights and their state untouched), and loss, correct predictions and
+//! images of the applied steps add up where they are computed. The host reads the few values
+//! at progress refreshes. Kernel: shaders/wgsl/guard.wgsl; CPU twin below; tests:
+//! tests/step_guard.rs.
+use super::{cpu_data, gpu_buffer, grid_1d, same_device, to_u32, Labels};
+use crate::device::Device;
+use crate::error::{shape_err, Result};
+use crate::tensor::Tensor;
+use tessera_shaders::guard as k;
+
+/// Values in the state vector (guard.wgsl names each).
+const STATE_LEN: usize = 8;
+const FLAG: usize = 0;
+const FLAGGED: usize = 1;
+const FIRST_FLAGGED: usize = 2;
+const APPLIED: usize = 3;
+const LOSS_SUM: usize = 4;
+const HITS: usize = 5;
+const IMAGES: usize = 6;
+
+#[repr(C)]
+#[derive(Clone, Copy, Default, bytemuck::Pod, bytemuck::Zeroable)]
+struct GuardParams {
+    n: u32,
+    step: u32,
+    sticky: u32,
+    classes: u32,
+}
+
+/// What the host reads of a [`StepGuard`].
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct StepTotals {
+    /// Steps flagged for a non-finite loss or gradient, and the first of them (1-based).
+    pub flagged_steps: usize,
+    pub first_flagged_step: Option<usize>,
+    /// Steps whose update was applied.
+    pub applied_steps: usize,
+    /// Over the applied steps since the last [`StepGuard::reset_metrics`]: Σ mean loss × batch,
+    /// correct top-1 predictions, images.
+    pub loss_sum: f64,
+    pub hits: usize,
+    pub images: usize,
+}
+
+impl StepTotals {
+    pub fn mean_loss(&self) -> f32 {
+        (self.loss_sum / self.images.max(1) as f64) as f32
+    }
+
+    pub fn accuracy(&self) -> f32 {
+        self.hits as f32 / self.images.max(1) as f32
+    }
+}
+
+/// The state vector on its device, and whether a flag outlives its step (`sticky`: a run that
+/// stops at the first bad step keeps every later step from updating, so the weights stay as
+/// they were before it until the host notices).
+pub struct StepGuard {
+    state: Tensor,
+    sticky: bool,
+    /// Bound in the value slot of kernels that read none (it must not alias the state).
+    placeholder: Tensor,
+}
+
+impl StepGuard {
+    pub fn new(device: &Device, sticky: bool) -> Result<Self> {
+        Ok(Self { state: Tensor::zeros(&[STATE_LEN], device)?, sticky, placeholder: Tensor::zeros(&[1], device)? })
+    }
+
+    /// The state the optimizer kernels read (value 0: this step's flag).
+    pub fn state(&self) -> &Tensor {
+        &self.state
+    }
+
+    /// Starts a step: clears the flag, unless sticky.
+    pub fn open(&mut self) -> Result<()> {
+        let sticky = self.sticky;
+        let params = GuardParams { sticky: sticky as u32, ..Default::default() };
+        self.launch(&k::GUARD_OPEN, params, None, None, 1, |s| {
+            if !sticky {
+                s[FLAG] = 0.0;
+            }
+        })
+    }
+
+    /// Flags the step if any value of `t` is NaN or infinite.
+    pub fn check(&mut self, t: &Tensor) -> Result<()> {
+        same_device("guard_check", &[&self.state, t])?;
+        let params = GuardParams { n: to_u32("guard_check", t.numel())?, ..Default::default() };
+        let bad = match t.device() {
+            Device::Cpu(_) => cpu_data(t).iter().any(|v| !v.is_finite()),
+            Device::Gpu(_) => false,
+        };
+        self.launch(&k::GUARD_CHECK, params, Some(t), None, t.numel(), |s| {
+            if bad {
+                s[FLAG] = 1.0;
+            }
+        })
+    }
+
+    /// Adds a batch's mean `loss` (a scalar), its size and its correct predictions (first
+    /// largest logit at the label, rows of `logits` [batch, classes]), unless flagged.
+    pub fn add_metrics(&mut self, loss: &Tensor, logits: &Tensor, labels: &Labels) -> Result<()> {
+        same_device("guard_metrics", &[&self.state, loss, logits])?;
+        let &[rows, classes] = logits.shape() else {
+            return Err(shape_err("guard_metrics", format!("logits must be [batch, classes], got {:?}", logits.shape())));
+        };
+        if loss.numel() != 1 || classes == 0 {
+            return Err(shape_err("guard_metrics", format!("a scalar loss and at least one class, got {:?} and {:?}", loss.shape(), logits.shape())));
+        }
+        let (n, c) = (to_u32("guard_metrics", rows)?, to_u32("guard_metrics", classes)?);
+        let hits = match logits.device() {
+            Device::Cpu(_) => cpu_data(logits).chunks(classes).zip(labels.values()).filter(|(row, &l)| first_argmax(row) == l).count(),
+            Device::Gpu(_) => 0,
+        };
+        let loss_value = match loss.device() {
+            Device::Cpu(_) => cpu_data(loss)[0],
+            Device::Gpu(_) => 0.0,
+        };
+        self.launch(&k::GUARD_LOSS, GuardParams { n, ..Default::default() }, Some(loss), None, 1, |s| {
+            if s[FLAG] == 0.0 {
+                s[LOSS_SUM] += loss_value * rows as f32;
+                s[IMAGES] += rows as f32;
+            }
+        })?;
+        // guard_hits is one workgroup whatever the batch: its rows loop inside.
+        self.launch(&k::GUARD_HITS, GuardParams { n, classes: c, ..Default::default() }, Some(logits), labels.gpu_tensor(), 1, |s| {
+            if s[FLAG] == 0.0 {
+                s[HITS] += hits as f32;
+            }
+        })
+    }
+
+    /// Ends step `step` (1-based): counts it as flagged or applied.
+    pub fn close(&mut self, step: usize) -> Result<()> {
+        let params = GuardParams { step: to_u32("guard_close", step)?, ..Default::default() };
+        self.launch(&k::GUARD_CLOSE, params, None, None, 1, |s| {
+            if s[FLAG] != 0.0 {
+                s[FLAGGED] += 1.0;
+                if s[FIRST_FLAGGED] == 0.0 {
+                    s[FIRST_FLAGGED] = step as f32;
+                }
+            } else {
+                s[APPLIED] += 1.0;
+            }
+        })
+    }
+
+    /// Reads the totals: one host read on a GPU.
+    pub fn read(&self) -> Result<StepTotals> {
+        let s = self.state.to_vec()?;
+        Ok(StepTotals {
+            flagged_steps: s[FLAGGED] as usize,
+            first_flagged_step: (s[FIRST_FLAGGED] != 0.0).then_some(s[FIRST_FLAGGED] as usize),
+            applied_steps: s[APPLIED] as usize,
+            loss_sum: s[LOSS_SUM] as f64,
+            hits: s[HITS] as usize,
+            images: s[IMAGES] as usize,
+        })
+    }
+
+    /// Zeroes the metrics (an epoch's start), keeping the guard's counts from `totals` (the
+    /// last [`StepGuard::read`]) and clearing any flag: an upload, not a read.
+    pub fn reset_metrics(&mut self, totals: &StepTotals) -> Result<()> {
+        let mut s = vec![0f32; STATE_LEN];
+        s[FLAGGED] = totals.flagged_steps as f32;
+        s[FIRST_FLAGGED] = totals.first_flagged_step.unwrap_or(0) as f32;
+        s[APPLIED] = totals.applied_steps as f32;
+        self.state = Tensor::from_vec(s, &[STATE_LEN], self.state.device())?;
+        Ok(())
+    }
+
+    /// Runs one guard kernel over `invocations` on a GPU (bindings: `values` or the state's
+    /// own buffer as a stand-in, `labels` likewise, the state), or `cpu` on the host values.
+    fn launch(
+        &mut self,
+        kernel: &tessera_shaders::Kernel,
+        params: GuardParams,
+        values: Option<&Tensor>,
+        labels: Option<&Tensor>,
+        invocations: usize,
+        cpu: impl FnOnce(&mut [f32]),
+    ) -> Result<()> {
+        match self.state.device().clone() {
+            Device::Cpu(_) => {
+                cpu(self.state.cpu_values_mut());
+                Ok(())
+            }
+            Device::Gpu(gpu) => {
+                let state = gpu_buffer(&self.state);
+                // Read-only stand-ins must not alias the read-write state.
+                let values = gpu_buffer(values.unwrap_or(&self.placeholder));
+                let labels = labels.map_or_else(|| values.clone(), gpu_buffer);
+                let groups = if invocations > 1 { grid_1d(&gpu, kernel.entry, invocations, 256)? } else { [1, 1, 1] };
+                gpu.launch(kernel, bytemuck::bytes_of(&params), &[&values, &labels, &state], groups)
+            }
+        }
+    }
+}
+
+/// The index of the first largest value (the GPU kernel's tie rule).
+fn first_argmax(row: &[f32]) -> usize {
+    let mut best = 0;
+    for (j, &v) in row.iter().enumerate().skip(1) {
+        if v > row[best] {
+            best = j;
+        }
+    }
+    best
+}

@@ -1,0 +1,288 @@
+//! The input pipeline: worker threads read, augment and normalise whole batches ahead of the
+//! step within a memory budget, so memory is bounded by the budget, not the data set. Worker w
+//! builds batches w, w + W, …; the consumer takes them in order, and each image's random
+//! choices are seeded by (seed, epoch, position), so the batches are the same whatever the
+//! worker count and a resumed run sees exactly the batches it would have.
+use super::{DataError, Dataset, Result};
+use rand::{rngs::StdRng, seq::SliceRandom, Rng, SeedableRng};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::mpsc::{channel, Receiver};
+use std::sync::{Arc, Condvar, Mutex};
+use std::thread::JoinHandle;
+
+/// (x / 255 − mean) / std per channel.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Normalize {
+    pub mean: [f32; 3],
+    pub std: [f32; 3],
+}
+
+impl Normalize {
+    pub const CIFAR10: Self = Self { mean: [0.4914, 0.4822, 0.4465], std: [0.2470, 0.2435, 0.2616] };
+    pub const IMAGENET: Self = Self { mean: [0.485, 0.456, 0.406], std: [0.229, 0.224, 0.225] };
+}
+
+/// Training augmentation: a random crop of the image padded by `pad` zeros on each side, and
+/// a horizontal flip with probability ½.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Augment {
+    pub pad: usize,
+    pub flip: bool,
+}
+
+impl Augment {
+    pub const CIFAR: Self = Self { pad: 4, flip: true };
+}
+
+/// A batch: pixels as f32 in NCHW order with their shape, and labels.
+#[derive(Clone, Debug)]
+pub struct Batch {
+    pub x: Vec<f32>,
+    pub shape: Vec<usize>,
+    pub labels: Vec<usize>,
+}
+
+/// How one pass over a data set is batched.
+#[derive(Clone, Debug)]
+pub struct LoaderSpec {
+    pub batch: usize,
+    pub seed: u64,
+    pub epoch: u64,
+    pub shuffle: bool,
+    pub augment: Option<Augment>,
+    pub norm: Normalize,
+    /// Reader threads (0: one per core).
+    pub workers: usize,
+    /// Bytes of batches the loader may hold at once (queued or being built); none: three
+    /// batches per worker.
+    pub memory_limit: Option<usize>,
+}
+
+impl LoaderSpec {
+    /// A training epoch: shuffled, CIFAR augmentation, CIFAR-10 normalisation.
+    pub fn train(batch: usize, seed: u64, epoch: u64) -> Self {
+        Self { batch, seed, epoch, shuffle: true, augment: Some(Augment::CIFAR), norm: Normalize::CIFAR10, workers: 0, memory_limit: None }
+    }
+
+    /// An evaluation pass: in order, no augmentation.
+    pub fn eval(batch: usize) -> Self {
+        Self { shuffle: false, augment: None, ..Self::train(batch, 0, 0) }
+    }
+
+    pub fn with_workers(self, workers: usize) -> Self {
+        Self { workers, ..self }
+    }
+}
+
+/// The loader's memory budget: bytes of batches held (being built, queued), granted to the
+/// batches strictly in order — so the batch the consumer waits for is never starved by later
+/// ones — and returned when the consumer takes a batch.
+#[derive(Debug)]
+pub struct LoaderMemory {
+    /// (bytes held, the next batch to be granted, closed)
+    state: Mutex<(usize, usize, bool)>,
+    changed: Condvar,
+    limit: usize,
+    peak: AtomicUsize,
+}
+
+impl LoaderMemory {
+    fn new(limit: usize) -> Self {
+        Self { state: Mutex::new((0, 0, false)), changed: Condvar::new(), limit, peak: AtomicUsize::new(0) }
+    }
+
+    /// Waits until batch `index` is next and its `bytes` fit (a batch always fits an empty
+    /// budget); false once the loader is closed.
+    fn acquire(&self, index: usize, bytes: usize) -> bool {
+        let mut s = self.state.lock().expect("loader budget poisoned");
+        loop {
+            if s.2 {
+                return false;
+            }
+            if s.1 == index && (s.0 == 0 || s.0 + bytes <= self.limit) {
+                break;
+            }
+            s = self.changed.wait(s).expect("loader budget poisoned");
+        }
+        s.0 += bytes;
+        s.1 += 1;
+        self.peak.fetch_max(s.0, Ordering::SeqCst);
+        self.changed.notify_all();
+        true
+    }
+
+    fn release(&self, bytes: usize) {
+        self.state.lock().expect("loader budget poisoned").0 -= bytes;
+        self.changed.notify_all();
+    }
+
+    fn close(&self) {
+        self.state.lock().expect("loader budget poisoned").2 = true;
+        self.changed.notify_all();
+    }
+
+    /// The most bytes held at once.
+    pub fn peak_bytes(&self) -> usize {
+        self.peak.load(Ordering::SeqCst)
+    }
+}
+
+/// One pass over a data set as batches, in order.
+pub struct Loader {
+    queues: Vec<Receiver<Result<Batch>>>,
+    next: usize,
+    count: usize,
+    batch_bytes: usize,
+    memory: Arc<LoaderMemory>,
+    workers: Vec<JoinHandle<()>>,
+}
+
+/// Bytes one batch of `images` takes while the loader holds it.
+fn bytes_of(images: usize, (h, w): (usize, usize)) -> usize {
+    images * 3 * h * w * std::mem::size_of::<f32>()
+}
+
+impl Loader {
+    /// Starts the workers over `set` per `spec`.
+    pub fn new(set: &Dataset, spec: &LoaderSpec) -> Result<Self> {
+        let batch = spec.batch.max(1);
+        let mut order: Vec<usize> = (0..set.len()).collect();
+        if spec.shuffle {
+            order.shuffle(&mut StdRng::seed_from_u64(spec.seed.wrapping_mul(1_000_003).wrapping_add(spec.epoch)));
+        }
+        let count = order.len().div_ceil(batch);
+        let batch_bytes = bytes_of(batch.min(order.len()).max(1), set.dims());
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        let workers = if spec.workers == 0 { cores } else { spec.workers }.clamp(1, count.max(1));
+        let limit = match spec.memory_limit {
+            Some(limit) if limit < batch_bytes => {
+                return Err(DataError::Layout {
+                    path: "<loader>".into(),
+                    detail: format!("a memory limit of {limit} bytes holds no batch of {batch} images ({batch_bytes} bytes); raise it or lower the batch"),
+                });
+            }
+            Some(limit) => limit,
+            None => 3 * workers * batch_bytes,
+        };
+        let memory = Arc::new(LoaderMemory::new(limit));
+        let order = Arc::new(order);
+        let (mut queues, mut handles) = (Vec::new(), Vec::new());
+        for w in 0..workers {
+            // Unbounded: the memory budget, not the queue, bounds what waits in it.
+            let (tx, rx) = channel();
+            let (set, order, memory, spec) = (set.clone(), order.clone(), memory.clone(), spec.clone());
+            let handle = std::thread::Builder::new()
+                .name(format!("tessera-loader-{w}"))
+                .spawn(move || {
+                    for b in (w..count).step_by(workers) {
+                        let idx = &order[b * batch..((b + 1) * batch).min(order.len())];
+                        let bytes = bytes_of(idx.len(), set.dims());
+                        if !memory.acquire(b, bytes) {
+                            return; // the loader was dropped
+                        }
+                        let built = build_batch(&set, idx, b * batch, &spec);
+                        let failed = built.is_err();
+                        if failed {
+                            memory.release(bytes);
+                        }
+                        if tx.send(built).is_err() || failed {
+                            return; // the consumer is gone, or this pass ends at the error
+                        }
+                    }
+                })
+                .map_err(|error| DataError::Io { path: "<loader thread>".into(), error })?;
+            queues.push(rx);
+            handles.push(handle);
+        }
+        Ok(Self { queues, next: 0, count, batch_bytes, memory, workers: handles })
+    }
+
+    /// Batches in this pass.
+    pub fn len(&self) -> usize {
+        self.count
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.count == 0
+    }
+
+    /// The loader's memory accounting (bytes of batches held, and the peak).
+    pub fn memory(&self) -> Arc<LoaderMemory> {
+        self.memory.clone()
+    }
+
+    /// Bytes of one full batch.
+    pub fn batch_bytes(&self) -> usize {
+        self.batch_bytes
+    }
+}
+
+impl Iterator for Loader {
+    type Item = Result<Batch>;
+
+    fn next(&mut self) -> Option<Result<Batch>> {
+        if self.next >= self.count {
+            return None;
+        }
+        let queue = &self.queues[self.next % self.queues.len()];
+        self.next += 1;
+        let batch = match queue.recv() {
+            Ok(b) => b,
+            Err(_) => Err(DataError::Layout { path: "<loader>".into(), detail: "a loader thread ended early (it panicked)".into() }),
+        };
+        if let Ok(b) = &batch {
+            self.memory.release(b.x.len() * std::mem::size_of::<f32>());
+        }
+        if batch.is_err() {
+            self.next = self.count; // an error ends the pass
+        }
+        Some(batch)
+    }
+}
+
+impl Drop for Loader {
+    fn drop(&mut self) {
+        self.memory.close(); // workers waiting for memory stop
+        self.queues.clear(); // workers sending see the queue gone and stop
+        for h in self.workers.drain(..) {
+            let _ = h.join();
+        }
+    }
+}
+
+/// Reads, augments and normalises images `idx` (at positions `first`… of the pass).
+fn build_batch(set: &Dataset, idx: &[usize], first: usize, spec: &LoaderSpec) -> Result<Batch> {
+    let (h, w) = set.dims();
+    let len = 3 * h * w;
+    let mut pixels = vec![0u8; len];
+    let mut x = Vec::with_capacity(idx.len() * len);
+    for (k, &i) in idx.iter().enumerate() {
+        set.read_into(i, &mut pixels)?;
+        let (dy, dx, flip) = match spec.augment {
+            Some(a) => {
+                let position = (first + k) as u64;
+                let rng = &mut StdRng::seed_from_u64(spec.seed ^ spec.epoch.wrapping_mul(0x9e37_79b9_7f4a_7c15) ^ position.wrapping_mul(0xbf58_476d_1ce4_e5b9));
+                let p = a.pad as isize;
+                (rng.gen_range(-p..=p), rng.gen_range(-p..=p), a.flip && rng.gen_bool(0.5))
+            }
+            None => (0, 0, false),
+        };
+        for c in 0..3 {
+            let (mean, std) = (spec.norm.mean[c], spec.norm.std[c]);
+            let plane = &pixels[c * h * w..(c + 1) * h * w];
+            for y in 0..h {
+                let ys = y as isize + dy;
+                for xo in 0..w {
+                    let xs = if flip { w - 1 - xo } else { xo } as isize + dx;
+                    let v = if ys >= 0 && (ys as usize) < h && xs >= 0 && (xs as usize) < w {
+                        plane[ys as usize * w + xs as usize] as f32 / 255.0
+                    } else {
+                        0.0 // zero padding, before normalisation as torchvision's RandomCrop
+                    };
+                    x.push((v - mean) / std);
+                }
+            }
+        }
+    }
+    Ok(Batch { x, shape: vec![idx.len(), 3, h, w], labels: idx.iter().map(|&i| set.label(i)).collect() })
+}

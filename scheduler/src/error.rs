@@ -1,0 +1,26 @@
+//! The error of every training, evaluation and analysis call.
+use std::path::PathBuf;
+use tessera_engine::checkpoint;
+use thiserror::Error;
+
+#[derive(Debug, Error)]
+pub enum TrainError {
+    #[error(transparent)]
+    Data(#[from] crate::data::DataError),
+    #[error(transparent)]
+    Model(#[from] tessera_models::ModelError),
+    #[error(transparent)]
+    Engine(#[from] tessera_engine::Error),
+    #[error(transparent)]
+    Checkpoint(#[from] checkpoint::CheckpointError),
+    #[error("{path}: {error}")]
+    Io { path: PathBuf, error: std::io::Error },
+    #[error("non-finite {what} at epoch {epoch}, step {step}; first seen in {place} (the last good checkpoint is kept; --on-nan skip skips such batches)")]
+    NonFinite { epoch: usize, step: usize, what: String, place: String },
+    #[error("cannot resume: {0}")]
+    Resume(String),
+    #[error("{0}")]
+    Config(String),
+    #[error(transparent)]
+    Plot(#[from] crate::plot::PlotError),
+}

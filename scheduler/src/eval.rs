@@ -1,0 +1,121 @@
+//! Evaluation of a model on a data set: loss and accuracy counted on the device (one read per
+//! pass), or the full report with per-sample losses and the confusion matrix.
+use crate::data::{Dataset, Loader, LoaderSpec};
+use crate::error::TrainError;
+use crate::run_state::{load_splits, load_weights};
+use std::path::Path;
+use tessera_engine::checkpoint::{self, Checkpoint};
+use tessera_engine::ops::{self, Labels, StepGuard};
+use tessera_engine::{no_grad, Device, Tensor, Var};
+use tessera_models::{build, Model};
+
+/// Index of the largest value (the predicted class of a row of logits).
+pub(crate) fn argmax(row: &[f32]) -> usize {
+    row.iter().enumerate().max_by(|a, b| a.1.total_cmp(b.1)).map_or(0, |(j, _)| j)
+}
+
+/// Loss, accuracy and confusion matrix of a model on a data set.
+#[derive(Clone, Debug)]
+pub struct EvalReport {
+    pub loss: f32,
+    pub accuracy: f32,
+    /// confusion[true][predicted]
+    pub confusion: Vec<Vec<usize>>,
+    pub classes: Vec<String>,
+    /// Per test sample, in set order: its cross-entropy and whether the top class was right.
+    pub sample_loss: Vec<f32>,
+    pub sample_correct: Vec<bool>,
+}
+
+/// Runs `model` (eval mode, no gradients) over `set` in order, handing each batch's logits
+/// and labels to `each`.
+fn for_each_batch(model: &Model, set: &Dataset, spec: &LoaderSpec, device: &Device, mut each: impl FnMut(&Tensor, &[usize]) -> Result<(), TrainError>) -> Result<(), TrainError> {
+    model.net.set_training(false);
+    let done = Loader::new(set, spec).map_err(TrainError::from).and_then(|loader| {
+        loader.into_iter().try_for_each(|b| {
+            let b = b?;
+            no_grad(|| {
+                let logits = model.net.forward(&Var::constant(Tensor::from_vec(b.x, &b.shape, device)?))?;
+                each(logits.value(), &b.labels)
+            })
+        })
+    });
+    model.net.set_training(true);
+    done
+}
+
+/// Evaluates `model` on `set`: per-sample losses and the confusion matrix (host reads per batch).
+pub fn evaluate_full(model: &Model, set: &Dataset, spec: &LoaderSpec, device: &Device) -> Result<EvalReport, TrainError> {
+    let classes = set.classes().len();
+    let mut confusion = vec![vec![0usize; classes]; classes];
+    let (mut sample_loss, mut sample_correct) = (Vec::with_capacity(set.len()), Vec::with_capacity(set.len()));
+    for_each_batch(model, set, spec, device, |logits, labels| {
+        let labelled = Labels::new(logits, labels)?;
+        sample_loss.extend(ops::cross_entropy_per_sample(logits, &labelled)?.to_vec()?);
+        let values = logits.to_vec()?;
+        for (i, &label) in labels.iter().enumerate() {
+            let predicted = argmax(&values[i * classes..(i + 1) * classes]);
+            confusion[label][predicted] += 1;
+            sample_correct.push(predicted == label);
+        }
+        Ok(())
+    })?;
+    let n = set.len().max(1);
+    let correct: usize = (0..classes).map(|k| confusion[k][k]).sum();
+    let loss = (sample_loss.iter().map(|&l| l as f64).sum::<f64>() / n as f64) as f32;
+    Ok(EvalReport { loss, accuracy: correct as f32 / n as f32, confusion, classes: set.classes().to_vec(), sample_loss, sample_correct })
+}
+
+/// Mean loss and accuracy of `model` on `set`, summed on the device: one host read.
+pub fn evaluate(model: &Model, set: &Dataset, spec: &LoaderSpec, device: &Device) -> Result<(f32, f32), TrainError> {
+    let mut tally = StepGuard::new(device, false)?;
+    for_each_batch(model, set, spec, device, |logits, labels| {
+        let labelled = Labels::new(logits, labels)?;
+        let loss = ops::mean(&ops::cross_entropy_per_sample(logits, &labelled)?, &[0], false)?;
+        tally.add_metrics(&loss, logits, &labelled)?;
+        Ok(())
+    })?;
+    let totals = tally.read()?;
+    Ok((totals.mean_loss(), totals.accuracy()))
+}
+
+/// The model a training checkpoint holds (its metadata names the architecture; the class
+/// count is read off the final layer), with the checkpoint's weights loaded.
+pub fn model_from_checkpoint(path: &Path, ckpt: &Checkpoint, device: &Device) -> Result<Model, TrainError> {
+    let format = |detail: String| TrainError::Checkpoint(checkpoint::CheckpointError::Format { path: path.into(), detail });
+    let name = ckpt.metadata.get("model").cloned().ok_or_else(|| format("no `model` in its metadata".into()))?;
+    // The last parameter of every model is its classifier's bias or weight, [classes(, in)].
+    let probe = build(&name, 1, &Device::cpu(), 0)?;
+    let (head, _) = probe.net.named_params().pop().ok_or_else(|| format(format!("model `{name}` has no parameters")))?;
+    let classes = match ckpt.tensors.get(&head) {
+        Some((_, shape)) if !shape.is_empty() && shape[0] > 0 => shape[0],
+        Some((_, shape)) => return Err(format(format!("tensor `{head}` has shape {shape:?}, not [classes, …]"))),
+        None => return Err(format(format!("tensor `{head}` is missing"))),
+    };
+    let model = build(&name, classes, device, 0)?;
+    load_weights(&model, ckpt, device)?;
+    Ok(model)
+}
+
+/// Evaluates a training checkpoint (its metadata names the model) on `data/test`.
+pub fn evaluate_checkpoint(path: &Path, data: &Path, device: &str, batch: usize) -> Result<EvalReport, TrainError> {
+    let device = Device::parse(device)?;
+    let ckpt = Checkpoint::load(path)?;
+    let model = model_from_checkpoint(path, &ckpt, &device)?;
+    let (_, test) = load_splits(data, None)?;
+    if test.classes().len() != model_classes(&model) {
+        return Err(TrainError::Config(format!(
+            "{} holds a {}-class model; {} has {} classes",
+            path.display(),
+            model_classes(&model),
+            data.display(),
+            test.classes().len()
+        )));
+    }
+    evaluate_full(&model, &test, &LoaderSpec::eval(batch), &device)
+}
+
+/// The class count of a built model (its last parameter's first dimension).
+fn model_classes(model: &Model) -> usize {
+    model.net.named_params().last().map_or(0, |(_, p)| p.value().shape().first().copied().unwrap_or(0))
+}

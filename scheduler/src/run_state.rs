@@ -1,0 +1,133 @@
+//! A run's data and saved state: the train/test split of a data folder, per-epoch checkpoints
+//! (weights, buffers, optimizer state, step, dropout seeds) and resuming from the newest.
+use crate::data::{load_cifar_bin, Dataset, FolderIndex, FolderOptions, ImageSet};
+use crate::error::TrainError;
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use tessera_engine::checkpoint::{self, Checkpoint};
+use tessera_engine::optim::{Optimizer, Rule};
+use tessera_engine::{Device, Tensor};
+use tessera_models::Model;
+
+/// The train and test sets under `data`: the CIFAR-10 binary release (`data_batch_1.bin` …
+/// `data_batch_5.bin`, `test_batch.bin`, decoded into memory: 180 MB) when present, else
+/// `train/` and `test/` image folders, indexed and read image by image as batches need them.
+pub fn load_splits(data: &Path, limit_per_class: Option<usize>) -> Result<(Dataset, Dataset), TrainError> {
+    if data.join("data_batch_1.bin").is_file() {
+        let train: Vec<PathBuf> = (1..=5).map(|i| data.join(format!("data_batch_{i}.bin"))).collect();
+        let train_refs: Vec<&Path> = train.iter().map(PathBuf::as_path).collect();
+        let limit = |set: ImageSet| -> Dataset {
+            Arc::new(match limit_per_class {
+                None => set,
+                Some(n) => set.first_per_class(n),
+            })
+        };
+        return Ok((limit(load_cifar_bin(&train_refs)?), limit(load_cifar_bin(&[&data.join("test_batch.bin")])?)));
+    }
+    let opts = FolderOptions { limit_per_class, ..Default::default() };
+    Ok((Arc::new(FolderIndex::new(&data.join("train"), &opts)?), Arc::new(FolderIndex::new(&data.join("test"), &opts)?)))
+}
+
+/// The optimizer's name in checkpoint metadata.
+fn rule_name(rule: Rule) -> &'static str {
+    match rule {
+        Rule::Sgd(_) => "sgd",
+        Rule::AdamW(_) => "adamw",
+    }
+}
+
+/// What a checkpoint records besides tensors.
+pub struct CheckpointMeta<'a> {
+    pub model: &'a str,
+    pub epoch: usize,
+    pub seed: u64,
+}
+
+/// Saves weights, buffers, optimizer state and the step to `dir/epoch-NNN.safetensors`.
+pub fn save_checkpoint(dir: &Path, model: &Model, opt: &Optimizer, meta: &CheckpointMeta) -> Result<PathBuf, TrainError> {
+    let mut tensors: Vec<(String, Tensor)> = model.net.named_params().into_iter().map(|(n, p)| (n, p.value())).collect();
+    tensors.extend(model.net.named_buffers().into_iter().map(|(n, b)| (n, b.value())));
+    for (n, p) in model.net.named_params() {
+        for (state, t) in opt.state_of(&p) {
+            tensors.push((format!("optimizer.{state}.{n}"), t));
+        }
+    }
+    let mut metadata = HashMap::from([
+        ("model".to_string(), meta.model.to_string()),
+        ("epoch".to_string(), meta.epoch.to_string()),
+        ("step".to_string(), opt.steps_taken().to_string()),
+        ("seed".to_string(), meta.seed.to_string()),
+        ("optimizer".to_string(), rule_name(opt.rule()).to_string()),
+    ]);
+    for (name, counter) in model.net.named_counters() {
+        metadata.insert(format!("counter.{name}"), counter.load(Ordering::Relaxed).to_string());
+    }
+    let path = dir.join(format!("epoch-{:03}.safetensors", meta.epoch));
+    checkpoint::save(&path, &tensors, &metadata)?;
+    Ok(path)
+}
+
+/// Loads a checkpoint's weights and buffers into `model` (names and shapes checked).
+pub fn load_weights(model: &Model, ckpt: &Checkpoint, device: &Device) -> Result<(), TrainError> {
+    for (name, p) in model.net.named_params() {
+        p.set_value(ckpt.tensor(&name, p.value().shape(), device)?);
+    }
+    for (name, b) in model.net.named_buffers() {
+        b.set_value(ckpt.tensor(&name, b.value().shape(), device)?);
+    }
+    Ok(())
+}
+
+/// The newest `epoch-NNN.safetensors` in `dir`, with its epoch.
+fn latest_checkpoint(dir: &Path) -> Result<Option<(usize, PathBuf)>, TrainError> {
+    let entries = std::fs::read_dir(dir).map_err(|error| TrainError::Io { path: dir.into(), error })?;
+    Ok(entries
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter_map(|p| {
+            let epoch = p.file_name()?.to_str()?.strip_prefix("epoch-")?.strip_suffix(".safetensors")?.parse().ok()?;
+            Some((epoch, p))
+        })
+        .max())
+}
+
+/// Restores weights, buffers, optimizer state, the step count and dropout seeds from the
+/// newest checkpoint in `dir`; returns its epoch.
+pub fn resume_from(dir: &Path, model: &Model, opt: &mut Optimizer, model_name: &str, device: &Device) -> Result<usize, TrainError> {
+    let (epoch, path) = latest_checkpoint(dir)?.ok_or_else(|| TrainError::Resume(format!("no epoch-NNN.safetensors in {}", dir.display())))?;
+    let ckpt = Checkpoint::load(&path)?;
+    let meta = |k: &str| ckpt.metadata.get(k).cloned().unwrap_or_default();
+    if meta("model") != model_name {
+        return Err(TrainError::Resume(format!("{} holds model `{}`, not `{model_name}`", path.display(), meta("model"))));
+    }
+    // Checkpoints from before AdamW hold SGD state and no `optimizer` key.
+    let saved = ckpt.metadata.get("optimizer").map_or("sgd", String::as_str);
+    if saved != rule_name(opt.rule()) {
+        return Err(TrainError::Resume(format!("{} was trained with --optimizer {saved}, not {}", path.display(), rule_name(opt.rule()))));
+    }
+    load_weights(model, &ckpt, device)?;
+    let mut states = Vec::new();
+    for (name, p) in model.net.named_params() {
+        let mut found = HashMap::new();
+        for &state in opt.rule().state_names() {
+            let key = format!("optimizer.{state}.{name}");
+            if ckpt.tensors.contains_key(&key) {
+                let shape = if state == "step" { vec![1] } else { p.value().shape().to_vec() };
+                found.insert(state, ckpt.tensor(&key, &shape, device)?);
+            }
+        }
+        // A parameter without state had not taken a step yet (frozen, or no momentum).
+        if !found.is_empty() {
+            states.push((p.clone(), found));
+        }
+    }
+    let step = meta("step").parse().map_err(|_| TrainError::Resume(format!("{}: bad `step` metadata", path.display())))?;
+    opt.restore(step, states).map_err(|e| TrainError::Resume(format!("{}: {e}", path.display())))?;
+    for (name, counter) in model.net.named_counters() {
+        if let Ok(v) = meta(&format!("counter.{name}")).parse() {
+            counter.store(v, Ordering::Relaxed);
+        }
+    }
+    Ok(epoch)
+}

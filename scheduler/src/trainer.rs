@@ -1,0 +1,383 @@
+//! The one training loop. Every command that trains — `train`, each `compare` strategy,
+//! `run-task`, the correlation probes, `bench train` — runs its steps through [`Trainer`]: a
+//! model, the optimizer built from an [`OptimConfig`], FLOP counters, and the step guard that
+//! keeps loss and accuracy sums and the non-finite check on the device. A step reads nothing
+//! back; the host reads the guard's few values at progress refreshes and at an epoch's end.
+use crate::data::{Batch, DataError};
+use crate::error::TrainError;
+use std::time::{Duration, Instant};
+use tessera_engine::autograd as ag;
+use tessera_engine::ops::gemm::count_gemm_flops;
+use tessera_engine::ops::{AdamWHyper, Labels, SgdHyper, StepGuard, StepTotals};
+use tessera_engine::optim::{LrSchedule, Optimizer, ParamGroup, Rule, Warmup};
+use tessera_engine::{no_grad, Device, Tensor, Var};
+use tessera_models::Model;
+
+/// How often the host reads the step guard to refresh progress (at most twice a second).
+pub const REFRESH: Duration = Duration::from_millis(500);
+
+/// Which optimizer, as `--optimizer` names it.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum OptimizerKind {
+    #[default]
+    Sgd,
+    AdamW,
+}
+
+impl std::str::FromStr for OptimizerKind {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "sgd" => Ok(Self::Sgd),
+            "adamw" => Ok(Self::AdamW),
+            other => Err(format!("unknown --optimizer `{other}`: expected sgd or adamw")),
+        }
+    }
+}
+
+/// A run's optimizer: the update rule, the base learning rate and a linear warm-up in front
+/// of whatever schedule the run uses. [`OptimConfig::build`] is the one place an optimizer is
+/// made from settings.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct OptimConfig {
+    pub rule: Rule,
+    pub lr: f32,
+    pub warmup_steps: usize,
+}
+
+impl Default for OptimConfig {
+    /// SGD at 0.1 with momentum 0.9 and weight decay 5e-4 ([`SgdHyper::default`]).
+    fn default() -> Self {
+        Self { rule: Rule::default(), lr: 0.1, warmup_steps: 0 }
+    }
+}
+
+impl OptimConfig {
+    /// From flags: `kind` with its defaults, overridden by the values given (`momentum`
+    /// applies to SGD only).
+    pub fn from_flags(kind: OptimizerKind, lr: f32, momentum: Option<f32>, weight_decay: Option<f32>, warmup_steps: usize) -> Result<Self, TrainError> {
+        let rule = match kind {
+            OptimizerKind::Sgd => {
+                let d = SgdHyper::default();
+                Rule::Sgd(SgdHyper { momentum: momentum.unwrap_or(d.momentum), weight_decay: weight_decay.unwrap_or(d.weight_decay), ..d })
+            }
+            OptimizerKind::AdamW => {
+                if momentum.is_some() {
+                    return Err(TrainError::Config("--momentum is an SGD setting; AdamW's β1 is 0.9".into()));
+                }
+                let d = AdamWHyper::default();
+                Rule::AdamW(AdamWHyper { weight_decay: weight_decay.unwrap_or(d.weight_decay), ..d })
+            }
+        };
+        Ok(Self { rule, lr, warmup_steps })
+    }
+
+    /// A config with this learning rate.
+    pub fn with_lr(self, lr: f32) -> Self {
+        Self { lr, ..self }
+    }
+
+    /// The optimizer over `groups` with `schedule` (behind the warm-up, if any).
+    pub fn build(&self, groups: Vec<ParamGroup>, schedule: Box<dyn LrSchedule>) -> Optimizer {
+        let opt = Optimizer::new(groups, self.lr, self.rule);
+        match self.warmup_steps {
+            0 => opt.with_schedule(schedule),
+            steps => opt.with_schedule(Warmup { steps, inner: schedule }),
+        }
+    }
+}
+
+/// What training does with a batch whose loss or gradients are not finite.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum OnNan {
+    #[default]
+    Stop,
+    Skip,
+}
+
+impl std::str::FromStr for OnNan {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "stop" => Ok(Self::Stop),
+            "skip" => Ok(Self::Skip),
+            other => Err(format!("unknown --on-nan `{other}`: expected stop or skip")),
+        }
+    }
+}
+
+/// What the progress display hears at each refresh and at an epoch's end.
+pub struct StepInfo {
+    pub epoch: usize,
+    pub step: usize,
+    pub steps_per_epoch: usize,
+    pub loss: f32,
+    pub accuracy: f32,
+    pub images_per_sec: f32,
+}
+
+/// What training one epoch gave.
+#[derive(Clone, Debug, Default)]
+pub struct EpochStats {
+    pub loss: f32,
+    pub accuracy: f32,
+    pub images: usize,
+    /// Steps skipped for a non-finite loss or gradient (`OnNan::Skip`).
+    pub skipped: usize,
+    /// Training wall time, evaluation excluded.
+    pub seconds: f64,
+    /// Host reads of the step guard (progress refreshes and the epoch's end).
+    pub reads: usize,
+    /// The most bytes of batches the input pipeline held at once (0 where none ran).
+    pub loader_peak_bytes: usize,
+}
+
+/// The input of a step, kept until the guard is next read so that the place where a
+/// non-finite value began can be found after the fact.
+struct KeptStep {
+    step: usize,
+    first_stage: usize,
+    x: Tensor,
+    labels: Vec<usize>,
+}
+
+/// Called after each backward pass with the step number and the model (tests inject faults
+/// through it; it runs again when a flagged step is replayed).
+pub type GradHook = Box<dyn FnMut(usize, &Model) -> Result<(), TrainError>>;
+
+/// A model under training with its optimizer (one parameter group per sub-model, in the order
+/// of `model.submodels`), its step guard and counters of the work done.
+pub struct Trainer {
+    pub model: Model,
+    pub opt: Optimizer,
+    pub device: Device,
+    pub classes: usize,
+    /// GEMM FLOPs (2 per multiply-add of every convolution and linear layer) run so far.
+    pub forward_flops: f64,
+    pub backward_flops: f64,
+    pub grad_hook: Option<GradHook>,
+    on_nan: OnNan,
+    guard: StepGuard,
+    /// The guard's totals as last read.
+    totals: StepTotals,
+    steps: usize,
+    kept: Vec<KeptStep>,
+}
+
+impl Trainer {
+    /// `model` with the optimizer of `optim` over one group per sub-model and `schedule`.
+    pub fn new(model: Model, device: Device, classes: usize, optim: &OptimConfig, schedule: Box<dyn LrSchedule>, on_nan: OnNan) -> Result<Self, TrainError> {
+        let groups = model.submodels.iter().map(|sub| ParamGroup::new(sub.name.clone(), model.params_of(sub).into_iter().map(|(_, p)| p).collect())).collect();
+        let opt = optim.build(groups, schedule);
+        let guard = StepGuard::new(&device, on_nan == OnNan::Stop)?;
+        Ok(Self { model, opt, device, classes, forward_flops: 0.0, backward_flops: 0.0, grad_hook: None, on_nan, guard, totals: StepTotals::default(), steps: 0, kept: Vec::new() })
+    }
+
+    pub fn submodel_count(&self) -> usize {
+        self.model.submodels.len()
+    }
+
+    /// Steps run so far (applied or skipped).
+    pub fn steps(&self) -> usize {
+        self.steps
+    }
+
+    /// Trains exactly the sub-models at `indices` (and any extra groups, e.g. auxiliary
+    /// heads); every other sub-model is frozen. Returns the trainable parameter count.
+    pub fn set_trainable(&self, indices: &[usize]) -> usize {
+        let n = self.submodel_count();
+        for (i, group) in self.opt.groups().iter().enumerate() {
+            let on = i >= n || indices.contains(&i);
+            group.params.iter().for_each(|p| p.set_requires_grad(on));
+        }
+        self.trainable_params()
+    }
+
+    pub fn trainable_params(&self) -> usize {
+        self.opt.groups().iter().flat_map(|g| &g.params).filter(|p| p.requires_grad()).map(|p| p.value().numel()).sum()
+    }
+
+    /// Whether sub-model `i` has a trainable parameter.
+    pub fn is_trainable(&self, i: usize) -> bool {
+        self.opt.groups()[i].params.iter().any(|p| p.requires_grad())
+    }
+
+    /// Runs stages `stages` of the network on `x`, counting forward FLOPs.
+    pub fn forward_stages(&mut self, stages: std::ops::Range<usize>, x: &Var) -> Result<Var, TrainError> {
+        let (out, flops) = count_gemm_flops(|| stages.into_iter().try_fold(x.clone(), |h, s| self.model.net.forward_stage(s, &h)));
+        self.forward_flops += flops;
+        Ok(out?)
+    }
+
+    /// Backward from `loss`, counting its FLOPs.
+    pub fn backward(&mut self, loss: &Var) -> Result<(), TrainError> {
+        let (done, flops) = count_gemm_flops(|| loss.backward());
+        done?;
+        self.backward_flops += flops;
+        Ok(())
+    }
+
+    /// The end of every step, after its backward pass: the guard checks `loss` (the one the
+    /// progress reports) and every gradient, the optimizer updates unless the step is
+    /// flagged, gradients are cleared, `loss` and the hits of `logits` add to the epoch's
+    /// sums. Nothing is read back.
+    pub fn finish_step(&mut self, loss: &Var, logits: &Var, labels: &[usize]) -> Result<(), TrainError> {
+        if let Some(hook) = self.grad_hook.as_mut() {
+            hook(self.steps, &self.model)?;
+        }
+        self.guard.check(loss.value())?;
+        for p in self.opt.groups().iter().flat_map(|g| &g.params).filter(|p| p.requires_grad()) {
+            if let Some(g) = p.grad() {
+                self.guard.check(&g)?;
+            }
+        }
+        self.opt.step_guarded(Some(self.guard.state()))?;
+        self.opt.zero_grad();
+        self.guard.add_metrics(loss.value(), logits.value(), &Labels::new(logits.value(), labels)?)?;
+        self.guard.close(self.steps)?;
+        Ok(())
+    }
+
+    /// The ordinary step on a batch entering at stage `first`: forward, cross-entropy,
+    /// backward, the guarded update.
+    pub fn step_from(&mut self, first: usize, x: Tensor, labels: &[usize]) -> Result<(), TrainError> {
+        let n = self.submodel_count();
+        let logits = self.forward_stages(first..n, &Var::constant(x))?;
+        let loss = ag::cross_entropy(&logits, labels)?;
+        self.backward(&loss)?;
+        self.finish_step(&loss, &logits, labels)
+    }
+
+    /// ‖∇‖₂ over each sub-model's trainable parameters (0 for frozen ones) after a backward
+    /// pass. Reads every gradient back: strategies that steer by it pay for that.
+    pub fn grad_norms(&self) -> Result<Vec<f32>, TrainError> {
+        let n = self.submodel_count();
+        let mut norms = Vec::with_capacity(n);
+        for g in &self.opt.groups()[..n] {
+            let mut sq = 0f64;
+            for p in g.params.iter().filter(|p| p.requires_grad()) {
+                if let Some(grad) = p.grad() {
+                    sq += grad.to_vec()?.iter().map(|v| (*v as f64) * (*v as f64)).sum::<f64>();
+                }
+            }
+            norms.push(sq.sqrt() as f32);
+        }
+        Ok(norms)
+    }
+
+    /// Trains one epoch on `batches` (`count` of them), each entering at stage `first_stage`
+    /// and stepped by `step` (the strategy's; [`Trainer::step_from`] by default). Reads the
+    /// guard at most every [`REFRESH`] and once at the end; with `OnNan::Stop` a flagged step
+    /// ends the epoch with [`TrainError::NonFinite`] naming it and where it began.
+    pub fn run_epoch(
+        &mut self,
+        epoch: usize,
+        first_stage: usize,
+        batches: impl Iterator<Item = Result<Batch, DataError>>,
+        count: usize,
+        step: &mut dyn FnMut(&mut Trainer, Tensor, &[usize]) -> Result<(), TrainError>,
+        progress: &mut dyn FnMut(&StepInfo),
+    ) -> Result<EpochStats, TrainError> {
+        let start = Instant::now();
+        let at_start = self.totals;
+        self.guard.reset_metrics(&at_start)?;
+        let first_step = self.steps + 1;
+        let (mut refreshed, mut done, mut reads) = (start, 0, 0);
+        let info = |t: &StepTotals, done| StepInfo {
+            epoch,
+            step: done,
+            steps_per_epoch: count,
+            loss: t.mean_loss(),
+            accuracy: t.accuracy(),
+            images_per_sec: t.images as f32 / start.elapsed().as_secs_f32().max(1e-9),
+        };
+        for b in batches {
+            let b = b?;
+            let x = Tensor::from_vec(b.x, &b.shape, &self.device)?;
+            self.steps += 1;
+            self.guard.open()?;
+            if self.on_nan == OnNan::Stop {
+                self.kept.push(KeptStep { step: self.steps, first_stage, x: x.clone(), labels: b.labels.clone() });
+            }
+            step(self, x, &b.labels)?;
+            done += 1;
+            if refreshed.elapsed() >= REFRESH {
+                let totals = self.read_guard(epoch, first_step)?;
+                reads += 1;
+                progress(&info(&totals, done));
+                refreshed = Instant::now();
+            }
+        }
+        let totals = self.read_guard(epoch, first_step)?;
+        reads += 1;
+        progress(&info(&totals, done));
+        Ok(EpochStats {
+            loss: totals.mean_loss(),
+            accuracy: totals.accuracy(),
+            images: totals.images,
+            skipped: totals.flagged_steps - at_start.flagged_steps,
+            seconds: start.elapsed().as_secs_f64(),
+            reads,
+            loader_peak_bytes: 0,
+        })
+    }
+
+    /// Reads the guard (one host read on a GPU). Under `OnNan::Stop`, a flagged step is an
+    /// error naming it (within the epoch that began at `first_step`) and where it began.
+    fn read_guard(&mut self, epoch: usize, first_step: usize) -> Result<StepTotals, TrainError> {
+        self.totals = self.guard.read()?;
+        let kept = std::mem::take(&mut self.kept);
+        if let (OnNan::Stop, Some(bad)) = (self.on_nan, self.totals.first_flagged_step) {
+            let (what, place) = match kept.into_iter().find(|k| k.step == bad) {
+                Some(k) => self.locate_non_finite(k)?,
+                None => ("loss or gradient".into(), "a step whose input was not kept".into()),
+            };
+            return Err(TrainError::NonFinite { epoch, step: bad + 1 - first_step, what, place });
+        }
+        Ok(self.totals)
+    }
+
+    /// Reruns a flagged step (the weights are still those it saw: a sticky flag stops every
+    /// update after it) and finds where the non-finite value first appears: a parameter that
+    /// holds one, the first sub-model whose output has one, the loss, or the first parameter
+    /// (forward order) whose gradient has one.
+    fn locate_non_finite(&mut self, k: KeptStep) -> Result<(String, String), TrainError> {
+        for (name, p) in self.model.net.named_params() {
+            if !p.value().all_finite()? {
+                return Ok(("parameter value".into(), format!("parameter `{name}`")));
+            }
+        }
+        let n = self.submodel_count();
+        let x = Var::constant(k.x);
+        let logits = self.model.net.forward_stage(k.first_stage, &x).and_then(|h| (k.first_stage + 1..n).try_fold(h, |h, s| self.model.net.forward_stage(s, &h)))?;
+        let loss = ag::cross_entropy(&logits, &k.labels)?;
+        let value = loss.value().to_vec()?[0];
+        if !value.is_finite() {
+            let mut h = x;
+            for (s, sub) in self.model.submodels.iter().enumerate().skip(k.first_stage) {
+                h = no_grad(|| self.model.net.forward_stage(s, &h))?;
+                if !h.value().all_finite()? {
+                    return Ok((format!("loss {value}"), format!("the output of sub-model `{}`", sub.name)));
+                }
+            }
+            return Ok((format!("loss {value}"), "the loss (every layer's output is finite)".into()));
+        }
+        loss.backward()?;
+        if let Some(hook) = self.grad_hook.as_mut() {
+            hook(k.step, &self.model)?;
+        }
+        let mut found = None;
+        for (name, p) in self.model.net.named_params() {
+            if let Some(g) = p.grad() {
+                if found.is_none() && !g.all_finite()? {
+                    found = Some(name);
+                }
+            }
+        }
+        self.opt.zero_grad();
+        Ok(match found {
+            Some(name) => ("gradient".into(), format!("parameter `{name}`")),
+            None => ("loss or gradient".into(), "a step that was finite when rerun (a loss term other than cross-entropy?)".into()),
+        })
+    }
+}
