@@ -23,9 +23,7 @@ fn cpu(c: &mut Criterion) {
         let (a_host, b_host) = (values(n * n), values(n * n));
         let a = Tensor::from_vec(a_host.clone(), &[n, n], &dev).unwrap();
         let b = Tensor::from_vec(b_host.clone(), &[n, n], &dev).unwrap();
-        group.bench_with_input(BenchmarkId::new("tessera", n), &n, |bench, _| {
-            bench.iter(|| ops::matmul(&a, &b).unwrap())
-        });
+        group.bench_with_input(BenchmarkId::new("tessera", n), &n, |bench, _| bench.iter(|| ops::matmul(&a, &b).unwrap()));
         let mut out = vec![0f32; n * n];
         // The reference: OpenBLAS threading itself (the backend keeps it single-threaded).
         blas::set_num_threads(tessera_engine::cpu::CpuBackend::global().threads());

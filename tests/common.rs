@@ -19,10 +19,7 @@ pub fn gpu_devices() -> Vec<Device> {
         return Vec::new();
     }
     let adapters = list_adapters();
-    assert!(
-        !adapters.is_empty(),
-        "no GPU adapter found: install mesa-vulkan-drivers (lavapipe) or set TESSERA_SKIP_GPU_TESTS=1"
-    );
+    assert!(!adapters.is_empty(), "no GPU adapter found: install mesa-vulkan-drivers (lavapipe) or set TESSERA_SKIP_GPU_TESTS=1");
     adapters.iter().map(|a| Device::gpu(a.index).expect("opening adapter")).collect()
 }
 
@@ -40,9 +37,7 @@ pub struct Fixture {
 impl Fixture {
     pub fn open(name: &str) -> Self {
         let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures").join(name);
-        let bytes = std::fs::read(&path).unwrap_or_else(|e| {
-            panic!("{}: {e} (generate with scripts/make_golden.py, see its docstring)", path.display())
-        });
+        let bytes = std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e} (generate with scripts/make_golden.py, see its docstring)", path.display()));
         Self { bytes, file: name.to_string() }
     }
 

@@ -109,9 +109,7 @@ fn f16_storage_gemm_matches_cpu_and_rounds_like_the_host() {
     use tessera_engine::HalfTensor;
     use tessera_shaders::gemm::HALF_VARIANTS;
     let cpu = Device::cpu();
-    let half = |(d, s): &(Vec<f32>, Vec<usize>), dev: &Device| {
-        HalfTensor::from_f16_vec(d.iter().map(|&v| f16::from_f32(v)).collect(), s, dev).unwrap()
-    };
+    let half = |(d, s): &(Vec<f32>, Vec<usize>), dev: &Device| HalfTensor::from_f16_vec(d.iter().map(|&v| f16::from_f32(v)).collect(), s, dev).unwrap();
     let mut ran = 0;
     for (i, dims) in cases().into_iter().enumerate().step_by(2) {
         let (ta, tb) = (i % 4 == 0, i % 3 == 0);

@@ -105,12 +105,8 @@ fn sgd_matches_torch_optim_sgd_over_ten_steps() {
         for case in fx.meta("cases").as_array().unwrap() {
             let name = case["name"].as_str().unwrap();
             let f = |k: &str| case[k].as_f64().unwrap() as f32;
-            let hyper = SgdHyper {
-                momentum: f("momentum"),
-                dampening: f("dampening"),
-                weight_decay: f("weight_decay"),
-                nesterov: case["nesterov"].as_bool().unwrap(),
-            };
+            let hyper =
+                SgdHyper { momentum: f("momentum"), dampening: f("dampening"), weight_decay: f("weight_decay"), nesterov: case["nesterov"].as_bool().unwrap() };
             let param = tessera_engine::nn::Param::new(fx.tensor(&format!("{name}.p0"), &dev));
             let mut sgd = Optimizer::new(vec![ParamGroup::new(name, vec![param.clone()])], f("lr"), hyper);
             for step in 0..10 {

@@ -6,12 +6,8 @@ use tessera_engine::{ops, Device, Error, Tensor};
 use tessera_shaders::{Kernel, Shader};
 use tessera_tests::{gpu_devices, random_vec};
 
-static BROKEN: Shader = Shader {
-    name: "broken_for_test",
-    file: "broken_for_test.wgsl",
-    source: "@compute @workgroup_size(1)\nfn main() {\n  let x: f32 = 1u;\n}\n",
-    shared: &[],
-};
+static BROKEN: Shader =
+    Shader { name: "broken_for_test", file: "broken_for_test.wgsl", source: "@compute @workgroup_size(1)\nfn main() {\n  let x: f32 = 1u;\n}\n", shared: &[] };
 static BROKEN_KERNEL: Kernel = Kernel { shader: &BROKEN, entry: "main", workgroup: [1, 1, 1] };
 
 fn gpu_of(dev: &Device) -> &GpuBackend {

@@ -30,9 +30,7 @@ fn an_op_beyond_an_adapter_limit_is_unsupported_not_a_crash() {
     let Device::Gpu(backend) = gpu else { unreachable!() };
     // One value more than the largest tensor the adapter can bind.
     let n = (backend.max_tensor_bytes() / 4 + 1) as usize;
-    let huge = conformance::Case::new("relu", format!("[{n}]"), 1e-4, move |d| {
-        Ok(vec![ops::relu(&Tensor::from_vec(vec![1.0; n], &[n], d)?)?])
-    });
+    let huge = conformance::Case::new("relu", format!("[{n}]"), 1e-4, move |d| Ok(vec![ops::relu(&Tensor::from_vec(vec![1.0; n], &[n], d)?)?]));
     let report = conformance::check(&[huge], std::slice::from_ref(gpu), |_| {});
     assert!(report.passed());
     match &report.cells[0].verdict {
@@ -75,8 +73,7 @@ fn naive_conv2d(x: &[f32], xs: [usize; 4], w: &[f32], ws: [usize; 4], o: tessera
                                 let y = (oh * o.stride[0] + i * o.dilation[0]) as isize - o.padding[0] as isize;
                                 let xx = (ow * o.stride[1] + j * o.dilation[1]) as isize - o.padding[1] as isize;
                                 if y >= 0 && (y as usize) < s.h && xx >= 0 && (xx as usize) < s.w {
-                                    acc += x[((n * s.c + c) * s.h + y as usize) * s.w + xx as usize]
-                                        * w[((oc * s.c + c) * s.kh + i) * s.kw + j];
+                                    acc += x[((n * s.c + c) * s.h + y as usize) * s.w + xx as usize] * w[((oc * s.c + c) * s.kh + i) * s.kw + j];
                                 }
                             }
                         }

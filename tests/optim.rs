@@ -71,8 +71,12 @@ fn freezeout_anneals_then_freezes_layers_front_to_back() {
     let mut rng = StdRng::seed_from_u64(0);
     let layers = [Linear::new(4, 4, true, &dev, &mut rng).unwrap(), Linear::new(4, 2, true, &dev, &mut rng).unwrap()];
     let groups = layers.iter().enumerate().map(|(i, l)| ParamGroup::new(format!("{i}"), l.named_params().into_iter().map(|(_, p)| p).collect())).collect();
-    let mut sgd = Optimizer::new(groups, 0.1, SgdHyper { momentum: 0.9, dampening: 0.0, weight_decay: 0.0, nesterov: false })
-        .with_schedule(FreezeOut { t0: 0.5, total_steps: 10, spacing: Spacing::Linear, scale_lr: false });
+    let mut sgd = Optimizer::new(groups, 0.1, SgdHyper { momentum: 0.9, dampening: 0.0, weight_decay: 0.0, nesterov: false }).with_schedule(FreezeOut {
+        t0: 0.5,
+        total_steps: 10,
+        spacing: Spacing::Linear,
+        scale_lr: false,
+    });
     let x = Var::constant(Tensor::from_vec(random_vec(8, 3), &[2, 4], &dev).unwrap());
     let mut frozen_at = None;
     for step in 0..10 {

@@ -86,4 +86,3 @@ fn two_conv_cnn_learns_a_separable_task_on_every_backend() {
         println!("{dev}: test accuracy {acc}");
     }
 }
-

@@ -5,9 +5,9 @@ use std::path::PathBuf;
 use tessera_engine::checkpoint::Checkpoint;
 use tessera_engine::Device;
 use tessera_scheduler::correlation::loss_correlation;
+use tessera_scheduler::eval::model_from_checkpoint;
 use tessera_scheduler::importance::{linear_importance, network_dot, render};
 use tessera_scheduler::plot::heatmap;
-use tessera_scheduler::eval::model_from_checkpoint;
 use tessera_scheduler::run_state::load_splits;
 
 #[derive(Args)]
@@ -58,7 +58,8 @@ pub fn importance(a: ImportanceArgs) -> Result<()> {
         println!("  weakest: input {last} {:.5}; {:.1} % of inputs below 10 % of the strongest", layer.scores[last], layer.share_below(0.1) * 100.0);
     }
     std::fs::create_dir_all(&a.out).with_context(|| format!("creating {}", a.out.display()))?;
-    let subs: Vec<(String, usize)> = model.submodels.iter().map(|s| (s.name.clone(), model.params_of(s).iter().map(|(_, p)| p.value().numel()).sum())).collect();
+    let subs: Vec<(String, usize)> =
+        model.submodels.iter().map(|s| (s.name.clone(), model.params_of(s).iter().map(|(_, p)| p.value().numel()).sum())).collect();
     let dot_path = a.out.join("importance.dot");
     let owners: Vec<usize> = layers.iter().map(|l| model.submodels.iter().position(|s| s.owns(&l.name)).unwrap_or(0)).collect();
     std::fs::write(&dot_path, network_dot(model.name, &subs, &layers, &owners, a.top)).with_context(|| format!("writing {}", dot_path.display()))?;
@@ -83,7 +84,12 @@ pub fn correlation(a: CorrelationArgs) -> Result<()> {
     let model = model_from_checkpoint(&a.checkpoint, &ckpt, &device)?;
     let (train, test) = load_splits(&a.data, a.limit_per_class).with_context(|| format!("loading {}", a.data.display()))?;
     let c = loss_correlation(&model, &train, &test, &device, a.seed).context("measuring per-sample losses")?;
-    println!("per-sample test losses of {} heads on {} images (probes: linear on pooled features, trained on {} images)", c.heads.len(), test.len(), train.len());
+    println!(
+        "per-sample test losses of {} heads on {} images (probes: linear on pooled features, trained on {} images)",
+        c.heads.len(),
+        test.len(),
+        train.len()
+    );
     for (h, acc) in c.heads.iter().zip(&c.accuracy) {
         let mean = c.losses[c.heads.iter().position(|x| x == h).unwrap()].iter().sum::<f32>() / test.len().max(1) as f32;
         println!("  {h:<28} accuracy {:.2} %, mean loss {mean:.4}", acc * 100.0);
@@ -133,7 +139,15 @@ pub fn robustness(a: RobustnessArgs) -> Result<()> {
     let (_, test) = load_splits(&a.data, a.limit_per_class).with_context(|| format!("loading {}", a.data.display()))?;
     let out = a.out.clone().unwrap_or_else(|| a.run.join("robustness"));
     std::fs::create_dir_all(&out).with_context(|| format!("creating {}", out.display()))?;
-    let cfg = RobustnessConfig { run: a.run.clone(), device: a.device, batch: a.batch, seed: a.seed, corruptions: !a.no_corruptions, noise_scale: a.noise_scale, out: out.clone() };
+    let cfg = RobustnessConfig {
+        run: a.run.clone(),
+        device: a.device,
+        batch: a.batch,
+        seed: a.seed,
+        corruptions: !a.no_corruptions,
+        noise_scale: a.noise_scale,
+        out: out.clone(),
+    };
     // Corruptions rewrite pixels: the test set in memory.
     let test = std::sync::Arc::new(tessera_scheduler::data::materialize(test.as_ref()).with_context(|| format!("reading {}", a.data.display()))?);
     let text = robustness_report(&cfg, &test).with_context(|| format!("robustness of {}", a.run.display()))?;

@@ -89,11 +89,8 @@ fn ops(spec: &str, json_out: Option<&std::path::Path>) -> Result<()> {
         println!("unsupported: {r}");
     }
     let count = |f: fn(&Verdict) -> bool| report.cells.iter().filter(|c| f(&c.verdict)).count();
-    let (pass, fail, unsup) = (
-        count(|v| matches!(v, Verdict::Pass { .. })),
-        count(|v| matches!(v, Verdict::Fail { .. })),
-        count(|v| matches!(v, Verdict::Unsupported(_))),
-    );
+    let (pass, fail, unsup) =
+        (count(|v| matches!(v, Verdict::Pass { .. })), count(|v| matches!(v, Verdict::Fail { .. })), count(|v| matches!(v, Verdict::Unsupported(_))));
     println!("{} ops × {} adapters: {pass} pass, {fail} fail, {unsup} unsupported", report.ops.len(), devices.len());
 
     if let Some(path) = json_out {

@@ -99,18 +99,19 @@ pub fn run(a: CompareArgs) -> Result<()> {
     };
     eprintln!("comparing {} on {} training / {} test images", cfg.strategies.join(", "), train.len(), test.len());
     let rows = compare(&cfg, &train, &test, &mut |name, e| {
-        eprintln!(
-            "{name:>22}  epoch {:>2}  {:<24} {:>7.1} s  loss {:.4}  test {:.2} %",
-            e.epoch,
-            e.stage,
-            e.seconds,
-            e.train_loss,
-            e.test_accuracy * 100.0
-        )
+        eprintln!("{name:>22}  epoch {:>2}  {:<24} {:>7.1} s  loss {:.4}  test {:.2} %", e.epoch, e.stage, e.seconds, e.train_loss, e.test_accuracy * 100.0)
     })
     .with_context(|| format!("comparing strategies on {}", a.model))?;
     for r in &rows {
-        println!("{:>22}  {:>8.1} s  backward {:>5.1} %  test {:.2} % [{:.2}, {:.2}]", r.run.strategy, r.seconds, r.backward_share * 100.0, r.run.test_accuracy * 100.0, r.ci95.0 * 100.0, r.ci95.1 * 100.0);
+        println!(
+            "{:>22}  {:>8.1} s  backward {:>5.1} %  test {:.2} % [{:.2}, {:.2}]",
+            r.run.strategy,
+            r.seconds,
+            r.backward_share * 100.0,
+            r.run.test_accuracy * 100.0,
+            r.ci95.0 * 100.0,
+            r.ci95.1 * 100.0
+        );
     }
     println!("wrote {}/report.md, report.json, report.svg", a.out.display());
     Ok(())

@@ -11,9 +11,9 @@ use serde_json::json;
 use std::time::Duration;
 use table::Table;
 use tessera_engine::bench::{bench_gemm, parse_trans};
-use tessera_engine::ops::gemm::kernel_supported;
 use tessera_engine::cpu::CpuBackend;
 use tessera_engine::gpu::list_adapters;
+use tessera_engine::ops::gemm::kernel_supported;
 use tessera_engine::Device;
 use tessera_scheduler::strategy::RunSpec;
 use tessera_scheduler::trainer::{OptimConfig, OptimizerKind};
@@ -204,7 +204,8 @@ impl TrainArgs {
             None => OptimizerKind::default(),
         };
         let lr = self.lr.or(file.lr).unwrap_or(d.optim.lr);
-        let optim = OptimConfig::from_flags(kind, lr, self.momentum.or(file.momentum), self.wd.or(file.wd), self.warmup_steps.or(file.warmup_steps).unwrap_or(0))?;
+        let optim =
+            OptimConfig::from_flags(kind, lr, self.momentum.or(file.momentum), self.wd.or(file.wd), self.warmup_steps.or(file.warmup_steps).unwrap_or(0))?;
         let run = RunSpec {
             epochs: self.epochs.or(file.epochs).unwrap_or(d.run.epochs),
             batch: self.batch.or(file.batch).unwrap_or(d.run.batch),
@@ -401,7 +402,19 @@ fn run(cli: Cli) -> Result<()> {
             let threads = CpuBackend::global().threads();
             let python = (!no_torch).then_some(torch_python.as_str());
             let result = bench_train(&spec, &device, rounds, python, threads).with_context(|| format!("timing {model}"))?;
-            let mut table = Table::new(&["model", "device", "input", "batch", "forward_ms", "backward_ms", "optimizer_ms", "step_ms", "img_per_s", "peak_MiB", "vs_pytorch"]);
+            let mut table = Table::new(&[
+                "model",
+                "device",
+                "input",
+                "batch",
+                "forward_ms",
+                "backward_ms",
+                "optimizer_ms",
+                "step_ms",
+                "img_per_s",
+                "peak_MiB",
+                "vs_pytorch",
+            ]);
             let torch_ms = result.torch.as_ref().ok().map(|r| r.times.step_ms);
             let mut row = |name: String, t: &tessera_scheduler::bench::StepTimes, ratio: Option<f64>| {
                 table.push(vec![
@@ -429,14 +442,11 @@ fn run(cli: Cli) -> Result<()> {
             Ok(())
         }
         Command::Models { show: None, json } => models(json),
-        Command::Models { show: Some(ModelsCmd::Show { model, input, num_classes, json }), .. } => {
-            models_show(&model, input, num_classes, json)
-        }
+        Command::Models { show: Some(ModelsCmd::Show { model, input, num_classes, json }), .. } => models_show(&model, input, num_classes, json),
         Command::Train(args) => train_cmd(args),
         Command::Eval { checkpoint, data, device, batch, json } => eval_cmd(&checkpoint, &data, &device, batch, json),
         Command::Export { checkpoint, out, dtype } => {
-            let n = tessera_scheduler::interop::export_weights(&checkpoint, &out, dtype)
-                .with_context(|| format!("exporting {}", checkpoint.display()))?;
+            let n = tessera_scheduler::interop::export_weights(&checkpoint, &out, dtype).with_context(|| format!("exporting {}", checkpoint.display()))?;
             println!("wrote {} ({n} tensors)", out.display());
             Ok(())
         }
@@ -456,8 +466,7 @@ fn run(cli: Cli) -> Result<()> {
 }
 
 fn eval_cmd(checkpoint: &std::path::Path, data: &std::path::Path, device: &str, batch: usize, json: bool) -> Result<()> {
-    let r = tessera_scheduler::eval::evaluate_checkpoint(checkpoint, data, device, batch)
-        .with_context(|| format!("evaluating {}", checkpoint.display()))?;
+    let r = tessera_scheduler::eval::evaluate_checkpoint(checkpoint, data, device, batch).with_context(|| format!("evaluating {}", checkpoint.display()))?;
     let mut summary = Table::new(&["checkpoint", "images", "loss", "accuracy"]);
     let images: usize = r.confusion.iter().flatten().sum();
     summary.push(vec![json!(checkpoint.display().to_string()), json!(images), json!(r.loss), json!(r.accuracy)]);
@@ -512,9 +521,7 @@ fn train_cmd(a: TrainArgs) -> Result<()> {
     }
     let bar = indicatif::ProgressBar::new(0);
     bar.set_style(
-        indicatif::ProgressStyle::with_template("epoch {prefix} [{bar:30}] {pos}/{len} {msg} ETA {eta}")
-            .expect("valid template")
-            .progress_chars("=> "),
+        indicatif::ProgressStyle::with_template("epoch {prefix} [{bar:30}] {pos}/{len} {msg} ETA {eta}").expect("valid template").progress_chars("=> "),
     );
     let reports = train(&cfg, &mut |s| {
         bar.set_length(s.steps_per_epoch as u64);
@@ -622,11 +629,8 @@ fn bench_gemm_cmd(args: GemmArgs) -> Result<()> {
     if args.retune {
         retune(&args.device)?;
     }
-    let trans: Vec<(bool, bool)> = args
-        .trans
-        .iter()
-        .map(|t| parse_trans(t).with_context(|| format!("--trans: `{t}` is not one of nn, nt, tn, tt")))
-        .collect::<Result<_>>()?;
+    let trans: Vec<(bool, bool)> =
+        args.trans.iter().map(|t| parse_trans(t).with_context(|| format!("--trans: `{t}` is not one of nn, nt, tn, tt"))).collect::<Result<_>>()?;
     let kernels: Vec<Option<&'static tessera_shaders::gemm::GemmKernel>> = match args.kernel.as_str() {
         "default" => vec![None],
         "all" => VARIANTS.iter().map(Some).collect(),
@@ -638,17 +642,7 @@ fn bench_gemm_cmd(args: GemmArgs) -> Result<()> {
             }
         },
     };
-    let mut table = Table::new(&[
-        "device",
-        "kernel",
-        "trans",
-        "size",
-        "ms",
-        "GFLOP/s",
-        "openblas_ms",
-        "openblas_GFLOP/s",
-        "ratio_vs_openblas",
-    ]);
+    let mut table = Table::new(&["device", "kernel", "trans", "size", "ms", "GFLOP/s", "openblas_ms", "openblas_GFLOP/s", "ratio_vs_openblas"]);
     for name in &args.device {
         let device = match Device::parse(name)? {
             Device::Cpu(_) => Device::cpu_with_threads(args.threads),
@@ -657,9 +651,7 @@ fn bench_gemm_cmd(args: GemmArgs) -> Result<()> {
         let kernels: Vec<_> = match device {
             Device::Cpu(_) => vec![None],
             // `all` skips variants the adapter cannot run; a named one reports why it cannot.
-            Device::Gpu(_) if args.kernel == "all" => {
-                kernels.iter().copied().filter(|k| k.is_none_or(|k| kernel_supported(&device, k))).collect()
-            }
+            Device::Gpu(_) if args.kernel == "all" => kernels.iter().copied().filter(|k| k.is_none_or(|k| kernel_supported(&device, k))).collect(),
             Device::Gpu(_) => kernels.clone(),
         };
         for &size in &args.sizes {

@@ -38,16 +38,10 @@ impl Table {
             return;
         }
         let cells: Vec<Vec<String>> = self.rows.iter().map(|r| r.iter().map(cell).collect()).collect();
-        let widths: Vec<usize> = (0..self.columns.len())
-            .map(|i| cells.iter().map(|r| r[i].len()).chain([self.columns[i].len()]).max().unwrap_or(0))
-            .collect();
+        let widths: Vec<usize> = (0..self.columns.len()).map(|i| cells.iter().map(|r| r[i].len()).chain([self.columns[i].len()]).max().unwrap_or(0)).collect();
         let line = |items: Vec<String>| {
-            let padded: Vec<String> = items
-                .iter()
-                .zip(&widths)
-                .enumerate()
-                .map(|(i, (s, w))| if i == 0 { format!("{s:<w$}") } else { format!("{s:>w$}") })
-                .collect();
+            let padded: Vec<String> =
+                items.iter().zip(&widths).enumerate().map(|(i, (s, w))| if i == 0 { format!("{s:<w$}") } else { format!("{s:>w$}") }).collect();
             println!("{}", padded.join("  ").trim_end());
         };
         line(self.columns.clone());

@@ -5,8 +5,8 @@ use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::Instant;
 use tessera_engine::Device;
-use tessera_scheduler::tasks::{evaluate_merged, train_task, Plan, TaskConfig};
 use tessera_scheduler::run_state::load_splits;
+use tessera_scheduler::tasks::{evaluate_merged, train_task, Plan, TaskConfig};
 use tessera_scheduler::trainer::{OptimConfig, OptimizerKind};
 
 #[derive(Args)]
@@ -98,7 +98,15 @@ fn config(a: &TaskArgs) -> Result<TaskConfig> {
 pub fn run_task(a: RunTaskArgs) -> Result<()> {
     let plan = Plan::load(&a.task.plan)?;
     let r = train_task(&plan, a.index, &config(&a.task)?, &a.task.out).with_context(|| format!("training task {}", a.index))?;
-    println!("task {}: {} steps ({:.2} epochs of its data) in {:.1} s after {:.1} s of start-up → {}", r.task, r.steps, r.epochs, r.seconds, r.startup_secs, r.checkpoint.display());
+    println!(
+        "task {}: {} steps ({:.2} epochs of its data) in {:.1} s after {:.1} s of start-up → {}",
+        r.task,
+        r.steps,
+        r.epochs,
+        r.seconds,
+        r.startup_secs,
+        r.checkpoint.display()
+    );
     Ok(())
 }
 

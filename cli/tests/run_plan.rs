@@ -14,7 +14,8 @@ fn two_tasks_train_in_parallel_within_budget_and_merge_above_chance() {
     let tessera = env!("CARGO_BIN_EXE_tessera");
     let plan = root.join("plan.json");
     let budget = 4.0;
-    let out = Command::new(tessera).args(["plan", "--classes", "10", "--tasks", "2", "--time-budget", &budget.to_string(), "--out"]).arg(&plan).output().unwrap();
+    let out =
+        Command::new(tessera).args(["plan", "--classes", "10", "--tasks", "2", "--time-budget", &budget.to_string(), "--out"]).arg(&plan).output().unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
 
     let start = Instant::now();

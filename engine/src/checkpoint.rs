@@ -50,12 +50,7 @@ pub fn save(path: &Path, tensors: &[(String, Tensor)], metadata: &HashMap<String
 }
 
 /// [`save`] with floating-point tensors stored as `format` (rounded to nearest even).
-pub fn save_as(
-    path: &Path,
-    tensors: &[(String, Tensor)],
-    metadata: &HashMap<String, String>,
-    format: FloatFormat,
-) -> Result<(), CheckpointError> {
+pub fn save_as(path: &Path, tensors: &[(String, Tensor)], metadata: &HashMap<String, String>, format: FloatFormat) -> Result<(), CheckpointError> {
     let io = |error| CheckpointError::Io { path: path.into(), error };
     let mut host: BTreeMap<String, (Dtype, Vec<u8>, Vec<usize>)> = BTreeMap::new();
     // One read for every tensor on a GPU, not one per tensor.
@@ -79,8 +74,7 @@ pub fn save_as(
             (n.clone(), view)
         })
         .collect();
-    let bytes = safetensors::serialize(views, Some(metadata))
-        .map_err(|e| CheckpointError::Format { path: path.into(), detail: e.to_string() })?;
+    let bytes = safetensors::serialize(views, Some(metadata)).map_err(|e| CheckpointError::Format { path: path.into(), detail: e.to_string() })?;
     let tmp = path.with_extension("safetensors.partial");
     let mut file = std::fs::File::create(&tmp).map_err(io)?;
     file.write_all(&bytes).map_err(io)?;

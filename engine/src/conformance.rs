@@ -106,7 +106,12 @@ pub fn suite() -> Vec<Case> {
 
 fn gemm_cases(cases: &mut Vec<Case>) {
     // (m, n, k, trans_a, trans_b, batch, with C): thin, square, odd, transposed, batched.
-    let dims = [(1, 7, 33, false, false, None, false), (33, 127, 7, true, false, None, true), (64, 64, 64, false, true, Some(3), false), (127, 33, 100, true, true, None, true)];
+    let dims = [
+        (1, 7, 33, false, false, None, false),
+        (33, 127, 7, true, false, None, true),
+        (64, 64, 64, false, true, Some(3), false),
+        (127, 33, 100, true, true, None, true),
+    ];
     let operands = move |&(m, n, k, ta, tb, batch, with_c): &(usize, usize, usize, bool, bool, Option<usize>, bool), seed: u64, dev: &Device| {
         let lead = |r: usize, c: usize| batch.into_iter().chain([r, c]).collect::<Vec<_>>();
         let a = random_tensor(&if ta { lead(k, m) } else { lead(m, k) }, seed, dev)?;
@@ -142,9 +147,7 @@ fn gemm_cases(cases: &mut Vec<Case>) {
     for (i, shape) in shapes(21, 3, 1..=3).into_iter().enumerate() {
         cases.push(Case {
             tol: 1e-3,
-            ..case("f16 round trip", format!("{shape:?}"), move |dev| {
-                Ok(vec![HalfTensor::from_tensor(&random_tensor(&shape, i as u64, dev)?)?.to_tensor()?])
-            })
+            ..case("f16 round trip", format!("{shape:?}"), move |dev| Ok(vec![HalfTensor::from_tensor(&random_tensor(&shape, i as u64, dev)?)?.to_tensor()?]))
         });
     }
 }
@@ -197,11 +200,13 @@ fn elementwise_cases(cases: &mut Vec<Case>) {
 
 fn reduction_cases(cases: &mut Vec<Case>) {
     let mut rng = StdRng::seed_from_u64(2);
-    let mut shapes_axes: Vec<(Vec<usize>, Vec<usize>)> =
-        shapes(3, 6, 1..=4).into_iter().map(|s| {
+    let mut shapes_axes: Vec<(Vec<usize>, Vec<usize>)> = shapes(3, 6, 1..=4)
+        .into_iter()
+        .map(|s| {
             let axes = (0..s.len()).filter(|_| rng.gen_bool(0.5)).collect();
             (s, axes)
-        }).collect();
+        })
+        .collect();
     // A large reduction, to catch accumulation-order differences, and one longer than a
     // looped launch covers on a software adapter (sliced launches).
     shapes_axes.push((vec![64, 4096], vec![1]));
@@ -232,9 +237,8 @@ fn softmax_cases(cases: &mut Vec<Case>) {
     for (i, (rows, cols)) in [(1usize, 1usize), (3, 10), (17, 7), (130, 33), (5, 1000)].into_iter().enumerate() {
         let labels: Vec<usize> = (0..rows).map(|r| (r * 7 + i) % cols).collect();
         // Scaled logits exercise the max-subtraction.
-        let inputs = move |d: &Device| {
-            Ok::<_, Error>((ops::scale(&random_tensor(&[rows, cols], i as u64, d)?, 20.0)?, random_tensor(&[rows, cols], i as u64 + 1, d)?))
-        };
+        let inputs =
+            move |d: &Device| Ok::<_, Error>((ops::scale(&random_tensor(&[rows, cols], i as u64, d)?, 20.0)?, random_tensor(&[rows, cols], i as u64 + 1, d)?));
         let name = format!("[{rows}, {cols}]");
         cases.push(case("softmax / log_softmax", name.clone(), move |d| {
             let x = inputs(d)?.0;
@@ -450,7 +454,11 @@ fn run_case(c: &Case, dev: &Device, want: &[Vec<f32>]) -> std::result::Result<f3
     for (i, (g, w)) in got.iter().zip(want).enumerate() {
         let values = g.to_vec().map_err(|e| Verdict::Fail { max_err: f32::INFINITY, shape: c.shape.clone(), detail: e.to_string() })?;
         if values.len() != w.len() {
-            return Err(Verdict::Fail { max_err: f32::INFINITY, shape: c.shape.clone(), detail: format!("output {i} has {} values; the CPU's {}", values.len(), w.len()) });
+            return Err(Verdict::Fail {
+                max_err: f32::INFINITY,
+                shape: c.shape.clone(),
+                detail: format!("output {i} has {} values; the CPU's {}", values.len(), w.len()),
+            });
         }
         let err = max_rel_err(&values, w);
         if err > c.tol {
@@ -474,10 +482,8 @@ pub fn check(cases: &[Case], devices: &[Device], mut progress: impl FnMut(&Cell)
     }
     for op in report.ops.clone() {
         let group: Vec<&Case> = cases.iter().filter(|c| c.op == op).collect();
-        let reference: Vec<std::result::Result<Vec<Vec<f32>>, String>> = group
-            .iter()
-            .map(|c| (c.run)(&cpu).and_then(|outs| outs.iter().map(Tensor::to_vec).collect()).map_err(|e| format!("CPU reference: {e}")))
-            .collect();
+        let reference: Vec<std::result::Result<Vec<Vec<f32>>, String>> =
+            group.iter().map(|c| (c.run)(&cpu).and_then(|outs| outs.iter().map(Tensor::to_vec).collect()).map_err(|e| format!("CPU reference: {e}"))).collect();
         for dev in devices {
             let mut verdict = Verdict::Pass { max_err: 0.0 };
             for (c, want) in group.iter().zip(&reference) {

@@ -25,11 +25,7 @@ impl FromStr for DeviceSpec {
             "cpu" => Ok(Self::Cpu),
             "gpu" => Ok(Self::Gpu(0)),
             "auto" => Ok(Self::Auto),
-            _ => lower
-                .strip_prefix("gpu:")
-                .and_then(|n| n.parse().ok())
-                .map(Self::Gpu)
-                .ok_or_else(|| Error::UnknownDevice(s.to_string())),
+            _ => lower.strip_prefix("gpu:").and_then(|n| n.parse().ok()).map(Self::Gpu).ok_or_else(|| Error::UnknownDevice(s.to_string())),
         }
     }
 }

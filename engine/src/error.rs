@@ -24,7 +24,9 @@ pub enum Error {
     #[error("{op}: not supported on this device: {detail}")]
     Unsupported { op: &'static str, detail: String },
 
-    #[error("backward through a graph a second time (reached the output of `{op}` again): the first backward freed the tensors it saved; run a new forward pass")]
+    #[error(
+        "backward through a graph a second time (reached the output of `{op}` again): the first backward freed the tensors it saved; run a new forward pass"
+    )]
     BackwardTwice { op: &'static str },
 
     #[error("optimizer state: {0}")]

@@ -88,9 +88,7 @@ impl HalfTensor {
     /// The values widened back to an f32 tensor on the same device.
     pub fn to_tensor(&self) -> Result<Tensor> {
         match (&self.storage, &self.device) {
-            (HalfStorage::Cpu(values), _) => {
-                Ok(cpu_tensor(values.iter().map(|v| v.to_f32()).collect(), &self.shape, &self.device))
-            }
+            (HalfStorage::Cpu(values), _) => Ok(cpu_tensor(values.iter().map(|v| v.to_f32()).collect(), &self.shape, &self.device)),
             (HalfStorage::Gpu(buffer), Device::Gpu(gpu)) => {
                 let n = self.numel();
                 let out = convert(gpu, &k::UNPACK_F16, buffer, n, n, n as u64 * 4)?;

@@ -40,13 +40,7 @@ impl AlexNet {
     /// The five convolutions (64, 192, 384, 256, 256 channels) with ReLUs and three max-pools;
     /// `first` = (kernel, stride, padding) of conv1, `second` = (kernel, padding) of conv2,
     /// `pooling` = (kernel, stride).
-    fn features(
-        first: (usize, usize, usize),
-        second: (usize, usize),
-        pooling: (usize, usize),
-        dev: &Device,
-        rng: &mut StdRng,
-    ) -> Result<Sequential> {
+    fn features(first: (usize, usize, usize), second: (usize, usize), pooling: (usize, usize), dev: &Device, rng: &mut StdRng) -> Result<Sequential> {
         let (k, s, p) = first;
         Ok(Sequential::new()
             .with(conv(3, 64, k, s, p, rng, dev)?)
@@ -64,15 +58,7 @@ impl AlexNet {
             .with(pool(pooling.0, pooling.1)))
     }
 
-    fn with_classifier(
-        features: Sequential,
-        pooled: [usize; 2],
-        hidden: usize,
-        num_classes: usize,
-        dev: &Device,
-        rng: &mut StdRng,
-        seed: u32,
-    ) -> Result<Self> {
+    fn with_classifier(features: Sequential, pooled: [usize; 2], hidden: usize, num_classes: usize, dev: &Device, rng: &mut StdRng, seed: u32) -> Result<Self> {
         let flat = 256 * pooled[0] * pooled[1];
         let classifier = Sequential::new()
             .with(Dropout::new(0.5, seed))

@@ -104,12 +104,7 @@ pub fn torch_reference(python: &str, spec: &StepSpec, threads: usize) -> Result<
     ]
     .into_iter()
     .flat_map(|(k, v)| [k.to_string(), v]);
-    let out = std::process::Command::new(python)
-        .arg("-c")
-        .arg(SCRIPT)
-        .args(args)
-        .output()
-        .map_err(|e| format!("cannot run `{python}`: {e}"))?;
+    let out = std::process::Command::new(python).arg("-c").arg(SCRIPT).args(args).output().map_err(|e| format!("cannot run `{python}`: {e}"))?;
     if !out.status.success() {
         let err = String::from_utf8_lossy(&out.stderr);
         return Err(err.lines().last().unwrap_or("failed").to_string());

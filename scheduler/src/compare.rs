@@ -47,9 +47,7 @@ pub fn bootstrap_ci(correct: &[bool], seed: u64) -> (f32, f32) {
     }
     let mut rng = StdRng::seed_from_u64(seed);
     let n = correct.len();
-    let mut accs: Vec<f32> = (0..1000)
-        .map(|_| (0..n).filter(|_| correct[rng.gen_range(0..n)]).count() as f32 / n as f32)
-        .collect();
+    let mut accs: Vec<f32> = (0..1000).map(|_| (0..n).filter(|_| correct[rng.gen_range(0..n)]).count() as f32 / n as f32).collect();
     accs.sort_by(f32::total_cmp);
     (accs[25], accs[974])
 }
@@ -66,12 +64,7 @@ fn full_backward_flops_per_image(model_name: &str, classes: usize, image: (usize
 }
 
 /// Trains every strategy of `cfg` and writes the report into `cfg.out`.
-pub fn compare(
-    cfg: &CompareConfig,
-    train: &Dataset,
-    test: &Dataset,
-    progress: &mut dyn FnMut(&str, &EpochRecord),
-) -> Result<Vec<Row>, TrainError> {
+pub fn compare(cfg: &CompareConfig, train: &Dataset, test: &Dataset, progress: &mut dyn FnMut(&str, &EpochRecord)) -> Result<Vec<Row>, TrainError> {
     let device = Device::parse(&cfg.device)?;
     let classes = train.classes().len();
     let init = cfg.init.as_deref().map(Checkpoint::load).transpose()?;
@@ -131,12 +124,22 @@ fn write_report(cfg: &CompareConfig, train: &Dataset, test: &Dataset, rows: &[Ro
         );
     }
     for r in rows {
-        let _ = writeln!(md, "\n## {}\n\n| epoch | stage | seconds | trainable params | backward GFLOP | train loss | test accuracy |\n|---:|---|---:|---:|---:|---:|---:|", r.run.strategy);
+        let _ = writeln!(
+            md,
+            "\n## {}\n\n| epoch | stage | seconds | trainable params | backward GFLOP | train loss | test accuracy |\n|---:|---|---:|---:|---:|---:|---:|",
+            r.run.strategy
+        );
         for e in &r.run.epochs {
             let _ = writeln!(
                 md,
                 "| {} | {} | {:.1} | {} | {:.1} | {:.4} | {:.2} % |",
-                e.epoch, e.stage, e.seconds, e.trainable_params, e.backward_flops / 1e9, e.train_loss, e.test_accuracy * 100.0
+                e.epoch,
+                e.stage,
+                e.seconds,
+                e.trainable_params,
+                e.backward_flops / 1e9,
+                e.train_loss,
+                e.test_accuracy * 100.0
             );
         }
         for note in &r.run.notes {

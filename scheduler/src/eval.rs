@@ -29,7 +29,13 @@ pub struct EvalReport {
 
 /// Runs `model` (eval mode, no gradients) over `set` in order, handing each batch's logits
 /// and labels to `each`.
-fn for_each_batch(model: &Model, set: &Dataset, spec: &LoaderSpec, device: &Device, mut each: impl FnMut(&Tensor, &[usize]) -> Result<(), TrainError>) -> Result<(), TrainError> {
+fn for_each_batch(
+    model: &Model,
+    set: &Dataset,
+    spec: &LoaderSpec,
+    device: &Device,
+    mut each: impl FnMut(&Tensor, &[usize]) -> Result<(), TrainError>,
+) -> Result<(), TrainError> {
     model.net.set_training(false);
     let done = Loader::new(set, spec).map_err(TrainError::from).and_then(|loader| {
         loader.into_iter().try_for_each(|b| {

@@ -75,7 +75,13 @@ pub fn network_dot(model: &str, submodels: &[(String, usize)], layers: &[LayerIm
     }
     for (l, layer) in layers.iter().enumerate() {
         let max = layer.scores.iter().fold(1e-12f32, |m, &s| m.max(s));
-        let _ = writeln!(dot, "  subgraph cluster_{l} {{\n    label=\"{} ({} inputs → {} outputs)\";\n    style=dashed;", layer.name, layer.scores.len(), layer.outputs);
+        let _ = writeln!(
+            dot,
+            "  subgraph cluster_{l} {{\n    label=\"{} ({} inputs → {} outputs)\";\n    style=dashed;",
+            layer.name,
+            layer.scores.len(),
+            layer.outputs
+        );
         let _ = writeln!(dot, "    l{l} [label=\"{}\", shape=ellipse];", layer.name.trim_end_matches(".weight"));
         let ranking = layer.ranking();
         for &j in ranking.iter().take(top) {

@@ -19,22 +19,15 @@ pub struct ForwardReport {
 /// Runs `model` (weights from `weights`, a state dict with torchvision's names) on tensor `x`
 /// of `input`; writes `logits` to `out`, and with integer labels `y` in `input` also the mean
 /// cross-entropy `loss` and every parameter's gradient as `grad.<name>`.
-pub fn forward(
-    model: &str,
-    num_classes: usize,
-    weights: &Path,
-    input: &Path,
-    out: &Path,
-    train_mode: bool,
-    device: &str,
-) -> Result<ForwardReport, TrainError> {
+pub fn forward(model: &str, num_classes: usize, weights: &Path, input: &Path, out: &Path, train_mode: bool, device: &str) -> Result<ForwardReport, TrainError> {
     let device = Device::parse(device)?;
     let model = build(model, num_classes, &device, 0)?;
     load_weights(&model, &Checkpoint::load(weights)?, &device)?;
     let inputs = Checkpoint::load(input)?;
-    let (xs, shape) = inputs.tensors.get("x").ok_or_else(|| {
-        TrainError::Checkpoint(checkpoint::CheckpointError::Tensor { path: input.into(), name: "x".into(), detail: "missing".into() })
-    })?;
+    let (xs, shape) = inputs
+        .tensors
+        .get("x")
+        .ok_or_else(|| TrainError::Checkpoint(checkpoint::CheckpointError::Tensor { path: input.into(), name: "x".into(), detail: "missing".into() }))?;
     let x = Var::constant(Tensor::from_vec(xs.clone(), shape, &device)?);
     model.net.set_training(train_mode);
     let mut tensors = Vec::new();

@@ -9,10 +9,10 @@ use crate::data::{Corruption, Dataset, ImageSet, LoaderSpec};
 use crate::error::TrainError;
 use crate::eval::{evaluate_full, model_from_checkpoint, EvalReport};
 use crate::plot::{line_chart, line_panels, Panel, Series};
-use std::sync::Arc;
 use rand::{rngs::StdRng, SeedableRng};
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use tessera_engine::checkpoint::Checkpoint;
 use tessera_engine::{Device, Tensor};
 use tessera_models::Model;
@@ -116,7 +116,15 @@ pub struct SubModelFault {
 /// For each sub-model: accuracy when its parameters get Gaussian noise of `scale` × their RMS,
 /// and when its parameters and buffers are reset to the model's initialisation (`init`, the
 /// same architecture built with the run's seed). The model is restored after each.
-pub fn submodel_faults(model: &Model, init: &Model, test: &Arc<ImageSet>, device: &Device, batch: usize, scale: f32, seed: u64) -> Result<Vec<SubModelFault>, TrainError> {
+pub fn submodel_faults(
+    model: &Model,
+    init: &Model,
+    test: &Arc<ImageSet>,
+    device: &Device,
+    batch: usize,
+    scale: f32,
+    seed: u64,
+) -> Result<Vec<SubModelFault>, TrainError> {
     let mut out = Vec::new();
     for (i, sub) in model.submodels.iter().enumerate() {
         let params = model.params_of(sub);
@@ -207,7 +215,13 @@ pub fn robustness_report(cfg: &RobustnessConfig, test: &Arc<ImageSet>) -> Result
         }
         let mean_corrupt = all.iter().sum::<f32>() / all.len().max(1) as f32;
         let _ = writeln!(txt, "  mean corruption accuracy {mean_corrupt:.4} = {:.1} % of clean\n", 100.0 * mean_corrupt / clean.max(1e-9));
-        let series: Vec<Series> = table.iter().map(|(c, accs)| Series { name: c.name().into(), points: std::iter::once((0.0, clean as f64)).chain(accs.iter().enumerate().map(|(s, &a)| ((s + 1) as f64, a as f64))).collect() }).collect();
+        let series: Vec<Series> = table
+            .iter()
+            .map(|(c, accs)| Series {
+                name: c.name().into(),
+                points: std::iter::once((0.0, clean as f64)).chain(accs.iter().enumerate().map(|(s, &a)| ((s + 1) as f64, a as f64))).collect(),
+            })
+            .collect();
         line_chart(&cfg.out.join("corruptions.png"), "Accuracy under input corruptions", "severity (0 = clean)", "test accuracy", &series)?;
         corruption_rows = table;
     }
@@ -215,7 +229,11 @@ pub fn robustness_report(cfg: &RobustnessConfig, test: &Arc<ImageSet>) -> Result
     let init_seed = ckpt.metadata.get("seed").and_then(|s| s.parse().ok()).unwrap_or(0);
     let init = tessera_models::build(model.name, k, &device, init_seed)?;
     let faults = submodel_faults(&model, &init, test, &device, cfg.batch, cfg.noise_scale, cfg.seed)?;
-    let _ = writeln!(txt, "Sub-model fault tolerance (clean {:.4}; noise: Gaussian, {} × each tensor's RMS; reset: the run's initial weights, seed {init_seed}):", last.report.accuracy, cfg.noise_scale);
+    let _ = writeln!(
+        txt,
+        "Sub-model fault tolerance (clean {:.4}; noise: Gaussian, {} × each tensor's RMS; reset: the run's initial weights, seed {init_seed}):",
+        last.report.accuracy, cfg.noise_scale
+    );
     let _ = writeln!(txt, "  {:<12} {:>10} {:>10}", "sub-model", "noise", "reset");
     for f in &faults {
         let _ = writeln!(txt, "  {:<12} {:>10.4} {:>10.4}", f.name, f.noise_accuracy, f.reset_accuracy);
@@ -230,9 +248,11 @@ pub fn robustness_report(cfg: &RobustnessConfig, test: &Arc<ImageSet>) -> Result
         let (loss, acc) = ([pick("train_loss"), pick("test_loss")], [pick("train_accuracy"), pick("test_accuracy")]);
         line_panels(
             &cfg.out.join("learning_curves.png"),
-            &[Panel { title: "loss", x_desc: "epoch", y_desc: "cross-entropy", series: &loss }, Panel { title: "accuracy", x_desc: "epoch", y_desc: "accuracy", series: &acc }],
-        )
-        ?;
+            &[
+                Panel { title: "loss", x_desc: "epoch", y_desc: "cross-entropy", series: &loss },
+                Panel { title: "accuracy", x_desc: "epoch", y_desc: "accuracy", series: &acc },
+            ],
+        )?;
     }
 
     let json = serde_json::json!({

@@ -12,8 +12,8 @@ use rand::{rngs::StdRng, seq::SliceRandom, SeedableRng};
 use serde_json::json;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::time::Instant;
 use std::sync::Arc;
+use std::time::Instant;
 use tessera_engine::checkpoint::{self, Checkpoint};
 use tessera_engine::ops;
 use tessera_engine::optim::Constant;
@@ -146,11 +146,18 @@ pub fn train_task(plan: &Plan, task: usize, cfg: &TaskConfig, out: &Path) -> Res
         let count = loader.len();
         // The budget is checked before every step: the loader yields no batch past it.
         let batches = loader.take_while(|_| start.elapsed().as_secs_f64() < budget);
-        let stats = t.run_epoch(epoch as usize + 1, 0, batches, count, &mut |t, x, labels| {
-            let elapsed = start.elapsed().as_secs_f64().min(budget);
-            t.opt.lr = base_lr * 0.5 * (1.0 + (std::f64::consts::PI * elapsed / budget).cos()) as f32;
-            t.step_from(0, x, labels)
-        }, &mut |_| {})?;
+        let stats = t.run_epoch(
+            epoch as usize + 1,
+            0,
+            batches,
+            count,
+            &mut |t, x, labels| {
+                let elapsed = start.elapsed().as_secs_f64().min(budget);
+                t.opt.lr = base_lr * 0.5 * (1.0 + (std::f64::consts::PI * elapsed / budget).cos()) as f32;
+                t.step_from(0, x, labels)
+            },
+            &mut |_| {},
+        )?;
         images += stats.images;
     }
     let (model, steps) = (&t.model, t.steps());

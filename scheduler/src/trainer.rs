@@ -170,7 +170,20 @@ impl Trainer {
         let groups = model.submodels.iter().map(|sub| ParamGroup::new(sub.name.clone(), model.params_of(sub).into_iter().map(|(_, p)| p).collect())).collect();
         let opt = optim.build(groups, schedule);
         let guard = StepGuard::new(&device, on_nan == OnNan::Stop)?;
-        Ok(Self { model, opt, device, classes, forward_flops: 0.0, backward_flops: 0.0, grad_hook: None, on_nan, guard, totals: StepTotals::default(), steps: 0, kept: Vec::new() })
+        Ok(Self {
+            model,
+            opt,
+            device,
+            classes,
+            forward_flops: 0.0,
+            backward_flops: 0.0,
+            grad_hook: None,
+            on_nan,
+            guard,
+            totals: StepTotals::default(),
+            steps: 0,
+            kept: Vec::new(),
+        })
     }
 
     pub fn submodel_count(&self) -> usize {
@@ -349,7 +362,8 @@ impl Trainer {
         }
         let n = self.submodel_count();
         let x = Var::constant(k.x);
-        let logits = self.model.net.forward_stage(k.first_stage, &x).and_then(|h| (k.first_stage + 1..n).try_fold(h, |h, s| self.model.net.forward_stage(s, &h)))?;
+        let logits =
+            self.model.net.forward_stage(k.first_stage, &x).and_then(|h| (k.first_stage + 1..n).try_fold(h, |h, s| self.model.net.forward_stage(s, &h)))?;
         let loss = ag::cross_entropy(&logits, &k.labels)?;
         let value = loss.value().to_vec()?[0];
         if !value.is_finite() {

@@ -1,9 +1,9 @@
 //! Layer importance, loss correlation: the numbers on hand-made cases, and the files written.
 use std::collections::HashMap;
+use std::sync::Arc;
 use tessera_engine::checkpoint::{save, Checkpoint};
 use tessera_engine::{Device, Tensor};
 use tessera_scheduler::correlation::{loss_correlation, pearson};
-use std::sync::Arc;
 use tessera_scheduler::data::{synthetic, Dataset};
 use tessera_scheduler::importance::{linear_importance, network_dot, render};
 

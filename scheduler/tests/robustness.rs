@@ -54,7 +54,14 @@ fn report_on_a_short_run() {
     (1..=5).for_each(|i| write(&format!("data_batch_{i}.bin"), 40, i));
     write("test_batch.bin", 60, 9);
     let run = root.join("run");
-    let cfg = TrainConfig { model: "simple-cnn".into(), data: data.clone(), run: RunSpec { epochs: 2, batch: 20, ..Default::default() }, optim: OptimConfig::default().with_lr(0.02), out: Some(run.clone()), ..Default::default() };
+    let cfg = TrainConfig {
+        model: "simple-cnn".into(),
+        data: data.clone(),
+        run: RunSpec { epochs: 2, batch: 20, ..Default::default() },
+        optim: OptimConfig::default().with_lr(0.02),
+        out: Some(run.clone()),
+        ..Default::default()
+    };
     train(&cfg, &mut |_| {}).unwrap();
 
     let (_, test) = load_splits(&data, None).unwrap();
@@ -63,7 +70,19 @@ fn report_on_a_short_run() {
     let rc = RobustnessConfig { run: run.clone(), device: "cpu".into(), batch: 30, seed: 0, corruptions: true, noise_scale: 0.5, out: out.clone() };
     let test = Arc::new(tessera_scheduler::data::materialize(test.as_ref()).unwrap());
     let text = robustness_report(&rc, &test).unwrap();
-    for section in ["epoch   1", "epoch   2", "mean accuracy", "bootstrap 95 % interval", "Mean confusion matrix", "weighted avg", "gaussian_noise", "mean corruption accuracy", "Sub-model fault tolerance", "conv1", "fc"] {
+    for section in [
+        "epoch   1",
+        "epoch   2",
+        "mean accuracy",
+        "bootstrap 95 % interval",
+        "Mean confusion matrix",
+        "weighted avg",
+        "gaussian_noise",
+        "mean corruption accuracy",
+        "Sub-model fault tolerance",
+        "conv1",
+        "fc",
+    ] {
         assert!(text.contains(section), "missing `{section}` in\n{text}");
     }
     assert_eq!(std::fs::read_to_string(out.join("results.txt")).unwrap(), text);

@@ -1,9 +1,9 @@
 //! A short training run end to end: image folders → model → SGD → per-epoch checkpoint and
 //! metrics; the checkpoint loads back into a fresh model with identical test results.
 use std::path::PathBuf;
+use std::sync::Arc;
 use tessera_engine::checkpoint::Checkpoint;
 use tessera_engine::Device;
-use std::sync::Arc;
 use tessera_scheduler::data::{load_image_folder, FolderOptions, LoaderSpec};
 use tessera_scheduler::eval::evaluate;
 use tessera_scheduler::run_state::load_weights;
@@ -20,7 +20,14 @@ fn trains_checkpoints_and_reloads() {
     let _ = std::fs::remove_dir_all(&root);
     write_folders(&root);
     let out = root.join("run");
-    let cfg = TrainConfig { model: "simple-cnn".into(), data: root.clone(), run: RunSpec { epochs: 3, batch: 16, ..Default::default() }, optim: OptimConfig::default().with_lr(0.02), out: Some(out.clone()), ..Default::default() };
+    let cfg = TrainConfig {
+        model: "simple-cnn".into(),
+        data: root.clone(),
+        run: RunSpec { epochs: 3, batch: 16, ..Default::default() },
+        optim: OptimConfig::default().with_lr(0.02),
+        out: Some(out.clone()),
+        ..Default::default()
+    };
     let mut ends = Vec::new();
     let reports = train(&cfg, &mut |s| ends.push((s.epoch, s.step, s.steps_per_epoch))).unwrap();
     assert_eq!(reports.len(), 3);
@@ -67,7 +74,13 @@ fn resuming_gives_the_weights_of_an_uninterrupted_run() {
     let root: PathBuf = std::env::temp_dir().join(format!("tessera-resume-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&root);
     write_folders(&root);
-    let base = TrainConfig { model: "simple-cnn".into(), data: root.clone(), run: RunSpec { epochs: 2, batch: 16, ..Default::default() }, optim: OptimConfig::default().with_lr(0.02), ..Default::default() };
+    let base = TrainConfig {
+        model: "simple-cnn".into(),
+        data: root.clone(),
+        run: RunSpec { epochs: 2, batch: 16, ..Default::default() },
+        optim: OptimConfig::default().with_lr(0.02),
+        ..Default::default()
+    };
     let straight = TrainConfig { out: Some(root.join("straight")), ..base.clone() };
     train(&straight, &mut |_| {}).unwrap();
     // A run that died after epoch 1 (of 2: the cosine schedule spans both): only epoch 1's
@@ -96,7 +109,14 @@ fn a_failed_save_keeps_the_last_good_checkpoint() {
     let _ = std::fs::remove_dir_all(&root);
     write_folders(&root);
     let out = root.join("run");
-    let one = TrainConfig { model: "simple-cnn".into(), data: root.clone(), run: RunSpec { epochs: 1, batch: 16, ..Default::default() }, optim: OptimConfig::default().with_lr(0.02), out: Some(out.clone()), ..Default::default() };
+    let one = TrainConfig {
+        model: "simple-cnn".into(),
+        data: root.clone(),
+        run: RunSpec { epochs: 1, batch: 16, ..Default::default() },
+        optim: OptimConfig::default().with_lr(0.02),
+        out: Some(out.clone()),
+        ..Default::default()
+    };
     train(&one, &mut |_| {}).unwrap();
     let good = std::fs::read(out.join("epoch-001.safetensors")).unwrap();
     // Epoch 2's checkpoint cannot be written (its temporary path is taken by a folder).
@@ -114,7 +134,14 @@ fn a_non_finite_loss_stops_naming_the_step_or_is_skipped() {
     let _ = std::fs::remove_dir_all(&root);
     write_folders(&root);
     let out = root.join("run");
-    let base = TrainConfig { model: "simple-cnn".into(), data: root.clone(), run: RunSpec { epochs: 1, batch: 16, ..Default::default() }, optim: OptimConfig::default().with_lr(0.02), out: Some(out.clone()), ..Default::default() };
+    let base = TrainConfig {
+        model: "simple-cnn".into(),
+        data: root.clone(),
+        run: RunSpec { epochs: 1, batch: 16, ..Default::default() },
+        optim: OptimConfig::default().with_lr(0.02),
+        out: Some(out.clone()),
+        ..Default::default()
+    };
     train(&base, &mut |_| {}).unwrap();
     let good = std::fs::read(out.join("epoch-001.safetensors")).unwrap();
     // Resumed with an absurd learning rate, the weights blow up within a few steps.

@@ -149,8 +149,7 @@ pub mod batchnorm {
     pub static FORWARD: Kernel = Kernel { shader: &BATCHNORM, entry: "bn_forward", workgroup: [256, 1, 1] };
     pub static BACKWARD_TRAIN: Kernel = Kernel { shader: &BATCHNORM, entry: "bn_backward_train", workgroup: [256, 1, 1] };
     pub static BACKWARD_EVAL: Kernel = Kernel { shader: &BATCHNORM, entry: "bn_backward_eval", workgroup: [256, 1, 1] };
-    pub static ALL_KERNELS: &[&Kernel] =
-        &[&MEAN, &VAR, &GRAD_SUMS, &MEAN_WG, &VAR_WG, &GRAD_SUMS_WG, &FORWARD, &BACKWARD_TRAIN, &BACKWARD_EVAL];
+    pub static ALL_KERNELS: &[&Kernel] = &[&MEAN, &VAR, &GRAD_SUMS, &MEAN_WG, &VAR_WG, &GRAD_SUMS_WG, &FORWARD, &BACKWARD_TRAIN, &BACKWARD_EVAL];
 }
 
 /// The fused SGD update (sgd.wgsl).
@@ -283,13 +282,7 @@ impl Shader {
     /// group 0 only, the uniform block at binding 0, storage buffers at 1..=n without gaps.
     pub fn bindings(&self) -> Result<ModuleBindings, validate::ShaderError> {
         let (module, _) = validate::validate(self.file, self.source)?;
-        let err = |message: String| validate::ShaderError {
-            file: self.file.into(),
-            stage: "binding layout",
-            entry: None,
-            line: None,
-            message,
-        };
+        let err = |message: String| validate::ShaderError { file: self.file.into(), stage: "binding layout", entry: None, line: None, message };
         let mut has_params = false;
         let mut storage = std::collections::BTreeMap::new();
         for (_, var) in module.global_variables.iter() {

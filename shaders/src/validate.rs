@@ -89,19 +89,21 @@ pub fn validate(file: &str, source: &str) -> Result<(naga::Module, naga::valid::
         line: e.location(source).map(|l| l.line_number),
         message: e.emit_to_string_with_path(source, file),
     })?;
-    let info = Validator::new(ValidationFlags::all(), Capabilities::SUBGROUP | Capabilities::SHADER_FLOAT16 | Capabilities::SHADER_FLOAT16_IN_FLOAT32).validate(&module).map_err(|e| {
-        let entry = match e.as_inner() {
-            ValidationError::EntryPoint { name, .. } | ValidationError::Function { name, .. } => Some(name.clone()),
-            _ => None,
-        };
-        ShaderError {
-            file: file.into(),
-            stage: "validation",
-            entry,
-            line: e.location(source).map(|l| l.line_number),
-            message: e.emit_to_string_with_path(source, file),
-        }
-    })?;
+    let info = Validator::new(ValidationFlags::all(), Capabilities::SUBGROUP | Capabilities::SHADER_FLOAT16 | Capabilities::SHADER_FLOAT16_IN_FLOAT32)
+        .validate(&module)
+        .map_err(|e| {
+            let entry = match e.as_inner() {
+                ValidationError::EntryPoint { name, .. } | ValidationError::Function { name, .. } => Some(name.clone()),
+                _ => None,
+            };
+            ShaderError {
+                file: file.into(),
+                stage: "validation",
+                entry,
+                line: e.location(source).map(|l| l.line_number),
+                message: e.emit_to_string_with_path(source, file),
+            }
+        })?;
     Ok((module, info))
 }
 
@@ -131,21 +133,12 @@ pub fn translate_all(file: &str, source: &str) -> Result<Vec<Translation>, Shade
     Ok(out)
 }
 
-fn translate(
-    module: &naga::Module,
-    info: &naga::valid::ModuleInfo,
-    target: &str,
-    entry: &str,
-    stage: naga::ShaderStage,
-    f16: bool,
-) -> Result<usize, String> {
+fn translate(module: &naga::Module, info: &naga::valid::ModuleInfo, target: &str, entry: &str, stage: naga::ShaderStage, f16: bool) -> Result<usize, String> {
     let entry = entry.to_string();
     match target {
         "SPIR-V" => {
             let pipeline = spv::PipelineOptions { shader_stage: stage, entry_point: entry };
-            spv::write_vec(module, info, &spv::Options::default(), Some(&pipeline))
-                .map(|words| words.len())
-                .map_err(|e| e.to_string())
+            spv::write_vec(module, info, &spv::Options::default(), Some(&pipeline)).map(|words| words.len()).map_err(|e| e.to_string())
         }
         "MSL" => {
             let options = msl::Options { lang_version: (2, 1), ..Default::default() };
@@ -158,10 +151,7 @@ fn translate(
             let shader_model = if f16 { hlsl::ShaderModel::V6_2 } else { hlsl::ShaderModel::V6_0 };
             let options = hlsl::Options { shader_model, ..Default::default() };
             let pipeline = hlsl::PipelineOptions { entry_point: Some((stage, entry)) };
-            hlsl::Writer::new(&mut text, &options, &pipeline)
-                .write(module, info, None)
-                .map(|_| text.len())
-                .map_err(|e| e.to_string())
+            hlsl::Writer::new(&mut text, &options, &pipeline).write(module, info, None).map(|_| text.len()).map_err(|e| e.to_string())
         }
         "GLSL ES" => {
             let mut text = String::new();

@@ -52,8 +52,7 @@ fn the_modules_use_exactly_the_files_on_disk() {
         .map(|e| e.expect("directory entry").file_name().to_string_lossy().into_owned())
         .filter(|name| name.ends_with(".wgsl"))
         .collect();
-    let used: BTreeSet<String> =
-        ALL.iter().flat_map(|s| std::iter::once(s.file).chain(s.shared.iter().map(|(f, _)| *f))).map(String::from).collect();
+    let used: BTreeSet<String> = ALL.iter().flat_map(|s| std::iter::once(s.file).chain(s.shared.iter().map(|(f, _)| *f))).map(String::from).collect();
     assert_eq!(on_disk, used, "tessera_shaders::ALL must use every file in shaders/wgsl, and only those");
     for shader in ALL {
         let on_disk: String = std::iter::once(shader.file).chain(shader.shared.iter().map(|(f, _)| *f)).map(read).collect();
@@ -91,11 +90,7 @@ fn every_registered_kernel_names_a_real_entry_point() {
     ];
     for k in gemm.chain(others.into_iter().flatten().copied()) {
         let (module, _) = tessera_shaders::validate::validate(k.shader.file, k.shader.source).unwrap();
-        let ep = module
-            .entry_points
-            .iter()
-            .find(|e| e.name == k.entry)
-            .unwrap_or_else(|| panic!("{} has no entry point {}", k.shader.file, k.entry));
+        let ep = module.entry_points.iter().find(|e| e.name == k.entry).unwrap_or_else(|| panic!("{} has no entry point {}", k.shader.file, k.entry));
         assert_eq!(ep.workgroup_size, k.workgroup, "{}: workgroup size mirrored wrongly", k.entry);
     }
 }

@@ -28,4 +28,3 @@ pub fn write_coloured_cifar_sized(dir: &Path, per_file: usize) {
     let test: Vec<u8> = (0..200).flat_map(|i| record((i % 10) as u8, i)).collect();
     std::fs::write(dir.join("test_batch.bin"), test).unwrap();
 }
-

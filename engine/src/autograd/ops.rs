@@ -25,12 +25,7 @@ pub fn mul(a: &Var, b: &Var) -> Result<Var> {
         "mul",
         value,
         &[a, b],
-        Box::new(move |g, needs| {
-            Ok(vec![
-                if needs[0] { Some(k::mul(g, &bv)?) } else { None },
-                if needs[1] { Some(k::mul(g, &av)?) } else { None },
-            ])
-        }),
+        Box::new(move |g, needs| Ok(vec![if needs[0] { Some(k::mul(g, &bv)?) } else { None }, if needs[1] { Some(k::mul(g, &av)?) } else { None }])),
     ))
 }
 
@@ -56,10 +51,7 @@ pub fn matmul(a: &Var, b: &Var) -> Result<Var> {
         Box::new(move |g, needs| {
             let nt = GemmOpts { trans_b: true, ..Default::default() };
             let tn = GemmOpts { trans_a: true, ..Default::default() };
-            Ok(vec![
-                if needs[0] { Some(k::gemm(g, &bv, None, nt)?) } else { None },
-                if needs[1] { Some(k::gemm(&av, g, None, tn)?) } else { None },
-            ])
+            Ok(vec![if needs[0] { Some(k::gemm(g, &bv, None, nt)?) } else { None }, if needs[1] { Some(k::gemm(&av, g, None, tn)?) } else { None }])
         }),
     ))
 }
@@ -152,12 +144,7 @@ pub fn cross_entropy(logits: &Var, labels: &[usize]) -> Result<Var> {
     let per_sample = k::cross_entropy_per_sample(logits.value(), &labels)?;
     let value = k::mean(&per_sample, &[0], false)?;
     let x = logits.value().clone();
-    Ok(Var::from_op(
-        "cross_entropy",
-        value,
-        &[logits],
-        Box::new(move |g, _| Ok(vec![Some(k::cross_entropy_backward(&x, &labels, g)?)])),
-    ))
+    Ok(Var::from_op("cross_entropy", value, &[logits], Box::new(move |g, _| Ok(vec![Some(k::cross_entropy_backward(&x, &labels, g)?)]))))
 }
 
 /// conv2d (PyTorch's `F.conv2d`): x [N, C, H, W], weight [O, C, kh, kw], bias [O].
@@ -205,15 +192,7 @@ pub fn adaptive_avg_pool2d(x: &Var, out: [usize; 2]) -> Result<Var> {
 /// batch_norm2d with the given per-channel statistics: the batch's (`training`: they depend
 /// on x, and the backward accounts for it) or the running ones (eval: constants).
 /// Use [`crate::ops::batch_stats`] for the batch statistics; `nn::BatchNorm2d` wires both.
-pub fn batch_norm2d(
-    x: &Var,
-    gamma: &Var,
-    beta: &Var,
-    mean: &crate::Tensor,
-    var: &crate::Tensor,
-    training: bool,
-    eps: f32,
-) -> Result<Var> {
+pub fn batch_norm2d(x: &Var, gamma: &Var, beta: &Var, mean: &crate::Tensor, var: &crate::Tensor, training: bool, eps: f32) -> Result<Var> {
     let value = k::batch_norm_forward(x.value(), mean, var, gamma.value(), beta.value(), eps)?;
     let (xv, gv, mv, vv) = (x.value().clone(), gamma.value().clone(), mean.clone(), var.clone());
     Ok(Var::from_op(
@@ -221,8 +200,7 @@ pub fn batch_norm2d(
         value,
         &[x, gamma, beta],
         Box::new(move |g, needs| {
-            let (dx, dgamma, dbeta) =
-                k::batch_norm_backward(&xv, g, &mv, &vv, &gv, eps, training, needs[0], needs[1] || needs[2])?;
+            let (dx, dgamma, dbeta) = k::batch_norm_backward(&xv, g, &mv, &vv, &gv, eps, training, needs[0], needs[1] || needs[2])?;
             Ok(vec![dx, dgamma, dbeta])
         }),
     ))
@@ -244,10 +222,7 @@ pub fn concat(a: &Var, b: &Var, axis: usize) -> Result<Var> {
         value,
         &[a, b],
         Box::new(move |g, needs| {
-            Ok(vec![
-                if needs[0] { Some(k::narrow(g, axis, 0, la)?) } else { None },
-                if needs[1] { Some(k::narrow(g, axis, la, lb)?) } else { None },
-            ])
+            Ok(vec![if needs[0] { Some(k::narrow(g, axis, 0, la)?) } else { None }, if needs[1] { Some(k::narrow(g, axis, la, lb)?) } else { None }])
         }),
     ))
 }

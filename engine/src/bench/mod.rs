@@ -103,9 +103,7 @@ pub fn bench_gemm(
     let kernel_name = match (device, kernel) {
         (Device::Cpu(_), _) => "openblas sgemm".to_string(),
         (Device::Gpu(_), Some(k)) => k.kernel.entry.to_string(),
-        (Device::Gpu(gpu), None) => {
-            crate::ops::gemm::choose_kernel(gpu, &GemmShape::new(a.shape(), b.shape(), None, opts)?).kernel.entry.to_string()
-        }
+        (Device::Gpu(gpu), None) => crate::ops::gemm::choose_kernel(gpu, &GemmShape::new(a.shape(), b.shape(), None, opts)?).kernel.entry.to_string(),
     };
     let trans = format!("{}{}", if trans_a { 't' } else { 'n' }, if trans_b { 't' } else { 'n' });
     let secs = |d: Duration| d.as_secs_f64();

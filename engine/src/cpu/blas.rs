@@ -149,9 +149,8 @@ pub fn ensure_native_kernels() -> Option<&'static str> {
         }
         // Only DYNAMIC_ARCH builds export the selection functions: look them up, do not link.
         // SAFETY: dlsym on the process's global scope (RTLD_DEFAULT = null) with NUL-terminated names.
-        let (quit, init) = unsafe {
-            (dlsym(std::ptr::null_mut(), c"gotoblas_dynamic_quit".as_ptr()), dlsym(std::ptr::null_mut(), c"gotoblas_dynamic_init".as_ptr()))
-        };
+        let (quit, init) =
+            unsafe { (dlsym(std::ptr::null_mut(), c"gotoblas_dynamic_quit".as_ptr()), dlsym(std::ptr::null_mut(), c"gotoblas_dynamic_init".as_ptr())) };
         if quit.is_null() || init.is_null() {
             return None;
         }

@@ -25,11 +25,8 @@ impl CpuBackend {
     pub fn new(threads: usize) -> Arc<Self> {
         let threads = if threads == 0 { std::thread::available_parallelism().map_or(1, |n| n.get()) } else { threads };
         blas::set_num_threads(1);
-        let pool = rayon::ThreadPoolBuilder::new()
-            .num_threads(threads)
-            .thread_name(|i| format!("tessera-cpu-{i}"))
-            .build()
-            .expect("spawning rayon worker threads");
+        let pool =
+            rayon::ThreadPoolBuilder::new().num_threads(threads).thread_name(|i| format!("tessera-cpu-{i}")).build().expect("spawning rayon worker threads");
         Arc::new(Self { pool, threads })
     }
 

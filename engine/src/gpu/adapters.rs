@@ -25,10 +25,7 @@ pub struct AdapterSummary {
 pub(crate) fn instance() -> &'static wgpu::Instance {
     static INSTANCE: OnceLock<wgpu::Instance> = OnceLock::new();
     INSTANCE.get_or_init(|| {
-        let desc = wgpu::InstanceDescriptor {
-            backends: wgpu::Backends::all(),
-            ..wgpu::InstanceDescriptor::new_without_display_handle()
-        };
+        let desc = wgpu::InstanceDescriptor { backends: wgpu::Backends::all(), ..wgpu::InstanceDescriptor::new_without_display_handle() };
         // WGPU_BACKEND and friends still narrow the set when a user sets them.
         wgpu::Instance::new(desc.with_env())
     })
@@ -53,12 +50,7 @@ pub(crate) fn summarize(index: usize, adapter: &wgpu::Adapter) -> AdapterSummary
     let info = adapter.get_info();
     let limits = adapter.limits();
     let features = adapter.features();
-    let driver = [info.driver.as_str(), info.driver_info.as_str()]
-        .iter()
-        .filter(|s| !s.is_empty())
-        .copied()
-        .collect::<Vec<_>>()
-        .join(" ");
+    let driver = [info.driver.as_str(), info.driver_info.as_str()].iter().filter(|s| !s.is_empty()).copied().collect::<Vec<_>>().join(" ");
     AdapterSummary {
         index,
         name: info.name,

@@ -70,9 +70,7 @@ impl GpuBackend {
             return Ok(backend.clone());
         }
         let adapters = adapters::raw_adapters();
-        let adapter = adapters
-            .get(index)
-            .ok_or(Error::NoSuchAdapter { index, count: adapters.len() })?;
+        let adapter = adapters.get(index).ok_or(Error::NoSuchAdapter { index, count: adapters.len() })?;
         let backend = Arc::new(Self::create(index, adapter)?);
         open.insert(index, backend.clone());
         Ok(backend)
@@ -90,11 +88,8 @@ impl GpuBackend {
             memory_hints: wgpu::MemoryHints::Performance,
             trace: wgpu::Trace::Off,
         };
-        let (device, queue) = pollster::block_on(adapter.request_device(&desc)).map_err(|e| Error::DeviceOpen {
-            index,
-            name: summary.name.clone(),
-            reason: e.to_string(),
-        })?;
+        let (device, queue) =
+            pollster::block_on(adapter.request_device(&desc)).map_err(|e| Error::DeviceOpen { index, name: summary.name.clone(), reason: e.to_string() })?;
         let uncaptured: Arc<Mutex<Option<String>>> = Default::default();
         let sink = uncaptured.clone();
         device.on_uncaptured_error(Arc::new(move |e: wgpu::Error| {
@@ -191,12 +186,7 @@ impl GpuBackend {
             None => {
                 pool.allocated_bytes += class;
                 self.stats.lock().expect("stats poisoned").buffers_created += 1;
-                self.device.create_buffer(&wgpu::BufferDescriptor {
-                    label: None,
-                    size: class,
-                    usage: STORAGE_USAGE,
-                    mapped_at_creation: false,
-                })
+                self.device.create_buffer(&wgpu::BufferDescriptor { label: None, size: class, usage: STORAGE_USAGE, mapped_at_creation: false })
             }
         };
         drop(pool);
@@ -225,11 +215,7 @@ impl GpuBackend {
                     usage: wgpu::BufferUsages::COPY_SRC,
                     mapped_at_creation: true,
                 });
-                staging
-                    .slice(..)
-                    .get_mapped_range_mut()
-                    .map_err(|e| self.gpu_err(e))?
-                    .copy_from_slice(bytes);
+                staging.slice(..).get_mapped_range_mut().map_err(|e| self.gpu_err(e))?.copy_from_slice(bytes);
                 staging.unmap();
                 encoder.copy_buffer_to_buffer(&staging, 0, buffer.raw(), 0, bytes.len() as u64);
             }
@@ -316,9 +302,7 @@ impl GpuBackend {
     }
 
     fn encoder<'b>(&self, batch: &'b mut Batch) -> &'b mut wgpu::CommandEncoder {
-        batch
-            .encoder
-            .get_or_insert_with(|| self.device.create_command_encoder(&wgpu::CommandEncoderDescriptor { label: None }))
+        batch.encoder.get_or_insert_with(|| self.device.create_command_encoder(&wgpu::CommandEncoderDescriptor { label: None }))
     }
 
     fn submit(&self, batch: &mut Batch) {
@@ -343,12 +327,8 @@ impl GpuBackend {
         }
         let bindings = shader.bindings().map_err(|e| self.gpu_err(format!("shader did not compile: {e}")))?;
         let buffer = |ty| wgpu::BindingType::Buffer { ty, has_dynamic_offset: false, min_binding_size: None };
-        let mut entries = vec![wgpu::BindGroupLayoutEntry {
-            binding: 0,
-            visibility: wgpu::ShaderStages::COMPUTE,
-            ty: buffer(wgpu::BufferBindingType::Uniform),
-            count: None,
-        }];
+        let mut entries =
+            vec![wgpu::BindGroupLayoutEntry { binding: 0, visibility: wgpu::ShaderStages::COMPUTE, ty: buffer(wgpu::BufferBindingType::Uniform), count: None }];
         for (i, &read_only) in bindings.storage_read_only.iter().enumerate() {
             entries.push(wgpu::BindGroupLayoutEntry {
                 binding: i as u32 + 1,
@@ -357,10 +337,7 @@ impl GpuBackend {
                 count: None,
             });
         }
-        let group = self.device.create_bind_group_layout(&wgpu::BindGroupLayoutDescriptor {
-            label: Some(shader.file),
-            entries: &entries,
-        });
+        let group = self.device.create_bind_group_layout(&wgpu::BindGroupLayoutDescriptor { label: Some(shader.file), entries: &entries });
         let pipeline = self.device.create_pipeline_layout(&wgpu::PipelineLayoutDescriptor {
             label: Some(shader.file),
             bind_group_layouts: &[Some(&group)],
@@ -402,28 +379,15 @@ impl GpuBackend {
     /// The one way to run a kernel. Binding 0 is the `params` uniform block; bindings 1..=n
     /// are `buffers`, one for each storage buffer the kernel's module declares, in order (an
     /// entry point that ignores one still gets it bound). Recorded, not waited for.
-    pub fn launch(
-        &self,
-        kernel: &Kernel,
-        params: &[u8],
-        buffers: &[&GpuBuffer],
-        workgroups: [u32; 3],
-    ) -> Result<()> {
+    pub fn launch(&self, kernel: &Kernel, params: &[u8], buffers: &[&GpuBuffer], workgroups: [u32; 3]) -> Result<()> {
         assert!(params.len() <= MAX_PARAMS_BYTES, "{}: params block too large", kernel.entry);
         let (group_layout, _, storage_count) = self.layout(kernel.shader)?;
         if buffers.len() != storage_count {
-            return Err(self.gpu_err(format!(
-                "{} binds {storage_count} storage buffers; the launch passed {}",
-                kernel.entry,
-                buffers.len()
-            )));
+            return Err(self.gpu_err(format!("{} binds {storage_count} storage buffers; the launch passed {}", kernel.entry, buffers.len())));
         }
         let max_groups = self.limits.max_compute_workgroups_per_dimension;
         if workgroups.iter().any(|&g| g > max_groups) {
-            return Err(self.gpu_err(format!(
-                "{} needs {workgroups:?} workgroups; the adapter allows {max_groups} per dimension",
-                kernel.entry
-            )));
+            return Err(self.gpu_err(format!("{} needs {workgroups:?} workgroups; the adapter allows {max_groups} per dimension", kernel.entry)));
         }
         if workgroups.contains(&0) {
             return Ok(());
@@ -447,16 +411,9 @@ impl GpuBackend {
             }),
         }];
         for (i, buffer) in buffers.iter().enumerate() {
-            entries.push(wgpu::BindGroupEntry {
-                binding: i as u32 + 1,
-                resource: buffer.raw().as_entire_binding(),
-            });
+            entries.push(wgpu::BindGroupEntry { binding: i as u32 + 1, resource: buffer.raw().as_entire_binding() });
         }
-        let bind_group = self.device.create_bind_group(&wgpu::BindGroupDescriptor {
-            label: None,
-            layout: &group_layout,
-            entries: &entries,
-        });
+        let bind_group = self.device.create_bind_group(&wgpu::BindGroupDescriptor { label: None, layout: &group_layout, entries: &entries });
         let encoder = self.encoder(&mut batch);
         {
             let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor { label: None, timestamp_writes: None });

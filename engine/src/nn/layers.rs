@@ -52,15 +52,7 @@ pub struct Conv2d {
 
 impl Conv2d {
     #[allow(clippy::too_many_arguments)]
-    pub fn new(
-        inputs: usize,
-        outputs: usize,
-        kernel: usize,
-        opts: Conv2dOpts,
-        bias: bool,
-        device: &Device,
-        rng: &mut StdRng,
-    ) -> Result<Self> {
+    pub fn new(inputs: usize, outputs: usize, kernel: usize, opts: Conv2dOpts, bias: bool, device: &Device, rng: &mut StdRng) -> Result<Self> {
         let bound = 1.0 / ((inputs * kernel * kernel) as f32).sqrt();
         let weight = Param::new(uniform(rng, &[outputs, inputs, kernel, kernel], bound, device)?);
         let bias = if bias { Some(Param::new(uniform(rng, &[outputs], bound, device)?)) } else { None };

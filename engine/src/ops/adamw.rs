@@ -113,7 +113,8 @@ pub fn adamw_step_in_place(param: &mut Tensor, grad: &Tensor, state: &mut AdamWS
             let pb = gpu_buffer(param);
             // Unguarded, the guard slot holds the parameter (read-only, never read).
             let guard_b = guard.map_or_else(|| pb.clone(), gpu_buffer);
-            let buffers = [pb.clone(), gpu_buffer(grad), guard_b, gpu_buffer(&state.exp_avg), gpu_buffer(&state.exp_avg_sq), gpu_buffer(&state.step), gpu_buffer(&new_p)];
+            let buffers =
+                [pb.clone(), gpu_buffer(grad), guard_b, gpu_buffer(&state.exp_avg), gpu_buffer(&state.exp_avg_sq), gpu_buffer(&state.step), gpu_buffer(&new_p)];
             let refs: Vec<&crate::gpu::GpuBuffer> = buffers.iter().map(|b| b.as_ref()).collect();
             gpu.launch(&ADAMW_TICK, bytemuck::bytes_of(&params), &refs, [1, 1, 1])?;
             gpu.launch(&ADAMW_STEP, bytemuck::bytes_of(&params), &refs, grid_1d(&gpu, "adamw_step", n, 256)?)?;

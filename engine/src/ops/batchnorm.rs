@@ -81,7 +81,15 @@ const GRAD_SUMS: Reduction = Reduction { looped: &k::GRAD_SUMS, per_workgroup: &
 /// A per-channel reduction into [out_len] values, in the variant `ops::reduction_variant`
 /// picks (or `pinned`).
 #[allow(clippy::too_many_arguments)]
-fn reduce(red: &Reduction, pinned: Option<ReductionVariant>, s: &BnShape, eps: f32, x: &Tensor, bindings: [Option<&Tensor>; 5], out_len: usize) -> Result<Tensor> {
+fn reduce(
+    red: &Reduction,
+    pinned: Option<ReductionVariant>,
+    s: &BnShape,
+    eps: f32,
+    x: &Tensor,
+    bindings: [Option<&Tensor>; 5],
+    out_len: usize,
+) -> Result<Tensor> {
     let Device::Gpu(gpu) = x.device() else { unreachable!("GPU launch on a CPU tensor") };
     let (params, inputs) = params_and_inputs(s, eps, x, bindings)?;
     let run = |variant: ReductionVariant| -> Result<Tensor> {
@@ -173,21 +181,10 @@ pub fn batch_norm_backward(
                 let stats = [mean, var, gamma].map(cpu_data);
                 cpu_tensor(cpu_bn::input_grad_train(cpu, &s, cpu_data(x), cpu_data(g), stats, cpu_data(&sums), eps), x.shape(), x.device())
             }
-            Device::Gpu(_) => launch(
-                &k::BACKWARD_TRAIN,
-                &s,
-                eps,
-                x,
-                [Some(g), Some(mean), Some(var), Some(gamma), Some(&sums)],
-                x.shape(),
-            )?,
+            Device::Gpu(_) => launch(&k::BACKWARD_TRAIN, &s, eps, x, [Some(g), Some(mean), Some(var), Some(gamma), Some(&sums)], x.shape())?,
         }),
     };
-    let (dgamma, dbeta) = if need_affine {
-        (Some(narrow(&sums, 0, s.c, s.c)?), Some(narrow(&sums, 0, 0, s.c)?))
-    } else {
-        (None, None)
-    };
+    let (dgamma, dbeta) = if need_affine { (Some(narrow(&sums, 0, s.c, s.c)?), Some(narrow(&sums, 0, 0, s.c)?)) } else { (None, None) };
     Ok((dx, dgamma, dbeta))
 }
 

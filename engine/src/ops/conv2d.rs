@@ -192,7 +192,13 @@ pub fn conv2d(x: &Tensor, weight: &Tensor, bias: Option<&Tensor>, opts: Conv2dOp
 }
 
 /// [`conv2d`] with the GPU's im2col kernel pinned (the conformance suite checks each).
-pub(crate) fn conv2d_with_im2col(x: &Tensor, weight: &Tensor, bias: Option<&Tensor>, opts: Conv2dOpts, im2col_kernel: Option<&'static Kernel>) -> Result<Tensor> {
+pub(crate) fn conv2d_with_im2col(
+    x: &Tensor,
+    weight: &Tensor,
+    bias: Option<&Tensor>,
+    opts: Conv2dOpts,
+    im2col_kernel: Option<&'static Kernel>,
+) -> Result<Tensor> {
     let s = ConvShape::new(x.shape(), weight.shape(), opts)?;
     super::same_device("conv2d", &[x, weight])?;
     if let Device::Cpu(cpu) = x.device() {

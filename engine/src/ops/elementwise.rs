@@ -24,14 +24,7 @@ const BLOCK: usize = 1 << 14;
 
 /// Runs `kernel` over x (and y, of x's length) into a new tensor shaped like x; `cpu` is its
 /// CPU twin, mapping (x_i, y_i, i) to out_i.
-fn map2(
-    op: &'static str,
-    kernel: &Kernel,
-    x: &Tensor,
-    y: &Tensor,
-    params: EwParams,
-    cpu: impl Fn(f32, f32, usize) -> f32 + Sync,
-) -> Result<Tensor> {
+fn map2(op: &'static str, kernel: &Kernel, x: &Tensor, y: &Tensor, params: EwParams, cpu: impl Fn(f32, f32, usize) -> f32 + Sync) -> Result<Tensor> {
     same_device(op, &[x, y])?;
     let n = x.numel();
     match x.device() {
@@ -86,22 +79,12 @@ pub fn relu_backward(x: &Tensor, g: &Tensor) -> Result<Tensor> {
 
 /// x + b broadcast along `axis`: b has x.shape()[axis] values (a bias per feature or channel).
 pub fn add_channel(x: &Tensor, b: &Tensor, axis: usize) -> Result<Tensor> {
-    let channels = *x
-        .shape()
-        .get(axis)
-        .ok_or_else(|| shape_err("add_channel", format!("axis {axis} out of range for shape {:?}", x.shape())))?;
+    let channels = *x.shape().get(axis).ok_or_else(|| shape_err("add_channel", format!("axis {axis} out of range for shape {:?}", x.shape())))?;
     if b.shape() != [channels] {
-        return Err(shape_err(
-            "add_channel",
-            format!("bias has shape {:?}; expected [{channels}] for axis {axis} of {:?}", b.shape(), x.shape()),
-        ));
+        return Err(shape_err("add_channel", format!("bias has shape {:?}; expected [{channels}] for axis {axis} of {:?}", b.shape(), x.shape())));
     }
     let inner: usize = x.shape()[axis + 1..].iter().product();
-    let params = EwParams {
-        inner: to_u32("add_channel", inner.max(1))?,
-        channels: to_u32("add_channel", channels.max(1))?,
-        ..Default::default()
-    };
+    let params = EwParams { inner: to_u32("add_channel", inner.max(1))?, channels: to_u32("add_channel", channels.max(1))?, ..Default::default() };
     same_device("add_channel", &[x, b])?;
     match x.device() {
         Device::Cpu(cpu) => {
@@ -151,9 +134,7 @@ pub fn dropout(x: &Tensor, p: f32, seed: u32) -> Result<Tensor> {
 /// Concatenation of `a` and `b` along `axis` (all other axes equal).
 pub fn concat(a: &Tensor, b: &Tensor, axis: usize) -> Result<Tensor> {
     let (sa, sb) = (a.shape(), b.shape());
-    let compatible = sa.len() == sb.len()
-        && axis < sa.len()
-        && sa.iter().zip(sb).enumerate().all(|(d, (x, y))| d == axis || x == y);
+    let compatible = sa.len() == sb.len() && axis < sa.len() && sa.iter().zip(sb).enumerate().all(|(d, (x, y))| d == axis || x == y);
     if !compatible {
         return Err(shape_err("concat", format!("cannot join {sa:?} and {sb:?} along axis {axis}")));
     }

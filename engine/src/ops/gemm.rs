@@ -6,10 +6,10 @@ use crate::cpu::{CpuBackend, Gemm};
 use crate::device::Device;
 use crate::error::{shape_err, Error, Result};
 use crate::gpu::GpuBackend;
-use crate::tensor::Tensor;
-use std::sync::Arc;
 use crate::gpu::GpuBuffer;
+use crate::tensor::Tensor;
 use crate::tensor_f16::{HalfStorage, HalfTensor};
+use std::sync::Arc;
 use tessera_shaders::gemm::{GemmKernel, Storage, F16_PACKED_REG4X4, F16_REG4X4, REG_16X16, REG_4X4, SUBGROUP_32X8, TILED_64, VARIANTS};
 
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -130,13 +130,7 @@ pub fn gemm(a: &Tensor, b: &Tensor, c: Option<&Tensor>, o: GemmOpts) -> Result<T
 
 /// GEMM with a chosen GPU kernel variant (benchmarks and conformance tests use every
 /// variant); on the CPU the variant is ignored.
-pub fn gemm_with_kernel(
-    variant: &GemmKernel,
-    a: &Tensor,
-    b: &Tensor,
-    c: Option<&Tensor>,
-    o: GemmOpts,
-) -> Result<Tensor> {
+pub fn gemm_with_kernel(variant: &GemmKernel, a: &Tensor, b: &Tensor, c: Option<&Tensor>, o: GemmOpts) -> Result<Tensor> {
     gemm_dispatch(Some(variant), a, b, c, o)
 }
 
@@ -181,7 +175,14 @@ fn size_class(s: &GemmShape) -> String {
 /// The kernel for this product on this adapter: the tuned choice of its size class
 /// (`gpu::tune::choose`, timed on these operands), or the heuristic [`choose_kernel`] where
 /// tuning is off or the product is too small to be worth timing.
-fn tuned_kernel(gpu: &Arc<GpuBackend>, s: &GemmShape, ab: &Arc<GpuBuffer>, bb: &Arc<GpuBuffer>, c: Option<&Tensor>, o: GemmOpts) -> Result<&'static GemmKernel> {
+fn tuned_kernel(
+    gpu: &Arc<GpuBackend>,
+    s: &GemmShape,
+    ab: &Arc<GpuBuffer>,
+    bb: &Arc<GpuBuffer>,
+    c: Option<&Tensor>,
+    o: GemmOpts,
+) -> Result<&'static GemmKernel> {
     let heuristic = choose_kernel(gpu, s);
     if s.batch * s.m * s.n * s.k < TUNE_MIN_MACS {
         return Ok(heuristic);
@@ -234,10 +235,9 @@ fn gemm_f16_dispatch(variant: Option<&GemmKernel>, a: &HalfTensor, b: &HalfTenso
 /// Errors unless a chosen kernel reads the operands' storage format.
 fn check_storage(op: &'static str, variant: Option<&GemmKernel>, half: bool) -> Result<()> {
     match variant {
-        Some(v) if (v.storage != Storage::F32) != half => Err(Error::Unsupported {
-            op,
-            detail: format!("kernel {} of {} reads {:?} operands", v.kernel.entry, v.kernel.shader.file, v.storage),
-        }),
+        Some(v) if (v.storage != Storage::F32) != half => {
+            Err(Error::Unsupported { op, detail: format!("kernel {} of {} reads {:?} operands", v.kernel.entry, v.kernel.shader.file, v.storage) })
+        }
         _ => Ok(()),
     }
 }

@@ -14,25 +14,25 @@ pub mod reduce;
 pub mod sgd;
 pub mod softmax;
 
+pub use adamw::{adamw_step_in_place, AdamWHyper, AdamWState};
 pub use batchnorm::{batch_norm_backward, batch_norm_forward, batch_stats, BnShape};
 pub use conv2d::{conv2d, conv2d_backward, Conv2dOpts, ConvShape};
 pub use elementwise::{add, add_channel, axpby, concat, dropout, mul, relu, relu_backward, scale};
-pub use adamw::{adamw_step_in_place, AdamWHyper, AdamWState};
-pub use guard::{StepGuard, StepTotals};
-pub use sgd::{sgd_step, sgd_step_in_place, SgdHyper};
 pub use gemm::{gemm, matmul, GemmOpts};
+pub use guard::{StepGuard, StepTotals};
 pub use pool::{pool_backward, pool_forward, PoolKind, PoolShape};
 pub use reduce::{expand, mean, narrow, sum};
+pub use sgd::{sgd_step, sgd_step_in_place, SgdHyper};
 pub use softmax::{cross_entropy_backward, cross_entropy_per_sample, log_softmax, log_softmax_backward, softmax, softmax_backward, Labels};
 
 use crate::cpu::CpuBackend;
 use crate::device::Device;
 use crate::error::{shape_err, Error, Result};
-use rayon::prelude::*;
 use crate::gpu::{GpuBackend, GpuBuffer};
 use crate::tensor::{Storage, Tensor};
-use tessera_shaders::Kernel;
+use rayon::prelude::*;
 use std::sync::Arc;
+use tessera_shaders::Kernel;
 
 /// Host values of a CPU tensor (callers have matched on the device first).
 pub(crate) fn cpu_data(t: &Tensor) -> &[f32] {
@@ -196,14 +196,7 @@ pub(crate) fn to_u32(op: &'static str, x: usize) -> Result<u32> {
 
 /// The common launch of a map-like kernel: a new output of `out_shape`, `invocations`
 /// invocations in workgroups of `kernel.workgroup[0]`, bindings `inputs` then the output.
-pub(crate) fn launch_map(
-    op: &'static str,
-    kernel: &Kernel,
-    params: &[u8],
-    inputs: &[&Tensor],
-    out_shape: &[usize],
-    invocations: usize,
-) -> Result<Tensor> {
+pub(crate) fn launch_map(op: &'static str, kernel: &Kernel, params: &[u8], inputs: &[&Tensor], out_shape: &[usize], invocations: usize) -> Result<Tensor> {
     let Device::Gpu(gpu) = inputs[0].device() else { unreachable!("{op}: GPU dispatch on a CPU tensor") };
     let out = Tensor::uninit_gpu(out_shape.to_vec(), gpu)?;
     let groups = grid_1d(gpu, op, invocations, kernel.workgroup[0] as usize)?;

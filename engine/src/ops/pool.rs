@@ -113,9 +113,7 @@ pub fn pool_forward(x: &Tensor, s: &PoolShape) -> Result<Tensor> {
         return Err(shape_err("pool", format!("input {:?} does not match {:?}", x.shape(), s.in_shape())));
     }
     match x.device() {
-        Device::Cpu(cpu) => {
-            Ok(cpu_tensor(pool_cpu::forward(cpu, s, cpu_data(x)), &s.out_shape(), x.device()))
-        }
+        Device::Cpu(cpu) => Ok(cpu_tensor(pool_cpu::forward(cpu, s, cpu_data(x)), &s.out_shape(), x.device())),
         Device::Gpu(_) => {
             let kernel = match s.kind {
                 PoolKind::Max => &k::MAX_FORWARD,
@@ -134,9 +132,7 @@ pub fn pool_backward(x: &Tensor, g: &Tensor, s: &PoolShape) -> Result<Tensor> {
         return Err(shape_err("pool_backward", format!("input {:?} / gradient {:?} do not match {s:?}", x.shape(), g.shape())));
     }
     match x.device() {
-        Device::Cpu(cpu) => {
-            Ok(cpu_tensor(pool_cpu::backward(cpu, s, cpu_data(x), cpu_data(g)), x.shape(), x.device()))
-        }
+        Device::Cpu(cpu) => Ok(cpu_tensor(pool_cpu::backward(cpu, s, cpu_data(x), cpu_data(g)), x.shape(), x.device())),
         Device::Gpu(_) => {
             let kernel = match s.kind {
                 PoolKind::Max => &k::MAX_BACKWARD,

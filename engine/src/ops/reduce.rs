@@ -229,12 +229,6 @@ pub fn narrow(x: &Tensor, axis: usize, start: usize, len: usize) -> Result<Tenso
     let stride = strides(shape);
     let mut out_shape = shape.to_vec();
     out_shape[axis] = len;
-    let gather = GatherSum {
-        kept_shape: out_shape.clone(),
-        kept_stride: stride.clone(),
-        scale: 1.0,
-        base: start * stride[axis],
-        ..Default::default()
-    };
+    let gather = GatherSum { kept_shape: out_shape.clone(), kept_stride: stride.clone(), scale: 1.0, base: start * stride[axis], ..Default::default() };
     gather.run("narrow", x, &out_shape, None)
 }

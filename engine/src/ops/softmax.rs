@@ -4,9 +4,9 @@ use super::{cpu_data, cpu_tensor, launch_map, same_device, same_shape, to_u32};
 use crate::device::Device;
 use crate::error::{shape_err, Result};
 use crate::tensor::Storage;
-use std::sync::Arc;
 use crate::tensor::Tensor;
 use rayon::prelude::*;
+use std::sync::Arc;
 use tessera_shaders::softmax as k;
 use tessera_shaders::Kernel;
 
@@ -192,15 +192,6 @@ pub fn cross_entropy_backward(logits: &Tensor, labels: &Labels, g: &Tensor) -> R
                 o[labels.values[r]] -= scale;
             }))
         }
-        Device::Gpu(_) => launch_rows(
-            "cross_entropy_backward",
-            &k::CROSS_ENTROPY_BACKWARD,
-            logits,
-            g,
-            labels.gpu.as_ref(),
-            logits.shape(),
-            rows,
-            cols,
-        ),
+        Device::Gpu(_) => launch_rows("cross_entropy_backward", &k::CROSS_ENTROPY_BACKWARD, logits, g, labels.gpu.as_ref(), logits.shape(), rows, cols),
     }
 }

@@ -38,11 +38,11 @@ impl Corruption {
         let s = severity.clamp(1, 5) - 1;
         match self {
             Corruption::GaussianNoise => [0.04, 0.06, 0.08, 0.09, 0.10][s], // σ, of the [0, 1] range
-            Corruption::Blur => [0.4, 0.6, 0.7, 0.8, 1.0][s],                // σ in pixels
-            Corruption::Brightness => [0.1, 0.2, 0.3, 0.4, 0.5][s],          // added, of the [0, 1] range
-            Corruption::Contrast => [0.75, 0.5, 0.4, 0.3, 0.15][s],           // factor around the image mean
-            Corruption::PixelDropout => [0.05, 0.1, 0.2, 0.3, 0.4][s],        // share of pixels zeroed
-            Corruption::Jpeg => [80.0, 65.0, 58.0, 50.0, 40.0][s],            // JPEG quality
+            Corruption::Blur => [0.4, 0.6, 0.7, 0.8, 1.0][s],               // σ in pixels
+            Corruption::Brightness => [0.1, 0.2, 0.3, 0.4, 0.5][s],         // added, of the [0, 1] range
+            Corruption::Contrast => [0.75, 0.5, 0.4, 0.3, 0.15][s],         // factor around the image mean
+            Corruption::PixelDropout => [0.05, 0.1, 0.2, 0.3, 0.4][s],      // share of pixels zeroed
+            Corruption::Jpeg => [80.0, 65.0, 58.0, 50.0, 40.0][s],          // JPEG quality
         }
     }
 
@@ -97,12 +97,15 @@ fn blur(img: &mut [u8], h: usize, w: usize, sigma: f32) {
         let mut rows = vec![0f32; h * w];
         for y in 0..h {
             for x in 0..w {
-                rows[y * w + x] = kernel.iter().enumerate().map(|(k, wt)| wt * src[y * w + (x as isize + k as isize - radius).clamp(0, w as isize - 1) as usize]).sum();
+                rows[y * w + x] =
+                    kernel.iter().enumerate().map(|(k, wt)| wt * src[y * w + (x as isize + k as isize - radius).clamp(0, w as isize - 1) as usize]).sum();
             }
         }
         for y in 0..h {
             for x in 0..w {
-                plane[y * w + x] = clamp(kernel.iter().enumerate().map(|(k, wt)| wt * rows[(y as isize + k as isize - radius).clamp(0, h as isize - 1) as usize * w + x]).sum());
+                plane[y * w + x] = clamp(
+                    kernel.iter().enumerate().map(|(k, wt)| wt * rows[(y as isize + k as isize - radius).clamp(0, h as isize - 1) as usize * w + x]).sum(),
+                );
             }
         }
     }

@@ -43,11 +43,8 @@ impl Strategy for Coupled {
         self.front_phase = data.epoch.is_multiple_of(2);
         let part: Vec<usize> = if self.front_phase { (0..split).collect() } else { (split..n).collect() };
         t.set_trainable(&part);
-        self.snapshot = if self.front_phase {
-            (0..split).flat_map(|i| t.opt.groups()[i].params.iter().map(|p| (p.clone(), p.value()))).collect()
-        } else {
-            Vec::new()
-        };
+        self.snapshot =
+            if self.front_phase { (0..split).flat_map(|i| t.opt.groups()[i].params.iter().map(|p| (p.clone(), p.value()))).collect() } else { Vec::new() };
         let names: Vec<&str> = part.iter().map(|&i| t.model.submodels[i].name.as_str()).collect();
         Ok(format!("{}: {}", if self.front_phase { "front" } else { "back" }, names.join(",")))
     }

@@ -6,8 +6,8 @@
 //! never freezes. `freezeout` instead anneals sub-model i's learning rate to zero at t_i
 //! (FreezeOut, through the SGD's per-group schedule).
 use super::{EpochData, Strategy};
-use crate::trainer::Trainer;
 use crate::error::TrainError;
+use crate::trainer::Trainer;
 use tessera_engine::autograd as ag;
 use tessera_engine::ops;
 use tessera_engine::optim::{Cosine, FreezeOut, LrSchedule, Spacing};
@@ -58,8 +58,7 @@ impl Dynamic {
 
     /// At a window's end: freeze the first training sub-model if its statistic settled.
     fn end_window(&mut self, t: &mut Trainer) {
-        let means: Vec<Option<f32>> =
-            self.current.iter().map(|w| (!w.is_empty()).then(|| w.iter().sum::<f32>() / w.len() as f32)).collect();
+        let means: Vec<Option<f32>> = self.current.iter().map(|w| (!w.is_empty()).then(|| w.iter().sum::<f32>() / w.len() as f32)).collect();
         let i = self.frozen;
         if i + 1 < t.submodel_count() {
             if let (Some(now), Some(Some(before))) = (means[i], self.previous.get(i)) {

@@ -4,8 +4,8 @@
 //! cached, so every stage costs only the head's forward and backward.
 use super::{stage_of, EpochData, Strategy};
 use crate::data::{Batch, Loader, LoaderSpec};
-use crate::trainer::{EpochStats, StepInfo, Trainer};
 use crate::error::TrainError;
+use crate::trainer::{EpochStats, StepInfo, Trainer};
 use rand::{rngs::StdRng, seq::SliceRandom, SeedableRng};
 use std::collections::VecDeque;
 use tessera_engine::{no_grad, Tensor, Var};
@@ -57,11 +57,8 @@ pub fn fc_submodels(model: &Model) -> Vec<usize> {
 /// starting from those whose dependencies lie outside `nodes`.
 pub fn graph_order(model: &Model, nodes: &[usize], order: Order) -> Vec<usize> {
     let subs = &model.submodels;
-    let dependents = |i: usize| -> Vec<usize> {
-        nodes.iter().copied().filter(|&j| subs[j].deps.contains(&subs[i].name)).collect()
-    };
-    let roots: Vec<usize> =
-        nodes.iter().copied().filter(|&i| !subs[i].deps.iter().any(|d| nodes.iter().any(|&j| &subs[j].name == d))).collect();
+    let dependents = |i: usize| -> Vec<usize> { nodes.iter().copied().filter(|&j| subs[j].deps.contains(&subs[i].name)).collect() };
+    let roots: Vec<usize> = nodes.iter().copied().filter(|&i| !subs[i].deps.iter().any(|d| nodes.iter().any(|&j| &subs[j].name == d))).collect();
     let mut seen = Vec::new();
     match order {
         Order::Dfs => {

@@ -79,6 +79,9 @@ impl Strategy for LocalFc {
     }
 
     fn notes(&self) -> Vec<String> {
-        vec![format!("importance order (RMS gradient): {}", self.names.iter().zip(&self.order).map(|(n, (_, g))| format!("{n} {g:.2e}")).collect::<Vec<_>>().join(", "))]
+        vec![format!(
+            "importance order (RMS gradient): {}",
+            self.names.iter().zip(&self.order).map(|(n, (_, g))| format!("{n} {g:.2e}")).collect::<Vec<_>>().join(", ")
+        )]
     }
 }
