@@ -141,6 +141,9 @@ struct KeptStep {
     labels: Vec<usize>,
 }
 
+/// One optimisation step on a batch (x, labels): a strategy's policy.
+pub type StepFn<'a> = dyn FnMut(&mut Trainer, Tensor, &[usize]) -> Result<(), TrainError> + 'a;
+
 /// Called after each backward pass with the step number and the model (tests inject faults
 /// through it; it runs again when a flagged step is replayed).
 pub type GradHook = Box<dyn FnMut(usize, &Model) -> Result<(), TrainError>>;
@@ -288,7 +291,7 @@ impl Trainer {
         first_stage: usize,
         batches: impl Iterator<Item = Result<Batch, DataError>>,
         count: usize,
-        step: &mut dyn FnMut(&mut Trainer, Tensor, &[usize]) -> Result<(), TrainError>,
+        step: &mut StepFn,
         progress: &mut dyn FnMut(&StepInfo),
     ) -> Result<EpochStats, TrainError> {
         let start = Instant::now();
