@@ -14,20 +14,27 @@ use tessera_scheduler::trainer::OptimConfig;
 mod common;
 use common::write_folders;
 
-#[test]
-fn trains_checkpoints_and_reloads() {
-    let root: PathBuf = std::env::temp_dir().join(format!("tessera-train-{}", std::process::id()));
+/// A fresh folder `tessera-<name>-<pid>` holding the two-class image folders, and a run of
+/// simple-cnn on them: `epochs` epochs, batch 16, SGD at 0.02.
+fn simple_run(name: &str, epochs: usize) -> (PathBuf, TrainConfig) {
+    let root: PathBuf = std::env::temp_dir().join(format!("tessera-{name}-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&root);
     write_folders(&root);
-    let out = root.join("run");
     let cfg = TrainConfig {
         model: "simple-cnn".into(),
         data: root.clone(),
-        run: RunSpec { epochs: 3, batch: 16, ..Default::default() },
+        run: RunSpec { epochs, batch: 16, ..Default::default() },
         optim: OptimConfig::default().with_lr(0.02),
-        out: Some(out.clone()),
         ..Default::default()
     };
+    (root, cfg)
+}
+
+#[test]
+fn trains_checkpoints_and_reloads() {
+    let (root, cfg) = simple_run("train", 3);
+    let out = root.join("run");
+    let cfg = TrainConfig { out: Some(out.clone()), ..cfg };
     let mut ends = Vec::new();
     let reports = train(&cfg, &mut |s| ends.push((s.epoch, s.step, s.steps_per_epoch))).unwrap();
     assert_eq!(reports.len(), 3);
@@ -71,16 +78,7 @@ fn trains_checkpoints_and_reloads() {
 
 #[test]
 fn resuming_gives_the_weights_of_an_uninterrupted_run() {
-    let root: PathBuf = std::env::temp_dir().join(format!("tessera-resume-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&root);
-    write_folders(&root);
-    let base = TrainConfig {
-        model: "simple-cnn".into(),
-        data: root.clone(),
-        run: RunSpec { epochs: 2, batch: 16, ..Default::default() },
-        optim: OptimConfig::default().with_lr(0.02),
-        ..Default::default()
-    };
+    let (root, base) = simple_run("resume", 2);
     let straight = TrainConfig { out: Some(root.join("straight")), ..base.clone() };
     train(&straight, &mut |_| {}).unwrap();
     // A run that died after epoch 1 (of 2: the cosine schedule spans both): only epoch 1's
@@ -105,18 +103,9 @@ fn resuming_gives_the_weights_of_an_uninterrupted_run() {
 
 #[test]
 fn a_failed_save_keeps_the_last_good_checkpoint() {
-    let root: PathBuf = std::env::temp_dir().join(format!("tessera-failsave-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&root);
-    write_folders(&root);
+    let (root, one) = simple_run("failsave", 1);
     let out = root.join("run");
-    let one = TrainConfig {
-        model: "simple-cnn".into(),
-        data: root.clone(),
-        run: RunSpec { epochs: 1, batch: 16, ..Default::default() },
-        optim: OptimConfig::default().with_lr(0.02),
-        out: Some(out.clone()),
-        ..Default::default()
-    };
+    let one = TrainConfig { out: Some(out.clone()), ..one };
     train(&one, &mut |_| {}).unwrap();
     let good = std::fs::read(out.join("epoch-001.safetensors")).unwrap();
     // Epoch 2's checkpoint cannot be written (its temporary path is taken by a folder).
@@ -130,18 +119,9 @@ fn a_failed_save_keeps_the_last_good_checkpoint() {
 #[test]
 fn a_non_finite_loss_stops_naming_the_step_or_is_skipped() {
     use tessera_scheduler::trainer::OnNan;
-    let root: PathBuf = std::env::temp_dir().join(format!("tessera-nan-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&root);
-    write_folders(&root);
+    let (root, base) = simple_run("nan", 1);
     let out = root.join("run");
-    let base = TrainConfig {
-        model: "simple-cnn".into(),
-        data: root.clone(),
-        run: RunSpec { epochs: 1, batch: 16, ..Default::default() },
-        optim: OptimConfig::default().with_lr(0.02),
-        out: Some(out.clone()),
-        ..Default::default()
-    };
+    let base = TrainConfig { out: Some(out.clone()), ..base };
     train(&base, &mut |_| {}).unwrap();
     let good = std::fs::read(out.join("epoch-001.safetensors")).unwrap();
     // Resumed with an absurd learning rate, the weights blow up within a few steps.
@@ -190,18 +170,9 @@ fn nan_injector(target: &'static str, at: usize, seen: Arc<std::sync::Mutex<Vec<
 fn a_nan_gradient_leaves_the_weights_untouched_and_stops_naming_the_parameter_or_is_skipped() {
     use tessera_scheduler::train::train_with;
     use tessera_scheduler::trainer::OnNan;
-    let root: PathBuf = std::env::temp_dir().join(format!("tessera-nangrad-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&root);
-    write_folders(&root);
+    let (_root, on_cpu) = simple_run("nangrad", 1);
     for device in devices() {
-        let base = TrainConfig {
-            model: "simple-cnn".into(),
-            data: root.clone(),
-            run: RunSpec { epochs: 1, batch: 16, ..Default::default() },
-            optim: OptimConfig::default().with_lr(0.02),
-            device: device.clone(),
-            ..Default::default()
-        };
+        let base = TrainConfig { device: device.clone(), ..on_cpu.clone() };
         // Stop: the error names the step and the parameter; when the step is rerun to find the
         // place, the weights are still those the flagged step saw (steps 2 and 3 updated nothing).
         let seen = Arc::new(std::sync::Mutex::new(Vec::new()));
