@@ -1,16 +1,21 @@
 #!/usr/bin/env bash
-# The prepared GPU check for a session that is lent a device machine (the `device` tool):
-# correctness of every op on the real adapter against the CPU backend, GEMM and conv GFLOP/s
-# for every kernel variant (autotuned afresh), and a ResNet-50 training step at 224 px.
+# A GPU check to run on a machine with a real GPU: correctness of every op on its adapter
+# against the CPU backend, GEMM and conv GFLOP/s for every kernel variant (autotuned afresh),
+# and a ResNet-50 training step at 224 px.
 #
-#   scripts/device_check.sh prepare   # here: build, and gather the binary, the libraries it
-#                                     # links and the Vulkan/EGL loaders into .device/
-#   then, through the device tool, with carry [".device"] and a timeout of about 540 s:
-#   scripts/device_check.sh run       # there: writes $OUT/device_check.txt and check.json
+#   scripts/device_check.sh prepare   # on a build machine (Debian, x86-64): build, and gather
+#                                     # the binary, the libraries it links and the Vulkan/EGL
+#                                     # loaders into .device/
+#   copy the repository with .device/ to the GPU machine, then there:
+#   scripts/device_check.sh run       # writes $OUT/device_check.txt and check.json
 #
-# The device machine starts bare (no OpenBLAS, no Vulkan loader) and cannot reach a package
-# registry, so everything it needs travels in .device/ (ignored by git, ~55 MB of the 64 MiB
-# the tool carries). Each step has its own time limit, so one slow step cannot eat the lease.
+# For a GPU machine that starts bare (no OpenBLAS, no Vulkan loader) and cannot reach a
+# package registry: everything the check needs is in .device/ (ignored by git, ~55 MB).
+# Each step has its own time limit, so one slow step cannot stall the run.
+#
+# Environment: OUT, the folder for the results (default: ./device_check); APT_LISTS, the
+# scratch folder for the amd64 package lists `prepare` downloads (default: $TMPDIR or /tmp,
+# plus /tessera-apt-amd64).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -24,10 +29,11 @@ prepare() {
     ldd target/release/tessera | awk '/=> \// {print $3}' | grep -E 'openblas|gfortran|quadmath' | while read -r lib; do
         cp -L "$lib" .device/lib/
     done
-    # The Vulkan and EGL loaders, as the device tool's notes describe (the NVIDIA driver brings
-    # the ICDs).
-    local o='-oAPT::Architecture=amd64 -oAPT::Architectures=amd64 -oDir::State::Lists=/tmp/amd64'
-    mkdir -p /tmp/amd64/partial
+    # The Vulkan and EGL loaders (the NVIDIA driver brings the ICDs), downloaded for amd64
+    # whatever this machine's architecture.
+    local lists="${APT_LISTS:-${TMPDIR:-/tmp}/tessera-apt-amd64}"
+    local o="-oAPT::Architecture=amd64 -oAPT::Architectures=amd64 -oDir::State::Lists=$lists"
+    mkdir -p "$lists/partial"
     # shellcheck disable=SC2086
     apt-get $o update -qq
     # shellcheck disable=SC2086
@@ -36,12 +42,12 @@ prepare() {
 }
 
 run() {
-    local out="${OUT:-/tmp/device_check}" log
+    local out="${OUT:-$PWD/device_check}" log
     mkdir -p "$out"
     log="$out/device_check.txt"
     for f in .device/debs/*.deb; do dpkg -x "$f" /; done
     ldconfig
-    export LD_LIBRARY_PATH="$PWD/.device/lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}" XDG_RUNTIME_DIR=/tmp
+    export LD_LIBRARY_PATH="$PWD/.device/lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
     # The NVIDIA driver's own ICD files, where the loaders would not find them.
     if [ -e /usr/local/nvidia/share/vulkan/icd.d/nvidia_icd.json ] && ! ls /usr/share/vulkan/icd.d/nvidia* /etc/vulkan/icd.d/nvidia* >/dev/null 2>&1; then
         export VK_DRIVER_FILES=/usr/local/nvidia/share/vulkan/icd.d/nvidia_icd.json

@@ -2,10 +2,10 @@
 """The PyTorch interop check: torchvision's resnet50 and alexnet (10 classes, deterministic
 weights, no download) against `tessera forward`, on every device given.
 
-    /tmp/torchenv/bin/pip install torch torchvision safetensors numpy
+    python3 -m venv "$VENV" && "$VENV"/bin/pip install torch torchvision safetensors numpy   # any folder
     cargo build --release -p tessera-cli
-    /tmp/torchenv/bin/python scripts/interop.py --tessera target/release/tessera --devices cpu,gpu:0
-    /tmp/torchenv/bin/python scripts/interop.py --write-fixtures   # tests/fixtures/interop_*.safetensors
+    "$VENV"/bin/python scripts/interop.py --tessera target/release/tessera --devices cpu,gpu:0
+    "$VENV"/bin/python scripts/interop.py --write-fixtures   # tests/fixtures/interop_*.safetensors
 
 Weights follow one formula, repeated in tests/interop.rs of the scheduler crate, so the
 committed fixtures hold only the input and PyTorch's results (the weights would be 100+ MB):

@@ -6,9 +6,9 @@ outputs and every input gradient, under names `<case>.<tensor>`. The case list w
 options is stored as JSON in the file's metadata (key "cases"), so the Rust tests read the
 options from the file rather than repeating them.
 
-    python3 -m venv /tmp/torchenv && /tmp/torchenv/bin/pip install torch safetensors numpy
-    /tmp/torchenv/bin/python scripts/make_golden.py        # from the repository root
-    /tmp/torchenv/bin/python scripts/make_golden.py optim  # one set: ops, sgd, optim, cnn
+    python3 -m venv "$VENV" && "$VENV"/bin/pip install torch safetensors numpy   # VENV: any folder
+    "$VENV"/bin/python scripts/make_golden.py        # from the repository root
+    "$VENV"/bin/python scripts/make_golden.py optim  # one set: ops, sgd, optim, cnn
 """
 import json
 import os

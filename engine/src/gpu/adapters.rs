@@ -22,6 +22,27 @@ pub struct AdapterSummary {
     pub subgroup_sizes: (u32, u32),
 }
 
+/// Mesa's GL and WSI loaders print "XDG_RUNTIME_DIR is invalid or not set" for every adapter
+/// they probe when the variable is unset (a root shell, CI, a container). Before main — the
+/// environment is not yet shared with other threads — an unset variable gets a private
+/// default: a folder only this user can enter, as the XDG spec asks.
+#[ctor::ctor]
+fn default_runtime_dir() {
+    if std::env::var_os("XDG_RUNTIME_DIR").is_some() {
+        return;
+    }
+    use std::os::unix::fs::{DirBuilderExt, MetadataExt, PermissionsExt};
+    let uid = std::fs::metadata("/proc/self").map(|m| m.uid()).unwrap_or(0);
+    let dir = std::env::temp_dir().join(format!("tessera-runtime-{uid}"));
+    let _ = std::fs::DirBuilder::new().mode(0o700).create(&dir);
+    // Only a folder this user owns with mode 0700 qualifies (another user may have made it).
+    let ours = std::fs::metadata(&dir).is_ok_and(|m| m.is_dir() && m.uid() == uid && m.permissions().mode() & 0o777 == 0o700);
+    if ours {
+        // SAFETY: runs before main, while this is the only thread.
+        unsafe { std::env::set_var("XDG_RUNTIME_DIR", &dir) };
+    }
+}
+
 pub(crate) fn instance() -> &'static wgpu::Instance {
     static INSTANCE: OnceLock<wgpu::Instance> = OnceLock::new();
     INSTANCE.get_or_init(|| {
