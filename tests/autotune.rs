@@ -24,9 +24,14 @@ fn first_use_tunes_and_caches_per_adapter() {
         assert!(VARIANTS.iter().any(|v| v.kernel.entry == chosen), "{chosen}");
         let file = std::fs::read_to_string(&path).unwrap();
         assert!(file.contains(&key) && file.contains(&chosen), "{file}");
-        // Cached: the next product of the class uses it without timing again.
-        let again = ops::matmul(&b.to_device(&gpu).unwrap(), &random_tensor(&[90, 110], 3, &gpu)).unwrap();
+        // Cached: the next product of the class uses it without timing again. Timing would
+        // run each supported variant three times; the cached choice launches one GEMM.
+        let (lhs, rhs) = (b.to_device(&gpu).unwrap(), random_tensor(&[90, 110], 3, &gpu));
+        let before = backend.stats().launches;
+        let again = ops::matmul(&lhs, &rhs).unwrap();
+        let launches = backend.stats().launches - before;
         assert_eq!(again.shape(), [120, 110]);
+        assert_eq!(launches, 1, "{key}: {launches} launches for one cached-choice product (re-timed?)");
         assert!(tune::forget_adapter(&backend.tune_key()) >= 1);
         assert!(tune::lookup(&key).is_none());
     }

@@ -55,9 +55,53 @@ fn the_modules_use_exactly_the_files_on_disk() {
     let used: BTreeSet<String> = ALL.iter().flat_map(|s| std::iter::once(s.file).chain(s.shared.iter().map(|(f, _)| *f))).map(String::from).collect();
     assert_eq!(on_disk, used, "tessera_shaders::ALL must use every file in shaders/wgsl, and only those");
     for shader in ALL {
-        let on_disk: String = std::iter::once(shader.file).chain(shader.shared.iter().map(|(f, _)| *f)).map(read).collect();
-        assert_eq!(on_disk, shader.source, "{}: embedded source is stale", shader.file);
+        // The module is its own file first (directives such as `enable f16;` must lead), then
+        // each shared file once, in the order `shared` lists them.
+        let own = read(shader.file);
+        assert!(shader.source.starts_with(&own), "{}: the module does not open with its own file", shader.file);
+        let mut rest = &shader.source[own.len()..];
+        for (file, text) in shader.shared {
+            assert_eq!(*text, read(file), "{}: shared file {file} is not the one on disk", shader.file);
+            rest = rest.strip_prefix(*text).unwrap_or_else(|| panic!("{}: {file} is not next in the module", shader.file));
+        }
+        assert!(rest.is_empty(), "{}: {} bytes after the shared files", shader.file, rest.len());
     }
+}
+
+/// Every compute entry point of every module is registered as a `Kernel` (a kernel written
+/// but not registered can never be launched, tested or tuned), and every registered kernel
+/// names a real entry point of its module.
+#[test]
+fn every_entry_point_is_registered() {
+    let registered = registered_kernels();
+    for shader in ALL {
+        let (module, _) = tessera_shaders::validate::validate(shader.file, shader.source).unwrap();
+        for ep in &module.entry_points {
+            assert!(
+                registered.iter().any(|k| std::ptr::eq(k.shader, *shader) && k.entry == ep.name),
+                "{}: entry point `{}` is not registered in tessera_shaders",
+                shader.file,
+                ep.name
+            );
+        }
+    }
+}
+
+fn registered_kernels() -> Vec<&'static tessera_shaders::Kernel> {
+    let gemm = tessera_shaders::gemm::VARIANTS.iter().chain(tessera_shaders::gemm::HALF_VARIANTS).map(|v| &v.kernel);
+    let others = [
+        tessera_shaders::elementwise::ALL_KERNELS,
+        tessera_shaders::reduce::ALL_KERNELS,
+        tessera_shaders::softmax::ALL_KERNELS,
+        tessera_shaders::conv2d::ALL_KERNELS,
+        tessera_shaders::pool::ALL_KERNELS,
+        tessera_shaders::batchnorm::ALL_KERNELS,
+        tessera_shaders::sgd::ALL_KERNELS,
+        tessera_shaders::adamw::ALL_KERNELS,
+        tessera_shaders::guard::ALL_KERNELS,
+        tessera_shaders::half::ALL_KERNELS,
+    ];
+    gemm.chain(others.into_iter().flatten().copied()).collect()
 }
 
 #[test]
@@ -75,20 +119,7 @@ fn errors_point_into_the_file_they_come_from() {
 
 #[test]
 fn every_registered_kernel_names_a_real_entry_point() {
-    let gemm = tessera_shaders::gemm::VARIANTS.iter().chain(tessera_shaders::gemm::HALF_VARIANTS).map(|v| &v.kernel);
-    let others = [
-        tessera_shaders::elementwise::ALL_KERNELS,
-        tessera_shaders::reduce::ALL_KERNELS,
-        tessera_shaders::softmax::ALL_KERNELS,
-        tessera_shaders::conv2d::ALL_KERNELS,
-        tessera_shaders::pool::ALL_KERNELS,
-        tessera_shaders::batchnorm::ALL_KERNELS,
-        tessera_shaders::sgd::ALL_KERNELS,
-        tessera_shaders::adamw::ALL_KERNELS,
-        tessera_shaders::guard::ALL_KERNELS,
-        tessera_shaders::half::ALL_KERNELS,
-    ];
-    for k in gemm.chain(others.into_iter().flatten().copied()) {
+    for k in registered_kernels() {
         let (module, _) = tessera_shaders::validate::validate(k.shader.file, k.shader.source).unwrap();
         let ep = module.entry_points.iter().find(|e| e.name == k.entry).unwrap_or_else(|| panic!("{} has no entry point {}", k.shader.file, k.entry));
         assert_eq!(ep.workgroup_size, k.workgroup, "{}: workgroup size mirrored wrongly", k.entry);
