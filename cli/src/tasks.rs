@@ -99,12 +99,14 @@ pub fn run_task(a: RunTaskArgs) -> Result<()> {
     let plan = Plan::load(&a.task.plan)?;
     let r = train_task(&plan, a.index, &config(&a.task)?, &a.task.out).with_context(|| format!("training task {}", a.index))?;
     println!(
-        "task {}: {} steps ({:.2} epochs of its data) in {:.1} s after {:.1} s of start-up → {}",
+        "task {}: {} steps ({:.2} epochs of its data) in {:.1} s after {:.1} s of start-up, trained over [{:.3}, {:.3}] (UNIX s) → {}",
         r.task,
         r.steps,
         r.epochs,
         r.seconds,
         r.startup_secs,
+        r.trained_from,
+        r.trained_until,
         r.checkpoint.display()
     );
     Ok(())

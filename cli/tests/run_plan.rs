@@ -33,10 +33,19 @@ fn two_tasks_train_in_parallel_within_budget_and_merge_above_chance() {
     assert!(out.status.success(), "{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
     // Both tasks ran at once: the whole run takes one budget plus start-up and evaluation.
     assert!(wall < budget + 8.0, "run-plan took {wall:.1} s for a {budget} s budget:\n{stdout}");
-    for line in stdout.lines().filter(|l| l.starts_with("task ") && l.contains(" steps ")) {
+    let tasks: Vec<&str> = stdout.lines().filter(|l| l.starts_with("task ") && l.contains(" steps ")).collect();
+    assert_eq!(tasks.len(), 2, "one report line per task:\n{stdout}");
+    let mut intervals = Vec::new();
+    for line in tasks {
         let secs: f64 = line.split(" in ").nth(1).unwrap().split(" s ").next().unwrap().parse().unwrap();
         assert!(secs <= budget + 1.0, "a task overran its budget: {line}");
+        let span = line.split("trained over [").nth(1).unwrap().split(']').next().unwrap();
+        let (from, until) = span.split_once(", ").unwrap();
+        intervals.push((from.parse::<f64>().unwrap(), until.parse::<f64>().unwrap()));
     }
+    // In parallel: the two training intervals overlap (one after the other, they would not).
+    let (latest_start, earliest_end) = (intervals[0].0.max(intervals[1].0), intervals[0].1.min(intervals[1].1));
+    assert!(latest_start < earliest_end, "the tasks trained one after the other: {intervals:?}");
     println!("{stdout}");
     let merged = stdout.lines().find(|l| l.starts_with("merged 10-way")).expect("a merged result");
     let accuracy: f32 = merged.split("accuracy ").nth(1).unwrap().split(" %").next().unwrap().parse().unwrap();

@@ -92,7 +92,15 @@ pub struct TaskReport {
     /// Training time (the budget's clock) and the start-up before it (data, model).
     pub seconds: f64,
     pub startup_secs: f64,
+    /// When training began and ended, in seconds since the UNIX epoch (to compare the
+    /// intervals of tasks run as separate processes).
+    pub trained_from: f64,
+    pub trained_until: f64,
     pub checkpoint: PathBuf,
+}
+
+fn unix_now() -> f64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0.0, |d| d.as_secs_f64())
 }
 
 /// `set` relabelled for a task: its classes become 0..k, and as many images of other classes
@@ -132,7 +140,7 @@ pub fn train_task(plan: &Plan, task: usize, cfg: &TaskConfig, out: &Path) -> Res
     // The rate follows a cosine over the time budget, set before each step.
     let mut t = Trainer::new(model, device, own.len() + 1, &cfg.optim, Box::new(Constant), OnNan::Stop)?;
     // The budget is for training: loading and decoding the data is start-up.
-    let start = Instant::now();
+    let (start, trained_from) = (Instant::now(), unix_now());
     let startup_secs = launched.elapsed().as_secs_f64();
     let budget = plan.budget_secs;
     let base_lr = cfg.optim.lr;
@@ -168,8 +176,8 @@ pub fn train_task(plan: &Plan, task: usize, cfg: &TaskConfig, out: &Path) -> Res
     let classes = own.iter().map(|c| c.to_string()).collect::<Vec<_>>().join(",");
     let meta = HashMap::from([("model".to_string(), cfg.model.clone()), ("task".to_string(), task.to_string()), ("classes".to_string(), classes)]);
     checkpoint::save(&path, &tensors, &meta)?;
-    let seconds = start.elapsed().as_secs_f64();
-    Ok(TaskReport { task, steps, epochs: images as f64 / view.len() as f64, seconds, startup_secs, checkpoint: path })
+    let (seconds, trained_until) = (start.elapsed().as_secs_f64(), unix_now());
+    Ok(TaskReport { task, steps, epochs: images as f64 / view.len() as f64, seconds, startup_secs, trained_from, trained_until, checkpoint: path })
 }
 
 /// The merged classifier's accuracy on `test` from the task checkpoints in `dir`, and each
