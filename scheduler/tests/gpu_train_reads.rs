@@ -3,7 +3,6 @@
 //! its test binary: the adapters' read and submission counters are per process.
 mod common;
 
-use tessera_engine::gpu::{list_adapters, GpuBackend};
 use tessera_scheduler::strategy::RunSpec;
 use tessera_scheduler::train::{train, TrainConfig};
 use tessera_scheduler::trainer::OptimConfig;
@@ -13,10 +12,9 @@ fn a_gpu_epoch_reads_back_only_at_refreshes_and_a_constant_per_epoch() {
     let root = std::env::temp_dir().join(format!("tessera-gpu-reads-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&root);
     common::write_image_folders(&root, 8);
-    let adapters = list_adapters();
-    assert!(!adapters.is_empty() || std::env::var_os("TESSERA_SKIP_GPU_TESTS").is_some(), "no GPU adapter: install mesa-vulkan-drivers");
-    for adapter in adapters {
-        let gpu = GpuBackend::open(adapter.index).unwrap();
+    for device in tessera_tests::gpu_devices() {
+        let tessera_engine::Device::Gpu(gpu) = device else { continue };
+        let adapter = gpu.summary.clone();
         let mut seen = Vec::new();
         // simple-cnn has 6 parameter tensors, resnet20-cifar 65: the reads must not follow them.
         for model in ["simple-cnn", "resnet20-cifar"] {

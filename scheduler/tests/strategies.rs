@@ -6,7 +6,7 @@ use std::sync::Arc;
 use tessera_engine::nn::Param;
 use tessera_engine::Device;
 use tessera_scheduler::data::{synthetic, Dataset};
-use tessera_scheduler::strategy::{self, dynamic::Criterion, EpochRecord, RunSpec, StrategyOptions, StrategyRun};
+use tessera_scheduler::strategy::{self, dynamic::Criterion, dynamic::Dynamic, EpochRecord, RunSpec, StrategyOptions, StrategyRun};
 use tessera_scheduler::trainer::OptimConfig;
 
 const CLASSES: usize = 2;
@@ -44,12 +44,16 @@ fn values(handles: &Handles) -> HashMap<String, Vec<f32>> {
 
 /// Runs `name` and returns the run and, per epoch, the set of sub-models whose weights changed.
 fn train(name: &str, options: &StrategyOptions, epochs: usize) -> (StrategyRun, Vec<Vec<String>>) {
+    train_strategy(strategy::by_name(name, options).unwrap().as_mut(), epochs)
+}
+
+/// [`train`] with a strategy the caller keeps (to read its state afterwards).
+fn train_strategy(s: &mut dyn strategy::Strategy, epochs: usize) -> (StrategyRun, Vec<Vec<String>>) {
     let (train, test) = data();
     let (model, handles) = model_and_handles();
-    let mut s = strategy::by_name(name, options).unwrap();
     let mut before = values(&handles);
     let mut changed = Vec::new();
-    let run = strategy::run(s.as_mut(), model, Device::cpu(), &train, &test, &settings(epochs), &optim(), &mut |_: &EpochRecord| {
+    let run = strategy::run(s, model, Device::cpu(), &train, &test, &settings(epochs), &optim(), &mut |_: &EpochRecord| {
         let now = values(&handles);
         let mut moved: Vec<String> = now.iter().filter(|(n, v)| before[*n] != **v).map(|(n, _)| n.clone()).collect();
         moved.sort();
@@ -95,12 +99,43 @@ fn local_fc_trains_one_sub_model_and_its_neighbours_per_stage() {
     let mut visited: Vec<String> = changed.iter().flatten().cloned().collect();
     visited.sort();
     assert_eq!(visited, names(&["conv1", "conv2", "fc"]));
-    assert!(run.notes[0].starts_with("importance order"));
+    // The order is the RMS gradient per sub-model on the first batch, largest first, computed
+    // here independently; the stages visit the sub-models in that order.
+    let want = importance_order();
+    let noted: Vec<String> =
+        run.notes[0].strip_prefix("importance order (RMS gradient): ").unwrap().split(", ").map(|e| e.split(' ').next().unwrap().to_string()).collect();
+    assert_eq!(noted, want, "{}", run.notes[0]);
+    assert_eq!(changed, want.iter().map(|n| vec![n.clone()]).collect::<Vec<_>>());
     let (_, changed) = run_neighbours();
     // conv2 with one hop trains conv1 and fc too; conv1 or fc bring only conv2.
     for c in changed {
         assert!(c.len() >= 2 && (c.contains(&"conv2".to_string())), "{c:?}");
     }
+}
+
+/// Sub-models by RMS gradient (‖∇‖₂ / √parameters) on the run's first batch, largest first.
+fn importance_order() -> Vec<String> {
+    use tessera_engine::{autograd as ag, Tensor, Var};
+    use tessera_scheduler::data::{Loader, LoaderSpec};
+    let (train, _) = data();
+    let (model, handles) = model_and_handles();
+    let b = Loader::new(&train, &LoaderSpec::train(BATCH, 3, 0)).unwrap().next().unwrap().unwrap();
+    let logits = model.net.forward(&Var::constant(Tensor::from_vec(b.x, &b.shape, &Device::cpu()).unwrap())).unwrap();
+    ag::cross_entropy(&logits, &b.labels).unwrap().backward().unwrap();
+    let mut rms: Vec<(String, f64)> = handles
+        .iter()
+        .map(|(name, params)| {
+            let (mut sq, mut n) = (0f64, 0usize);
+            for p in params {
+                let g = p.grad().unwrap().to_vec().unwrap();
+                sq += g.iter().map(|v| (*v as f64).powi(2)).sum::<f64>();
+                n += g.len();
+            }
+            (name.clone(), sq.sqrt() / (n as f64).sqrt())
+        })
+        .collect();
+    rms.sort_by(|a, b| b.1.total_cmp(&a.1));
+    rms.into_iter().map(|(n, _)| n).collect()
 }
 
 fn run_neighbours() -> (StrategyRun, Vec<Vec<String>>) {
@@ -123,6 +158,28 @@ fn dynamic_freezes_front_to_back_and_drops_their_backward_work() {
     let never = StrategyOptions { threshold: 0.0, window: 2, ..eager.clone() };
     let (run, changed) = train("dynamic", &never, 2);
     assert!(run.notes.is_empty() && changed.iter().all(|c| c.len() == 3));
+
+    // A threshold between measured window changes freezes conv1 exactly at the window whose
+    // change falls below it. Unfrozen, conv1's changes are c₁, c₂, …; at the smallest, cⱼ, a
+    // threshold between cⱼ and every earlier change freezes it at that window, and one just
+    // under cⱼ never does.
+    let mut watch = Dynamic::new(Criterion::GradNorm, 0.0, 2);
+    train_strategy(&mut watch, 3);
+    let conv1: Vec<(usize, f32)> = watch.window_changes().iter().filter(|(_, n, _)| n == "conv1").map(|&(s, _, c)| (s, c)).collect();
+    assert!(conv1.len() >= 4, "{conv1:?}");
+    let j = (0..conv1.len()).min_by(|&a, &b| conv1[a].1.total_cmp(&conv1[b].1)).unwrap();
+    let above = conv1[..j].iter().map(|c| c.1).fold(f32::INFINITY, f32::min);
+    let between = if above.is_finite() { (conv1[j].1 + above) / 2.0 } else { conv1[j].1 * 1.01 };
+    let mut at = Dynamic::new(Criterion::GradNorm, between, 2);
+    let (run, _) = train_strategy(&mut at, 3);
+    assert!(
+        run.notes.first().is_some_and(|n| n.starts_with(&format!("conv1 froze at step {} ", conv1[j].0))),
+        "threshold {between} on {conv1:?}: {:?}",
+        run.notes
+    );
+    let mut under = Dynamic::new(Criterion::GradNorm, conv1[j].1 * 0.99, 2);
+    let (run, _) = train_strategy(&mut under, 3);
+    assert!(!run.notes.iter().any(|n| n.starts_with("conv1 froze")), "threshold just under every change {conv1:?}: {:?}", run.notes);
 
     let by_activation = StrategyOptions { criterion: Criterion::ActivationVariance, ..eager.clone() };
     let (run, _) = train("dynamic", &by_activation, 2);

@@ -120,3 +120,38 @@ impl Strategy for Balanced {
         vec![format!("final head weights (aux… final): {}", self.weights.iter().map(|w| format!("{w:.3}")).collect::<Vec<_>>().join(", "))]
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::Balanced;
+
+    /// The weights move 10 % toward wᵢ ∝ 1/Lᵢ, a head whose loss fell by more than γ in a step is
+    /// scaled by γ/change, and the weights keep summing to the head count.
+    #[test]
+    fn a_head_whose_loss_fell_faster_than_gamma_is_capped() {
+        let (before, after) = ([2.0f32, 2.0, 2.0], [1.0f32, 1.9, 2.0]);
+        let adapted = |gamma: f32| {
+            let mut b = Balanced::new(gamma);
+            b.weights = vec![1.0; 3];
+            b.adapt(&before);
+            b.weights = vec![1.0; 3];
+            b.adapt(&after);
+            b.weights
+        };
+        // By hand: targets 3·(1/Lᵢ)/Σ(1/Lⱼ); w = 0.9 + 0.1·target; head 0 fell 50 % > γ = 0.1,
+        // so it is scaled by 0.1/0.5; head 1 fell 5 % < γ and is not; then normalised to 3.
+        let inv: Vec<f32> = after.iter().map(|l| 1.0 / l).collect();
+        let sum: f32 = inv.iter().sum();
+        let mut want: Vec<f32> = inv.iter().map(|i| 0.9 + 0.1 * 3.0 * i / sum).collect();
+        want[0] *= 0.1 / 0.5;
+        let total: f32 = want.iter().sum();
+        want.iter_mut().for_each(|w| *w *= 3.0 / total);
+        let capped = adapted(0.1);
+        for (got, want) in capped.iter().zip(&want) {
+            assert!((got - want).abs() < 1e-6, "{capped:?} against {want:?}");
+        }
+        // Without the cap (γ above every change) the fast head keeps the larger weight.
+        let uncapped = adapted(10.0);
+        assert!(capped[0] < 0.5 * uncapped[0], "{capped:?} against {uncapped:?}");
+    }
+}

@@ -44,16 +44,34 @@ pub struct Dynamic {
     steps: usize,
     /// (step, sub-model, relative change) of each freeze.
     events: Vec<(usize, String, f32)>,
+    /// (step, sub-model, relative change) of every window end that compared the first
+    /// still-training sub-model with its previous window.
+    measured: Vec<(usize, String, f32)>,
 }
 
 impl Dynamic {
     pub fn new(criterion: Criterion, threshold: f32, window: usize) -> Self {
-        Self { criterion, threshold, window: window.max(1), current: Vec::new(), previous: Vec::new(), frozen: 0, steps: 0, events: Vec::new() }
+        Self {
+            criterion,
+            threshold,
+            window: window.max(1),
+            current: Vec::new(),
+            previous: Vec::new(),
+            frozen: 0,
+            steps: 0,
+            events: Vec::new(),
+            measured: Vec::new(),
+        }
     }
 
     /// Sub-models frozen so far (a prefix of the network).
     pub fn frozen(&self) -> usize {
         self.frozen
+    }
+
+    /// Every window change measured, as (step, sub-model, relative change).
+    pub fn window_changes(&self) -> &[(usize, String, f32)] {
+        &self.measured
     }
 
     /// At a window's end: freeze the first training sub-model if its statistic settled.
@@ -63,6 +81,7 @@ impl Dynamic {
         if i + 1 < t.submodel_count() {
             if let (Some(now), Some(Some(before))) = (means[i], self.previous.get(i)) {
                 let change = (now - before).abs() / before.abs().max(1e-12);
+                self.measured.push((self.steps, t.model.submodels[i].name.clone(), change));
                 if change < self.threshold {
                     self.frozen += 1;
                     t.set_trainable(&(self.frozen..t.submodel_count()).collect::<Vec<_>>());
