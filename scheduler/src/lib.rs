@@ -15,5 +15,6 @@ pub mod strategy;
 pub mod tasks;
 pub mod train;
 pub mod trainer;
+pub mod untrusted;
 
 pub use error::TrainError;

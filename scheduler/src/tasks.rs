@@ -27,16 +27,21 @@ pub struct Plan {
     pub budget_secs: f64,
 }
 
+/// The most classes a plan may split: a plan file is untrusted input, and every class costs
+/// memory before any check of the data set could catch a wrong count.
+pub const MAX_CLASSES: usize = 1 << 20;
+
 impl Plan {
     /// Splits classes 0..k into `n` tasks of near-equal size, round robin (task t gets
     /// t, t + n, …), so neighbouring class indices land in different tasks.
     pub fn new(k: usize, n: usize, budget_secs: f64) -> Result<Self, TrainError> {
+        if k == 0 || k > MAX_CLASSES {
+            return Err(TrainError::Config(format!("--classes must be between 1 and {MAX_CLASSES}, got {k}")));
+        }
         if n == 0 || n > k {
             return Err(TrainError::Config(format!("cannot split {k} classes into {n} tasks (need 1 ≤ tasks ≤ classes)")));
         }
-        if budget_secs.is_nan() || budget_secs <= 0.0 {
-            return Err(TrainError::Config(format!("the time budget must be positive, got {budget_secs} s")));
-        }
+        check_budget(budget_secs).map_err(|e| TrainError::Config(format!("--time-budget {e}")))?;
         Ok(Self { classes: k, tasks: (0..n).map(|t| (t..k).step_by(n).collect()).collect(), budget_secs })
     }
 
@@ -45,24 +50,55 @@ impl Plan {
     }
 
     pub fn load(path: &Path) -> Result<Self, TrainError> {
-        let bad = |detail: String| TrainError::Config(format!("{}: {detail}", path.display()));
         let text = std::fs::read_to_string(path).map_err(|error| TrainError::Io { path: path.into(), error })?;
-        let v: serde_json::Value = serde_json::from_str(&text).map_err(|e| bad(format!("not JSON: {e}")))?;
-        let classes = v["classes"].as_u64().ok_or_else(|| bad("no `classes` count".into()))? as usize;
-        let budget_secs = v["budget_secs"].as_f64().ok_or_else(|| bad("no `budget_secs`".into()))?;
-        let tasks: Vec<Vec<usize>> = v["tasks"]
-            .as_array()
-            .ok_or_else(|| bad("no `tasks` list".into()))?
-            .iter()
-            .map(|t| t.as_array().map(|cs| cs.iter().filter_map(|c| c.as_u64().map(|c| c as usize)).collect()))
-            .collect::<Option<_>>()
-            .ok_or_else(|| bad("each task must be a list of class indices".into()))?;
-        let mut all: Vec<usize> = tasks.iter().flatten().copied().collect();
-        all.sort_unstable();
-        if all != (0..classes).collect::<Vec<_>>() {
-            return Err(bad(format!("the tasks must cover classes 0..{classes} once each, got {tasks:?}")));
+        Self::from_json(&text).map_err(|detail| TrainError::Config(format!("{}: {detail}", path.display())))
+    }
+
+    /// Parses and checks a plan: 1 ≤ classes ≤ [`MAX_CLASSES`], a finite positive budget, and
+    /// non-empty tasks of class indices that cover 0..classes once each.
+    pub fn from_json(text: &str) -> Result<Self, String> {
+        let v: serde_json::Value = serde_json::from_str(text).map_err(|e| format!("not JSON: {e}"))?;
+        let classes = v["classes"].as_u64().ok_or("no `classes` count (a whole number)")?;
+        if classes == 0 || classes > MAX_CLASSES as u64 {
+            return Err(format!("`classes` must be between 1 and {MAX_CLASSES}, got {classes}"));
+        }
+        let classes = classes as usize;
+        let budget_secs = v["budget_secs"].as_f64().ok_or("no `budget_secs` (a number of seconds)")?;
+        check_budget(budget_secs).map_err(|e| format!("`budget_secs` {e}"))?;
+        let list = v["tasks"].as_array().ok_or("no `tasks` list")?;
+        if list.is_empty() || list.len() > classes {
+            return Err(format!("{} tasks for {classes} classes (need 1 ≤ tasks ≤ classes)", list.len()));
+        }
+        let mut seen = vec![false; classes];
+        let mut tasks = Vec::with_capacity(list.len());
+        for (t, task) in list.iter().enumerate() {
+            let own = task.as_array().ok_or_else(|| format!("task {t} is not a list of class indices"))?;
+            if own.is_empty() {
+                return Err(format!("task {t} has no class: it would have nothing to train on"));
+            }
+            let mut cs = Vec::with_capacity(own.len());
+            for c in own {
+                let c = c.as_u64().filter(|&c| c < classes as u64).ok_or_else(|| format!("task {t}: `{c}` is not a class index below {classes}"))? as usize;
+                if std::mem::replace(&mut seen[c], true) {
+                    return Err(format!("class {c} belongs to two tasks"));
+                }
+                cs.push(c);
+            }
+            tasks.push(cs);
+        }
+        if let Some(missing) = seen.iter().position(|s| !s) {
+            return Err(format!("class {missing} belongs to no task (the tasks must cover classes 0..{classes})"));
         }
         Ok(Self { classes, tasks, budget_secs })
+    }
+}
+
+/// A time budget must be a finite number of seconds above zero.
+fn check_budget(secs: f64) -> Result<(), String> {
+    if secs.is_finite() && secs > 0.0 {
+        Ok(())
+    } else {
+        Err(format!("must be a positive number of seconds, got {secs}"))
     }
 }
 
@@ -219,4 +255,31 @@ pub fn evaluate_merged(plan: &Plan, dir: &Path, test: &Dataset, model_name: &str
         })
         .count();
     Ok((correct as f32 / test.len().max(1) as f32, own_accuracy))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Plan;
+
+    #[test]
+    fn a_plan_file_is_checked_before_use() {
+        let ok = Plan::from_json(r#"{"classes": 4, "tasks": [[0, 2], [1, 3]], "budget_secs": 2.5}"#).unwrap();
+        assert_eq!((ok.classes, ok.tasks.len(), ok.budget_secs), (4, 2, 2.5));
+        for (text, says) in [
+            (r#"{"classes": 2, "tasks": [[0, 1], []], "budget_secs": 1}"#, "task 1 has no class"),
+            (r#"{"classes": 1000000000000, "tasks": [[0]], "budget_secs": 1}"#, "`classes` must be between 1 and"),
+            (r#"{"classes": 0, "tasks": [], "budget_secs": 1}"#, "`classes` must be between 1 and"),
+            (r#"{"classes": 2, "tasks": [[0], [1]], "budget_secs": -3}"#, "`budget_secs` must be a positive number"),
+            (r#"{"classes": 2, "tasks": [[0], [1]], "budget_secs": 1e999}"#, "not JSON"),
+            (r#"{"classes": 2, "tasks": [[0, "x"], [1]], "budget_secs": 1}"#, "is not a class index below 2"),
+            (r#"{"classes": 2, "tasks": [[0, 0], [1]], "budget_secs": 1}"#, "class 0 belongs to two tasks"),
+            (r#"{"classes": 3, "tasks": [[0], [1]], "budget_secs": 1}"#, "class 2 belongs to no task"),
+            (r#"{"classes": 2, "tasks": [[0], [1], [0]], "budget_secs": 1}"#, "3 tasks for 2 classes"),
+        ] {
+            let e = Plan::from_json(text).unwrap_err();
+            assert!(e.contains(says), "{text}: {e}");
+        }
+        assert!(Plan::new(3, 2, f64::INFINITY).unwrap_err().to_string().contains("--time-budget must be a positive number"));
+        assert!(Plan::new(0, 1, 1.0).is_err() && Plan::new(usize::MAX, 1, 1.0).is_err());
+    }
 }
