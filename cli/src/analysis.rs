@@ -1,4 +1,5 @@
 //! `tessera importance` and `tessera correlation`: what a trained checkpoint's layers do.
+use crate::flags::{real32, whole};
 use anyhow::{Context, Result};
 use clap::Args;
 use std::path::PathBuf;
@@ -9,13 +10,14 @@ use tessera_scheduler::eval::model_from_checkpoint;
 use tessera_scheduler::importance::{linear_importance, network_dot, render};
 use tessera_scheduler::plot::heatmap;
 use tessera_scheduler::run_state::load_splits;
+use tessera_scheduler::settings;
 
 #[derive(Args)]
 pub struct ImportanceArgs {
     #[arg(long)]
     checkpoint: PathBuf,
     /// Inputs listed (and drawn) per layer.
-    #[arg(long, default_value_t = 10)]
+    #[arg(long, default_value_t = 10, value_parser = whole(settings::TOP))]
     top: usize,
     /// Folder for importance.dot, importance.svg and importance.png.
     #[arg(long, default_value = "runs/importance")]
@@ -29,7 +31,7 @@ pub struct CorrelationArgs {
     #[arg(long)]
     data: PathBuf,
     /// Use only the first N images of each class (train and test).
-    #[arg(long)]
+    #[arg(long, value_parser = whole(settings::LIMIT_PER_CLASS))]
     limit_per_class: Option<usize>,
     #[arg(long, default_value = "cpu")]
     device: String,
@@ -116,16 +118,16 @@ pub struct RobustnessArgs {
     data: PathBuf,
     #[arg(long, default_value = "cpu")]
     device: String,
-    #[arg(long, default_value_t = 256)]
+    #[arg(long, default_value_t = 256, value_parser = whole(settings::BATCH))]
     batch: usize,
     /// Use only the first N test images of each class.
-    #[arg(long)]
+    #[arg(long, value_parser = whole(settings::LIMIT_PER_CLASS))]
     limit_per_class: Option<usize>,
     /// Skip the input-corruption table (6 corruptions × 5 severities of test-set passes).
     #[arg(long)]
     no_corruptions: bool,
     /// Sub-model noise, relative to each tensor's RMS.
-    #[arg(long, default_value_t = 0.5)]
+    #[arg(long, default_value_t = 0.5, value_parser = real32(settings::NOISE_SCALE))]
     noise_scale: f32,
     #[arg(long, default_value_t = 0)]
     seed: u64,

@@ -1,8 +1,10 @@
 //! `tessera compare`: the standard run report over several scheduling strategies.
+use crate::flags::{real32, whole};
 use anyhow::{Context, Result};
 use clap::Args;
 use tessera_scheduler::compare::{compare, CompareConfig};
 use tessera_scheduler::run_state::load_splits;
+use tessera_scheduler::settings;
 use tessera_scheduler::strategy::{dynamic::Criterion, fc::Order, RunSpec, StrategyOptions, NAMES};
 use tessera_scheduler::trainer::{OptimConfig, OptimizerKind};
 
@@ -16,33 +18,33 @@ pub struct CompareArgs {
     /// Comma-separated: full, fc, local-fc, dynamic, balanced, coupled.
     #[arg(long, default_value = "full,fc,dynamic")]
     strategies: String,
-    #[arg(long, default_value_t = 2)]
+    #[arg(long, default_value_t = 2, value_parser = whole(settings::EPOCHS))]
     epochs: usize,
-    #[arg(long, default_value_t = 128)]
+    #[arg(long, default_value_t = 128, value_parser = whole(settings::BATCH))]
     batch: usize,
     /// sgd or adamw.
     #[arg(long, default_value = "sgd")]
     optimizer: OptimizerKind,
-    #[arg(long, default_value_t = 0.1)]
+    #[arg(long, default_value_t = 0.1, value_parser = real32(settings::LR))]
     lr: f32,
     /// SGD's momentum [default: 0.9].
-    #[arg(long)]
+    #[arg(long, value_parser = real32(settings::MOMENTUM))]
     momentum: Option<f32>,
     /// Weight decay [default: 5e-4 with SGD, 0.01 with AdamW].
-    #[arg(long)]
+    #[arg(long, value_parser = real32(settings::WEIGHT_DECAY))]
     wd: Option<f32>,
     /// Linear warm-up of the learning rate over this many steps.
-    #[arg(long, default_value_t = 0)]
+    #[arg(long, default_value_t = 0, value_parser = whole(settings::WARMUP_STEPS))]
     warmup_steps: usize,
     /// Threads reading batches ahead of the step (0: one per core).
-    #[arg(long, default_value_t = 0)]
+    #[arg(long, default_value_t = 0, value_parser = whole(settings::WORKERS))]
     workers: usize,
     #[arg(long, default_value_t = 0)]
     seed: u64,
     #[arg(long, default_value = "cpu")]
     device: String,
     /// Use only the first N images of each class.
-    #[arg(long)]
+    #[arg(long, value_parser = whole(settings::LIMIT_PER_CLASS))]
     limit_per_class: Option<usize>,
     /// Start every strategy from this training checkpoint's weights.
     #[arg(long)]
@@ -51,22 +53,22 @@ pub struct CompareArgs {
     #[arg(long, default_value = "dfs")]
     order: Order,
     /// local-fc: train each sub-model with those within this many graph hops.
-    #[arg(long, default_value_t = 1)]
+    #[arg(long, default_value_t = 1, value_parser = whole(settings::NEIGHBORS))]
     neighbors: usize,
     /// dynamic: grad-norm, act-var or freezeout.
     #[arg(long, default_value = "grad-norm")]
     criterion: Criterion,
     /// dynamic: freeze when the windowed statistic moves by less than this (relative).
-    #[arg(long, default_value_t = 0.1)]
+    #[arg(long, default_value_t = 0.1, value_parser = real32(settings::THRESHOLD))]
     threshold: f32,
     /// dynamic: window length in steps.
-    #[arg(long, default_value_t = 50)]
+    #[arg(long, default_value_t = 50, value_parser = whole(settings::WINDOW))]
     window: usize,
     /// balanced: cap on each head's relative loss change per step.
-    #[arg(long, default_value_t = 0.1)]
+    #[arg(long, default_value_t = 0.1, value_parser = real32(settings::GAMMA))]
     gamma: f32,
     /// coupled: the first sub-model of the back part (default: the middle one).
-    #[arg(long)]
+    #[arg(long, value_parser = whole(settings::SPLIT))]
     split: Option<usize>,
     /// Where report.md, report.json and report.svg go.
     #[arg(long, default_value = "runs/compare")]

@@ -2,9 +2,11 @@
 mod analysis;
 mod check;
 mod compare;
+mod flags;
 mod table;
 mod tasks;
 
+use crate::flags::{real32, real64, whole};
 use anyhow::{bail, Context, Result};
 use clap::{Args, Parser, Subcommand};
 use serde_json::json;
@@ -15,6 +17,7 @@ use tessera_engine::cpu::CpuBackend;
 use tessera_engine::gpu::list_adapters;
 use tessera_engine::ops::gemm::kernel_supported;
 use tessera_engine::Device;
+use tessera_scheduler::settings;
 use tessera_scheduler::strategy::RunSpec;
 use tessera_scheduler::trainer::{OptimConfig, OptimizerKind};
 use tessera_shaders::gemm::{by_name, VARIANTS};
@@ -77,7 +80,7 @@ enum Command {
     Forward {
         #[arg(long)]
         model: String,
-        #[arg(long, default_value_t = 1000)]
+        #[arg(long, default_value_t = 1000, value_parser = whole(settings::NUM_CLASSES))]
         num_classes: usize,
         /// A state dict (safetensors) with torchvision's names.
         #[arg(long)]
@@ -111,7 +114,7 @@ enum Command {
         data: std::path::PathBuf,
         #[arg(long, default_value = "cpu")]
         device: String,
-        #[arg(long, default_value_t = 256)]
+        #[arg(long, default_value_t = 256, value_parser = whole(settings::BATCH))]
         batch: usize,
         #[arg(long)]
         json: bool,
@@ -134,32 +137,32 @@ struct TrainArgs {
     #[arg(long)]
     data: Option<std::path::PathBuf>,
     /// [default: 1]
-    #[arg(long)]
+    #[arg(long, value_parser = whole(settings::EPOCHS))]
     epochs: Option<usize>,
     /// [default: 128]
-    #[arg(long)]
+    #[arg(long, value_parser = whole(settings::BATCH))]
     batch: Option<usize>,
     /// sgd or adamw [default: sgd]
     #[arg(long)]
     optimizer: Option<String>,
     /// [default: 0.1]
-    #[arg(long)]
+    #[arg(long, value_parser = real32(settings::LR))]
     lr: Option<f32>,
     /// SGD's momentum [default: 0.9]
-    #[arg(long)]
+    #[arg(long, value_parser = real32(settings::MOMENTUM))]
     momentum: Option<f32>,
     /// Weight decay [default: 5e-4 with SGD, 0.01 with AdamW]
-    #[arg(long)]
+    #[arg(long, value_parser = real32(settings::WEIGHT_DECAY))]
     #[serde(alias = "weight_decay")]
     wd: Option<f32>,
     /// Linear warm-up of the learning rate over this many steps, before the cosine [default: 0]
-    #[arg(long)]
+    #[arg(long, value_parser = whole(settings::WARMUP_STEPS))]
     warmup_steps: Option<usize>,
     /// Threads reading and augmenting batches ahead of the step [default: one per core]
-    #[arg(long)]
+    #[arg(long, value_parser = whole(settings::WORKERS))]
     workers: Option<usize>,
     /// Bytes of batches the loader may hold at once [default: two per worker]
-    #[arg(long)]
+    #[arg(long, value_parser = whole(settings::LOADER_MEMORY))]
     loader_memory: Option<usize>,
     /// [default: cpu]
     #[arg(long)]
@@ -168,7 +171,7 @@ struct TrainArgs {
     #[arg(long)]
     seed: Option<u64>,
     /// Use only the first N images of each class (quick runs).
-    #[arg(long)]
+    #[arg(long, value_parser = whole(settings::LIMIT_PER_CLASS))]
     limit_per_class: Option<usize>,
     /// Run folder for per-epoch checkpoints and metrics.jsonl.
     #[arg(long)]
@@ -237,9 +240,9 @@ enum ModelsCmd {
     Show {
         model: String,
         /// Input size in pixels (default: the model's own).
-        #[arg(long)]
+        #[arg(long, value_parser = whole(settings::INPUT))]
         input: Option<usize>,
-        #[arg(long, default_value_t = 1000)]
+        #[arg(long, default_value_t = 1000, value_parser = whole(settings::NUM_CLASSES))]
         num_classes: usize,
         #[arg(long)]
         json: bool,
@@ -257,7 +260,7 @@ enum Bench {
         #[arg(long, default_value = "cpu", value_delimiter = ',')]
         device: Vec<String>,
         /// Time budget per kernel, in seconds (at least 3 timed runs).
-        #[arg(long, default_value_t = 1.0)]
+        #[arg(long, default_value_t = 1.0, value_parser = real64(settings::SECONDS))]
         seconds: f64,
         /// Forget the GPU adapters' tuned kernel choices first, so this run times the variants again.
         #[arg(long)]
@@ -269,18 +272,18 @@ enum Bench {
     Train {
         #[arg(long)]
         model: String,
-        #[arg(long, default_value_t = 10)]
+        #[arg(long, default_value_t = 10, value_parser = whole(settings::NUM_CLASSES))]
         num_classes: usize,
         /// Input size in pixels.
-        #[arg(long, default_value_t = 32)]
+        #[arg(long, default_value_t = 32, value_parser = whole(settings::INPUT))]
         input: usize,
-        #[arg(long, default_value_t = 32)]
+        #[arg(long, default_value_t = 32, value_parser = whole(settings::BATCH))]
         batch: usize,
         #[arg(long, default_value = "cpu", value_delimiter = ',')]
         device: Vec<String>,
-        #[arg(long, default_value_t = 2)]
+        #[arg(long, default_value_t = 2, value_parser = whole(settings::WARMUP))]
         warmup: usize,
-        #[arg(long, default_value_t = 5)]
+        #[arg(long, default_value_t = 5, value_parser = whole(settings::STEPS))]
         steps: usize,
         /// The Python that runs the PyTorch reference (scripts/bench_torch.py); skipped with a
         /// note when it cannot import torch.
@@ -291,7 +294,7 @@ enum Bench {
         no_torch: bool,
         /// Alternate the PyTorch reference and each device this many times and report each
         /// row's median round: on a shared machine the speed drifts over minutes.
-        #[arg(long, default_value_t = 1)]
+        #[arg(long, default_value_t = 1, value_parser = whole(settings::ROUNDS))]
         rounds: usize,
         #[arg(long)]
         json: bool,
@@ -304,7 +307,7 @@ struct GemmArgs {
     #[arg(long, default_value = "cpu", value_delimiter = ',')]
     device: Vec<String>,
     /// Square sizes M = N = K.
-    #[arg(long, default_value = "256,512,1024,2048", value_delimiter = ',')]
+    #[arg(long, default_value = "256,512,1024,2048", value_delimiter = ',', value_parser = whole(settings::GEMM_SIZE))]
     sizes: Vec<usize>,
     /// Transpose combinations: nn, nt, tn, tt.
     #[arg(long, default_value = "nn", value_delimiter = ',')]
@@ -313,10 +316,10 @@ struct GemmArgs {
     #[arg(long, default_value = "default")]
     kernel: String,
     /// Seconds spent timing each row (after one warm-up run).
-    #[arg(long, default_value_t = 1.0)]
+    #[arg(long, default_value_t = 1.0, value_parser = real64(settings::SECONDS))]
     seconds: f64,
     /// CPU threads (OpenBLAS and rayon); 0 = one per core.
-    #[arg(long, default_value_t = 0)]
+    #[arg(long, default_value_t = 0, value_parser = whole(settings::THREADS))]
     threads: usize,
     /// Forget the GPU adapters' tuned kernel choices first, so this run times the variants again.
     #[arg(long)]

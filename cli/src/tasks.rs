@@ -1,4 +1,5 @@
 //! `tessera plan` / `run-plan` / `run-task`: task decomposition, trained as parallel processes.
+use crate::flags::{real32, real64, whole};
 use anyhow::{bail, Context, Result};
 use clap::Args;
 use std::path::PathBuf;
@@ -6,19 +7,20 @@ use std::process::{Child, Command, Stdio};
 use std::time::Instant;
 use tessera_engine::Device;
 use tessera_scheduler::run_state::load_splits;
+use tessera_scheduler::settings;
 use tessera_scheduler::tasks::{evaluate_merged, train_task, Plan, TaskConfig};
 use tessera_scheduler::trainer::{OptimConfig, OptimizerKind};
 
 #[derive(Args)]
 pub struct PlanArgs {
     /// Number of classes K.
-    #[arg(long)]
+    #[arg(long, value_parser = whole(settings::CLASSES))]
     classes: usize,
     /// Number of tasks N.
-    #[arg(long)]
+    #[arg(long, value_parser = whole(settings::TASKS))]
     tasks: usize,
     /// Wall-time budget of each task, in seconds.
-    #[arg(long)]
+    #[arg(long, value_parser = real64(settings::TIME_BUDGET))]
     time_budget: f64,
     #[arg(long, default_value = "plan.json")]
     out: PathBuf,
@@ -33,20 +35,20 @@ pub struct TaskArgs {
     data: PathBuf,
     #[arg(long, default_value = "simple-cnn")]
     model: String,
-    #[arg(long, default_value_t = 64)]
+    #[arg(long, default_value_t = 64, value_parser = whole(settings::BATCH))]
     batch: usize,
     /// sgd or adamw.
     #[arg(long, default_value = "sgd")]
     optimizer: OptimizerKind,
     /// The peak of the cosine over the time budget.
-    #[arg(long, default_value_t = 0.05)]
+    #[arg(long, default_value_t = 0.05, value_parser = real32(settings::LR))]
     lr: f32,
     #[arg(long, default_value_t = 0)]
     seed: u64,
     /// CPU threads of each task's backend (0: one per core).
-    #[arg(long, default_value_t = 0)]
+    #[arg(long, default_value_t = 0, value_parser = whole(settings::THREADS))]
     threads: usize,
-    #[arg(long)]
+    #[arg(long, value_parser = whole(settings::LIMIT_PER_CLASS))]
     limit_per_class: Option<usize>,
     /// Folder for the task checkpoints.
     #[arg(long, default_value = "runs/plan")]
@@ -58,7 +60,7 @@ pub struct RunPlanArgs {
     #[command(flatten)]
     task: TaskArgs,
     /// Concurrent task processes (default: one per core, at most one per task).
-    #[arg(long)]
+    #[arg(long, value_parser = whole(settings::WORKERS))]
     workers: Option<usize>,
 }
 
@@ -66,7 +68,7 @@ pub struct RunPlanArgs {
 pub struct RunTaskArgs {
     #[command(flatten)]
     task: TaskArgs,
-    #[arg(long)]
+    #[arg(long, value_parser = whole(settings::TASK_INDEX))]
     index: usize,
 }
 

@@ -42,13 +42,18 @@ pub struct StepSpec {
 /// Times the step of `spec` on `device`.
 pub fn bench_train_step(spec: &StepSpec, device: &str) -> Result<StepTimes, TrainError> {
     let StepSpec { model, num_classes, input, batch, warmup, steps, optim } = spec.clone();
+    // The synthetic input batch alone: refuse what cannot sensibly fit in memory.
+    let values = batch
+        .checked_mul(3 * input * input)
+        .filter(|&v| v <= 1 << 28)
+        .ok_or_else(|| TrainError::Config(format!("an input batch of {batch}×3×{input}×{input} values exceeds 2^28 (1 GiB); lower --batch or --input")))?;
     let device = Device::parse(device)?;
     let baseline = crate::memory::current_rss_bytes();
     crate::memory::reset_peak_rss();
     let model = build(&model, num_classes, &device, 0)?;
     let mut t = Trainer::new(model, device.clone(), num_classes, &optim, Box::new(Constant), OnNan::Stop)?;
     let n = t.submodel_count();
-    let values: Vec<f32> = (0..batch * 3 * input * input).map(|i| ((i * 7919) % 2000) as f32 / 1000.0 - 1.0).collect();
+    let values: Vec<f32> = (0..values).map(|i| ((i * 7919) % 2000) as f32 / 1000.0 - 1.0).collect();
     let labels: Vec<usize> = (0..batch).map(|i| i % num_classes).collect();
     let (mut fwd, mut bwd, mut opt) = (Vec::new(), Vec::new(), Vec::new());
     for step in 0..warmup + steps.max(1) {

@@ -11,6 +11,7 @@ pub mod memory;
 pub mod plot;
 pub mod robustness;
 pub mod run_state;
+pub mod settings;
 pub mod strategy;
 pub mod tasks;
 pub mod train;

@@ -159,6 +159,9 @@ pub fn task_view(set: &Dataset, own: &[usize], seed: u64) -> Subset {
 /// model — is not counted) and saves `out/task-<t>.safetensors`.
 pub fn train_task(plan: &Plan, task: usize, cfg: &TaskConfig, out: &Path) -> Result<TaskReport, TrainError> {
     let launched = Instant::now();
+    crate::settings::BATCH.check_usize(cfg.batch)?;
+    crate::settings::THREADS.check_usize(cfg.threads)?;
+    cfg.optim.validate()?;
     let own = plan.tasks.get(task).ok_or_else(|| TrainError::Config(format!("the plan has {} tasks, not {}", plan.tasks.len(), task + 1)))?;
     let device = match Device::parse(&cfg.device)? {
         Device::Cpu(_) => Device::cpu_with_threads(cfg.threads),

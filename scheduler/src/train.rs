@@ -44,6 +44,19 @@ impl Default for TrainConfig {
     }
 }
 
+impl TrainConfig {
+    /// Checks every setting against its range (`settings`); messages name the flag (a config
+    /// file's keys are the flags' names).
+    pub fn validate(&self) -> Result<(), TrainError> {
+        self.run.validate()?;
+        self.optim.validate()?;
+        if let Some(n) = self.limit_per_class {
+            crate::settings::LIMIT_PER_CLASS.check_usize(n)?;
+        }
+        Ok(())
+    }
+}
+
 /// Trains per `cfg`; `progress` hears refreshes (at most twice a second) and epoch ends.
 /// Returns one record per epoch run.
 pub fn train(cfg: &TrainConfig, progress: &mut dyn FnMut(&StepInfo)) -> Result<Vec<EpochRecord>, TrainError> {
@@ -52,6 +65,7 @@ pub fn train(cfg: &TrainConfig, progress: &mut dyn FnMut(&StepInfo)) -> Result<V
 
 /// [`train`], with a hook the trainer calls after every backward pass (tests inject faults).
 pub fn train_with(cfg: &TrainConfig, progress: &mut dyn FnMut(&StepInfo), grad_hook: Option<crate::trainer::GradHook>) -> Result<Vec<EpochRecord>, TrainError> {
+    cfg.validate()?;
     let device = Device::parse(&cfg.device)?;
     let (train_set, test_set) = load_splits(&cfg.data, cfg.limit_per_class)?;
     if train_set.is_empty() {

@@ -72,6 +72,31 @@ impl OptimConfig {
         Ok(Self { rule, lr, warmup_steps })
     }
 
+    /// Checks every value against its range (`settings`): a config file bypasses the flags'
+    /// parsers, so runs check here too.
+    pub fn validate(&self) -> Result<(), TrainError> {
+        use crate::settings::{LR, MOMENTUM, WARMUP_STEPS, WEIGHT_DECAY};
+        LR.check_f32(self.lr)?;
+        WARMUP_STEPS.check_usize(self.warmup_steps)?;
+        match self.rule {
+            Rule::Sgd(h) => {
+                MOMENTUM.check_f32(h.momentum)?;
+                WEIGHT_DECAY.check_f32(h.weight_decay)?;
+                if !(0.0..=1.0).contains(&h.dampening) {
+                    return Err(TrainError::Config(format!("SGD dampening must be in [0, 1], got {}", h.dampening)));
+                }
+            }
+            Rule::AdamW(h) => {
+                WEIGHT_DECAY.check_f32(h.weight_decay)?;
+                let beta_ok = |b: f32| (0.0..1.0).contains(&b);
+                if !(beta_ok(h.beta1) && beta_ok(h.beta2) && h.eps.is_finite() && h.eps > 0.0) {
+                    return Err(TrainError::Config(format!("AdamW needs betas in [0, 1) and a positive ε, got {h:?}")));
+                }
+            }
+        }
+        Ok(())
+    }
+
     /// A config with this learning rate.
     pub fn with_lr(self, lr: f32) -> Self {
         Self { lr, ..self }

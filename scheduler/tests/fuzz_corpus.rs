@@ -5,10 +5,13 @@
 use std::path::Path;
 use tessera_scheduler::untrusted;
 
+/// One target's check of an input.
+type Check = fn(&[u8]);
+
 #[test]
 fn every_corpus_input_is_rejected_cleanly_or_accepted_whole() {
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../fuzz/corpus");
-    let targets: [(&str, fn(&[u8])); 4] =
+    let targets: [(&str, Check); 4] =
         [("checkpoint", untrusted::checkpoint), ("cifar_bin", untrusted::cifar_bin), ("image_decode", untrusted::image_decode), ("plan", untrusted::plan)];
     for (target, check) in targets {
         let dir = root.join(target);

@@ -112,6 +112,18 @@ impl Default for RunSpec {
 }
 
 impl RunSpec {
+    /// Checks every value against its range (`settings`).
+    pub fn validate(&self) -> Result<(), TrainError> {
+        use crate::settings::{BATCH, EPOCHS, LOADER_MEMORY, WORKERS};
+        EPOCHS.check_usize(self.epochs)?;
+        BATCH.check_usize(self.batch)?;
+        WORKERS.check_usize(self.workers)?;
+        if let Some(bytes) = self.memory_limit {
+            LOADER_MEMORY.check_usize(bytes)?;
+        }
+        Ok(())
+    }
+
     /// Steps in the whole run over `images` training images.
     pub fn total_steps(&self, images: usize) -> usize {
         images.div_ceil(self.batch.max(1)) * self.epochs
@@ -245,6 +257,8 @@ pub fn run(
     optim: &OptimConfig,
     progress: &mut dyn FnMut(&EpochRecord),
 ) -> Result<StrategyRun, TrainError> {
+    spec.validate()?;
+    optim.validate()?;
     let classes = train.classes().len();
     let schedule = strategy.schedule(spec.total_steps(train.len()));
     let mut t = Trainer::new(model, device, classes, optim, schedule, OnNan::Stop)?;
