@@ -345,3 +345,25 @@ fn no_generated_invocation_panics_hangs_or_dies_by_a_signal() {
     println!("{} invocations, {} panics, signals, hangs or silent failures", results.len(), failures.len());
     assert!(failures.is_empty(), "{}", failures.join("\n"));
 }
+
+/// A config file's values are checked against the same ranges as the flags.
+#[test]
+fn a_config_file_is_checked_like_the_flags() {
+    let exe = env!("CARGO_BIN_EXE_tessera");
+    let root = std::env::temp_dir().join(format!("tessera-cli-config-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&root);
+    common::write_coloured_cifar_sized(&root.join("data"), 2);
+    for (line, says) in [
+        ("epochs = 0", "--epochs must be a whole number from 1 to 100000, got 0"),
+        ("lr = nan", "--lr must be a finite number in (0,"),
+        ("momentum = 1.5", "--momentum must be a finite number in [0, 1)"),
+        ("batch = 100000", "--batch must be a whole number from 1 to 4096"),
+        ("workers = 100000", "--workers must be a whole number from 0 to 256"),
+    ] {
+        let config = root.join("run.toml");
+        std::fs::write(&config, format!("model = \"simple-cnn\"\ndata = \"{}\"\n{line}\n", root.join("data").display())).unwrap();
+        let out = Command::new(exe).args(["train", "--config"]).arg(&config).output().unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success() && stderr.contains(says), "{line}: {stderr}");
+    }
+}
