@@ -40,8 +40,9 @@ pub struct TaskArgs {
     /// sgd or adamw.
     #[arg(long, default_value = "sgd")]
     optimizer: OptimizerKind,
-    /// The peak of the cosine over the time budget.
-    #[arg(long, default_value_t = 0.05, value_parser = real32(settings::LR))]
+    /// The peak of the cosine over the time budget (0.05 left simple-cnn, which has no batch
+    /// norm, at 10–60 % on the colour-coded test set in 2 of 3 runs; 0.02 and 0.01 at 100 %).
+    #[arg(long, default_value_t = 0.02, value_parser = real32(settings::LR))]
     lr: f32,
     #[arg(long, default_value_t = 0)]
     seed: u64,

@@ -49,7 +49,7 @@ fn two_tasks_train_in_parallel_within_budget_and_merge_above_chance() {
     println!("{stdout}");
     let merged = stdout.lines().find(|l| l.starts_with("merged 10-way")).expect("a merged result");
     let accuracy: f32 = merged.split("accuracy ").nth(1).unwrap().split(" %").next().unwrap().parse().unwrap();
-    assert!(accuracy >= 50.0, "chance is 10 %: {merged}");
+    assert!(accuracy >= 90.0, "chance is 10 %, and each task model sees its colours: {merged}");
     assert!(root.join("run/task-0.safetensors").is_file() && root.join("run/task-1.safetensors").is_file());
 
     let bad = Command::new(tessera).args(["plan", "--classes", "3", "--tasks", "5", "--time-budget", "1"]).output().unwrap();
