@@ -1,7 +1,8 @@
 //! A property test over the whole command line: for every command, generated argument
 //! vectors — valid flags with values drawn from edge cases (zero, negative, NaN, infinite,
 //! absurdly large, not a number, empty), unknown flags, missing required ones — each run as a
-//! child process with a time limit. Every run must end in success or a clean error (a message
+//! child process with a time limit (paths stay inside the test's own folder: as root, an output
+//! path such as /dev/null would be replaced). Every run must end in success or a clean error (a message
 //! on stderr, exit status 1 or 2): never a panic, a signal or a hang.
 mod common;
 
@@ -27,7 +28,8 @@ fn edge_values(kind: Kind) -> &'static [&'static str] {
         Kind::Count => &["0", "1", "2", "-1", "1e3", "NaN", "18446744073709551616", "99999999999", "abc", ""],
         Kind::Real => &["0", "-1", "NaN", "inf", "-inf", "1e40", "1e-30", "0.5", "abc", ""],
         Kind::Device => &["cpu", "gpu:99", "tpu", "", "auto", "gpu:-1"],
-        Kind::Path => &["/nonexistent/x", "", "/", "/dev/null"],
+        // Placeholders for paths under the test's own folder: outputs land nowhere else.
+        Kind::Path => &["MISSING", "", "DIR", "FILE", "MISSING/deeper"],
         Kind::Model => &["simple-cnn", "nope", "", "resnet20-cifar"],
         Kind::Word => &["x", "", "all", "-1", "nn,zz"],
     }
@@ -150,7 +152,21 @@ fn fixtures(root: &Path, exe: &Path) -> HashMap<&'static str, String> {
     let input = root.join("x.safetensors");
     let x = tessera_engine::Tensor::zeros(&[2, 3, 32, 32], &tessera_engine::Device::cpu()).unwrap();
     tessera_engine::checkpoint::save(&input, &[("x".into(), x)], &HashMap::new()).unwrap();
-    HashMap::from([("DATA", d), ("RUN", r), ("CKPT", ckpt), ("WEIGHTS", weights), ("PLAN", plan), ("INPUT", input.display().to_string())])
+    let (dir, file) = (root.join("a-folder"), root.join("a-file.txt"));
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(&file, "not a checkpoint, a plan or an image").unwrap();
+    HashMap::from([
+        ("DATA", d),
+        ("RUN", r),
+        ("CKPT", ckpt),
+        ("WEIGHTS", weights),
+        ("PLAN", plan),
+        ("INPUT", input.display().to_string()),
+        ("MISSING", root.join("missing").display().to_string()),
+        ("MISSING/deeper", root.join("missing/deeper").display().to_string()),
+        ("DIR", dir.display().to_string()),
+        ("FILE", file.display().to_string()),
+    ])
 }
 
 #[test]

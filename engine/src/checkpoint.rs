@@ -75,6 +75,12 @@ pub fn save_as(path: &Path, tensors: &[(String, Tensor)], metadata: &HashMap<Str
         })
         .collect();
     let bytes = safetensors::serialize(views, Some(metadata)).map_err(|e| CheckpointError::Format { path: path.into(), detail: e.to_string() })?;
+    // The rename below replaces whatever is at `path`: only ever a regular file (run as root,
+    // `--out /dev/null` would otherwise replace the device with a file).
+    if std::fs::symlink_metadata(path).is_ok_and(|m| !m.is_file()) {
+        let detail = "exists and is not a regular file; a checkpoint is written to a file path".into();
+        return Err(CheckpointError::Format { path: path.into(), detail });
+    }
     let tmp = path.with_extension("safetensors.partial");
     let mut file = std::fs::File::create(&tmp).map_err(io)?;
     file.write_all(&bytes).map_err(io)?;

@@ -53,3 +53,26 @@ fn bad_checkpoints_are_clear_errors() {
     assert!(save(&good, &[("fc.weight".into(), w)], &HashMap::new()).is_err());
     assert_eq!(std::fs::read(&good).unwrap(), bytes);
 }
+
+/// A save never replaces anything but a regular file: a folder, a FIFO or a device at the path
+/// (`--out /dev/null` run as root) is an error, and it is left as it was.
+#[test]
+fn a_save_refuses_to_replace_what_is_not_a_regular_file() {
+    let dir = std::env::temp_dir().join(format!("tessera-save-target-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(dir.join("a-folder")).unwrap();
+    let fifo = dir.join("a-fifo");
+    assert!(std::process::Command::new("mkfifo").arg(&fifo).status().unwrap().success());
+    let t = tessera_engine::Tensor::zeros(&[2], &tessera_engine::Device::cpu()).unwrap();
+    for target in [dir.join("a-folder"), fifo.clone()] {
+        let e = tessera_engine::checkpoint::save(&target, &[("t".into(), t.clone())], &Default::default()).unwrap_err().to_string();
+        assert!(e.contains("is not a regular file"), "{e}");
+    }
+    use std::os::unix::fs::FileTypeExt;
+    assert!(std::fs::symlink_metadata(&fifo).unwrap().file_type().is_fifo() && dir.join("a-folder").is_dir());
+    // A regular file is replaced, as before.
+    let file = dir.join("ok.safetensors");
+    std::fs::write(&file, b"old").unwrap();
+    tessera_engine::checkpoint::save(&file, &[("t".into(), t)], &Default::default()).unwrap();
+    assert!(tessera_engine::checkpoint::Checkpoint::load(&file).is_ok());
+}
