@@ -195,7 +195,14 @@ pub struct Trainer {
 impl Trainer {
     /// `model` with the optimizer of `optim` over one group per sub-model and `schedule`.
     pub fn new(model: Model, device: Device, classes: usize, optim: &OptimConfig, schedule: Box<dyn LrSchedule>, on_nan: OnNan) -> Result<Self, TrainError> {
-        let groups = model.submodels.iter().map(|sub| ParamGroup::new(sub.name.clone(), model.params_of(sub).into_iter().map(|(_, p)| p).collect())).collect();
+        let mut groups: Vec<ParamGroup> =
+            model.submodels.iter().map(|sub| ParamGroup::new(sub.name.clone(), model.params_of(sub).into_iter().map(|(_, p)| p).collect())).collect();
+        // A parameter no sub-model claims still trains, in a group of its own after them.
+        let claimed = |p: &std::sync::Arc<tessera_engine::nn::Param>| groups.iter().flat_map(|g| &g.params).any(|q| std::sync::Arc::ptr_eq(p, q));
+        let rest: Vec<_> = model.net.named_params().into_iter().map(|(_, p)| p).filter(|p| !claimed(p)).collect();
+        if !rest.is_empty() {
+            groups.push(ParamGroup::new("unassigned", rest));
+        }
         let opt = optim.build(groups, schedule);
         let guard = StepGuard::new(&device, on_nan == OnNan::Stop)?;
         Ok(Self {
