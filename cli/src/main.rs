@@ -173,13 +173,21 @@ struct TrainArgs {
     /// Use only the first N images of each class (quick runs).
     #[arg(long, value_parser = whole(settings::LIMIT_PER_CLASS))]
     limit_per_class: Option<usize>,
-    /// Run folder for per-epoch checkpoints and metrics.jsonl.
+    /// Run folder for per-epoch checkpoints and metrics.jsonl [default: runs/<model>-<UTC time>].
     #[arg(long)]
     out: Option<std::path::PathBuf>,
     /// Continue the run in --out from its newest checkpoint.
     #[arg(long)]
     #[serde(default)]
     resume: bool,
+    /// Replace the run already in --out (its checkpoints and metrics.jsonl).
+    #[arg(long)]
+    #[serde(default)]
+    overwrite: bool,
+    /// With --on-nan skip: let an epoch whose every batch was skipped pass (else an error).
+    #[arg(long)]
+    #[serde(default)]
+    allow_empty_epochs: bool,
     /// A non-finite loss or gradient: `stop` with an error naming the step and where it first
     /// appeared, or `skip` the batch and count it [default: stop].
     #[arg(long)]
@@ -197,7 +205,12 @@ impl TrainArgs {
             None => TrainArgs::default(),
             Some(path) => {
                 let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
-                toml::from_str(&text).with_context(|| format!("{}: not a valid training config", path.display()))?
+                let mut file: TrainArgs = toml::from_str(&text).with_context(|| format!("{}: not a valid training config", path.display()))?;
+                // A config file's relative paths mean the file's folder, wherever it is run from.
+                let base = path.parent().unwrap_or(std::path::Path::new(""));
+                file.data = file.data.map(|p| base.join(p));
+                file.out = file.out.map(|p| base.join(p));
+                file
             }
         };
         let d = tessera_scheduler::train::TrainConfig::default();
@@ -216,15 +229,25 @@ impl TrainArgs {
             workers: self.workers.or(file.workers).unwrap_or(d.run.workers),
             memory_limit: self.loader_memory.or(file.loader_memory),
         };
+        let model = self.model.or(file.model).unwrap_or(d.model);
+        let resume = self.resume || file.resume;
+        // Without --out a run gets a fresh folder of its own (a resume needs to be told which).
+        let out = match (self.out.or(file.out), resume) {
+            (Some(out), _) => Some(out),
+            (None, true) => bail!("--resume needs --out (the run folder to continue)"),
+            (None, false) => Some(std::path::PathBuf::from("runs").join(format!("{model}-{}", utc_stamp()))),
+        };
         let cfg = tessera_scheduler::train::TrainConfig {
-            model: self.model.or(file.model).unwrap_or(d.model),
+            model,
             data,
             run,
             optim,
             device: self.device.or(file.device).unwrap_or(d.device),
             limit_per_class: self.limit_per_class.or(file.limit_per_class),
-            out: self.out.or(file.out),
-            resume: self.resume || file.resume,
+            out,
+            resume,
+            overwrite: self.overwrite || file.overwrite,
+            allow_empty_epochs: self.allow_empty_epochs || file.allow_empty_epochs,
             on_nan: match self.on_nan.or(file.on_nan) {
                 Some(s) => s.parse().map_err(anyhow::Error::msg)?,
                 None => d.on_nan,
@@ -516,12 +539,25 @@ fn models_show(name: &str, input: Option<usize>, num_classes: usize, json: bool)
 }
 
 fn train_cmd(a: TrainArgs) -> Result<()> {
+    use tessera_scheduler::run_state::latest_checkpoint;
     use tessera_scheduler::train::train;
     let (cfg, json) = a.resolve()?;
     if cfg.device.trim().eq_ignore_ascii_case("auto") {
         let (spec, why) = Device::auto_choice();
         eprintln!("device auto → {spec:?}: {why}");
     }
+    let out = cfg.out.clone().context("a run folder")?;
+    if cfg.resume {
+        match latest_checkpoint(&out)? {
+            Some((epoch, _)) if epoch >= cfg.run.epochs => {
+                eprintln!("{} is finished: epoch {epoch} of {} (raise --epochs to train on)", out.display(), cfg.run.epochs);
+                return Ok(());
+            }
+            Some((epoch, path)) => eprintln!("resuming from {} (epoch {epoch} of {})", path.display(), cfg.run.epochs),
+            None => {}
+        }
+    }
+    eprintln!("run folder: {} (checkpoints, metrics.jsonl)", out.display());
     let bar = indicatif::ProgressBar::new(0);
     bar.set_style(
         indicatif::ProgressStyle::with_template("epoch {prefix} [{bar:30}] {pos}/{len} {msg} ETA {eta}").expect("valid template").progress_chars("=> "),
@@ -531,10 +567,19 @@ fn train_cmd(a: TrainArgs) -> Result<()> {
         bar.set_prefix(format!("{}/{}", s.epoch, cfg.run.epochs));
         bar.set_position(s.step as u64);
         bar.set_message(format!("loss {:.4} acc {:.3} {:.0} img/s", s.loss, s.accuracy, s.images_per_sec));
-    })
-    .with_context(|| format!("training {} on {}", cfg.model, cfg.data.display()))?;
+    });
     bar.finish_and_clear();
-    let mut table = Table::new(&["epoch", "train_loss", "train_acc", "test_loss", "test_acc", "seconds", "img_per_s", "skipped"]);
+    let reports = reports.map_err(|e| {
+        // Say which checkpoint survives, if any: only one that exists.
+        let kept = match latest_checkpoint(&out) {
+            Ok(Some((_, path))) => format!("the last checkpoint, {}, is untouched", path.display()),
+            _ => "no checkpoint was written".to_string(),
+        };
+        anyhow::Error::new(e).context(format!("training {} on {} ({kept})", cfg.model, cfg.data.display()))
+    })?;
+    // The same keys as metrics.jsonl.
+    let mut table =
+        Table::new(&["epoch", "train_loss", "train_accuracy", "test_loss", "test_accuracy", "seconds", "eval_seconds", "images_per_sec", "skipped_batches"]);
     for r in &reports {
         table.push(vec![
             json!(r.epoch),
@@ -542,13 +587,31 @@ fn train_cmd(a: TrainArgs) -> Result<()> {
             json!(r.train_accuracy),
             json!(r.test_loss),
             json!(r.test_accuracy),
-            json!(r.seconds + r.eval_seconds),
+            json!(r.seconds),
+            json!(r.eval_seconds),
             json!(r.images_per_sec),
             json!(r.skipped_batches),
         ]);
     }
     table.print(json);
     Ok(())
+}
+
+/// The current UTC time as `YYYYmmdd-HHMMSS` (run folder names sort by time).
+fn utc_stamp() -> String {
+    let secs = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
+    let (days, rest) = ((secs / 86_400) as i64, secs % 86_400);
+    // Days since 1970-01-01 to a civil date (Howard Hinnant's algorithm).
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + (month <= 2) as i64;
+    format!("{year:04}{month:02}{day:02}-{:02}{:02}{:02}", rest / 3600, rest / 60 % 60, rest % 60)
 }
 
 fn devices(json: bool) -> Result<()> {

@@ -378,7 +378,7 @@ fn a_config_file_is_checked_like_the_flags() {
     ] {
         let config = root.join("run.toml");
         std::fs::write(&config, format!("model = \"simple-cnn\"\ndata = \"{}\"\n{line}\n", root.join("data").display())).unwrap();
-        let out = Command::new(exe).args(["train", "--config"]).arg(&config).output().unwrap();
+        let out = Command::new(exe).args(["train", "--config"]).arg(&config).current_dir(&root).output().unwrap();
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert!(!out.status.success() && stderr.contains(says), "{line}: {stderr}");
     }

@@ -15,7 +15,7 @@ pub enum TrainError {
     Checkpoint(#[from] checkpoint::CheckpointError),
     #[error("{path}: {error}")]
     Io { path: PathBuf, error: std::io::Error },
-    #[error("non-finite {what} at epoch {epoch}, step {step}; first seen in {place} (the last good checkpoint is kept; --on-nan skip skips such batches)")]
+    #[error("non-finite {what} at epoch {epoch}, step {step}; first seen in {place} (--on-nan skip skips such batches)")]
     NonFinite { epoch: usize, step: usize, what: String, place: String },
     #[error("cannot resume: {0}")]
     Resume(String),

@@ -80,8 +80,36 @@ pub fn load_weights(model: &Model, ckpt: &Checkpoint, device: &Device) -> Result
     Ok(())
 }
 
-/// The newest `epoch-NNN.safetensors` in `dir`, with its epoch.
-fn latest_checkpoint(dir: &Path) -> Result<Option<(usize, PathBuf)>, TrainError> {
+/// The newest `epoch-NNN.safetensors` in `dir`, with its epoch (none when `dir` holds none
+/// or does not exist).
+pub fn latest_checkpoint(dir: &Path) -> Result<Option<(usize, PathBuf)>, TrainError> {
+    if !dir.exists() {
+        return Ok(None);
+    }
+    checkpoints_in(dir)
+}
+
+/// Whether `dir` holds a training run's files (a checkpoint or metrics.jsonl).
+pub fn holds_a_run(dir: &Path) -> Result<bool, TrainError> {
+    Ok(latest_checkpoint(dir)?.is_some() || dir.join("metrics.jsonl").exists())
+}
+
+/// Removes a run's own files from `dir` (checkpoints, their partial files, metrics.jsonl),
+/// leaving anything else in the folder alone: `--overwrite`.
+pub fn clear_run(dir: &Path) -> Result<(), TrainError> {
+    let io = |error| TrainError::Io { path: dir.into(), error };
+    for entry in std::fs::read_dir(dir).map_err(io)? {
+        let path = entry.map_err(io)?.path();
+        let name = path.file_name().and_then(|n| n.to_str()).unwrap_or_default();
+        let ours = name == "metrics.jsonl" || (name.starts_with("epoch-") && (name.ends_with(".safetensors") || name.ends_with(".safetensors.partial")));
+        if ours && path.is_file() {
+            std::fs::remove_file(&path).map_err(|error| TrainError::Io { path: path.clone(), error })?;
+        }
+    }
+    Ok(())
+}
+
+fn checkpoints_in(dir: &Path) -> Result<Option<(usize, PathBuf)>, TrainError> {
     let entries = std::fs::read_dir(dir).map_err(|error| TrainError::Io { path: dir.into(), error })?;
     Ok(entries
         .filter_map(|e| e.ok().map(|e| e.path()))
@@ -95,7 +123,7 @@ fn latest_checkpoint(dir: &Path) -> Result<Option<(usize, PathBuf)>, TrainError>
 /// Restores weights, buffers, optimizer state, the step count and dropout seeds from the
 /// newest checkpoint in `dir`; returns its epoch.
 pub fn resume_from(dir: &Path, model: &Model, opt: &mut Optimizer, model_name: &str, device: &Device) -> Result<usize, TrainError> {
-    let (epoch, path) = latest_checkpoint(dir)?.ok_or_else(|| TrainError::Resume(format!("no epoch-NNN.safetensors in {}", dir.display())))?;
+    let (epoch, path) = checkpoints_in(dir)?.ok_or_else(|| TrainError::Resume(format!("no epoch-NNN.safetensors in {}", dir.display())))?;
     let ckpt = Checkpoint::load(&path)?;
     let meta = |k: &str| ckpt.metadata.get(k).cloned().unwrap_or_default();
     if meta("model") != model_name {

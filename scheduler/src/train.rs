@@ -24,6 +24,10 @@ pub struct TrainConfig {
     pub out: Option<PathBuf>,
     /// Continue from the newest `epoch-NNN.safetensors` in `out`.
     pub resume: bool,
+    /// Replace the run already in `out` (its checkpoints and metrics) instead of refusing.
+    pub overwrite: bool,
+    /// Let an epoch in which every batch was skipped (`OnNan::Skip`) pass instead of failing.
+    pub allow_empty_epochs: bool,
     /// What a non-finite loss or gradient does: stop with an error, or skip the batch.
     pub on_nan: OnNan,
 }
@@ -39,6 +43,8 @@ impl Default for TrainConfig {
             limit_per_class: None,
             out: None,
             resume: false,
+            overwrite: false,
+            allow_empty_epochs: false,
             on_nan: OnNan::Stop,
         }
     }
@@ -77,6 +83,16 @@ pub fn train_with(cfg: &TrainConfig, progress: &mut dyn FnMut(&StepInfo), grad_h
     let mut t = Trainer::new(model, device.clone(), train_set.classes().len(), &cfg.optim, schedule, cfg.on_nan)?;
     t.grad_hook = grad_hook;
     if let Some(out) = &cfg.out {
+        // A run folder is continued (--resume), replaced (--overwrite) or new: never mixed.
+        if !cfg.resume && crate::run_state::holds_a_run(out)? {
+            if !cfg.overwrite {
+                return Err(TrainError::Config(format!(
+                    "{} already holds a training run; pass --resume to continue it, --overwrite to replace it, or another --out",
+                    out.display()
+                )));
+            }
+            crate::run_state::clear_run(out)?;
+        }
         std::fs::create_dir_all(out).map_err(|error| TrainError::Io { path: out.clone(), error })?;
     }
     let done = match (&cfg.out, cfg.resume) {
@@ -85,6 +101,12 @@ pub fn train_with(cfg: &TrainConfig, progress: &mut dyn FnMut(&StepInfo), grad_h
         _ => 0,
     };
     fit(&mut t, &mut strategy, &train_set, &test_set, &cfg.run, done, progress, &mut |t, record| {
+        if record.skipped_batches > 0 && record.images_per_sec == 0.0 && !cfg.allow_empty_epochs {
+            return Err(TrainError::Config(format!(
+                "every batch of epoch {} was skipped for a non-finite loss or gradient: nothing was learned (lower --lr, or pass --allow-empty-epochs)",
+                record.epoch
+            )));
+        }
         let Some(out) = &cfg.out else { return Ok(()) };
         save_checkpoint(out, &t.model, &t.opt, &CheckpointMeta { model: &cfg.model, epoch: record.epoch, seed: cfg.run.seed })?;
         let path = out.join("metrics.jsonl");

@@ -131,8 +131,11 @@ fn a_non_finite_loss_stops_naming_the_step_or_is_skipped() {
     assert_eq!(std::fs::read(out.join("epoch-001.safetensors")).unwrap(), good, "the last good checkpoint is kept");
     assert!(!out.join("epoch-002.safetensors").exists());
 
+    // Skipping every batch of an epoch is an error unless allowed: nothing was learned.
     let skipping = TrainConfig { on_nan: OnNan::Skip, out: None, resume: false, ..wild };
-    let reports = train(&skipping, &mut |_| {}).unwrap();
+    let e = train(&skipping, &mut |_| {}).err().unwrap().to_string();
+    assert!(e.contains("every batch of epoch") && e.contains("--allow-empty-epochs"), "{e}");
+    let reports = train(&TrainConfig { allow_empty_epochs: true, ..skipping }, &mut |_| {}).unwrap();
     assert!(reports.iter().map(|r| r.skipped_batches).sum::<usize>() > 0, "{reports:?}");
 }
 
