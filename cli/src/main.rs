@@ -248,6 +248,7 @@ impl TrainArgs {
             resume,
             overwrite: self.overwrite || file.overwrite,
             allow_empty_epochs: self.allow_empty_epochs || file.allow_empty_epochs,
+            stop: None,
             on_nan: match self.on_nan.or(file.on_nan) {
                 Some(s) => s.parse().map_err(anyhow::Error::msg)?,
                 None => d.on_nan,
@@ -539,24 +540,38 @@ fn models_show(name: &str, input: Option<usize>, num_classes: usize, json: bool)
 }
 
 fn train_cmd(a: TrainArgs) -> Result<()> {
-    use tessera_scheduler::run_state::latest_checkpoint;
+    use tessera_scheduler::run_state::{latest_checkpoint, resume_point};
     use tessera_scheduler::train::train;
-    let (cfg, json) = a.resolve()?;
+    let (mut cfg, json) = a.resolve()?;
     if cfg.device.trim().eq_ignore_ascii_case("auto") {
         let (spec, why) = Device::auto_choice();
         eprintln!("device auto → {spec:?}: {why}");
     }
     let out = cfg.out.clone().context("a run folder")?;
     if cfg.resume {
-        match latest_checkpoint(&out)? {
-            Some((epoch, _)) if epoch >= cfg.run.epochs => {
+        match resume_point(&out)? {
+            Some((epoch, 0, _)) if epoch >= cfg.run.epochs => {
                 eprintln!("{} is finished: epoch {epoch} of {} (raise --epochs to train on)", out.display(), cfg.run.epochs);
                 return Ok(());
             }
-            Some((epoch, path)) => eprintln!("resuming from {} (epoch {epoch} of {})", path.display(), cfg.run.epochs),
+            Some((epoch, 0, path)) => eprintln!("resuming from {} (epoch {epoch} of {})", path.display(), cfg.run.epochs),
+            Some((epoch, batches, path)) => {
+                eprintln!("resuming from {} (epoch {} of {}, after its batch {batches})", path.display(), epoch + 1, cfg.run.epochs)
+            }
             None => {}
         }
     }
+    // Ctrl-C or SIGTERM (what schedulers send) ends the run after the current step with a
+    // checkpoint to resume from; a second one ends it at once.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let flag = stop.clone();
+    ctrlc::set_handler(move || {
+        if flag.swap(true, std::sync::atomic::Ordering::SeqCst) {
+            std::process::exit(130);
+        }
+    })
+    .context("installing the Ctrl-C/SIGTERM handler")?;
+    cfg.stop = Some(stop);
     eprintln!("run folder: {} (checkpoints, metrics.jsonl)", out.display());
     let bar = indicatif::ProgressBar::new(0);
     bar.set_style(
@@ -569,6 +584,10 @@ fn train_cmd(a: TrainArgs) -> Result<()> {
         bar.set_message(format!("loss {:.4} acc {:.3} {:.0} img/s", s.loss, s.accuracy, s.images_per_sec));
     });
     bar.finish_and_clear();
+    if let Err(e @ tessera_scheduler::TrainError::Interrupted { .. }) = &reports {
+        eprintln!("{e}: rerun the same command with --resume --out {}", out.display());
+        std::process::exit(130);
+    }
     let reports = reports.map_err(|e| {
         // Say which checkpoint survives, if any: only one that exists.
         let kept = match latest_checkpoint(&out) {

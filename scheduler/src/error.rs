@@ -17,6 +17,8 @@ pub enum TrainError {
     Io { path: PathBuf, error: std::io::Error },
     #[error("non-finite {what} at epoch {epoch}, step {step}; first seen in {place} (--on-nan skip skips such batches)")]
     NonFinite { epoch: usize, step: usize, what: String, place: String },
+    #[error("interrupted in epoch {epoch} after {batches} batches{}", match checkpoint { Some(p) => format!("; its state is in {}: continue with --resume", p.display()), None => "; no run folder, so nothing was saved".into() })]
+    Interrupted { epoch: usize, batches: usize, checkpoint: Option<PathBuf> },
     #[error("cannot resume: {0}")]
     Resume(String),
     #[error("{0}")]

@@ -41,8 +41,30 @@ fn rule_name(rule: Rule) -> &'static str {
 /// What a checkpoint records besides tensors.
 pub struct CheckpointMeta<'a> {
     pub model: &'a str,
+    /// Epochs completed.
     pub epoch: usize,
     pub seed: u64,
+    /// Batches of epoch `epoch + 1` already trained: a checkpoint written when a run was
+    /// interrupted mid-epoch (none: at an epoch's end).
+    pub batches: Option<usize>,
+}
+
+/// The file of an interrupted run's checkpoint: `batches` batches into epoch `epoch`.
+fn interrupted_name(epoch: usize, batches: usize) -> String {
+    format!("interrupted-epoch-{epoch:03}-batch-{batches:06}.safetensors")
+}
+
+/// The newest interrupted-run checkpoint of epoch `epoch` in `dir`: (batches done, path).
+fn interrupted_checkpoint(dir: &Path, epoch: usize) -> Result<Option<(usize, PathBuf)>, TrainError> {
+    if !dir.exists() {
+        return Ok(None);
+    }
+    let entries = std::fs::read_dir(dir).map_err(|error| TrainError::Io { path: dir.into(), error })?;
+    let prefix = format!("interrupted-epoch-{epoch:03}-batch-");
+    Ok(entries
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter_map(|p| Some((p.file_name()?.to_str()?.strip_prefix(&prefix)?.strip_suffix(".safetensors")?.parse().ok()?, p)))
+        .max())
 }
 
 /// Saves weights, buffers, optimizer state and the step to `dir/epoch-NNN.safetensors`.
@@ -64,8 +86,21 @@ pub fn save_checkpoint(dir: &Path, model: &Model, opt: &Optimizer, meta: &Checkp
     for (name, counter) in model.net.named_counters() {
         metadata.insert(format!("counter.{name}"), counter.load(Ordering::Relaxed).to_string());
     }
-    let path = dir.join(format!("epoch-{:03}.safetensors", meta.epoch));
+    let name = match meta.batches {
+        Some(batches) => {
+            metadata.insert("batches".into(), batches.to_string());
+            interrupted_name(meta.epoch + 1, batches)
+        }
+        None => format!("epoch-{:03}.safetensors", meta.epoch),
+    };
+    let path = dir.join(name);
     checkpoint::save(&path, &tensors, &metadata)?;
+    if meta.batches.is_none() {
+        // The epoch is complete: checkpoints of its interruptions are superseded.
+        while let Some((_, old)) = interrupted_checkpoint(dir, meta.epoch)? {
+            std::fs::remove_file(&old).map_err(|error| TrainError::Io { path: old.clone(), error })?;
+        }
+    }
     Ok(path)
 }
 
@@ -89,9 +124,22 @@ pub fn latest_checkpoint(dir: &Path) -> Result<Option<(usize, PathBuf)>, TrainEr
     checkpoints_in(dir)
 }
 
-/// Whether `dir` holds a training run's files (a checkpoint or metrics.jsonl).
+/// Whether `dir` holds a training run's files (a checkpoint, an interrupted run's checkpoint,
+/// or metrics.jsonl).
 pub fn holds_a_run(dir: &Path) -> Result<bool, TrainError> {
-    Ok(latest_checkpoint(dir)?.is_some() || dir.join("metrics.jsonl").exists())
+    Ok(resume_point(dir)?.is_some() || dir.join("metrics.jsonl").exists())
+}
+
+/// Where a run in `dir` continues: (epochs completed, batches of the next epoch already
+/// trained, the checkpoint holding that state) — an interrupted run's checkpoint of the epoch
+/// after the newest complete one, else that complete one.
+pub fn resume_point(dir: &Path) -> Result<Option<(usize, usize, PathBuf)>, TrainError> {
+    let complete = latest_checkpoint(dir)?;
+    let done = complete.as_ref().map_or(0, |(e, _)| *e);
+    Ok(match interrupted_checkpoint(dir, done + 1)? {
+        Some((batches, path)) => Some((done, batches, path)),
+        None => complete.map(|(epoch, path)| (epoch, 0, path)),
+    })
 }
 
 /// Removes a run's own files from `dir` (checkpoints, their partial files, metrics.jsonl),
@@ -101,7 +149,9 @@ pub fn clear_run(dir: &Path) -> Result<(), TrainError> {
     for entry in std::fs::read_dir(dir).map_err(io)? {
         let path = entry.map_err(io)?.path();
         let name = path.file_name().and_then(|n| n.to_str()).unwrap_or_default();
-        let ours = name == "metrics.jsonl" || (name.starts_with("epoch-") && (name.ends_with(".safetensors") || name.ends_with(".safetensors.partial")));
+        let ours = name == "metrics.jsonl"
+            || ((name.starts_with("epoch-") || name.starts_with("interrupted-epoch-"))
+                && (name.ends_with(".safetensors") || name.ends_with(".safetensors.partial")));
         if ours && path.is_file() {
             std::fs::remove_file(&path).map_err(|error| TrainError::Io { path: path.clone(), error })?;
         }
@@ -120,10 +170,11 @@ fn checkpoints_in(dir: &Path) -> Result<Option<(usize, PathBuf)>, TrainError> {
         .max())
 }
 
-/// Restores weights, buffers, optimizer state, the step count and dropout seeds from the
-/// newest checkpoint in `dir`; returns its epoch.
-pub fn resume_from(dir: &Path, model: &Model, opt: &mut Optimizer, model_name: &str, device: &Device) -> Result<usize, TrainError> {
-    let (epoch, path) = checkpoints_in(dir)?.ok_or_else(|| TrainError::Resume(format!("no epoch-NNN.safetensors in {}", dir.display())))?;
+/// Restores weights, buffers, optimizer state, the step count and dropout seeds from where
+/// the run in `dir` continues ([`resume_point`]); returns (epochs completed, batches of the
+/// next epoch already trained).
+pub fn resume_from(dir: &Path, model: &Model, opt: &mut Optimizer, model_name: &str, device: &Device) -> Result<(usize, usize), TrainError> {
+    let (epoch, batches, path) = resume_point(dir)?.ok_or_else(|| TrainError::Resume(format!("no epoch-NNN.safetensors in {}", dir.display())))?;
     let ckpt = Checkpoint::load(&path)?;
     let meta = |k: &str| ckpt.metadata.get(k).cloned().unwrap_or_default();
     if meta("model") != model_name {
@@ -157,5 +208,5 @@ pub fn resume_from(dir: &Path, model: &Model, opt: &mut Optimizer, model_name: &
             counter.store(v, Ordering::Relaxed);
         }
     }
-    Ok(epoch)
+    Ok((epoch, batches))
 }

@@ -30,6 +30,9 @@ pub struct TrainConfig {
     pub allow_empty_epochs: bool,
     /// What a non-finite loss or gradient does: stop with an error, or skip the batch.
     pub on_nan: OnNan,
+    /// Set (e.g. by a SIGINT/SIGTERM handler) to end the run after the current step, saving
+    /// an interrupted-run checkpoint that `resume` continues from.
+    pub stop: Option<std::sync::Arc<std::sync::atomic::AtomicBool>>,
 }
 
 impl Default for TrainConfig {
@@ -46,6 +49,7 @@ impl Default for TrainConfig {
             overwrite: false,
             allow_empty_epochs: false,
             on_nan: OnNan::Stop,
+            stop: None,
         }
     }
 }
@@ -98,9 +102,10 @@ pub fn train_with(cfg: &TrainConfig, progress: &mut dyn FnMut(&StepInfo), grad_h
     let done = match (&cfg.out, cfg.resume) {
         (Some(out), true) => resume_from(out, &t.model, &mut t.opt, &cfg.model, &device)?,
         (None, true) => return Err(TrainError::Resume("--resume needs --out (the run folder)".into())),
-        _ => 0,
+        _ => (0, 0),
     };
-    fit(&mut t, &mut strategy, &train_set, &test_set, &cfg.run, done, progress, &mut |t, record| {
+    t.stop = cfg.stop.clone();
+    let result = fit(&mut t, &mut strategy, &train_set, &test_set, &cfg.run, done, progress, &mut |t, record| {
         if record.skipped_batches > 0 && record.images_per_sec == 0.0 && !cfg.allow_empty_epochs {
             return Err(TrainError::Config(format!(
                 "every batch of epoch {} was skipped for a non-finite loss or gradient: nothing was learned (lower --lr, or pass --allow-empty-epochs)",
@@ -108,10 +113,27 @@ pub fn train_with(cfg: &TrainConfig, progress: &mut dyn FnMut(&StepInfo), grad_h
             )));
         }
         let Some(out) = &cfg.out else { return Ok(()) };
-        save_checkpoint(out, &t.model, &t.opt, &CheckpointMeta { model: &cfg.model, epoch: record.epoch, seed: cfg.run.seed })?;
+        save_checkpoint(out, &t.model, &t.opt, &CheckpointMeta { model: &cfg.model, epoch: record.epoch, seed: cfg.run.seed, batches: None })?;
         let path = out.join("metrics.jsonl");
         let io = |error| TrainError::Io { path: path.clone(), error };
         let mut f = std::fs::OpenOptions::new().create(true).append(true).open(&path).map_err(io)?;
         writeln!(f, "{}", record.to_json()).map_err(io)
-    })
+    });
+    match result {
+        // Interrupted mid-epoch: the state after the last finished step, so --resume continues
+        // from the next batch exactly as the run would have.
+        Err(TrainError::Interrupted { epoch, batches, .. }) => {
+            let checkpoint = match &cfg.out {
+                Some(out) => Some(save_checkpoint(
+                    out,
+                    &t.model,
+                    &t.opt,
+                    &CheckpointMeta { model: &cfg.model, epoch: epoch - 1, seed: cfg.run.seed, batches: Some(batches) },
+                )?),
+                None => None,
+            };
+            Err(TrainError::Interrupted { epoch, batches, checkpoint })
+        }
+        other => other,
+    }
 }

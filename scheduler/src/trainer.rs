@@ -155,6 +155,9 @@ pub struct EpochStats {
     pub reads: usize,
     /// The most bytes of batches the input pipeline held at once (0 where none ran).
     pub loader_peak_bytes: usize,
+    /// Steps run by this call, and whether the stop flag ended the epoch early.
+    pub steps: usize,
+    pub interrupted: bool,
 }
 
 /// The input of a step, kept until the guard is next read so that the place where a
@@ -184,6 +187,8 @@ pub struct Trainer {
     pub forward_flops: f64,
     pub backward_flops: f64,
     pub grad_hook: Option<GradHook>,
+    /// Set (by a signal handler) to end the epoch after the current step.
+    pub stop: Option<std::sync::Arc<std::sync::atomic::AtomicBool>>,
     on_nan: OnNan,
     guard: StepGuard,
     /// The guard's totals as last read.
@@ -213,6 +218,7 @@ impl Trainer {
             forward_flops: 0.0,
             backward_flops: 0.0,
             grad_hook: None,
+            stop: None,
             on_nan,
             guard,
             totals: StepTotals::default(),
@@ -330,7 +336,7 @@ impl Trainer {
         let at_start = self.totals;
         self.guard.reset_metrics(&at_start)?;
         let first_step = self.steps + 1;
-        let (mut refreshed, mut done, mut reads) = (start, 0, 0);
+        let (mut refreshed, mut done, mut reads, mut interrupted) = (start, 0, 0, false);
         let info = |t: &StepTotals, done| StepInfo {
             epoch,
             step: done,
@@ -349,6 +355,10 @@ impl Trainer {
             }
             step(self, x, &b.labels)?;
             done += 1;
+            if self.stop.as_ref().is_some_and(|s| s.load(std::sync::atomic::Ordering::SeqCst)) {
+                interrupted = true;
+                break;
+            }
             if refreshed.elapsed() >= REFRESH {
                 let totals = self.read_guard(epoch, first_step)?;
                 reads += 1;
@@ -367,6 +377,8 @@ impl Trainer {
             seconds: start.elapsed().as_secs_f64(),
             reads,
             loader_peak_bytes: 0,
+            steps: done,
+            interrupted,
         })
     }
 

@@ -56,12 +56,14 @@ pub struct LoaderSpec {
     /// Bytes of batches the loader may hold at once (queued or being built); none: three
     /// batches per worker.
     pub memory_limit: Option<usize>,
+    /// Batches of this pass already trained (a run resumed mid-epoch): they are not built.
+    pub skip: usize,
 }
 
 impl LoaderSpec {
     /// A training epoch: shuffled, CIFAR augmentation, CIFAR-10 normalisation.
     pub fn train(batch: usize, seed: u64, epoch: u64) -> Self {
-        Self { batch, seed, epoch, shuffle: true, augment: Some(Augment::CIFAR), norm: Normalize::CIFAR10, workers: 0, memory_limit: None }
+        Self { batch, seed, epoch, shuffle: true, augment: Some(Augment::CIFAR), norm: Normalize::CIFAR10, workers: 0, memory_limit: None, skip: 0 }
     }
 
     /// An evaluation pass: in order, no augmentation.
@@ -87,8 +89,9 @@ pub struct LoaderMemory {
 }
 
 impl LoaderMemory {
-    fn new(limit: usize) -> Self {
-        Self { state: Mutex::new((0, 0, false)), changed: Condvar::new(), limit, peak: AtomicUsize::new(0) }
+    /// A budget of `limit` bytes whose first grant goes to batch `first`.
+    fn new(limit: usize, first: usize) -> Self {
+        Self { state: Mutex::new((0, first, false)), changed: Condvar::new(), limit, peak: AtomicUsize::new(0) }
     }
 
     /// Waits until batch `index` is next and its `bytes` fit (a batch always fits an empty
@@ -130,6 +133,8 @@ impl LoaderMemory {
 /// One pass over a data set as batches, in order.
 pub struct Loader {
     queues: Vec<Receiver<Result<Batch>>>,
+    /// The first batch built (`LoaderSpec::skip`), and the next one to hand out.
+    first: usize,
     next: usize,
     count: usize,
     batch_bytes: usize,
@@ -153,7 +158,8 @@ impl Loader {
         let count = order.len().div_ceil(batch);
         let batch_bytes = bytes_of(batch.min(order.len()).max(1), set.dims());
         let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
-        let workers = if spec.workers == 0 { cores } else { spec.workers }.clamp(1, count.max(1));
+        let first = spec.skip.min(count);
+        let workers = if spec.workers == 0 { cores } else { spec.workers }.clamp(1, (count - first).max(1));
         let limit = match spec.memory_limit {
             Some(limit) if limit < batch_bytes => {
                 return Err(DataError::Layout {
@@ -164,7 +170,7 @@ impl Loader {
             Some(limit) => limit,
             None => 3 * workers * batch_bytes,
         };
-        let memory = Arc::new(LoaderMemory::new(limit));
+        let memory = Arc::new(LoaderMemory::new(limit, first));
         let order = Arc::new(order);
         let (mut queues, mut handles) = (Vec::new(), Vec::new());
         for w in 0..workers {
@@ -174,7 +180,7 @@ impl Loader {
             let handle = std::thread::Builder::new()
                 .name(format!("tessera-loader-{w}"))
                 .spawn(move || {
-                    for b in (w..count).step_by(workers) {
+                    for b in (first + w..count).step_by(workers) {
                         let idx = &order[b * batch..((b + 1) * batch).min(order.len())];
                         let bytes = bytes_of(idx.len(), set.dims());
                         if !memory.acquire(b, bytes) {
@@ -194,12 +200,17 @@ impl Loader {
             queues.push(rx);
             handles.push(handle);
         }
-        Ok(Self { queues, next: 0, count, batch_bytes, memory, workers: handles })
+        Ok(Self { queues, first, next: first, count, batch_bytes, memory, workers: handles })
     }
 
-    /// Batches in this pass.
+    /// Batches in this pass, skipped ones included.
     pub fn len(&self) -> usize {
         self.count
+    }
+
+    /// The batches skipped at the start (`LoaderSpec::skip`).
+    pub fn skipped(&self) -> usize {
+        self.first
     }
 
     pub fn is_empty(&self) -> bool {
@@ -224,7 +235,7 @@ impl Iterator for Loader {
         if self.next >= self.count {
             return None;
         }
-        let queue = &self.queues[self.next % self.queues.len()];
+        let queue = &self.queues[(self.next - self.first) % self.queues.len()];
         self.next += 1;
         let batch = match queue.recv() {
             Ok(b) => b,

@@ -49,9 +49,10 @@ pub trait Strategy {
     fn train_epoch(&mut self, t: &mut Trainer, data: &EpochData, progress: &mut dyn FnMut(&StepInfo)) -> Result<EpochStats, TrainError> {
         t.model.net.set_training(true);
         let loader = Loader::new(data.train, &data.spec)?;
-        let (count, memory) = (loader.len(), loader.memory());
+        let (count, memory, skipped) = (loader.len(), loader.memory(), loader.skipped());
         let stats = t.run_epoch(data.epoch, 0, loader, count, &mut |t, x, labels| self.step(t, x, labels), progress)?;
-        Ok(EpochStats { loader_peak_bytes: memory.peak_bytes(), ..stats })
+        // `steps` counts the epoch's batches, those a resumed run had already trained included.
+        Ok(EpochStats { loader_peak_bytes: memory.peak_bytes(), steps: skipped + stats.steps, ..stats })
     }
 
     /// Notes for the report (e.g. when each layer froze).
@@ -183,8 +184,11 @@ impl EpochRecord {
     }
 }
 
-/// Trains `t` with `strategy` from epoch `done + 1` to `spec.epochs` on `train`, evaluating on
-/// `test` after every epoch; `on_epoch` hears each finished epoch (checkpoints, metrics).
+/// Trains `t` with `strategy` from epoch `done + 1` to `spec.epochs` on `train` — the first of
+/// them from batch `skip` on (a run resumed mid-epoch) — evaluating on `test` after every
+/// epoch; `on_epoch` hears each finished epoch (checkpoints, metrics). When the trainer's stop
+/// flag ends an epoch early, the result is [`TrainError::Interrupted`] with no checkpoint:
+/// the caller saves one.
 #[allow(clippy::too_many_arguments)]
 pub fn fit(
     t: &mut Trainer,
@@ -192,7 +196,7 @@ pub fn fit(
     train: &Dataset,
     test: &Dataset,
     spec: &RunSpec,
-    done: usize,
+    (done, skip): (usize, usize),
     progress: &mut dyn FnMut(&StepInfo),
     on_epoch: &mut dyn FnMut(&Trainer, &EpochRecord) -> Result<(), TrainError>,
 ) -> Result<Vec<EpochRecord>, TrainError> {
@@ -201,11 +205,15 @@ pub fn fit(
     }
     let (mut records, mut elapsed) = (Vec::new(), 0.0);
     for epoch in done + 1..=spec.epochs {
-        let data = EpochData { epoch, epochs: spec.epochs, train, spec: spec.train_loader(epoch) };
+        let skip = if epoch == done + 1 { skip } else { 0 };
+        let data = EpochData { epoch, epochs: spec.epochs, train, spec: LoaderSpec { skip, ..spec.train_loader(epoch) } };
         let (fwd, bwd) = (t.forward_flops, t.backward_flops);
         let stage = strategy.begin_epoch(t, &data)?;
         let trainable_params = t.trainable_params();
         let stats = strategy.train_epoch(t, &data, progress)?;
+        if stats.interrupted {
+            return Err(TrainError::Interrupted { epoch, batches: stats.steps, checkpoint: None });
+        }
         elapsed += stats.seconds;
         let eval_start = Instant::now();
         let (test_loss, test_accuracy) = evaluate(&t.model, test, &spec.eval_loader(), &t.device)?;
@@ -263,7 +271,7 @@ pub fn run(
     let schedule = strategy.schedule(spec.total_steps(train.len()));
     let mut t = Trainer::new(model, device, classes, optim, schedule, OnNan::Stop)?;
     crate::memory::reset_peak_rss();
-    let epochs = fit(&mut t, strategy, train, test, spec, 0, &mut |_| {}, &mut |_, r| {
+    let epochs = fit(&mut t, strategy, train, test, spec, (0, 0), &mut |_| {}, &mut |_, r| {
         progress(r);
         Ok(())
     })?;
