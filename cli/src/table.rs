@@ -1,5 +1,6 @@
 //! Output of every table-printing command: an aligned text table, or with `--json` the same
-//! rows as JSON lines (one object per row, keys = column names).
+//! rows as JSON lines (one object per row, keys = column names; f32 values at f32 precision).
+//! A missing value is `null` in JSON and `-` in text.
 use serde_json::{Map, Value};
 
 pub struct Table {
@@ -26,7 +27,7 @@ impl Table {
 
     fn json_row(&self, row: &[Value]) -> Value {
         let obj: Map<String, Value> = self.columns.iter().cloned().zip(row.iter().cloned()).collect();
-        Value::Object(obj)
+        tessera_scheduler::json::shortest_floats(Value::Object(obj))
     }
 
     /// Prints the rows accumulated so far, as text or JSON lines.
@@ -60,6 +61,7 @@ fn cell(v: &Value) -> String {
             _ => n.to_string(),
         },
         Value::Bool(b) => if *b { "yes" } else { "no" }.to_string(),
+        Value::Null => "-".to_string(),
         other => other.to_string(),
     }
 }

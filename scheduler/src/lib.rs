@@ -7,6 +7,7 @@ pub mod error;
 pub mod eval;
 pub mod importance;
 pub mod interop;
+pub mod json;
 pub mod memory;
 pub mod plot;
 pub mod robustness;

@@ -167,7 +167,7 @@ pub struct EpochRecord {
 
 impl EpochRecord {
     pub fn to_json(&self) -> String {
-        serde_json::json!({
+        crate::json::shortest_floats(serde_json::json!({
             "epoch": self.epoch,
             "stage": self.stage,
             "train_loss": self.train_loss,
@@ -179,7 +179,7 @@ impl EpochRecord {
             "images_per_sec": self.images_per_sec,
             "skipped_batches": self.skipped_batches,
             "loader_peak_bytes": self.loader_peak_bytes,
-        })
+        }))
         .to_string()
     }
 }
