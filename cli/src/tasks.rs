@@ -118,6 +118,12 @@ pub fn run_task(a: RunTaskArgs) -> Result<()> {
 /// Every task as a child process, at most `workers` at a time, then the merged classifier.
 pub fn run_plan(a: RunPlanArgs) -> Result<()> {
     let plan = Plan::load(&a.task.plan)?;
+    // The plan against the data before any task starts (not task by task, after start-up).
+    let (train, test) = load_splits(&a.task.data, a.task.limit_per_class).with_context(|| format!("loading {}", a.task.data.display()))?;
+    if train.classes().len() != plan.classes {
+        bail!("{} splits {} classes; {} has {}", a.task.plan.display(), plan.classes, a.task.data.display(), train.classes().len());
+    }
+    drop(train);
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
     let workers = a.workers.unwrap_or(cores).clamp(1, plan.tasks.len());
     let threads = (cores / workers).max(1);
@@ -154,11 +160,18 @@ pub fn run_plan(a: RunPlanArgs) -> Result<()> {
         }
     }
     let trained = start.elapsed().as_secs_f64();
-    let (_, test) = load_splits(&a.task.data, a.task.limit_per_class)?;
     let (accuracy, own) = evaluate_merged(&plan, &a.task.out, &test, &a.task.model, &Device::cpu(), 256)?;
     println!("all tasks trained in {trained:.1} s (budget {} s per task, {workers} at a time)", plan.budget_secs);
     for (t, acc) in own.iter().enumerate() {
-        println!("task {t} (classes {:?} + other): {:.2} % on the test set", plan.tasks[t], acc * 100.0);
+        // A task model that always answers "other" is right on every image of other tasks.
+        let others = (0..test.len()).filter(|&i| !plan.tasks[t].contains(&test.label(i))).count() as f32 / test.len().max(1) as f32;
+        println!(
+            "task {t} (classes {:?} + other): {:.2} % on the test set (always \"other\": {:.2} %, chance {:.2} %)",
+            plan.tasks[t],
+            acc * 100.0,
+            others * 100.0,
+            100.0 / (plan.tasks[t].len() + 1) as f32
+        );
     }
     println!("merged {}-way classifier: test accuracy {:.2} % (chance {:.2} %)", plan.classes, accuracy * 100.0, 100.0 / plan.classes as f32);
     Ok(())

@@ -52,6 +52,24 @@ fn two_tasks_train_in_parallel_within_budget_and_merge_above_chance() {
     assert!(accuracy >= 90.0, "chance is 10 %, and each task model sees its colours: {merged}");
     assert!(root.join("run/task-0.safetensors").is_file() && root.join("run/task-1.safetensors").is_file());
 
+    // A plan for another class count fails before any task starts.
+    let five = root.join("five.json");
+    assert!(Command::new(tessera).args(["plan", "--classes", "5", "--tasks", "2", "--time-budget", "1", "--out"]).arg(&five).status().unwrap().success());
+    let start = Instant::now();
+    let out = Command::new(tessera)
+        .args(["run-plan", "--plan"])
+        .arg(&five)
+        .arg("--data")
+        .arg(root.join("data"))
+        .arg("--out")
+        .arg(root.join("five"))
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && stderr.contains("splits 5 classes") && stderr.contains("has 10"), "{stderr}");
+    assert!(start.elapsed().as_secs_f64() < 1.0 && !root.join("five").exists(), "no task ran");
+    assert!(stdout.contains("always \"other\": 50.00 %"), "{stdout}");
+
     let bad = Command::new(tessera).args(["plan", "--classes", "3", "--tasks", "5", "--time-budget", "1"]).output().unwrap();
     assert!(!bad.status.success() && String::from_utf8_lossy(&bad.stderr).contains("cannot split 3 classes into 5 tasks"));
 }
