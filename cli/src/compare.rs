@@ -1,5 +1,5 @@
 //! `tessera compare`: the standard run report over several scheduling strategies.
-use crate::flags::{real32, whole};
+use crate::flags::{model_name, real32, whole};
 use anyhow::{Context, Result};
 use clap::Args;
 use tessera_scheduler::compare::{compare, CompareConfig};
@@ -10,7 +10,7 @@ use tessera_scheduler::trainer::{OptimConfig, OptimizerKind};
 
 #[derive(Args)]
 pub struct CompareArgs {
-    #[arg(long, default_value = "resnet20-cifar")]
+    #[arg(long, default_value = "resnet20-cifar", value_parser = model_name())]
     model: String,
     /// Folder holding `train/` and `test/` image folders (or the CIFAR-10 binary release).
     #[arg(long)]

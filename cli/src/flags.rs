@@ -16,3 +16,8 @@ pub fn real32(r: Real) -> impl Fn(&str) -> Result<f32, String> + Clone + Send + 
 pub fn real64(r: Real) -> impl Fn(&str) -> Result<f64, String> + Clone + Send + Sync + 'static {
     move |text| r.parse(text)
 }
+
+/// The `--model` parser: one of the models Tessera ships (clap lists them in help and errors).
+pub fn model_name() -> clap::builder::PossibleValuesParser {
+    clap::builder::PossibleValuesParser::new(tessera_models::MODELS.iter().map(|m| m.name))
+}

@@ -6,7 +6,7 @@ mod flags;
 mod table;
 mod tasks;
 
-use crate::flags::{real32, real64, whole};
+use crate::flags::{model_name, real32, real64, whole};
 use anyhow::{bail, Context, Result};
 use clap::{Args, Parser, Subcommand};
 use serde_json::json;
@@ -78,10 +78,11 @@ enum Command {
     /// One forward (and, given labels `y`, backward) pass on tensor `x`: the interop check
     /// against PyTorch. Writes `logits` (and `loss`, `grad.<name>`) to --out.
     Forward {
-        #[arg(long)]
+        #[arg(long, value_parser = model_name())]
         model: String,
-        #[arg(long, default_value_t = 1000, value_parser = whole(settings::NUM_CLASSES))]
-        num_classes: usize,
+        /// Classes of the final layer [default: read off the weights' last layer].
+        #[arg(long, value_parser = whole(settings::NUM_CLASSES))]
+        num_classes: Option<usize>,
         /// A state dict (safetensors) with torchvision's names.
         #[arg(long)]
         weights: std::path::PathBuf,
@@ -112,6 +113,9 @@ enum Command {
         checkpoint: std::path::PathBuf,
         #[arg(long)]
         data: std::path::PathBuf,
+        /// Use only the first N test images of each class.
+        #[arg(long, value_parser = whole(settings::LIMIT_PER_CLASS))]
+        limit_per_class: Option<usize>,
         #[arg(long, default_value = "cpu")]
         device: String,
         #[arg(long, default_value_t = 256, value_parser = whole(settings::BATCH))]
@@ -131,7 +135,7 @@ struct TrainArgs {
     #[serde(skip)]
     config: Option<std::path::PathBuf>,
     /// [default: resnet20-cifar]
-    #[arg(long)]
+    #[arg(long, value_parser = model_name())]
     model: Option<String>,
     /// Folder holding `train/` and `test/` image folders (one subfolder per class).
     #[arg(long)]
@@ -262,11 +266,13 @@ impl TrainArgs {
 enum ModelsCmd {
     /// The sub-models of one model: dependencies, output shape, parameters, forward FLOPs.
     Show {
+        #[arg(value_parser = model_name())]
         model: String,
         /// Input size in pixels (default: the model's own).
         #[arg(long, value_parser = whole(settings::INPUT))]
         input: Option<usize>,
-        #[arg(long, default_value_t = 1000, value_parser = whole(settings::NUM_CLASSES))]
+        /// Classes of the final layer (as `tessera models` counts parameters).
+        #[arg(long, default_value_t = 10, value_parser = whole(settings::NUM_CLASSES))]
         num_classes: usize,
         #[arg(long)]
         json: bool,
@@ -294,7 +300,7 @@ enum Bench {
     },
     /// Median training-step time (forward + loss, backward, SGD update) after warm-up.
     Train {
-        #[arg(long)]
+        #[arg(long, value_parser = model_name())]
         model: String,
         #[arg(long, default_value_t = 10, value_parser = whole(settings::NUM_CLASSES))]
         num_classes: usize,
@@ -471,7 +477,7 @@ fn run(cli: Cli) -> Result<()> {
         Command::Models { show: None, json } => models(json),
         Command::Models { show: Some(ModelsCmd::Show { model, input, num_classes, json }), .. } => models_show(&model, input, num_classes, json),
         Command::Train(args) => train_cmd(args),
-        Command::Eval { checkpoint, data, device, batch, json } => eval_cmd(&checkpoint, &data, &device, batch, json),
+        Command::Eval { checkpoint, data, limit_per_class, device, batch, json } => eval_cmd(&checkpoint, &data, limit_per_class, &device, batch, json),
         Command::Export { checkpoint, out, dtype } => {
             let n = tessera_scheduler::interop::export_weights(&checkpoint, &out, dtype).with_context(|| format!("exporting {}", checkpoint.display()))?;
             println!("wrote {} ({n} tensors)", out.display());
@@ -492,8 +498,9 @@ fn run(cli: Cli) -> Result<()> {
     }
 }
 
-fn eval_cmd(checkpoint: &std::path::Path, data: &std::path::Path, device: &str, batch: usize, json: bool) -> Result<()> {
-    let r = tessera_scheduler::eval::evaluate_checkpoint(checkpoint, data, device, batch).with_context(|| format!("evaluating {}", checkpoint.display()))?;
+fn eval_cmd(checkpoint: &std::path::Path, data: &std::path::Path, limit_per_class: Option<usize>, device: &str, batch: usize, json: bool) -> Result<()> {
+    let r = tessera_scheduler::eval::evaluate_checkpoint(checkpoint, data, device, batch, limit_per_class)
+        .with_context(|| format!("evaluating {}", checkpoint.display()))?;
     let mut summary = Table::new(&["checkpoint", "images", "loss", "accuracy"]);
     let images: usize = r.confusion.iter().flatten().sum();
     summary.push(vec![json!(checkpoint.display().to_string()), json!(images), json!(r.loss), json!(r.accuracy)]);

@@ -1,5 +1,5 @@
 //! `tessera plan` / `run-plan` / `run-task`: task decomposition, trained as parallel processes.
-use crate::flags::{real32, real64, whole};
+use crate::flags::{model_name, real32, real64, whole};
 use anyhow::{bail, Context, Result};
 use clap::Args;
 use std::path::PathBuf;
@@ -33,7 +33,7 @@ pub struct TaskArgs {
     plan: PathBuf,
     #[arg(long)]
     data: PathBuf,
-    #[arg(long, default_value = "simple-cnn")]
+    #[arg(long, default_value = "simple-cnn", value_parser = model_name())]
     model: String,
     #[arg(long, default_value_t = 64, value_parser = whole(settings::BATCH))]
     batch: usize,

@@ -85,30 +85,38 @@ pub fn evaluate(model: &Model, set: &Dataset, spec: &LoaderSpec, device: &Device
     Ok((totals.mean_loss(), totals.accuracy()))
 }
 
+/// The class count of model `name` whose weights `ckpt` (read from `path`) holds: the first
+/// dimension of its last parameter (every model's last parameter is its classifier's bias or
+/// weight, [classes(, in)]).
+pub fn head_classes(name: &str, path: &Path, ckpt: &Checkpoint) -> Result<usize, TrainError> {
+    let format = |detail: String| TrainError::Checkpoint(checkpoint::CheckpointError::Format { path: path.into(), detail });
+    let probe = build(name, 1, &Device::cpu(), 0)?;
+    let (head, _) = probe.net.named_params().pop().ok_or_else(|| format(format!("model `{name}` has no parameters")))?;
+    match ckpt.tensors.get(&head) {
+        Some((_, shape)) if !shape.is_empty() && shape[0] > 0 => Ok(shape[0]),
+        Some((_, shape)) => Err(format(format!("tensor `{head}` has shape {shape:?}, not [classes, …]"))),
+        None => Err(format(format!("tensor `{head}` is missing"))),
+    }
+}
+
 /// The model a training checkpoint holds (its metadata names the architecture; the class
 /// count is read off the final layer), with the checkpoint's weights loaded.
 pub fn model_from_checkpoint(path: &Path, ckpt: &Checkpoint, device: &Device) -> Result<Model, TrainError> {
     let format = |detail: String| TrainError::Checkpoint(checkpoint::CheckpointError::Format { path: path.into(), detail });
     let name = ckpt.metadata.get("model").cloned().ok_or_else(|| format("no `model` in its metadata".into()))?;
-    // The last parameter of every model is its classifier's bias or weight, [classes(, in)].
-    let probe = build(&name, 1, &Device::cpu(), 0)?;
-    let (head, _) = probe.net.named_params().pop().ok_or_else(|| format(format!("model `{name}` has no parameters")))?;
-    let classes = match ckpt.tensors.get(&head) {
-        Some((_, shape)) if !shape.is_empty() && shape[0] > 0 => shape[0],
-        Some((_, shape)) => return Err(format(format!("tensor `{head}` has shape {shape:?}, not [classes, …]"))),
-        None => return Err(format(format!("tensor `{head}` is missing"))),
-    };
+    let classes = head_classes(&name, path, ckpt)?;
     let model = build(&name, classes, device, 0)?;
     load_weights(&model, ckpt, device)?;
     Ok(model)
 }
 
-/// Evaluates a training checkpoint (its metadata names the model) on `data/test`.
-pub fn evaluate_checkpoint(path: &Path, data: &Path, device: &str, batch: usize) -> Result<EvalReport, TrainError> {
+/// Evaluates a training checkpoint (its metadata names the model) on `data/test` (the first
+/// `limit_per_class` images of each class, if given).
+pub fn evaluate_checkpoint(path: &Path, data: &Path, device: &str, batch: usize, limit_per_class: Option<usize>) -> Result<EvalReport, TrainError> {
     let device = Device::parse(device)?;
     let ckpt = Checkpoint::load(path)?;
     let model = model_from_checkpoint(path, &ckpt, &device)?;
-    let (_, test) = load_splits(data, None)?;
+    let (_, test) = load_splits(data, limit_per_class)?;
     if test.classes().len() != model_classes(&model) {
         return Err(TrainError::Config(format!(
             "{} holds a {}-class model; {} has {} classes",

@@ -19,10 +19,24 @@ pub struct ForwardReport {
 /// Runs `model` (weights from `weights`, a state dict with torchvision's names) on tensor `x`
 /// of `input`; writes `logits` to `out`, and with integer labels `y` in `input` also the mean
 /// cross-entropy `loss` and every parameter's gradient as `grad.<name>`.
-pub fn forward(model: &str, num_classes: usize, weights: &Path, input: &Path, out: &Path, train_mode: bool, device: &str) -> Result<ForwardReport, TrainError> {
+/// `num_classes` None: read off the weights' final layer.
+pub fn forward(
+    model: &str,
+    num_classes: Option<usize>,
+    weights: &Path,
+    input: &Path,
+    out: &Path,
+    train_mode: bool,
+    device: &str,
+) -> Result<ForwardReport, TrainError> {
     let device = Device::parse(device)?;
+    let state = Checkpoint::load(weights)?;
+    let num_classes = match num_classes {
+        Some(n) => n,
+        None => crate::eval::head_classes(model, weights, &state)?,
+    };
     let model = build(model, num_classes, &device, 0)?;
-    load_weights(&model, &Checkpoint::load(weights)?, &device)?;
+    load_weights(&model, &state, &device)?;
     let inputs = Checkpoint::load(input)?;
     let (xs, shape) = inputs
         .tensors
