@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
-"""PyTorch's CPU training step for `tessera bench train` (the reference column): torchvision's
-model with Tessera's names (resnet18/34/50, their -cifar variants with a 3×3 stride-1 stem and
-no max-pool, alexnet), SGD momentum 0.9 weight decay 5e-4, random inputs; the median over
+"""PyTorch's CPU training step for `tessera bench train` (the reference column): every model
+Tessera ships — torchvision's resnet18/34/50 and alexnet, the -cifar ResNets with a 3×3
+stride-1 stem and no max-pool, and simple-cnn, resnet20-cifar and alexnet-cifar written out as
+Tessera builds them (same parameter counts) — SGD momentum 0.9 weight decay 5e-4, random inputs; the median over
 steps after warm-up, split into forward + loss, backward and optimizer, and the peak resident
 memory above the process's size right after importing torch. Prints one JSON object.
 
@@ -22,19 +23,55 @@ def rss_kib(field):
     return 0
 
 
+def small_resnet(blocks, widths, classes):
+    """A CIFAR ResNet of basic blocks (ResNet-20: 3×3 blocks of 16, 32, 64 channels), as
+    Tessera builds it: 3×3 stem without max-pool, 1×1 projection shortcuts where the shape
+    changes (torchvision's BasicBlock)."""
+    import torch
+    from torchvision.models.resnet import BasicBlock
+
+    layers, inputs = [], widths[0]
+    for stage, (count, width) in enumerate(zip(blocks, widths)):
+        seq = []
+        for b in range(count):
+            stride = 2 if stage > 0 and b == 0 else 1
+            down = None
+            if stride != 1 or inputs != width:
+                down = torch.nn.Sequential(torch.nn.Conv2d(inputs, width, 1, stride, bias=False), torch.nn.BatchNorm2d(width))
+            seq.append(BasicBlock(inputs, width, stride, down))
+            inputs = width
+        layers.append(torch.nn.Sequential(*seq))
+    return torch.nn.Sequential(
+        torch.nn.Conv2d(3, widths[0], 3, 1, 1, bias=False), torch.nn.BatchNorm2d(widths[0]), torch.nn.ReLU(inplace=True),
+        *layers, torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(), torch.nn.Linear(inputs, classes))
+
+
 def build(name, classes):
     import torch
     import torchvision
 
+    nn = torch.nn
+    if name == "simple-cnn":
+        return nn.Sequential(nn.Conv2d(3, 32, 3, 1, 1), nn.ReLU(), nn.MaxPool2d(2, 2), nn.Conv2d(32, 64, 3, 1, 1), nn.ReLU(),
+                             nn.MaxPool2d(2, 2), nn.Flatten(), nn.Linear(64 * 8 * 8, classes))
+    if name == "resnet20-cifar":
+        return small_resnet([3, 3, 3], [16, 32, 64], classes)
+    if name == "alexnet-cifar":
+        # Tessera's CIFAR AlexNet: 3×3 convolutions, 2×2 pools, a 4×4 average pool, 1024-wide FC.
+        return nn.Sequential(
+            nn.Conv2d(3, 64, 3, 1, 1), nn.ReLU(inplace=True), nn.MaxPool2d(2, 2),
+            nn.Conv2d(64, 192, 3, 1, 1), nn.ReLU(inplace=True), nn.MaxPool2d(2, 2),
+            nn.Conv2d(192, 384, 3, 1, 1), nn.ReLU(inplace=True), nn.Conv2d(384, 256, 3, 1, 1), nn.ReLU(inplace=True),
+            nn.Conv2d(256, 256, 3, 1, 1), nn.ReLU(inplace=True), nn.MaxPool2d(2, 2), nn.AdaptiveAvgPool2d((4, 4)), nn.Flatten(),
+            nn.Dropout(0.5), nn.Linear(256 * 16, 1024), nn.ReLU(inplace=True), nn.Dropout(0.5), nn.Linear(1024, 1024),
+            nn.ReLU(inplace=True), nn.Linear(1024, classes))
     base = name.removesuffix("-cifar")
-    if base not in ("resnet18", "resnet34", "resnet50", "alexnet"):
+    if base not in ("resnet18", "resnet34", "resnet50", "alexnet") or name == "alexnet-cifar":
         raise SystemExit(f"no PyTorch reference for model `{name}`")
     model = getattr(torchvision.models, base)(num_classes=classes)
-    if name.endswith("-cifar") and base.startswith("resnet"):
+    if name.endswith("-cifar"):
         model.conv1 = torch.nn.Conv2d(3, 64, 3, 1, 1, bias=False)
         model.maxpool = torch.nn.Identity()
-    elif name.endswith("-cifar"):
-        raise SystemExit(f"no PyTorch reference for model `{name}`")
     return model
 
 
