@@ -14,6 +14,7 @@ use tessera_scheduler::settings;
 
 #[derive(Args)]
 pub struct ImportanceArgs {
+    /// A training checkpoint (`RUN/epoch-NNN.safetensors`).
     #[arg(long)]
     checkpoint: PathBuf,
     /// Inputs listed (and drawn) per layer.
@@ -26,15 +27,19 @@ pub struct ImportanceArgs {
 
 #[derive(Args)]
 pub struct CorrelationArgs {
+    /// A training checkpoint (`RUN/epoch-NNN.safetensors`).
     #[arg(long)]
     checkpoint: PathBuf,
+    /// Data folder: `train/` and `test/` image folders, or the CIFAR-10 binary release.
     #[arg(long)]
     data: PathBuf,
     /// Use only the first N images of each class (train and test).
     #[arg(long, value_parser = whole(settings::LIMIT_PER_CLASS))]
     limit_per_class: Option<usize>,
+    /// `cpu`, `gpu` (= `gpu:0`), `gpu:N` or `auto`.
     #[arg(long, default_value = "cpu")]
     device: String,
+    /// Seed of the initial weights, the data order and the augmentation.
     #[arg(long, default_value_t = 0)]
     seed: u64,
     /// Folder for correlation.json and correlation.png.
@@ -43,6 +48,8 @@ pub struct CorrelationArgs {
 }
 
 pub fn importance(a: ImportanceArgs) -> Result<()> {
+    // The output folder before the work: a bad --out fails at once, not after it.
+    std::fs::create_dir_all(&a.out).with_context(|| format!("creating {}", a.out.display()))?;
     let ckpt = Checkpoint::load(&a.checkpoint)?;
     let model = model_from_checkpoint(&a.checkpoint, &ckpt, &Device::cpu())?;
     let order: Vec<String> = model.net.named_params().into_iter().map(|(n, _)| n).collect();
@@ -59,7 +66,6 @@ pub fn importance(a: ImportanceArgs) -> Result<()> {
         let last = ranking[ranking.len() - 1];
         println!("  weakest: input {last} {:.5}; {:.1} % of inputs below 10 % of the strongest", layer.scores[last], layer.share_below(0.1) * 100.0);
     }
-    std::fs::create_dir_all(&a.out).with_context(|| format!("creating {}", a.out.display()))?;
     let subs: Vec<(String, usize)> =
         model.submodels.iter().map(|s| (s.name.clone(), model.params_of(s).iter().map(|(_, p)| p.value().numel()).sum())).collect();
     let dot_path = a.out.join("importance.dot");
@@ -81,6 +87,7 @@ pub fn importance(a: ImportanceArgs) -> Result<()> {
 }
 
 pub fn correlation(a: CorrelationArgs) -> Result<()> {
+    std::fs::create_dir_all(&a.out).with_context(|| format!("creating {}", a.out.display()))?;
     let device = Device::parse(&a.device)?;
     let ckpt = Checkpoint::load(&a.checkpoint)?;
     let model = model_from_checkpoint(&a.checkpoint, &ckpt, &device)?;
@@ -100,7 +107,6 @@ pub fn correlation(a: CorrelationArgs) -> Result<()> {
     for (h, row) in c.heads.iter().zip(&c.pearson) {
         println!("  {h:<28} {}", row.iter().map(|v| format!("{v:>6.3}")).collect::<Vec<_>>().join(" "));
     }
-    std::fs::create_dir_all(&a.out).with_context(|| format!("creating {}", a.out.display()))?;
     let doc = serde_json::json!({"heads": c.heads, "accuracy": c.accuracy, "pearson": c.pearson, "test_images": test.len()});
     std::fs::write(a.out.join("correlation.json"), serde_json::to_string_pretty(&doc)?)?;
     let png = a.out.join("correlation.png");
@@ -114,10 +120,13 @@ pub struct RobustnessArgs {
     /// A run folder of `tessera train` (epoch-NNN.safetensors, metrics.jsonl).
     #[arg(long)]
     run: PathBuf,
+    /// Data folder: `train/` and `test/` image folders, or the CIFAR-10 binary release.
     #[arg(long)]
     data: PathBuf,
+    /// `cpu`, `gpu` (= `gpu:0`), `gpu:N` or `auto`.
     #[arg(long, default_value = "cpu")]
     device: String,
+    /// Images per batch.
     #[arg(long, default_value_t = 256, value_parser = whole(settings::BATCH))]
     batch: usize,
     /// Use only the first N test images of each class.
@@ -129,6 +138,7 @@ pub struct RobustnessArgs {
     /// Sub-model noise, relative to each tensor's RMS.
     #[arg(long, default_value_t = 0.5, value_parser = real32(settings::NOISE_SCALE))]
     noise_scale: f32,
+    /// Seed of the initial weights, the data order and the augmentation.
     #[arg(long, default_value_t = 0)]
     seed: u64,
     /// Where results.txt, results.json and the PNGs go [default: RUN/robustness].

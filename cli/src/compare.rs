@@ -10,6 +10,7 @@ use tessera_scheduler::trainer::{OptimConfig, OptimizerKind};
 
 #[derive(Args)]
 pub struct CompareArgs {
+    /// The model (`tessera models` lists them).
     #[arg(long, default_value = "resnet20-cifar", value_parser = model_name())]
     model: String,
     /// Folder holding `train/` and `test/` image folders (or the CIFAR-10 binary release).
@@ -18,13 +19,16 @@ pub struct CompareArgs {
     /// Comma-separated: full, fc, local-fc, dynamic, balanced, coupled.
     #[arg(long, default_value = "full,fc,dynamic")]
     strategies: String,
+    /// Epochs to train.
     #[arg(long, default_value_t = 2, value_parser = whole(settings::EPOCHS))]
     epochs: usize,
+    /// Images per batch.
     #[arg(long, default_value_t = 128, value_parser = whole(settings::BATCH))]
     batch: usize,
     /// sgd or adamw.
     #[arg(long, default_value = "sgd")]
     optimizer: OptimizerKind,
+    /// Base learning rate (the peak of the schedule).
     #[arg(long, default_value_t = 0.1, value_parser = real32(settings::LR))]
     lr: f32,
     /// SGD's momentum [default: 0.9].
@@ -39,8 +43,10 @@ pub struct CompareArgs {
     /// Threads reading batches ahead of the step (0: one per core).
     #[arg(long, default_value_t = 0, value_parser = whole(settings::WORKERS))]
     workers: usize,
+    /// Seed of the initial weights, the data order and the augmentation.
     #[arg(long, default_value_t = 0)]
     seed: u64,
+    /// `cpu`, `gpu` (= `gpu:0`), `gpu:N` or `auto`.
     #[arg(long, default_value = "cpu")]
     device: String,
     /// Use only the first N images of each class.

@@ -70,6 +70,7 @@ enum Command {
     Models {
         #[command(subcommand)]
         show: Option<ModelsCmd>,
+        /// Print JSON lines instead of a table.
         #[arg(long)]
         json: bool,
     },
@@ -78,6 +79,7 @@ enum Command {
     /// One forward (and, given labels `y`, backward) pass on tensor `x`: the interop check
     /// against PyTorch. Writes `logits` (and `loss`, `grad.<name>`) to --out.
     Forward {
+        /// The model (`tessera models` lists them).
         #[arg(long, value_parser = model_name())]
         model: String,
         /// Classes of the final layer [default: read off the weights' last layer].
@@ -89,18 +91,22 @@ enum Command {
         /// safetensors holding `x` (and optionally integer labels `y`).
         #[arg(long)]
         input: std::path::PathBuf,
+        /// Where the output is written (a file, or a folder created if missing).
         #[arg(long)]
         out: std::path::PathBuf,
         /// Batch statistics in BatchNorm, dropout on.
         #[arg(long)]
         train_mode: bool,
+        /// `cpu`, `gpu` (= `gpu:0`), `gpu:N` or `auto`.
         #[arg(long, default_value = "cpu")]
         device: String,
     },
     /// Write a training checkpoint's state dict (no optimizer state) for PyTorch.
     Export {
+        /// A training checkpoint (`RUN/epoch-NNN.safetensors`).
         #[arg(long)]
         checkpoint: std::path::PathBuf,
+        /// Where the output is written (a file, or a folder created if missing).
         #[arg(long)]
         out: std::path::PathBuf,
         /// f32, f16 or bf16.
@@ -109,17 +115,22 @@ enum Command {
     },
     /// Accuracy and confusion matrix of a training checkpoint on `DIR/test`.
     Eval {
+        /// A training checkpoint (`RUN/epoch-NNN.safetensors`).
         #[arg(long)]
         checkpoint: std::path::PathBuf,
+        /// Data folder: `train/` and `test/` image folders, or the CIFAR-10 binary release.
         #[arg(long)]
         data: std::path::PathBuf,
         /// Use only the first N test images of each class.
         #[arg(long, value_parser = whole(settings::LIMIT_PER_CLASS))]
         limit_per_class: Option<usize>,
+        /// `cpu`, `gpu` (= `gpu:0`), `gpu:N` or `auto`.
         #[arg(long, default_value = "cpu")]
         device: String,
+        /// Images per batch.
         #[arg(long, default_value_t = 256, value_parser = whole(settings::BATCH))]
         batch: usize,
+        /// Print JSON lines instead of a table.
         #[arg(long)]
         json: bool,
     },
@@ -266,6 +277,7 @@ impl TrainArgs {
 enum ModelsCmd {
     /// The sub-models of one model: dependencies, output shape, parameters, forward FLOPs.
     Show {
+        /// The model (`tessera models` lists them).
         #[arg(value_parser = model_name())]
         model: String,
         /// Input size in pixels (default: the model's own).
@@ -274,6 +286,7 @@ enum ModelsCmd {
         /// Classes of the final layer (as `tessera models` counts parameters).
         #[arg(long, default_value_t = 10, value_parser = whole(settings::NUM_CLASSES))]
         num_classes: usize,
+        /// Print JSON lines instead of a table.
         #[arg(long)]
         json: bool,
     },
@@ -287,6 +300,7 @@ enum Bench {
     /// norm and cross-entropy at ResNet-50/AlexNet shapes (224 px, batch 8): time, GFLOP/s,
     /// GB/s, and on the CPU the share of OpenBLAS's 2048³ sgemm rate measured in the same run.
     Kernels {
+        /// `cpu`, `gpu` (= `gpu:0`), `gpu:N` or `auto`.
         #[arg(long, default_value = "cpu", value_delimiter = ',')]
         device: Vec<String>,
         /// Time budget per kernel, in seconds (at least 3 timed runs).
@@ -295,24 +309,31 @@ enum Bench {
         /// Forget the GPU adapters' tuned kernel choices first, so this run times the variants again.
         #[arg(long)]
         retune: bool,
+        /// Print JSON lines instead of a table.
         #[arg(long)]
         json: bool,
     },
     /// Median training-step time (forward + loss, backward, SGD update) after warm-up.
     Train {
+        /// The model (`tessera models` lists them).
         #[arg(long, value_parser = model_name())]
         model: String,
+        /// Classes of the final layer.
         #[arg(long, default_value_t = 10, value_parser = whole(settings::NUM_CLASSES))]
         num_classes: usize,
         /// Input size in pixels.
         #[arg(long, default_value_t = 32, value_parser = whole(settings::INPUT))]
         input: usize,
+        /// Images per batch.
         #[arg(long, default_value_t = 32, value_parser = whole(settings::BATCH))]
         batch: usize,
+        /// `cpu`, `gpu` (= `gpu:0`), `gpu:N` or `auto`.
         #[arg(long, default_value = "cpu", value_delimiter = ',')]
         device: Vec<String>,
+        /// Untimed steps before the timed ones.
         #[arg(long, default_value_t = 2, value_parser = whole(settings::WARMUP))]
         warmup: usize,
+        /// Timed steps (the median is reported).
         #[arg(long, default_value_t = 5, value_parser = whole(settings::STEPS))]
         steps: usize,
         /// The Python that runs the PyTorch reference (scripts/bench_torch.py); skipped with a
@@ -326,6 +347,7 @@ enum Bench {
         /// row's median round: on a shared machine the speed drifts over minutes.
         #[arg(long, default_value_t = 1, value_parser = whole(settings::ROUNDS))]
         rounds: usize,
+        /// Print JSON lines instead of a table.
         #[arg(long)]
         json: bool,
     },
@@ -479,11 +501,13 @@ fn run(cli: Cli) -> Result<()> {
         Command::Train(args) => train_cmd(args),
         Command::Eval { checkpoint, data, limit_per_class, device, batch, json } => eval_cmd(&checkpoint, &data, limit_per_class, &device, batch, json),
         Command::Export { checkpoint, out, dtype } => {
+            create_parent(&out)?;
             let n = tessera_scheduler::interop::export_weights(&checkpoint, &out, dtype).with_context(|| format!("exporting {}", checkpoint.display()))?;
             println!("wrote {} ({n} tensors)", out.display());
             Ok(())
         }
         Command::Forward { model, num_classes, weights, input, out, train_mode, device } => {
+            create_parent(&out)?;
             let r = tessera_scheduler::interop::forward(&model, num_classes, &weights, &input, &out, train_mode, &device)
                 .with_context(|| format!("forward pass of {model}"))?;
             println!(
@@ -621,6 +645,14 @@ fn train_cmd(a: TrainArgs) -> Result<()> {
     }
     table.print(json);
     Ok(())
+}
+
+/// Creates the folder an output file goes into, before the work that produces it.
+fn create_parent(file: &std::path::Path) -> Result<()> {
+    match file.parent().filter(|p| !p.as_os_str().is_empty()) {
+        Some(dir) => std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display())),
+        None => Ok(()),
+    }
 }
 
 /// The current UTC time as `YYYYmmdd-HHMMSS` (run folder names sort by time).

@@ -22,6 +22,7 @@ pub struct PlanArgs {
     /// Wall-time budget of each task, in seconds.
     #[arg(long, value_parser = real64(settings::TIME_BUDGET))]
     time_budget: f64,
+    /// Where the output is written (a file, or a folder created if missing).
     #[arg(long, default_value = "plan.json")]
     out: PathBuf,
 }
@@ -29,12 +30,16 @@ pub struct PlanArgs {
 /// Settings of the task models, shared by run-plan and the run-task children it starts.
 #[derive(Args, Clone)]
 pub struct TaskArgs {
+    /// The plan file `tessera plan` wrote.
     #[arg(long)]
     plan: PathBuf,
+    /// Data folder: `train/` and `test/` image folders, or the CIFAR-10 binary release.
     #[arg(long)]
     data: PathBuf,
+    /// The model (`tessera models` lists them).
     #[arg(long, default_value = "simple-cnn", value_parser = model_name())]
     model: String,
+    /// Images per batch.
     #[arg(long, default_value_t = 64, value_parser = whole(settings::BATCH))]
     batch: usize,
     /// sgd or adamw.
@@ -44,11 +49,13 @@ pub struct TaskArgs {
     /// norm, at 10–60 % on the colour-coded test set in 2 of 3 runs; 0.02 and 0.01 at 100 %).
     #[arg(long, default_value_t = 0.02, value_parser = real32(settings::LR))]
     lr: f32,
+    /// Seed of the initial weights, the data order and the augmentation.
     #[arg(long, default_value_t = 0)]
     seed: u64,
     /// CPU threads of each task's backend (0: one per core).
     #[arg(long, default_value_t = 0, value_parser = whole(settings::THREADS))]
     threads: usize,
+    /// Use only the first N images of each class.
     #[arg(long, value_parser = whole(settings::LIMIT_PER_CLASS))]
     limit_per_class: Option<usize>,
     /// Folder for the task checkpoints.
@@ -69,12 +76,16 @@ pub struct RunPlanArgs {
 pub struct RunTaskArgs {
     #[command(flatten)]
     task: TaskArgs,
+    /// The task of the plan to train (0-based).
     #[arg(long, value_parser = whole(settings::TASK_INDEX))]
     index: usize,
 }
 
 pub fn plan(a: PlanArgs) -> Result<()> {
     let plan = Plan::new(a.classes, a.tasks, a.time_budget)?;
+    if let Some(dir) = a.out.parent().filter(|p| !p.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    }
     std::fs::write(&a.out, plan.to_json()).with_context(|| format!("writing {}", a.out.display()))?;
     for (t, classes) in plan.tasks.iter().enumerate() {
         println!("task {t}: classes {classes:?}, budget {} s", plan.budget_secs);

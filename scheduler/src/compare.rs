@@ -65,6 +65,8 @@ fn full_backward_flops_per_image(model_name: &str, classes: usize, image: (usize
 
 /// Trains every strategy of `cfg` and writes the report into `cfg.out`.
 pub fn compare(cfg: &CompareConfig, train: &Dataset, test: &Dataset, progress: &mut dyn FnMut(&str, &EpochRecord)) -> Result<Vec<Row>, TrainError> {
+    // The report's folder before hours of training: a bad --out fails at once.
+    std::fs::create_dir_all(&cfg.out).map_err(|error| TrainError::Io { path: cfg.out.clone(), error })?;
     let device = Device::parse(&cfg.device)?;
     let classes = train.classes().len();
     let init = cfg.init.as_deref().map(Checkpoint::load).transpose()?;
@@ -84,7 +86,6 @@ pub fn compare(cfg: &CompareConfig, train: &Dataset, test: &Dataset, progress: &
         let ci95 = bootstrap_ci(&run.sample_correct, cfg.settings.seed);
         rows.push(Row { backward_share: backward / (per_image * images).max(1.0), seconds, ci95, run });
     }
-    std::fs::create_dir_all(&cfg.out).map_err(|error| TrainError::Io { path: cfg.out.clone(), error })?;
     write_report(cfg, train, test, &rows)?;
     Ok(rows)
 }
