@@ -648,7 +648,7 @@ fn train_cmd(a: TrainArgs) -> Result<()> {
 }
 
 /// Creates the folder an output file goes into, before the work that produces it.
-fn create_parent(file: &std::path::Path) -> Result<()> {
+pub(crate) fn create_parent(file: &std::path::Path) -> Result<()> {
     match file.parent().filter(|p| !p.as_os_str().is_empty()) {
         Some(dir) => std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display())),
         None => Ok(()),

@@ -83,9 +83,7 @@ pub struct RunTaskArgs {
 
 pub fn plan(a: PlanArgs) -> Result<()> {
     let plan = Plan::new(a.classes, a.tasks, a.time_budget)?;
-    if let Some(dir) = a.out.parent().filter(|p| !p.as_os_str().is_empty()) {
-        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-    }
+    crate::create_parent(&a.out)?;
     std::fs::write(&a.out, plan.to_json()).with_context(|| format!("writing {}", a.out.display()))?;
     for (t, classes) in plan.tasks.iter().enumerate() {
         println!("task {t}: classes {classes:?}, budget {} s", plan.budget_secs);

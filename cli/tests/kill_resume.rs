@@ -3,19 +3,8 @@
 //! loader threads against the uninterrupted run's one.
 mod common;
 
-use common::write_coloured_cifar_sized;
-use std::path::Path;
+use common::{assert_same_tensors, two_epoch_run as train_args, wait_into_epoch_two, write_coloured_cifar_sized};
 use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
-use tessera_engine::checkpoint::Checkpoint;
-
-fn train_args(data: &Path, out: &Path, workers: usize) -> Vec<String> {
-    ["train", "--model", "simple-cnn", "--epochs", "2", "--batch", "25", "--lr", "0.02", "--data"]
-        .iter()
-        .map(|s| s.to_string())
-        .chain([data.display().to_string(), "--out".into(), out.display().to_string(), "--workers".into(), workers.to_string()])
-        .collect()
-}
 
 #[test]
 fn a_killed_run_resumes_to_the_weights_of_an_uninterrupted_one() {
@@ -31,12 +20,7 @@ fn a_killed_run_resumes_to_the_weights_of_an_uninterrupted_one() {
 
     let killed = root.join("killed");
     let mut child = Command::new(tessera).args(train_args(&data, &killed, 4)).stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap();
-    let start = Instant::now();
-    while !killed.join("epoch-001.safetensors").exists() {
-        assert!(start.elapsed() < Duration::from_secs(120), "epoch 1 never finished");
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    std::thread::sleep(Duration::from_millis(300)); // into epoch 2
+    wait_into_epoch_two(&killed);
     child.kill().unwrap(); // SIGKILL
     child.wait().unwrap();
     assert!(!killed.join("epoch-002.safetensors").exists(), "the kill came after epoch 2: make the epochs longer");
@@ -46,9 +30,5 @@ fn a_killed_run_resumes_to_the_weights_of_an_uninterrupted_one() {
     let out = Command::new(tessera).args(&resume).output().unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
 
-    let (a, b) = (Checkpoint::load(&straight.join("epoch-002.safetensors")).unwrap(), Checkpoint::load(&killed.join("epoch-002.safetensors")).unwrap());
-    assert_eq!(a.tensors.len(), b.tensors.len());
-    for (name, (values, shape)) in &a.tensors {
-        assert_eq!(Some(&(values.clone(), shape.clone())), b.tensors.get(name), "{name} differs after kill and resume");
-    }
+    assert_same_tensors(&straight.join("epoch-002.safetensors"), &killed.join("epoch-002.safetensors"));
 }

@@ -4,18 +4,13 @@
 //! weights of a run that was never interrupted.
 mod common;
 
-use common::write_coloured_cifar_sized;
+use common::{assert_same_tensors, wait_into_epoch_two, write_coloured_cifar_sized};
 use std::path::Path;
 use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
-use tessera_engine::checkpoint::Checkpoint;
 
+/// The run, with 2 loader threads.
 fn train_args(data: &Path, out: &Path) -> Vec<String> {
-    ["train", "--model", "simple-cnn", "--epochs", "2", "--batch", "25", "--lr", "0.02", "--workers", "2", "--data"]
-        .iter()
-        .map(|s| s.to_string())
-        .chain([data.display().to_string(), "--out".into(), out.display().to_string()])
-        .collect()
+    common::two_epoch_run(data, out, 2)
 }
 
 #[test]
@@ -31,12 +26,7 @@ fn a_terminated_run_checkpoints_mid_epoch_and_resumes_to_the_uninterrupted_weigh
 
     let stopped = root.join("stopped");
     let child = Command::new(tessera).args(train_args(&data, &stopped)).stdout(Stdio::null()).stderr(Stdio::piped()).spawn().unwrap();
-    let start = Instant::now();
-    while !stopped.join("epoch-001.safetensors").exists() {
-        assert!(start.elapsed() < Duration::from_secs(120), "epoch 1 never finished");
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    std::thread::sleep(Duration::from_millis(300)); // into epoch 2
+    wait_into_epoch_two(&stopped);
     assert!(Command::new("kill").args(["-TERM", &child.id().to_string()]).status().unwrap().success());
     let out = child.wait_with_output().unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
@@ -57,9 +47,5 @@ fn a_terminated_run_checkpoints_mid_epoch_and_resumes_to_the_uninterrupted_weigh
     assert!(out.status.success() && stderr.contains(partial[0].as_str()) && stderr.contains("epoch 2 of 2, after its batch"), "{stderr}");
     assert!(!stopped.join(&partial[0]).exists(), "the finished epoch supersedes its interruption's checkpoint");
 
-    let (a, b) = (Checkpoint::load(&straight.join("epoch-002.safetensors")).unwrap(), Checkpoint::load(&stopped.join("epoch-002.safetensors")).unwrap());
-    assert_eq!(a.tensors.len(), b.tensors.len());
-    for (name, (values, shape)) in &a.tensors {
-        assert_eq!(Some(&(values.clone(), shape.clone())), b.tensors.get(name), "{name} differs after SIGTERM and resume");
-    }
+    assert_same_tensors(&straight.join("epoch-002.safetensors"), &stopped.join("epoch-002.safetensors"));
 }

@@ -26,12 +26,7 @@ pub struct CheckpointResult {
 
 /// Every `epoch-NNN.safetensors` of `run_dir`, by epoch.
 pub fn run_checkpoints(run_dir: &Path) -> Result<Vec<(usize, PathBuf)>, TrainError> {
-    let entries = std::fs::read_dir(run_dir).map_err(|error| TrainError::Io { path: run_dir.into(), error })?;
-    let mut found: Vec<(usize, PathBuf)> = entries
-        .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter_map(|p| Some((p.file_name()?.to_str()?.strip_prefix("epoch-")?.strip_suffix(".safetensors")?.parse().ok()?, p)))
-        .collect();
-    found.sort();
+    let found = crate::run_state::epoch_checkpoints(run_dir)?;
     if found.is_empty() {
         return Err(TrainError::Config(format!("{}: no epoch-NNN.safetensors checkpoints", run_dir.display())));
     }

@@ -59,12 +59,23 @@ fn interrupted_checkpoint(dir: &Path, epoch: usize) -> Result<Option<(usize, Pat
     if !dir.exists() {
         return Ok(None);
     }
+    Ok(numbered_files(dir, &format!("interrupted-epoch-{epoch:03}-batch-"))?.pop())
+}
+
+/// Files `<prefix><N>.safetensors` in `dir` with their N, by N.
+fn numbered_files(dir: &Path, prefix: &str) -> Result<Vec<(usize, PathBuf)>, TrainError> {
     let entries = std::fs::read_dir(dir).map_err(|error| TrainError::Io { path: dir.into(), error })?;
-    let prefix = format!("interrupted-epoch-{epoch:03}-batch-");
-    Ok(entries
+    let mut found: Vec<(usize, PathBuf)> = entries
         .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter_map(|p| Some((p.file_name()?.to_str()?.strip_prefix(&prefix)?.strip_suffix(".safetensors")?.parse().ok()?, p)))
-        .max())
+        .filter_map(|p| Some((p.file_name()?.to_str()?.strip_prefix(prefix)?.strip_suffix(".safetensors")?.parse().ok()?, p)))
+        .collect();
+    found.sort();
+    Ok(found)
+}
+
+/// Every `epoch-NNN.safetensors` of `dir`, by epoch.
+pub fn epoch_checkpoints(dir: &Path) -> Result<Vec<(usize, PathBuf)>, TrainError> {
+    numbered_files(dir, "epoch-")
 }
 
 /// Saves weights, buffers, optimizer state and the step to `dir/epoch-NNN.safetensors`.
@@ -121,7 +132,7 @@ pub fn latest_checkpoint(dir: &Path) -> Result<Option<(usize, PathBuf)>, TrainEr
     if !dir.exists() {
         return Ok(None);
     }
-    checkpoints_in(dir)
+    Ok(epoch_checkpoints(dir)?.pop())
 }
 
 /// Whether `dir` holds a training run's files (a checkpoint, an interrupted run's checkpoint,
@@ -157,17 +168,6 @@ pub fn clear_run(dir: &Path) -> Result<(), TrainError> {
         }
     }
     Ok(())
-}
-
-fn checkpoints_in(dir: &Path) -> Result<Option<(usize, PathBuf)>, TrainError> {
-    let entries = std::fs::read_dir(dir).map_err(|error| TrainError::Io { path: dir.into(), error })?;
-    Ok(entries
-        .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter_map(|p| {
-            let epoch = p.file_name()?.to_str()?.strip_prefix("epoch-")?.strip_suffix(".safetensors")?.parse().ok()?;
-            Some((epoch, p))
-        })
-        .max())
 }
 
 /// Restores weights, buffers, optimizer state, the step count and dropout seeds from where

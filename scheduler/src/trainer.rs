@@ -151,8 +151,6 @@ pub struct EpochStats {
     pub skipped: usize,
     /// Training wall time, evaluation excluded.
     pub seconds: f64,
-    /// Host reads of the step guard (progress refreshes and the epoch's end).
-    pub reads: usize,
     /// The most bytes of batches the input pipeline held at once (0 where none ran).
     pub loader_peak_bytes: usize,
     /// Steps run by this call, and whether the stop flag ended the epoch early.
@@ -336,7 +334,7 @@ impl Trainer {
         let at_start = self.totals;
         self.guard.reset_metrics(&at_start)?;
         let first_step = self.steps + 1;
-        let (mut refreshed, mut done, mut reads, mut interrupted) = (start, 0, 0, false);
+        let (mut refreshed, mut done, mut interrupted) = (start, 0, false);
         let info = |t: &StepTotals, done| StepInfo {
             epoch,
             step: done,
@@ -361,13 +359,11 @@ impl Trainer {
             }
             if refreshed.elapsed() >= REFRESH {
                 let totals = self.read_guard(epoch, first_step)?;
-                reads += 1;
                 progress(&info(&totals, done));
                 refreshed = Instant::now();
             }
         }
         let totals = self.read_guard(epoch, first_step)?;
-        reads += 1;
         progress(&info(&totals, done));
         Ok(EpochStats {
             loss: totals.mean_loss(),
@@ -375,7 +371,6 @@ impl Trainer {
             images: totals.images,
             skipped: totals.flagged_steps - at_start.flagged_steps,
             seconds: start.elapsed().as_secs_f64(),
-            reads,
             loader_peak_bytes: 0,
             steps: done,
             interrupted,

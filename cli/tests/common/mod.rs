@@ -28,3 +28,35 @@ pub fn write_coloured_cifar_sized(dir: &Path, per_file: usize) {
     let test: Vec<u8> = (0..200).flat_map(|i| record((i % 10) as u8, i)).collect();
     std::fs::write(dir.join("test_batch.bin"), test).unwrap();
 }
+
+/// `tessera train` of simple-cnn for 2 epochs (batch 25, lr 0.02) on `data` into `out`, with
+/// `workers` loader threads: the run the interruption tests stop and resume.
+#[allow(dead_code)]
+pub fn two_epoch_run(data: &Path, out: &Path, workers: usize) -> Vec<String> {
+    ["train", "--model", "simple-cnn", "--epochs", "2", "--batch", "25", "--lr", "0.02", "--data"]
+        .iter()
+        .map(|s| s.to_string())
+        .chain([data.display().to_string(), "--out".into(), out.display().to_string(), "--workers".into(), workers.to_string()])
+        .collect()
+}
+
+/// Waits (at most 2 minutes) for `run`'s epoch-1 checkpoint, then 300 ms into epoch 2.
+#[allow(dead_code)]
+pub fn wait_into_epoch_two(run: &Path) {
+    let start = std::time::Instant::now();
+    while !run.join("epoch-001.safetensors").exists() {
+        assert!(start.elapsed() < std::time::Duration::from_secs(120), "epoch 1 never finished");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    std::thread::sleep(std::time::Duration::from_millis(300));
+}
+
+/// Asserts that two checkpoints hold the same tensors, bit for bit.
+#[allow(dead_code)]
+pub fn assert_same_tensors(a: &Path, b: &Path) {
+    let (a, b) = (tessera_engine::checkpoint::Checkpoint::load(a).unwrap(), tessera_engine::checkpoint::Checkpoint::load(b).unwrap());
+    assert_eq!(a.tensors.len(), b.tensors.len());
+    for (name, (values, shape)) in &a.tensors {
+        assert_eq!(Some(&(values.clone(), shape.clone())), b.tensors.get(name), "{name} differs");
+    }
+}

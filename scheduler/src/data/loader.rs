@@ -137,7 +137,6 @@ pub struct Loader {
     first: usize,
     next: usize,
     count: usize,
-    batch_bytes: usize,
     memory: Arc<LoaderMemory>,
     workers: Vec<JoinHandle<()>>,
 }
@@ -200,7 +199,7 @@ impl Loader {
             queues.push(rx);
             handles.push(handle);
         }
-        Ok(Self { queues, first, next: first, count, batch_bytes, memory, workers: handles })
+        Ok(Self { queues, first, next: first, count, memory, workers: handles })
     }
 
     /// Batches in this pass, skipped ones included.
@@ -220,11 +219,6 @@ impl Loader {
     /// The loader's memory accounting (bytes of batches held, and the peak).
     pub fn memory(&self) -> Arc<LoaderMemory> {
         self.memory.clone()
-    }
-
-    /// Bytes of one full batch.
-    pub fn batch_bytes(&self) -> usize {
-        self.batch_bytes
     }
 }
 
