@@ -62,7 +62,7 @@ run() {
     step 30 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv
     step 30 "$t" devices
     # gpu:0 is the first adapter `tessera devices` lists (the NVIDIA Vulkan one on a bare machine).
-    step 120 "$t" check --adapters all --json "$out/check.json"
+    step 120 "$t" check --adapters all --json-out "$out/check.json"
     step 120 "$t" bench gemm --device gpu:0 --sizes 1024,2048,4096 --trans nn,nt,tn --kernel all --retune
     step 120 "$t" bench kernels --device gpu:0 --retune
     step 150 "$t" bench train --model resnet50 --num-classes 1000 --input 224 --batch 32 --device gpu:0 --warmup 2 --steps 5 --no-torch

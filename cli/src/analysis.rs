@@ -1,5 +1,6 @@
 //! `tessera importance` and `tessera correlation`: what a trained checkpoint's layers do.
 use crate::flags::{real32, whole};
+use crate::table::{note, print_record};
 use anyhow::{Context, Result};
 use clap::Args;
 use std::path::PathBuf;
@@ -8,6 +9,7 @@ use tessera_engine::Device;
 use tessera_scheduler::correlation::loss_correlation;
 use tessera_scheduler::eval::model_from_checkpoint;
 use tessera_scheduler::importance::{linear_importance, network_dot, render};
+use tessera_scheduler::json::shortest_floats;
 use tessera_scheduler::plot::heatmap;
 use tessera_scheduler::run_state::load_splits;
 use tessera_scheduler::settings;
@@ -20,9 +22,12 @@ pub struct ImportanceArgs {
     /// Inputs listed (and drawn) per layer.
     #[arg(long, default_value_t = 10, value_parser = whole(settings::TOP))]
     top: usize,
-    /// Folder for importance.dot, importance.svg and importance.png.
+    /// Folder for importance.json, importance.dot, importance.svg and importance.png.
     #[arg(long, default_value = "runs/importance")]
     out: PathBuf,
+    /// Print each layer's ranking as a JSON line (`layer` records, as in importance.json).
+    #[arg(long)]
+    json: bool,
 }
 
 #[derive(Args)]
@@ -45,6 +50,9 @@ pub struct CorrelationArgs {
     /// Folder for correlation.json and correlation.png.
     #[arg(long, default_value = "runs/correlation")]
     out: PathBuf,
+    /// Print each head as a JSON line (`head` records, as in correlation.json).
+    #[arg(long)]
+    json: bool,
 }
 
 pub fn importance(a: ImportanceArgs) -> Result<()> {
@@ -57,7 +65,11 @@ pub fn importance(a: ImportanceArgs) -> Result<()> {
     if layers.is_empty() {
         anyhow::bail!("{}: model `{}` has no Linear layer", a.checkpoint.display(), model.name);
     }
-    for layer in &layers {
+    let records: Vec<_> = layers.iter().map(|l| l.record(a.top)).collect();
+    let doc = serde_json::json!({"checkpoint": a.checkpoint.display().to_string(), "model": model.name, "layers": records});
+    let json_path = a.out.join("importance.json");
+    std::fs::write(&json_path, serde_json::to_string_pretty(&shortest_floats(doc))?).with_context(|| format!("writing {}", json_path.display()))?;
+    for layer in layers.iter().filter(|_| !a.json) {
         let ranking = layer.ranking();
         println!("{} ({} inputs → {} outputs): inputs by mean |W| over outputs", layer.name, layer.scores.len(), layer.outputs);
         for (rank, &j) in ranking.iter().take(a.top).enumerate() {
@@ -78,10 +90,13 @@ pub fn importance(a: ImportanceArgs) -> Result<()> {
             rendered.push(path.display().to_string());
         }
     }
+    if a.json {
+        records.iter().for_each(|r| print_record("layer", r));
+    }
     if rendered.is_empty() {
-        println!("wrote {} (install Graphviz to render it: apt-get install graphviz)", dot_path.display());
+        note(a.json, &format!("wrote {} and {} (install Graphviz to render it: apt-get install graphviz)", json_path.display(), dot_path.display()));
     } else {
-        println!("wrote {} and {}", dot_path.display(), rendered.join(", "));
+        note(a.json, &format!("wrote {}, {} and {}", json_path.display(), dot_path.display(), rendered.join(", ")));
     }
     Ok(())
 }
@@ -93,25 +108,33 @@ pub fn correlation(a: CorrelationArgs) -> Result<()> {
     let model = model_from_checkpoint(&a.checkpoint, &ckpt, &device)?;
     let (train, test) = load_splits(&a.data, a.limit_per_class).with_context(|| format!("loading {}", a.data.display()))?;
     let c = loss_correlation(&model, &train, &test, &device, a.seed).context("measuring per-sample losses")?;
-    println!(
-        "per-sample test losses of {} heads on {} images (probes: linear on pooled features, trained on {} images)",
-        c.heads.len(),
-        test.len(),
-        train.len()
-    );
-    for (h, acc) in c.heads.iter().zip(&c.accuracy) {
-        let mean = c.losses[c.heads.iter().position(|x| x == h).unwrap()].iter().sum::<f32>() / test.len().max(1) as f32;
-        println!("  {h:<28} accuracy {:.2} %, mean loss {mean:.4}", acc * 100.0);
+    let mean_loss = |h: usize| c.losses[h].iter().sum::<f32>() / test.len().max(1) as f32;
+    let records: Vec<_> = (0..c.heads.len())
+        .map(|h| serde_json::json!({"head": c.heads[h], "accuracy": c.accuracy[h], "mean_loss": mean_loss(h), "pearson": c.pearson[h]}))
+        .collect();
+    let doc = serde_json::json!({"checkpoint": a.checkpoint.display().to_string(), "train_images": train.len(), "test_images": test.len(), "heads": &records});
+    let json_path = a.out.join("correlation.json");
+    std::fs::write(&json_path, serde_json::to_string_pretty(&shortest_floats(doc))?).with_context(|| format!("writing {}", json_path.display()))?;
+    if a.json {
+        records.iter().for_each(|r| print_record("head", r));
+    } else {
+        println!(
+            "per-sample test losses of {} heads on {} images (probes: linear on pooled features, trained on {} images)",
+            c.heads.len(),
+            test.len(),
+            train.len()
+        );
+        for (h, name) in c.heads.iter().enumerate() {
+            println!("  {name:<28} accuracy {:.2} %, mean loss {:.4}", c.accuracy[h] * 100.0, mean_loss(h));
+        }
+        println!("Pearson correlation of per-sample losses:");
+        for (h, row) in c.heads.iter().zip(&c.pearson) {
+            println!("  {h:<28} {}", row.iter().map(|v| format!("{v:>6.3}")).collect::<Vec<_>>().join(" "));
+        }
     }
-    println!("Pearson correlation of per-sample losses:");
-    for (h, row) in c.heads.iter().zip(&c.pearson) {
-        println!("  {h:<28} {}", row.iter().map(|v| format!("{v:>6.3}")).collect::<Vec<_>>().join(" "));
-    }
-    let doc = serde_json::json!({"heads": c.heads, "accuracy": c.accuracy, "pearson": c.pearson, "test_images": test.len()});
-    std::fs::write(a.out.join("correlation.json"), serde_json::to_string_pretty(&doc)?)?;
     let png = a.out.join("correlation.png");
     heatmap(&png, "Pearson correlation of per-sample test losses", &c.heads, &c.pearson)?;
-    println!("wrote {}/correlation.json and {}", a.out.display(), png.display());
+    note(a.json, &format!("wrote {} and {}", json_path.display(), png.display()));
     Ok(())
 }
 
@@ -144,10 +167,14 @@ pub struct RobustnessArgs {
     /// Where results.txt, results.json and the PNGs go [default: RUN/robustness].
     #[arg(long)]
     out: Option<PathBuf>,
+    /// Print the results as JSON lines (`summary`, `checkpoint`, `corruption` and
+    /// `submodel_fault` records, as in results.json).
+    #[arg(long)]
+    json: bool,
 }
 
 pub fn robustness(a: RobustnessArgs) -> Result<()> {
-    use tessera_scheduler::robustness::{robustness_report, RobustnessConfig};
+    use tessera_scheduler::robustness::{robustness_report, RobustnessConfig, RECORDS};
     let (_, test) = load_splits(&a.data, a.limit_per_class).with_context(|| format!("loading {}", a.data.display()))?;
     let out = a.out.clone().unwrap_or_else(|| a.run.join("robustness"));
     std::fs::create_dir_all(&out).with_context(|| format!("creating {}", out.display()))?;
@@ -162,8 +189,17 @@ pub fn robustness(a: RobustnessArgs) -> Result<()> {
     };
     // Corruptions rewrite pixels: the test set in memory.
     let test = std::sync::Arc::new(tessera_scheduler::data::materialize(test.as_ref()).with_context(|| format!("reading {}", a.data.display()))?);
-    let text = robustness_report(&cfg, &test).with_context(|| format!("robustness of {}", a.run.display()))?;
-    print!("{text}");
-    println!("wrote {}/results.txt, results.json, learning_curves.png{}", out.display(), if a.no_corruptions { "" } else { ", corruptions.png" });
+    let report = robustness_report(&cfg, &test).with_context(|| format!("robustness of {}", a.run.display()))?;
+    if a.json {
+        for (record, key) in RECORDS {
+            match &report.json[key] {
+                serde_json::Value::Array(items) => items.iter().for_each(|r| print_record(record, r)),
+                one => print_record(record, one),
+            }
+        }
+    } else {
+        print!("{}", report.text);
+    }
+    note(a.json, &format!("wrote {}/results.txt, results.json, learning_curves.png{}", out.display(), if a.no_corruptions { "" } else { ", corruptions.png" }));
     Ok(())
 }

@@ -1,7 +1,7 @@
 //! `tessera check`: the conformance suite on every adapter against the CPU backend, as an
 //! op × adapter matrix; `--shaders`: naga's validation and translation of every kernel to
 //! SPIR-V, MSL, HLSL and GLSL ES (Metal and DX12 compatibility, checked on any OS).
-use crate::table::Table;
+use crate::table::{print_record, Table};
 use anyhow::{bail, Context, Result};
 use clap::Args;
 use serde_json::json;
@@ -9,6 +9,7 @@ use std::collections::BTreeSet;
 use tessera_engine::conformance::{self, Verdict};
 use tessera_engine::gpu::list_adapters;
 use tessera_engine::Device;
+use tessera_scheduler::json::shortest_floats;
 use tessera_shaders::validate::{translate_shader, Outcome, TARGETS};
 
 #[derive(Args)]
@@ -16,9 +17,14 @@ pub struct CheckArgs {
     /// `all`, or adapter indices from `tessera devices` (e.g. `0,1`).
     #[arg(long, default_value = "all")]
     adapters: String,
-    /// Also write the matrix as JSON to this file.
+    /// Print the results as JSON lines (`cell`, with `--shaders` `translation` records)
+    /// instead of a table.
     #[arg(long)]
-    json: Option<std::path::PathBuf>,
+    json: bool,
+    /// Also write the whole matrix as one JSON document to this file (its `cells`, or
+    /// `results`, are the records `--json` prints).
+    #[arg(long)]
+    json_out: Option<std::path::PathBuf>,
     /// Check the WGSL kernels with naga (validation and translation per target) instead.
     #[arg(long)]
     shaders: bool,
@@ -26,9 +32,9 @@ pub struct CheckArgs {
 
 pub fn run(args: CheckArgs) -> Result<()> {
     if args.shaders {
-        shaders(args.json.as_deref())
+        shaders(args.json, args.json_out.as_deref())
     } else {
-        ops(&args.adapters, args.json.as_deref())
+        ops(&args.adapters, args.json, args.json_out.as_deref())
     }
 }
 
@@ -55,7 +61,10 @@ fn adapters(spec: &str) -> Result<Vec<(String, Device)>> {
         .collect()
 }
 
-fn ops(spec: &str, json_out: Option<&std::path::Path>) -> Result<()> {
+fn ops(spec: &str, json: bool, json_out: Option<&std::path::Path>) -> Result<()> {
+    if let Some(path) = json_out {
+        crate::create_parent(path)?;
+    }
     let chosen = adapters(spec)?;
     let (labels, devices): (Vec<String>, Vec<Device>) = chosen.into_iter().unzip();
     let suite = conformance::suite();
@@ -68,7 +77,7 @@ fn ops(spec: &str, json_out: Option<&std::path::Path>) -> Result<()> {
 
     let mut columns = vec!["op".to_string(), "cases".to_string()];
     columns.extend(labels.iter().cloned());
-    let mut table = Table::new(&columns);
+    let mut table = Table::new("op", &columns);
     let mut reasons = BTreeSet::new();
     for op in &report.ops {
         let mut row = vec![json!(op)];
@@ -84,30 +93,35 @@ fn ops(spec: &str, json_out: Option<&std::path::Path>) -> Result<()> {
         }
         table.push(row);
     }
-    table.print(false);
-    for r in &reasons {
-        println!("unsupported: {r}");
-    }
     let count = |f: fn(&Verdict) -> bool| report.cells.iter().filter(|c| f(&c.verdict)).count();
     let (pass, fail, unsup) =
         (count(|v| matches!(v, Verdict::Pass { .. })), count(|v| matches!(v, Verdict::Fail { .. })), count(|v| matches!(v, Verdict::Unsupported(_))));
-    println!("{} ops × {} adapters: {pass} pass, {fail} fail, {unsup} unsupported", report.ops.len(), devices.len());
-
+    let summary = format!("{} ops × {} adapters: {pass} pass, {fail} fail, {unsup} unsupported", report.ops.len(), devices.len());
+    let cells: Vec<_> = report
+        .cells
+        .iter()
+        .map(|c| {
+            let (status, err, detail) = match &c.verdict {
+                Verdict::Pass { max_err } => ("pass", Some(*max_err), String::new()),
+                Verdict::Fail { max_err, shape, detail } => ("fail", max_err.is_finite().then_some(*max_err), format!("{shape}: {detail}")),
+                Verdict::Unsupported(why) => ("unsupported", None, why.clone()),
+            };
+            json!({"op": c.op, "adapter": c.device, "cases": c.cases, "status": status, "max_rel_err": err, "detail": detail})
+        })
+        .collect();
+    if json {
+        cells.iter().for_each(|c| print_record("cell", c));
+        eprintln!("{summary}");
+    } else {
+        table.print(false);
+        for r in &reasons {
+            println!("unsupported: {r}");
+        }
+        println!("{summary}");
+    }
     if let Some(path) = json_out {
-        let cells: Vec<_> = report
-            .cells
-            .iter()
-            .map(|c| {
-                let (status, err, detail) = match &c.verdict {
-                    Verdict::Pass { max_err } => ("pass", Some(*max_err), String::new()),
-                    Verdict::Fail { max_err, shape, detail } => ("fail", max_err.is_finite().then_some(*max_err), format!("{shape}: {detail}")),
-                    Verdict::Unsupported(why) => ("unsupported", None, why.clone()),
-                };
-                json!({"op": c.op, "adapter": c.device, "cases": c.cases, "status": status, "max_rel_err": err, "detail": detail})
-            })
-            .collect();
         let doc = json!({"reference": "cpu", "adapters": labels, "ops": report.ops, "cells": cells, "passed": report.passed()});
-        std::fs::write(path, serde_json::to_string_pretty(&doc)?).with_context(|| format!("writing {}", path.display()))?;
+        std::fs::write(path, serde_json::to_string_pretty(&shortest_floats(doc))?).with_context(|| format!("writing {}", path.display()))?;
     }
     if !report.passed() {
         bail!("{fail} op/adapter pairs failed:\n{}", report.failures().join("\n"));
@@ -115,10 +129,13 @@ fn ops(spec: &str, json_out: Option<&std::path::Path>) -> Result<()> {
     Ok(())
 }
 
-fn shaders(json_out: Option<&std::path::Path>) -> Result<()> {
+fn shaders(json: bool, json_out: Option<&std::path::Path>) -> Result<()> {
+    if let Some(path) = json_out {
+        crate::create_parent(path)?;
+    }
     let mut columns = vec!["module", "entry point"];
     columns.extend(TARGETS);
-    let mut table = Table::new(&columns);
+    let mut table = Table::new("module", &columns);
     let mut failures = Vec::new();
     let mut rows = Vec::new();
     for shader in tessera_shaders::ALL {
@@ -149,11 +166,15 @@ fn shaders(json_out: Option<&std::path::Path>) -> Result<()> {
             }
         }
     }
-    table.print(false);
-    println!("sizes: bytes of generated source (SPIR-V: words); n/a: the target has no form for the module by design (f16 in GLSL ES: GL adapters use the packed-u32 module)");
+    if json {
+        rows.iter().for_each(|r| print_record("translation", r));
+    } else {
+        table.print(false);
+        println!("sizes: bytes of generated source (SPIR-V: words); n/a: the target has no form for the module by design (f16 in GLSL ES: GL adapters use the packed-u32 module)");
+    }
     if let Some(path) = json_out {
         let doc = json!({"targets": TARGETS, "results": rows, "failures": failures});
-        std::fs::write(path, serde_json::to_string_pretty(&doc)?).with_context(|| format!("writing {}", path.display()))?;
+        std::fs::write(path, serde_json::to_string_pretty(&shortest_floats(doc))?).with_context(|| format!("writing {}", path.display()))?;
     }
     if !failures.is_empty() {
         bail!("{} shader failures:\n{}", failures.len(), failures.join("\n"));

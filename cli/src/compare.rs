@@ -79,6 +79,9 @@ pub struct CompareArgs {
     /// Where report.md, report.json and report.svg go.
     #[arg(long, default_value = "runs/compare")]
     out: std::path::PathBuf,
+    /// Print each strategy's result as a JSON line (`strategy` records, as in report.json).
+    #[arg(long)]
+    json: bool,
 }
 
 pub fn run(a: CompareArgs) -> Result<()> {
@@ -110,6 +113,10 @@ pub fn run(a: CompareArgs) -> Result<()> {
         eprintln!("{name:>22}  epoch {:>2}  {:<24} {:>7.1} s  loss {:.4}  test {:.2} %", e.epoch, e.stage, e.seconds, e.train_loss, e.test_accuracy * 100.0)
     })
     .with_context(|| format!("comparing strategies on {}", a.model))?;
+    if a.json {
+        rows.iter().for_each(|r| crate::table::print_record("strategy", &r.record()));
+        return Ok(());
+    }
     for r in &rows {
         println!(
             "{:>22}  {:>8.1} s  backward {:>5.1} %  test {:.2} % [{:.2}, {:.2}]",

@@ -457,19 +457,10 @@ fn run(cli: Cli) -> Result<()> {
             let threads = CpuBackend::global().threads();
             let python = (!no_torch).then_some(torch_python.as_str());
             let result = bench_train(&spec, &device, rounds, python, threads).with_context(|| format!("timing {model}"))?;
-            let mut table = Table::new(&[
-                "model",
-                "device",
-                "input",
-                "batch",
-                "forward_ms",
-                "backward_ms",
-                "optimizer_ms",
-                "step_ms",
-                "img_per_s",
-                "peak_MiB",
-                "vs_pytorch",
-            ]);
+            let mut table = Table::new(
+                "train_step",
+                &["model", "device", "input", "batch", "forward_ms", "backward_ms", "optimizer_ms", "step_ms", "images_per_sec", "peak_MiB", "vs_pytorch"],
+            );
             let torch_ms = result.torch.as_ref().ok().map(|r| r.times.step_ms);
             let mut row = |name: String, t: &tessera_scheduler::bench::StepTimes, ratio: Option<f64>| {
                 table.push(vec![
@@ -525,13 +516,13 @@ fn run(cli: Cli) -> Result<()> {
 fn eval_cmd(checkpoint: &std::path::Path, data: &std::path::Path, limit_per_class: Option<usize>, device: &str, batch: usize, json: bool) -> Result<()> {
     let r = tessera_scheduler::eval::evaluate_checkpoint(checkpoint, data, device, batch, limit_per_class)
         .with_context(|| format!("evaluating {}", checkpoint.display()))?;
-    let mut summary = Table::new(&["checkpoint", "images", "loss", "accuracy"]);
+    let mut summary = Table::new("evaluation", &["checkpoint", "images", "loss", "accuracy"]);
     let images: usize = r.confusion.iter().flatten().sum();
     summary.push(vec![json!(checkpoint.display().to_string()), json!(images), json!(r.loss), json!(r.accuracy)]);
     summary.print(json);
     // Rows: true class; columns: predicted class.
     let columns: Vec<&str> = std::iter::once("true \\ predicted").chain(r.classes.iter().map(String::as_str)).collect();
-    let mut matrix = Table::new(&columns);
+    let mut matrix = Table::new("confusion_row", &columns);
     for (name, row) in r.classes.iter().zip(&r.confusion) {
         matrix.push(std::iter::once(json!(name)).chain(row.iter().map(|v| json!(v))).collect());
     }
@@ -543,7 +534,7 @@ fn eval_cmd(checkpoint: &std::path::Path, data: &std::path::Path, limit_per_clas
 }
 
 fn models(json: bool) -> Result<()> {
-    let mut table = Table::new(&["model", "input_px", "params_10_classes", "sub_models", "about"]);
+    let mut table = Table::new("model", &["model", "input_px", "params_10_classes", "sub_models", "about"]);
     for info in tessera_models::MODELS {
         let model = tessera_models::build(info.name, 10, &Device::cpu(), 0)?;
         let subs: Vec<&str> = model.submodels.iter().map(|s| s.name.as_str()).collect();
@@ -557,7 +548,7 @@ fn models_show(name: &str, input: Option<usize>, num_classes: usize, json: bool)
     let model = tessera_models::build(name, num_classes, &Device::cpu(), 0)?;
     let input = input.unwrap_or_else(|| tessera_models::MODELS.iter().find(|m| m.name == model.name).map_or(224, |m| m.input));
     let costs = model.stage_costs(input).with_context(|| format!("{name} at {input}×{input} px"))?;
-    let mut table = Table::new(&["sub_model", "depends_on", "output", "params", "MFLOPs"]);
+    let mut table = Table::new("submodel", &["sub_model", "depends_on", "output", "params", "MFLOPs"]);
     for c in &costs {
         table.push(vec![json!(c.name), json!(c.deps.join(",")), json!(format!("{:?}", c.output)), json!(c.params), json!(c.flops / 1e6)]);
     }
@@ -616,6 +607,9 @@ fn train_cmd(a: TrainArgs) -> Result<()> {
     });
     bar.finish_and_clear();
     if let Err(e @ tessera_scheduler::TrainError::Interrupted { .. }) = &reports {
+        // The epochs finished so far, as metrics.jsonl holds them, before the way to resume.
+        let text = std::fs::read_to_string(out.join("metrics.jsonl")).unwrap_or_default();
+        print_epochs(&text.lines().filter_map(|l| serde_json::from_str(l).ok()).collect::<Vec<_>>(), json);
         eprintln!("{e}: rerun the same command with --resume --out {}", out.display());
         std::process::exit(130);
     }
@@ -627,24 +621,22 @@ fn train_cmd(a: TrainArgs) -> Result<()> {
         };
         anyhow::Error::new(e).context(format!("training {} on {} ({kept})", cfg.model, cfg.data.display()))
     })?;
-    // The same keys as metrics.jsonl.
-    let mut table =
-        Table::new(&["epoch", "train_loss", "train_accuracy", "test_loss", "test_accuracy", "seconds", "eval_seconds", "images_per_sec", "skipped_batches"]);
-    for r in &reports {
-        table.push(vec![
-            json!(r.epoch),
-            json!(r.train_loss),
-            json!(r.train_accuracy),
-            json!(r.test_loss),
-            json!(r.test_accuracy),
-            json!(r.seconds),
-            json!(r.eval_seconds),
-            json!(r.images_per_sec),
-            json!(r.skipped_batches),
-        ]);
-    }
-    table.print(json);
+    print_epochs(&reports.iter().map(|r| r.record()).collect::<Vec<_>>(), json);
     Ok(())
+}
+
+/// `train`'s epochs: `epoch` records (metrics.jsonl's lines) or a table of their main fields.
+fn print_epochs(records: &[serde_json::Value], json: bool) {
+    if json {
+        records.iter().for_each(|r| table::print_record("epoch", r));
+        return;
+    }
+    let columns = ["epoch", "train_loss", "train_accuracy", "test_loss", "test_accuracy", "seconds", "eval_seconds", "images_per_sec", "skipped_batches"];
+    let mut table = Table::new("epoch", &columns);
+    for r in records {
+        table.push(columns.iter().map(|c| r[*c].clone()).collect());
+    }
+    table.print(false);
 }
 
 /// Creates the folder an output file goes into, before the work that produces it.
@@ -673,18 +665,21 @@ fn utc_stamp() -> String {
 }
 
 fn devices(json: bool) -> Result<()> {
-    let mut table = Table::new(&[
+    let mut table = Table::new(
         "device",
-        "name",
-        "backend",
-        "type",
-        "driver",
-        "max_buffer_MiB",
-        "max_storage_binding_MiB",
-        "max_workgroup_invocations",
-        "workgroup_storage_KiB",
-        "f16",
-    ]);
+        &[
+            "device",
+            "name",
+            "backend",
+            "type",
+            "driver",
+            "max_buffer_MiB",
+            "max_storage_binding_MiB",
+            "max_workgroup_invocations",
+            "workgroup_storage_KiB",
+            "f16",
+        ],
+    );
     for a in list_adapters() {
         table.push(vec![
             json!(format!("gpu:{}", a.index)),
@@ -721,7 +716,7 @@ fn bench_kernels_cmd(devices: &[String], seconds: f64, json: bool) -> Result<()>
     let budget = Duration::from_secs_f64(seconds);
     // The CPU's practical peak: OpenBLAS on a large square product, in this run.
     let peak = bench_gemm(&Device::cpu(), None, 2048, (false, false), budget)?.openblas_gflops;
-    let mut table = Table::new(&["device", "op", "shape", "ms", "GFLOP/s", "pct_of_sgemm_peak", "GB/s"]);
+    let mut table = Table::new("kernel", &["device", "op", "shape", "ms", "GFLOP/s", "pct_of_sgemm_peak", "GB/s"]);
     for d in devices {
         let device = Device::parse(d)?;
         for case in kernel_cases() {
@@ -766,7 +761,7 @@ fn bench_gemm_cmd(args: GemmArgs) -> Result<()> {
             }
         },
     };
-    let mut table = Table::new(&["device", "kernel", "trans", "size", "ms", "GFLOP/s", "openblas_ms", "openblas_GFLOP/s", "ratio_vs_openblas"]);
+    let mut table = Table::new("gemm", &["device", "kernel", "trans", "size", "ms", "GFLOP/s", "openblas_ms", "openblas_GFLOP/s", "ratio_vs_openblas"]);
     for name in &args.device {
         let device = match Device::parse(name)? {
             Device::Cpu(_) => Device::cpu_with_threads(args.threads),
@@ -806,4 +801,23 @@ fn bench_gemm_cmd(args: GemmArgs) -> Result<()> {
         table.print(false);
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
+
+    /// The README's list of config keys is `train`'s flags (but `--config`), as TOML names.
+    #[test]
+    fn the_readme_lists_every_config_key() {
+        let readme = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../README.md")).unwrap();
+        let list = readme.split("file takes these keys").nth(1).and_then(|rest| rest.split("\n\n").next()).expect("the README's config key list");
+        let cli = super::Cli::command();
+        let train = cli.find_subcommand("train").unwrap();
+        let keys: Vec<String> = train.get_arguments().filter_map(|a| a.get_long()).filter(|l| *l != "config").map(|l| l.replace('-', "_")).collect();
+        assert!(keys.len() > 15, "{keys:?}");
+        for key in keys {
+            assert!(list.contains(&format!("`{key}`")), "README's config keys lack `{key}`");
+        }
+    }
 }

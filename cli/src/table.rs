@@ -1,16 +1,40 @@
 //! Output of every table-printing command: an aligned text table, or with `--json` the same
-//! rows as JSON lines (one object per row, keys = column names; f32 values at f32 precision).
-//! A missing value is `null` in JSON and `-` in text.
+//! rows as JSON lines. Every JSON line is one record: `"record"` names its kind and the other
+//! keys are the kind's fields, the same as where the command's file holds that kind (the README
+//! lists them); f32 values print at f32 precision. A missing value is `null` in JSON and `-` in
+//! text.
 use serde_json::{Map, Value};
 
+/// Prints `fields` (a JSON object) as one `--json` line of kind `record`.
+pub fn print_record(record: &str, fields: &Value) {
+    let mut obj = Map::new();
+    obj.insert("record".into(), Value::String(record.into()));
+    if let Value::Object(map) = fields {
+        obj.extend(map.clone());
+    }
+    println!("{}", tessera_scheduler::json::shortest_floats(Value::Object(obj)));
+}
+
+/// A line for the reader: stdout in text mode, stderr under `--json` (whose stdout holds
+/// records only).
+pub fn note(json: bool, line: &str) {
+    if json {
+        eprintln!("{line}");
+    } else {
+        println!("{line}");
+    }
+}
+
 pub struct Table {
+    record: &'static str,
     columns: Vec<String>,
     rows: Vec<Vec<Value>>,
 }
 
 impl Table {
-    pub fn new<S: AsRef<str>>(columns: &[S]) -> Self {
-        Self { columns: columns.iter().map(|c| c.as_ref().to_string()).collect(), rows: Vec::new() }
+    /// A table whose rows are records of kind `record`, with these columns as their keys.
+    pub fn new<S: AsRef<str>>(record: &'static str, columns: &[S]) -> Self {
+        Self { record, columns: columns.iter().map(|c| c.as_ref().to_string()).collect(), rows: Vec::new() }
     }
 
     pub fn push(&mut self, row: Vec<Value>) {
@@ -21,20 +45,19 @@ impl Table {
     /// Prints the newest row as one JSON line (for commands that stream their results).
     pub fn print_last(&self) {
         if let Some(row) = self.rows.last() {
-            println!("{}", self.json_row(row));
+            self.print_row(row);
         }
     }
 
-    fn json_row(&self, row: &[Value]) -> Value {
-        let obj: Map<String, Value> = self.columns.iter().cloned().zip(row.iter().cloned()).collect();
-        tessera_scheduler::json::shortest_floats(Value::Object(obj))
+    fn print_row(&self, row: &[Value]) {
+        print_record(self.record, &Value::Object(self.columns.iter().cloned().zip(row.iter().cloned()).collect()));
     }
 
     /// Prints the rows accumulated so far, as text or JSON lines.
     pub fn print(&self, json: bool) {
         if json {
             for row in &self.rows {
-                println!("{}", self.json_row(row));
+                self.print_row(row);
             }
             return;
         }

@@ -1,11 +1,14 @@
 //! `tessera plan` / `run-plan` / `run-task`: task decomposition, trained as parallel processes.
 use crate::flags::{model_name, real32, real64, whole};
+use crate::table::{note, print_record};
 use anyhow::{bail, Context, Result};
 use clap::Args;
+use serde_json::json;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::Instant;
 use tessera_engine::Device;
+use tessera_scheduler::json::shortest_floats;
 use tessera_scheduler::run_state::load_splits;
 use tessera_scheduler::settings;
 use tessera_scheduler::tasks::{evaluate_merged, train_task, Plan, TaskConfig};
@@ -25,6 +28,9 @@ pub struct PlanArgs {
     /// Where the output is written (a file, or a folder created if missing).
     #[arg(long, default_value = "plan.json")]
     out: PathBuf,
+    /// Print the plan as one JSON line (a `plan` record: plan.json's document).
+    #[arg(long)]
+    json: bool,
 }
 
 /// Settings of the task models, shared by run-plan and the run-task children it starts.
@@ -70,6 +76,9 @@ pub struct RunPlanArgs {
     /// Concurrent task processes (default: one per core, at most one per task).
     #[arg(long, value_parser = whole(settings::WORKERS))]
     workers: Option<usize>,
+    /// Print the results as JSON lines (`task` and `merged` records, as in OUT/results.json).
+    #[arg(long)]
+    json: bool,
 }
 
 #[derive(Args)]
@@ -84,11 +93,16 @@ pub struct RunTaskArgs {
 pub fn plan(a: PlanArgs) -> Result<()> {
     let plan = Plan::new(a.classes, a.tasks, a.time_budget)?;
     crate::create_parent(&a.out)?;
-    std::fs::write(&a.out, plan.to_json()).with_context(|| format!("writing {}", a.out.display()))?;
-    for (t, classes) in plan.tasks.iter().enumerate() {
-        println!("task {t}: classes {classes:?}, budget {} s", plan.budget_secs);
+    let text = plan.to_json();
+    std::fs::write(&a.out, &text).with_context(|| format!("writing {}", a.out.display()))?;
+    if a.json {
+        print_record("plan", &serde_json::from_str(&text).context("the plan's own JSON")?);
+    } else {
+        for (t, classes) in plan.tasks.iter().enumerate() {
+            println!("task {t}: classes {classes:?}, budget {} s", plan.budget_secs);
+        }
     }
-    println!("wrote {}", a.out.display());
+    note(a.json, &format!("wrote {}", a.out.display()));
     Ok(())
 }
 
@@ -151,7 +165,8 @@ pub fn run_plan(a: RunPlanArgs) -> Result<()> {
         if let Some(n) = a.task.limit_per_class {
             cmd.args(["--limit-per-class", &n.to_string()]);
         }
-        cmd.stdout(Stdio::inherit()).stderr(Stdio::inherit());
+        // Under --json, stdout holds records only: the tasks' reports go to stderr.
+        cmd.stdout(if a.json { Stdio::from(std::io::stderr()) } else { Stdio::inherit() }).stderr(Stdio::inherit());
         cmd.spawn().with_context(|| format!("starting task {t}"))
     };
     eprintln!("{} tasks, {workers} at a time, {threads} thread(s) each, budget {} s per task", plan.tasks.len(), plan.budget_secs);
@@ -170,10 +185,28 @@ pub fn run_plan(a: RunPlanArgs) -> Result<()> {
     }
     let trained = start.elapsed().as_secs_f64();
     let (accuracy, own) = evaluate_merged(&plan, &a.task.out, &test, &a.task.model, &Device::cpu(), 256)?;
+    let tasks: Vec<_> = own
+        .iter()
+        .enumerate()
+        .map(|(t, acc)| {
+            // A task model that always answers "other" is right on every image of other tasks.
+            let others = (0..test.len()).filter(|&i| !plan.tasks[t].contains(&test.label(i))).count() as f32 / test.len().max(1) as f32;
+            json!({"task": t, "classes": plan.tasks[t], "accuracy": acc, "always_other_accuracy": others, "chance_accuracy": 1.0 / (plan.tasks[t].len() + 1) as f32})
+        })
+        .collect();
+    let merged = json!({"classes": plan.classes, "accuracy": accuracy, "chance_accuracy": 1.0 / plan.classes as f32, "train_seconds": trained, "budget_secs": plan.budget_secs, "workers": workers});
+    let results = a.task.out.join("results.json");
+    let doc = shortest_floats(json!({"plan": a.task.plan.display().to_string(), "test_images": test.len(), "tasks": &tasks, "merged": &merged}));
+    std::fs::write(&results, serde_json::to_string_pretty(&doc)?).with_context(|| format!("writing {}", results.display()))?;
+    if a.json {
+        tasks.iter().for_each(|t| print_record("task", t));
+        print_record("merged", &merged);
+        eprintln!("wrote {}", results.display());
+        return Ok(());
+    }
     println!("all tasks trained in {trained:.1} s (budget {} s per task, {workers} at a time)", plan.budget_secs);
     for (t, acc) in own.iter().enumerate() {
-        // A task model that always answers "other" is right on every image of other tasks.
-        let others = (0..test.len()).filter(|&i| !plan.tasks[t].contains(&test.label(i))).count() as f32 / test.len().max(1) as f32;
+        let others = tasks[t]["always_other_accuracy"].as_f64().unwrap_or(f64::NAN);
         println!(
             "task {t} (classes {:?} + other): {:.2} % on the test set (always \"other\": {:.2} %, chance {:.2} %)",
             plan.tasks[t],
@@ -183,5 +216,6 @@ pub fn run_plan(a: RunPlanArgs) -> Result<()> {
         );
     }
     println!("merged {}-way classifier: test accuracy {:.2} % (chance {:.2} %)", plan.classes, accuracy * 100.0, 100.0 / plan.classes as f32);
+    println!("wrote {}", results.display());
     Ok(())
 }

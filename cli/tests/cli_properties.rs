@@ -293,7 +293,7 @@ fn no_generated_invocation_panics_hangs_or_dies_by_a_signal() {
             &[("--index", Count), ("--batch", Count), ("--lr", Real), ("--optimizer", Word), ("--threads", Count), ("--plan", Path), data_flags[1]],
             60,
         ),
-        spec("check", &["check", "--shaders"], &[("--adapters", Word), ("--json", Path)], 120),
+        spec("check", &["check", "--shaders"], &[("--adapters", Word), ("--json-out", Path)], 120),
         spec(
             "bench gemm",
             &["bench", "gemm", "--device", "cpu", "--sizes", "16", "--seconds", "0.01"],

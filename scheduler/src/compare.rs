@@ -6,6 +6,7 @@
 //! against training wall time.
 use crate::data::Dataset;
 use crate::error::TrainError;
+use crate::eval::evaluate;
 use crate::plot::{line_chart, Series};
 use crate::run_state::load_weights;
 use crate::strategy::{self, EpochRecord, RunSpec, StrategyOptions, StrategyRun};
@@ -40,6 +41,28 @@ pub struct Row {
     pub ci95: (f32, f32),
 }
 
+impl Row {
+    /// The strategy's record: an element of report.json's `strategies` and a `--json` line.
+    pub fn record(&self) -> serde_json::Value {
+        let r = self;
+        json!({
+            "strategy": r.run.strategy,
+            "train_seconds": r.seconds,
+            "backward_flops_share": r.backward_share,
+            "peak_rss_bytes": r.run.peak_rss_bytes,
+            "test_accuracy": r.run.test_accuracy,
+            "ci95": [r.ci95.0, r.ci95.1],
+            "notes": r.run.notes,
+            "epochs": r.run.epochs.iter().map(|e| json!({
+                "epoch": e.epoch, "stage": e.stage, "seconds": e.seconds, "elapsed": e.elapsed,
+                "train_loss": e.train_loss, "train_accuracy": e.train_accuracy, "test_accuracy": e.test_accuracy,
+                "images_per_sec": e.images_per_sec, "backward_flops": e.backward_flops, "forward_flops": e.forward_flops,
+                "trainable_params": e.trainable_params,
+            })).collect::<Vec<_>>(),
+        })
+    }
+}
+
 /// Bootstrap 95 % interval of the accuracy from per-sample hits (1000 resamples, seeded).
 pub fn bootstrap_ci(correct: &[bool], seed: u64) -> (f32, f32) {
     if correct.is_empty() {
@@ -71,6 +94,15 @@ pub fn compare(cfg: &CompareConfig, train: &Dataset, test: &Dataset, progress: &
     let classes = train.classes().len();
     let init = cfg.init.as_deref().map(Checkpoint::load).transpose()?;
     let per_image = full_backward_flops_per_image(&cfg.model, classes, train.dims())?;
+    // Every strategy starts from the same weights: their measured accuracy is where each
+    // curve of report.svg starts (t = 0), not an assumed chance level.
+    let initial = {
+        let model = tessera_models::build(&cfg.model, classes, &device, cfg.settings.seed)?;
+        if let Some(ckpt) = &init {
+            load_weights(&model, ckpt, &device)?;
+        }
+        evaluate(&model, test, &cfg.settings.eval_loader(), &device)?
+    };
     let mut rows = Vec::new();
     for name in &cfg.strategies {
         let mut s = strategy::by_name(name, &cfg.options)?;
@@ -86,7 +118,7 @@ pub fn compare(cfg: &CompareConfig, train: &Dataset, test: &Dataset, progress: &
         let ci95 = bootstrap_ci(&run.sample_correct, cfg.settings.seed);
         rows.push(Row { backward_share: backward / (per_image * images).max(1.0), seconds, ci95, run });
     }
-    write_report(cfg, train, test, &rows)?;
+    write_report(cfg, train, test, initial, &rows)?;
     Ok(rows)
 }
 
@@ -94,7 +126,8 @@ fn write(path: &Path, text: &str) -> Result<(), TrainError> {
     std::fs::write(path, text).map_err(|error| TrainError::Io { path: path.into(), error })
 }
 
-fn write_report(cfg: &CompareConfig, train: &Dataset, test: &Dataset, rows: &[Row]) -> Result<(), TrainError> {
+/// `initial`: (loss, accuracy) of the shared initial weights on the test set.
+fn write_report(cfg: &CompareConfig, train: &Dataset, test: &Dataset, initial: (f32, f32), rows: &[Row]) -> Result<(), TrainError> {
     let s = &cfg.settings;
     let full_seconds = rows.iter().find(|r| r.run.strategy == "full").map(|r| r.seconds);
     let mib = |b: Option<u64>| b.map_or("n/a".to_string(), |b| format!("{:.0}", b as f64 / (1 << 20) as f64));
@@ -102,9 +135,10 @@ fn write_report(cfg: &CompareConfig, train: &Dataset, test: &Dataset, rows: &[Ro
     let _ = writeln!(md, "# Strategy comparison: {} on {} training / {} test images\n", cfg.model, train.len(), test.len());
     let _ = writeln!(
         md,
-        "Device {}, {} epochs, batch {}, lr {} (cosine), optimizer {:?}, seed {}{}. Same initial weights and data order for every strategy. Wall time is training only (evaluation excluded); backward FLOPs are GEMM FLOPs (convolutions, linear layers) as a share of full training over the same images.\n",
+        "Device {}, {} epochs, batch {}, lr {} (cosine), optimizer {:?}, seed {}{}. Same initial weights (test accuracy {:.2} %, where every curve starts) and data order for every strategy. Wall time is training only (evaluation excluded); backward FLOPs are GEMM FLOPs (convolutions, linear layers) as a share of full training over the same images.\n",
         cfg.device, s.epochs, s.batch, cfg.optim.lr, cfg.optim.rule, s.seed,
-        cfg.init.as_ref().map(|p| format!(", initial weights {}", p.display())).unwrap_or_default()
+        cfg.init.as_ref().map(|p| format!(", initial weights {}", p.display())).unwrap_or_default(),
+        initial.1 * 100.0
     );
     let _ = writeln!(md, "| strategy | train wall s | vs full | images/s | backward FLOPs vs full | peak RSS MiB | test accuracy | bootstrap 95 % CI |");
     let _ = writeln!(md, "|---|---:|---:|---:|---:|---:|---:|---|");
@@ -150,40 +184,20 @@ fn write_report(cfg: &CompareConfig, train: &Dataset, test: &Dataset, rows: &[Ro
     let _ = writeln!(md, "\n![test accuracy against training wall time](report.svg)");
     write(&cfg.out.join("report.md"), &md)?;
 
-    let json_rows: Vec<_> = rows
-        .iter()
-        .map(|r| {
-            json!({
-                "strategy": r.run.strategy,
-                "train_seconds": r.seconds,
-                "backward_flops_share": r.backward_share,
-                "peak_rss_bytes": r.run.peak_rss_bytes,
-                "test_accuracy": r.run.test_accuracy,
-                "ci95": [r.ci95.0, r.ci95.1],
-                "notes": r.run.notes,
-                "epochs": r.run.epochs.iter().map(|e| json!({
-                    "epoch": e.epoch, "stage": e.stage, "seconds": e.seconds, "elapsed": e.elapsed,
-                    "train_loss": e.train_loss, "train_accuracy": e.train_accuracy, "test_accuracy": e.test_accuracy,
-                    "images_per_sec": e.images_per_sec, "backward_flops": e.backward_flops, "forward_flops": e.forward_flops,
-                    "trainable_params": e.trainable_params,
-                })).collect::<Vec<_>>(),
-            })
-        })
-        .collect();
+    let json_rows: Vec<_> = rows.iter().map(Row::record).collect();
     let doc = json!({
         "model": cfg.model, "device": cfg.device, "epochs": s.epochs, "batch": s.batch, "lr": cfg.optim.lr,
         "optimizer": format!("{:?}", cfg.optim.rule), "warmup_steps": cfg.optim.warmup_steps, "seed": s.seed,
-        "train_images": train.len(), "test_images": test.len(), "strategies": json_rows,
+        "train_images": train.len(), "test_images": test.len(), "initial_test_loss": initial.0, "initial_test_accuracy": initial.1,
+        "strategies": json_rows,
     });
-    write(&cfg.out.join("report.json"), &serde_json::to_string_pretty(&doc).expect("JSON of plain values"))?;
+    write(&cfg.out.join("report.json"), &serde_json::to_string_pretty(&crate::json::shortest_floats(doc)).expect("JSON of plain values"))?;
 
     let series: Vec<Series> = rows
         .iter()
         .map(|r| Series {
             name: r.run.strategy.clone(),
-            points: std::iter::once((0.0, 1.0 / train.classes().len() as f64))
-                .chain(r.run.epochs.iter().map(|e| (e.elapsed, e.test_accuracy as f64)))
-                .collect(),
+            points: std::iter::once((0.0, initial.1 as f64)).chain(r.run.epochs.iter().map(|e| (e.elapsed, e.test_accuracy as f64))).collect(),
         })
         .collect();
     let title = format!("{}: test accuracy against training wall time", cfg.model);

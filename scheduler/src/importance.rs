@@ -26,6 +26,22 @@ impl LayerImportance {
         order
     }
 
+    /// The layer's record (an element of importance.json's `layers`, and a `--json` line):
+    /// its `top` strongest inputs, its weakest, and the share below 10 % of the strongest.
+    pub fn record(&self, top: usize) -> serde_json::Value {
+        let ranking = self.ranking();
+        let weakest = ranking.last().copied().unwrap_or(0);
+        serde_json::json!({
+            "layer": self.name,
+            "inputs": self.scores.len(),
+            "outputs": self.outputs,
+            "top": ranking.iter().take(top).map(|&j| serde_json::json!({"input": j, "score": self.scores[j]})).collect::<Vec<_>>(),
+            "weakest_input": weakest,
+            "weakest_score": self.scores.get(weakest),
+            "share_below_10pct": self.share_below(0.1),
+        })
+    }
+
     /// The share of inputs whose importance is below `fraction` of the largest.
     pub fn share_below(&self, fraction: f32) -> f32 {
         let max = self.scores.iter().fold(0f32, |m, &s| m.max(s));
@@ -60,13 +76,15 @@ fn heat(x: f32) -> String {
 }
 
 /// The network as DOT: sub-models in a chain; each Linear layer's `top` strongest inputs as
-/// edges into it, coloured and sized by importance relative to the layer's strongest input.
-/// The rest of the layer's inputs are one node with their mean.
+/// edges into it, coloured and sized by where their importance lies between the layer's
+/// weakest input (grey) and its strongest (red), so the colours spread over the data's range;
+/// each layer's cluster names that range. The rest of the layer's inputs are one node with
+/// their mean.
 /// `owners[l]` is the index in `submodels` of the sub-model holding layer l.
 pub fn network_dot(model: &str, submodels: &[(String, usize)], layers: &[LayerImportance], owners: &[usize], top: usize) -> String {
     let mut dot = String::new();
     let _ = writeln!(dot, "digraph \"{model}\" {{\n  rankdir=LR;\n  node [shape=box, style=rounded, fontname=\"DejaVu Sans\"];");
-    let _ = writeln!(dot, "  label=\"{model}: Linear inputs by mean |W| (grey → red: weak → strong)\";");
+    let _ = writeln!(dot, "  label=\"{model}: Linear inputs by mean |W| (edge colour and width: grey → red = the layer's weakest → strongest input)\";");
     for (i, (name, params)) in submodels.iter().enumerate() {
         let _ = writeln!(dot, "  s{i} [label=\"{name}\\n{params} params\"];");
         if i > 0 {
@@ -74,10 +92,11 @@ pub fn network_dot(model: &str, submodels: &[(String, usize)], layers: &[LayerIm
         }
     }
     for (l, layer) in layers.iter().enumerate() {
-        let max = layer.scores.iter().fold(1e-12f32, |m, &s| m.max(s));
+        let (min, max) = layer.scores.iter().fold((f32::INFINITY, f32::NEG_INFINITY), |(lo, hi), &s| (lo.min(s), hi.max(s)));
+        let scale = |s: f32| if max > min { (s - min) / (max - min) } else { 1.0 };
         let _ = writeln!(
             dot,
-            "  subgraph cluster_{l} {{\n    label=\"{} ({} inputs → {} outputs)\";\n    style=dashed;",
+            "  subgraph cluster_{l} {{\n    label=\"{} ({} inputs → {} outputs); colour: {min:.3} grey → {max:.3} red\";\n    style=dashed;",
             layer.name,
             layer.scores.len(),
             layer.outputs
@@ -85,7 +104,7 @@ pub fn network_dot(model: &str, submodels: &[(String, usize)], layers: &[LayerIm
         let _ = writeln!(dot, "    l{l} [label=\"{}\", shape=ellipse];", layer.name.trim_end_matches(".weight"));
         let ranking = layer.ranking();
         for &j in ranking.iter().take(top) {
-            let x = layer.scores[j] / max;
+            let x = scale(layer.scores[j]);
             let _ = writeln!(
                 dot,
                 "    u{l}_{j} [label=\"in {j}\\n{:.3}\", shape=circle, fontsize=9];\n    u{l}_{j} -> l{l} [color=\"{}\", penwidth={:.2}];",
@@ -102,7 +121,7 @@ pub fn network_dot(model: &str, submodels: &[(String, usize)], layers: &[LayerIm
                 "    r{l} [label=\"{} more\\nmean {:.3}\", shape=note, fontsize=9];\n    r{l} -> l{l} [color=\"{}\", style=dashed];",
                 rest.len(),
                 mean,
-                heat(mean / max)
+                heat(scale(mean))
             );
         }
         let _ = writeln!(dot, "  }}");

@@ -161,9 +161,20 @@ pub struct RobustnessConfig {
     pub out: PathBuf,
 }
 
-/// Writes results.txt, results.json, learning_curves.png and corruptions.png into `cfg.out`;
-/// returns results.txt's text.
-pub fn robustness_report(cfg: &RobustnessConfig, test: &Arc<ImageSet>) -> Result<String, TrainError> {
+/// results.json's record kinds (a `--json` line's `record`) and the key holding them there:
+/// one `summary`, then a `checkpoint` per checkpoint, a `corruption` per corruption, a
+/// `submodel_fault` per sub-model.
+pub const RECORDS: [(&str, &str); 4] =
+    [("summary", "summary"), ("checkpoint", "checkpoints"), ("corruption", "corruptions"), ("submodel_fault", "submodel_faults")];
+
+/// What `robustness_report` wrote: results.txt's text and results.json's document.
+pub struct RobustnessReport {
+    pub text: String,
+    pub json: serde_json::Value,
+}
+
+/// Writes results.txt, results.json, learning_curves.png and corruptions.png into `cfg.out`.
+pub fn robustness_report(cfg: &RobustnessConfig, test: &Arc<ImageSet>) -> Result<RobustnessReport, TrainError> {
     let device = Device::parse(&cfg.device)?;
     let (results, model) = evaluate_run(&cfg.run, test, &device, cfg.batch)?;
     let last = results.last().expect("at least one checkpoint");
@@ -188,10 +199,11 @@ pub fn robustness_report(cfg: &RobustnessConfig, test: &Arc<ImageSet>) -> Result
     let _ = writeln!(txt, "\nmean accuracy {mean:.4}, standard deviation {std:.4}");
     let _ = writeln!(txt, "final accuracy {:.4}, bootstrap 95 % interval [{:.4}, {:.4}] (1000 resamples)\n", last.report.accuracy, ci.0, ci.1);
     let _ = writeln!(txt, "Mean confusion matrix over the checkpoints (rows: true class, columns: predicted):");
-    let width = test.classes.iter().map(|c| c.len()).max().unwrap_or(4).max(6);
-    let _ = writeln!(txt, "{:>width$} {}", "", test.classes.iter().map(|c| format!("{:>10}", c.chars().take(9).collect::<String>())).collect::<String>());
+    // Columns as wide as the longest class name: no header is cut.
+    let width = test.classes.iter().map(|c| c.chars().count()).max().unwrap_or(4).max(6);
+    let _ = writeln!(txt, "{:>width$} {}", "", test.classes.iter().map(|c| format!(" {c:>width$}")).collect::<String>());
     for (i, row) in confusion.iter().enumerate() {
-        let _ = writeln!(txt, "{:>width$} {}", test.classes[i], row.iter().map(|v| format!("{v:>10.1}")).collect::<String>());
+        let _ = writeln!(txt, "{:>width$} {}", test.classes[i], row.iter().map(|v| format!(" {v:>width$.1}")).collect::<String>());
     }
     let cr = classification_report(&last.report.confusion.iter().map(|r| r.iter().map(|&c| c as f64).collect()).collect::<Vec<_>>(), &test.classes);
     let _ = writeln!(txt, "\nClassification report of the final checkpoint (epoch {}):\n{cr}", last.epoch);
@@ -251,20 +263,22 @@ pub fn robustness_report(cfg: &RobustnessConfig, test: &Arc<ImageSet>) -> Result
     }
 
     let json = serde_json::json!({
-        "run": cfg.run.display().to_string(),
-        "test_images": test.len(),
+        "summary": {
+            "run": cfg.run.display().to_string(), "test_images": test.len(), "checkpoints": results.len(),
+            "mean_accuracy": mean, "std_accuracy": std, "final_accuracy": last.report.accuracy, "final_ci95": [ci.0, ci.1],
+            "classes": test.classes, "mean_confusion": confusion, "noise_scale": cfg.noise_scale,
+        },
         "checkpoints": results.iter().map(|r| serde_json::json!({"epoch": r.epoch, "path": r.path.display().to_string(), "accuracy": r.report.accuracy, "loss": r.report.loss})).collect::<Vec<_>>(),
-        "mean_accuracy": mean, "std_accuracy": std,
-        "final_accuracy": last.report.accuracy, "final_ci95": [ci.0, ci.1],
-        "mean_confusion": confusion, "classes": test.classes,
-        "corruptions": corruption_rows.iter().map(|(c, a)| serde_json::json!({"corruption": c.name(), "accuracy_by_severity": a})).collect::<Vec<_>>(),
+        "corruptions": corruption_rows.iter().map(|(c, a)| serde_json::json!({
+            "corruption": c.name(), "accuracy_by_severity": a, "mean_accuracy": a.iter().sum::<f32>() / a.len().max(1) as f32,
+        })).collect::<Vec<_>>(),
         "submodel_faults": faults.iter().map(|f| serde_json::json!({"submodel": f.name, "noise_accuracy": f.noise_accuracy, "reset_accuracy": f.reset_accuracy})).collect::<Vec<_>>(),
-        "noise_scale": cfg.noise_scale,
     });
+    let json = crate::json::shortest_floats(json);
     let write = |name: &str, text: &str| std::fs::write(cfg.out.join(name), text).map_err(|error| TrainError::Io { path: cfg.out.join(name), error });
     write("results.txt", &txt)?;
     write("results.json", &serde_json::to_string_pretty(&json).expect("plain values"))?;
-    Ok(txt)
+    Ok(RobustnessReport { text: txt, json })
 }
 
 fn read_metrics(path: &Path) -> Vec<serde_json::Value> {

@@ -117,7 +117,7 @@ pub fn train_with(cfg: &TrainConfig, progress: &mut dyn FnMut(&StepInfo), grad_h
         let path = out.join("metrics.jsonl");
         let io = |error| TrainError::Io { path: path.clone(), error };
         let mut f = std::fs::OpenOptions::new().create(true).append(true).open(&path).map_err(io)?;
-        writeln!(f, "{}", record.to_json()).map_err(io)
+        writeln!(f, "{}", record.record()).map_err(io)
     });
     match result {
         // Interrupted mid-epoch: the state after the last finished step, so --resume continues

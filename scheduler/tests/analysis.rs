@@ -26,6 +26,10 @@ fn importance_ranks_inputs_by_mean_absolute_weight() {
 
     let dot = network_dot("toy", &[("body".into(), 18), ("fc".into(), 6)], &layers, &[1], 2);
     assert!(dot.contains("u0_0 -> l0") && dot.contains("u0_2 -> l0") && dot.contains("1 more") && dot.contains("s0 -> s1"), "{dot}");
+    // Colours spread over the layer's range: its strongest inputs red, its weakest grey.
+    assert!(dot.contains("u0_0 -> l0 [color=\"#ff0000\"") && dot.contains("r0 -> l0 [color=\"#a0a0a0\""), "{dot}");
+    let record = layers[0].record(2);
+    assert_eq!((record["weakest_input"].as_u64(), record["top"].as_array().map(Vec::len)), (Some(1), Some(2)));
     let dot_path = dir.join("net.dot");
     std::fs::write(&dot_path, dot).unwrap();
     let svg = dir.join("net.svg");

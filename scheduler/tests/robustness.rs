@@ -69,7 +69,11 @@ fn report_on_a_short_run() {
     std::fs::create_dir_all(&out).unwrap();
     let rc = RobustnessConfig { run: run.clone(), device: "cpu".into(), batch: 30, seed: 0, corruptions: true, noise_scale: 0.5, out: out.clone() };
     let test = Arc::new(tessera_scheduler::data::materialize(test.as_ref()).unwrap());
-    let text = robustness_report(&rc, &test).unwrap();
+    let report = robustness_report(&rc, &test).unwrap();
+    let text = report.text.clone();
+    // The confusion matrix's header names every class whole (`automobile` has 10 letters).
+    let header = text.lines().skip_while(|l| !l.starts_with("Mean confusion")).nth(1).unwrap();
+    assert!(test.classes.iter().all(|c| header.split_whitespace().any(|w| w == c)), "{header}");
     for section in [
         "epoch   1",
         "epoch   2",
@@ -87,6 +91,8 @@ fn report_on_a_short_run() {
     }
     assert_eq!(std::fs::read_to_string(out.join("results.txt")).unwrap(), text);
     let json: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(out.join("results.json")).unwrap()).unwrap();
+    assert_eq!(json, report.json);
+    assert_eq!(json["summary"]["checkpoints"], 2);
     assert_eq!(json["checkpoints"].as_array().unwrap().len(), 2);
     assert_eq!(json["corruptions"].as_array().unwrap().len(), 6);
     assert_eq!(json["submodel_faults"].as_array().unwrap().len(), 3);

@@ -166,7 +166,8 @@ pub struct EpochRecord {
 }
 
 impl EpochRecord {
-    pub fn to_json(&self) -> String {
+    /// The epoch's record: a line of metrics.jsonl, and of `train --json`.
+    pub fn record(&self) -> serde_json::Value {
         crate::json::shortest_floats(serde_json::json!({
             "epoch": self.epoch,
             "stage": self.stage,
@@ -180,7 +181,6 @@ impl EpochRecord {
             "skipped_batches": self.skipped_batches,
             "loader_peak_bytes": self.loader_peak_bytes,
         }))
-        .to_string()
     }
 }
 
