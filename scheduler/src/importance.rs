@@ -76,15 +76,15 @@ fn heat(x: f32) -> String {
 }
 
 /// The network as DOT: sub-models in a chain; each Linear layer's `top` strongest inputs as
-/// edges into it, coloured and sized by where their importance lies between the layer's
-/// weakest input (grey) and its strongest (red), so the colours spread over the data's range;
+/// edges into it, coloured and sized by where their importance lies between the weakest
+/// drawn input (grey) and the strongest (red), so the colours spread over the drawn range;
 /// each layer's cluster names that range. The rest of the layer's inputs are one node with
 /// their mean.
 /// `owners[l]` is the index in `submodels` of the sub-model holding layer l.
 pub fn network_dot(model: &str, submodels: &[(String, usize)], layers: &[LayerImportance], owners: &[usize], top: usize) -> String {
     let mut dot = String::new();
     let _ = writeln!(dot, "digraph \"{model}\" {{\n  rankdir=LR;\n  node [shape=box, style=rounded, fontname=\"DejaVu Sans\"];");
-    let _ = writeln!(dot, "  label=\"{model}: Linear inputs by mean |W| (edge colour and width: grey → red = the layer's weakest → strongest input)\";");
+    let _ = writeln!(dot, "  label=\"{model}: Linear inputs by mean |W| (edge colour and width: grey → red = the weakest → strongest input drawn)\";");
     for (i, (name, params)) in submodels.iter().enumerate() {
         let _ = writeln!(dot, "  s{i} [label=\"{name}\\n{params} params\"];");
         if i > 0 {
@@ -92,17 +92,21 @@ pub fn network_dot(model: &str, submodels: &[(String, usize)], layers: &[LayerIm
         }
     }
     for (l, layer) in layers.iter().enumerate() {
-        let (min, max) = layer.scores.iter().fold((f32::INFINITY, f32::NEG_INFINITY), |(lo, hi), &s| (lo.min(s), hi.max(s)));
-        let scale = |s: f32| if max > min { (s - min) / (max - min) } else { 1.0 };
+        let ranking = layer.ranking();
+        // The colour scale spans the drawn inputs' own range: the strongest red, the weakest
+        // drawn grey (with a layer's top inputs close together, a scale over all inputs
+        // would paint them one red). The other inputs' mean lies below it: grey.
+        let drawn: Vec<f32> = ranking.iter().take(top).map(|&j| layer.scores[j]).collect();
+        let (min, max) = drawn.iter().fold((f32::INFINITY, f32::NEG_INFINITY), |(lo, hi), &s| (lo.min(s), hi.max(s)));
+        let scale = |s: f32| if max > min { (s - min) / (max - min) } else { (s >= max) as u8 as f32 };
         let _ = writeln!(
             dot,
-            "  subgraph cluster_{l} {{\n    label=\"{} ({} inputs → {} outputs); colour: {min:.3} grey → {max:.3} red\";\n    style=dashed;",
+            "  subgraph cluster_{l} {{\n    label=\"{} ({} inputs → {} outputs); edges: {min:.4} grey → {max:.4} red\";\n    style=dashed;",
             layer.name,
             layer.scores.len(),
             layer.outputs
         );
         let _ = writeln!(dot, "    l{l} [label=\"{}\", shape=ellipse];", layer.name.trim_end_matches(".weight"));
-        let ranking = layer.ranking();
         for &j in ranking.iter().take(top) {
             let x = scale(layer.scores[j]);
             let _ = writeln!(

@@ -28,6 +28,13 @@ fn importance_ranks_inputs_by_mean_absolute_weight() {
     assert!(dot.contains("u0_0 -> l0") && dot.contains("u0_2 -> l0") && dot.contains("1 more") && dot.contains("s0 -> s1"), "{dot}");
     // Colours spread over the layer's range: its strongest inputs red, its weakest grey.
     assert!(dot.contains("u0_0 -> l0 [color=\"#ff0000\"") && dot.contains("r0 -> l0 [color=\"#a0a0a0\""), "{dot}");
+    // Three drawn inputs spread over the whole scale: red, halfway, grey.
+    let spread = tessera_scheduler::importance::LayerImportance { name: "w".into(), outputs: 1, scores: vec![0.3, 0.2, 0.1] };
+    let dot3 = network_dot("toy", &[("fc".into(), 3)], &[spread], &[0], 3);
+    assert!(
+        dot3.contains("u0_0 -> l0 [color=\"#ff0000\"") && dot3.contains("u0_1 -> l0 [color=\"#cf5050\"") && dot3.contains("u0_2 -> l0 [color=\"#a0a0a0\""),
+        "{dot3}"
+    );
     let record = layers[0].record(2);
     assert_eq!((record["weakest_input"].as_u64(), record["top"].as_array().map(Vec::len)), (Some(1), Some(2)));
     let dot_path = dir.join("net.dot");
