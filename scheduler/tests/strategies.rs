@@ -235,7 +235,12 @@ fn compare_writes_the_report() {
     assert!(md.contains("| full |") && md.contains("| fc (dfs) |") && md.contains("bootstrap 95 % CI"), "{md}");
     let json: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(out.join("report.json")).unwrap()).unwrap();
     assert_eq!(json["strategies"].as_array().unwrap().len(), 2);
-    assert!(std::fs::read_to_string(out.join("report.svg")).unwrap().contains("<svg"));
+    // The curves start at the initial weights' measured accuracy, not an assumed chance level.
+    let model = tessera_models::build("simple-cnn", CLASSES, &Device::cpu(), cfg.settings.seed).unwrap();
+    let (_, initial) = tessera_scheduler::eval::evaluate(&model, &test, &cfg.settings.eval_loader(), &Device::cpu()).unwrap();
+    assert_eq!(json["initial_test_accuracy"].as_f64().map(|v| v as f32), Some(initial));
+    let svg = std::fs::read_to_string(out.join("report.svg")).unwrap();
+    assert!(svg.contains("<svg"));
     let e = strategy::by_name("nope", &StrategyOptions::default()).err().unwrap().to_string();
     assert!(e.contains("unknown strategy `nope`") && e.contains("local-fc"), "{e}");
 }
