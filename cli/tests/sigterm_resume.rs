@@ -25,13 +25,16 @@ fn a_terminated_run_checkpoints_mid_epoch_and_resumes_to_the_uninterrupted_weigh
     assert!(Command::new(tessera).args(train_args(&data, &straight)).stdout(Stdio::null()).status().unwrap().success());
 
     let stopped = root.join("stopped");
-    let child = Command::new(tessera).args(train_args(&data, &stopped)).stdout(Stdio::null()).stderr(Stdio::piped()).spawn().unwrap();
+    let child = Command::new(tessera).args(train_args(&data, &stopped)).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
     wait_into_epoch_two(&stopped);
     assert!(Command::new("kill").args(["-TERM", &child.id().to_string()]).status().unwrap().success());
     let out = child.wait_with_output().unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(130), "{stderr}");
     assert!(stderr.contains("interrupted in epoch 2 after") && stderr.contains("--resume"), "{stderr}");
+    // The finished epoch's row reaches a redirected stdout.
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.lines().any(|l| l.starts_with("1 ")), "{stdout}");
     let partial: Vec<String> = std::fs::read_dir(&stopped)
         .unwrap()
         .filter_map(|e| e.unwrap().file_name().to_str().map(String::from))
