@@ -2,11 +2,17 @@
 use crate::flags::{model_name, real32, whole};
 use anyhow::{Context, Result};
 use clap::Args;
-use tessera_scheduler::compare::{compare, CompareConfig};
+use std::io::{BufRead, BufReader, Write};
+use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
+use tessera_engine::checkpoint::Checkpoint;
+use tessera_scheduler::compare::lane::{strategy_of, Lane, LaneEnd, LocalLane};
+use tessera_scheduler::compare::{compare_lanes, CompareConfig, Stat};
 use tessera_scheduler::run_state::load_splits;
 use tessera_scheduler::settings;
-use tessera_scheduler::strategy::{dynamic::Criterion, fc::Order, RunSpec, StrategyOptions, NAMES};
+use tessera_scheduler::strategy::EpochRecord;
+use tessera_scheduler::strategy::{dynamic::Criterion, fc::Order, RunSpec, StrategyOptions};
 use tessera_scheduler::trainer::{OptimConfig, OptimizerKind};
+use tessera_scheduler::TrainError;
 
 #[derive(Args)]
 pub struct CompareArgs {
@@ -16,9 +22,13 @@ pub struct CompareArgs {
     /// Folder holding `train/` and `test/` image folders (or the CIFAR-10 binary release).
     #[arg(long)]
     data: std::path::PathBuf,
-    /// Comma-separated: full, fc, local-fc, dynamic, balanced, coupled.
+    /// Comma-separated: full, fc, local-fc, dynamic, balanced, coupled; `NAME@LABEL` runs a
+    /// strategy again under another name (`full,full@again`: an A/A check).
     #[arg(long, default_value = "full,fc,dynamic")]
     strategies: String,
+    /// Runs of the whole interleaved comparison (the report gives mean ± std).
+    #[arg(long, default_value_t = 1, value_parser = whole(settings::REPEAT))]
+    repeat: usize,
     /// Epochs to train.
     #[arg(long, default_value_t = 2, value_parser = whole(settings::EPOCHS))]
     epochs: usize,
@@ -84,15 +94,11 @@ pub struct CompareArgs {
     json: bool,
 }
 
-pub fn run(a: CompareArgs) -> Result<()> {
-    let strategies: Vec<String> = a.strategies.split(',').map(|s| s.trim().to_string()).filter(|s| !s.is_empty()).collect();
-    if let Some(bad) = strategies.iter().find(|s| !NAMES.contains(&s.as_str())) {
-        anyhow::bail!("unknown strategy `{bad}`; known: {}", NAMES.join(", "));
-    }
-    let (train, test) = load_splits(&a.data, a.limit_per_class).with_context(|| format!("loading {}", a.data.display()))?;
-    let cfg = CompareConfig {
+/// The comparison's settings from the flags.
+fn config(a: &CompareArgs) -> Result<CompareConfig> {
+    Ok(CompareConfig {
         model: a.model.clone(),
-        strategies,
+        strategies: a.strategies.split(',').map(|s| s.trim().to_string()).filter(|s| !s.is_empty()).collect(),
         settings: RunSpec { epochs: a.epochs, batch: a.batch, seed: a.seed, workers: a.workers, memory_limit: None },
         optim: OptimConfig::from_flags(a.optimizer, a.lr, a.momentum, a.wd, a.warmup_steps)?,
         options: StrategyOptions {
@@ -107,27 +113,178 @@ pub fn run(a: CompareArgs) -> Result<()> {
         device: a.device.clone(),
         init: a.init.clone(),
         out: a.out.clone(),
-    };
-    eprintln!("comparing {} on {} training / {} test images", cfg.strategies.join(", "), train.len(), test.len());
-    let rows = compare(&cfg, &train, &test, &mut |name, e| {
-        eprintln!("{name:>22}  epoch {:>2}  {:<24} {:>7.1} s  loss {:.4}  test {:.2} %", e.epoch, e.stage, e.seconds, e.train_loss, e.test_accuracy * 100.0)
+        repeat: a.repeat,
     })
+}
+
+pub fn run(a: CompareArgs) -> Result<()> {
+    let cfg = config(&a)?;
+    for spec in &cfg.strategies {
+        strategy_of(spec, &cfg)?;
+    }
+    let (train, test) = load_splits(&a.data, a.limit_per_class).with_context(|| format!("loading {}", a.data.display()))?;
+    eprintln!("comparing {} on {} training / {} test images, in turns, one process per strategy", cfg.strategies.join(", "), train.len(), test.len());
+    // Each lane gets the same flags as this command.
+    let flags: Vec<std::ffi::OsString> = std::env::args_os().skip_while(|a| a != "compare").skip(1).collect();
+    let rows = compare_lanes(
+        &cfg,
+        &train,
+        &test,
+        &mut || cfg.strategies.iter().map(|spec| ProcessLane::spawn(spec, &flags).map(|l| Box::new(l) as Box<dyn Lane>)).collect(),
+        &mut |name, e| {
+            eprintln!("{name:>22}  epoch {:>2}  {:<24} {:>7.1} s  loss {:.4}  test {:.2} %", e.epoch, e.stage, e.seconds, e.train_loss, e.test_accuracy * 100.0)
+        },
+    )
     .with_context(|| format!("comparing strategies on {}", a.model))?;
     if a.json {
         rows.iter().for_each(|r| crate::table::print_record("strategy", &r.record()));
         return Ok(());
     }
+    let ratio = |r: Option<Stat>| r.map_or("n/a".to_string(), |r| format!("{:.2}×", r.mean));
     for r in &rows {
         println!(
-            "{:>22}  {:>8.1} s  backward {:>5.1} %  test {:.2} % [{:.2}, {:.2}]",
+            "{:>22}  {:>8.1} s  normalised {:>8.1} s ({})  test {:.2} % [{:.2}, {:.2}]  {}",
             r.run.strategy,
-            r.seconds,
-            r.backward_share * 100.0,
+            r.seconds.mean,
+            r.normalised_seconds.mean,
+            ratio(r.normalised_ratio),
             r.run.test_accuracy * 100.0,
             r.ci95.0 * 100.0,
-            r.ci95.1 * 100.0
+            r.ci95.1 * 100.0,
+            r.verdict
         );
     }
     println!("wrote {}/report.md, report.json, report.svg", a.out.display());
+    Ok(())
+}
+
+/// A lane of `compare` in a `tessera compare-lane` process of its own: its peak memory is its
+/// own. It answers each line on its stdin (`epoch N`, `finish`) with one JSON line.
+struct ProcessLane {
+    spec: String,
+    child: Child,
+    stdin: ChildStdin,
+    stdout: BufReader<ChildStdout>,
+}
+
+impl ProcessLane {
+    fn spawn(spec: &str, flags: &[std::ffi::OsString]) -> Result<Self, TrainError> {
+        let exe = std::env::current_exe().map_err(|e| TrainError::Config(format!("locating the tessera binary: {e}")))?;
+        let mut child = Command::new(exe)
+            .arg("compare-lane")
+            .args(flags)
+            .args(["--lane", spec])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .map_err(|e| TrainError::Config(format!("starting the lane of `{spec}`: {e}")))?;
+        let (stdin, stdout) = (child.stdin.take().expect("piped"), BufReader::new(child.stdout.take().expect("piped")));
+        let mut lane = Self { spec: spec.into(), child, stdin, stdout };
+        // Ready (data loaded, model built) before the next lane starts: no start-up overlaps
+        // another lane's epoch or the probe.
+        lane.answer::<String>("start")?;
+        Ok(lane)
+    }
+
+    /// Sends `line`; returns the lane's answer.
+    fn ask<T: serde::de::DeserializeOwned>(&mut self, line: &str) -> Result<T, TrainError> {
+        writeln!(self.stdin, "{line}").and_then(|_| self.stdin.flush()).map_err(|e| self.fail(format!("it stopped listening ({e})")))?;
+        self.answer(line)
+    }
+
+    fn fail(&self, detail: String) -> TrainError {
+        TrainError::Config(format!("the lane of `{}`: {detail}", self.spec))
+    }
+
+    /// The lane's answer to `line`.
+    fn answer<T: serde::de::DeserializeOwned>(&mut self, line: &str) -> Result<T, TrainError> {
+        let fail = |detail: String| TrainError::Config(format!("the lane of `{}`: {detail}", self.spec));
+        let mut answer = String::new();
+        self.stdout.read_line(&mut answer).map_err(|e| fail(e.to_string()))?;
+        let reply: LaneReply<T> = serde_json::from_str(&answer).map_err(|_| fail(format!("it ended without an answer to `{line}` (its error is above)")))?;
+        match reply {
+            LaneReply::Ok(value) => Ok(value),
+            LaneReply::Error(e) => Err(fail(e)),
+        }
+    }
+}
+
+impl Lane for ProcessLane {
+    fn epoch(&mut self, epoch: usize) -> Result<EpochRecord, TrainError> {
+        self.ask(&format!("epoch {epoch}"))
+    }
+
+    fn finish(&mut self) -> Result<LaneEnd, TrainError> {
+        self.ask("finish")
+    }
+}
+
+impl Drop for ProcessLane {
+    fn drop(&mut self) {
+        // A lane ended early (another failed) does not outlive the comparison.
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[derive(serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+enum LaneReply<T> {
+    Ok(T),
+    Error(String),
+}
+
+/// `tessera compare-lane`: one strategy of a comparison, an epoch per `epoch N` line on stdin.
+#[derive(Args)]
+pub struct LaneArgs {
+    #[command(flatten)]
+    compare: CompareArgs,
+    /// The strategy spec this lane trains.
+    #[arg(long)]
+    lane: String,
+}
+
+pub fn lane(a: LaneArgs) -> Result<()> {
+    let cfg = config(&a.compare)?;
+    let (train, test) = load_splits(&a.compare.data, a.compare.limit_per_class).with_context(|| format!("loading {}", a.compare.data.display()))?;
+    let init = cfg.init.as_deref().map(Checkpoint::load).transpose()?;
+    let reply = |r: LaneReply<serde_json::Value>| {
+        println!("{}", serde_json::to_string(&r).expect("plain values"));
+        std::io::stdout().flush()
+    };
+    let mut lane = match LocalLane::new(&a.lane, &cfg, &train, &test, init.as_ref()) {
+        Ok(lane) => lane,
+        Err(e) => {
+            reply(LaneReply::Error(format!("{:#}", anyhow::Error::new(e))))?;
+            std::process::exit(1);
+        }
+    };
+    reply(LaneReply::Ok(serde_json::json!("ready")))?;
+    for line in std::io::stdin().lines() {
+        let line = line?;
+        let answer = match line.split_whitespace().collect::<Vec<_>>()[..] {
+            ["epoch", n] => match n.parse() {
+                Ok(n) => lane.epoch(n).map(|r| serde_json::to_value(r).expect("plain values")),
+                Err(_) => Err(TrainError::Config(format!("`{line}`: not an epoch number"))),
+            },
+            ["finish"] => lane.finish().map(|mut end| {
+                end.peak_rss_bytes = tessera_scheduler::memory::peak_rss_bytes();
+                serde_json::to_value(end).expect("plain values")
+            }),
+            _ => Err(TrainError::Config(format!("`{line}`: expected `epoch N` or `finish`"))),
+        };
+        let done = line.trim() == "finish";
+        match answer {
+            Ok(v) => reply(LaneReply::Ok(v))?,
+            Err(e) => {
+                reply(LaneReply::Error(format!("{:#}", anyhow::Error::new(e))))?;
+                std::process::exit(1);
+            }
+        }
+        if done {
+            break;
+        }
+    }
     Ok(())
 }

@@ -65,6 +65,9 @@ enum Command {
     /// One task of a plan (what run-plan starts per task).
     #[command(hide = true)]
     RunTask(tasks::RunTaskArgs),
+    /// One strategy of a comparison (what compare starts per strategy).
+    #[command(hide = true)]
+    CompareLane(compare::LaneArgs),
     /// List the models (name, input size, parameters with 10 classes); `models show M` prints
     /// one model's sub-model graph with parameters and FLOPs.
     Models {
@@ -444,6 +447,7 @@ fn run(cli: Cli) -> Result<()> {
         Command::Correlation(args) => analysis::correlation(args),
         Command::RunPlan(args) => tasks::run_plan(args),
         Command::RunTask(args) => tasks::run_task(args),
+        Command::CompareLane(args) => compare::lane(args),
         Command::Bench(Bench::Gemm(args)) => bench_gemm_cmd(args),
         Command::Bench(Bench::Kernels { device, seconds, retune: again, json }) => {
             if again {

@@ -59,12 +59,18 @@ fn every_table_command_prints_the_records_its_files_hold() {
     assert_eq!(kinds(&lines), ["epoch"]);
 
     // compare: report.json's strategies.
-    let lines = records(
-        &root,
-        &[&["compare", "--model", "simple-cnn", "--strategies", "full,fc", "--epochs", "1", "--batch", "10", "--out", "cmp", "--json"][..], &small].concat(),
-    );
-    assert_records(&lines, "strategy", &file(&root.join("cmp/report.json"))["strategies"]);
+    let compare = ["compare", "--model", "simple-cnn", "--strategies", "full,fc", "--epochs", "2", "--batch", "10", "--repeat", "2", "--out", "cmp", "--json"];
+    let lines = records(&root, &[&compare[..], &small].concat());
+    let report = file(&root.join("cmp/report.json"));
+    assert_records(&lines, "strategy", &report["strategies"]);
     assert_eq!(lines.len(), 2);
+    // Each strategy ran in a process of its own (its own peak memory), twice, in turns: a
+    // probe before the first turn and after each of the two, per repeat.
+    for (_, r) in &lines {
+        assert!(r["peak_rss_bytes"].as_u64().is_some_and(|b| b > 1 << 20) && r["train_seconds_std"].is_number(), "{r}");
+    }
+    let probes = report["probe"]["seconds"].as_array().map(|r| r.iter().map(|t| t.as_array().map_or(0, Vec::len)).collect::<Vec<_>>());
+    assert_eq!(probes, Some(vec![3, 3]));
 
     // importance: importance.json's layers.
     let lines = records(&root, &["importance", "--checkpoint", "run/epoch-002.safetensors", "--top", "3", "--out", "imp", "--json"]);

@@ -138,6 +138,17 @@ impl From<AdamWHyper> for Rule {
 }
 
 impl Rule {
+    /// Arithmetic operations per parameter element of one update, as the kernels run them
+    /// (SGD: decay 2, momentum 3, step 2; AdamW: decay 2, first moment 3, second 4, the
+    /// bias-corrected ratio 5, step 2).
+    pub fn flops_per_param(&self) -> f64 {
+        match self {
+            Self::Sgd(h) if h.momentum != 0.0 => 7.0,
+            Self::Sgd(_) => 4.0,
+            Self::AdamW(_) => 16.0,
+        }
+    }
+
     /// The names of a parameter's state tensors, as PyTorch's optimizer state dict has them.
     pub fn state_names(&self) -> &'static [&'static str] {
         match self {

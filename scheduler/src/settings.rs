@@ -48,6 +48,7 @@ pub const WINDOW: Whole = whole("--window", 1, 1_000_000);
 pub const NEIGHBORS: Whole = whole("--neighbors", 0, 1000);
 pub const SPLIT: Whole = whole("--split", 1, 1000);
 pub const TOP: Whole = whole("--top", 1, 1_000_000);
+pub const REPEAT: Whole = whole("--repeat", 1, 1000);
 pub const CLASSES: Whole = whole("--classes", 1, crate::tasks::MAX_CLASSES as u64);
 pub const TASKS: Whole = whole("--tasks", 1, crate::tasks::MAX_CLASSES as u64);
 pub const TASK_INDEX: Whole = whole("--index", 0, crate::tasks::MAX_CLASSES as u64);

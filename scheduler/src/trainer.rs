@@ -184,6 +184,8 @@ pub struct Trainer {
     /// GEMM FLOPs (2 per multiply-add of every convolution and linear layer) run so far.
     pub forward_flops: f64,
     pub backward_flops: f64,
+    /// The optimizer's arithmetic so far ([`Rule::flops_per_param`] per trained element).
+    pub update_flops: f64,
     pub grad_hook: Option<GradHook>,
     /// Set (by a signal handler) to end the epoch after the current step.
     pub stop: Option<std::sync::Arc<std::sync::atomic::AtomicBool>>,
@@ -215,6 +217,7 @@ impl Trainer {
             classes,
             forward_flops: 0.0,
             backward_flops: 0.0,
+            update_flops: 0.0,
             grad_hook: None,
             stop: None,
             on_nan,
@@ -284,6 +287,7 @@ impl Trainer {
             }
         }
         self.opt.step_guarded(Some(self.guard.state()))?;
+        self.update_flops += self.trainable_params() as f64 * self.opt.rule().flops_per_param();
         self.opt.zero_grad();
         self.guard.add_metrics(loss.value(), logits.value(), &Labels::new(logits.value(), labels)?)?;
         self.guard.close(self.steps)?;

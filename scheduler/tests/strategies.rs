@@ -225,6 +225,7 @@ fn compare_writes_the_report() {
         device: "cpu".into(),
         init: None,
         out: out.clone(),
+        repeat: 1,
     };
     let rows = compare(&cfg, &train, &test, &mut |_, _| {}).unwrap();
     assert!((rows[0].backward_share - 1.0).abs() < 1e-9, "full is the reference: {}", rows[0].backward_share);

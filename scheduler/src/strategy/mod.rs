@@ -142,7 +142,7 @@ impl RunSpec {
 }
 
 /// One epoch of a run.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, Default, serde::Serialize, serde::Deserialize)]
 pub struct EpochRecord {
     pub epoch: usize,
     pub stage: String,
@@ -158,11 +158,16 @@ pub struct EpochRecord {
     pub images_per_sec: f64,
     pub backward_flops: f64,
     pub forward_flops: f64,
+    /// The optimizer's arithmetic: per trained parameter and step, the rule's operations.
+    pub update_flops: f64,
     pub trainable_params: usize,
     /// Batches skipped for a non-finite loss or gradient (`--on-nan skip`).
     pub skipped_batches: usize,
     /// The most bytes of batches the input pipeline held at once.
     pub loader_peak_bytes: usize,
+    /// `compare`'s drift probe, timed before this epoch's turn (0 outside `compare`).
+    #[serde(default)]
+    pub probe_seconds: f64,
 }
 
 impl EpochRecord {
@@ -206,38 +211,58 @@ pub fn fit(
     let (mut records, mut elapsed) = (Vec::new(), 0.0);
     for epoch in done + 1..=spec.epochs {
         let skip = if epoch == done + 1 { skip } else { 0 };
-        let data = EpochData { epoch, epochs: spec.epochs, train, spec: LoaderSpec { skip, ..spec.train_loader(epoch) } };
-        let (fwd, bwd) = (t.forward_flops, t.backward_flops);
-        let stage = strategy.begin_epoch(t, &data)?;
-        let trainable_params = t.trainable_params();
-        let stats = strategy.train_epoch(t, &data, progress)?;
-        if stats.interrupted {
-            return Err(TrainError::Interrupted { epoch, batches: stats.steps, checkpoint: None });
-        }
-        elapsed += stats.seconds;
-        let eval_start = Instant::now();
-        let (test_loss, test_accuracy) = evaluate(&t.model, test, &spec.eval_loader(), &t.device)?;
-        let record = EpochRecord {
-            epoch,
-            stage,
-            seconds: stats.seconds,
-            elapsed,
-            eval_seconds: eval_start.elapsed().as_secs_f64(),
-            train_loss: stats.loss,
-            train_accuracy: stats.accuracy,
-            test_loss,
-            test_accuracy,
-            images_per_sec: stats.images as f64 / stats.seconds.max(1e-9),
-            backward_flops: t.backward_flops - bwd,
-            forward_flops: t.forward_flops - fwd,
-            trainable_params,
-            skipped_batches: stats.skipped,
-            loader_peak_bytes: stats.loader_peak_bytes,
-        };
+        let record = fit_epoch(t, strategy, (train, test), spec, (epoch, skip), &mut elapsed, progress)?;
         on_epoch(t, &record)?;
         records.push(record);
     }
     Ok(records)
+}
+
+/// Epoch `epoch` of [`fit`] (from batch `skip` on), evaluated on `test`; `elapsed` is the
+/// run's training time so far, advanced by this epoch's. `compare` calls it turn by turn.
+pub fn fit_epoch(
+    t: &mut Trainer,
+    strategy: &mut dyn Strategy,
+    (train, test): (&Dataset, &Dataset),
+    spec: &RunSpec,
+    (epoch, skip): (usize, usize),
+    elapsed: &mut f64,
+    progress: &mut dyn FnMut(&StepInfo),
+) -> Result<EpochRecord, TrainError> {
+    let data = EpochData { epoch, epochs: spec.epochs, train, spec: LoaderSpec { skip, ..spec.train_loader(epoch) } };
+    let (fwd, bwd, upd) = (t.forward_flops, t.backward_flops, t.update_flops);
+    // The epoch's time is all the strategy does for it: its preparation (e.g. fc's feature
+    // cache) counts, not only the steps.
+    let start = Instant::now();
+    let stage = strategy.begin_epoch(t, &data)?;
+    let trainable_params = t.trainable_params();
+    let stats = strategy.train_epoch(t, &data, progress)?;
+    if stats.interrupted {
+        return Err(TrainError::Interrupted { epoch, batches: stats.steps, checkpoint: None });
+    }
+    let seconds = start.elapsed().as_secs_f64();
+    *elapsed += seconds;
+    let eval_start = Instant::now();
+    let (test_loss, test_accuracy) = evaluate(&t.model, test, &spec.eval_loader(), &t.device)?;
+    Ok(EpochRecord {
+        epoch,
+        stage,
+        seconds,
+        elapsed: *elapsed,
+        eval_seconds: eval_start.elapsed().as_secs_f64(),
+        train_loss: stats.loss,
+        train_accuracy: stats.accuracy,
+        test_loss,
+        test_accuracy,
+        images_per_sec: stats.images as f64 / seconds.max(1e-9),
+        backward_flops: t.backward_flops - bwd,
+        forward_flops: t.forward_flops - fwd,
+        update_flops: t.update_flops - upd,
+        trainable_params,
+        skipped_batches: stats.skipped,
+        loader_peak_bytes: stats.loader_peak_bytes,
+        probe_seconds: 0.0,
+    })
 }
 
 /// A whole strategy run.
