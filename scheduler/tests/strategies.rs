@@ -228,6 +228,13 @@ fn compare_writes_the_report() {
         repeat: 1,
     };
     let rows = compare(&cfg, &train, &test, &mut |_, _| {}).unwrap();
+    // Taking turns changes nothing but the order: fc alone gets the same losses and hits.
+    let model = tessera_models::build("simple-cnn", CLASSES, &Device::cpu(), cfg.settings.seed).unwrap();
+    let mut fc = strategy::by_name("fc", &StrategyOptions::default()).unwrap();
+    let alone = strategy::run(fc.as_mut(), model, Device::cpu(), &train, &test, &cfg.settings, &cfg.optim, &mut |_| {}).unwrap();
+    let losses = |run: &StrategyRun| run.epochs.iter().map(|e| (e.train_loss, e.test_accuracy)).collect::<Vec<_>>();
+    assert_eq!(losses(&rows[1].run), losses(&alone));
+    assert_eq!(rows[1].run.sample_correct, alone.sample_correct);
     assert!((rows[0].backward_share - 1.0).abs() < 1e-9, "full is the reference: {}", rows[0].backward_share);
     assert!(rows[1].backward_share < 0.01);
     let (lo, hi) = rows[0].ci95;
