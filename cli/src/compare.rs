@@ -99,7 +99,7 @@ fn config(a: &CompareArgs) -> Result<CompareConfig> {
     Ok(CompareConfig {
         model: a.model.clone(),
         strategies: a.strategies.split(',').map(|s| s.trim().to_string()).filter(|s| !s.is_empty()).collect(),
-        settings: RunSpec { epochs: a.epochs, batch: a.batch, seed: a.seed, workers: a.workers, memory_limit: None },
+        settings: RunSpec { epochs: a.epochs, batch: a.batch, seed: a.seed, workers: a.workers, ..RunSpec::default() },
         optim: OptimConfig::from_flags(a.optimizer, a.lr, a.momentum, a.wd, a.warmup_steps)?,
         options: StrategyOptions {
             order: a.order,

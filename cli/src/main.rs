@@ -246,6 +246,7 @@ impl TrainArgs {
             seed: self.seed.or(file.seed).unwrap_or(d.run.seed),
             workers: self.workers.or(file.workers).unwrap_or(d.run.workers),
             memory_limit: self.loader_memory.or(file.loader_memory),
+            ..RunSpec::default()
         };
         let model = self.model.or(file.model).unwrap_or(d.model);
         let resume = self.resume || file.resume;
@@ -267,6 +268,7 @@ impl TrainArgs {
             overwrite: self.overwrite || file.overwrite,
             allow_empty_epochs: self.allow_empty_epochs || file.allow_empty_epochs,
             stop: None,
+            world: Default::default(),
             on_nan: match self.on_nan.or(file.on_nan) {
                 Some(s) => s.parse().map_err(anyhow::Error::msg)?,
                 None => d.on_nan,
@@ -574,12 +576,19 @@ fn train_cmd(a: TrainArgs) -> Result<()> {
         eprintln!("device auto → {spec:?}: {why}");
     }
     let out = cfg.out.clone().context("a run folder")?;
+    // Under mpirun or srun each process is a rank of one data-parallel run; rank 0 speaks.
+    cfg.world = std::sync::Arc::new(tessera_scheduler::distributed::World::from_env()?);
+    let root = cfg.world.is_root();
+    if root && cfg.world.size > 1 {
+        eprintln!("data-parallel over {} ranks: each takes its share of every batch of {}", cfg.world.size, cfg.run.batch);
+    }
     if cfg.resume {
         match resume_point(&out)? {
             Some((epoch, 0, _)) if epoch >= cfg.run.epochs => {
                 eprintln!("{} is finished: epoch {epoch} of {} (raise --epochs to train on)", out.display(), cfg.run.epochs);
                 return Ok(());
             }
+            _ if !root => {}
             Some((epoch, 0, path)) => eprintln!("resuming from {} (epoch {epoch} of {})", path.display(), cfg.run.epochs),
             Some((epoch, batches, path)) => {
                 eprintln!("resuming from {} (epoch {} of {}, after its batch {batches})", path.display(), epoch + 1, cfg.run.epochs)
@@ -598,8 +607,10 @@ fn train_cmd(a: TrainArgs) -> Result<()> {
     })
     .context("installing the Ctrl-C/SIGTERM handler")?;
     cfg.stop = Some(stop);
-    eprintln!("run folder: {} (checkpoints, metrics.jsonl)", out.display());
-    let bar = indicatif::ProgressBar::new(0);
+    if root {
+        eprintln!("run folder: {} (checkpoints, metrics.jsonl)", out.display());
+    }
+    let bar = if root { indicatif::ProgressBar::new(0) } else { indicatif::ProgressBar::hidden() };
     bar.set_style(
         indicatif::ProgressStyle::with_template("epoch {prefix} [{bar:30}] {pos}/{len} {msg} ETA {eta}").expect("valid template").progress_chars("=> "),
     );
@@ -610,6 +621,9 @@ fn train_cmd(a: TrainArgs) -> Result<()> {
         bar.set_message(format!("loss {:.4} acc {:.3} {:.0} img/s", s.loss, s.accuracy, s.images_per_sec));
     });
     bar.finish_and_clear();
+    if !root {
+        return reports.map(drop).context("training (a rank other than 0)");
+    }
     if let Err(e @ tessera_scheduler::TrainError::Interrupted { .. }) = &reports {
         // The epochs finished so far, as metrics.jsonl holds them, before the way to resume.
         let text = std::fs::read_to_string(out.join("metrics.jsonl")).unwrap_or_default();

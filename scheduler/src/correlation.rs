@@ -94,7 +94,7 @@ fn train_probe(x: &[f32], width: usize, labels: &[usize], classes: usize, device
         let chunks: Vec<&[usize]> = order.chunks(128).collect();
         let batches = chunks.iter().map(|chunk| {
             let xb: Vec<f32> = chunk.iter().flat_map(|&i| x[i * width..(i + 1) * width].iter().copied()).collect();
-            Ok(Batch { x: xb, shape: vec![chunk.len(), width], labels: chunk.iter().map(|&i| labels[i]).collect() })
+            Ok(Batch { x: xb, shape: vec![chunk.len(), width], labels: chunk.iter().map(|&i| labels[i]).collect(), global: chunk.len() })
         });
         t.run_epoch(epoch, 0, batches, chunks.len(), &mut |t, x, labels| t.step_from(0, x, labels), &mut |_| {})?;
     }

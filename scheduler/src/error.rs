@@ -23,6 +23,8 @@ pub enum TrainError {
     Resume(String),
     #[error("{0}")]
     Config(String),
+    #[error("data-parallel training: {0}")]
+    Distributed(String),
     #[error(transparent)]
     Plot(#[from] crate::plot::PlotError),
 }

@@ -3,6 +3,7 @@ pub mod bench;
 pub mod compare;
 pub mod correlation;
 pub mod data;
+pub mod distributed;
 pub mod error;
 pub mod eval;
 pub mod importance;

@@ -1,5 +1,6 @@
 //! `tessera train`: a model trained on a data folder with the `full` strategy through the one
 //! training loop, evaluated after every epoch, with checkpoints, `metrics.jsonl` and resume.
+use crate::distributed::{GradReducer, World};
 use crate::error::TrainError;
 use crate::run_state::{load_splits, resume_from, save_checkpoint, CheckpointMeta};
 use crate::strategy::{fit, full::Full, EpochRecord, RunSpec, Strategy};
@@ -33,6 +34,9 @@ pub struct TrainConfig {
     /// Set (e.g. by a SIGINT/SIGTERM handler) to end the run after the current step, saving
     /// an interrupted-run checkpoint that `resume` continues from.
     pub stop: Option<std::sync::Arc<std::sync::atomic::AtomicBool>>,
+    /// The data-parallel job this process is a rank of: each rank trains on its shard of every
+    /// batch and the gradients are summed over the ranks; rank 0 alone writes the run folder.
+    pub world: std::sync::Arc<World>,
 }
 
 impl Default for TrainConfig {
@@ -50,6 +54,7 @@ impl Default for TrainConfig {
             allow_empty_epochs: false,
             on_nan: OnNan::Stop,
             stop: None,
+            world: Default::default(),
         }
     }
 }
@@ -62,6 +67,9 @@ impl TrainConfig {
         self.optim.validate()?;
         if let Some(n) = self.limit_per_class {
             crate::settings::LIMIT_PER_CLASS.check_usize(n)?;
+        }
+        if self.run.batch < self.world.size {
+            return Err(TrainError::Config(format!("--batch {} is the global batch: {} ranks need at least one image each", self.run.batch, self.world.size)));
         }
         Ok(())
     }
@@ -86,7 +94,14 @@ pub fn train_with(cfg: &TrainConfig, progress: &mut dyn FnMut(&StepInfo), grad_h
     let schedule = strategy.schedule(cfg.run.total_steps(train_set.len()));
     let mut t = Trainer::new(model, device.clone(), train_set.classes().len(), &cfg.optim, schedule, cfg.on_nan)?;
     t.grad_hook = grad_hook;
-    if let Some(out) = &cfg.out {
+    let world = &cfg.world;
+    let run = RunSpec { shard: (world.rank, world.size), ..cfg.run.clone() };
+    if world.size > 1 {
+        t.reducer = Some(GradReducer::new(world.clone()));
+    }
+    // Rank 0 alone keeps the run folder; the others read it only to resume.
+    let out = cfg.out.as_ref().filter(|_| world.is_root());
+    if let Some(out) = out {
         // A run folder is continued (--resume), replaced (--overwrite) or new: never mixed.
         if !cfg.resume && crate::run_state::holds_a_run(out)? {
             if !cfg.overwrite {
@@ -105,14 +120,14 @@ pub fn train_with(cfg: &TrainConfig, progress: &mut dyn FnMut(&StepInfo), grad_h
         _ => (0, 0),
     };
     t.stop = cfg.stop.clone();
-    let result = fit(&mut t, &mut strategy, &train_set, &test_set, &cfg.run, done, progress, &mut |t, record| {
+    let result = fit(&mut t, &mut strategy, &train_set, &test_set, &run, done, progress, &mut |t, record| {
         if record.skipped_batches > 0 && record.images_per_sec == 0.0 && !cfg.allow_empty_epochs {
             return Err(TrainError::Config(format!(
                 "every batch of epoch {} was skipped for a non-finite loss or gradient: nothing was learned (lower --lr, or pass --allow-empty-epochs)",
                 record.epoch
             )));
         }
-        let Some(out) = &cfg.out else { return Ok(()) };
+        let Some(out) = out else { return Ok(()) };
         save_checkpoint(out, &t.model, &t.opt, &CheckpointMeta { model: &cfg.model, epoch: record.epoch, seed: cfg.run.seed, batches: None })?;
         let path = out.join("metrics.jsonl");
         let io = |error| TrainError::Io { path: path.clone(), error };
@@ -123,7 +138,7 @@ pub fn train_with(cfg: &TrainConfig, progress: &mut dyn FnMut(&StepInfo), grad_h
         // Interrupted mid-epoch: the state after the last finished step, so --resume continues
         // from the next batch exactly as the run would have.
         Err(TrainError::Interrupted { epoch, batches, .. }) => {
-            let checkpoint = match &cfg.out {
+            let checkpoint = match out {
                 Some(out) => Some(save_checkpoint(
                     out,
                     &t.model,

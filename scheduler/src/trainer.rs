@@ -4,6 +4,7 @@
 //! keeps loss and accuracy sums and the non-finite check on the device. A step reads nothing
 //! back; the host reads the guard's few values at progress refreshes and at an epoch's end.
 use crate::data::{Batch, DataError};
+use crate::distributed::GradReducer;
 use crate::error::TrainError;
 use std::time::{Duration, Instant};
 use tessera_engine::autograd as ag;
@@ -187,6 +188,10 @@ pub struct Trainer {
     /// The optimizer's arithmetic so far ([`Rule::flops_per_param`] per trained element).
     pub update_flops: f64,
     pub grad_hook: Option<GradHook>,
+    /// Data-parallel training: sums each step's gradients over the ranks (none: one process).
+    pub reducer: Option<GradReducer>,
+    /// This rank's rows of the current global batch over the global batch's.
+    shard_weight: f32,
     /// Set (by a signal handler) to end the epoch after the current step.
     pub stop: Option<std::sync::Arc<std::sync::atomic::AtomicBool>>,
     on_nan: OnNan,
@@ -219,6 +224,8 @@ impl Trainer {
             backward_flops: 0.0,
             update_flops: 0.0,
             grad_hook: None,
+            reducer: None,
+            shard_weight: 1.0,
             stop: None,
             on_nan,
             guard,
@@ -264,12 +271,32 @@ impl Trainer {
         Ok(out?)
     }
 
-    /// Backward from `loss`, counting its FLOPs.
+    /// Backward from `loss`, counting its FLOPs. Data-parallel, each bucket of gradients
+    /// starts its sum over the ranks as soon as it is complete, and the gradients are the
+    /// global batch's when this returns.
     pub fn backward(&mut self, loss: &Var) -> Result<(), TrainError> {
-        let (done, flops) = count_gemm_flops(|| loss.backward());
+        let Some(reducer) = self.reducer.as_mut() else {
+            let (done, flops) = count_gemm_flops(|| loss.backward());
+            done?;
+            self.backward_flops += flops;
+            return Ok(());
+        };
+        let trainable = self.opt.groups().iter().flat_map(|g| &g.params).filter(|p| p.requires_grad()).cloned().collect();
+        reducer.begin(trainable, self.shard_weight);
+        let mut failed = None;
+        let (done, flops) = count_gemm_flops(|| {
+            loss.backward_with(&mut |slot| {
+                if let Err(e) = reducer.gradient_done(slot) {
+                    failed.get_or_insert(e);
+                }
+            })
+        });
         done?;
+        if let Some(e) = failed {
+            return Err(e);
+        }
         self.backward_flops += flops;
-        Ok(())
+        reducer.finish(&self.device)
     }
 
     /// The end of every step, after its backward pass: the guard checks `loss` (the one the
@@ -349,6 +376,7 @@ impl Trainer {
         };
         for b in batches {
             let b = b?;
+            self.shard_weight = b.labels.len() as f32 / b.global.max(1) as f32;
             let x = Tensor::from_vec(b.x, &b.shape, &self.device)?;
             self.steps += 1;
             self.guard.open()?;
@@ -357,7 +385,12 @@ impl Trainer {
             }
             step(self, x, &b.labels)?;
             done += 1;
-            if self.stop.as_ref().is_some_and(|s| s.load(std::sync::atomic::Ordering::SeqCst)) {
+            let mut stop = self.stop.as_ref().is_some_and(|s| s.load(std::sync::atomic::Ordering::SeqCst));
+            if let Some(r) = &self.reducer {
+                // The ranks stop after the same step, or one would wait forever for the others.
+                stop = r.world().sum(vec![stop as u8 as f32])?[0] > 0.0;
+            }
+            if stop {
                 interrupted = true;
                 break;
             }

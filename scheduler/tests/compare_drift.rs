@@ -18,7 +18,7 @@ fn full_against_itself_under_a_load_that_starts_halfway_is_no_saving() {
     let cfg = CompareConfig {
         model: "simple-cnn".into(),
         strategies: vec!["full".into(), "full@copy".into()],
-        settings: RunSpec { epochs, batch: 64, seed: 3, workers: 1, memory_limit: None },
+        settings: RunSpec { epochs, batch: 64, seed: 3, workers: 1, ..RunSpec::default() },
         optim: OptimConfig::default().with_lr(0.02),
         options: StrategyOptions::default(),
         device: "cpu".into(),

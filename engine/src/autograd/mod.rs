@@ -112,6 +112,13 @@ impl Var {
 
     /// Back-propagates from this scalar, adding each leaf's gradient to what it holds.
     pub fn backward(&self) -> Result<()> {
+        self.backward_with(&mut |_| {})
+    }
+
+    /// [`Var::backward`], calling `on_leaf` with a leaf's gradient slot as soon as that
+    /// gradient is complete (every consumer done): data-parallel training starts reducing a
+    /// bucket of gradients while the rest of the backward pass runs.
+    pub fn backward_with(&self, on_leaf: &mut dyn FnMut(&GradSlot)) -> Result<()> {
         if self.0.value.numel() != 1 {
             return Err(shape_err("backward", format!("needs a scalar loss, got shape {:?}", self.shape())));
         }
@@ -150,6 +157,10 @@ impl Var {
                             None => grad,
                         };
                         *slot = Some(total);
+                        drop(slot);
+                        if let Some(slot) = &var.0.grad {
+                            on_leaf(slot);
+                        }
                     }
                 }
             }

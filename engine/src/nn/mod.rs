@@ -54,6 +54,12 @@ impl Param {
         *self.grad.lock().expect("grad poisoned") = None;
     }
 
+    /// The identity of this parameter's gradient slot: `Arc::as_ptr` of the slot
+    /// [`Var::backward_with`] hands over when the gradient is complete.
+    pub fn grad_slot_id(&self) -> usize {
+        Arc::as_ptr(&self.grad) as usize
+    }
+
     /// Replaces the gradient (PyTorch's `p.grad = g`: clipping, injected faults in tests).
     pub fn set_grad(&self, grad: Option<Tensor>) {
         *self.grad.lock().expect("grad poisoned") = grad;

@@ -40,6 +40,8 @@ pub struct Batch {
     pub x: Vec<f32>,
     pub shape: Vec<usize>,
     pub labels: Vec<usize>,
+    /// Rows of the global batch this one is a rank's shard of (its own rows when unsharded).
+    pub global: usize,
 }
 
 /// How one pass over a data set is batched.
@@ -58,12 +60,32 @@ pub struct LoaderSpec {
     pub memory_limit: Option<usize>,
     /// Batches of this pass already trained (a run resumed mid-epoch): they are not built.
     pub skip: usize,
+    /// (rank, ranks): each batch is this rank's rows `[rank·n/ranks, (rank+1)·n/ranks)` of
+    /// the global batch of n rows (data-parallel training); (0, 1): the whole batch.
+    pub shard: (usize, usize),
 }
 
 impl LoaderSpec {
     /// A training epoch: shuffled, CIFAR augmentation, CIFAR-10 normalisation.
     pub fn train(batch: usize, seed: u64, epoch: u64) -> Self {
-        Self { batch, seed, epoch, shuffle: true, augment: Some(Augment::CIFAR), norm: Normalize::CIFAR10, workers: 0, memory_limit: None, skip: 0 }
+        Self {
+            batch,
+            seed,
+            epoch,
+            shuffle: true,
+            augment: Some(Augment::CIFAR),
+            norm: Normalize::CIFAR10,
+            workers: 0,
+            memory_limit: None,
+            skip: 0,
+            shard: (0, 1),
+        }
+    }
+
+    /// The rows this rank reads in a pass over `len` images.
+    pub fn shard_rows(&self, len: usize) -> usize {
+        let (rank, ranks, batch) = (self.shard.0, self.shard.1.max(1), self.batch.max(1));
+        (0..len.div_ceil(batch)).map(|b| batch.min(len - b * batch)).map(|n| (rank + 1) * n / ranks - rank * n / ranks).sum()
     }
 
     /// An evaluation pass: in order, no augmentation.
@@ -155,6 +177,15 @@ impl Loader {
             order.shuffle(&mut StdRng::seed_from_u64(spec.seed.wrapping_mul(1_000_003).wrapping_add(spec.epoch)));
         }
         let count = order.len().div_ceil(batch);
+        // Every rank needs a row of every batch (the last one too), or the ranks' steps differ.
+        let ranks = spec.shard.1.max(1);
+        let last = order.len() - count.saturating_sub(1) * batch;
+        if ranks > 1 && count > 0 && last.min(batch) < ranks {
+            return Err(DataError::Layout {
+                path: "<loader>".into(),
+                detail: format!("{ranks} ranks need at least {ranks} images in every batch; a batch of {batch} over {} images ends with {last}: change --batch or the rank count", order.len()),
+            });
+        }
         let batch_bytes = bytes_of(batch.min(order.len()).max(1), set.dims());
         let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
         let first = spec.skip.min(count);
@@ -180,12 +211,15 @@ impl Loader {
                 .name(format!("tessera-loader-{w}"))
                 .spawn(move || {
                     for b in (first + w..count).step_by(workers) {
-                        let idx = &order[b * batch..((b + 1) * batch).min(order.len())];
+                        let global = &order[b * batch..((b + 1) * batch).min(order.len())];
+                        let (rank, ranks) = spec.shard;
+                        let (lo, hi) = (rank * global.len() / ranks.max(1), (rank + 1) * global.len() / ranks.max(1));
+                        let idx = &global[lo..hi];
                         let bytes = bytes_of(idx.len(), set.dims());
                         if !memory.acquire(b, bytes) {
                             return; // the loader was dropped
                         }
-                        let built = build_batch(&set, idx, b * batch, &spec);
+                        let built = build_batch(&set, idx, b * batch + lo, &spec).map(|batch| Batch { global: global.len(), ..batch });
                         let failed = built.is_err();
                         if failed {
                             memory.release(bytes);
@@ -289,5 +323,5 @@ fn build_batch(set: &Dataset, idx: &[usize], first: usize, spec: &LoaderSpec) ->
             }
         }
     }
-    Ok(Batch { x, shape: vec![idx.len(), 3, h, w], labels: idx.iter().map(|&i| set.label(i)).collect() })
+    Ok(Batch { x, shape: vec![idx.len(), 3, h, w], labels: idx.iter().map(|&i| set.label(i)).collect(), global: idx.len() })
 }

@@ -144,7 +144,7 @@ impl Strategy for Fc {
             let mut x = Vec::with_capacity(chunk.len() * per);
             chunk.iter().for_each(|&i| x.extend_from_slice(&cache.values[i * per..(i + 1) * per]));
             let shape: Vec<usize> = std::iter::once(chunk.len()).chain(cache.shape.iter().copied()).collect();
-            Ok(Batch { x, shape, labels: chunk.iter().map(|&i| cache.labels[i]).collect() })
+            Ok(Batch { x, shape, labels: chunk.iter().map(|&i| cache.labels[i]).collect(), global: chunk.len() })
         });
         t.run_epoch(data.epoch, first, batches, chunks.len(), &mut |t, x, labels| t.step_from(first, x, labels), progress)
     }

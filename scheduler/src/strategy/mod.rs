@@ -104,11 +104,13 @@ pub struct RunSpec {
     /// Loader threads (0: one per core) and the loader's memory limit in bytes.
     pub workers: usize,
     pub memory_limit: Option<usize>,
+    /// Data-parallel: (rank, ranks), each rank's share of every batch ([`LoaderSpec::shard`]).
+    pub shard: (usize, usize),
 }
 
 impl Default for RunSpec {
     fn default() -> Self {
-        Self { epochs: 1, batch: 128, seed: 0, workers: 0, memory_limit: None }
+        Self { epochs: 1, batch: 128, seed: 0, workers: 0, memory_limit: None, shard: (0, 1) }
     }
 }
 
@@ -132,12 +134,20 @@ impl RunSpec {
 
     /// Epoch `epoch`'s training batches.
     pub fn train_loader(&self, epoch: usize) -> LoaderSpec {
-        LoaderSpec { workers: self.workers, memory_limit: self.memory_limit, ..LoaderSpec::train(self.batch, self.seed, epoch as u64) }
+        LoaderSpec { workers: self.workers, memory_limit: self.memory_limit, shard: self.shard, ..LoaderSpec::train(self.batch, self.seed, epoch as u64) }
     }
 
     /// Evaluation batches.
     pub fn eval_loader(&self) -> LoaderSpec {
-        LoaderSpec { workers: self.workers, memory_limit: self.memory_limit, ..LoaderSpec::eval(self.batch) }
+        LoaderSpec { workers: self.workers, memory_limit: self.memory_limit, shard: self.shard, ..LoaderSpec::eval(self.batch) }
+    }
+}
+
+/// `values` summed over the data-parallel ranks (themselves in one process).
+fn across_ranks(t: &Trainer, values: Vec<f32>) -> Result<Vec<f32>, TrainError> {
+    match &t.reducer {
+        Some(r) => r.world().sum(values),
+        None => Ok(values),
     }
 }
 
@@ -243,7 +253,16 @@ pub fn fit_epoch(
     let seconds = start.elapsed().as_secs_f64();
     *elapsed += seconds;
     let eval_start = Instant::now();
-    let (test_loss, test_accuracy) = evaluate(&t.model, test, &spec.eval_loader(), &t.device)?;
+    let eval = spec.eval_loader();
+    let (test_loss, test_accuracy) = evaluate(&t.model, test, &eval, &t.device)?;
+    // Data-parallel: each rank trained and evaluated its shards; the record is the whole's.
+    let n = eval.shard_rows(test.len()) as f32;
+    // (A skipped step is skipped on every rank: the guard checks the summed gradients.)
+    let i = stats.images as f32;
+    let sums = across_ranks(t, vec![stats.loss * i, stats.accuracy * i, i, test_loss * n, test_accuracy * n, n])?;
+    let (images, test_n) = (sums[2].max(1.0), sums[5].max(1.0));
+    let stats = EpochStats { loss: sums[0] / images, accuracy: sums[1] / images, images: sums[2] as usize, ..stats };
+    let (test_loss, test_accuracy) = (sums[3] / test_n, sums[4] / test_n);
     Ok(EpochRecord {
         epoch,
         stage,

@@ -1,0 +1,66 @@
+//! Data-parallel training over MPI: `mpirun -np 2 tessera train` (each rank half of every
+//! global batch, gradients summed across the ranks) ends with the weights of one process on
+//! the same global batch, within 1e-5 relative, on the CPU backend. CI installs OpenMPI
+//! (`.ci/install-deps`): a missing `mpirun` fails this test instead of skipping it.
+#![cfg(feature = "mpi")]
+mod common;
+
+use std::path::Path;
+use std::process::Command;
+
+fn train(data: &Path, out: &Path, launcher: &[&str]) -> String {
+    let tessera = env!("CARGO_BIN_EXE_tessera");
+    // simple-cnn has no BatchNorm: per-rank statistics cannot differ from one process's.
+    let args = ["train", "--model", "simple-cnn", "--epochs", "1", "--batch", "20", "--lr", "0.05", "--workers", "1"];
+    let mut cmd = match launcher.split_first() {
+        Some((first, rest)) => {
+            let mut c = Command::new(first);
+            c.args(rest).arg(tessera);
+            c
+        }
+        None => Command::new(tessera),
+    };
+    let o = cmd
+        .args(args)
+        .arg("--data")
+        .arg(data)
+        .arg("--out")
+        .arg(out)
+        .env("TESSERA_THREADS", "1")
+        .output()
+        .unwrap_or_else(|e| panic!("{launcher:?}: {e} (install openmpi-bin)"));
+    let stderr = String::from_utf8_lossy(&o.stderr).into_owned();
+    assert!(o.status.success(), "{launcher:?}: {stderr}\n{}", String::from_utf8_lossy(&o.stdout));
+    stderr
+}
+
+#[test]
+fn two_ranks_reach_the_weights_of_one_process() {
+    let root = std::env::temp_dir().join(format!("tessera-mpi-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&root);
+    // 5 × 40 training images: 10 steps of the global batch of 20.
+    common::write_coloured_cifar_sized(&root.join("data"), 40);
+    train(&root.join("data"), &root.join("one"), &[]);
+    let stderr = train(&root.join("data"), &root.join("two"), &["mpirun", "--allow-run-as-root", "--oversubscribe", "-np", "2"]);
+    assert!(stderr.contains("data-parallel over 2 ranks"), "{stderr}");
+
+    let load = |run: &str| tessera_engine::checkpoint::Checkpoint::load(&root.join(run).join("epoch-001.safetensors")).unwrap();
+    let (one, two) = (load("one"), load("two"));
+    let mut compared = 0;
+    for (name, (a, shape)) in &one.tensors {
+        let (b, shape_b) = two.tensors.get(name).unwrap_or_else(|| panic!("{name} missing from the 2-rank run"));
+        assert_eq!(shape, shape_b, "{name}");
+        let scale = a.iter().fold(0f32, |m, v| m.max(v.abs())).max(1e-12);
+        let err = a.iter().zip(b).fold(0f32, |m, (x, y)| m.max((x - y).abs())) / scale;
+        assert!(err <= 1e-5, "{name}: relative difference {err:e}");
+        compared += 1;
+    }
+    assert!(compared >= 12, "{compared} tensors compared (weights and momentum buffers)");
+    // Rank 0 alone wrote the metrics: one line, the whole batch's figures.
+    let metrics = |run: &str| std::fs::read_to_string(root.join(run).join("metrics.jsonl")).unwrap();
+    let (m1, m2): (serde_json::Value, serde_json::Value) = (serde_json::from_str(&metrics("one")).unwrap(), serde_json::from_str(&metrics("two")).unwrap());
+    for key in ["train_loss", "test_accuracy"] {
+        assert!((m1[key].as_f64().unwrap() - m2[key].as_f64().unwrap()).abs() < 1e-4, "{key}: {m1} vs {m2}");
+    }
+    let _ = std::fs::remove_dir_all(&root);
+}
