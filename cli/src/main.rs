@@ -299,6 +299,19 @@ enum ModelsCmd {
 
 #[derive(Subcommand)]
 enum Bench {
+    /// All-reduce (sum) time and bandwidth per message size over the ranks of an MPI job
+    /// (`mpirun -np N tessera bench allreduce`), as nccl-tests reports them.
+    Allreduce {
+        /// Message sizes in bytes.
+        #[arg(long, default_value = "4096,65536,1048576,16777216,67108864", value_delimiter = ',', value_parser = whole(settings::ALLREDUCE_BYTES))]
+        sizes: Vec<usize>,
+        /// Timed all-reduces per size (after 3 untimed).
+        #[arg(long, default_value_t = 20, value_parser = whole(settings::ITERS))]
+        iters: usize,
+        /// Print JSON lines instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
     /// GEMM throughput against a direct OpenBLAS call measured in the same run.
     Gemm(GemmArgs),
     /// conv2d (forward, backward data, backward weight), the fc6 GEMM, max pooling, batch
@@ -451,6 +464,7 @@ fn run(cli: Cli) -> Result<()> {
         Command::RunTask(args) => tasks::run_task(args),
         Command::CompareLane(args) => compare::lane(args),
         Command::Bench(Bench::Gemm(args)) => bench_gemm_cmd(args),
+        Command::Bench(Bench::Allreduce { sizes, iters, json }) => bench_allreduce_cmd(&sizes, iters, json),
         Command::Bench(Bench::Kernels { device, seconds, retune: again, json }) => {
             if again {
                 retune(&device)?;
@@ -655,6 +669,29 @@ fn print_epochs(records: &[serde_json::Value], json: bool) {
         table.push(columns.iter().map(|c| r[*c].clone()).collect());
     }
     table.print(false);
+}
+
+/// `bench allreduce`: rank 0 prints; every rank takes part.
+fn bench_allreduce_cmd(sizes: &[usize], iters: usize, json: bool) -> Result<()> {
+    let world = tessera_scheduler::distributed::World::from_env()?;
+    let rows = tessera_scheduler::bench::bench_allreduce(&world, sizes, iters)?;
+    if !world.is_root() {
+        return Ok(());
+    }
+    let mut table = Table::new("allreduce", &["ranks", "bytes", "floats", "algorithm", "time_us", "algbw_GB/s", "busbw_GB/s"]);
+    for r in rows {
+        table.push(vec![
+            json!(world.size),
+            json!(r.bytes),
+            json!(r.bytes / 4),
+            json!(r.algorithm),
+            json!(r.seconds * 1e6),
+            json!(r.algbw / 1e9),
+            json!(r.busbw / 1e9),
+        ]);
+    }
+    table.print(json);
+    Ok(())
 }
 
 /// Creates the folder an output file goes into, before the work that produces it.

@@ -63,6 +63,32 @@ fn two_ranks_reach_the_weights_of_one_process() {
     let _ = std::fs::remove_dir_all(&root);
 }
 
+#[test]
+fn bench_allreduce_sums_over_two_ranks() {
+    let o = Command::new("mpirun")
+        .args([
+            "--allow-run-as-root",
+            "--oversubscribe",
+            "-np",
+            "2",
+            env!("CARGO_BIN_EXE_tessera"),
+            "bench",
+            "allreduce",
+            "--sizes",
+            "4096,65536",
+            "--iters",
+            "3",
+            "--json",
+        ])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let rows: Vec<serde_json::Value> = String::from_utf8_lossy(&o.stdout).lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    // Rank 0 alone prints: a row per size, over both ranks, with a positive bandwidth.
+    assert_eq!(rows.len(), 2, "{rows:?}");
+    assert!(rows.iter().all(|r| r["ranks"] == 2 && r["busbw_GB/s"].as_f64().is_some_and(|b| b > 0.0)), "{rows:?}");
+}
+
 /// Every tensor of two checkpoints (weights and momentum buffers) within `tolerance` of its
 /// largest magnitude.
 fn assert_close(a: &Path, b: &Path, tolerance: f32) {

@@ -163,3 +163,48 @@ pub fn bench_train(spec: &StepSpec, devices: &[String], rounds: usize, torch_pyt
     };
     Ok(TrainBench { devices: devices.iter().cloned().zip(timings.into_iter().map(median_round)).collect(), torch })
 }
+
+/// One message size of [`bench_allreduce`].
+pub struct AllReduceTiming {
+    pub bytes: usize,
+    pub algorithm: &'static str,
+    /// Mean seconds per all-reduce.
+    pub seconds: f64,
+    /// nccl-tests' bandwidths: bytes / time, and that × 2(n − 1)/n (what each link carries
+    /// in a ring, comparable across rank counts).
+    pub algbw: f64,
+    pub busbw: f64,
+}
+
+/// Times the sum over `world`'s ranks of `sizes` bytes of f32, `iters` times each after 3
+/// untimed runs (every rank must call it with the same arguments).
+pub fn bench_allreduce(world: &crate::distributed::World, sizes: &[usize], iters: usize) -> Result<Vec<AllReduceTiming>, TrainError> {
+    let mut rows = Vec::new();
+    for &bytes in sizes {
+        let values = vec![1f32; (bytes / 4).max(1)];
+        for _ in 0..3 {
+            world.sum(values.clone())?;
+        }
+        let mut total = 0.0;
+        for _ in 0..iters {
+            let v = values.clone();
+            let start = Instant::now();
+            let sum = world.sum(v)?;
+            total += start.elapsed().as_secs_f64();
+            if sum[0] != world.size as f32 {
+                return Err(TrainError::Distributed(format!("all-reduce of {bytes} bytes summed to {} over {} ranks", sum[0], world.size)));
+            }
+        }
+        let seconds = total / iters.max(1) as f64;
+        let n = world.size as f64;
+        let algbw = bytes as f64 / seconds.max(1e-12);
+        rows.push(AllReduceTiming {
+            bytes,
+            algorithm: if world.size > 1 { "MPI_Allreduce (sum, f32)" } else { "one rank: no communication" },
+            seconds,
+            algbw,
+            busbw: algbw * 2.0 * (n - 1.0) / n,
+        });
+    }
+    Ok(rows)
+}
