@@ -6,7 +6,7 @@ use std::io::{BufRead, BufReader, Write};
 use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
 use tessera_engine::checkpoint::Checkpoint;
 use tessera_scheduler::compare::lane::{strategy_of, Lane, LaneEnd, LocalLane};
-use tessera_scheduler::compare::{compare_lanes, CompareConfig, Stat};
+use tessera_scheduler::compare::{compare, compare_lanes, CompareConfig, Stat};
 use tessera_scheduler::run_state::load_splits;
 use tessera_scheduler::settings;
 use tessera_scheduler::strategy::EpochRecord;
@@ -114,28 +114,47 @@ fn config(a: &CompareArgs) -> Result<CompareConfig> {
         init: a.init.clone(),
         out: a.out.clone(),
         repeat: a.repeat,
+        world: Default::default(),
     })
 }
 
 pub fn run(a: CompareArgs) -> Result<()> {
-    let cfg = config(&a)?;
+    let mut cfg = config(&a)?;
+    // Under mpirun or srun: every strategy data-parallel over the job's ranks.
+    cfg.world = std::sync::Arc::new(tessera_scheduler::distributed::World::from_env()?);
     for spec in &cfg.strategies {
         strategy_of(spec, &cfg)?;
     }
     let (train, test) = load_splits(&a.data, a.limit_per_class).with_context(|| format!("loading {}", a.data.display()))?;
-    eprintln!("comparing {} on {} training / {} test images, in turns, one process per strategy", cfg.strategies.join(", "), train.len(), test.len());
-    // Each lane gets the same flags as this command.
-    let flags: Vec<std::ffi::OsString> = std::env::args_os().skip_while(|a| a != "compare").skip(1).collect();
-    let rows = compare_lanes(
-        &cfg,
-        &train,
-        &test,
-        &mut || cfg.strategies.iter().map(|spec| ProcessLane::spawn(spec, &flags).map(|l| Box::new(l) as Box<dyn Lane>)).collect(),
-        &mut |name, e| {
+    let world = cfg.world.clone();
+    let mut progress = |name: &str, e: &EpochRecord| {
+        if world.is_root() {
             eprintln!("{name:>22}  epoch {:>2}  {:<24} {:>7.1} s  loss {:.4}  test {:.2} %", e.epoch, e.stage, e.seconds, e.train_loss, e.test_accuracy * 100.0)
-        },
-    )
+        }
+    };
+    let rows = if world.size > 1 {
+        // Under mpirun every rank holds all the lanes; each lane's steps are data-parallel.
+        if world.is_root() {
+            eprintln!(
+                "comparing {} on {} training / {} test images, in turns, data-parallel over {} ranks",
+                cfg.strategies.join(", "),
+                train.len(),
+                test.len(),
+                world.size
+            );
+        }
+        compare(&cfg, &train, &test, &mut progress)
+    } else {
+        eprintln!("comparing {} on {} training / {} test images, in turns, one process per strategy", cfg.strategies.join(", "), train.len(), test.len());
+        // Each lane gets the same flags as this command.
+        let flags: Vec<std::ffi::OsString> = std::env::args_os().skip_while(|a| a != "compare").skip(1).collect();
+        let mut lanes = || cfg.strategies.iter().map(|spec| ProcessLane::spawn(spec, &flags).map(|l| Box::new(l) as Box<dyn Lane>)).collect();
+        compare_lanes(&cfg, &train, &test, &mut lanes, &mut progress)
+    }
     .with_context(|| format!("comparing strategies on {}", a.model))?;
+    if !world.is_root() {
+        return Ok(());
+    }
     if a.json {
         rows.iter().for_each(|r| crate::table::print_record("strategy", &r.record()));
         return Ok(());

@@ -11,8 +11,12 @@ use std::process::Command;
 /// `epochs` of simple-cnn (no BatchNorm: per-rank statistics cannot differ from one
 /// process's) on `data` into `out`, started by `launcher` (none: one process).
 fn train(data: &Path, out: &Path, launcher: &[&str], epochs: &str, extra: &[&str]) -> String {
+    train_model("simple-cnn", data, out, launcher, epochs, extra)
+}
+
+fn train_model(model: &str, data: &Path, out: &Path, launcher: &[&str], epochs: &str, extra: &[&str]) -> String {
     let tessera = env!("CARGO_BIN_EXE_tessera");
-    let args = [&["train", "--model", "simple-cnn", "--epochs", epochs, "--batch", "20", "--lr", "0.05", "--workers", "1"][..], extra].concat();
+    let args = [&["train", "--model", model, "--epochs", epochs, "--batch", "20", "--lr", "0.05", "--workers", "1"][..], extra].concat();
     let mut cmd = match launcher.split_first() {
         Some((first, rest)) => {
             let mut c = Command::new(first);
@@ -104,4 +108,90 @@ fn assert_close(a: &Path, b: &Path, tolerance: f32) {
         compared += 1;
     }
     assert!(compared >= 12, "{compared} tensors compared (weights and momentum buffers)");
+}
+
+/// `mpirun -np 2 tessera` with `args`, from `cwd`.
+fn mpirun(cwd: &Path, args: &[&str]) -> Command {
+    let mut c = Command::new("mpirun");
+    c.args(["--allow-run-as-root", "--oversubscribe", "-np", "2", env!("CARGO_BIN_EXE_tessera")]).args(args).current_dir(cwd).env("TESSERA_THREADS", "1");
+    c
+}
+
+#[test]
+fn a_data_parallel_compare_matches_one_process_and_frozen_layers_send_nothing() {
+    let root = std::env::temp_dir().join(format!("tessera-mpi-compare-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&root);
+    common::write_coloured_cifar_sized(&root.join("data"), 40);
+    // dynamic with a threshold every window meets: the stem freezes after its first windows.
+    let args = |out: &'static str| {
+        ["compare", "--model", "simple-cnn", "--data", "data", "--strategies", "full,dynamic", "--epochs", "3", "--batch", "20", "--lr", "0.05"]
+            .into_iter()
+            .chain(["--window", "2", "--threshold", "1e9", "--workers", "1", "--out", out])
+            .collect::<Vec<_>>()
+    };
+    let o = Command::new(env!("CARGO_BIN_EXE_tessera")).args(args("one")).current_dir(&root).env("TESSERA_THREADS", "1").output().unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let o = mpirun(&root, &args("two")).output().unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let report = |run: &str| -> serde_json::Value { serde_json::from_str(&std::fs::read_to_string(root.join(run).join("report.json")).unwrap()).unwrap() };
+    let (one, two) = (report("one"), report("two"));
+    for (a, b) in one["strategies"].as_array().unwrap().iter().zip(two["strategies"].as_array().unwrap()) {
+        for (ea, eb) in a["epochs"].as_array().unwrap().iter().zip(b["epochs"].as_array().unwrap()) {
+            for key in ["train_loss", "test_accuracy"] {
+                let (x, y) = (ea[key].as_f64().unwrap(), eb[key].as_f64().unwrap());
+                assert!((x - y).abs() <= 1e-4 * x.abs().max(1.0), "{} epoch {}: {key} {x} in one process, {y} over 2 ranks", a["strategy"], ea["epoch"]);
+            }
+        }
+    }
+    // Bytes: full sends every gradient every step; dynamic sends nothing for what froze.
+    let bytes = |s: &serde_json::Value| s["epochs"].as_array().unwrap().iter().map(|e| e["allreduce_bytes"].as_u64().unwrap()).collect::<Vec<_>>();
+    let (full, dynamic) = (bytes(&two["strategies"][0]), bytes(&two["strategies"][1]));
+    assert_eq!(full, vec![60_362 * 4 * 10; 3], "simple-cnn's 60 362 parameters × 4 bytes × 10 steps per epoch");
+    assert!(dynamic[2] < full[2], "frozen layers still sent bytes: {dynamic:?} vs {full:?}");
+    assert_eq!(bytes(&one["strategies"][0]), vec![0; 3], "one process sends nothing");
+    let _ = std::fs::remove_dir_all(&root);
+}
+
+#[test]
+fn a_killed_rank_stops_the_job_and_resume_reaches_the_uninterrupted_weights() {
+    let root = std::env::temp_dir().join(format!("tessera-mpi-kill-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&root);
+    let data = root.join("data");
+    common::write_coloured_cifar_sized(&data, 600);
+    let run = |out: &Path| common::two_epoch_run(&data, out, 1);
+    let straight = root.join("straight");
+    let o = mpirun(&root, &run(&straight).iter().map(String::as_str).collect::<Vec<_>>()).output().unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+
+    let killed = root.join("killed");
+    let job = mpirun(&root, &run(&killed).iter().map(String::as_str).collect::<Vec<_>>())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    common::wait_into_epoch_two(&killed);
+    let rank1 = rank_pid(&killed, 1).expect("rank 1's process");
+    assert!(Command::new("kill").args(["-KILL", &rank1.to_string()]).status().unwrap().success());
+    let o = job.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success(), "the job went on without rank 1");
+    assert!(stderr.contains("rank 1"), "the message names the rank: {stderr}");
+    assert!(!killed.join("epoch-002.safetensors").exists(), "rank 1 died after epoch 2: make the epochs longer");
+
+    let mut resume = run(&killed);
+    resume.push("--resume".into());
+    let o = mpirun(&root, &resume.iter().map(String::as_str).collect::<Vec<_>>()).output().unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    common::assert_same_tensors(&straight.join("epoch-002.safetensors"), &killed.join("epoch-002.safetensors"));
+    let _ = std::fs::remove_dir_all(&root);
+}
+
+/// The pid of the tessera process that is rank `rank` of the run writing to `out`.
+fn rank_pid(out: &Path, rank: usize) -> Option<u32> {
+    let want = format!("OMPI_COMM_WORLD_RANK={rank}");
+    std::fs::read_dir("/proc").ok()?.filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok()).find(|pid| {
+        let read = |what: &str| std::fs::read(format!("/proc/{pid}/{what}")).unwrap_or_default();
+        let (environ, cmdline) = (read("environ"), String::from_utf8_lossy(&read("cmdline")).replace('\0', " "));
+        environ.split(|&b| b == 0).any(|v| v == want.as_bytes()) && cmdline.contains("tessera") && cmdline.contains(&out.display().to_string())
+    })
 }

@@ -25,6 +25,10 @@ impl FromStr for DeviceSpec {
             "cpu" => Ok(Self::Cpu),
             "gpu" => Ok(Self::Gpu(0)),
             "auto" => Ok(Self::Auto),
+            // One rank per GPU: the node-local rank that OpenMPI, Slurm or MPICH set.
+            "gpu:local" => Ok(Self::Gpu(
+                ["OMPI_COMM_WORLD_LOCAL_RANK", "SLURM_LOCALID", "MPI_LOCALRANKID"].iter().find_map(|v| std::env::var(v).ok()?.parse().ok()).unwrap_or(0),
+            )),
             _ => lower.strip_prefix("gpu:").and_then(|n| n.parse().ok()).map(Self::Gpu).ok_or_else(|| Error::UnknownDevice(s.to_string())),
         }
     }
@@ -128,6 +132,7 @@ mod tests {
         assert_eq!("GPU".parse::<DeviceSpec>().unwrap(), DeviceSpec::Gpu(0));
         assert_eq!("gpu:3".parse::<DeviceSpec>().unwrap(), DeviceSpec::Gpu(3));
         assert_eq!("auto".parse::<DeviceSpec>().unwrap(), DeviceSpec::Auto);
+        assert!(matches!("gpu:local".parse::<DeviceSpec>(), Ok(DeviceSpec::Gpu(_))));
         for bad in ["tpu", "gpu:", "gpu:x", "gpu:-1", ""] {
             let err = bad.parse::<DeviceSpec>().unwrap_err().to_string();
             assert!(err.contains("unknown device") && err.contains("gpu:N"), "{bad}: {err}");

@@ -264,6 +264,12 @@ impl Trainer {
         self.opt.groups()[i].params.iter().any(|p| p.requires_grad())
     }
 
+    /// The next backward pass is on `rows` of a global batch of `global` rows (data-parallel:
+    /// this rank's gradient weighs rows / global in the sum over ranks).
+    pub fn set_batch_share(&mut self, rows: usize, global: usize) {
+        self.shard_weight = rows as f32 / global.max(1) as f32;
+    }
+
     /// Runs stages `stages` of the network on `x`, counting forward FLOPs.
     pub fn forward_stages(&mut self, stages: std::ops::Range<usize>, x: &Var) -> Result<Var, TrainError> {
         let (out, flops) = count_gemm_flops(|| stages.into_iter().try_fold(x.clone(), |h, s| self.model.net.forward_stage(s, &h)));
@@ -376,7 +382,7 @@ impl Trainer {
         };
         for b in batches {
             let b = b?;
-            self.shard_weight = b.labels.len() as f32 / b.global.max(1) as f32;
+            self.set_batch_share(b.labels.len(), b.global);
             let x = Tensor::from_vec(b.x, &b.shape, &self.device)?;
             self.steps += 1;
             self.guard.open()?;

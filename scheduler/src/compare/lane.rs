@@ -3,10 +3,12 @@
 //! process of its own each (an honest peak memory per strategy).
 use super::CompareConfig;
 use crate::data::Dataset;
+use crate::data::LoaderSpec;
+use crate::distributed::GradReducer;
 use crate::error::TrainError;
 use crate::eval::evaluate_full;
 use crate::run_state::load_weights;
-use crate::strategy::{self, fit_epoch, EpochRecord, Strategy};
+use crate::strategy::{self, fit_epoch, EpochRecord, RunSpec, Strategy};
 use crate::trainer::{OnNan, Trainer};
 use tessera_engine::checkpoint::Checkpoint;
 use tessera_engine::Device;
@@ -70,8 +72,13 @@ impl LocalLane {
             load_weights(&model, ckpt, &device)?;
         }
         let schedule = strategy.schedule(cfg.settings.total_steps(train.len()));
-        let trainer = Trainer::new(model, device, classes, &cfg.optim, schedule, OnNan::Stop)?;
-        Ok(Self { strategy, trainer, train: train.clone(), test: test.clone(), spec: cfg.settings.clone(), elapsed: 0.0 })
+        let mut trainer = Trainer::new(model, device, classes, &cfg.optim, schedule, OnNan::Stop)?;
+        let world = &cfg.world;
+        if world.size > 1 {
+            trainer.reducer = Some(GradReducer::new(world.clone()));
+        }
+        let spec = RunSpec { shard: (world.rank, world.size), ..cfg.settings.clone() };
+        Ok(Self { strategy, trainer, train: train.clone(), test: test.clone(), spec, elapsed: 0.0 })
     }
 }
 
@@ -81,7 +88,9 @@ impl Lane for LocalLane {
     }
 
     fn finish(&mut self) -> Result<LaneEnd, TrainError> {
-        let eval = evaluate_full(&self.trainer.model, &self.test, &self.spec.eval_loader(), &self.trainer.device)?;
+        // Every test sample on every rank: the report's interval needs each one's hit.
+        let whole = LoaderSpec { shard: (0, 1), ..self.spec.eval_loader() };
+        let eval = evaluate_full(&self.trainer.model, &self.test, &whole, &self.trainer.device)?;
         Ok(LaneEnd {
             test_accuracy: eval.accuracy,
             sample_correct: eval.sample_correct,

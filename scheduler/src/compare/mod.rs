@@ -37,6 +37,9 @@ pub struct CompareConfig {
     pub out: PathBuf,
     /// Times the whole interleaved comparison runs (≥ 1).
     pub repeat: usize,
+    /// Data-parallel (`mpirun -np N tessera compare`): every lane trains on its rank's shard
+    /// and sums gradients over the ranks; rank 0 writes the report.
+    pub world: std::sync::Arc<crate::distributed::World>,
 }
 
 /// One interleaved comparison: each lane's run, and the probe's time before each turn.
@@ -113,7 +116,9 @@ pub fn compare_lanes(
     progress: &mut dyn FnMut(&str, &EpochRecord),
 ) -> Result<Vec<Row>, TrainError> {
     // The report's folder before hours of training: a bad --out fails at once.
-    std::fs::create_dir_all(&cfg.out).map_err(|error| TrainError::Io { path: cfg.out.clone(), error })?;
+    if cfg.world.is_root() {
+        std::fs::create_dir_all(&cfg.out).map_err(|error| TrainError::Io { path: cfg.out.clone(), error })?;
+    }
     if cfg.repeat == 0 {
         return Err(TrainError::Config("compare needs at least one repeat".into()));
     }
@@ -140,6 +145,8 @@ pub fn compare_lanes(
     }
     let per_image = report::full_backward_flops_per_image(&cfg.model, classes, train.dims())?;
     let rows = report::rows(&repeats, per_image * (train.len() * cfg.settings.epochs) as f64, cfg.settings.seed);
-    report::write_report(cfg, train, test, initial, &repeats, &rows)?;
+    if cfg.world.is_root() {
+        report::write_report(cfg, train, test, initial, &repeats, &rows)?;
+    }
     Ok(rows)
 }

@@ -79,6 +79,7 @@ impl Row {
             "normalised_time_ratio_std": normalised_ratio_std,
             "flops_ratio": r.flops_ratio,
             "backward_flops_share": r.backward_share,
+            "allreduce_bytes": r.run.epochs.iter().map(|e| e.allreduce_bytes).sum::<u64>(),
             "peak_rss_bytes": r.peak_rss_bytes,
             "test_accuracy": r.run.test_accuracy,
             "ci95": [r.ci95.0, r.ci95.1],
@@ -88,7 +89,7 @@ impl Row {
                 "epoch": e.epoch, "stage": e.stage, "seconds": e.seconds, "elapsed": e.elapsed, "probe_seconds": e.probe_seconds,
                 "train_loss": e.train_loss, "train_accuracy": e.train_accuracy, "test_accuracy": e.test_accuracy,
                 "images_per_sec": e.images_per_sec, "backward_flops": e.backward_flops, "forward_flops": e.forward_flops,
-                "update_flops": e.update_flops, "trainable_params": e.trainable_params,
+                "update_flops": e.update_flops, "trainable_params": e.trainable_params, "allreduce_bytes": e.allreduce_bytes,
             })).collect::<Vec<_>>(),
         })
     }
@@ -211,12 +212,17 @@ pub(super) fn write_report(
     let _ = writeln!(md, "# Strategy comparison: {} on {} training / {} test images\n", cfg.model, train.len(), test.len());
     let _ = writeln!(
         md,
-        "Device {}, {} epochs, batch {}, lr {} (cosine), optimizer {:?}, seed {}{}; {} repeat(s){}. Same initial weights (test accuracy {:.2} %, where every curve starts) and data order for every strategy. The strategies train in turns — epoch 1 of each, then epoch 2 of each, the order rotated every turn — each in a process of its own when run by `tessera compare`. Wall time is training only (evaluation excluded).\n",
+        "Device {}, {} epochs, batch {}, lr {} (cosine), optimizer {:?}, seed {}{}; {} repeat(s){}. Same initial weights (test accuracy {:.2} %, where every curve starts) and data order for every strategy. The strategies train in turns — epoch 1 of each, then epoch 2 of each, the order rotated every turn — {}. Wall time is training only (evaluation excluded).\n",
         cfg.device, s.epochs, s.batch, cfg.optim.lr, cfg.optim.rule, s.seed,
         cfg.init.as_ref().map(|p| format!(", initial weights {}", p.display())).unwrap_or_default(),
         cfg.repeat,
         if cfg.repeat > 1 { " (figures: mean ± standard deviation)" } else { "" },
-        initial.1 * 100.0
+        initial.1 * 100.0,
+        if cfg.world.size > 1 {
+            format!("data-parallel over {} ranks (all-reduce bytes: what each rank sent per epoch; peak memory: n/a, the strategies share each rank's process)", cfg.world.size)
+        } else {
+            "each in a process of its own when run by `tessera compare`".to_string()
+        }
     );
     let _ = writeln!(
         md,
@@ -226,12 +232,15 @@ pub(super) fn write_report(
         probe.seconds.iter().copied().fold(0.0, f64::max) * 1e3,
         probe.spread() * 100.0
     );
-    let _ = writeln!(md, "| strategy | train s | normalised s | time vs full | normalised vs full | executed FLOPs vs full | backward FLOPs vs full | peak RSS MiB (own process) | test accuracy | bootstrap 95 % CI | verdict |");
-    let _ = writeln!(md, "|---|---:|---:|---:|---:|---:|---:|---:|---:|---|---|");
+    let _ = writeln!(
+        md,
+        "| strategy | train s | normalised s | time vs full | normalised vs full | executed FLOPs vs full | backward FLOPs vs full | all-reduce MB per epoch | peak RSS MiB (own process) | test accuracy | bootstrap 95 % CI | verdict |"
+    );
+    let _ = writeln!(md, "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|---|");
     for r in rows {
         let _ = writeln!(
             md,
-            "| {} | {} | {} | {} | {} | {} | {:.1} % | {} | {:.2} % | {:.2}–{:.2} % | {} |",
+            "| {} | {} | {} | {} | {} | {} | {:.1} % | {:.1} | {} | {:.2} % | {:.2}–{:.2} % | {} |",
             r.run.strategy,
             r.seconds.show(1, ""),
             r.normalised_seconds.show(1, ""),
@@ -239,6 +248,7 @@ pub(super) fn write_report(
             ratio(r.normalised_ratio),
             r.flops_ratio.map_or("n/a".into(), |f| format!("{f:.2}×")),
             r.backward_share * 100.0,
+            r.run.epochs.iter().map(|e| e.allreduce_bytes as f64).sum::<f64>() / r.run.epochs.len().max(1) as f64 / 1e6,
             mib(r.peak_rss_bytes),
             r.run.test_accuracy * 100.0,
             r.ci95.0 * 100.0,

@@ -20,6 +20,8 @@ pub struct World {
     /// The rank among those on this node (OpenMPI's or Slurm's local rank).
     pub local_rank: usize,
     comm: Option<Comm>,
+    /// Nanoseconds the communication thread spent in collectives.
+    busy: std::sync::Arc<std::sync::atomic::AtomicU64>,
 }
 
 /// A sum over the ranks in flight; [`Pending::wait`] gives the summed values.
@@ -70,7 +72,7 @@ impl std::fmt::Debug for World {
 impl World {
     /// One process, no communication.
     pub fn single() -> Self {
-        Self { rank: 0, size: 1, local_rank: 0, comm: None }
+        Self { rank: 0, size: 1, local_rank: 0, comm: None, busy: Default::default() }
     }
 
     /// The MPI job this process belongs to, or [`World::single`] when no launcher started it.
@@ -85,18 +87,25 @@ impl World {
     fn mpi() -> Result<Self, TrainError> {
         let (jobs, rx) = channel();
         let (ready_tx, ready_rx) = channel();
+        let busy = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let counter = busy.clone();
         let thread = std::thread::Builder::new()
             .name("tessera-mpi".into())
-            .spawn(move || mpi_comm::serve(rx, ready_tx))
+            .spawn(move || mpi_comm::serve(rx, ready_tx, &counter))
             .map_err(|e| TrainError::Distributed(format!("starting the MPI thread: {e}")))?;
         let (rank, size) = ready_rx.recv().map_err(|_| TrainError::Distributed("MPI did not initialise".into()))?.map_err(TrainError::Distributed)?;
         let local_rank = env_usize(&["OMPI_COMM_WORLD_LOCAL_RANK", "SLURM_LOCALID", "MPI_LOCALRANKID"]).unwrap_or(0);
-        Ok(Self { rank, size, local_rank, comm: Some(Comm { jobs: Some(jobs), thread: Some(thread) }) })
+        Ok(Self { rank, size, local_rank, comm: Some(Comm { jobs: Some(jobs), thread: Some(thread) }), busy })
     }
 
     #[cfg(not(feature = "mpi"))]
     fn mpi() -> Result<Self, TrainError> {
         Err(TrainError::Distributed("started by an MPI launcher, but this tessera was built without the `mpi` feature".into()))
+    }
+
+    /// Seconds spent in collectives so far (by the communication thread).
+    pub fn comm_seconds(&self) -> f64 {
+        self.busy.load(std::sync::atomic::Ordering::Relaxed) as f64 * 1e-9
     }
 
     pub fn is_root(&self) -> bool {

@@ -140,11 +140,14 @@ impl Strategy for Fc {
         let mut order: Vec<usize> = (0..cache.labels.len()).collect();
         order.shuffle(&mut StdRng::seed_from_u64(data.spec.seed ^ (data.epoch as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15)));
         let chunks: Vec<&[usize]> = order.chunks(data.spec.batch.max(1)).collect();
-        let batches = chunks.iter().map(|chunk| {
+        let (rank, ranks) = data.spec.shard;
+        let batches = chunks.iter().map(|global| {
+            // Data-parallel: this rank's rows of the cached batch.
+            let chunk = &global[rank * global.len() / ranks..(rank + 1) * global.len() / ranks];
             let mut x = Vec::with_capacity(chunk.len() * per);
             chunk.iter().for_each(|&i| x.extend_from_slice(&cache.values[i * per..(i + 1) * per]));
             let shape: Vec<usize> = std::iter::once(chunk.len()).chain(cache.shape.iter().copied()).collect();
-            Ok(Batch { x, shape, labels: chunk.iter().map(|&i| cache.labels[i]).collect(), global: chunk.len() })
+            Ok(Batch { x, shape, labels: chunk.iter().map(|&i| cache.labels[i]).collect(), global: global.len() })
         });
         t.run_epoch(data.epoch, first, batches, chunks.len(), &mut |t, x, labels| t.step_from(first, x, labels), progress)
     }

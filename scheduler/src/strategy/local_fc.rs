@@ -29,7 +29,9 @@ impl LocalFc {
         let spec = crate::data::LoaderSpec { epoch: 0, ..data.spec.clone() };
         let b = Loader::new(data.train, &spec)?.next().ok_or_else(|| TrainError::Config("local-fc needs a non-empty training set".into()))??;
         let logits = t.forward_stages(0..n, &Var::constant(Tensor::from_vec(b.x, &b.shape, &t.device)?))?;
-        ag::cross_entropy(&logits, &b.labels)?.backward()?;
+        // Through the trainer: data-parallel, every rank ranks by the whole batch's gradient.
+        t.set_batch_share(b.labels.len(), b.global);
+        t.backward(&ag::cross_entropy(&logits, &b.labels)?)?;
         let norms = t.grad_norms()?;
         t.opt.zero_grad();
         let mut order: Vec<(usize, f32)> = norms

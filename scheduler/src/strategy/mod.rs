@@ -175,6 +175,15 @@ pub struct EpochRecord {
     pub skipped_batches: usize,
     /// The most bytes of batches the input pipeline held at once.
     pub loader_peak_bytes: usize,
+    /// Data-parallel: gradient bytes this rank sent to the all-reduce, seconds the collectives
+    /// took, and seconds the step waited for them after the backward pass (the part not hidden
+    /// behind it). 0 in one process.
+    #[serde(default)]
+    pub allreduce_bytes: u64,
+    #[serde(default)]
+    pub allreduce_seconds: f64,
+    #[serde(default)]
+    pub allreduce_exposed_seconds: f64,
     /// `compare`'s drift probe, timed before this epoch's turn (0 outside `compare`).
     #[serde(default)]
     pub probe_seconds: f64,
@@ -195,6 +204,9 @@ impl EpochRecord {
             "images_per_sec": self.images_per_sec,
             "skipped_batches": self.skipped_batches,
             "loader_peak_bytes": self.loader_peak_bytes,
+            "allreduce_bytes": self.allreduce_bytes,
+            "allreduce_seconds": self.allreduce_seconds,
+            "allreduce_exposed_seconds": self.allreduce_exposed_seconds,
         }))
     }
 }
@@ -241,6 +253,8 @@ pub fn fit_epoch(
 ) -> Result<EpochRecord, TrainError> {
     let data = EpochData { epoch, epochs: spec.epochs, train, spec: LoaderSpec { skip, ..spec.train_loader(epoch) } };
     let (fwd, bwd, upd) = (t.forward_flops, t.backward_flops, t.update_flops);
+    let comm = |t: &Trainer| t.reducer.as_ref().map_or((0, 0.0, 0.0), |r| (r.bytes, r.world().comm_seconds(), r.exposed.as_secs_f64()));
+    let comm_before = comm(t);
     // The epoch's time is all the strategy does for it: its preparation (e.g. fc's feature
     // cache) counts, not only the steps.
     let start = Instant::now();
@@ -280,6 +294,9 @@ pub fn fit_epoch(
         trainable_params,
         skipped_batches: stats.skipped,
         loader_peak_bytes: stats.loader_peak_bytes,
+        allreduce_bytes: comm(t).0 - comm_before.0,
+        allreduce_seconds: comm(t).1 - comm_before.1,
+        allreduce_exposed_seconds: comm(t).2 - comm_before.2,
         probe_seconds: 0.0,
     })
 }
