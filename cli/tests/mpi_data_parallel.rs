@@ -149,6 +149,8 @@ fn a_data_parallel_compare_matches_one_process_and_frozen_layers_send_nothing() 
     assert_eq!(full, vec![60_362 * 4 * 10; 3], "simple-cnn's 60 362 parameters × 4 bytes × 10 steps per epoch");
     assert!(dynamic[2] < full[2], "frozen layers still sent bytes: {dynamic:?} vs {full:?}");
     assert_eq!(bytes(&one["strategies"][0]), vec![0; 3], "one process sends nothing");
+    // Each rank did half of full training's backward work: full is still the 100 % reference.
+    assert!((two["strategies"][0]["backward_flops_share"].as_f64().unwrap() - 1.0).abs() < 1e-6, "{}", two["strategies"][0]);
     let _ = std::fs::remove_dir_all(&root);
 }
 

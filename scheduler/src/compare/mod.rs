@@ -144,7 +144,9 @@ pub fn compare_lanes(
         repeats.push(interleave(&mut lanes, &names, cfg.settings.epochs, &probe, progress)?);
     }
     let per_image = report::full_backward_flops_per_image(&cfg.model, classes, train.dims())?;
-    let rows = report::rows(&repeats, per_image * (train.len() * cfg.settings.epochs) as f64, cfg.settings.seed);
+    // Data-parallel, a rank's backward work is its share of the images'.
+    let full_backward = per_image * (train.len() * cfg.settings.epochs) as f64 / cfg.world.size as f64;
+    let rows = report::rows(&repeats, full_backward, cfg.settings.seed);
     if cfg.world.is_root() {
         report::write_report(cfg, train, test, initial, &repeats, &rows)?;
     }
