@@ -62,6 +62,9 @@ enum Command {
     /// Train one model per task of a plan as parallel processes bounded by the cores, each
     /// stopping when its budget is spent, then merge them into one classifier and evaluate it.
     RunPlan(tasks::RunPlanArgs),
+    /// Combine the finished array tasks of a `plan --emit slurm` folder into the merged
+    /// classifier, naming any task that failed or is missing.
+    Merge(tasks::MergeArgs),
     /// One task of a plan (what run-plan starts per task).
     #[command(hide = true)]
     RunTask(tasks::RunTaskArgs),
@@ -461,6 +464,7 @@ fn run(cli: Cli) -> Result<()> {
         Command::Robustness(args) => analysis::robustness(args),
         Command::Correlation(args) => analysis::correlation(args),
         Command::RunPlan(args) => tasks::run_plan(args),
+        Command::Merge(args) => tasks::merge(args),
         Command::RunTask(args) => tasks::run_task(args),
         Command::CompareLane(args) => compare::lane(args),
         Command::Bench(Bench::Gemm(args)) => bench_gemm_cmd(args),

@@ -8,6 +8,7 @@ use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::Instant;
 use tessera_engine::Device;
+use tessera_scheduler::data::Dataset;
 use tessera_scheduler::json::shortest_floats;
 use tessera_scheduler::run_state::load_splits;
 use tessera_scheduler::settings;
@@ -31,6 +32,14 @@ pub struct PlanArgs {
     /// Print the plan as one JSON line (a `plan` record: plan.json's document).
     #[arg(long)]
     json: bool,
+    /// `slurm DIR`: write DIR/plan.json and DIR/tasks.sbatch, a Slurm job array with a task
+    /// per plan task running `tessera run-task` with the flags after `--` (e.g. `-- --data
+    /// ../shared/data/cifar10 --model simple-cnn`); `tessera merge DIR` combines the results.
+    #[arg(long, num_args = 2, value_names = ["FORMAT", "DIR"])]
+    emit: Option<Vec<String>>,
+    /// run-task's flags, after `--` (with --emit).
+    #[arg(last = true)]
+    task_flags: Vec<String>,
 }
 
 /// Settings of the task models, shared by run-plan and the run-task children it starts.
@@ -92,6 +101,15 @@ pub struct RunTaskArgs {
 
 pub fn plan(a: PlanArgs) -> Result<()> {
     let plan = Plan::new(a.classes, a.tasks, a.time_budget)?;
+    if let Some(emit) = &a.emit {
+        let [format, dir] = &emit[..] else { bail!("--emit takes a format and a folder") };
+        if format != "slurm" {
+            bail!("--emit {format}: the one format is `slurm`");
+        }
+        let script = emit_slurm(&plan, std::path::Path::new(dir), &a.task_flags)?;
+        note(a.json, &format!("wrote {script} (an array of {} tasks): sbatch it, then `tessera merge {dir}`", plan.tasks.len(), script = script.display()));
+        return Ok(());
+    }
     crate::create_parent(&a.out)?;
     let text = plan.to_json();
     std::fs::write(&a.out, &text).with_context(|| format!("writing {}", a.out.display()))?;
@@ -184,7 +202,19 @@ pub fn run_plan(a: RunPlanArgs) -> Result<()> {
         }
     }
     let trained = start.elapsed().as_secs_f64();
-    let (accuracy, own) = evaluate_merged(&plan, &a.task.out, &test, &a.task.model, &Device::cpu(), 256)?;
+    let merged = json!({"train_seconds": trained, "budget_secs": plan.budget_secs, "workers": workers});
+    if !a.json {
+        println!("all tasks trained in {trained:.1} s (budget {} s per task, {workers} at a time)", plan.budget_secs);
+    }
+    report_merged(&plan, &a.task, &test, merged, &a.task.out.join("results.json"), a.json)?;
+    Ok(())
+}
+
+/// Evaluates the task checkpoints in `task.out` merged into one classifier on `test`, prints
+/// each task's accuracy beside its baselines and the merged accuracy (`task` and `merged`
+/// records with `--json`), and writes them to `results`. `merged` holds how the tasks ran.
+fn report_merged(plan: &Plan, task: &TaskArgs, test: &Dataset, mut merged: serde_json::Value, results: &std::path::Path, json: bool) -> Result<()> {
+    let (accuracy, own) = evaluate_merged(plan, &task.out, test, &task.model, &Device::cpu(), 256)?;
     let tasks: Vec<_> = own
         .iter()
         .enumerate()
@@ -194,17 +224,17 @@ pub fn run_plan(a: RunPlanArgs) -> Result<()> {
             json!({"task": t, "classes": plan.tasks[t], "accuracy": acc, "always_other_accuracy": others, "chance_accuracy": 1.0 / (plan.tasks[t].len() + 1) as f32})
         })
         .collect();
-    let merged = json!({"classes": plan.classes, "accuracy": accuracy, "chance_accuracy": 1.0 / plan.classes as f32, "train_seconds": trained, "budget_secs": plan.budget_secs, "workers": workers});
-    let results = a.task.out.join("results.json");
-    let doc = shortest_floats(json!({"plan": a.task.plan.display().to_string(), "test_images": test.len(), "tasks": &tasks, "merged": &merged}));
-    std::fs::write(&results, serde_json::to_string_pretty(&doc)?).with_context(|| format!("writing {}", results.display()))?;
-    if a.json {
+    merged["classes"] = json!(plan.classes);
+    merged["accuracy"] = json!(accuracy);
+    merged["chance_accuracy"] = json!(1.0 / plan.classes as f32);
+    let doc = shortest_floats(json!({"plan": task.plan.display().to_string(), "test_images": test.len(), "tasks": &tasks, "merged": &merged}));
+    std::fs::write(results, serde_json::to_string_pretty(&doc)?).with_context(|| format!("writing {}", results.display()))?;
+    if json {
         tasks.iter().for_each(|t| print_record("task", t));
         print_record("merged", &merged);
         eprintln!("wrote {}", results.display());
         return Ok(());
     }
-    println!("all tasks trained in {trained:.1} s (budget {} s per task, {workers} at a time)", plan.budget_secs);
     for (t, acc) in own.iter().enumerate() {
         let others = tasks[t]["always_other_accuracy"].as_f64().unwrap_or(f64::NAN);
         println!(
@@ -218,4 +248,86 @@ pub fn run_plan(a: RunPlanArgs) -> Result<()> {
     println!("merged {}-way classifier: test accuracy {:.2} % (chance {:.2} %)", plan.classes, accuracy * 100.0, 100.0 / plan.classes as f32);
     println!("wrote {}", results.display());
     Ok(())
+}
+
+/// `run-task`'s flags as `plan --emit` takes them after `--`, parsed as run-task would.
+#[derive(clap::Parser)]
+#[command(name = "tessera run-task", no_binary_name = true)]
+struct TaskFlags {
+    #[command(flatten)]
+    task: RunTaskArgs,
+}
+
+fn task_flags(plan: &std::path::Path, out: &std::path::Path, flags: &[String]) -> Result<RunTaskArgs> {
+    let words = ["--index".to_string(), "0".into(), "--plan".into(), plan.display().to_string(), "--out".into(), out.display().to_string()];
+    let parsed = <TaskFlags as clap::Parser>::try_parse_from(words.iter().chain(flags)).map_err(|e| anyhow::anyhow!("the run-task flags after `--`: {e}"))?;
+    Ok(parsed.task)
+}
+
+/// `plan --emit slurm DIR -- FLAGS`: DIR/plan.json, DIR/tasks.sbatch (an array task per plan
+/// task running `run-task FLAGS`), DIR/job.json (what `merge` needs), DIR/logs, DIR/tasks.
+fn emit_slurm(plan: &Plan, dir: &std::path::Path, flags: &[String]) -> Result<std::path::PathBuf> {
+    for sub in ["logs", "tasks"] {
+        std::fs::create_dir_all(dir.join(sub)).with_context(|| format!("creating {}", dir.join(sub).display()))?;
+    }
+    let dir = dir.canonicalize().with_context(|| format!("resolving {}", dir.display()))?;
+    let (plan_path, out) = (dir.join("plan.json"), dir.join("tasks"));
+    let task = task_flags(&plan_path, &out, flags)?;
+    if !task.task.data.exists() {
+        bail!("--data {}: no such folder (the run-task flags after `--` need one)", task.task.data.display());
+    }
+    std::fs::write(&plan_path, plan.to_json()).with_context(|| format!("writing {}", plan_path.display()))?;
+    let exe = std::env::current_exe().context("locating the tessera binary")?;
+    let mut command: Vec<String> = [exe.display().to_string(), "run-task".into(), "--index".into(), "{index}".into()].into();
+    command.extend(["--plan".into(), plan_path.display().to_string(), "--out".into(), out.display().to_string()]);
+    command.extend(flags.iter().cloned());
+    let cwd = std::env::current_dir().context("reading the working directory")?;
+    let script = dir.join("tasks.sbatch");
+    std::fs::write(&script, tessera_scheduler::slurm::array_script("tessera-plan", plan.tasks.len(), &dir.join("logs"), &cwd, &command))
+        .with_context(|| format!("writing {}", script.display()))?;
+    let job = json!({"kind": "plan", "tasks": plan.tasks.len(), "task_flags": flags, "workdir": cwd.display().to_string()});
+    std::fs::write(dir.join("job.json"), serde_json::to_string_pretty(&job)?).with_context(|| format!("writing {}", dir.join("job.json").display()))?;
+    Ok(script)
+}
+
+#[derive(Args)]
+pub struct MergeArgs {
+    /// A folder `plan --emit slurm` wrote, whose array tasks have run.
+    dir: PathBuf,
+    /// Print the results as JSON lines (`task` and `merged` records, as in DIR/results.json).
+    #[arg(long)]
+    json: bool,
+}
+
+/// `tessera merge DIR`: the finished array tasks' checkpoints merged and evaluated; a missing
+/// task is named with the end of its log.
+pub fn merge(a: MergeArgs) -> Result<()> {
+    let job_path = a.dir.join("job.json");
+    let text = std::fs::read_to_string(&job_path)
+        .with_context(|| format!("reading {} (is {} a folder `plan --emit slurm` wrote?)", job_path.display(), a.dir.display()))?;
+    let job: serde_json::Value = serde_json::from_str(&text).with_context(|| format!("{}: not JSON", job_path.display()))?;
+    if job["kind"] != "plan" {
+        bail!("{}: kind {} is not one merge knows (plan)", job_path.display(), job["kind"]);
+    }
+    let flags: Vec<String> = serde_json::from_value(job["task_flags"].clone()).with_context(|| format!("{}: task_flags", job_path.display()))?;
+    let dir = a.dir.canonicalize().with_context(|| format!("resolving {}", a.dir.display()))?;
+    // The tasks' relative paths meant the folder the job was written from.
+    if let Some(workdir) = job["workdir"].as_str() {
+        std::env::set_current_dir(workdir).with_context(|| format!("entering {workdir}, the job's working folder"))?;
+    }
+    let task = task_flags(&dir.join("plan.json"), &dir.join("tasks"), &flags)?.task;
+    let plan = Plan::load(&task.plan)?;
+    let missing: Vec<String> = (0..plan.tasks.len())
+        .filter(|t| !task.out.join(format!("task-{t}.safetensors")).is_file())
+        .map(|t| {
+            let log = dir.join("logs").join(format!("task-{t}.out"));
+            let last = std::fs::read_to_string(&log).ok().and_then(|l| l.lines().rev().find(|l| !l.trim().is_empty()).map(String::from));
+            format!("task {t}: no checkpoint; {}", last.map_or(format!("no log at {}", log.display()), |l| format!("{} ends: {l}", log.display())))
+        })
+        .collect();
+    if !missing.is_empty() {
+        bail!("{} of {} tasks did not finish:\n{}", missing.len(), plan.tasks.len(), missing.join("\n"));
+    }
+    let (_, test) = load_splits(&task.data, task.limit_per_class).with_context(|| format!("loading {}", task.data.display()))?;
+    report_merged(&plan, &task, &test, json!({"merged_from": dir.display().to_string()}), &dir.join("results.json"), a.json)
 }

@@ -300,6 +300,7 @@ fn no_generated_invocation_panics_hangs_or_dies_by_a_signal() {
             &[("--sizes", Count), ("--seconds", Real), ("--threads", Count), ("--trans", Word), ("--kernel", Word), ("--device", Device)],
             60,
         ),
+        spec("merge", &["merge", "DIR"], &[("--json", Word)], 30),
         spec("bench allreduce", &["bench", "allreduce", "--sizes", "4096", "--iters", "2"], &[("--sizes", Count), ("--iters", Count)], 30),
         spec("bench kernels", &["bench", "kernels", "--device", "gpu:99", "--seconds", "0.01"], &[("--seconds", Real), ("--device", Device)], 180),
         spec(

@@ -14,6 +14,7 @@ pub mod plot;
 pub mod robustness;
 pub mod run_state;
 pub mod settings;
+pub mod slurm;
 pub mod strategy;
 pub mod tasks;
 pub mod train;

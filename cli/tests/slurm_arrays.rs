@@ -1,0 +1,82 @@
+//! A task plan as a Slurm job array on a one-node cluster on this host: `plan --emit slurm`
+//! writes the sbatch script, Slurm runs an array task per plan task, `tessera merge` combines
+//! them into the merged classifier and names a task whose result is missing. The test starts
+//! munged, slurmctld and slurmd itself (`scripts/slurm-local.sh`, as root; `.ci/install-deps`
+//! installs slurm-wlm and munge) and stops them.
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+struct Cluster {
+    state: PathBuf,
+    conf: PathBuf,
+}
+
+impl Cluster {
+    fn start(state: &Path) -> Self {
+        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/slurm-local.sh");
+        let o = Command::new("bash").arg(&script).arg("start").arg(state).output().expect("bash");
+        assert!(
+            o.status.success(),
+            "the local Slurm cluster did not start (install slurm-wlm and munge; run as root):\n{}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+        Self { state: state.into(), conf: state.join("slurm.conf") }
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/slurm-local.sh");
+        let _ = Command::new("bash").arg(script).arg("stop").arg(&self.state).status();
+    }
+}
+
+fn ok(o: Output, what: &str) -> String {
+    assert!(o.status.success(), "{what}: {}\n{}", String::from_utf8_lossy(&o.stderr), String::from_utf8_lossy(&o.stdout));
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+#[test]
+fn a_plan_runs_as_a_job_array_and_merges() {
+    let root = std::env::temp_dir().join(format!("tessera-slurm-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&root);
+    common::write_coloured_cifar(&root.join("data"));
+    let cluster = Cluster::start(&root.join("cluster"));
+    let tessera = env!("CARGO_BIN_EXE_tessera");
+    let run = |args: &[&str]| Command::new(tessera).args(args).current_dir(&root).env("SLURM_CONF", &cluster.conf).output().unwrap();
+
+    ok(
+        run(&["plan", "--classes", "10", "--tasks", "2", "--time-budget", "2", "--emit", "slurm", "job", "--", "--data", "data", "--batch", "32"]),
+        "plan --emit",
+    );
+    let script = std::fs::read_to_string(root.join("job/tasks.sbatch")).unwrap();
+    assert!(script.contains("#SBATCH --array=0-1") && script.contains("run-task --index \"$SLURM_ARRAY_TASK_ID\""), "{script}");
+    let o = Command::new("sbatch")
+        .args(["--wait", "job/tasks.sbatch"])
+        .current_dir(&root)
+        .env("SLURM_CONF", &cluster.conf)
+        .output()
+        .expect("sbatch (install slurm-wlm)");
+    ok(o, "sbatch --wait");
+    for t in 0..2 {
+        assert!(root.join(format!("job/tasks/task-{t}.safetensors")).is_file(), "array task {t} left no checkpoint");
+    }
+
+    let lines = ok(run(&["merge", "job", "--json"]), "merge");
+    let merged: serde_json::Value = lines.lines().map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()).find(|r| r["record"] == "merged").unwrap();
+    // The colour-coded classes are easy: far above the 10 % of chance.
+    assert!(merged["accuracy"].as_f64().unwrap() > 0.5, "{merged}");
+
+    // A task whose result is missing is named, with the end of its log.
+    std::fs::remove_file(root.join("job/tasks/task-1.safetensors")).unwrap();
+    let o = run(&["merge", "job"]);
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        !o.status.success() && stderr.contains("1 of 2 tasks did not finish") && stderr.contains("task 1: no checkpoint") && stderr.contains("task-1.out"),
+        "{stderr}"
+    );
+    drop(cluster);
+    let _ = std::fs::remove_dir_all(&root);
+}
