@@ -6,7 +6,8 @@ use std::io::{BufRead, BufReader, Write};
 use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
 use tessera_engine::checkpoint::Checkpoint;
 use tessera_scheduler::compare::lane::{strategy_of, Lane, LaneEnd, LocalLane};
-use tessera_scheduler::compare::{compare, compare_lanes, CompareConfig, Stat};
+use tessera_scheduler::compare::probe::ProbeTimes;
+use tessera_scheduler::compare::{compare, compare_lanes, initial_accuracy, report_from_repeats, CompareConfig, Interleaved, Stat};
 use tessera_scheduler::run_state::load_splits;
 use tessera_scheduler::settings;
 use tessera_scheduler::strategy::EpochRecord;
@@ -92,6 +93,14 @@ pub struct CompareArgs {
     /// Print each strategy's result as a JSON line (`strategy` records, as in report.json).
     #[arg(long)]
     json: bool,
+    /// `slurm DIR`: instead of training, write DIR/tasks.sbatch, a Slurm job array with a
+    /// task per strategy (each this command for its strategy, into DIR/strategies/<i>);
+    /// `tessera merge DIR` writes the report from the finished tasks.
+    #[arg(long, num_args = 2, value_names = ["FORMAT", "DIR"])]
+    emit: Option<Vec<String>>,
+    /// With --emit: MPI ranks per array task (each strategy data-parallel under mpirun).
+    #[arg(long, default_value_t = 1, value_parser = whole(settings::RANKS))]
+    ranks: usize,
 }
 
 /// The comparison's settings from the flags.
@@ -115,11 +124,15 @@ fn config(a: &CompareArgs) -> Result<CompareConfig> {
         out: a.out.clone(),
         repeat: a.repeat,
         world: Default::default(),
+        layout: None,
     })
 }
 
 pub fn run(a: CompareArgs) -> Result<()> {
     let mut cfg = config(&a)?;
+    if let Some(emit) = &a.emit {
+        return emit_sweep(&a, &cfg, emit);
+    }
     // Under mpirun or srun: every strategy data-parallel over the job's ranks.
     cfg.world = std::sync::Arc::new(tessera_scheduler::distributed::World::from_env()?);
     for spec in &cfg.strategies {
@@ -155,12 +168,18 @@ pub fn run(a: CompareArgs) -> Result<()> {
     if !world.is_root() {
         return Ok(());
     }
-    if a.json {
+    print_rows(&rows, a.json, &a.out);
+    Ok(())
+}
+
+/// The report's rows on stdout: `strategy` records, or a line per strategy.
+fn print_rows(rows: &[tessera_scheduler::compare::Row], json: bool, out: &std::path::Path) {
+    if json {
         rows.iter().for_each(|r| crate::table::print_record("strategy", &r.record()));
-        return Ok(());
+        return;
     }
     let ratio = |r: Option<Stat>| r.map_or("n/a".to_string(), |r| format!("{:.2}×", r.mean));
-    for r in &rows {
+    for r in rows {
         println!(
             "{:>22}  {:>8.1} s  normalised {:>8.1} s ({})  test {:.2} % [{:.2}, {:.2}]  {}",
             r.run.strategy,
@@ -173,7 +192,114 @@ pub fn run(a: CompareArgs) -> Result<()> {
             r.verdict
         );
     }
-    println!("wrote {}/report.md, report.json, report.svg", a.out.display());
+    println!("wrote {}/report.md, report.json, report.svg", out.display());
+}
+
+/// This command's flags but those the array tasks set themselves (--strategies, --out,
+/// --emit, --ranks, --json).
+fn task_flags() -> Vec<String> {
+    let args: Vec<String> = std::env::args().skip_while(|a| a != "compare").skip(1).collect();
+    let (mut kept, mut skip) = (Vec::new(), 0);
+    for a in args {
+        if skip > 0 {
+            skip -= 1;
+            continue;
+        }
+        let name = a.split('=').next().unwrap_or_default();
+        match name {
+            "--strategies" | "--out" | "--ranks" if !a.contains('=') => skip = 1,
+            "--emit" => skip = 2 - a.contains('=') as usize,
+            "--strategies" | "--out" | "--ranks" | "--json" => {}
+            _ => kept.push(a),
+        }
+    }
+    kept
+}
+
+/// `compare --emit slurm DIR`: an array task per strategy, each this comparison for one
+/// strategy into DIR/strategies/<i> (its runs.json is what `merge` reads).
+fn emit_sweep(a: &CompareArgs, cfg: &CompareConfig, emit: &[String]) -> Result<()> {
+    let [format, dir] = emit else { anyhow::bail!("--emit takes a format and a folder") };
+    if format != "slurm" {
+        anyhow::bail!("--emit {format}: the one format is `slurm`");
+    }
+    for spec in &cfg.strategies {
+        strategy_of(spec, cfg)?;
+    }
+    let dir = std::path::Path::new(dir);
+    for sub in ["logs", "strategies"] {
+        std::fs::create_dir_all(dir.join(sub)).with_context(|| format!("creating {}", dir.join(sub).display()))?;
+    }
+    let dir = dir.canonicalize().with_context(|| format!("resolving {}", dir.display()))?;
+    let flags = task_flags();
+    let exe = std::env::current_exe().context("locating the tessera binary")?;
+    let mut command: Vec<String> = vec![exe.display().to_string(), "compare".into()];
+    command.extend(flags.iter().cloned());
+    command.extend(["--strategies".into(), "{item}".into(), "--out".into(), dir.join("strategies/{index}").display().to_string()]);
+    let cwd = std::env::current_dir().context("reading the working directory")?;
+    let job = tessera_scheduler::slurm::ArrayJob {
+        name: "tessera-sweep",
+        items: &cfg.strategies,
+        ranks: a.ranks,
+        log_dir: &dir.join("logs"),
+        workdir: &cwd,
+        command: &command,
+    };
+    let script = dir.join("tasks.sbatch");
+    std::fs::write(&script, job.script()).with_context(|| format!("writing {}", script.display()))?;
+    let record =
+        serde_json::json!({"kind": "sweep", "strategies": cfg.strategies, "compare_flags": flags, "ranks": a.ranks, "workdir": cwd.display().to_string()});
+    std::fs::write(dir.join("job.json"), serde_json::to_string_pretty(&record)?).with_context(|| format!("writing {}", dir.join("job.json").display()))?;
+    crate::table::note(
+        a.json,
+        &format!("wrote {} (an array of {} strategies): sbatch it, then `tessera merge {}`", script.display(), cfg.strategies.len(), dir.display()),
+    );
+    Ok(())
+}
+
+/// `compare`'s flags as a sweep's job.json keeps them, parsed as compare would.
+#[derive(clap::Parser)]
+#[command(name = "tessera compare", no_binary_name = true)]
+struct SweepFlags {
+    #[command(flatten)]
+    compare: CompareArgs,
+}
+
+/// `tessera merge DIR` of a sweep: each strategy's runs.json, together, into DIR's report.
+pub fn merge_sweep(dir: &std::path::Path, job: &serde_json::Value, json: bool) -> Result<()> {
+    let dir = dir.canonicalize().with_context(|| format!("resolving {}", dir.display()))?;
+    let strategies: Vec<String> = serde_json::from_value(job["strategies"].clone()).context("job.json: strategies")?;
+    let flags: Vec<String> = serde_json::from_value(job["compare_flags"].clone()).context("job.json: compare_flags")?;
+    if let Some(workdir) = job["workdir"].as_str() {
+        std::env::set_current_dir(workdir).with_context(|| format!("entering {workdir}, the job's working folder"))?;
+    }
+    let words = ["--strategies".to_string(), strategies.join(","), "--out".into(), dir.display().to_string()];
+    let parsed = <SweepFlags as clap::Parser>::try_parse_from(words.iter().chain(&flags)).map_err(|e| anyhow::anyhow!("job.json's compare flags: {e}"))?;
+    let mut cfg = config(&parsed.compare)?;
+    cfg.layout = Some("each strategy an array task of a Slurm job, not in turns: each epoch is normalised by the drift probe of its own task".into());
+    let mut per: Vec<Vec<Interleaved>> = Vec::new();
+    let mut missing = Vec::new();
+    for (i, name) in strategies.iter().enumerate() {
+        let path = dir.join(format!("strategies/{i}/runs.json"));
+        match std::fs::read_to_string(&path).ok().and_then(|t| serde_json::from_str::<Vec<Interleaved>>(&t).ok()) {
+            Some(runs) if runs.len() == cfg.repeat && runs.iter().all(|r| r.runs.len() == 1) => per.push(runs),
+            _ => missing.push(crate::tasks::unfinished(&dir, i, &format!("strategy `{name}` left no complete {}", path.display()))),
+        }
+    }
+    if !missing.is_empty() {
+        anyhow::bail!("{} of {} strategies did not finish:\n{}", missing.len(), strategies.len(), missing.join("\n"));
+    }
+    let repeats: Vec<Interleaved> = (0..cfg.repeat)
+        .map(|r| Interleaved {
+            runs: per.iter().map(|p| p[r].runs[0].clone()).collect(),
+            probe: ProbeTimes { seconds: per.iter().flat_map(|p| p[r].probe.seconds.iter().copied()).collect() },
+        })
+        .collect();
+    let (train, test) =
+        load_splits(&parsed.compare.data, parsed.compare.limit_per_class).with_context(|| format!("loading {}", parsed.compare.data.display()))?;
+    let initial = initial_accuracy(&cfg, &test, train.classes().len())?;
+    let rows = report_from_repeats(&cfg, &train, &test, initial, &repeats)?;
+    print_rows(&rows, json, &dir);
     Ok(())
 }
 

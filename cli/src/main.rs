@@ -63,7 +63,8 @@ enum Command {
     /// stopping when its budget is spent, then merge them into one classifier and evaluate it.
     RunPlan(tasks::RunPlanArgs),
     /// Combine the finished array tasks of a `plan --emit slurm` folder into the merged
-    /// classifier, naming any task that failed or is missing.
+    /// classifier, or a `compare --emit slurm` folder into the standard report, naming any
+    /// task that failed or is missing.
     Merge(tasks::MergeArgs),
     /// One task of a plan (what run-plan starts per task).
     #[command(hide = true)]

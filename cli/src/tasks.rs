@@ -12,6 +12,7 @@ use tessera_scheduler::data::Dataset;
 use tessera_scheduler::json::shortest_floats;
 use tessera_scheduler::run_state::load_splits;
 use tessera_scheduler::settings;
+use tessera_scheduler::slurm::ArrayJob;
 use tessera_scheduler::tasks::{evaluate_merged, train_task, Plan, TaskConfig};
 use tessera_scheduler::trainer::{OptimConfig, OptimizerKind};
 
@@ -250,6 +251,13 @@ fn report_merged(plan: &Plan, task: &TaskArgs, test: &Dataset, mut merged: serde
     Ok(())
 }
 
+/// "task T: WHAT; LOG ends: its last line" for an array task that left no result in `dir`.
+pub(crate) fn unfinished(dir: &std::path::Path, t: usize, what: &str) -> String {
+    let log = dir.join("logs").join(format!("task-{t}.out"));
+    let last = std::fs::read_to_string(&log).ok().and_then(|l| l.lines().rev().find(|l| !l.trim().is_empty()).map(String::from));
+    format!("task {t}: {what}; {}", last.map_or(format!("no log at {}", log.display()), |l| format!("{} ends: {l}", log.display())))
+}
+
 /// `run-task`'s flags as `plan --emit` takes them after `--`, parsed as run-task would.
 #[derive(clap::Parser)]
 #[command(name = "tessera run-task", no_binary_name = true)]
@@ -278,13 +286,14 @@ fn emit_slurm(plan: &Plan, dir: &std::path::Path, flags: &[String]) -> Result<st
     }
     std::fs::write(&plan_path, plan.to_json()).with_context(|| format!("writing {}", plan_path.display()))?;
     let exe = std::env::current_exe().context("locating the tessera binary")?;
-    let mut command: Vec<String> = [exe.display().to_string(), "run-task".into(), "--index".into(), "{index}".into()].into();
+    let mut command: Vec<String> = [exe.display().to_string(), "run-task".into(), "--index".into(), "{item}".into()].into();
     command.extend(["--plan".into(), plan_path.display().to_string(), "--out".into(), out.display().to_string()]);
     command.extend(flags.iter().cloned());
     let cwd = std::env::current_dir().context("reading the working directory")?;
     let script = dir.join("tasks.sbatch");
-    std::fs::write(&script, tessera_scheduler::slurm::array_script("tessera-plan", plan.tasks.len(), &dir.join("logs"), &cwd, &command))
-        .with_context(|| format!("writing {}", script.display()))?;
+    let items: Vec<String> = (0..plan.tasks.len()).map(|t| t.to_string()).collect();
+    let job = ArrayJob { name: "tessera-plan", items: &items, ranks: 1, log_dir: &dir.join("logs"), workdir: &cwd, command: &command };
+    std::fs::write(&script, job.script()).with_context(|| format!("writing {}", script.display()))?;
     let job = json!({"kind": "plan", "tasks": plan.tasks.len(), "task_flags": flags, "workdir": cwd.display().to_string()});
     std::fs::write(dir.join("job.json"), serde_json::to_string_pretty(&job)?).with_context(|| format!("writing {}", dir.join("job.json").display()))?;
     Ok(script)
@@ -292,7 +301,7 @@ fn emit_slurm(plan: &Plan, dir: &std::path::Path, flags: &[String]) -> Result<st
 
 #[derive(Args)]
 pub struct MergeArgs {
-    /// A folder `plan --emit slurm` wrote, whose array tasks have run.
+    /// A folder `plan --emit slurm` or `compare --emit slurm` wrote, whose array tasks have run.
     dir: PathBuf,
     /// Print the results as JSON lines (`task` and `merged` records, as in DIR/results.json).
     #[arg(long)]
@@ -304,10 +313,12 @@ pub struct MergeArgs {
 pub fn merge(a: MergeArgs) -> Result<()> {
     let job_path = a.dir.join("job.json");
     let text = std::fs::read_to_string(&job_path)
-        .with_context(|| format!("reading {} (is {} a folder `plan --emit slurm` wrote?)", job_path.display(), a.dir.display()))?;
+        .with_context(|| format!("reading {} (is {} a folder `--emit slurm` wrote?)", job_path.display(), a.dir.display()))?;
     let job: serde_json::Value = serde_json::from_str(&text).with_context(|| format!("{}: not JSON", job_path.display()))?;
-    if job["kind"] != "plan" {
-        bail!("{}: kind {} is not one merge knows (plan)", job_path.display(), job["kind"]);
+    match job["kind"].as_str() {
+        Some("plan") => {}
+        Some("sweep") => return crate::compare::merge_sweep(&a.dir, &job, a.json),
+        _ => bail!("{}: kind {} is not one merge knows (plan, sweep)", job_path.display(), job["kind"]),
     }
     let flags: Vec<String> = serde_json::from_value(job["task_flags"].clone()).with_context(|| format!("{}: task_flags", job_path.display()))?;
     let dir = a.dir.canonicalize().with_context(|| format!("resolving {}", a.dir.display()))?;
@@ -317,14 +328,8 @@ pub fn merge(a: MergeArgs) -> Result<()> {
     }
     let task = task_flags(&dir.join("plan.json"), &dir.join("tasks"), &flags)?.task;
     let plan = Plan::load(&task.plan)?;
-    let missing: Vec<String> = (0..plan.tasks.len())
-        .filter(|t| !task.out.join(format!("task-{t}.safetensors")).is_file())
-        .map(|t| {
-            let log = dir.join("logs").join(format!("task-{t}.out"));
-            let last = std::fs::read_to_string(&log).ok().and_then(|l| l.lines().rev().find(|l| !l.trim().is_empty()).map(String::from));
-            format!("task {t}: no checkpoint; {}", last.map_or(format!("no log at {}", log.display()), |l| format!("{} ends: {l}", log.display())))
-        })
-        .collect();
+    let missing: Vec<String> =
+        (0..plan.tasks.len()).filter(|t| !task.out.join(format!("task-{t}.safetensors")).is_file()).map(|t| unfinished(&dir, t, "no checkpoint")).collect();
     if !missing.is_empty() {
         bail!("{} of {} tasks did not finish:\n{}", missing.len(), plan.tasks.len(), missing.join("\n"));
     }

@@ -257,6 +257,7 @@ fn no_generated_invocation_panics_hangs_or_dies_by_a_signal() {
                 ("--order", Word),
                 ("--criterion", Word),
                 ("--init", Path),
+                ("--ranks", Count),
                 data_flags[1],
                 data_flags[2],
             ],

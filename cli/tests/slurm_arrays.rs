@@ -1,6 +1,7 @@
-//! A task plan as a Slurm job array on a one-node cluster on this host: `plan --emit slurm`
-//! writes the sbatch script, Slurm runs an array task per plan task, `tessera merge` combines
-//! them into the merged classifier and names a task whose result is missing. The test starts
+//! A task plan and a strategy sweep as Slurm job arrays on a one-node cluster on this host:
+//! `plan/compare --emit slurm` write the sbatch script, Slurm runs an array task per plan task
+//! (per strategy, each data-parallel over 2 ranks), `tessera merge` combines them into the
+//! merged classifier (the standard report) and names a task whose result is missing. The test starts
 //! munged, slurmctld and slurmd itself (`scripts/slurm-local.sh`, as root; `.ci/install-deps`
 //! installs slurm-wlm and munge) and stops them.
 mod common;
@@ -39,7 +40,7 @@ fn ok(o: Output, what: &str) -> String {
 }
 
 #[test]
-fn a_plan_runs_as_a_job_array_and_merges() {
+fn a_plan_and_a_sweep_run_as_job_arrays_and_merge() {
     let root = std::env::temp_dir().join(format!("tessera-slurm-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&root);
     common::write_coloured_cifar(&root.join("data"));
@@ -52,7 +53,7 @@ fn a_plan_runs_as_a_job_array_and_merges() {
         "plan --emit",
     );
     let script = std::fs::read_to_string(root.join("job/tasks.sbatch")).unwrap();
-    assert!(script.contains("#SBATCH --array=0-1") && script.contains("run-task --index \"$SLURM_ARRAY_TASK_ID\""), "{script}");
+    assert!(script.contains("#SBATCH --array=0-1") && script.contains("run-task --index \"${ITEMS[$SLURM_ARRAY_TASK_ID]}\""), "{script}");
     let o = Command::new("sbatch")
         .args(["--wait", "job/tasks.sbatch"])
         .current_dir(&root)
@@ -77,6 +78,30 @@ fn a_plan_runs_as_a_job_array_and_merges() {
         !o.status.success() && stderr.contains("1 of 2 tasks did not finish") && stderr.contains("task 1: no checkpoint") && stderr.contains("task-1.out"),
         "{stderr}"
     );
+
+    // A 2-strategy sweep, each array task data-parallel over 2 ranks (mpirun in the allocation).
+    let sweep = ["compare", "--model", "simple-cnn", "--data", "data", "--limit-per-class", "6", "--strategies", "full,fc", "--epochs", "2", "--batch", "20"];
+    ok(run(&[&sweep[..], &["--lr", "0.02", "--ranks", "2", "--emit", "slurm", "sweep"]].concat()), "compare --emit");
+    let o = Command::new("sbatch")
+        .args(["--wait", "sweep/tasks.sbatch"])
+        .current_dir(&root)
+        .env("SLURM_CONF", &cluster.conf)
+        .env("OMPI_ALLOW_RUN_AS_ROOT", "1")
+        .env("OMPI_ALLOW_RUN_AS_ROOT_CONFIRM", "1")
+        .output()
+        .unwrap();
+    ok(o, "sbatch --wait (sweep)");
+    let lines = ok(run(&["merge", "sweep", "--json"]), "merge (sweep)");
+    let rows: Vec<serde_json::Value> = lines.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert_eq!(rows.iter().map(|r| r["strategy"].as_str().unwrap()).collect::<Vec<_>>(), ["full", "fc (dfs)"], "{rows:?}");
+    // Each ran over 2 ranks: gradients crossed them; fc sends only its head's.
+    let bytes: Vec<u64> = rows.iter().map(|r| r["allreduce_bytes"].as_u64().unwrap()).collect();
+    assert!(bytes[0] > bytes[1] && bytes[1] > 0, "{bytes:?}");
+    let report: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(root.join("sweep/report.json")).unwrap()).unwrap();
+    assert_eq!(report["strategies"].as_array().unwrap().len(), 2);
+    std::fs::remove_file(root.join("sweep/strategies/1/runs.json")).unwrap();
+    let stderr = String::from_utf8_lossy(&run(&["merge", "sweep"]).stderr).into_owned();
+    assert!(stderr.contains("1 of 2 strategies did not finish") && stderr.contains("strategy `fc`"), "{stderr}");
     drop(cluster);
     let _ = std::fs::remove_dir_all(&root);
 }

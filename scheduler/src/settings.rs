@@ -49,6 +49,7 @@ pub const NEIGHBORS: Whole = whole("--neighbors", 0, 1000);
 pub const SPLIT: Whole = whole("--split", 1, 1000);
 pub const TOP: Whole = whole("--top", 1, 1_000_000);
 pub const REPEAT: Whole = whole("--repeat", 1, 1000);
+pub const RANKS: Whole = whole("--ranks", 1, 1 << 20);
 pub const ALLREDUCE_BYTES: Whole = whole("--sizes", 4, 1 << 30);
 pub const ITERS: Whole = whole("--iters", 1, 100_000);
 pub const CLASSES: Whole = whole("--classes", 1, crate::tasks::MAX_CLASSES as u64);

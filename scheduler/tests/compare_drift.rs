@@ -26,6 +26,7 @@ fn full_against_itself_under_a_load_that_starts_halfway_is_no_saving() {
         out: out.clone(),
         repeat: 1,
         world: Default::default(),
+        layout: None,
     };
     // The load: a busy thread per core, from the first epoch of the second half on.
     let stop = Arc::new(AtomicBool::new(false));

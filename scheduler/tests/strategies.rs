@@ -227,6 +227,7 @@ fn compare_writes_the_report() {
         out: out.clone(),
         repeat: 1,
         world: Default::default(),
+        layout: None,
     };
     let rows = compare(&cfg, &train, &test, &mut |_, _| {}).unwrap();
     // Taking turns changes nothing but the order: fc alone gets the same losses and hits.

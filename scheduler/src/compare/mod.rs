@@ -40,9 +40,13 @@ pub struct CompareConfig {
     /// Data-parallel (`mpirun -np N tessera compare`): every lane trains on its rank's shard
     /// and sums gradients over the ranks; rank 0 writes the report.
     pub world: std::sync::Arc<crate::distributed::World>,
+    /// How the strategies ran, when not in turns in one job (a Slurm sweep: one array task
+    /// each); the report says so.
+    pub layout: Option<String>,
 }
 
 /// One interleaved comparison: each lane's run, and the probe's time before each turn.
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
 pub struct Interleaved {
     pub runs: Vec<StrategyRun>,
     pub probe: ProbeTimes,
@@ -130,25 +134,40 @@ pub fn compare_lanes(
     }
     // Every strategy starts from the same weights: their measured accuracy is where each
     // curve of report.svg starts (t = 0), not an assumed chance level.
-    let initial = {
-        let model = tessera_models::build(&cfg.model, classes, &device, cfg.settings.seed)?;
-        if let Some(path) = &cfg.init {
-            load_weights(&model, &Checkpoint::load(path)?, &device)?;
-        }
-        evaluate(&model, test, &cfg.settings.eval_loader(), &device)?
-    };
+    let initial = initial_accuracy(cfg, test, classes)?;
     let probe = DriftProbe::new(&device, cfg.settings.batch, train.dims())?;
     let mut repeats = Vec::with_capacity(cfg.repeat);
     for _ in 0..cfg.repeat {
         let mut lanes = make_lanes()?;
         repeats.push(interleave(&mut lanes, &names, cfg.settings.epochs, &probe, progress)?);
     }
-    let per_image = report::full_backward_flops_per_image(&cfg.model, classes, train.dims())?;
+    if cfg.world.is_root() {
+        // The raw runs, for `tessera merge` of a sweep whose strategies ran as separate jobs.
+        let path = cfg.out.join("runs.json");
+        std::fs::write(&path, serde_json::to_string(&repeats).expect("plain values")).map_err(|error| TrainError::Io { path, error })?;
+    }
+    report_from_repeats(cfg, train, test, initial, &repeats)
+}
+
+/// The report of `repeats` (each holding the lanes in `cfg.strategies`' order) into `cfg.out`;
+/// `initial`: (loss, accuracy) of the shared initial weights on the test set.
+pub fn report_from_repeats(cfg: &CompareConfig, train: &Dataset, test: &Dataset, initial: (f32, f32), repeats: &[Interleaved]) -> Result<Vec<Row>, TrainError> {
+    let per_image = report::full_backward_flops_per_image(&cfg.model, train.classes().len(), train.dims())?;
     // Data-parallel, a rank's backward work is its share of the images'.
     let full_backward = per_image * (train.len() * cfg.settings.epochs) as f64 / cfg.world.size as f64;
-    let rows = report::rows(&repeats, full_backward, cfg.settings.seed);
+    let rows = report::rows(repeats, full_backward, cfg.settings.seed);
     if cfg.world.is_root() {
-        report::write_report(cfg, train, test, initial, &repeats, &rows)?;
+        report::write_report(cfg, train, test, initial, repeats, &rows)?;
     }
     Ok(rows)
+}
+
+/// The shared initial weights' (loss, accuracy) on `test`: where every curve starts.
+pub fn initial_accuracy(cfg: &CompareConfig, test: &Dataset, classes: usize) -> Result<(f32, f32), TrainError> {
+    let device = Device::parse(&cfg.device)?;
+    let model = tessera_models::build(&cfg.model, classes, &device, cfg.settings.seed)?;
+    if let Some(path) = &cfg.init {
+        load_weights(&model, &Checkpoint::load(path)?, &device)?;
+    }
+    evaluate(&model, test, &cfg.settings.eval_loader(), &device)
 }

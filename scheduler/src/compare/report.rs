@@ -218,7 +218,9 @@ pub(super) fn write_report(
         cfg.repeat,
         if cfg.repeat > 1 { " (figures: mean ± standard deviation)" } else { "" },
         initial.1 * 100.0,
-        if cfg.world.size > 1 {
+        if let Some(layout) = &cfg.layout {
+            layout.clone()
+        } else if cfg.world.size > 1 {
             format!("data-parallel over {} ranks (all-reduce bytes: what each rank sent per epoch; peak memory: n/a, the strategies share each rank's process)", cfg.world.size)
         } else {
             "each in a process of its own when run by `tessera compare`".to_string()

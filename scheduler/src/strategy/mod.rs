@@ -302,7 +302,7 @@ pub fn fit_epoch(
 }
 
 /// A whole strategy run.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
 pub struct StrategyRun {
     pub strategy: String,
     pub epochs: Vec<EpochRecord>,
