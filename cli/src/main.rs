@@ -218,6 +218,11 @@ struct TrainArgs {
     #[arg(long)]
     #[serde(default)]
     json: bool,
+    /// Under mpirun/srun: BatchNorm statistics over every rank's rows (PyTorch's
+    /// SyncBatchNorm), not each rank's own.
+    #[arg(long)]
+    #[serde(default)]
+    sync_bn: bool,
 }
 
 impl TrainArgs {
@@ -273,6 +278,7 @@ impl TrainArgs {
             allow_empty_epochs: self.allow_empty_epochs || file.allow_empty_epochs,
             stop: None,
             world: Default::default(),
+            sync_bn: self.sync_bn || file.sync_bn,
             on_nan: match self.on_nan.or(file.on_nan) {
                 Some(s) => s.parse().map_err(anyhow::Error::msg)?,
                 None => d.on_nan,

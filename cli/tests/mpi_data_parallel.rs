@@ -93,6 +93,53 @@ fn bench_allreduce_sums_over_two_ranks() {
     assert!(rows.iter().all(|r| r["ranks"] == 2 && r["busbw_GB/s"].as_f64().is_some_and(|b| b > 0.0)), "{rows:?}");
 }
 
+#[test]
+fn sync_bn_over_two_ranks_takes_one_process_step() {
+    let root = std::env::temp_dir().join(format!("tessera-mpi-syncbn-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&root);
+    write_noise_cifar(&root.join("data"));
+    let data = root.join("data");
+    let mpirun = ["mpirun", "--allow-run-as-root", "--oversubscribe", "-np", "2"];
+    // One step of resnet20-cifar (19 BatchNorm layers) on all 20 images. Train-mode BatchNorm
+    // gradients are sensitive to summation order: one process given the same batch in another
+    // row order moves the early layers' gradients by ~4e-3 (relative), so that is the scale
+    // of agreement to expect, not 1e-5.
+    train_model("resnet20-cifar", &data, &root.join("one"), &[], "1", &[]);
+    train_model("resnet20-cifar", &data, &root.join("synced"), &mpirun, "1", &["--sync-bn"]);
+    assert_close(&root.join("one/epoch-001.safetensors"), &root.join("synced/epoch-001.safetensors"), 3e-2);
+    // Per-rank statistics (no --sync-bn) over 10 images each are another step altogether.
+    train_model("resnet20-cifar", &data, &root.join("per-rank"), &mpirun, "1", &[]);
+    let far = std::panic::catch_unwind(|| assert_close(&root.join("one/epoch-001.safetensors"), &root.join("per-rank/epoch-001.safetensors"), 0.3));
+    assert!(far.is_err(), "per-rank statistics gave one process's step: the comparison cannot tell them apart");
+    let _ = std::fs::remove_dir_all(&root);
+}
+
+/// A CIFAR-10-binary set of 20 training and 20 test images of uniform noise with a bright band
+/// whose row gives the class: batch statistics that are not degenerate.
+fn write_noise_cifar(dir: &Path) {
+    std::fs::create_dir_all(dir).unwrap();
+    let mut state = 0x2545_f491_4f6c_dd1du64;
+    let mut record = |k: usize| -> Vec<u8> {
+        let mut r = vec![k as u8];
+        for c in 0..3 {
+            for p in 0..32 * 32 {
+                state ^= state << 13;
+                state ^= state >> 7;
+                state ^= state << 17;
+                let band = (p / 32) / 3 == k && c < 3;
+                r.push(if band { 255 } else { (state >> 56) as u8 });
+            }
+        }
+        r
+    };
+    for file in 1..=5 {
+        let bytes: Vec<u8> = (0..4).flat_map(|i| record((i + 4 * (file - 1)) % 10)).collect();
+        std::fs::write(dir.join(format!("data_batch_{file}.bin")), bytes).unwrap();
+    }
+    let test: Vec<u8> = (0..20).flat_map(|i| record(i % 10)).collect();
+    std::fs::write(dir.join("test_batch.bin"), test).unwrap();
+}
+
 /// Every tensor of two checkpoints (weights and momentum buffers) within `tolerance` of its
 /// largest magnitude.
 fn assert_close(a: &Path, b: &Path, tolerance: f32) {

@@ -28,6 +28,8 @@ pub enum Error {
         "backward through a graph a second time (reached the output of `{op}` again): the first backward freed the tensors it saved; run a new forward pass"
     )]
     BackwardTwice { op: &'static str },
+    #[error("synchronised batch norm: {0}")]
+    Replicas(String),
 
     #[error("optimizer state: {0}")]
     OptimizerState(String),

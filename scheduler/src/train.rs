@@ -34,6 +34,9 @@ pub struct TrainConfig {
     /// Set (e.g. by a SIGINT/SIGTERM handler) to end the run after the current step, saving
     /// an interrupted-run checkpoint that `resume` continues from.
     pub stop: Option<std::sync::Arc<std::sync::atomic::AtomicBool>>,
+    /// Data-parallel: BatchNorm statistics over all ranks' rows (PyTorch's SyncBatchNorm)
+    /// instead of each rank's own.
+    pub sync_bn: bool,
     /// The data-parallel job this process is a rank of: each rank trains on its shard of every
     /// batch and the gradients are summed over the ranks; rank 0 alone writes the run folder.
     pub world: std::sync::Arc<World>,
@@ -55,6 +58,7 @@ impl Default for TrainConfig {
             on_nan: OnNan::Stop,
             stop: None,
             world: Default::default(),
+            sync_bn: false,
         }
     }
 }
@@ -99,6 +103,16 @@ pub fn train_with(cfg: &TrainConfig, progress: &mut dyn FnMut(&StepInfo), grad_h
     if world.size > 1 {
         t.reducer = Some(GradReducer::new(world.clone()));
     }
+    // The setting holds the world, and MPI ends only when the world drops: it is unset when
+    // this run ends, however it ends. (In one process the batch's statistics are the global.)
+    struct SyncBn;
+    impl Drop for SyncBn {
+        fn drop(&mut self) {
+            tessera_engine::nn::set_sync_batch_norm(None);
+        }
+    }
+    let _sync = SyncBn;
+    tessera_engine::nn::set_sync_batch_norm(if cfg.sync_bn && world.size > 1 { Some(world.clone()) } else { None });
     // Rank 0 alone keeps the run folder; the others read it only to resume.
     let out = cfg.out.as_ref().filter(|_| world.is_root());
     if let Some(out) = out {

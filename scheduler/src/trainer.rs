@@ -268,6 +268,9 @@ impl Trainer {
     /// this rank's gradient weighs rows / global in the sum over ranks).
     pub fn set_batch_share(&mut self, rows: usize, global: usize) {
         self.shard_weight = rows as f32 / global.max(1) as f32;
+        if let Some(r) = &self.reducer {
+            r.world().set_share(self.shard_weight);
+        }
     }
 
     /// Runs stages `stages` of the network on `x`, counting forward FLOPs.

@@ -206,6 +206,36 @@ pub fn batch_norm2d(x: &Var, gamma: &Var, beta: &Var, mean: &crate::Tensor, var:
     ))
 }
 
+/// batch_norm2d in training with statistics over every replica of a data-parallel job (`mean`,
+/// `var`: the global ones). The backward sums [Σg | Σg·x̂] over the replicas, each weighted by
+/// its share of the global batch, for dx; dγ and dβ stay this replica's (the gradient
+/// reduction sums them with the same weights).
+pub fn batch_norm2d_synced(
+    x: &Var,
+    gamma: &Var,
+    beta: &Var,
+    mean: &crate::Tensor,
+    var: &crate::Tensor,
+    eps: f32,
+    replicas: Arc<dyn crate::nn::ReplicaSum>,
+) -> Result<Var> {
+    let value = k::batch_norm_forward(x.value(), mean, var, gamma.value(), beta.value(), eps)?;
+    let (xv, gv, mv, vv) = (x.value().clone(), gamma.value().clone(), mean.clone(), var.clone());
+    Ok(Var::from_op(
+        "batch_norm2d",
+        value,
+        &[x, gamma, beta],
+        Box::new(move |g, needs| {
+            let local = crate::ops::batchnorm::grad_sums(&xv, g, &mv, &vv, eps, None)?;
+            let share = replicas.share();
+            let total = replicas.sum(local.to_vec()?.into_iter().map(|v| v * share).collect()).map_err(crate::Error::Replicas)?;
+            let total = crate::Tensor::from_vec(total, local.shape(), local.device())?;
+            let (dx, dgamma, dbeta) = k::batch_norm_backward_from_sums(&xv, g, [&mv, &vv, &gv], eps, true, (needs[0], needs[1] || needs[2]), &total, &local)?;
+            Ok(vec![dx, dgamma, dbeta])
+        }),
+    ))
+}
+
 /// Dropout (PyTorch's `F.dropout` in training): the mask is a function of (index, seed), so
 /// the backward recomputes it: dx = dropout(g) with the same seed.
 pub fn dropout(x: &Var, p: f32, seed: u32) -> Result<Var> {

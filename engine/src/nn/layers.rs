@@ -108,6 +108,26 @@ impl BatchNorm2d {
     }
 }
 
+/// Synchronised batch norm's statistics: every replica's (count, mean, variance) reach all (a
+/// sum of vectors with one slot per replica) and combine as Chan et al.'s parallel variance,
+/// Σ nᵣ(vᵣ + (mᵣ − M)²)/N, which stays accurate where E[x²] − M² would cancel.
+fn global_stats(r: &dyn super::ReplicaSum, mean: &Tensor, var: &Tensor, count: f32) -> Result<(Tensor, Tensor, f32)> {
+    let (m, v) = (mean.to_vec()?, var.to_vec()?);
+    let (c, (me, ranks)) = (m.len(), r.position());
+    let width = 2 * c + 1;
+    let mut slots = vec![0f32; width * ranks];
+    slots[me * width] = count;
+    slots[me * width + 1..me * width + 1 + c].copy_from_slice(&m);
+    slots[me * width + 1 + c..(me + 1) * width].copy_from_slice(&v);
+    let all = r.sum(slots).map_err(crate::Error::Replicas)?;
+    let each: Vec<(f64, &[f32], &[f32])> = all.chunks(width).map(|s| (s[0] as f64, &s[1..1 + c], &s[1 + c..])).collect();
+    let n: f64 = each.iter().map(|e| e.0).sum::<f64>().max(1.0);
+    let gm: Vec<f64> = (0..c).map(|j| each.iter().map(|(k, m, _)| k * m[j] as f64).sum::<f64>() / n).collect();
+    let gv: Vec<f32> = (0..c).map(|j| (each.iter().map(|(k, m, v)| k * (v[j] as f64 + (m[j] as f64 - gm[j]).powi(2))).sum::<f64>() / n) as f32).collect();
+    let gm: Vec<f32> = gm.into_iter().map(|v| v as f32).collect();
+    Ok((Tensor::from_vec(gm, &[c], mean.device())?, Tensor::from_vec(gv, &[c], mean.device())?, n as f32))
+}
+
 impl Module for BatchNorm2d {
     fn forward(&self, x: &Var) -> Result<Var> {
         let (gamma, beta) = (self.weight.var(), self.bias.var());
@@ -117,6 +137,11 @@ impl Module for BatchNorm2d {
         }
         let (mean, var) = ops::batch_stats(x.value())?;
         let count = ops::BnShape::new(x.shape())?.count() as f32;
+        let replicas = super::sync_batch_norm();
+        let (mean, var, count) = match &replicas {
+            None => (mean, var, count),
+            Some(r) => global_stats(r.as_ref(), &mean, &var, count)?,
+        };
         no_grad(|| -> Result<()> {
             let m = self.momentum;
             let unbiased = if count > 1.0 { count / (count - 1.0) } else { 1.0 };
@@ -126,7 +151,10 @@ impl Module for BatchNorm2d {
             self.num_batches_tracked.set_value(ops::axpby(1.0, &self.num_batches_tracked.value(), 1.0, &self.one)?);
             Ok(())
         })?;
-        ag::batch_norm2d(x, &gamma, &beta, &mean, &var, true, self.eps)
+        match replicas {
+            Some(r) => ag::batch_norm2d_synced(x, &gamma, &beta, &mean, &var, self.eps, r),
+            None => ag::batch_norm2d(x, &gamma, &beta, &mean, &var, true, self.eps),
+        }
     }
 
     fn named_params(&self) -> Vec<(String, Arc<Param>)> {

@@ -4,6 +4,28 @@ mod layers;
 
 pub use layers::{AdaptiveAvgPool2d, AvgPool2d, BatchNorm2d, Conv2d, Dropout, Flatten, Linear, MaxPool2d, ReLU};
 
+/// The replicas of a data-parallel job, as synchronised batch norm needs them.
+pub trait ReplicaSum: Send + Sync {
+    /// The element-wise sum of `values` over the replicas (every replica calls it alike).
+    fn sum(&self, values: Vec<f32>) -> std::result::Result<Vec<f32>, String>;
+    /// This replica's rows of the current global batch over the global batch's.
+    fn share(&self) -> f32;
+    /// (this replica's index, the number of replicas).
+    fn position(&self) -> (usize, usize);
+}
+
+static SYNC_BATCH_NORM: std::sync::RwLock<Option<Arc<dyn ReplicaSum>>> = std::sync::RwLock::new(None);
+
+/// Makes every BatchNorm2d in training mode use statistics over all `replicas` (PyTorch's
+/// SyncBatchNorm); `None`: each replica's own batch (the default, as in PyTorch DDP).
+pub fn set_sync_batch_norm(replicas: Option<Arc<dyn ReplicaSum>>) {
+    *SYNC_BATCH_NORM.write().expect("sync batch norm setting poisoned") = replicas;
+}
+
+fn sync_batch_norm() -> Option<Arc<dyn ReplicaSum>> {
+    SYNC_BATCH_NORM.read().expect("sync batch norm setting poisoned").clone()
+}
+
 use crate::autograd::{GradSlot, Var};
 use crate::error::Result;
 use crate::tensor::Tensor;

@@ -173,18 +173,37 @@ pub fn batch_norm_backward(
         return Ok((Some(eval_input_grad(x, g, mean, var, gamma, eps, &s)?), None, None));
     }
     let sums = grad_sums(x, g, mean, var, eps, None)?;
+    batch_norm_backward_from_sums(x, g, [mean, var, gamma], eps, training, (need_input, need_affine), &sums, &sums)
+}
+
+/// The rest of [`batch_norm_backward`] once the sums [Σg | Σg·x̂] are known: `dx_sums` feed
+/// the training-mode dx (divided by this batch's count), `affine_sums` are dβ and dγ.
+/// Synchronised batch norm passes the replicas' share-weighted total as `dx_sums` and this
+/// replica's own sums as `affine_sums` (the gradient reduction sums those over replicas).
+#[allow(clippy::too_many_arguments)]
+pub fn batch_norm_backward_from_sums(
+    x: &Tensor,
+    g: &Tensor,
+    [mean, var, gamma]: [&Tensor; 3],
+    eps: f32,
+    training: bool,
+    (need_input, need_affine): (bool, bool),
+    dx_sums: &Tensor,
+    affine_sums: &Tensor,
+) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+    let s = BnShape::new(x.shape())?;
     let dx = match (need_input, training) {
         (false, _) => None,
         (true, false) => Some(eval_input_grad(x, g, mean, var, gamma, eps, &s)?),
         (true, true) => Some(match x.device() {
             Device::Cpu(cpu) => {
                 let stats = [mean, var, gamma].map(cpu_data);
-                cpu_tensor(cpu_bn::input_grad_train(cpu, &s, cpu_data(x), cpu_data(g), stats, cpu_data(&sums), eps), x.shape(), x.device())
+                cpu_tensor(cpu_bn::input_grad_train(cpu, &s, cpu_data(x), cpu_data(g), stats, cpu_data(dx_sums), eps), x.shape(), x.device())
             }
-            Device::Gpu(_) => launch(&k::BACKWARD_TRAIN, &s, eps, x, [Some(g), Some(mean), Some(var), Some(gamma), Some(&sums)], x.shape())?,
+            Device::Gpu(_) => launch(&k::BACKWARD_TRAIN, &s, eps, x, [Some(g), Some(mean), Some(var), Some(gamma), Some(dx_sums)], x.shape())?,
         }),
     };
-    let (dgamma, dbeta) = if need_affine { (Some(narrow(&sums, 0, s.c, s.c)?), Some(narrow(&sums, 0, 0, s.c)?)) } else { (None, None) };
+    let (dgamma, dbeta) = if need_affine { (Some(narrow(affine_sums, 0, s.c, s.c)?), Some(narrow(affine_sums, 0, 0, s.c)?)) } else { (None, None) };
     Ok((dx, dgamma, dbeta))
 }
 

@@ -22,6 +22,8 @@ pub struct World {
     comm: Option<Comm>,
     /// Nanoseconds the communication thread spent in collectives.
     busy: std::sync::Arc<std::sync::atomic::AtomicU64>,
+    /// This rank's share of the current global batch (f32 bits), for synchronised batch norm.
+    share: std::sync::atomic::AtomicU32,
 }
 
 /// A sum over the ranks in flight; [`Pending::wait`] gives the summed values.
@@ -72,7 +74,7 @@ impl std::fmt::Debug for World {
 impl World {
     /// One process, no communication.
     pub fn single() -> Self {
-        Self { rank: 0, size: 1, local_rank: 0, comm: None, busy: Default::default() }
+        Self { rank: 0, size: 1, local_rank: 0, comm: None, busy: Default::default(), share: 1f32.to_bits().into() }
     }
 
     /// The MPI job this process belongs to, or [`World::single`] when no launcher started it.
@@ -95,7 +97,7 @@ impl World {
             .map_err(|e| TrainError::Distributed(format!("starting the MPI thread: {e}")))?;
         let (rank, size) = ready_rx.recv().map_err(|_| TrainError::Distributed("MPI did not initialise".into()))?.map_err(TrainError::Distributed)?;
         let local_rank = env_usize(&["OMPI_COMM_WORLD_LOCAL_RANK", "SLURM_LOCALID", "MPI_LOCALRANKID"]).unwrap_or(0);
-        Ok(Self { rank, size, local_rank, comm: Some(Comm { jobs: Some(jobs), thread: Some(thread) }), busy })
+        Ok(Self { rank, size, local_rank, comm: Some(Comm { jobs: Some(jobs), thread: Some(thread) }), busy, share: 1f32.to_bits().into() })
     }
 
     #[cfg(not(feature = "mpi"))]
@@ -106,6 +108,11 @@ impl World {
     /// Seconds spent in collectives so far (by the communication thread).
     pub fn comm_seconds(&self) -> f64 {
         self.busy.load(std::sync::atomic::Ordering::Relaxed) as f64 * 1e-9
+    }
+
+    /// Sets this rank's share of the global batch being trained.
+    pub fn set_share(&self, share: f32) {
+        self.share.store(share.to_bits(), std::sync::atomic::Ordering::Relaxed);
     }
 
     pub fn is_root(&self) -> bool {
@@ -137,6 +144,21 @@ impl World {
     /// This rank's rows `[lo, hi)` of a global batch of `len` rows.
     pub fn shard(&self, len: usize) -> (usize, usize) {
         (self.rank * len / self.size, (self.rank + 1) * len / self.size)
+    }
+}
+
+/// Synchronised batch norm sums its statistics and gradient terms over the ranks.
+impl tessera_engine::nn::ReplicaSum for World {
+    fn sum(&self, values: Vec<f32>) -> Result<Vec<f32>, String> {
+        World::sum(self, values).map_err(|e| e.to_string())
+    }
+
+    fn share(&self) -> f32 {
+        f32::from_bits(self.share.load(std::sync::atomic::Ordering::Relaxed))
+    }
+
+    fn position(&self) -> (usize, usize) {
+        (self.rank, self.size)
     }
 }
 
