@@ -38,6 +38,9 @@ pub struct PlanArgs {
     /// ../shared/data/cifar10 --model simple-cnn`); `tessera merge DIR` combines the results.
     #[arg(long, num_args = 2, value_names = ["FORMAT", "DIR"])]
     emit: Option<Vec<String>>,
+    /// With --emit: MPI ranks per array task (each task data-parallel under mpirun).
+    #[arg(long, default_value_t = 1, value_parser = whole(settings::RANKS))]
+    ranks: usize,
     /// run-task's flags, after `--` (with --emit).
     #[arg(last = true)]
     task_flags: Vec<String>,
@@ -107,7 +110,7 @@ pub fn plan(a: PlanArgs) -> Result<()> {
         if format != "slurm" {
             bail!("--emit {format}: the one format is `slurm`");
         }
-        let script = emit_slurm(&plan, std::path::Path::new(dir), &a.task_flags)?;
+        let script = emit_slurm(&plan, std::path::Path::new(dir), &a.task_flags, a.ranks)?;
         note(a.json, &format!("wrote {script} (an array of {} tasks): sbatch it, then `tessera merge {dir}`", plan.tasks.len(), script = script.display()));
         return Ok(());
     }
@@ -136,13 +139,19 @@ fn config(a: &TaskArgs) -> Result<TaskConfig> {
         device: "cpu".into(),
         threads: a.threads,
         workers: 1,
+        world: Default::default(),
     })
 }
 
 /// One task, in this process (what run-plan's children run).
 pub fn run_task(a: RunTaskArgs) -> Result<()> {
     let plan = Plan::load(&a.task.plan)?;
-    let r = train_task(&plan, a.index, &config(&a.task)?, &a.task.out).with_context(|| format!("training task {}", a.index))?;
+    // Under mpirun or srun (an array task with --ranks): the task trains data-parallel.
+    let cfg = TaskConfig { world: std::sync::Arc::new(tessera_scheduler::distributed::World::from_env()?), ..config(&a.task)? };
+    let r = train_task(&plan, a.index, &cfg, &a.task.out).with_context(|| format!("training task {}", a.index))?;
+    if !cfg.world.is_root() {
+        return Ok(());
+    }
     println!(
         "task {}: {} steps ({:.2} epochs of its data) in {:.1} s after {:.1} s of start-up, trained over [{:.3}, {:.3}] (UNIX s) → {}",
         r.task,
@@ -274,7 +283,7 @@ fn task_flags(plan: &std::path::Path, out: &std::path::Path, flags: &[String]) -
 
 /// `plan --emit slurm DIR -- FLAGS`: DIR/plan.json, DIR/tasks.sbatch (an array task per plan
 /// task running `run-task FLAGS`), DIR/job.json (what `merge` needs), DIR/logs, DIR/tasks.
-fn emit_slurm(plan: &Plan, dir: &std::path::Path, flags: &[String]) -> Result<std::path::PathBuf> {
+fn emit_slurm(plan: &Plan, dir: &std::path::Path, flags: &[String], ranks: usize) -> Result<std::path::PathBuf> {
     for sub in ["logs", "tasks"] {
         std::fs::create_dir_all(dir.join(sub)).with_context(|| format!("creating {}", dir.join(sub).display()))?;
     }
@@ -292,9 +301,9 @@ fn emit_slurm(plan: &Plan, dir: &std::path::Path, flags: &[String]) -> Result<st
     let cwd = std::env::current_dir().context("reading the working directory")?;
     let script = dir.join("tasks.sbatch");
     let items: Vec<String> = (0..plan.tasks.len()).map(|t| t.to_string()).collect();
-    let job = ArrayJob { name: "tessera-plan", items: &items, ranks: 1, log_dir: &dir.join("logs"), workdir: &cwd, command: &command };
+    let job = ArrayJob { name: "tessera-plan", items: &items, ranks, log_dir: &dir.join("logs"), workdir: &cwd, command: &command };
     std::fs::write(&script, job.script()).with_context(|| format!("writing {}", script.display()))?;
-    let job = json!({"kind": "plan", "tasks": plan.tasks.len(), "task_flags": flags, "workdir": cwd.display().to_string()});
+    let job = json!({"kind": "plan", "tasks": plan.tasks.len(), "task_flags": flags, "ranks": ranks, "workdir": cwd.display().to_string()});
     std::fs::write(dir.join("job.json"), serde_json::to_string_pretty(&job)?).with_context(|| format!("writing {}", dir.join("job.json").display()))?;
     Ok(script)
 }

@@ -1,6 +1,6 @@
 //! A task plan and a strategy sweep as Slurm job arrays on a one-node cluster on this host:
 //! `plan/compare --emit slurm` write the sbatch script, Slurm runs an array task per plan task
-//! (per strategy, each data-parallel over 2 ranks), `tessera merge` combines them into the
+//! (per strategy), each data-parallel over 2 ranks, `tessera merge` combines them into the
 //! merged classifier (the standard report) and names a task whose result is missing. The test starts
 //! munged, slurmctld and slurmd itself (`scripts/slurm-local.sh`, as root; `.ci/install-deps`
 //! installs slurm-wlm and munge) and stops them.
@@ -39,6 +39,18 @@ fn ok(o: Output, what: &str) -> String {
     String::from_utf8_lossy(&o.stdout).into_owned()
 }
 
+/// `sbatch --wait SCRIPT` on `cluster` (mpirun in the job may run as root: the test does).
+fn sbatch(root: &Path, cluster: &Cluster, script: &str) -> Output {
+    Command::new("sbatch")
+        .args(["--wait", script])
+        .current_dir(root)
+        .env("SLURM_CONF", &cluster.conf)
+        .env("OMPI_ALLOW_RUN_AS_ROOT", "1")
+        .env("OMPI_ALLOW_RUN_AS_ROOT_CONFIRM", "1")
+        .output()
+        .expect("sbatch (install slurm-wlm)")
+}
+
 #[test]
 fn a_plan_and_a_sweep_run_as_job_arrays_and_merge() {
     let root = std::env::temp_dir().join(format!("tessera-slurm-{}", std::process::id()));
@@ -48,19 +60,15 @@ fn a_plan_and_a_sweep_run_as_job_arrays_and_merge() {
     let tessera = env!("CARGO_BIN_EXE_tessera");
     let run = |args: &[&str]| Command::new(tessera).args(args).current_dir(&root).env("SLURM_CONF", &cluster.conf).output().unwrap();
 
-    ok(
-        run(&["plan", "--classes", "10", "--tasks", "2", "--time-budget", "2", "--emit", "slurm", "job", "--", "--data", "data", "--batch", "32"]),
-        "plan --emit",
-    );
+    // Each plan task data-parallel over 2 ranks (mpirun in the array task's allocation).
+    let plan = ["plan", "--classes", "10", "--tasks", "2", "--time-budget", "2", "--ranks", "2", "--emit", "slurm", "job"];
+    ok(run(&[&plan[..], &["--", "--data", "data", "--batch", "32"]].concat()), "plan --emit");
     let script = std::fs::read_to_string(root.join("job/tasks.sbatch")).unwrap();
-    assert!(script.contains("#SBATCH --array=0-1") && script.contains("run-task --index \"${ITEMS[$SLURM_ARRAY_TASK_ID]}\""), "{script}");
-    let o = Command::new("sbatch")
-        .args(["--wait", "job/tasks.sbatch"])
-        .current_dir(&root)
-        .env("SLURM_CONF", &cluster.conf)
-        .output()
-        .expect("sbatch (install slurm-wlm)");
-    ok(o, "sbatch --wait");
+    assert!(script.contains("#SBATCH --array=0-1") && script.contains("mpirun -np \"$SLURM_NTASKS\""), "{script}");
+    assert!(script.contains("run-task --index \"${ITEMS[$SLURM_ARRAY_TASK_ID]}\""), "{script}");
+    ok(sbatch(&root, &cluster, "job/tasks.sbatch"), "sbatch --wait");
+    let log = std::fs::read_to_string(root.join("job/logs/task-0.out")).unwrap();
+    assert_eq!(log.matches("steps (").count(), 1, "rank 0 alone reports the task: {log}");
     for t in 0..2 {
         assert!(root.join(format!("job/tasks/task-{t}.safetensors")).is_file(), "array task {t} left no checkpoint");
     }
@@ -82,15 +90,7 @@ fn a_plan_and_a_sweep_run_as_job_arrays_and_merge() {
     // A 2-strategy sweep, each array task data-parallel over 2 ranks (mpirun in the allocation).
     let sweep = ["compare", "--model", "simple-cnn", "--data", "data", "--limit-per-class", "6", "--strategies", "full,fc", "--epochs", "2", "--batch", "20"];
     ok(run(&[&sweep[..], &["--lr", "0.02", "--ranks", "2", "--emit", "slurm", "sweep"]].concat()), "compare --emit");
-    let o = Command::new("sbatch")
-        .args(["--wait", "sweep/tasks.sbatch"])
-        .current_dir(&root)
-        .env("SLURM_CONF", &cluster.conf)
-        .env("OMPI_ALLOW_RUN_AS_ROOT", "1")
-        .env("OMPI_ALLOW_RUN_AS_ROOT_CONFIRM", "1")
-        .output()
-        .unwrap();
-    ok(o, "sbatch --wait (sweep)");
+    ok(sbatch(&root, &cluster, "sweep/tasks.sbatch"), "sbatch --wait (sweep)");
     let lines = ok(run(&["merge", "sweep", "--json"]), "merge (sweep)");
     let rows: Vec<serde_json::Value> = lines.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
     assert_eq!(rows.iter().map(|r| r["strategy"].as_str().unwrap()).collect::<Vec<_>>(), ["full", "fc (dfs)"], "{rows:?}");

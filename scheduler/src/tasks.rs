@@ -117,6 +117,9 @@ pub struct TaskConfig {
     /// per core).
     pub threads: usize,
     pub workers: usize,
+    /// Data-parallel (the task under mpirun/srun): every rank trains its share of each batch;
+    /// rank 0 writes the checkpoint.
+    pub world: Arc<crate::distributed::World>,
 }
 
 /// What training one task did.
@@ -178,6 +181,13 @@ pub fn train_task(plan: &Plan, task: usize, cfg: &TaskConfig, out: &Path) -> Res
     let model = tessera_models::build(&cfg.model, own.len() + 1, &device, cfg.seed + task as u64)?;
     // The rate follows a cosine over the time budget, set before each step.
     let mut t = Trainer::new(model, device, own.len() + 1, &cfg.optim, Box::new(Constant), OnNan::Stop)?;
+    if cfg.world.size > 1 {
+        t.reducer = Some(crate::distributed::GradReducer::new(cfg.world.clone()));
+    }
+    // The budget ends the run through the trainer's stop flag, which the ranks agree on after
+    // every step: all of them stop after the same step.
+    let over = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    t.stop = Some(over.clone());
     // The budget is for training: loading and decoding the data is start-up.
     let (start, trained_from) = (Instant::now(), unix_now());
     let startup_secs = launched.elapsed().as_secs_f64();
@@ -185,38 +195,52 @@ pub fn train_task(plan: &Plan, task: usize, cfg: &TaskConfig, out: &Path) -> Res
     let base_lr = cfg.optim.lr;
     let mut images = 0usize;
     for epoch in 0.. {
-        if start.elapsed().as_secs_f64() >= budget {
-            break;
-        }
-        let spec = LoaderSpec { workers: cfg.workers, ..LoaderSpec::train(cfg.batch, cfg.seed, epoch) };
+        let spec = LoaderSpec { workers: cfg.workers, shard: (cfg.world.rank, cfg.world.size), ..LoaderSpec::train(cfg.batch, cfg.seed, epoch) };
         let loader = Loader::new(&view, &spec)?;
         let count = loader.len();
-        // The budget is checked before every step: the loader yields no batch past it.
-        let batches = loader.take_while(|_| start.elapsed().as_secs_f64() < budget);
         let stats = t.run_epoch(
             epoch as usize + 1,
             0,
-            batches,
+            loader,
             count,
             &mut |t, x, labels| {
-                let elapsed = start.elapsed().as_secs_f64().min(budget);
-                t.opt.lr = base_lr * 0.5 * (1.0 + (std::f64::consts::PI * elapsed / budget).cos()) as f32;
+                let elapsed = start.elapsed().as_secs_f64();
+                // The step that crosses the budget is the last (its update at the cosine's end).
+                over.store(elapsed >= budget, std::sync::atomic::Ordering::SeqCst);
+                t.opt.lr = base_lr * 0.5 * (1.0 + (std::f64::consts::PI * elapsed.min(budget) / budget).cos()) as f32;
                 t.step_from(0, x, labels)
             },
             &mut |_| {},
         )?;
         images += stats.images;
+        if stats.interrupted {
+            break;
+        }
     }
     let (model, steps) = (&t.model, t.steps());
-    std::fs::create_dir_all(out).map_err(|error| TrainError::Io { path: out.into(), error })?;
     let path = out.join(format!("task-{task}.safetensors"));
+    let (seconds, trained_until) = (start.elapsed().as_secs_f64(), unix_now());
+    // (Data-parallel, `images` are this rank's: about 1/N of the batches' rows.)
+    let report = TaskReport {
+        task,
+        steps,
+        epochs: (images * cfg.world.size) as f64 / view.len() as f64,
+        seconds,
+        startup_secs,
+        trained_from,
+        trained_until,
+        checkpoint: path.clone(),
+    };
+    if !cfg.world.is_root() {
+        return Ok(report);
+    }
+    std::fs::create_dir_all(out).map_err(|error| TrainError::Io { path: out.into(), error })?;
     let mut tensors: Vec<(String, Tensor)> = model.net.named_params().into_iter().map(|(n, p)| (n, p.value())).collect();
     tensors.extend(model.net.named_buffers().into_iter().map(|(n, b)| (n, b.value())));
     let classes = own.iter().map(|c| c.to_string()).collect::<Vec<_>>().join(",");
     let meta = HashMap::from([("model".to_string(), cfg.model.clone()), ("task".to_string(), task.to_string()), ("classes".to_string(), classes)]);
     checkpoint::save(&path, &tensors, &meta)?;
-    let (seconds, trained_until) = (start.elapsed().as_secs_f64(), unix_now());
-    Ok(TaskReport { task, steps, epochs: images as f64 / view.len() as f64, seconds, startup_secs, trained_from, trained_until, checkpoint: path })
+    Ok(report)
 }
 
 /// The merged classifier's accuracy on `test` from the task checkpoints in `dir`, and each
