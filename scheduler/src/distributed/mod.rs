@@ -40,6 +40,7 @@ impl Pending {
 }
 
 /// Work for the thread that alone talks to MPI.
+#[cfg_attr(not(feature = "mpi"), allow(dead_code))]
 enum Job {
     Sum(Vec<f32>, Sender<Result<Vec<f32>, String>>),
 }
@@ -55,6 +56,7 @@ pub fn launched_by_mpi() -> bool {
     ["OMPI_COMM_WORLD_SIZE", "PMI_SIZE", "PMIX_RANK"].iter().any(|v| std::env::var_os(v).is_some())
 }
 
+#[cfg(feature = "mpi")]
 fn env_usize(names: &[&str]) -> Option<usize> {
     names.iter().find_map(|n| std::env::var(n).ok()?.parse().ok())
 }
