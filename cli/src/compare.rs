@@ -93,14 +93,10 @@ pub struct CompareArgs {
     /// Print each strategy's result as a JSON line (`strategy` records, as in report.json).
     #[arg(long)]
     json: bool,
-    /// `slurm DIR`: instead of training, write DIR/tasks.sbatch, a Slurm job array with a
-    /// task per strategy (each this command for its strategy, into DIR/strategies/<i>);
-    /// `tessera merge DIR` writes the report from the finished tasks.
-    #[arg(long, num_args = 2, value_names = ["FORMAT", "DIR"])]
-    emit: Option<Vec<String>>,
-    /// With --emit: MPI ranks per array task (each strategy data-parallel under mpirun).
-    #[arg(long, default_value_t = 1, value_parser = whole(settings::RANKS))]
-    ranks: usize,
+    /// --emit slurm DIR: instead of training, a Slurm job array with a task per strategy
+    /// (each this command for its strategy, into DIR/strategies/<i>).
+    #[command(flatten)]
+    emit: crate::tasks::EmitArgs,
 }
 
 /// The comparison's settings from the flags.
@@ -130,7 +126,7 @@ fn config(a: &CompareArgs) -> Result<CompareConfig> {
 
 pub fn run(a: CompareArgs) -> Result<()> {
     let mut cfg = config(&a)?;
-    if let Some(emit) = &a.emit {
+    if let Some(emit) = &a.emit.emit {
         return emit_sweep(&a, &cfg, emit);
     }
     // Under mpirun or srun: every strategy data-parallel over the job's ranks.
@@ -240,7 +236,7 @@ fn emit_sweep(a: &CompareArgs, cfg: &CompareConfig, emit: &[String]) -> Result<(
     let job = tessera_scheduler::slurm::ArrayJob {
         name: "tessera-sweep",
         items: &cfg.strategies,
-        ranks: a.ranks,
+        ranks: a.emit.ranks,
         log_dir: &dir.join("logs"),
         workdir: &cwd,
         command: &command,
@@ -248,7 +244,7 @@ fn emit_sweep(a: &CompareArgs, cfg: &CompareConfig, emit: &[String]) -> Result<(
     let script = dir.join("tasks.sbatch");
     std::fs::write(&script, job.script()).with_context(|| format!("writing {}", script.display()))?;
     let record =
-        serde_json::json!({"kind": "sweep", "strategies": cfg.strategies, "compare_flags": flags, "ranks": a.ranks, "workdir": cwd.display().to_string()});
+        serde_json::json!({"kind": "sweep", "strategies": cfg.strategies, "compare_flags": flags, "ranks": a.emit.ranks, "workdir": cwd.display().to_string()});
     std::fs::write(dir.join("job.json"), serde_json::to_string_pretty(&record)?).with_context(|| format!("writing {}", dir.join("job.json").display()))?;
     crate::table::note(
         a.json,

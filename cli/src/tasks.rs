@@ -33,17 +33,26 @@ pub struct PlanArgs {
     /// Print the plan as one JSON line (a `plan` record: plan.json's document).
     #[arg(long)]
     json: bool,
-    /// `slurm DIR`: write DIR/plan.json and DIR/tasks.sbatch, a Slurm job array with a task
-    /// per plan task running `tessera run-task` with the flags after `--` (e.g. `-- --data
-    /// ../shared/data/cifar10 --model simple-cnn`); `tessera merge DIR` combines the results.
-    #[arg(long, num_args = 2, value_names = ["FORMAT", "DIR"])]
-    emit: Option<Vec<String>>,
-    /// With --emit: MPI ranks per array task (each task data-parallel under mpirun).
-    #[arg(long, default_value_t = 1, value_parser = whole(settings::RANKS))]
-    ranks: usize,
+    /// --emit slurm DIR: DIR/plan.json and a Slurm job array with a task per plan task
+    /// running `tessera run-task` with the flags after `--` (e.g. `-- --data
+    /// ../shared/data/cifar10 --model simple-cnn`).
+    #[command(flatten)]
+    emit: EmitArgs,
     /// run-task's flags, after `--` (with --emit).
     #[arg(last = true)]
     task_flags: Vec<String>,
+}
+
+/// A Slurm job array instead of running here (`plan` and `compare`).
+#[derive(Args)]
+pub struct EmitArgs {
+    /// `slurm DIR`: write DIR/tasks.sbatch (a job array) and DIR/job.json instead of running;
+    /// `tessera merge DIR` combines the finished tasks.
+    #[arg(long, num_args = 2, value_names = ["FORMAT", "DIR"])]
+    pub emit: Option<Vec<String>>,
+    /// With --emit: MPI ranks per array task (each task data-parallel under mpirun).
+    #[arg(long, default_value_t = 1, value_parser = whole(settings::RANKS))]
+    pub ranks: usize,
 }
 
 /// Settings of the task models, shared by run-plan and the run-task children it starts.
@@ -105,12 +114,12 @@ pub struct RunTaskArgs {
 
 pub fn plan(a: PlanArgs) -> Result<()> {
     let plan = Plan::new(a.classes, a.tasks, a.time_budget)?;
-    if let Some(emit) = &a.emit {
+    if let Some(emit) = &a.emit.emit {
         let [format, dir] = &emit[..] else { bail!("--emit takes a format and a folder") };
         if format != "slurm" {
             bail!("--emit {format}: the one format is `slurm`");
         }
-        let script = emit_slurm(&plan, std::path::Path::new(dir), &a.task_flags, a.ranks)?;
+        let script = emit_slurm(&plan, std::path::Path::new(dir), &a.task_flags, a.emit.ranks)?;
         note(a.json, &format!("wrote {script} (an array of {} tasks): sbatch it, then `tessera merge {dir}`", plan.tasks.len(), script = script.display()));
         return Ok(());
     }

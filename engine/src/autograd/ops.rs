@@ -193,17 +193,7 @@ pub fn adaptive_avg_pool2d(x: &Var, out: [usize; 2]) -> Result<Var> {
 /// on x, and the backward accounts for it) or the running ones (eval: constants).
 /// Use [`crate::ops::batch_stats`] for the batch statistics; `nn::BatchNorm2d` wires both.
 pub fn batch_norm2d(x: &Var, gamma: &Var, beta: &Var, mean: &crate::Tensor, var: &crate::Tensor, training: bool, eps: f32) -> Result<Var> {
-    let value = k::batch_norm_forward(x.value(), mean, var, gamma.value(), beta.value(), eps)?;
-    let (xv, gv, mv, vv) = (x.value().clone(), gamma.value().clone(), mean.clone(), var.clone());
-    Ok(Var::from_op(
-        "batch_norm2d",
-        value,
-        &[x, gamma, beta],
-        Box::new(move |g, needs| {
-            let (dx, dgamma, dbeta) = k::batch_norm_backward(&xv, g, &mv, &vv, &gv, eps, training, needs[0], needs[1] || needs[2])?;
-            Ok(vec![dx, dgamma, dbeta])
-        }),
-    ))
+    batch_norm_op(x, [gamma, beta], [mean, var], eps, training, None)
 }
 
 /// batch_norm2d in training with statistics over every replica of a data-parallel job (`mean`,
@@ -219,6 +209,17 @@ pub fn batch_norm2d_synced(
     eps: f32,
     replicas: Arc<dyn crate::nn::ReplicaSum>,
 ) -> Result<Var> {
+    batch_norm_op(x, [gamma, beta], [mean, var], eps, true, Some(replicas))
+}
+
+fn batch_norm_op(
+    x: &Var,
+    [gamma, beta]: [&Var; 2],
+    [mean, var]: [&crate::Tensor; 2],
+    eps: f32,
+    training: bool,
+    replicas: Option<Arc<dyn crate::nn::ReplicaSum>>,
+) -> Result<Var> {
     let value = k::batch_norm_forward(x.value(), mean, var, gamma.value(), beta.value(), eps)?;
     let (xv, gv, mv, vv) = (x.value().clone(), gamma.value().clone(), mean.clone(), var.clone());
     Ok(Var::from_op(
@@ -226,11 +227,17 @@ pub fn batch_norm2d_synced(
         value,
         &[x, gamma, beta],
         Box::new(move |g, needs| {
-            let local = crate::ops::batchnorm::grad_sums(&xv, g, &mv, &vv, eps, None)?;
-            let share = replicas.share();
-            let total = replicas.sum(local.to_vec()?.into_iter().map(|v| v * share).collect()).map_err(crate::Error::Replicas)?;
-            let total = crate::Tensor::from_vec(total, local.shape(), local.device())?;
-            let (dx, dgamma, dbeta) = k::batch_norm_backward_from_sums(&xv, g, [&mv, &vv, &gv], eps, true, (needs[0], needs[1] || needs[2]), &total, &local)?;
+            let need = (needs[0], needs[1] || needs[2]);
+            let (dx, dgamma, dbeta) = match &replicas {
+                None => k::batch_norm_backward(&xv, g, &mv, &vv, &gv, eps, training, need.0, need.1)?,
+                Some(r) => {
+                    let local = crate::ops::batchnorm::grad_sums(&xv, g, &mv, &vv, eps, None)?;
+                    let share = r.share();
+                    let total = r.sum(local.to_vec()?.into_iter().map(|v| v * share).collect()).map_err(crate::Error::Replicas)?;
+                    let total = crate::Tensor::from_vec(total, local.shape(), local.device())?;
+                    k::batch_norm_backward_from_sums(&xv, g, [&mv, &vv, &gv], eps, true, need, &total, &local)?
+                }
+            };
             Ok(vec![dx, dgamma, dbeta])
         }),
     ))
