@@ -218,6 +218,10 @@ struct TrainArgs {
     #[arg(long)]
     #[serde(default)]
     json: bool,
+    /// A second folder (another disk, shared storage) that receives a verified copy of every
+    /// checkpoint; --resume continues from the newest checkpoint that verifies in either.
+    #[arg(long)]
+    backup_dir: Option<std::path::PathBuf>,
     /// Under mpirun/srun: BatchNorm statistics over every rank's rows (PyTorch's
     /// SyncBatchNorm), not each rank's own.
     #[arg(long)]
@@ -237,6 +241,7 @@ impl TrainArgs {
                 let base = path.parent().unwrap_or(std::path::Path::new(""));
                 file.data = file.data.map(|p| base.join(p));
                 file.out = file.out.map(|p| base.join(p));
+                file.backup_dir = file.backup_dir.map(|p| base.join(p));
                 file
             }
         };
@@ -279,6 +284,7 @@ impl TrainArgs {
             stop: None,
             world: Default::default(),
             sync_bn: self.sync_bn || file.sync_bn,
+            backup_dir: self.backup_dir.or(file.backup_dir),
             on_nan: match self.on_nan.or(file.on_nan) {
                 Some(s) => s.parse().map_err(anyhow::Error::msg)?,
                 None => d.on_nan,
@@ -593,7 +599,7 @@ fn models_show(name: &str, input: Option<usize>, num_classes: usize, json: bool)
 }
 
 fn train_cmd(a: TrainArgs) -> Result<()> {
-    use tessera_scheduler::run_state::{latest_checkpoint, resume_point};
+    use tessera_scheduler::run_state::{latest_checkpoint, verified_resume_point};
     use tessera_scheduler::train::train;
     let (mut cfg, json) = a.resolve()?;
     if cfg.device.trim().eq_ignore_ascii_case("auto") {
@@ -608,7 +614,16 @@ fn train_cmd(a: TrainArgs) -> Result<()> {
         eprintln!("data-parallel over {} ranks: each takes its share of every batch of {}", cfg.world.size, cfg.run.batch);
     }
     if cfg.resume {
-        match resume_point(&out)? {
+        // The newest checkpoint that verifies, in the run folder or its backup; say which,
+        // and which newer ones failed their check.
+        let dirs: Vec<&std::path::Path> = std::iter::once(out.as_path()).chain(cfg.backup_dir.as_deref()).collect();
+        let found = verified_resume_point(&dirs)?;
+        if let Some((_, failed)) = &found {
+            for (path, why) in failed.iter().filter(|_| root) {
+                eprintln!("skipping {}: {why}", path.display());
+            }
+        }
+        match found.map(|(point, _)| point) {
             Some((epoch, 0, _)) if epoch >= cfg.run.epochs => {
                 eprintln!("{} is finished: epoch {epoch} of {} (raise --epochs to train on)", out.display(), cfg.run.epochs);
                 return Ok(());

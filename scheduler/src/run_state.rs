@@ -170,12 +170,74 @@ pub fn clear_run(dir: &Path) -> Result<(), TrainError> {
     Ok(())
 }
 
+/// Copies the checkpoint `saved` (verified first: its CRC) into `backup` under the same name,
+/// written beside and renamed into place, and verifies the copy.
+pub fn back_up(saved: &Path, backup: &Path) -> Result<PathBuf, TrainError> {
+    Checkpoint::load(saved)?;
+    std::fs::create_dir_all(backup).map_err(|error| TrainError::Io { path: backup.into(), error })?;
+    let name = saved.file_name().ok_or_else(|| TrainError::Config(format!("{}: not a file name", saved.display())))?;
+    let (copy, partial) = (backup.join(name), backup.join(format!("{}.partial", name.to_string_lossy())));
+    std::fs::copy(saved, &partial).map_err(|error| TrainError::Io { path: partial.clone(), error })?;
+    std::fs::rename(&partial, &copy).map_err(|error| TrainError::Io { path: copy.clone(), error })?;
+    Checkpoint::load(&copy)?;
+    Ok(copy)
+}
+
+/// Where a run continues when its checkpoints live in `dirs` (the run folder, then a backup
+/// folder): the newest state — (epochs completed, batches of the next epoch, checkpoint) as
+/// [`resume_point`] finds it in each folder — whose checkpoint verifies, and the newer
+/// checkpoints that did not (each with why).
+pub type Verified = ((usize, usize, PathBuf), Vec<(PathBuf, String)>);
+
+pub fn verified_resume_point(dirs: &[&Path]) -> Result<Option<Verified>, TrainError> {
+    let mut candidates = Vec::new();
+    for dir in dirs.iter().filter(|d| d.exists()) {
+        let complete = epoch_checkpoints(dir)?;
+        for (epoch, path) in &complete {
+            candidates.push((*epoch, 0, path.clone()));
+        }
+        let done = complete.last().map_or(0, |(e, _)| *e);
+        if let Some((batches, path)) = interrupted_checkpoint(dir, done + 1)? {
+            candidates.push((done, batches, path));
+        }
+    }
+    // Newest first; between equal states, the earlier folder (the run's own) first.
+    candidates.sort_by(|a, b| (b.0, b.1).cmp(&(a.0, a.1)));
+    let mut failed = Vec::new();
+    for (epoch, batches, path) in candidates {
+        match Checkpoint::load(&path) {
+            Ok(_) => return Ok(Some(((epoch, batches, path), failed))),
+            Err(e) => failed.push((path, e.to_string())),
+        }
+    }
+    Ok(None)
+}
+
 /// Restores weights, buffers, optimizer state, the step count and dropout seeds from where
 /// the run in `dir` continues ([`resume_point`]); returns (epochs completed, batches of the
 /// next epoch already trained).
 pub fn resume_from(dir: &Path, model: &Model, opt: &mut Optimizer, model_name: &str, device: &Device) -> Result<(usize, usize), TrainError> {
     let (epoch, batches, path) = resume_point(dir)?.ok_or_else(|| TrainError::Resume(format!("no epoch-NNN.safetensors in {}", dir.display())))?;
-    let ckpt = Checkpoint::load(&path)?;
+    restore(&path, (epoch, batches), model, opt, model_name, device)
+}
+
+/// [`resume_from`] the newest checkpoint that verifies in `dirs` ([`verified_resume_point`]).
+pub fn resume_from_verified(dirs: &[&Path], model: &Model, opt: &mut Optimizer, model_name: &str, device: &Device) -> Result<(usize, usize), TrainError> {
+    let where_ = dirs.iter().map(|d| d.display().to_string()).collect::<Vec<_>>().join(" or ");
+    let ((epoch, batches, path), _) = verified_resume_point(dirs)?.ok_or_else(|| TrainError::Resume(format!("no checkpoint that verifies in {where_}")))?;
+    restore(&path, (epoch, batches), model, opt, model_name, device)
+}
+
+/// Restores the state of checkpoint `path` (epochs completed, batches of the next epoch).
+fn restore(
+    path: &Path,
+    (epoch, batches): (usize, usize),
+    model: &Model,
+    opt: &mut Optimizer,
+    model_name: &str,
+    device: &Device,
+) -> Result<(usize, usize), TrainError> {
+    let ckpt = Checkpoint::load(path)?;
     let meta = |k: &str| ckpt.metadata.get(k).cloned().unwrap_or_default();
     if meta("model") != model_name {
         return Err(TrainError::Resume(format!("{} holds model `{}`, not `{model_name}`", path.display(), meta("model"))));

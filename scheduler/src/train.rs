@@ -2,7 +2,7 @@
 //! training loop, evaluated after every epoch, with checkpoints, `metrics.jsonl` and resume.
 use crate::distributed::{GradReducer, World};
 use crate::error::TrainError;
-use crate::run_state::{load_splits, resume_from, save_checkpoint, CheckpointMeta};
+use crate::run_state::{back_up, load_splits, resume_from_verified, save_checkpoint, CheckpointMeta};
 use crate::strategy::{fit, full::Full, EpochRecord, RunSpec, Strategy};
 use crate::trainer::{OnNan, OptimConfig, StepInfo, Trainer};
 use std::io::Write;
@@ -34,6 +34,9 @@ pub struct TrainConfig {
     /// Set (e.g. by a SIGINT/SIGTERM handler) to end the run after the current step, saving
     /// an interrupted-run checkpoint that `resume` continues from.
     pub stop: Option<std::sync::Arc<std::sync::atomic::AtomicBool>>,
+    /// A second folder that receives a verified copy of every checkpoint; `resume` continues
+    /// from the newest checkpoint that verifies in either folder.
+    pub backup_dir: Option<PathBuf>,
     /// Data-parallel: BatchNorm statistics over all ranks' rows (PyTorch's SyncBatchNorm)
     /// instead of each rank's own.
     pub sync_bn: bool,
@@ -59,6 +62,7 @@ impl Default for TrainConfig {
             stop: None,
             world: Default::default(),
             sync_bn: false,
+            backup_dir: None,
         }
     }
 }
@@ -116,20 +120,26 @@ pub fn train_with(cfg: &TrainConfig, progress: &mut dyn FnMut(&StepInfo), grad_h
     // Rank 0 alone keeps the run folder; the others read it only to resume.
     let out = cfg.out.as_ref().filter(|_| world.is_root());
     if let Some(out) = out {
-        // A run folder is continued (--resume), replaced (--overwrite) or new: never mixed.
-        if !cfg.resume && crate::run_state::holds_a_run(out)? {
-            if !cfg.overwrite {
-                return Err(TrainError::Config(format!(
-                    "{} already holds a training run; pass --resume to continue it, --overwrite to replace it, or another --out",
-                    out.display()
-                )));
+        // A run folder (and its backup) is continued (--resume), replaced (--overwrite) or new:
+        // never mixed.
+        for dir in std::iter::once(out).chain(cfg.backup_dir.as_ref()) {
+            if !cfg.resume && crate::run_state::holds_a_run(dir)? {
+                if !cfg.overwrite {
+                    return Err(TrainError::Config(format!(
+                        "{} already holds a training run; pass --resume to continue it, --overwrite to replace it, or another folder",
+                        dir.display()
+                    )));
+                }
+                crate::run_state::clear_run(dir)?;
             }
-            crate::run_state::clear_run(out)?;
         }
         std::fs::create_dir_all(out).map_err(|error| TrainError::Io { path: out.clone(), error })?;
     }
     let done = match (&cfg.out, cfg.resume) {
-        (Some(out), true) => resume_from(out, &t.model, &mut t.opt, &cfg.model, &device)?,
+        (Some(out), true) => {
+            let dirs: Vec<&std::path::Path> = std::iter::once(out.as_path()).chain(cfg.backup_dir.as_deref()).collect();
+            resume_from_verified(&dirs, &t.model, &mut t.opt, &cfg.model, &device)?
+        }
         (None, true) => return Err(TrainError::Resume("--resume needs --out (the run folder)".into())),
         _ => (0, 0),
     };
@@ -142,7 +152,10 @@ pub fn train_with(cfg: &TrainConfig, progress: &mut dyn FnMut(&StepInfo), grad_h
             )));
         }
         let Some(out) = out else { return Ok(()) };
-        save_checkpoint(out, &t.model, &t.opt, &CheckpointMeta { model: &cfg.model, epoch: record.epoch, seed: cfg.run.seed, batches: None })?;
+        let saved = save_checkpoint(out, &t.model, &t.opt, &CheckpointMeta { model: &cfg.model, epoch: record.epoch, seed: cfg.run.seed, batches: None })?;
+        if let Some(backup) = &cfg.backup_dir {
+            back_up(&saved, backup)?;
+        }
         let path = out.join("metrics.jsonl");
         let io = |error| TrainError::Io { path: path.clone(), error };
         let mut f = std::fs::OpenOptions::new().create(true).append(true).open(&path).map_err(io)?;
@@ -153,12 +166,14 @@ pub fn train_with(cfg: &TrainConfig, progress: &mut dyn FnMut(&StepInfo), grad_h
         // from the next batch exactly as the run would have.
         Err(TrainError::Interrupted { epoch, batches, .. }) => {
             let checkpoint = match out {
-                Some(out) => Some(save_checkpoint(
-                    out,
-                    &t.model,
-                    &t.opt,
-                    &CheckpointMeta { model: &cfg.model, epoch: epoch - 1, seed: cfg.run.seed, batches: Some(batches) },
-                )?),
+                Some(out) => {
+                    let meta = CheckpointMeta { model: &cfg.model, epoch: epoch - 1, seed: cfg.run.seed, batches: Some(batches) };
+                    let saved = save_checkpoint(out, &t.model, &t.opt, &meta)?;
+                    if let Some(backup) = &cfg.backup_dir {
+                        back_up(&saved, backup)?;
+                    }
+                    Some(saved)
+                }
                 None => None,
             };
             Err(TrainError::Interrupted { epoch, batches, checkpoint })
