@@ -202,7 +202,7 @@ pub fn verified_resume_point(dirs: &[&Path]) -> Result<Option<Verified>, TrainEr
         }
     }
     // Newest first; between equal states, the earlier folder (the run's own) first.
-    candidates.sort_by(|a, b| (b.0, b.1).cmp(&(a.0, a.1)));
+    candidates.sort_by_key(|c| std::cmp::Reverse((c.0, c.1)));
     let mut failed = Vec::new();
     for (epoch, batches, path) in candidates {
         match Checkpoint::load(&path) {
