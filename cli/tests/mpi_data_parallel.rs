@@ -206,7 +206,8 @@ fn a_killed_rank_stops_the_job_and_resume_reaches_the_uninterrupted_weights() {
     let root = std::env::temp_dir().join(format!("tessera-mpi-kill-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&root);
     let data = root.join("data");
-    common::write_coloured_cifar_sized(&data, 600);
+    // 6 000 images: two ranks take ~2 s an epoch here, so the kill lands well inside epoch 2.
+    common::write_coloured_cifar_sized(&data, 1200);
     let run = |out: &Path| common::two_epoch_run(&data, out, 1);
     let straight = root.join("straight");
     let o = mpirun(&root, &run(&straight).iter().map(String::as_str).collect::<Vec<_>>()).output().unwrap();
