@@ -190,8 +190,6 @@ pub struct Trainer {
     pub grad_hook: Option<GradHook>,
     /// Data-parallel training: sums each step's gradients over the ranks (none: one process).
     pub reducer: Option<GradReducer>,
-    /// This rank's rows of the current global batch over the global batch's.
-    shard_weight: f32,
     /// Set (by a signal handler) to end the epoch after the current step.
     pub stop: Option<std::sync::Arc<std::sync::atomic::AtomicBool>>,
     on_nan: OnNan,
@@ -225,7 +223,6 @@ impl Trainer {
             update_flops: 0.0,
             grad_hook: None,
             reducer: None,
-            shard_weight: 1.0,
             stop: None,
             on_nan,
             guard,
@@ -266,10 +263,9 @@ impl Trainer {
 
     /// The next backward pass is on `rows` of a global batch of `global` rows (data-parallel:
     /// this rank's gradient weighs rows / global in the sum over ranks).
-    pub fn set_batch_share(&mut self, rows: usize, global: usize) {
-        self.shard_weight = rows as f32 / global.max(1) as f32;
+    pub fn set_batch_share(&self, rows: usize, global: usize) {
         if let Some(r) = &self.reducer {
-            r.world().set_share(self.shard_weight);
+            r.world().set_share(rows as f32 / global.max(1) as f32);
         }
     }
 
@@ -291,7 +287,7 @@ impl Trainer {
             return Ok(());
         };
         let trainable = self.opt.groups().iter().flat_map(|g| &g.params).filter(|p| p.requires_grad()).cloned().collect();
-        reducer.begin(trainable, self.shard_weight);
+        reducer.begin(trainable);
         let mut failed = None;
         let (done, flops) = count_gemm_flops(|| {
             loss.backward_with(&mut |slot| {

@@ -17,12 +17,11 @@ use std::sync::mpsc::{channel, Receiver, Sender};
 pub struct World {
     pub rank: usize,
     pub size: usize,
-    /// The rank among those on this node (OpenMPI's or Slurm's local rank).
-    pub local_rank: usize,
     comm: Option<Comm>,
     /// Nanoseconds the communication thread spent in collectives.
     busy: std::sync::Arc<std::sync::atomic::AtomicU64>,
-    /// This rank's share of the current global batch (f32 bits), for synchronised batch norm.
+    /// This rank's rows of the current global batch over the global batch's (f32 bits): its
+    /// gradient's weight in the sums over ranks.
     share: std::sync::atomic::AtomicU32,
 }
 
@@ -56,11 +55,6 @@ pub fn launched_by_mpi() -> bool {
     ["OMPI_COMM_WORLD_SIZE", "PMI_SIZE", "PMIX_RANK"].iter().any(|v| std::env::var_os(v).is_some())
 }
 
-#[cfg(feature = "mpi")]
-fn env_usize(names: &[&str]) -> Option<usize> {
-    names.iter().find_map(|n| std::env::var(n).ok()?.parse().ok())
-}
-
 impl Default for World {
     fn default() -> Self {
         Self::single()
@@ -69,14 +63,14 @@ impl Default for World {
 
 impl std::fmt::Debug for World {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "World {{ rank: {}, size: {}, local_rank: {} }}", self.rank, self.size, self.local_rank)
+        write!(f, "World {{ rank: {}, size: {} }}", self.rank, self.size)
     }
 }
 
 impl World {
     /// One process, no communication.
     pub fn single() -> Self {
-        Self { rank: 0, size: 1, local_rank: 0, comm: None, busy: Default::default(), share: 1f32.to_bits().into() }
+        Self { rank: 0, size: 1, comm: None, busy: Default::default(), share: 1f32.to_bits().into() }
     }
 
     /// The MPI job this process belongs to, or [`World::single`] when no launcher started it.
@@ -98,8 +92,7 @@ impl World {
             .spawn(move || mpi_comm::serve(rx, ready_tx, &counter))
             .map_err(|e| TrainError::Distributed(format!("starting the MPI thread: {e}")))?;
         let (rank, size) = ready_rx.recv().map_err(|_| TrainError::Distributed("MPI did not initialise".into()))?.map_err(TrainError::Distributed)?;
-        let local_rank = env_usize(&["OMPI_COMM_WORLD_LOCAL_RANK", "SLURM_LOCALID", "MPI_LOCALRANKID"]).unwrap_or(0);
-        Ok(Self { rank, size, local_rank, comm: Some(Comm { jobs: Some(jobs), thread: Some(thread) }), busy, share: 1f32.to_bits().into() })
+        Ok(Self { rank, size, comm: Some(Comm { jobs: Some(jobs), thread: Some(thread) }), busy, share: 1f32.to_bits().into() })
     }
 
     #[cfg(not(feature = "mpi"))]
@@ -115,6 +108,11 @@ impl World {
     /// Sets this rank's share of the global batch being trained.
     pub fn set_share(&self, share: f32) {
         self.share.store(share.to_bits(), std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// This rank's share of the global batch being trained.
+    pub fn share(&self) -> f32 {
+        f32::from_bits(self.share.load(std::sync::atomic::Ordering::Relaxed))
     }
 
     pub fn is_root(&self) -> bool {
@@ -142,11 +140,6 @@ impl World {
     pub fn sum(&self, values: Vec<f32>) -> Result<Vec<f32>, TrainError> {
         self.start_sum(values).wait()
     }
-
-    /// This rank's rows `[lo, hi)` of a global batch of `len` rows.
-    pub fn shard(&self, len: usize) -> (usize, usize) {
-        (self.rank * len / self.size, (self.rank + 1) * len / self.size)
-    }
 }
 
 /// Synchronised batch norm sums its statistics and gradient terms over the ranks.
@@ -156,7 +149,7 @@ impl tessera_engine::nn::ReplicaSum for World {
     }
 
     fn share(&self) -> f32 {
-        f32::from_bits(self.share.load(std::sync::atomic::Ordering::Relaxed))
+        World::share(self)
     }
 
     fn position(&self) -> (usize, usize) {

@@ -24,8 +24,6 @@ pub struct GradReducer {
     slot_of: HashMap<usize, usize>,
     ready: Vec<usize>,
     pending: Vec<Option<Pending>>,
-    /// This rank's share of the global batch: its gradient's weight in the sum.
-    weight: f32,
     /// Bytes sent to the all-reduce so far, and the time spent waiting for sums after the
     /// backward pass (what communication did not hide).
     pub bytes: u64,
@@ -42,7 +40,6 @@ impl GradReducer {
             slot_of: HashMap::new(),
             ready: Vec::new(),
             pending: Vec::new(),
-            weight: 1.0,
             bytes: 0,
             exposed: Duration::ZERO,
         }
@@ -52,10 +49,10 @@ impl GradReducer {
         &self.world
     }
 
-    /// Before a backward pass: `trainable` in parameter order, and this rank's `weight` (its
-    /// rows over the global batch's). Buckets are remade when what trains changed.
-    pub fn begin(&mut self, trainable: Vec<Arc<Param>>, weight: f32) {
-        self.weight = weight;
+    /// Before a backward pass: `trainable` in parameter order (each rank's gradient weighs its
+    /// share of the global batch, [`World::share`], in the sum). Buckets are remade when what
+    /// trains changed.
+    pub fn begin(&mut self, trainable: Vec<Arc<Param>>) {
         let signature: Vec<usize> = trainable.iter().map(|p| p.grad_slot_id()).collect();
         if signature != self.signature {
             self.buckets.clear();
@@ -97,7 +94,10 @@ impl GradReducer {
         for &i in &self.buckets[b] {
             let p = &self.params[i];
             match p.grad() {
-                Some(g) => flat.extend(g.to_vec()?.into_iter().map(|v| v * self.weight)),
+                Some(g) => {
+                    let share = self.world.share();
+                    flat.extend(g.to_vec()?.into_iter().map(|v| v * share))
+                }
                 // No gradient reached it this step (unused in the graph): it adds zero.
                 None => flat.extend(std::iter::repeat_n(0.0, p.value().numel())),
             }
