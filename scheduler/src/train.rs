@@ -144,6 +144,14 @@ pub fn train_with(cfg: &TrainConfig, progress: &mut dyn FnMut(&StepInfo), grad_h
         _ => (0, 0),
     };
     t.stop = cfg.stop.clone();
+    // A checkpoint in the run folder, and its verified copy in the backup folder.
+    let save = |t: &Trainer, out: &std::path::Path, meta: &CheckpointMeta| -> Result<PathBuf, TrainError> {
+        let saved = save_checkpoint(out, &t.model, &t.opt, meta)?;
+        if let Some(backup) = &cfg.backup_dir {
+            back_up(&saved, backup)?;
+        }
+        Ok(saved)
+    };
     let result = fit(&mut t, &mut strategy, &train_set, &test_set, &run, done, progress, &mut |t, record| {
         if record.skipped_batches > 0 && record.images_per_sec == 0.0 && !cfg.allow_empty_epochs {
             return Err(TrainError::Config(format!(
@@ -152,10 +160,7 @@ pub fn train_with(cfg: &TrainConfig, progress: &mut dyn FnMut(&StepInfo), grad_h
             )));
         }
         let Some(out) = out else { return Ok(()) };
-        let saved = save_checkpoint(out, &t.model, &t.opt, &CheckpointMeta { model: &cfg.model, epoch: record.epoch, seed: cfg.run.seed, batches: None })?;
-        if let Some(backup) = &cfg.backup_dir {
-            back_up(&saved, backup)?;
-        }
+        save(t, out, &CheckpointMeta { model: &cfg.model, epoch: record.epoch, seed: cfg.run.seed, batches: None })?;
         let path = out.join("metrics.jsonl");
         let io = |error| TrainError::Io { path: path.clone(), error };
         let mut f = std::fs::OpenOptions::new().create(true).append(true).open(&path).map_err(io)?;
@@ -165,17 +170,8 @@ pub fn train_with(cfg: &TrainConfig, progress: &mut dyn FnMut(&StepInfo), grad_h
         // Interrupted mid-epoch: the state after the last finished step, so --resume continues
         // from the next batch exactly as the run would have.
         Err(TrainError::Interrupted { epoch, batches, .. }) => {
-            let checkpoint = match out {
-                Some(out) => {
-                    let meta = CheckpointMeta { model: &cfg.model, epoch: epoch - 1, seed: cfg.run.seed, batches: Some(batches) };
-                    let saved = save_checkpoint(out, &t.model, &t.opt, &meta)?;
-                    if let Some(backup) = &cfg.backup_dir {
-                        back_up(&saved, backup)?;
-                    }
-                    Some(saved)
-                }
-                None => None,
-            };
+            let meta = CheckpointMeta { model: &cfg.model, epoch: epoch - 1, seed: cfg.run.seed, batches: Some(batches) };
+            let checkpoint = out.map(|out| save(&t, out, &meta)).transpose()?;
             Err(TrainError::Interrupted { epoch, batches, checkpoint })
         }
         other => other,

@@ -277,6 +277,7 @@ pub fn fit_epoch(
     let (images, test_n) = (sums[2].max(1.0), sums[5].max(1.0));
     let stats = EpochStats { loss: sums[0] / images, accuracy: sums[1] / images, images: sums[2] as usize, ..stats };
     let (test_loss, test_accuracy) = (sums[3] / test_n, sums[4] / test_n);
+    let comm_after = comm(t);
     Ok(EpochRecord {
         epoch,
         stage,
@@ -294,9 +295,9 @@ pub fn fit_epoch(
         trainable_params,
         skipped_batches: stats.skipped,
         loader_peak_bytes: stats.loader_peak_bytes,
-        allreduce_bytes: comm(t).0 - comm_before.0,
-        allreduce_seconds: comm(t).1 - comm_before.1,
-        allreduce_exposed_seconds: comm(t).2 - comm_before.2,
+        allreduce_bytes: comm_after.0 - comm_before.0,
+        allreduce_seconds: comm_after.1 - comm_before.1,
+        allreduce_exposed_seconds: comm_after.2 - comm_before.2,
         probe_seconds: 0.0,
     })
 }
