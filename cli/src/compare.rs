@@ -96,7 +96,7 @@ pub struct CompareArgs {
     /// --emit slurm DIR: instead of training, a Slurm job array with a task per strategy
     /// (each this command for its strategy, into DIR/strategies/<i>).
     #[command(flatten)]
-    emit: crate::tasks::EmitArgs,
+    emit: crate::jobs::EmitArgs,
 }
 
 /// The comparison's settings from the flags.
@@ -126,8 +126,8 @@ fn config(a: &CompareArgs) -> Result<CompareConfig> {
 
 pub fn run(a: CompareArgs) -> Result<()> {
     let mut cfg = config(&a)?;
-    if let Some(emit) = &a.emit.emit {
-        return emit_sweep(&a, &cfg, emit);
+    if let Some(job) = a.emit.job_dir("strategies")? {
+        return emit_sweep(&a, &cfg, &job);
     }
     // Under mpirun or srun: every strategy data-parallel over the job's ranks.
     cfg.world = std::sync::Arc::new(tessera_scheduler::distributed::World::from_env()?);
@@ -214,42 +214,18 @@ fn task_flags() -> Vec<String> {
 
 /// `compare --emit slurm DIR`: an array task per strategy, each this comparison for one
 /// strategy into DIR/strategies/<i> (its runs.json is what `merge` reads).
-fn emit_sweep(a: &CompareArgs, cfg: &CompareConfig, emit: &[String]) -> Result<()> {
-    let [format, dir] = emit else { anyhow::bail!("--emit takes a format and a folder") };
-    if format != "slurm" {
-        anyhow::bail!("--emit {format}: the one format is `slurm`");
-    }
+fn emit_sweep(a: &CompareArgs, cfg: &CompareConfig, job: &crate::jobs::JobDir) -> Result<()> {
     for spec in &cfg.strategies {
         strategy_of(spec, cfg)?;
     }
-    let dir = std::path::Path::new(dir);
-    for sub in ["logs", "strategies"] {
-        std::fs::create_dir_all(dir.join(sub)).with_context(|| format!("creating {}", dir.join(sub).display()))?;
-    }
-    let dir = dir.canonicalize().with_context(|| format!("resolving {}", dir.display()))?;
     let flags = task_flags();
-    let exe = std::env::current_exe().context("locating the tessera binary")?;
-    let mut command: Vec<String> = vec![exe.display().to_string(), "compare".into()];
+    let mut command: Vec<String> = vec![job.exe.clone(), "compare".into()];
     command.extend(flags.iter().cloned());
-    command.extend(["--strategies".into(), "{item}".into(), "--out".into(), dir.join("strategies/{index}").display().to_string()]);
-    let cwd = std::env::current_dir().context("reading the working directory")?;
-    let job = tessera_scheduler::slurm::ArrayJob {
-        name: "tessera-sweep",
-        items: &cfg.strategies,
-        ranks: a.emit.ranks,
-        log_dir: &dir.join("logs"),
-        workdir: &cwd,
-        command: &command,
-    };
-    let script = dir.join("tasks.sbatch");
-    std::fs::write(&script, job.script()).with_context(|| format!("writing {}", script.display()))?;
-    let record =
-        serde_json::json!({"kind": "sweep", "strategies": cfg.strategies, "compare_flags": flags, "ranks": a.emit.ranks, "workdir": cwd.display().to_string()});
-    std::fs::write(dir.join("job.json"), serde_json::to_string_pretty(&record)?).with_context(|| format!("writing {}", dir.join("job.json").display()))?;
-    crate::table::note(
-        a.json,
-        &format!("wrote {} (an array of {} strategies): sbatch it, then `tessera merge {}`", script.display(), cfg.strategies.len(), dir.display()),
-    );
+    command.extend(["--strategies".into(), "{item}".into(), "--out".into(), job.dir.join("strategies/{index}").display().to_string()]);
+    let record = serde_json::json!({"kind": "sweep", "strategies": cfg.strategies, "compare_flags": flags});
+    let script = job.write("tessera-sweep", &cfg.strategies, &command, record)?;
+    let wrote = format!("wrote {} (an array of {} strategies): sbatch it, then `tessera merge {}`", script.display(), cfg.strategies.len(), job.dir.display());
+    crate::table::note(a.json, &wrote);
     Ok(())
 }
 
@@ -261,14 +237,11 @@ struct SweepFlags {
     compare: CompareArgs,
 }
 
-/// `tessera merge DIR` of a sweep: each strategy's runs.json, together, into DIR's report.
+/// `tessera merge DIR` of a sweep (`dir` resolved by [`crate::jobs::open`]): each strategy's
+/// runs.json, together, into DIR's report.
 pub fn merge_sweep(dir: &std::path::Path, job: &serde_json::Value, json: bool) -> Result<()> {
-    let dir = dir.canonicalize().with_context(|| format!("resolving {}", dir.display()))?;
     let strategies: Vec<String> = serde_json::from_value(job["strategies"].clone()).context("job.json: strategies")?;
     let flags: Vec<String> = serde_json::from_value(job["compare_flags"].clone()).context("job.json: compare_flags")?;
-    if let Some(workdir) = job["workdir"].as_str() {
-        std::env::set_current_dir(workdir).with_context(|| format!("entering {workdir}, the job's working folder"))?;
-    }
     let words = ["--strategies".to_string(), strategies.join(","), "--out".into(), dir.display().to_string()];
     let parsed = <SweepFlags as clap::Parser>::try_parse_from(words.iter().chain(&flags)).map_err(|e| anyhow::anyhow!("job.json's compare flags: {e}"))?;
     let mut cfg = config(&parsed.compare)?;
@@ -279,7 +252,7 @@ pub fn merge_sweep(dir: &std::path::Path, job: &serde_json::Value, json: bool) -
         let path = dir.join(format!("strategies/{i}/runs.json"));
         match std::fs::read_to_string(&path).ok().and_then(|t| serde_json::from_str::<Vec<Interleaved>>(&t).ok()) {
             Some(runs) if runs.len() == cfg.repeat && runs.iter().all(|r| r.runs.len() == 1) => per.push(runs),
-            _ => missing.push(crate::tasks::unfinished(&dir, i, &format!("strategy `{name}` left no complete {}", path.display()))),
+            _ => missing.push(crate::jobs::unfinished(dir, i, &format!("strategy `{name}` left no complete {}", path.display()))),
         }
     }
     if !missing.is_empty() {
@@ -295,7 +268,7 @@ pub fn merge_sweep(dir: &std::path::Path, job: &serde_json::Value, json: bool) -
         load_splits(&parsed.compare.data, parsed.compare.limit_per_class).with_context(|| format!("loading {}", parsed.compare.data.display()))?;
     let initial = initial_accuracy(&cfg, &test, train.classes().len())?;
     let rows = report_from_repeats(&cfg, &train, &test, initial, &repeats)?;
-    print_rows(&rows, json, &dir);
+    print_rows(&rows, json, dir);
     Ok(())
 }
 

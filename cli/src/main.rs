@@ -3,6 +3,7 @@ mod analysis;
 mod check;
 mod compare;
 mod flags;
+mod jobs;
 mod table;
 mod tasks;
 

@@ -1,5 +1,6 @@
 //! `tessera plan` / `run-plan` / `run-task`: task decomposition, trained as parallel processes.
 use crate::flags::{model_name, real32, real64, whole};
+use crate::jobs::{unfinished, JobDir};
 use crate::table::{note, print_record};
 use anyhow::{bail, Context, Result};
 use clap::Args;
@@ -12,7 +13,6 @@ use tessera_scheduler::data::Dataset;
 use tessera_scheduler::json::shortest_floats;
 use tessera_scheduler::run_state::load_splits;
 use tessera_scheduler::settings;
-use tessera_scheduler::slurm::ArrayJob;
 use tessera_scheduler::tasks::{evaluate_merged, train_task, Plan, TaskConfig};
 use tessera_scheduler::trainer::{OptimConfig, OptimizerKind};
 
@@ -37,22 +37,10 @@ pub struct PlanArgs {
     /// running `tessera run-task` with the flags after `--` (e.g. `-- --data
     /// ../shared/data/cifar10 --model simple-cnn`).
     #[command(flatten)]
-    emit: EmitArgs,
+    emit: crate::jobs::EmitArgs,
     /// run-task's flags, after `--` (with --emit).
     #[arg(last = true)]
     task_flags: Vec<String>,
-}
-
-/// A Slurm job array instead of running here (`plan` and `compare`).
-#[derive(Args)]
-pub struct EmitArgs {
-    /// `slurm DIR`: write DIR/tasks.sbatch (a job array) and DIR/job.json instead of running;
-    /// `tessera merge DIR` combines the finished tasks.
-    #[arg(long, num_args = 2, value_names = ["FORMAT", "DIR"])]
-    pub emit: Option<Vec<String>>,
-    /// With --emit: MPI ranks per array task (each task data-parallel under mpirun).
-    #[arg(long, default_value_t = 1, value_parser = whole(settings::RANKS))]
-    pub ranks: usize,
 }
 
 /// Settings of the task models, shared by run-plan and the run-task children it starts.
@@ -114,13 +102,9 @@ pub struct RunTaskArgs {
 
 pub fn plan(a: PlanArgs) -> Result<()> {
     let plan = Plan::new(a.classes, a.tasks, a.time_budget)?;
-    if let Some(emit) = &a.emit.emit {
-        let [format, dir] = &emit[..] else { bail!("--emit takes a format and a folder") };
-        if format != "slurm" {
-            bail!("--emit {format}: the one format is `slurm`");
-        }
-        let script = emit_slurm(&plan, std::path::Path::new(dir), &a.task_flags, a.emit.ranks)?;
-        note(a.json, &format!("wrote {script} (an array of {} tasks): sbatch it, then `tessera merge {dir}`", plan.tasks.len(), script = script.display()));
+    if let Some(job) = a.emit.job_dir("tasks")? {
+        let script = emit_slurm(&plan, &job, &a.task_flags)?;
+        note(a.json, &format!("wrote {} (an array of {} tasks): sbatch it, then `tessera merge {}`", script.display(), plan.tasks.len(), job.dir.display()));
         return Ok(());
     }
     crate::create_parent(&a.out)?;
@@ -269,13 +253,6 @@ fn report_merged(plan: &Plan, task: &TaskArgs, test: &Dataset, mut merged: serde
     Ok(())
 }
 
-/// "task T: WHAT; LOG ends: its last line" for an array task that left no result in `dir`.
-pub(crate) fn unfinished(dir: &std::path::Path, t: usize, what: &str) -> String {
-    let log = dir.join("logs").join(format!("task-{t}.out"));
-    let last = std::fs::read_to_string(&log).ok().and_then(|l| l.lines().rev().find(|l| !l.trim().is_empty()).map(String::from));
-    format!("task {t}: {what}; {}", last.map_or(format!("no log at {}", log.display()), |l| format!("{} ends: {l}", log.display())))
-}
-
 /// `run-task`'s flags as `plan --emit` takes them after `--`, parsed as run-task would.
 #[derive(clap::Parser)]
 #[command(name = "tessera run-task", no_binary_name = true)]
@@ -290,31 +267,20 @@ fn task_flags(plan: &std::path::Path, out: &std::path::Path, flags: &[String]) -
     Ok(parsed.task)
 }
 
-/// `plan --emit slurm DIR -- FLAGS`: DIR/plan.json, DIR/tasks.sbatch (an array task per plan
-/// task running `run-task FLAGS`), DIR/job.json (what `merge` needs), DIR/logs, DIR/tasks.
-fn emit_slurm(plan: &Plan, dir: &std::path::Path, flags: &[String], ranks: usize) -> Result<std::path::PathBuf> {
-    for sub in ["logs", "tasks"] {
-        std::fs::create_dir_all(dir.join(sub)).with_context(|| format!("creating {}", dir.join(sub).display()))?;
-    }
-    let dir = dir.canonicalize().with_context(|| format!("resolving {}", dir.display()))?;
-    let (plan_path, out) = (dir.join("plan.json"), dir.join("tasks"));
+/// `plan --emit slurm DIR -- FLAGS`: DIR/plan.json and an array task per plan task running
+/// `run-task FLAGS` into DIR/tasks.
+fn emit_slurm(plan: &Plan, job: &JobDir, flags: &[String]) -> Result<std::path::PathBuf> {
+    let (plan_path, out) = (job.dir.join("plan.json"), job.dir.join("tasks"));
     let task = task_flags(&plan_path, &out, flags)?;
     if !task.task.data.exists() {
         bail!("--data {}: no such folder (the run-task flags after `--` need one)", task.task.data.display());
     }
     std::fs::write(&plan_path, plan.to_json()).with_context(|| format!("writing {}", plan_path.display()))?;
-    let exe = std::env::current_exe().context("locating the tessera binary")?;
-    let mut command: Vec<String> = [exe.display().to_string(), "run-task".into(), "--index".into(), "{item}".into()].into();
+    let mut command: Vec<String> = [job.exe.clone(), "run-task".into(), "--index".into(), "{item}".into()].into();
     command.extend(["--plan".into(), plan_path.display().to_string(), "--out".into(), out.display().to_string()]);
     command.extend(flags.iter().cloned());
-    let cwd = std::env::current_dir().context("reading the working directory")?;
-    let script = dir.join("tasks.sbatch");
     let items: Vec<String> = (0..plan.tasks.len()).map(|t| t.to_string()).collect();
-    let job = ArrayJob { name: "tessera-plan", items: &items, ranks, log_dir: &dir.join("logs"), workdir: &cwd, command: &command };
-    std::fs::write(&script, job.script()).with_context(|| format!("writing {}", script.display()))?;
-    let job = json!({"kind": "plan", "tasks": plan.tasks.len(), "task_flags": flags, "ranks": ranks, "workdir": cwd.display().to_string()});
-    std::fs::write(dir.join("job.json"), serde_json::to_string_pretty(&job)?).with_context(|| format!("writing {}", dir.join("job.json").display()))?;
-    Ok(script)
+    job.write("tessera-plan", &items, &command, json!({"kind": "plan", "tasks": plan.tasks.len(), "task_flags": flags}))
 }
 
 #[derive(Args)]
@@ -329,21 +295,13 @@ pub struct MergeArgs {
 /// `tessera merge DIR`: the finished array tasks' checkpoints merged and evaluated; a missing
 /// task is named with the end of its log.
 pub fn merge(a: MergeArgs) -> Result<()> {
-    let job_path = a.dir.join("job.json");
-    let text = std::fs::read_to_string(&job_path)
-        .with_context(|| format!("reading {} (is {} a folder `--emit slurm` wrote?)", job_path.display(), a.dir.display()))?;
-    let job: serde_json::Value = serde_json::from_str(&text).with_context(|| format!("{}: not JSON", job_path.display()))?;
+    let (dir, job) = crate::jobs::open(&a.dir)?;
     match job["kind"].as_str() {
         Some("plan") => {}
-        Some("sweep") => return crate::compare::merge_sweep(&a.dir, &job, a.json),
-        _ => bail!("{}: kind {} is not one merge knows (plan, sweep)", job_path.display(), job["kind"]),
+        Some("sweep") => return crate::compare::merge_sweep(&dir, &job, a.json),
+        _ => bail!("{}: kind {} is not one merge knows (plan, sweep)", dir.join("job.json").display(), job["kind"]),
     }
-    let flags: Vec<String> = serde_json::from_value(job["task_flags"].clone()).with_context(|| format!("{}: task_flags", job_path.display()))?;
-    let dir = a.dir.canonicalize().with_context(|| format!("resolving {}", a.dir.display()))?;
-    // The tasks' relative paths meant the folder the job was written from.
-    if let Some(workdir) = job["workdir"].as_str() {
-        std::env::set_current_dir(workdir).with_context(|| format!("entering {workdir}, the job's working folder"))?;
-    }
+    let flags: Vec<String> = serde_json::from_value(job["task_flags"].clone()).context("job.json: task_flags")?;
     let task = task_flags(&dir.join("plan.json"), &dir.join("tasks"), &flags)?.task;
     let plan = Plan::load(&task.plan)?;
     let missing: Vec<String> =
