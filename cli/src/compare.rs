@@ -8,6 +8,7 @@ use tessera_engine::checkpoint::Checkpoint;
 use tessera_scheduler::compare::lane::{strategy_of, Lane, LaneEnd, LocalLane};
 use tessera_scheduler::compare::probe::ProbeTimes;
 use tessera_scheduler::compare::{compare, compare_lanes, initial_accuracy, report_from_repeats, CompareConfig, Interleaved, Stat};
+use tessera_scheduler::monitor::{forwarded, Forward, Labels, Monitor};
 use tessera_scheduler::run_state::load_splits;
 use tessera_scheduler::settings;
 use tessera_scheduler::strategy::EpochRecord;
@@ -97,6 +98,8 @@ pub struct CompareArgs {
     /// (each this command for its strategy, into DIR/strategies/<i>).
     #[command(flatten)]
     emit: crate::jobs::EmitArgs,
+    #[command(flatten)]
+    watch: crate::watch::WatchArgs,
 }
 
 /// The comparison's settings from the flags.
@@ -121,6 +124,7 @@ fn config(a: &CompareArgs) -> Result<CompareConfig> {
         repeat: a.repeat,
         world: Default::default(),
         layout: None,
+        watch: a.watch.spec(),
     })
 }
 
@@ -155,9 +159,16 @@ pub fn run(a: CompareArgs) -> Result<()> {
         compare(&cfg, &train, &test, &mut progress)
     } else {
         eprintln!("comparing {} on {} training / {} test images, in turns, one process per strategy", cfg.strategies.join(", "), train.len(), test.len());
-        // Each lane gets the same flags as this command.
+        // Each lane gets the same flags as this command, and forwards its reports here.
         let flags: Vec<std::ffi::OsString> = std::env::args_os().skip_while(|a| a != "compare").skip(1).collect();
-        let mut lanes = || cfg.strategies.iter().map(|spec| ProcessLane::spawn(spec, &flags).map(|l| Box::new(l) as Box<dyn Lane>)).collect();
+        let watch = cfg.watch.start(&cfg.run_name())?;
+        if let Some(addr) = watch.metrics_addr() {
+            eprintln!("metrics at http://{addr}/metrics");
+        }
+        let mut lanes = || {
+            let lane = |spec: &String| -> Result<Box<dyn Lane>, TrainError> { Ok(Box::new(ProcessLane::spawn(spec, &flags, watch.monitor(spec, true)?)?)) };
+            cfg.strategies.iter().map(lane).collect()
+        };
         compare_lanes(&cfg, &train, &test, &mut lanes, &mut progress)
     }
     .with_context(|| format!("comparing strategies on {}", a.model))?;
@@ -279,10 +290,12 @@ struct ProcessLane {
     child: Child,
     stdin: ChildStdin,
     stdout: BufReader<ChildStdout>,
+    /// Hears the reports the lane forwards between its answers.
+    monitor: Option<Monitor>,
 }
 
 impl ProcessLane {
-    fn spawn(spec: &str, flags: &[std::ffi::OsString]) -> Result<Self, TrainError> {
+    fn spawn(spec: &str, flags: &[std::ffi::OsString], monitor: Option<Monitor>) -> Result<Self, TrainError> {
         let exe = std::env::current_exe().map_err(|e| TrainError::Config(format!("locating the tessera binary: {e}")))?;
         let mut child = Command::new(exe)
             .arg("compare-lane")
@@ -294,7 +307,7 @@ impl ProcessLane {
             .spawn()
             .map_err(|e| TrainError::Config(format!("starting the lane of `{spec}`: {e}")))?;
         let (stdin, stdout) = (child.stdin.take().expect("piped"), BufReader::new(child.stdout.take().expect("piped")));
-        let mut lane = Self { spec: spec.into(), child, stdin, stdout };
+        let mut lane = Self { spec: spec.into(), child, stdin, stdout, monitor };
         // Ready (data loaded, model built) before the next lane starts: no start-up overlaps
         // another lane's epoch or the probe.
         lane.answer::<String>("start")?;
@@ -315,7 +328,15 @@ impl ProcessLane {
     fn answer<T: serde::de::DeserializeOwned>(&mut self, line: &str) -> Result<T, TrainError> {
         let fail = |detail: String| TrainError::Config(format!("the lane of `{}`: {detail}", self.spec));
         let mut answer = String::new();
-        self.stdout.read_line(&mut answer).map_err(|e| fail(e.to_string()))?;
+        loop {
+            answer.clear();
+            self.stdout.read_line(&mut answer).map_err(|e| fail(e.to_string()))?;
+            match (forwarded(&answer), self.monitor.as_mut()) {
+                (Some(report), Some(m)) => m.report(&report)?,
+                (Some(_), None) => {}
+                (None, _) => break,
+            }
+        }
         let reply: LaneReply<T> = serde_json::from_str(&answer).map_err(|_| fail(format!("it ended without an answer to `{line}` (its error is above)")))?;
         match reply {
             LaneReply::Ok(value) => Ok(value),
@@ -368,7 +389,14 @@ pub fn lane(a: LaneArgs) -> Result<()> {
         std::io::stdout().flush()
     };
     let mut lane = match LocalLane::new(&a.lane, &cfg, &train, &test, init.as_ref()) {
-        Ok(lane) => lane,
+        // The comparison's process serves the metrics: a lane forwards its reports there.
+        Ok(mut lane) => {
+            if cfg.watch.reports() {
+                let labels = Labels { run: cfg.run_name(), strategy: a.lane.clone() };
+                lane.watch(Some(Monitor::new(labels, vec![Box::new(Forward)])));
+            }
+            lane
+        }
         Err(e) => {
             reply(LaneReply::Error(format!("{:#}", anyhow::Error::new(e))))?;
             std::process::exit(1);

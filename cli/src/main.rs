@@ -6,6 +6,7 @@ mod flags;
 mod jobs;
 mod table;
 mod tasks;
+mod watch;
 
 use crate::flags::{model_name, real32, real64, whole};
 use anyhow::{bail, Context, Result};
@@ -228,6 +229,15 @@ struct TrainArgs {
     #[arg(long)]
     #[serde(default)]
     sync_bn: bool,
+    /// Serve live metrics in Prometheus's text format at http://ADDR/metrics while training.
+    #[arg(long, value_name = "ADDR")]
+    metrics_addr: Option<String>,
+    /// Write TensorBoard event files (scalars) into DIR.
+    #[arg(long, value_name = "DIR")]
+    tensorboard: Option<std::path::PathBuf>,
+    /// Stop (exit status 3) when the training loss rises past FACTOR × its running minimum.
+    #[arg(long, value_name = "FACTOR", value_parser = real32(settings::ALERT_EXIT))]
+    alert_exit: Option<f32>,
 }
 
 impl TrainArgs {
@@ -243,6 +253,7 @@ impl TrainArgs {
                 file.data = file.data.map(|p| base.join(p));
                 file.out = file.out.map(|p| base.join(p));
                 file.backup_dir = file.backup_dir.map(|p| base.join(p));
+                file.tensorboard = file.tensorboard.map(|p| base.join(p));
                 file
             }
         };
@@ -286,6 +297,11 @@ impl TrainArgs {
             world: Default::default(),
             sync_bn: self.sync_bn || file.sync_bn,
             backup_dir: self.backup_dir.or(file.backup_dir),
+            watch: tessera_scheduler::monitor::WatchSpec {
+                metrics_addr: self.metrics_addr.or(file.metrics_addr),
+                tensorboard: self.tensorboard.or(file.tensorboard),
+                alert_exit: self.alert_exit.or(file.alert_exit),
+            },
             on_nan: match self.on_nan.or(file.on_nan) {
                 Some(s) => s.parse().map_err(anyhow::Error::msg)?,
                 None => d.on_nan,
@@ -463,7 +479,10 @@ fn main() -> std::process::ExitCode {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {e:#}");
-            std::process::ExitCode::FAILURE
+            match watch::is_alert_exit(&e) {
+                true => std::process::ExitCode::from(watch::ALERT_EXIT_STATUS),
+                false => std::process::ExitCode::FAILURE,
+            }
         }
     }
 }

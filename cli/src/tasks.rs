@@ -5,12 +5,14 @@ use crate::table::{note, print_record};
 use anyhow::{bail, Context, Result};
 use clap::Args;
 use serde_json::json;
+use std::io::{BufRead, BufReader};
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::Instant;
 use tessera_engine::Device;
 use tessera_scheduler::data::Dataset;
 use tessera_scheduler::json::shortest_floats;
+use tessera_scheduler::monitor::{forwarded, Forward, Labels, Monitor};
 use tessera_scheduler::run_state::load_splits;
 use tessera_scheduler::settings;
 use tessera_scheduler::tasks::{evaluate_merged, train_task, Plan, TaskConfig};
@@ -89,6 +91,9 @@ pub struct RunPlanArgs {
     /// Print the results as JSON lines (`task` and `merged` records, as in OUT/results.json).
     #[arg(long)]
     json: bool,
+    /// Each task's metrics labelled `task-N`, its events in DIR/task-N.
+    #[command(flatten)]
+    watch: crate::watch::WatchArgs,
 }
 
 #[derive(Args)]
@@ -98,6 +103,12 @@ pub struct RunTaskArgs {
     /// The task of the plan to train (0-based).
     #[arg(long, value_parser = whole(settings::TASK_INDEX))]
     index: usize,
+    /// Metrics labelled `task-N`, events in DIR/task-N.
+    #[command(flatten)]
+    watch: crate::watch::WatchArgs,
+    /// Write progress reports to stdout for the run-plan that started this task.
+    #[arg(long, hide = true)]
+    forward_reports: bool,
 }
 
 pub fn plan(a: PlanArgs) -> Result<()> {
@@ -133,15 +144,27 @@ fn config(a: &TaskArgs) -> Result<TaskConfig> {
         threads: a.threads,
         workers: 1,
         world: Default::default(),
+        watch: Default::default(),
     })
+}
+
+/// A plan's name in metrics: its task folder's name.
+fn run_name(a: &TaskArgs) -> String {
+    a.out.file_name().map_or_else(|| "plan".into(), |n| n.to_string_lossy().into_owned())
 }
 
 /// One task, in this process (what run-plan's children run).
 pub fn run_task(a: RunTaskArgs) -> Result<()> {
     let plan = Plan::load(&a.task.plan)?;
     // Under mpirun or srun (an array task with --ranks): the task trains data-parallel.
-    let cfg = TaskConfig { world: std::sync::Arc::new(tessera_scheduler::distributed::World::from_env()?), ..config(&a.task)? };
-    let r = train_task(&plan, a.index, &cfg, &a.task.out).with_context(|| format!("training task {}", a.index))?;
+    let cfg = TaskConfig { world: std::sync::Arc::new(tessera_scheduler::distributed::World::from_env()?), watch: a.watch.spec(), ..config(&a.task)? };
+    let name = format!("task-{}", a.index);
+    let monitor = match a.forward_reports {
+        true => Some(Monitor::new(Labels { run: run_name(&a.task), strategy: name }, vec![Box::new(Forward)])),
+        false if cfg.world.is_root() => cfg.watch.start(&run_name(&a.task))?.monitor(&name, true)?,
+        false => None,
+    };
+    let r = train_task(&plan, a.index, &cfg, &a.task.out, monitor).with_context(|| format!("training task {}", a.index))?;
     if !cfg.world.is_root() {
         return Ok(());
     }
@@ -159,6 +182,9 @@ pub fn run_task(a: RunTaskArgs) -> Result<()> {
     Ok(())
 }
 
+/// A task's process, and the thread passing on its stdout when it forwards reports.
+type TaskProcess = (Child, Option<std::thread::JoinHandle<()>>);
+
 /// Every task as a child process, at most `workers` at a time, then the merged classifier.
 pub fn run_plan(a: RunPlanArgs) -> Result<()> {
     let plan = Plan::load(&a.task.plan)?;
@@ -172,8 +198,9 @@ pub fn run_plan(a: RunPlanArgs) -> Result<()> {
     let workers = a.workers.unwrap_or(cores).clamp(1, plan.tasks.len());
     let threads = (cores / workers).max(1);
     let exe = std::env::current_exe().context("locating the tessera binary")?;
+    let watch = a.watch.spec().start(&run_name(&a.task))?;
     let start = Instant::now();
-    let spawn = |t: usize| -> Result<Child> {
+    let spawn = |t: usize| -> Result<TaskProcess> {
         let mut cmd = Command::new(&exe);
         cmd.arg("run-task").arg("--index").arg(t.to_string()).arg("--plan").arg(&a.task.plan).arg("--data").arg(&a.task.data);
         cmd.args(["--model", &a.task.model, "--batch", &a.task.batch.to_string(), "--lr", &a.task.lr.to_string(), "--seed", &a.task.seed.to_string()]);
@@ -186,20 +213,51 @@ pub fn run_plan(a: RunPlanArgs) -> Result<()> {
         if let Some(n) = a.task.limit_per_class {
             cmd.args(["--limit-per-class", &n.to_string()]);
         }
-        // Under --json, stdout holds records only: the tasks' reports go to stderr.
-        cmd.stdout(if a.json { Stdio::from(std::io::stderr()) } else { Stdio::inherit() }).stderr(Stdio::inherit());
-        cmd.spawn().with_context(|| format!("starting task {t}"))
+        if let Some(f) = a.watch.alert_exit {
+            cmd.args(["--alert-exit", &f.to_string()]);
+        }
+        let monitor = watch.monitor(&format!("task-{t}"), true)?;
+        if monitor.is_some() {
+            cmd.arg("--forward-reports").stdout(Stdio::piped());
+        } else {
+            // Under --json, stdout holds records only: the tasks' reports go to stderr.
+            cmd.stdout(if a.json { Stdio::from(std::io::stderr()) } else { Stdio::inherit() });
+        }
+        let mut child = cmd.stderr(Stdio::inherit()).spawn().with_context(|| format!("starting task {t}"))?;
+        let mut reader = None;
+        if let (Some(mut monitor), Some(out)) = (monitor, child.stdout.take()) {
+            // The task's reports go to this process's monitor; its other lines are printed.
+            let json = a.json;
+            reader = Some(std::thread::spawn(move || {
+                for line in BufReader::new(out).lines().map_while(Result::ok) {
+                    match forwarded(&line) {
+                        Some(report) => {
+                            if let Err(e) = monitor.report(&report) {
+                                eprintln!("task {t}'s metrics: {e}");
+                            }
+                        }
+                        None if json => eprintln!("{line}"),
+                        None => println!("{line}"),
+                    }
+                }
+            }));
+        }
+        Ok((child, reader))
     };
     eprintln!("{} tasks, {workers} at a time, {threads} thread(s) each, budget {} s per task", plan.tasks.len(), plan.budget_secs);
     let mut pending: Vec<usize> = (0..plan.tasks.len()).rev().collect();
-    let mut running: Vec<(usize, Child)> = Vec::new();
+    let mut running: Vec<(usize, TaskProcess)> = Vec::new();
     while !pending.is_empty() || !running.is_empty() {
         while running.len() < workers {
             let Some(t) = pending.pop() else { break };
             running.push((t, spawn(t)?));
         }
-        let (t, mut child) = running.remove(0);
+        let (t, (mut child, reader)) = running.remove(0);
         let status = child.wait().with_context(|| format!("waiting for task {t}"))?;
+        // Its last lines are passed on before anything else prints.
+        if let Some(reader) = reader {
+            let _ = reader.join();
+        }
         if !status.success() {
             bail!("task {t} failed ({status})");
         }

@@ -19,6 +19,8 @@ pub enum TrainError {
     NonFinite { epoch: usize, step: usize, what: String, place: String },
     #[error("interrupted in epoch {epoch} after {batches} batches{}", match checkpoint { Some(p) => format!("; its state is in {}: continue with --resume", p.display()), None => "; no run folder, so nothing was saved".into() })]
     Interrupted { epoch: usize, batches: usize, checkpoint: Option<PathBuf> },
+    #[error("training loss {loss} at epoch {epoch}, step {step} is past --alert-exit {factor} × its running minimum {lowest}: the run diverged (lower --lr, or add --warmup-steps)")]
+    Diverged { epoch: usize, step: usize, loss: f32, lowest: f32, factor: f32 },
     #[error("cannot resume: {0}")]
     Resume(String),
     #[error("{0}")]

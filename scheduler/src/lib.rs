@@ -10,6 +10,7 @@ pub mod importance;
 pub mod interop;
 pub mod json;
 pub mod memory;
+pub mod monitor;
 pub mod plot;
 pub mod robustness;
 pub mod run_state;

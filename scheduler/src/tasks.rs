@@ -120,6 +120,8 @@ pub struct TaskConfig {
     /// Data-parallel (the task under mpirun/srun): every rank trains its share of each batch;
     /// rank 0 writes the checkpoint.
     pub world: Arc<crate::distributed::World>,
+    /// `--alert-exit` (the metrics' sinks come with [`train_task`]'s monitor).
+    pub watch: crate::monitor::WatchSpec,
 }
 
 /// What training one task did.
@@ -160,7 +162,8 @@ pub fn task_view(set: &Dataset, own: &[usize], seed: u64) -> Subset {
 /// Trains task `task` of `plan` until its budget is spent (checked before every step: the
 /// last step may overrun by one step's time; start-up — loading the data, building the
 /// model — is not counted) and saves `out/task-<t>.safetensors`.
-pub fn train_task(plan: &Plan, task: usize, cfg: &TaskConfig, out: &Path) -> Result<TaskReport, TrainError> {
+/// Rank 0's progress goes to `monitor`, if any.
+pub fn train_task(plan: &Plan, task: usize, cfg: &TaskConfig, out: &Path, monitor: Option<crate::monitor::Monitor>) -> Result<TaskReport, TrainError> {
     let launched = Instant::now();
     crate::settings::BATCH.check_usize(cfg.batch)?;
     crate::settings::THREADS.check_usize(cfg.threads)?;
@@ -181,6 +184,8 @@ pub fn train_task(plan: &Plan, task: usize, cfg: &TaskConfig, out: &Path) -> Res
     let model = tessera_models::build(&cfg.model, own.len() + 1, &device, cfg.seed + task as u64)?;
     // The rate follows a cosine over the time budget, set before each step.
     let mut t = Trainer::new(model, device, own.len() + 1, &cfg.optim, Box::new(Constant), OnNan::Stop)?;
+    t.alert = cfg.watch.alert(own.len() + 1);
+    t.monitor = monitor.filter(|_| cfg.world.is_root());
     if cfg.world.size > 1 {
         t.reducer = Some(crate::distributed::GradReducer::new(cfg.world.clone()));
     }

@@ -2,6 +2,7 @@
 //! training loop, evaluated after every epoch, with checkpoints, `metrics.jsonl` and resume.
 use crate::distributed::{GradReducer, World};
 use crate::error::TrainError;
+use crate::monitor::WatchSpec;
 use crate::run_state::{back_up, load_splits, resume_from_verified, save_checkpoint, CheckpointMeta};
 use crate::strategy::{fit, full::Full, EpochRecord, RunSpec, Strategy};
 use crate::trainer::{OnNan, OptimConfig, StepInfo, Trainer};
@@ -43,6 +44,8 @@ pub struct TrainConfig {
     /// The data-parallel job this process is a rank of: each rank trains on its shard of every
     /// batch and the gradients are summed over the ranks; rank 0 alone writes the run folder.
     pub world: std::sync::Arc<World>,
+    /// Live metrics (`--metrics-addr`, `--tensorboard`) and `--alert-exit`.
+    pub watch: WatchSpec,
 }
 
 impl Default for TrainConfig {
@@ -63,6 +66,7 @@ impl Default for TrainConfig {
             world: Default::default(),
             sync_bn: false,
             backup_dir: None,
+            watch: WatchSpec::default(),
         }
     }
 }
@@ -73,6 +77,7 @@ impl TrainConfig {
     pub fn validate(&self) -> Result<(), TrainError> {
         self.run.validate()?;
         self.optim.validate()?;
+        self.watch.validate()?;
         if let Some(n) = self.limit_per_class {
             crate::settings::LIMIT_PER_CLASS.check_usize(n)?;
         }
@@ -144,6 +149,11 @@ pub fn train_with(cfg: &TrainConfig, progress: &mut dyn FnMut(&StepInfo), grad_h
         _ => (0, 0),
     };
     t.stop = cfg.stop.clone();
+    // Rank 0 reports for the run (its metrics are the global batch's at each epoch's end).
+    t.alert = cfg.watch.alert(t.classes);
+    if world.is_root() {
+        t.monitor = cfg.watch.start(&run_name(cfg))?.monitor("full", false)?;
+    }
     // A checkpoint in the run folder, and its verified copy in the backup folder.
     let save = |t: &Trainer, out: &std::path::Path, meta: &CheckpointMeta| -> Result<PathBuf, TrainError> {
         let saved = save_checkpoint(out, &t.model, &t.opt, meta)?;
@@ -176,4 +186,9 @@ pub fn train_with(cfg: &TrainConfig, progress: &mut dyn FnMut(&StepInfo), grad_h
         }
         other => other,
     }
+}
+
+/// The run's name in metrics and the registry: its folder's name (else the model's).
+pub fn run_name(cfg: &TrainConfig) -> String {
+    cfg.out.as_deref().and_then(|o| o.file_name()).map_or_else(|| cfg.model.clone(), |n| n.to_string_lossy().into_owned())
 }

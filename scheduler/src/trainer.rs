@@ -6,6 +6,7 @@
 use crate::data::{Batch, DataError};
 use crate::distributed::GradReducer;
 use crate::error::TrainError;
+use crate::monitor::{DivergenceAlert, Monitor, Report, Snapshot};
 use std::time::{Duration, Instant};
 use tessera_engine::autograd as ag;
 use tessera_engine::ops::gemm::count_gemm_flops;
@@ -192,6 +193,10 @@ pub struct Trainer {
     pub reducer: Option<GradReducer>,
     /// Set (by a signal handler) to end the epoch after the current step.
     pub stop: Option<std::sync::Arc<std::sync::atomic::AtomicBool>>,
+    /// Hears a snapshot at every refresh and each epoch's record (live metrics).
+    pub monitor: Option<Monitor>,
+    /// `--alert-exit`: ends the run when the loss diverges.
+    pub alert: Option<DivergenceAlert>,
     on_nan: OnNan,
     guard: StepGuard,
     /// The guard's totals as last read.
@@ -224,6 +229,8 @@ impl Trainer {
             grad_hook: None,
             reducer: None,
             stop: None,
+            monitor: None,
+            alert: None,
             on_nan,
             guard,
             totals: StepTotals::default(),
@@ -371,14 +378,6 @@ impl Trainer {
         self.guard.reset_metrics(&at_start)?;
         let first_step = self.steps + 1;
         let (mut refreshed, mut done, mut interrupted) = (start, 0, false);
-        let info = |t: &StepTotals, done| StepInfo {
-            epoch,
-            step: done,
-            steps_per_epoch: count,
-            loss: t.mean_loss(),
-            accuracy: t.accuracy(),
-            images_per_sec: t.images as f32 / start.elapsed().as_secs_f32().max(1e-9),
-        };
         for b in batches {
             let b = b?;
             self.set_batch_share(b.labels.len(), b.global);
@@ -400,13 +399,11 @@ impl Trainer {
                 break;
             }
             if refreshed.elapsed() >= REFRESH {
-                let totals = self.read_guard(epoch, first_step)?;
-                progress(&info(&totals, done));
+                self.refresh(epoch, (first_step, done, count), start, progress)?;
                 refreshed = Instant::now();
             }
         }
-        let totals = self.read_guard(epoch, first_step)?;
-        progress(&info(&totals, done));
+        let totals = self.refresh(epoch, (first_step, done, count), start, progress)?;
         Ok(EpochStats {
             loss: totals.mean_loss(),
             accuracy: totals.accuracy(),
@@ -419,10 +416,40 @@ impl Trainer {
         })
     }
 
-    /// Reads the guard (one host read on a GPU). Under `OnNan::Stop`, a flagged step is an
-    /// error naming it (within the epoch that began at `first_step`) and where it began.
-    fn read_guard(&mut self, epoch: usize, first_step: usize) -> Result<StepTotals, TrainError> {
+    /// Reads the guard (one host read on a GPU) after `done` of `count` steps of the epoch
+    /// that began at `first_step` and `start`, reports to the monitor and the progress display
+    /// and checks the loss against `--alert-exit`. Under `OnNan::Stop`, a flagged step is an
+    /// error naming it and where it began.
+    fn refresh(
+        &mut self,
+        epoch: usize,
+        (first_step, done, count): (usize, usize, usize),
+        start: Instant,
+        progress: &mut dyn FnMut(&StepInfo),
+    ) -> Result<StepTotals, TrainError> {
         self.totals = self.guard.read()?;
+        let t = self.totals;
+        let seconds = start.elapsed().as_secs_f32().max(1e-9);
+        let info =
+            StepInfo { epoch, step: done, steps_per_epoch: count, loss: t.mean_loss(), accuracy: t.accuracy(), images_per_sec: t.images as f32 / seconds };
+        if self.monitor.is_some() {
+            let n = self.submodel_count();
+            let trainable = (0..n).filter(|&i| self.is_trainable(i)).count();
+            let snapshot = Snapshot {
+                epoch,
+                step: self.steps,
+                loss: info.loss,
+                accuracy: info.accuracy,
+                images_per_sec: info.images_per_sec,
+                step_seconds: seconds / done.max(1) as f32,
+                trainable_submodels: trainable,
+                frozen_submodels: n - trainable,
+                skipped_batches: if self.on_nan == OnNan::Skip { t.flagged_steps } else { 0 },
+                nonfinite_steps: t.flagged_steps,
+                resident_bytes: crate::memory::current_rss_bytes().unwrap_or(0),
+            };
+            self.report(&Report::Step(snapshot))?;
+        }
         let kept = std::mem::take(&mut self.kept);
         if let (OnNan::Stop, Some(bad)) = (self.on_nan, self.totals.first_flagged_step) {
             let (what, place) = match kept.into_iter().find(|k| k.step == bad) {
@@ -431,7 +458,16 @@ impl Trainer {
             };
             return Err(TrainError::NonFinite { epoch, step: bad + 1 - first_step, what, place });
         }
-        Ok(self.totals)
+        if let Some(alert) = self.alert.as_mut().filter(|_| t.images > 0) {
+            alert.check(epoch, done, info.loss)?;
+        }
+        progress(&info);
+        Ok(t)
+    }
+
+    /// Hands `report` to the monitor, if any.
+    pub fn report(&mut self, report: &Report) -> Result<(), TrainError> {
+        self.monitor.as_mut().map_or(Ok(()), |m| m.report(report))
     }
 
     /// Reruns a flagged step (the weights are still those it saw: a sticky flag stops every

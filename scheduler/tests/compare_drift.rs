@@ -27,6 +27,7 @@ fn full_against_itself_under_a_load_that_starts_halfway_is_no_saving() {
         repeat: 1,
         world: Default::default(),
         layout: None,
+        watch: Default::default(),
     };
     // The load: a busy thread per core, from the first epoch of the second half on.
     let stop = Arc::new(AtomicBool::new(false));

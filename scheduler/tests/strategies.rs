@@ -228,6 +228,7 @@ fn compare_writes_the_report() {
         repeat: 1,
         world: Default::default(),
         layout: None,
+        watch: Default::default(),
     };
     let rows = compare(&cfg, &train, &test, &mut |_, _| {}).unwrap();
     // Taking turns changes nothing but the order: fc alone gets the same losses and hits.

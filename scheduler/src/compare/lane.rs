@@ -7,6 +7,7 @@ use crate::data::LoaderSpec;
 use crate::distributed::GradReducer;
 use crate::error::TrainError;
 use crate::eval::evaluate_full;
+use crate::monitor::Monitor;
 use crate::run_state::load_weights;
 use crate::strategy::{self, fit_epoch, EpochRecord, RunSpec, Strategy};
 use crate::trainer::{OnNan, Trainer};
@@ -73,12 +74,20 @@ impl LocalLane {
         }
         let schedule = strategy.schedule(cfg.settings.total_steps(train.len()));
         let mut trainer = Trainer::new(model, device, classes, &cfg.optim, schedule, OnNan::Stop)?;
+        trainer.alert = cfg.watch.alert(classes);
         let world = &cfg.world;
         if world.size > 1 {
             trainer.reducer = Some(GradReducer::new(world.clone()));
         }
         let spec = RunSpec { shard: (world.rank, world.size), ..cfg.settings.clone() };
         Ok(Self { strategy, trainer, train: train.clone(), test: test.clone(), spec, elapsed: 0.0 })
+    }
+}
+
+impl LocalLane {
+    /// Reports the lane's progress and epochs to `monitor`.
+    pub fn watch(&mut self, monitor: Option<Monitor>) {
+        self.trainer.monitor = monitor;
     }
 }
 

@@ -43,6 +43,15 @@ pub struct CompareConfig {
     /// How the strategies ran, when not in turns in one job (a Slurm sweep: one array task
     /// each); the report says so.
     pub layout: Option<String>,
+    /// Live metrics of every lane (labelled by its strategy) and `--alert-exit`.
+    pub watch: crate::monitor::WatchSpec,
+}
+
+impl CompareConfig {
+    /// The comparison's name in metrics and the registry: its report folder's name.
+    pub fn run_name(&self) -> String {
+        self.out.file_name().map_or_else(|| "compare".into(), |n| n.to_string_lossy().into_owned())
+    }
 }
 
 /// One interleaved comparison: each lane's run, and the probe's time before each turn.
@@ -102,13 +111,19 @@ pub fn interleave(
 /// `cfg.out` (the CLI runs each lane in a process of its own through [`compare_lanes`]).
 pub fn compare(cfg: &CompareConfig, train: &Dataset, test: &Dataset, progress: &mut dyn FnMut(&str, &EpochRecord)) -> Result<Vec<Row>, TrainError> {
     let init = cfg.init.as_deref().map(Checkpoint::load).transpose()?;
-    compare_lanes(
-        cfg,
-        train,
-        test,
-        &mut || cfg.strategies.iter().map(|s| LocalLane::new(s, cfg, train, test, init.as_ref()).map(|l| Box::new(l) as Box<dyn Lane>)).collect(),
-        progress,
-    )
+    // Rank 0 reports for every lane.
+    let watch = cfg.world.is_root().then(|| cfg.watch.start(&cfg.run_name())).transpose()?;
+    let mut lanes = || {
+        let lane = |spec: &String| -> Result<Box<dyn Lane>, TrainError> {
+            let mut lane = LocalLane::new(spec, cfg, train, test, init.as_ref())?;
+            if let Some(w) = &watch {
+                lane.watch(w.monitor(spec, true)?);
+            }
+            Ok(Box::new(lane))
+        };
+        cfg.strategies.iter().map(lane).collect()
+    };
+    compare_lanes(cfg, train, test, &mut lanes, progress)
 }
 
 /// [`compare`] over lanes from `make_lanes` (one set per repeat, in `cfg.strategies`' order).

@@ -278,7 +278,7 @@ pub fn fit_epoch(
     let stats = EpochStats { loss: sums[0] / images, accuracy: sums[1] / images, images: sums[2] as usize, ..stats };
     let (test_loss, test_accuracy) = (sums[3] / test_n, sums[4] / test_n);
     let comm_after = comm(t);
-    Ok(EpochRecord {
+    let record = EpochRecord {
         epoch,
         stage,
         seconds,
@@ -299,7 +299,9 @@ pub fn fit_epoch(
         allreduce_seconds: comm_after.1 - comm_before.1,
         allreduce_exposed_seconds: comm_after.2 - comm_before.2,
         probe_seconds: 0.0,
-    })
+    };
+    t.report(&crate::monitor::Report::Epoch(record.clone()))?;
+    Ok(record)
 }
 
 /// A whole strategy run.
