@@ -1,10 +1,13 @@
 //! `tessera compare`: the standard run report over several scheduling strategies.
 use crate::flags::{model_name, real32, whole};
+use crate::runs::Registration;
 use anyhow::{Context, Result};
 use clap::Args;
+use serde_json::json;
 use std::io::{BufRead, BufReader, Write};
 use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
 use tessera_engine::checkpoint::Checkpoint;
+use tessera_registry::NewRun;
 use tessera_scheduler::compare::lane::{strategy_of, Lane, LaneEnd, LocalLane};
 use tessera_scheduler::compare::probe::ProbeTimes;
 use tessera_scheduler::compare::{compare, compare_lanes, initial_accuracy, report_from_repeats, CompareConfig, Interleaved, Stat};
@@ -100,6 +103,9 @@ pub struct CompareArgs {
     emit: crate::jobs::EmitArgs,
     #[command(flatten)]
     watch: crate::watch::WatchArgs,
+    /// The run registry this comparison registers in [default: registry.sqlite beside --out].
+    #[arg(long, value_name = "FILE")]
+    registry: Option<std::path::PathBuf>,
 }
 
 /// The comparison's settings from the flags.
@@ -145,7 +151,12 @@ pub fn run(a: CompareArgs) -> Result<()> {
             eprintln!("{name:>22}  epoch {:>2}  {:<24} {:>7.1} s  loss {:.4}  test {:.2} %", e.epoch, e.stage, e.seconds, e.train_loss, e.test_accuracy * 100.0)
         }
     };
-    let rows = if world.size > 1 {
+    // Rank 0 registers the comparison, and at its end how it ended and what each strategy gave.
+    let registration = match world.is_root() {
+        true => Some(Registration::begin(a.registry.as_deref(), compare_run(&a, &cfg), &a.data)?),
+        false => None,
+    };
+    let outcome = if world.size > 1 {
         // Under mpirun every rank holds all the lanes; each lane's steps are data-parallel.
         if world.is_root() {
             eprintln!(
@@ -161,17 +172,23 @@ pub fn run(a: CompareArgs) -> Result<()> {
         eprintln!("comparing {} on {} training / {} test images, in turns, one process per strategy", cfg.strategies.join(", "), train.len(), test.len());
         // Each lane gets the same flags as this command, and forwards its reports here.
         let flags: Vec<std::ffi::OsString> = std::env::args_os().skip_while(|a| a != "compare").skip(1).collect();
-        let watch = cfg.watch.start(&cfg.run_name())?;
-        if let Some(addr) = watch.metrics_addr() {
-            eprintln!("metrics at http://{addr}/metrics");
+        cfg.watch.start(&cfg.run_name()).and_then(|watch| {
+            if let Some(addr) = watch.metrics_addr() {
+                eprintln!("metrics at http://{addr}/metrics");
+            }
+            let mut lanes = || {
+                let lane = |spec: &String| -> Result<Box<dyn Lane>, TrainError> { Ok(Box::new(ProcessLane::spawn(spec, &flags, watch.monitor(spec, true)?)?)) };
+                cfg.strategies.iter().map(lane).collect()
+            };
+            compare_lanes(&cfg, &train, &test, &mut lanes, &mut progress)
+        })
+    };
+    if let Some(r) = registration {
+        if let Err(e) = register_compare_outcome(r, &outcome) {
+            eprintln!("registry: {e:#}");
         }
-        let mut lanes = || {
-            let lane = |spec: &String| -> Result<Box<dyn Lane>, TrainError> { Ok(Box::new(ProcessLane::spawn(spec, &flags, watch.monitor(spec, true)?)?)) };
-            cfg.strategies.iter().map(lane).collect()
-        };
-        compare_lanes(&cfg, &train, &test, &mut lanes, &mut progress)
     }
-    .with_context(|| format!("comparing strategies on {}", a.model))?;
+    let rows = outcome.with_context(|| format!("comparing strategies on {}", a.model))?;
     if !world.is_root() {
         return Ok(());
     }
@@ -180,6 +197,44 @@ pub fn run(a: CompareArgs) -> Result<()> {
 }
 
 /// The report's rows on stdout: `strategy` records, or a line per strategy.
+/// A comparison as the registry keeps it: its settings as the config.
+fn compare_run(a: &CompareArgs, cfg: &CompareConfig) -> NewRun {
+    let o = &cfg.options;
+    let mut config = json!({
+        "model": cfg.model, "data": a.data, "strategies": cfg.strategies, "repeat": cfg.repeat, "epochs": cfg.settings.epochs,
+        "batch": cfg.settings.batch, "seed": cfg.settings.seed, "workers": cfg.settings.workers, "lr": cfg.optim.lr,
+        "warmup_steps": cfg.optim.warmup_steps, "device": cfg.device, "limit_per_class": a.limit_per_class, "init": cfg.init,
+        "order": format!("{:?}", o.order).to_lowercase(), "neighbors": o.neighbors, "criterion": format!("{:?}", o.criterion).to_lowercase(),
+        "threshold": o.threshold, "window": o.window, "gamma": o.gamma, "split": o.split, "ranks": cfg.world.size,
+    });
+    config.as_object_mut().expect("an object").extend(crate::runs::optimizer_json(cfg.optim.rule).as_object().expect("an object").clone());
+    NewRun {
+        name: cfg.run_name(),
+        command: "compare".into(),
+        config: tessera_scheduler::json::shortest_floats(config),
+        strategy: cfg.strategies.join(","),
+        device: cfg.device.clone(),
+        out: cfg.out.clone(),
+        ..Default::default()
+    }
+}
+
+/// Registers how a comparison ended and, when it finished, each strategy's record (as
+/// report.json holds it) and epochs.
+fn register_compare_outcome(mut r: Registration, outcome: &Result<Vec<tessera_scheduler::compare::Row>, TrainError>) -> Result<()> {
+    let id = r.id;
+    for row in outcome.iter().flatten() {
+        let mut record = row.record();
+        let name = record["strategy"].as_str().unwrap_or_default().to_string();
+        let epochs = record.as_object_mut().and_then(|m| m.remove("epochs")).unwrap_or_default();
+        for e in epochs.as_array().into_iter().flatten() {
+            r.registry().record_epoch(id, &name, e["epoch"].as_i64().unwrap_or(0), e)?;
+        }
+        r.registry().record_result(id, &name, &record)?;
+    }
+    r.finish(crate::runs::status_of(outcome))
+}
+
 fn print_rows(rows: &[tessera_scheduler::compare::Row], json: bool, out: &std::path::Path) {
     if json {
         rows.iter().for_each(|r| crate::table::print_record("strategy", &r.record()));

@@ -4,6 +4,7 @@ mod check;
 mod compare;
 mod flags;
 mod jobs;
+mod runs;
 mod table;
 mod tasks;
 mod watch;
@@ -85,6 +86,9 @@ enum Command {
     },
     /// Train a model on an image-folder data set (`DIR/train`, `DIR/test`).
     Train(TrainArgs),
+    /// The run registry: `runs list`, `runs show RUN`, `runs diff RUN_A RUN_B`, `runs tag RUN TAG`.
+    #[command(subcommand)]
+    Runs(runs::RunsCmd),
     /// One forward (and, given labels `y`, backward) pass on tensor `x`: the interop check
     /// against PyTorch. Writes `logits` (and `loss`, `grad.<name>`) to --out.
     Forward {
@@ -238,11 +242,15 @@ struct TrainArgs {
     /// Stop (exit status 3) when the training loss rises past FACTOR × its running minimum.
     #[arg(long, value_name = "FACTOR", value_parser = real32(settings::ALERT_EXIT))]
     alert_exit: Option<f32>,
+    /// The run registry this run registers in [default: registry.sqlite beside --out].
+    #[arg(long, value_name = "FILE")]
+    registry: Option<std::path::PathBuf>,
 }
 
 impl TrainArgs {
     /// Flags over the --config file over the defaults.
-    fn resolve(self) -> Result<(tessera_scheduler::train::TrainConfig, bool)> {
+    /// The run's config, whether to print JSON, and the registry file given (if any).
+    fn resolve(self) -> Result<(tessera_scheduler::train::TrainConfig, bool, Option<std::path::PathBuf>)> {
         let file: TrainArgs = match &self.config {
             None => TrainArgs::default(),
             Some(path) => {
@@ -254,6 +262,7 @@ impl TrainArgs {
                 file.out = file.out.map(|p| base.join(p));
                 file.backup_dir = file.backup_dir.map(|p| base.join(p));
                 file.tensorboard = file.tensorboard.map(|p| base.join(p));
+                file.registry = file.registry.map(|p| base.join(p));
                 file
             }
         };
@@ -307,12 +316,29 @@ impl TrainArgs {
                 None => d.on_nan,
             },
         };
-        Ok((cfg, self.json || file.json))
+        Ok((cfg, self.json || file.json, self.registry.or(file.registry)))
     }
 }
 
 #[derive(Subcommand)]
 enum ModelsCmd {
+    /// Names a run's newest checkpoint that verifies as model NAME, version VERSION (default:
+    /// the next) in the run registry.
+    Promote {
+        /// The run (id or name, as `tessera runs list` shows).
+        run: String,
+        /// NAME or NAME:VERSION.
+        #[arg(long = "as", value_name = "NAME[:VERSION]")]
+        name: String,
+        #[command(flatten)]
+        at: runs::RegistryArgs,
+    },
+    /// Every version of model NAME: its run, checkpoint, CRC and whether it still verifies.
+    Versions {
+        name: String,
+        #[command(flatten)]
+        at: runs::RegistryArgs,
+    },
     /// The sub-models of one model: dependencies, output shape, parameters, forward FLOPs.
     Show {
         /// The model (`tessera models` lists them).
@@ -546,6 +572,9 @@ fn run(cli: Cli) -> Result<()> {
         }
         Command::Models { show: None, json } => models(json),
         Command::Models { show: Some(ModelsCmd::Show { model, input, num_classes, json }), .. } => models_show(&model, input, num_classes, json),
+        Command::Models { show: Some(ModelsCmd::Promote { run, name, at }), .. } => runs::promote(&run, &name, &at),
+        Command::Models { show: Some(ModelsCmd::Versions { name, at }), .. } => runs::versions(&name, &at),
+        Command::Runs(cmd) => runs::runs(cmd),
         Command::Train(args) => train_cmd(args),
         Command::Eval { checkpoint, data, limit_per_class, device, batch, json } => eval_cmd(&checkpoint, &data, limit_per_class, &device, batch, json),
         Command::Export { checkpoint, out, dtype } => {
@@ -621,7 +650,7 @@ fn models_show(name: &str, input: Option<usize>, num_classes: usize, json: bool)
 fn train_cmd(a: TrainArgs) -> Result<()> {
     use tessera_scheduler::run_state::{latest_checkpoint, verified_resume_point};
     use tessera_scheduler::train::train;
-    let (mut cfg, json) = a.resolve()?;
+    let (mut cfg, json, registry) = a.resolve()?;
     if cfg.device.trim().eq_ignore_ascii_case("auto") {
         let (spec, why) = Device::auto_choice();
         eprintln!("device auto → {spec:?}: {why}");
@@ -674,6 +703,11 @@ fn train_cmd(a: TrainArgs) -> Result<()> {
     bar.set_style(
         indicatif::ProgressStyle::with_template("epoch {prefix} [{bar:30}] {pos}/{len} {msg} ETA {eta}").expect("valid template").progress_chars("=> "),
     );
+    // Rank 0 registers the run, and at its end, however it ends, what it left.
+    let registration = match root {
+        true => Some(runs::Registration::begin(registry.as_deref(), train_run(&cfg, &out), &cfg.data)?),
+        false => None,
+    };
     let reports = train(&cfg, &mut |s| {
         bar.set_length(s.steps_per_epoch as u64);
         bar.set_prefix(format!("{}/{}", s.epoch, cfg.run.epochs));
@@ -681,6 +715,11 @@ fn train_cmd(a: TrainArgs) -> Result<()> {
         bar.set_message(format!("loss {:.4} acc {:.3} {:.0} img/s", s.loss, s.accuracy, s.images_per_sec));
     });
     bar.finish_and_clear();
+    if let Some(r) = registration {
+        if let Err(e) = register_train_outcome(r, &cfg, &out, runs::status_of(&reports)) {
+            eprintln!("registry: {e:#}");
+        }
+    }
     if !root {
         return reports.map(drop).context("training (a rank other than 0)");
     }
@@ -701,6 +740,46 @@ fn train_cmd(a: TrainArgs) -> Result<()> {
     })?;
     print_epochs(&reports.iter().map(|r| r.record()).collect::<Vec<_>>(), json);
     Ok(())
+}
+
+/// A `train` run as the registry keeps it: its settings as the config.
+fn train_run(cfg: &tessera_scheduler::train::TrainConfig, out: &std::path::Path) -> tessera_registry::NewRun {
+    let mut config = json!({
+        "model": cfg.model, "data": cfg.data, "epochs": cfg.run.epochs, "batch": cfg.run.batch, "seed": cfg.run.seed,
+        "workers": cfg.run.workers, "loader_memory": cfg.run.memory_limit, "lr": cfg.optim.lr,
+        "warmup_steps": cfg.optim.warmup_steps, "device": cfg.device, "limit_per_class": cfg.limit_per_class, "on_nan": format!("{:?}", cfg.on_nan).to_lowercase(),
+        "backup_dir": cfg.backup_dir, "sync_bn": cfg.sync_bn, "ranks": cfg.world.size, "resume": cfg.resume, "alert_exit": cfg.watch.alert_exit,
+    });
+    config.as_object_mut().expect("an object").extend(runs::optimizer_json(cfg.optim.rule).as_object().expect("an object").clone());
+    let config = tessera_scheduler::json::shortest_floats(config);
+    let name = tessera_scheduler::train::run_name(cfg);
+    tessera_registry::NewRun {
+        name,
+        command: "train".into(),
+        config,
+        strategy: "full".into(),
+        device: cfg.device.clone(),
+        out: out.into(),
+        ..Default::default()
+    }
+}
+
+/// Registers what a `train` run left: every epoch of `metrics.jsonl`,
+/// its checkpoints and their backup copies, and how it ended.
+fn register_train_outcome(mut r: runs::Registration, cfg: &tessera_scheduler::train::TrainConfig, out: &std::path::Path, status: &str) -> Result<()> {
+    use tessera_scheduler::run_state::epoch_checkpoints;
+    let text = std::fs::read_to_string(out.join("metrics.jsonl")).unwrap_or_default();
+    let epochs: Vec<serde_json::Value> = text.lines().filter_map(|l| serde_json::from_str(l).ok()).collect();
+    let id = r.id;
+    for e in &epochs {
+        r.registry().record_epoch(id, "full", e["epoch"].as_i64().unwrap_or(0), e)?;
+    }
+    for (dir, copy) in std::iter::once((out, "primary")).chain(cfg.backup_dir.as_deref().map(|b| (b, "backup"))) {
+        for (epoch, path) in epoch_checkpoints(dir).unwrap_or_default() {
+            r.checkpoint(&path, copy, Some(epoch as i64));
+        }
+    }
+    r.finish(status)
 }
 
 /// `train`'s epochs: `epoch` records (metrics.jsonl's lines) or a table of their main fields.

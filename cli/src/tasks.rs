@@ -1,6 +1,7 @@
 //! `tessera plan` / `run-plan` / `run-task`: task decomposition, trained as parallel processes.
 use crate::flags::{model_name, real32, real64, whole};
 use crate::jobs::{unfinished, JobDir};
+use crate::runs::Registration;
 use crate::table::{note, print_record};
 use anyhow::{bail, Context, Result};
 use clap::Args;
@@ -10,6 +11,7 @@ use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::Instant;
 use tessera_engine::Device;
+use tessera_registry::NewRun;
 use tessera_scheduler::data::Dataset;
 use tessera_scheduler::json::shortest_floats;
 use tessera_scheduler::monitor::{forwarded, Forward, Labels, Monitor};
@@ -94,6 +96,9 @@ pub struct RunPlanArgs {
     /// Each task's metrics labelled `task-N`, its events in DIR/task-N.
     #[command(flatten)]
     watch: crate::watch::WatchArgs,
+    /// The run registry this run registers in [default: registry.sqlite beside --out].
+    #[arg(long, value_name = "FILE")]
+    registry: Option<PathBuf>,
 }
 
 #[derive(Args)]
@@ -188,6 +193,57 @@ type TaskProcess = (Child, Option<std::thread::JoinHandle<()>>);
 /// Every task as a child process, at most `workers` at a time, then the merged classifier.
 pub fn run_plan(a: RunPlanArgs) -> Result<()> {
     let plan = Plan::load(&a.task.plan)?;
+    let registration = Registration::begin(a.registry.as_deref(), plan_run(&a, &plan), &a.task.data)?;
+    let outcome = train_plan(&a, &plan);
+    if let Err(e) = register_plan_outcome(registration, &a.task.out, outcome.is_ok()) {
+        eprintln!("registry: {e:#}");
+    }
+    outcome
+}
+
+/// A plan's run as the registry keeps it: the plan and the task settings as its config.
+fn plan_run(a: &RunPlanArgs, plan: &Plan) -> NewRun {
+    let t = &a.task;
+    let config = json!({
+        "plan": t.plan, "tasks": plan.tasks, "budget_secs": plan.budget_secs, "data": t.data, "model": t.model, "batch": t.batch,
+        "optimizer": format!("{:?}", t.optimizer).to_lowercase(), "lr": t.lr, "seed": t.seed, "threads": t.threads, "limit_per_class": t.limit_per_class,
+        "workers": a.workers,
+    });
+    let strategy = format!("{} tasks", plan.tasks.len());
+    NewRun {
+        name: run_name(t),
+        command: "run-plan".into(),
+        config: shortest_floats(config),
+        strategy,
+        device: "cpu".into(),
+        out: t.out.clone(),
+        ..Default::default()
+    }
+}
+
+/// Registers how a plan's run ended and, when it finished, each task's and the merged
+/// classifier's records (as `results.json` holds them) and the task checkpoints.
+fn register_plan_outcome(mut r: Registration, out: &std::path::Path, finished: bool) -> Result<()> {
+    let id = r.id;
+    if finished {
+        let text = std::fs::read_to_string(out.join("results.json")).with_context(|| format!("reading {}", out.join("results.json").display()))?;
+        let doc: serde_json::Value = serde_json::from_str(&text)?;
+        for t in doc["tasks"].as_array().into_iter().flatten() {
+            r.registry().record_result(id, &format!("task-{}", t["task"]), t)?;
+        }
+        r.registry().record_result(id, "merged", &doc["merged"])?;
+    }
+    let mut checkpoints: Vec<PathBuf> = std::fs::read_dir(out).into_iter().flatten().filter_map(|e| e.ok().map(|e| e.path())).collect();
+    checkpoints.retain(|p| p.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with("task-") && n.ends_with(".safetensors")));
+    checkpoints.sort();
+    for path in checkpoints {
+        r.checkpoint(&path, "primary", None);
+    }
+    r.finish(if finished { "ok" } else { "failed" })
+}
+
+/// Trains every task of `plan` and merges them (`run-plan`'s work).
+fn train_plan(a: &RunPlanArgs, plan: &Plan) -> Result<()> {
     // The plan against the data before any task starts (not task by task, after start-up).
     let (train, test) = load_splits(&a.task.data, a.task.limit_per_class).with_context(|| format!("loading {}", a.task.data.display()))?;
     if train.classes().len() != plan.classes {
@@ -267,7 +323,7 @@ pub fn run_plan(a: RunPlanArgs) -> Result<()> {
     if !a.json {
         println!("all tasks trained in {trained:.1} s (budget {} s per task, {workers} at a time)", plan.budget_secs);
     }
-    report_merged(&plan, &a.task, &test, merged, &a.task.out.join("results.json"), a.json)?;
+    report_merged(plan, &a.task, &test, merged, &a.task.out.join("results.json"), a.json)?;
     Ok(())
 }
 
