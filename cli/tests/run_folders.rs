@@ -24,8 +24,10 @@ fn runs_never_vanish_or_mix() {
     // No --out: a fresh runs/simple-cnn-<time>, named on stderr.
     let o = tessera(&root, &base);
     assert!(o.status.success(), "{}", stderr(&o));
-    let runs: Vec<_> = std::fs::read_dir(root.join("runs")).unwrap().map(|e| e.unwrap().path()).collect();
+    // (Beside it, the run registry: registry.sqlite and its WAL files.)
+    let runs: Vec<_> = std::fs::read_dir(root.join("runs")).unwrap().map(|e| e.unwrap().path()).filter(|p| p.is_dir()).collect();
     assert_eq!(runs.len(), 1);
+    assert!(root.join("runs/registry.sqlite").is_file());
     let run = &runs[0];
     let name = run.file_name().unwrap().to_str().unwrap();
     assert!(name.starts_with("simple-cnn-20") && run.join("epoch-001.safetensors").is_file(), "{name}");
