@@ -245,6 +245,10 @@ struct TrainArgs {
     /// The run registry this run registers in [default: registry.sqlite beside --out].
     #[arg(long, value_name = "FILE")]
     registry: Option<std::path::PathBuf>,
+    /// On a GPU, fail an allocation past this many bytes with an error naming the tensor
+    /// [default: the device-local memory the driver reports, where it reports any].
+    #[arg(long, value_name = "BYTES", value_parser = whole(settings::GPU_MEMORY_LIMIT))]
+    gpu_memory_limit: Option<usize>,
 }
 
 impl TrainArgs {
@@ -306,6 +310,7 @@ impl TrainArgs {
             world: Default::default(),
             sync_bn: self.sync_bn || file.sync_bn,
             backup_dir: self.backup_dir.or(file.backup_dir),
+            gpu_memory_limit: self.gpu_memory_limit.or(file.gpu_memory_limit),
             watch: tessera_scheduler::monitor::WatchSpec {
                 metrics_addr: self.metrics_addr.or(file.metrics_addr),
                 tensorboard: self.tensorboard.or(file.tensorboard),
@@ -542,7 +547,20 @@ fn run(cli: Cli) -> Result<()> {
             let result = bench_train(&spec, &device, rounds, python, threads).with_context(|| format!("timing {model}"))?;
             let mut table = Table::new(
                 "train_step",
-                &["model", "device", "input", "batch", "forward_ms", "backward_ms", "optimizer_ms", "step_ms", "images_per_sec", "peak_MiB", "vs_pytorch"],
+                &[
+                    "model",
+                    "device",
+                    "input",
+                    "batch",
+                    "forward_ms",
+                    "backward_ms",
+                    "optimizer_ms",
+                    "step_ms",
+                    "images_per_sec",
+                    "peak_MiB",
+                    "device_peak_MiB",
+                    "vs_pytorch",
+                ],
             );
             let torch_ms = result.torch.as_ref().ok().map(|r| r.times.step_ms);
             let mut row = |name: String, t: &tessera_scheduler::bench::StepTimes, ratio: Option<f64>| {
@@ -557,6 +575,7 @@ fn run(cli: Cli) -> Result<()> {
                     json!(t.step_ms),
                     json!(t.images_per_sec),
                     json!(t.peak_mib),
+                    json!(t.device_peak_mib),
                     json!(ratio),
                 ])
             };
@@ -853,6 +872,7 @@ fn devices(json: bool) -> Result<()> {
             "backend",
             "type",
             "driver",
+            "memory_MiB",
             "max_buffer_MiB",
             "max_storage_binding_MiB",
             "max_workgroup_invocations",
@@ -867,6 +887,7 @@ fn devices(json: bool) -> Result<()> {
             json!(a.backend),
             json!(a.device_type),
             json!(a.driver),
+            json!(a.memory_bytes.map(|b| b >> 20)),
             json!(a.max_buffer_size >> 20),
             json!(a.max_storage_binding >> 20),
             json!(a.max_workgroup_invocations),
@@ -881,6 +902,7 @@ fn devices(json: bool) -> Result<()> {
         json!("OpenBLAS"),
         json!("Cpu"),
         json!(tessera_engine::cpu::blas::config()),
+        json!(null),
         json!(null),
         json!(null),
         json!(null),

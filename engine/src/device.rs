@@ -98,6 +98,30 @@ impl Device {
         }
     }
 
+    /// A GPU's memory as the engine accounts for it (none on the CPU, whose allocations are
+    /// the process's resident memory).
+    pub fn memory(&self) -> Option<crate::gpu::MemoryStats> {
+        match self {
+            Self::Cpu(_) => None,
+            Self::Gpu(gpu) => Some(gpu.memory()),
+        }
+    }
+
+    /// Starts a GPU's memory peaks again from what it holds now.
+    pub fn reset_peak_memory(&self) {
+        if let Self::Gpu(gpu) = self {
+            gpu.reset_peak_memory();
+        }
+    }
+
+    /// Makes a GPU's allocations beyond `limit` bytes fail (`--gpu-memory-limit`); the CPU
+    /// has no such limit.
+    pub fn set_memory_limit(&self, limit: Option<u64>) {
+        if let Self::Gpu(gpu) = self {
+            gpu.set_memory_limit(limit);
+        }
+    }
+
     /// Waits for all recorded work (a no-op on the CPU).
     pub fn synchronize(&self) -> Result<()> {
         match self {

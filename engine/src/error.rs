@@ -18,6 +18,9 @@ pub enum Error {
     #[error("tensor of {bytes} bytes does not fit in one buffer of adapter `{adapter}` (max {max} bytes)")]
     TooLarge { bytes: u64, max: u64, adapter: String },
 
+    #[error("out of device memory on `{adapter}`: {what} needs {} more, {} are live and the limit is {} (--gpu-memory-limit; a smaller --batch needs less)", mib(*bytes), mib(*live), mib(*limit))]
+    DeviceMemory { what: String, bytes: u64, live: u64, limit: u64, adapter: String },
+
     #[error("{op}: tensors live on different devices ({left} and {right}); move one with `to_device`")]
     DeviceMismatch { op: &'static str, left: String, right: String },
 
@@ -43,4 +46,21 @@ pub type Result<T> = std::result::Result<T, Error>;
 /// Shorthand for a shape error of `op`.
 pub(crate) fn shape_err(op: &'static str, detail: impl Into<String>) -> Error {
     Error::Shape { op, detail: detail.into() }
+}
+
+/// Bytes as MiB for messages (`12.5 MiB`).
+fn mib(bytes: u64) -> String {
+    format!("{:.1} MiB", bytes as f64 / (1u64 << 20) as f64)
+}
+
+impl Error {
+    /// Names the tensor an allocation was for (`shape`) in an out-of-memory error.
+    pub fn for_tensor(self, shape: &[usize]) -> Self {
+        match self {
+            Error::DeviceMemory { bytes, live, limit, adapter, .. } => {
+                Error::DeviceMemory { what: format!("a {shape:?} f32 tensor"), bytes, live, limit, adapter }
+            }
+            other => other,
+        }
+    }
 }

@@ -27,7 +27,7 @@ impl Tensor {
         }
         let storage = match device {
             Device::Cpu(_) => Storage::Cpu(Arc::new(data)),
-            Device::Gpu(gpu) => Storage::Gpu(Arc::new(gpu.upload(&data)?)),
+            Device::Gpu(gpu) => Storage::Gpu(Arc::new(gpu.upload(&data).map_err(|e| e.for_tensor(shape))?)),
         };
         Ok(Self { shape: shape.to_vec(), storage, device: device.clone() })
     }
@@ -44,7 +44,7 @@ impl Tensor {
     /// A GPU tensor of `shape` whose contents the caller's kernel will write.
     pub(crate) fn uninit_gpu(shape: Vec<usize>, gpu: &Arc<crate::gpu::GpuBackend>) -> Result<Self> {
         let bytes = shape.iter().product::<usize>() as u64 * 4;
-        let buffer = gpu.alloc(bytes)?;
+        let buffer = gpu.alloc(bytes).map_err(|e| e.for_tensor(&shape))?;
         Ok(Self::from_storage(Storage::Gpu(Arc::new(buffer)), shape, Device::Gpu(gpu.clone())))
     }
 

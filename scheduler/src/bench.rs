@@ -18,6 +18,9 @@ pub struct StepTimes {
     pub images_per_sec: f64,
     /// Peak resident memory above the size before the model was built, if known.
     pub peak_mib: Option<f64>,
+    /// On a GPU, the most MiB of device buffers in tensors at once (model, optimizer state,
+    /// activations and gradients of a step).
+    pub device_peak_mib: Option<f64>,
 }
 
 fn median(mut v: Vec<Duration>) -> f64 {
@@ -48,6 +51,7 @@ pub fn bench_train_step(spec: &StepSpec, device: &str) -> Result<StepTimes, Trai
         .filter(|&v| v <= 1 << 28)
         .ok_or_else(|| TrainError::Config(format!("an input batch of {batch}×3×{input}×{input} values exceeds 2^28 (1 GiB); lower --batch or --input")))?;
     let device = Device::parse(device)?;
+    device.reset_peak_memory();
     let baseline = crate::memory::current_rss_bytes();
     crate::memory::reset_peak_rss();
     let model = build(&model, num_classes, &device, 0)?;
@@ -85,6 +89,7 @@ pub fn bench_train_step(spec: &StepSpec, device: &str) -> Result<StepTimes, Trai
         step_ms,
         images_per_sec: batch as f64 / (step_ms / 1e3),
         peak_mib: crate::memory::peak_rss_bytes().zip(baseline).map(|(peak, base)| peak.saturating_sub(base) as f64 / (1 << 20) as f64),
+        device_peak_mib: device.memory().map(|m| m.peak_live_bytes as f64 / (1 << 20) as f64),
     })
 }
 
@@ -125,6 +130,7 @@ pub fn torch_reference(python: &str, spec: &StepSpec, threads: usize) -> Result<
             step_ms: f("step_ms")?,
             images_per_sec: f("images_per_sec")?,
             peak_mib: v["peak_mib"].as_f64(),
+            device_peak_mib: None,
         },
     })
 }

@@ -36,6 +36,7 @@ pub const BATCH: Whole = whole("--batch", 1, 4096);
 pub const WORKERS: Whole = whole("--workers", 0, 256);
 pub const THREADS: Whole = whole("--threads", 0, 1024);
 pub const LOADER_MEMORY: Whole = whole("--loader-memory", 1, 1 << 40);
+pub const GPU_MEMORY_LIMIT: Whole = whole("--gpu-memory-limit", 1 << 20, 1 << 50);
 pub const LIMIT_PER_CLASS: Whole = whole("--limit-per-class", 1, 1 << 32);
 pub const WARMUP_STEPS: Whole = whole("--warmup-steps", 0, 1 << 32);
 pub const NUM_CLASSES: Whole = whole("--num-classes", 1, 100_000);

@@ -46,6 +46,9 @@ pub struct TrainConfig {
     pub world: std::sync::Arc<World>,
     /// Live metrics (`--metrics-addr`, `--tensorboard`) and `--alert-exit`.
     pub watch: WatchSpec,
+    /// On a GPU: allocations beyond this many bytes fail with an error naming the tensor
+    /// (none: the device-local memory the driver reports, where it reports any).
+    pub gpu_memory_limit: Option<usize>,
 }
 
 impl Default for TrainConfig {
@@ -67,6 +70,7 @@ impl Default for TrainConfig {
             sync_bn: false,
             backup_dir: None,
             watch: WatchSpec::default(),
+            gpu_memory_limit: None,
         }
     }
 }
@@ -78,6 +82,9 @@ impl TrainConfig {
         self.run.validate()?;
         self.optim.validate()?;
         self.watch.validate()?;
+        if let Some(n) = self.gpu_memory_limit {
+            crate::settings::GPU_MEMORY_LIMIT.check_usize(n)?;
+        }
         if let Some(n) = self.limit_per_class {
             crate::settings::LIMIT_PER_CLASS.check_usize(n)?;
         }
@@ -98,6 +105,9 @@ pub fn train(cfg: &TrainConfig, progress: &mut dyn FnMut(&StepInfo)) -> Result<V
 pub fn train_with(cfg: &TrainConfig, progress: &mut dyn FnMut(&StepInfo), grad_hook: Option<crate::trainer::GradHook>) -> Result<Vec<EpochRecord>, TrainError> {
     cfg.validate()?;
     let device = Device::parse(&cfg.device)?;
+    if let Some(limit) = cfg.gpu_memory_limit {
+        device.set_memory_limit(Some(limit as u64));
+    }
     let (train_set, test_set) = load_splits(&cfg.data, cfg.limit_per_class)?;
     if train_set.is_empty() {
         return Err(TrainError::Config(format!("{}: the training set holds no image", cfg.data.display())));

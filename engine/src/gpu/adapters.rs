@@ -20,6 +20,28 @@ pub struct AdapterSummary {
     pub subgroups: bool,
     /// Subgroup width range the adapter reports (equal when fixed).
     pub subgroup_sizes: (u32, u32),
+    /// The largest device-local memory heap the driver reports (Vulkan; wgpu itself reports
+    /// none, nor do the other backends through it).
+    pub memory_bytes: Option<u64>,
+}
+
+/// The largest device-local heap of a Vulkan adapter.
+#[cfg(any(target_os = "linux", target_os = "windows"))]
+fn device_local_bytes(adapter: &wgpu::Adapter) -> Option<u64> {
+    // SAFETY: the guard borrows the live adapter for one read-only query; the physical device
+    // belongs to the instance, which outlives the call.
+    unsafe {
+        let hal = adapter.as_hal::<wgpu::hal::api::Vulkan>()?;
+        let instance = hal.shared_instance().raw_instance();
+        let props = instance.get_physical_device_memory_properties(hal.raw_physical_device());
+        let heaps = &props.memory_heaps[..props.memory_heap_count as usize];
+        heaps.iter().filter(|h| h.flags.contains(ash::vk::MemoryHeapFlags::DEVICE_LOCAL)).map(|h| h.size).max()
+    }
+}
+
+#[cfg(not(any(target_os = "linux", target_os = "windows")))]
+fn device_local_bytes(_: &wgpu::Adapter) -> Option<u64> {
+    None
 }
 
 /// Mesa's GL and WSI loaders print "XDG_RUNTIME_DIR is invalid or not set" for every adapter
@@ -86,6 +108,7 @@ pub(crate) fn summarize(index: usize, adapter: &wgpu::Adapter) -> AdapterSummary
         f16_pack: adapter.get_downlevel_capabilities().flags.contains(wgpu::DownlevelFlags::SHADER_F16_IN_F32),
         subgroups: features.contains(wgpu::Features::SUBGROUP),
         subgroup_sizes: (info.subgroup_min_size, info.subgroup_max_size),
+        memory_bytes: device_local_bytes(adapter),
     }
 }
 

@@ -25,6 +25,19 @@ pub const SOFTWARE_LOOP_TRIPS: usize = 1 << 15;
 /// Bytes of launch parameters one kernel may take (one uniform block).
 pub const MAX_PARAMS_BYTES: usize = 256;
 
+/// A device's memory as the engine sees it: bytes of its storage buffers in tensors (live)
+/// and free in the pool (cached), their peaks since the last reset, the limit allocations
+/// stop at, and the device-local memory the driver reports (where it reports any).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct MemoryStats {
+    pub live_bytes: u64,
+    pub cached_bytes: u64,
+    pub peak_live_bytes: u64,
+    pub peak_allocated_bytes: u64,
+    pub limit_bytes: Option<u64>,
+    pub reported_bytes: Option<u64>,
+}
+
 /// Counters for tests and benchmarks (e.g. "freezing halves the backward launches").
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct GpuStats {
@@ -58,6 +71,9 @@ pub struct GpuBackend {
     /// The first error wgpu reported outside an error scope; surfaced at the next sync point
     /// instead of wgpu's default handler, which panics.
     uncaptured: Arc<Mutex<Option<String>>>,
+    /// Allocations beyond this many bytes (live + cached) fail with an error naming the
+    /// tensor (default: the device-local memory the driver reports, where it does).
+    memory_limit: Mutex<Option<u64>>,
 }
 
 impl GpuBackend {
@@ -78,6 +94,7 @@ impl GpuBackend {
 
     fn create(index: usize, adapter: &wgpu::Adapter) -> Result<Self> {
         let summary = adapters::summarize(index, adapter);
+        let summary_memory = summary.memory_bytes;
         // The adapter's own limits: the WebGPU defaults would cap buffers at 256 MiB.
         let limits = adapter.limits();
         let desc = wgpu::DeviceDescriptor {
@@ -111,6 +128,7 @@ impl GpuBackend {
             stats: Default::default(),
             params_align,
             uncaptured,
+            memory_limit: Mutex::new(summary_memory),
         })
     }
 
@@ -173,18 +191,61 @@ impl GpuBackend {
         self.limits.max_buffer_size.min(self.limits.max_storage_buffer_binding_size)
     }
 
-    /// A storage buffer of at least `bytes` from the pool (contents undefined).
+    /// The device's memory now (see [`MemoryStats`]).
+    pub fn memory(&self) -> MemoryStats {
+        let pool = self.pool.lock().expect("buffer pool poisoned");
+        MemoryStats {
+            live_bytes: pool.live_bytes(),
+            cached_bytes: pool.cached_bytes,
+            peak_live_bytes: pool.peak_live_bytes,
+            peak_allocated_bytes: pool.peak_allocated_bytes,
+            limit_bytes: *self.memory_limit.lock().expect("limit poisoned"),
+            reported_bytes: self.summary.memory_bytes,
+        }
+    }
+
+    /// Starts the memory peaks again from what is held now.
+    pub fn reset_peak_memory(&self) {
+        self.pool.lock().expect("buffer pool poisoned").reset_peaks();
+    }
+
+    /// Allocations beyond `limit` bytes (live + cached) fail (none: no limit but the driver's).
+    pub fn set_memory_limit(&self, limit: Option<u64>) {
+        *self.memory_limit.lock().expect("limit poisoned") = limit;
+    }
+
+    /// A storage buffer of at least `bytes` from the pool (contents undefined). A new buffer
+    /// that would take the device past its memory limit first frees the pool's cached
+    /// buffers; if the live ones alone leave no room, it is an error.
     pub fn alloc(&self, bytes: u64) -> Result<GpuBuffer> {
         let max = self.max_tensor_bytes();
         if bytes > max {
             return Err(Error::TooLarge { bytes, max, adapter: self.summary.name.clone() });
         }
         let class = size_class(bytes, max);
+        let limit = *self.memory_limit.lock().expect("limit poisoned");
         let mut pool = self.pool.lock().expect("buffer pool poisoned");
         let buffer = match pool.take(class, STORAGE_USAGE) {
             Some(buffer) => buffer,
             None => {
-                pool.allocated_bytes += class;
+                if let Some(limit) = limit.filter(|l| pool.allocated_bytes + class > *l) {
+                    // Recorded commands may still read cached buffers: run them before freeing.
+                    drop(pool);
+                    self.synchronize()?;
+                    pool = self.pool.lock().expect("buffer pool poisoned");
+                    pool.trim();
+                    if pool.allocated_bytes + class > limit {
+                        let live = pool.live_bytes();
+                        return Err(Error::DeviceMemory {
+                            what: format!("a {bytes}-byte buffer"),
+                            bytes: class,
+                            live,
+                            limit,
+                            adapter: self.summary.name.clone(),
+                        });
+                    }
+                }
+                pool.created(class);
                 self.stats.lock().expect("stats poisoned").buffers_created += 1;
                 self.device.create_buffer(&wgpu::BufferDescriptor { label: None, size: class, usage: STORAGE_USAGE, mapped_at_creation: false })
             }

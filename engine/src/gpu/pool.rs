@@ -24,13 +24,39 @@ pub(crate) struct BufferPool {
     /// Bytes held by buffers that are out (in tensors) or free in the pool.
     pub(crate) allocated_bytes: u64,
     pub(crate) cached_bytes: u64,
+    /// The most bytes out on loan, and held in all, since the last reset.
+    pub(crate) peak_live_bytes: u64,
+    pub(crate) peak_allocated_bytes: u64,
 }
 
 impl BufferPool {
+    /// Bytes out on loan (in tensors).
+    pub(crate) fn live_bytes(&self) -> u64 {
+        self.allocated_bytes - self.cached_bytes
+    }
+
     pub(crate) fn take(&mut self, class: u64, usage: wgpu::BufferUsages) -> Option<wgpu::Buffer> {
         let buffer = self.free.get_mut(&(class, usage))?.pop()?;
         self.cached_bytes -= class;
+        self.note_peaks();
         Some(buffer)
+    }
+
+    /// Counts a new buffer of `class` bytes, now on loan.
+    pub(crate) fn created(&mut self, class: u64) {
+        self.allocated_bytes += class;
+        self.note_peaks();
+    }
+
+    fn note_peaks(&mut self) {
+        self.peak_live_bytes = self.peak_live_bytes.max(self.live_bytes());
+        self.peak_allocated_bytes = self.peak_allocated_bytes.max(self.allocated_bytes);
+    }
+
+    /// Starts the peaks again from what is held now.
+    pub(crate) fn reset_peaks(&mut self) {
+        self.peak_live_bytes = self.live_bytes();
+        self.peak_allocated_bytes = self.allocated_bytes;
     }
 
     fn give_back(&mut self, buffer: wgpu::Buffer) {

@@ -187,6 +187,10 @@ pub struct EpochRecord {
     /// `compare`'s drift probe, timed before this epoch's turn (0 outside `compare`).
     #[serde(default)]
     pub probe_seconds: f64,
+    /// On a GPU, the most bytes of device buffers in tensors at once during the epoch
+    /// (training and evaluation; PyTorch's `max_memory_allocated`). None on the CPU.
+    #[serde(default)]
+    pub device_peak_bytes: Option<u64>,
 }
 
 impl EpochRecord {
@@ -207,6 +211,7 @@ impl EpochRecord {
             "allreduce_bytes": self.allreduce_bytes,
             "allreduce_seconds": self.allreduce_seconds,
             "allreduce_exposed_seconds": self.allreduce_exposed_seconds,
+            "device_peak_bytes": self.device_peak_bytes,
         }))
     }
 }
@@ -258,6 +263,7 @@ pub fn fit_epoch(
     // The epoch's time is all the strategy does for it: its preparation (e.g. fc's feature
     // cache) counts, not only the steps.
     let start = Instant::now();
+    t.device.reset_peak_memory();
     let stage = strategy.begin_epoch(t, &data)?;
     let trainable_params = t.trainable_params();
     let stats = strategy.train_epoch(t, &data, progress)?;
@@ -299,6 +305,7 @@ pub fn fit_epoch(
         allreduce_seconds: comm_after.1 - comm_before.1,
         allreduce_exposed_seconds: comm_after.2 - comm_before.2,
         probe_seconds: 0.0,
+        device_peak_bytes: t.device.memory().map(|m| m.peak_live_bytes),
     };
     t.report(&crate::monitor::Report::Epoch(record.clone()))?;
     Ok(record)
