@@ -19,24 +19,16 @@ use tessera_scheduler::strategy::{dynamic::Criterion, fc::Order, RunSpec, Strate
 use tessera_scheduler::trainer::{OptimConfig, OptimizerKind};
 use tessera_scheduler::TrainError;
 
+/// What a strategy run needs besides its strategy and length: the model, the data, the
+/// optimizer, the seed, the device and the strategies' options (`compare` and `search`).
 #[derive(Args)]
-pub struct CompareArgs {
+pub struct RunArgs {
     /// The model (`tessera models` lists them).
     #[arg(long, default_value = "resnet20-cifar", value_parser = model_name())]
     model: String,
     /// Folder holding `train/` and `test/` image folders (or the CIFAR-10 binary release).
     #[arg(long)]
     data: std::path::PathBuf,
-    /// Comma-separated: full, fc, local-fc, dynamic, balanced, coupled; `NAME@LABEL` runs a
-    /// strategy again under another name (`full,full@again`: an A/A check).
-    #[arg(long, default_value = "full,fc,dynamic")]
-    strategies: String,
-    /// Runs of the whole interleaved comparison (the report gives mean ± std).
-    #[arg(long, default_value_t = 1, value_parser = whole(settings::REPEAT))]
-    repeat: usize,
-    /// Epochs to train.
-    #[arg(long, default_value_t = 2, value_parser = whole(settings::EPOCHS))]
-    epochs: usize,
     /// Images per batch.
     #[arg(long, default_value_t = 128, value_parser = whole(settings::BATCH))]
     batch: usize,
@@ -91,6 +83,22 @@ pub struct CompareArgs {
     /// coupled: the first sub-model of the back part (default: the middle one).
     #[arg(long, value_parser = whole(settings::SPLIT))]
     split: Option<usize>,
+}
+
+#[derive(Args)]
+pub struct CompareArgs {
+    #[command(flatten)]
+    pub run: RunArgs,
+    /// Comma-separated: full, fc, local-fc, dynamic, balanced, coupled; `NAME@LABEL` runs a
+    /// strategy again under another name (`full,full@again`: an A/A check).
+    #[arg(long, default_value = "full,fc,dynamic")]
+    strategies: String,
+    /// Runs of the whole interleaved comparison (the report gives mean ± std).
+    #[arg(long, default_value_t = 1, value_parser = whole(settings::REPEAT))]
+    repeat: usize,
+    /// Epochs to train.
+    #[arg(long, default_value_t = 2, value_parser = whole(settings::EPOCHS))]
+    epochs: usize,
     /// Where report.md, report.json and report.svg go.
     #[arg(long, default_value = "runs/compare")]
     out: std::path::PathBuf,
@@ -108,30 +116,43 @@ pub struct CompareArgs {
     registry: Option<std::path::PathBuf>,
 }
 
+impl RunArgs {
+    /// The settings of a comparison of `strategies` (comma-separated) over `epochs`, run
+    /// `repeat` times, its report in `out`.
+    pub fn config(&self, strategies: &str, epochs: usize, repeat: usize, out: &std::path::Path) -> Result<CompareConfig> {
+        Ok(CompareConfig {
+            model: self.model.clone(),
+            strategies: strategies.split(',').map(|s| s.trim().to_string()).filter(|s| !s.is_empty()).collect(),
+            settings: RunSpec { epochs, batch: self.batch, seed: self.seed, workers: self.workers, ..RunSpec::default() },
+            optim: OptimConfig::from_flags(self.optimizer, self.lr, self.momentum, self.wd, self.warmup_steps)?,
+            options: StrategyOptions {
+                order: self.order,
+                neighbors: self.neighbors,
+                criterion: self.criterion,
+                threshold: self.threshold,
+                window: self.window,
+                gamma: self.gamma,
+                split: self.split,
+            },
+            device: self.device.clone(),
+            init: self.init.clone(),
+            out: out.to_path_buf(),
+            repeat,
+            world: Default::default(),
+            layout: None,
+            watch: Default::default(),
+        })
+    }
+
+    /// The train and test sets of `--data` (with `--limit-per-class`).
+    pub fn load(&self) -> Result<(tessera_scheduler::data::Dataset, tessera_scheduler::data::Dataset)> {
+        load_splits(&self.data, self.limit_per_class).with_context(|| format!("loading {}", self.data.display()))
+    }
+}
+
 /// The comparison's settings from the flags.
 fn config(a: &CompareArgs) -> Result<CompareConfig> {
-    Ok(CompareConfig {
-        model: a.model.clone(),
-        strategies: a.strategies.split(',').map(|s| s.trim().to_string()).filter(|s| !s.is_empty()).collect(),
-        settings: RunSpec { epochs: a.epochs, batch: a.batch, seed: a.seed, workers: a.workers, ..RunSpec::default() },
-        optim: OptimConfig::from_flags(a.optimizer, a.lr, a.momentum, a.wd, a.warmup_steps)?,
-        options: StrategyOptions {
-            order: a.order,
-            neighbors: a.neighbors,
-            criterion: a.criterion,
-            threshold: a.threshold,
-            window: a.window,
-            gamma: a.gamma,
-            split: a.split,
-        },
-        device: a.device.clone(),
-        init: a.init.clone(),
-        out: a.out.clone(),
-        repeat: a.repeat,
-        world: Default::default(),
-        layout: None,
-        watch: a.watch.spec(),
-    })
+    Ok(CompareConfig { watch: a.watch.spec(), ..a.run.config(&a.strategies, a.epochs, a.repeat, &a.out)? })
 }
 
 pub fn run(a: CompareArgs) -> Result<()> {
@@ -144,7 +165,7 @@ pub fn run(a: CompareArgs) -> Result<()> {
     for spec in &cfg.strategies {
         strategy_of(spec, &cfg)?;
     }
-    let (train, test) = load_splits(&a.data, a.limit_per_class).with_context(|| format!("loading {}", a.data.display()))?;
+    let (train, test) = a.run.load()?;
     let world = cfg.world.clone();
     let mut progress = |name: &str, e: &EpochRecord| {
         if world.is_root() {
@@ -153,7 +174,7 @@ pub fn run(a: CompareArgs) -> Result<()> {
     };
     // Rank 0 registers the comparison, and at its end how it ended and what each strategy gave.
     let registration = match world.is_root() {
-        true => Some(Registration::begin(a.registry.as_deref(), compare_run(&a, &cfg), &a.data)?),
+        true => Some(Registration::begin(a.registry.as_deref(), compare_run(&a, &cfg), &a.run.data)?),
         false => None,
     };
     let outcome = if world.size > 1 {
@@ -188,7 +209,7 @@ pub fn run(a: CompareArgs) -> Result<()> {
             eprintln!("registry: {e:#}");
         }
     }
-    let rows = outcome.with_context(|| format!("comparing strategies on {}", a.model))?;
+    let rows = outcome.with_context(|| format!("comparing strategies on {}", a.run.model))?;
     if !world.is_root() {
         return Ok(());
     }
@@ -201,9 +222,9 @@ pub fn run(a: CompareArgs) -> Result<()> {
 fn compare_run(a: &CompareArgs, cfg: &CompareConfig) -> NewRun {
     let o = &cfg.options;
     let mut config = json!({
-        "model": cfg.model, "data": a.data, "strategies": cfg.strategies, "repeat": cfg.repeat, "epochs": cfg.settings.epochs,
+        "model": cfg.model, "data": a.run.data, "strategies": cfg.strategies, "repeat": cfg.repeat, "epochs": cfg.settings.epochs,
         "batch": cfg.settings.batch, "seed": cfg.settings.seed, "workers": cfg.settings.workers, "lr": cfg.optim.lr,
-        "warmup_steps": cfg.optim.warmup_steps, "device": cfg.device, "limit_per_class": a.limit_per_class, "init": cfg.init,
+        "warmup_steps": cfg.optim.warmup_steps, "device": cfg.device, "limit_per_class": a.run.limit_per_class, "init": cfg.init,
         "order": format!("{:?}", o.order).to_lowercase(), "neighbors": o.neighbors, "criterion": format!("{:?}", o.criterion).to_lowercase(),
         "threshold": o.threshold, "window": o.window, "gamma": o.gamma, "split": o.split, "ranks": cfg.world.size,
     });
@@ -330,8 +351,7 @@ pub fn merge_sweep(dir: &std::path::Path, job: &serde_json::Value, json: bool) -
             probe: ProbeTimes { seconds: per.iter().flat_map(|p| p[r].probe.seconds.iter().copied()).collect() },
         })
         .collect();
-    let (train, test) =
-        load_splits(&parsed.compare.data, parsed.compare.limit_per_class).with_context(|| format!("loading {}", parsed.compare.data.display()))?;
+    let (train, test) = parsed.compare.run.load()?;
     let initial = initial_accuracy(&cfg, &test, train.classes().len())?;
     let rows = report_from_repeats(&cfg, &train, &test, initial, &repeats)?;
     print_rows(&rows, json, dir);
@@ -437,7 +457,7 @@ pub struct LaneArgs {
 
 pub fn lane(a: LaneArgs) -> Result<()> {
     let cfg = config(&a.compare)?;
-    let (train, test) = load_splits(&a.compare.data, a.compare.limit_per_class).with_context(|| format!("loading {}", a.compare.data.display()))?;
+    let (train, test) = a.compare.run.load()?;
     let init = cfg.init.as_deref().map(Checkpoint::load).transpose()?;
     let reply = |r: LaneReply<serde_json::Value>| {
         println!("{}", serde_json::to_string(&r).expect("plain values"));

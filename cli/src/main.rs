@@ -5,6 +5,7 @@ mod compare;
 mod flags;
 mod jobs;
 mod runs;
+mod search;
 mod table;
 mod tasks;
 mod watch;
@@ -86,6 +87,9 @@ enum Command {
     },
     /// Train a model on an image-folder data set (`DIR/train`, `DIR/test`).
     Train(TrainArgs),
+    /// Probe every candidate strategy, predict each one's accuracy at the time budget from its
+    /// learning curve, and train the best for the rest of the budget.
+    Search(search::SearchArgs),
     /// The run registry: `runs list`, `runs show RUN`, `runs diff RUN_A RUN_B`, `runs tag RUN TAG`.
     #[command(subcommand)]
     Runs(runs::RunsCmd),
@@ -594,6 +598,7 @@ fn run(cli: Cli) -> Result<()> {
         Command::Models { show: Some(ModelsCmd::Promote { run, name, at }), .. } => runs::promote(&run, &name, &at),
         Command::Models { show: Some(ModelsCmd::Versions { name, at }), .. } => runs::versions(&name, &at),
         Command::Runs(cmd) => runs::runs(cmd),
+        Command::Search(args) => search::run(args),
         Command::Train(args) => train_cmd(args),
         Command::Eval { checkpoint, data, limit_per_class, device, batch, json } => eval_cmd(&checkpoint, &data, limit_per_class, &device, batch, json),
         Command::Export { checkpoint, out, dtype } => {

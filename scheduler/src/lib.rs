@@ -14,6 +14,7 @@ pub mod monitor;
 pub mod plot;
 pub mod robustness;
 pub mod run_state;
+pub mod search;
 pub mod settings;
 pub mod slurm;
 pub mod strategy;

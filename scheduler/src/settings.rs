@@ -66,6 +66,8 @@ pub const NOISE_SCALE: Real = real("--noise-scale", 0.0, false, 1e6, false);
 pub const SECONDS: Real = real("--seconds", 0.0, true, 3600.0, false);
 /// `--alert-exit`: the loss may rise to this multiple of its running minimum (above 1).
 pub const ALERT_EXIT: Real = real("--alert-exit", 1.0, true, 1e12, false);
+/// `search --probe-fraction`: the share of the budget the probes take.
+pub const PROBE_FRACTION: Real = real("--probe-fraction", 0.0, true, 1.0, true);
 /// Seconds a task may train: up to a year.
 pub const TIME_BUDGET: Real = real("--time-budget", 0.0, true, 3.2e7, false);
 

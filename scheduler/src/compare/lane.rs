@@ -89,6 +89,16 @@ impl LocalLane {
     pub fn watch(&mut self, monitor: Option<Monitor>) {
         self.trainer.monitor = monitor;
     }
+
+    /// Ends the epoch in progress after its current step once `flag` is set (a time budget).
+    pub fn stop_with(&mut self, flag: std::sync::Arc<std::sync::atomic::AtomicBool>) {
+        self.trainer.stop = Some(flag);
+    }
+
+    /// (loss, accuracy) of the lane's model on `data`.
+    pub fn evaluate(&self, data: &Dataset) -> Result<(f32, f32), TrainError> {
+        crate::eval::evaluate(&self.trainer.model, data, &self.spec.eval_loader(), &self.trainer.device)
+    }
 }
 
 impl Lane for LocalLane {

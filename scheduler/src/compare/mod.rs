@@ -23,6 +23,7 @@ use std::path::PathBuf;
 use tessera_engine::checkpoint::Checkpoint;
 use tessera_engine::Device;
 
+#[derive(Clone)]
 pub struct CompareConfig {
     pub model: String,
     /// Strategy specs: `NAME` or `NAME@LABEL` (see [`lane::strategy_of`]).
@@ -65,8 +66,8 @@ pub struct Interleaved {
 /// (lane k goes first in turn k); the probe is timed before the first turn and after every
 /// turn. Each epoch record carries the mean of the two probes around its turn
 /// (`probe_seconds`), which normalises it.
-pub fn interleave(
-    lanes: &mut [Box<dyn Lane + '_>],
+pub fn interleave<L: Lane + ?Sized>(
+    lanes: &mut [Box<L>],
     names: &[String],
     epochs: usize,
     probe: &DriftProbe,
