@@ -10,7 +10,8 @@
 //! fitted by least squares on (ln t, ln e). Its ±1σ interval is the regression's prediction
 //! standard error in log space, s·√(1 + 1/n + (ln t₀ − mean ln t)² / Sxx) with
 //! s² = RSS / (n − 2): it needs three probe epochs, and widens the farther the budget lies
-//! beyond the probe. Candidates rank by the interval's lower end (the prediction itself where
+//! beyond the probe. Probe times spanning less than 1.5× give no curve (the candidate ranks by
+//! its last held-out accuracy). Candidates rank by the interval's lower end (the prediction itself where
 //! there is none): a curve extrapolated far beyond its probe does not win on optimism alone.
 use crate::compare::lane::{strategy_of, Lane, LocalLane};
 use crate::compare::probe::DriftProbe;
@@ -48,15 +49,21 @@ pub struct PowerLaw {
     sxx: f64,
 }
 
+/// The probe's times must span at least this factor for a curve in time to mean anything: a
+/// strategy whose later epochs take no time (fc on cached features) cannot be extrapolated in
+/// time, and ranks by its last held-out accuracy instead.
+pub const MIN_TIME_SPAN: f64 = 1.5;
+
 /// Fits e(t) = a · t^(−b) to `(t, e)` points (t > 0; errors are floored at 1e-4). None with
-/// fewer than two distinct times.
+/// fewer than two points or times spanning less than [`MIN_TIME_SPAN`].
 pub fn fit_power_law(points: &[(f64, f64)]) -> Option<PowerLaw> {
     let pts: Vec<(f64, f64)> = points.iter().filter(|(t, _)| *t > 0.0).map(|(t, e)| (t.ln(), e.max(1e-4).ln())).collect();
     let n = pts.len();
     let mean_x = pts.iter().map(|p| p.0).sum::<f64>() / n.max(1) as f64;
     let mean_y = pts.iter().map(|p| p.1).sum::<f64>() / n.max(1) as f64;
     let sxx: f64 = pts.iter().map(|p| (p.0 - mean_x).powi(2)).sum();
-    if n < 2 || sxx <= 1e-12 {
+    let (lo, hi) = pts.iter().fold((f64::INFINITY, f64::NEG_INFINITY), |(lo, hi), p| (lo.min(p.0), hi.max(p.0)));
+    if n < 2 || hi - lo < MIN_TIME_SPAN.ln() || sxx <= 1e-12 {
         return None;
     }
     let slope = pts.iter().map(|p| (p.0 - mean_x) * (p.1 - mean_y)).sum::<f64>() / sxx;
@@ -350,10 +357,13 @@ mod tests {
         assert_eq!(interval.map(|(lo, hi)| (lo - acc).abs() < 1e-9 && (hi - acc).abs() < 1e-9), Some(true), "an exact fit has no spread");
         let noisy: Vec<(f64, f64)> = pts.iter().enumerate().map(|(i, (t, e))| (*t, e * if i % 2 == 0 { 1.05 } else { 0.95 })).collect();
         let f = fit_power_law(&noisy).unwrap();
-        let width = |t: f64| f.predict(t).1.map(|(lo, hi)| hi - lo).unwrap();
+        // The interval in log-error space (2σ wide): it grows away from the probe's times.
+        let width = |t: f64| f.predict(t).1.map(|(lo, hi)| ((1.0 - lo) / (1.0 - hi)).ln()).unwrap();
         assert!(width(1000.0) > width(40.0), "{} vs {}", width(1000.0), width(40.0));
         assert!(fit_power_law(&pts[..2]).unwrap().log_sd.is_none());
         assert!(fit_power_law(&[(5.0, 0.5), (5.0, 0.4)]).is_none());
+        // Times that hardly move (fc training its head on cached features) give no curve.
+        assert!(fit_power_law(&[(3.6, 0.88), (3.62, 0.87), (3.65, 0.84)]).is_none());
     }
 
     #[test]
