@@ -11,7 +11,7 @@ use tessera_registry::NewRun;
 use tessera_scheduler::compare::lane::{strategy_of, Lane, LaneEnd, LocalLane};
 use tessera_scheduler::compare::probe::ProbeTimes;
 use tessera_scheduler::compare::{compare, compare_lanes, initial_accuracy, report_from_repeats, CompareConfig, Interleaved, Stat};
-use tessera_scheduler::monitor::{forwarded, Forward, Labels, Monitor};
+use tessera_scheduler::monitor::{pass_on, Forward, Labels, Monitor};
 use tessera_scheduler::run_state::load_splits;
 use tessera_scheduler::settings;
 use tessera_scheduler::strategy::EpochRecord;
@@ -221,18 +221,17 @@ pub fn run(a: CompareArgs) -> Result<()> {
 /// A comparison as the registry keeps it: its settings as the config.
 fn compare_run(a: &CompareArgs, cfg: &CompareConfig) -> NewRun {
     let o = &cfg.options;
-    let mut config = json!({
+    let config = json!({
         "model": cfg.model, "data": a.run.data, "strategies": cfg.strategies, "repeat": cfg.repeat, "epochs": cfg.settings.epochs,
         "batch": cfg.settings.batch, "seed": cfg.settings.seed, "workers": cfg.settings.workers, "lr": cfg.optim.lr,
         "warmup_steps": cfg.optim.warmup_steps, "device": cfg.device, "limit_per_class": a.run.limit_per_class, "init": cfg.init,
         "order": format!("{:?}", o.order).to_lowercase(), "neighbors": o.neighbors, "criterion": format!("{:?}", o.criterion).to_lowercase(),
         "threshold": o.threshold, "window": o.window, "gamma": o.gamma, "split": o.split, "ranks": cfg.world.size,
     });
-    config.as_object_mut().expect("an object").extend(crate::runs::optimizer_json(cfg.optim.rule).as_object().expect("an object").clone());
     NewRun {
         name: cfg.run_name(),
         command: "compare".into(),
-        config: tessera_scheduler::json::shortest_floats(config),
+        config: crate::runs::run_config(config, Some(cfg.optim.rule)),
         strategy: cfg.strategies.join(","),
         device: cfg.device.clone(),
         out: cfg.out.clone(),
@@ -406,10 +405,9 @@ impl ProcessLane {
         loop {
             answer.clear();
             self.stdout.read_line(&mut answer).map_err(|e| fail(e.to_string()))?;
-            match (forwarded(&answer), self.monitor.as_mut()) {
-                (Some(report), Some(m)) => m.report(&report)?,
-                (Some(_), None) => {}
-                (None, _) => break,
+            match pass_on(&answer, self.monitor.as_mut()) {
+                Some(passed) => passed?,
+                None => break,
             }
         }
         let reply: LaneReply<T> = serde_json::from_str(&answer).map_err(|_| fail(format!("it ended without an answer to `{line}` (its error is above)")))?;

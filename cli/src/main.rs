@@ -768,14 +768,13 @@ fn train_cmd(a: TrainArgs) -> Result<()> {
 
 /// A `train` run as the registry keeps it: its settings as the config.
 fn train_run(cfg: &tessera_scheduler::train::TrainConfig, out: &std::path::Path) -> tessera_registry::NewRun {
-    let mut config = json!({
+    let config = json!({
         "model": cfg.model, "data": cfg.data, "epochs": cfg.run.epochs, "batch": cfg.run.batch, "seed": cfg.run.seed,
         "workers": cfg.run.workers, "loader_memory": cfg.run.memory_limit, "lr": cfg.optim.lr,
         "warmup_steps": cfg.optim.warmup_steps, "device": cfg.device, "limit_per_class": cfg.limit_per_class, "on_nan": format!("{:?}", cfg.on_nan).to_lowercase(),
         "backup_dir": cfg.backup_dir, "sync_bn": cfg.sync_bn, "ranks": cfg.world.size, "resume": cfg.resume, "alert_exit": cfg.watch.alert_exit,
     });
-    config.as_object_mut().expect("an object").extend(runs::optimizer_json(cfg.optim.rule).as_object().expect("an object").clone());
-    let config = tessera_scheduler::json::shortest_floats(config);
+    let config = runs::run_config(config, Some(cfg.optim.rule));
     let name = tessera_scheduler::train::run_name(cfg);
     tessera_registry::NewRun {
         name,

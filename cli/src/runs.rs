@@ -208,11 +208,18 @@ pub fn status_of<T>(outcome: &Result<T, tessera_scheduler::TrainError>) -> &'sta
     }
 }
 
-/// An optimizer's settings as config keys (`optimizer`, `momentum`, `wd`, …).
-pub fn optimizer_json(rule: tessera_engine::optim::Rule) -> Value {
+/// A run's config as the registry keeps it: `settings` (a JSON object) with the optimizer's
+/// settings as keys of their own (`optimizer`, `momentum`, `wd`, …), f32 values at f32
+/// precision.
+pub fn run_config(mut settings: Value, rule: Option<tessera_engine::optim::Rule>) -> Value {
     use tessera_engine::optim::Rule;
-    match rule {
-        Rule::Sgd(h) => json!({"optimizer": "sgd", "momentum": h.momentum, "dampening": h.dampening, "nesterov": h.nesterov, "wd": h.weight_decay}),
-        Rule::AdamW(h) => json!({"optimizer": "adamw", "beta1": h.beta1, "beta2": h.beta2, "eps": h.eps, "wd": h.weight_decay}),
+    let optimizer = match rule {
+        Some(Rule::Sgd(h)) => json!({"optimizer": "sgd", "momentum": h.momentum, "dampening": h.dampening, "nesterov": h.nesterov, "wd": h.weight_decay}),
+        Some(Rule::AdamW(h)) => json!({"optimizer": "adamw", "beta1": h.beta1, "beta2": h.beta2, "eps": h.eps, "wd": h.weight_decay}),
+        None => json!({}),
+    };
+    if let (Some(all), Value::Object(keys)) = (settings.as_object_mut(), optimizer) {
+        all.extend(keys);
     }
+    tessera_scheduler::json::shortest_floats(settings)
 }

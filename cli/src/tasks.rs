@@ -14,7 +14,7 @@ use tessera_engine::Device;
 use tessera_registry::NewRun;
 use tessera_scheduler::data::Dataset;
 use tessera_scheduler::json::shortest_floats;
-use tessera_scheduler::monitor::{forwarded, Forward, Labels, Monitor};
+use tessera_scheduler::monitor::{pass_on, Forward, Labels, Monitor};
 use tessera_scheduler::run_state::load_splits;
 use tessera_scheduler::settings;
 use tessera_scheduler::tasks::{evaluate_merged, train_task, Plan, TaskConfig};
@@ -155,7 +155,7 @@ fn config(a: &TaskArgs) -> Result<TaskConfig> {
 
 /// A plan's name in metrics: its task folder's name.
 fn run_name(a: &TaskArgs) -> String {
-    a.out.file_name().map_or_else(|| "plan".into(), |n| n.to_string_lossy().into_owned())
+    tessera_scheduler::monitor::run_name(&a.out, "plan")
 }
 
 /// One task, in this process (what run-plan's children run).
@@ -213,7 +213,7 @@ fn plan_run(a: &RunPlanArgs, plan: &Plan) -> NewRun {
     NewRun {
         name: run_name(t),
         command: "run-plan".into(),
-        config: shortest_floats(config),
+        config: crate::runs::run_config(config, None),
         strategy,
         device: "cpu".into(),
         out: t.out.clone(),
@@ -286,12 +286,9 @@ fn train_plan(a: &RunPlanArgs, plan: &Plan) -> Result<()> {
             let json = a.json;
             reader = Some(std::thread::spawn(move || {
                 for line in BufReader::new(out).lines().map_while(Result::ok) {
-                    match forwarded(&line) {
-                        Some(report) => {
-                            if let Err(e) = monitor.report(&report) {
-                                eprintln!("task {t}'s metrics: {e}");
-                            }
-                        }
+                    match pass_on(&line, Some(&mut monitor)) {
+                        Some(Err(e)) => eprintln!("task {t}'s metrics: {e}"),
+                        Some(Ok(())) => {}
                         None if json => eprintln!("{line}"),
                         None => println!("{line}"),
                     }

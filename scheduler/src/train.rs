@@ -200,5 +200,5 @@ pub fn train_with(cfg: &TrainConfig, progress: &mut dyn FnMut(&StepInfo), grad_h
 
 /// The run's name in metrics and the registry: its folder's name (else the model's).
 pub fn run_name(cfg: &TrainConfig) -> String {
-    cfg.out.as_deref().and_then(|o| o.file_name()).map_or_else(|| cfg.model.clone(), |n| n.to_string_lossy().into_owned())
+    cfg.out.as_deref().map_or_else(|| cfg.model.clone(), |o| crate::monitor::run_name(o, &cfg.model))
 }

@@ -51,7 +51,7 @@ pub struct CompareConfig {
 impl CompareConfig {
     /// The comparison's name in metrics and the registry: its report folder's name.
     pub fn run_name(&self) -> String {
-        self.out.file_name().map_or_else(|| "compare".into(), |n| n.to_string_lossy().into_owned())
+        crate::monitor::run_name(&self.out, "compare")
     }
 }
 

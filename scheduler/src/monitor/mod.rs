@@ -144,6 +144,19 @@ impl Sink for Forward {
     }
 }
 
+/// A run's name in metrics and the registry: the name of its output folder `dir`, else
+/// `fallback`.
+pub fn run_name(dir: &std::path::Path, fallback: &str) -> String {
+    dir.file_name().map_or_else(|| fallback.into(), |n| n.to_string_lossy().into_owned())
+}
+
+/// A child's stdout `line` in its parent: a report a [`Forward`] sink wrote goes to `monitor`
+/// (when there is one) and gives `Some` with how that went; any other line gives `None`.
+pub fn pass_on(line: &str, monitor: Option<&mut Monitor>) -> Option<Result<(), TrainError>> {
+    let report = forwarded(line)?;
+    Some(monitor.map_or(Ok(()), |m| m.report(&report)))
+}
+
 /// The report a [`Forward`] sink wrote as `line`, if it is one.
 pub fn forwarded(line: &str) -> Option<Report> {
     #[derive(serde::Deserialize)]
