@@ -71,10 +71,28 @@ shader!(BATCHNORM, "batchnorm");
 shader!(SGD, "sgd");
 shader!(ADAMW, "adamw");
 shader!(GUARD, "guard");
+shader!(INT8_PACK, "int8_pack");
+shader!(INT8_CONV, "int8_conv");
 
 /// Every shader module; the validation test checks that they use every file in the folder.
-pub static ALL: &[&Shader] =
-    &[&GEMM, &GEMM_SUBGROUP, &GEMM_F16, &GEMM_F16_PACKED, &HALF, &ELEMENTWISE, &REDUCE, &SOFTMAX, &CONV2D, &POOL, &BATCHNORM, &SGD, &ADAMW, &GUARD];
+pub static ALL: &[&Shader] = &[
+    &GEMM,
+    &GEMM_SUBGROUP,
+    &GEMM_F16,
+    &GEMM_F16_PACKED,
+    &HALF,
+    &ELEMENTWISE,
+    &REDUCE,
+    &SOFTMAX,
+    &CONV2D,
+    &POOL,
+    &BATCHNORM,
+    &SGD,
+    &ADAMW,
+    &GUARD,
+    &INT8_PACK,
+    &INT8_CONV,
+];
 
 macro_rules! kernels {
     ($shader:ident, $workgroup:expr, $($ident:ident = $entry:literal),+ $(,)?) => {
@@ -182,6 +200,15 @@ pub mod guard {
 pub mod half {
     use super::{Kernel, HALF};
     kernels!(HALF, [256, 1, 1], PACK_F16 = "pack_f16", UNPACK_F16 = "unpack_f16");
+}
+
+/// Post-training int8 inference (int8_pack.wgsl, int8_conv.wgsl): activations quantized and
+/// packed four per word, then conv2d / linear with `dot4I8Packed` and i32 accumulation.
+pub mod int8 {
+    use super::{Kernel, INT8_CONV, INT8_PACK};
+    pub static QUANTIZE_PACK: Kernel = Kernel { shader: &INT8_PACK, entry: "quantize_pack_i8", workgroup: [256, 1, 1] };
+    pub static CONV2D: Kernel = Kernel { shader: &INT8_CONV, entry: "conv2d_i8", workgroup: [256, 1, 1] };
+    pub static ALL_KERNELS: &[&Kernel] = &[&QUANTIZE_PACK, &CONV2D];
 }
 
 /// The strided gather-sum behind reductions and broadcasts (reduce.wgsl).

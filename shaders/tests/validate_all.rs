@@ -100,6 +100,7 @@ fn registered_kernels() -> Vec<&'static tessera_shaders::Kernel> {
         tessera_shaders::adamw::ALL_KERNELS,
         tessera_shaders::guard::ALL_KERNELS,
         tessera_shaders::half::ALL_KERNELS,
+        tessera_shaders::int8::ALL_KERNELS,
     ];
     gemm.chain(others.into_iter().flatten().copied()).collect()
 }

@@ -8,6 +8,7 @@ mod conv2d_cpu;
 pub mod elementwise;
 pub mod gemm;
 pub mod guard;
+pub mod int8;
 pub mod pool;
 mod pool_cpu;
 pub mod reduce;
