@@ -2,6 +2,7 @@
 mod analysis;
 mod check;
 mod compare;
+mod compress;
 mod flags;
 mod jobs;
 mod runs;
@@ -90,6 +91,9 @@ enum Command {
     /// Probe every candidate strategy, predict each one's accuracy at the time budget from its
     /// learning curve, and train the best for the rest of the budget.
     Search(search::SearchArgs),
+    /// Prune (weights or whole channels), fine-tune, quantise (int8 or f16) a checkpoint, and
+    /// report size, FLOPs, latency and accuracy before and after.
+    Compress(compress::CompressArgs),
     /// The run registry: `runs list`, `runs show RUN`, `runs diff RUN_A RUN_B`, `runs tag RUN TAG`.
     #[command(subcommand)]
     Runs(runs::RunsCmd),
@@ -399,6 +403,25 @@ enum Bench {
         #[arg(long)]
         json: bool,
     },
+    /// Median forward time of one batch through a model file (eval mode; int8 files run
+    /// their int8 kernels), per device.
+    Forward {
+        /// A model file: a training checkpoint, `compress`'s output, or an exported state dict.
+        #[arg(long)]
+        checkpoint: std::path::PathBuf,
+        /// Images per batch.
+        #[arg(long, default_value_t = 128, value_parser = whole(settings::BATCH))]
+        batch: usize,
+        /// Timed passes (the median is reported), after one untimed.
+        #[arg(long, default_value_t = 5, value_parser = whole(settings::ROUNDS))]
+        rounds: usize,
+        /// `cpu`, `gpu` (= `gpu:0`), `gpu:N` or `auto`, comma-separated.
+        #[arg(long, default_value = "cpu", value_delimiter = ',')]
+        device: Vec<String>,
+        /// Print JSON lines instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
     /// Median training-step time (forward + loss, backward, SGD update) after warm-up.
     Train {
         /// The model (`tessera models` lists them).
@@ -536,6 +559,7 @@ fn run(cli: Cli) -> Result<()> {
         Command::RunTask(args) => tasks::run_task(args),
         Command::CompareLane(args) => compare::lane(args),
         Command::Bench(Bench::Gemm(args)) => bench_gemm_cmd(args),
+        Command::Bench(Bench::Forward { checkpoint, batch, rounds, device, json }) => compress::bench_forward(&checkpoint, batch, rounds, &device, json),
         Command::Bench(Bench::Allreduce { sizes, iters, json }) => bench_allreduce_cmd(&sizes, iters, json),
         Command::Bench(Bench::Kernels { device, seconds, retune: again, json }) => {
             if again {
@@ -599,6 +623,7 @@ fn run(cli: Cli) -> Result<()> {
         Command::Models { show: Some(ModelsCmd::Versions { name, at }), .. } => runs::versions(&name, &at),
         Command::Runs(cmd) => runs::runs(cmd),
         Command::Search(args) => search::run(args),
+        Command::Compress(args) => compress::run(args),
         Command::Train(args) => train_cmd(args),
         Command::Eval { checkpoint, data, limit_per_class, device, batch, json } => eval_cmd(&checkpoint, &data, limit_per_class, &device, batch, json),
         Command::Export { checkpoint, out, dtype } => {

@@ -51,6 +51,20 @@ pub fn save(path: &Path, tensors: &[(String, Tensor)], metadata: &HashMap<String
 
 /// [`save`] with floating-point tensors stored as `format` (rounded to nearest even).
 pub fn save_as(path: &Path, tensors: &[(String, Tensor)], metadata: &HashMap<String, String>, format: FloatFormat) -> Result<(), CheckpointError> {
+    save_with_int8(path, tensors, &[], metadata, format)
+}
+
+/// An int8 tensor to store as it is (quantised weights): name, shape, values.
+pub type Int8Entry = (String, Vec<usize>, Vec<i8>);
+
+/// [`save_as`], plus tensors stored as I8.
+pub fn save_with_int8(
+    path: &Path,
+    tensors: &[(String, Tensor)],
+    int8: &[Int8Entry],
+    metadata: &HashMap<String, String>,
+    format: FloatFormat,
+) -> Result<(), CheckpointError> {
     let io = |error| CheckpointError::Io { path: path.into(), error };
     let mut host: BTreeMap<String, (Dtype, Vec<u8>, Vec<usize>)> = BTreeMap::new();
     // One read for every tensor on a GPU, not one per tensor.
@@ -64,6 +78,9 @@ pub fn save_as(path: &Path, tensors: &[(String, Tensor)], metadata: &HashMap<Str
             FloatFormat::BF16 => (Dtype::BF16, values.iter().flat_map(|v| half::bf16::from_f32(*v).to_le_bytes()).collect()),
         };
         host.insert(name.clone(), (dtype, bytes, t.shape().to_vec()));
+    }
+    for (name, shape, values) in int8 {
+        host.insert(name.clone(), (Dtype::I8, bytemuck::cast_slice(values).to_vec(), shape.clone()));
     }
     let mut metadata = metadata.clone();
     metadata.insert(CHECKSUM_KEY.into(), format!("{:08x}", checksum(host.iter().map(|(n, (_, bytes, _))| (n.as_str(), bytes.as_slice())))));
@@ -117,8 +134,17 @@ fn to_f32(view: &TensorView) -> Result<Vec<f32>, String> {
         Dtype::BF16 => d.chunks_exact(2).map(|b| half::bf16::from_le_bytes([b[0], b[1]]).to_f32()).collect(),
         Dtype::I64 => d.chunks_exact(8).map(|b| i64::from_le_bytes(b.try_into().expect("8 bytes")) as f32).collect(),
         Dtype::I32 => d.chunks_exact(4).map(|b| i32::from_le_bytes([b[0], b[1], b[2], b[3]]) as f32).collect(),
-        other => return Err(format!("dtype {other:?} is not supported (F32, F64, F16, BF16, I64, I32 are)")),
+        // Quantised weights: the integers, exactly.
+        Dtype::I8 => d.iter().map(|&b| b as i8 as f32).collect(),
+        other => return Err(format!("dtype {other:?} is not supported (F32, F64, F16, BF16, I64, I32, I8 are)")),
     })
+}
+
+/// Each tensor's name and the bytes its values take in the safetensors file at `path`.
+pub fn stored_sizes(path: &Path) -> Result<Vec<(String, usize)>, CheckpointError> {
+    let bytes = std::fs::read(path).map_err(|error| CheckpointError::Io { path: path.into(), error })?;
+    let st = safetensors::SafeTensors::deserialize(&bytes).map_err(|e| CheckpointError::Format { path: path.into(), detail: e.to_string() })?;
+    Ok(st.tensors().into_iter().map(|(n, v)| (n, v.data().len())).collect())
 }
 
 /// A loaded checkpoint: f32 tensors by name, and the metadata.

@@ -263,6 +263,12 @@ impl Optimizer {
                         updated?;
                     }
                 }
+                if let Some(mask) = p.mask() {
+                    p.update(|value| -> Result<()> {
+                        *value = crate::ops::mul(value, &mask)?;
+                        Ok(())
+                    })?;
+                }
             }
         }
         self.step += 1;

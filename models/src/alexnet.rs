@@ -3,7 +3,7 @@
 use rand::rngs::StdRng;
 use std::sync::Arc;
 use tessera_engine::autograd::Var;
-use tessera_engine::nn::{prefixed, AdaptiveAvgPool2d, Buffer, Conv2d, Dropout, Flatten, Linear, MaxPool2d, Module, Param, ReLU, Sequential};
+use tessera_engine::nn::{prefixed, AdaptiveAvgPool2d, Buffer, Conv2d, Dropout, Flatten, Int8Slot, Linear, MaxPool2d, Module, Param, ReLU, Sequential};
 use tessera_engine::ops::Conv2dOpts;
 use tessera_engine::{Device, Result};
 
@@ -100,6 +100,12 @@ impl Module for AlexNet {
 
     fn named_buffers(&self) -> Vec<(String, Arc<Buffer>)> {
         Vec::new()
+    }
+
+    fn named_int8(&self) -> Vec<(String, Arc<Int8Slot>)> {
+        let mut out = prefixed("features", self.features.named_int8());
+        out.extend(prefixed("classifier", self.classifier.named_int8()));
+        out
     }
 
     fn named_counters(&self) -> Vec<(String, Arc<std::sync::atomic::AtomicU32>)> {

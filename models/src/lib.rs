@@ -1,6 +1,7 @@
 //! Architectures with torchvision's parameter names and counts, and each model's partition
 //! into named sub-models with their dependency graph. Knows nothing of training.
 pub mod alexnet;
+pub mod channels;
 pub mod resnet;
 
 use rand::{rngs::StdRng, SeedableRng};
@@ -186,6 +187,18 @@ impl Module for Staged {
 
     fn named_params(&self) -> Vec<(String, Arc<Param>)> {
         self.seq.named_params()
+    }
+
+    fn named_buffers(&self) -> Vec<(String, Arc<tessera_engine::nn::Buffer>)> {
+        self.seq.named_buffers()
+    }
+
+    fn named_counters(&self) -> Vec<(String, Arc<std::sync::atomic::AtomicU32>)> {
+        self.seq.named_counters()
+    }
+
+    fn named_int8(&self) -> Vec<(String, Arc<tessera_engine::nn::Int8Slot>)> {
+        self.seq.named_int8()
     }
 
     fn set_training(&self, training: bool) {

@@ -6,7 +6,7 @@
 use rand::rngs::StdRng;
 use std::sync::Arc;
 use tessera_engine::autograd::{self as ag, Var};
-use tessera_engine::nn::{prefixed, AdaptiveAvgPool2d, BatchNorm2d, Buffer, Conv2d, Linear, MaxPool2d, Module, Param, Sequential};
+use tessera_engine::nn::{prefixed, AdaptiveAvgPool2d, BatchNorm2d, Buffer, Conv2d, Int8Slot, Linear, MaxPool2d, Module, Param, Sequential};
 use tessera_engine::ops::Conv2dOpts;
 use tessera_engine::{Device, Result};
 
@@ -80,6 +80,14 @@ impl Module for Block {
         let mut out: Vec<_> = self.norms.iter().enumerate().flat_map(|(i, n)| prefixed(&format!("bn{}", i + 1), n.named_buffers())).collect();
         if let Some(d) = &self.downsample {
             out.extend(prefixed("downsample", d.named_buffers()));
+        }
+        out
+    }
+
+    fn named_int8(&self) -> Vec<(String, Arc<Int8Slot>)> {
+        let mut out: Vec<_> = self.convs.iter().enumerate().flat_map(|(i, c)| prefixed(&format!("conv{}", i + 1), c.named_int8())).collect();
+        if let Some(d) = &self.downsample {
+            out.extend(prefixed("downsample", d.named_int8()));
         }
         out
     }
@@ -208,6 +216,15 @@ impl Module for ResNet {
         for (i, l) in self.layers.iter().enumerate() {
             out.extend(prefixed(&format!("layer{}", i + 1), l.named_buffers()));
         }
+        out
+    }
+
+    fn named_int8(&self) -> Vec<(String, Arc<Int8Slot>)> {
+        let mut out = prefixed("conv1", self.conv1.named_int8());
+        for (i, l) in self.layers.iter().enumerate() {
+            out.extend(prefixed(&format!("layer{}", i + 1), l.named_int8()));
+        }
+        out.extend(prefixed("fc", self.fc.named_int8()));
         out
     }
 

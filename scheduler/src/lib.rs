@@ -1,6 +1,7 @@
 //! Data sets, training runs, the sub-model scheduling strategies and the standard run report.
 pub mod bench;
 pub mod compare;
+pub mod compress;
 pub mod correlation;
 pub mod data;
 pub mod distributed;

@@ -115,13 +115,60 @@ pub fn save_checkpoint(dir: &Path, model: &Model, opt: &Optimizer, meta: &Checkp
     Ok(path)
 }
 
-/// Loads a checkpoint's weights and buffers into `model` (names and shapes checked).
+/// Metadata of a compressed checkpoint (`tessera compress`): `tessera.pruned` = `channels`
+/// (layers are narrower than the architecture's: shapes come from the file) or
+/// `unstructured`; `tessera.quantized` = `int8` or `f16`.
+pub const PRUNED_KEY: &str = "tessera.pruned";
+pub const QUANTIZED_KEY: &str = "tessera.quantized";
+
+/// Loads a checkpoint's weights and buffers into `model` (names and shapes checked; a
+/// channel-pruned file's shapes replace the model's, then one forward pass checks that they
+/// fit together). Layers stored as int8 (`L.weight` I8, `L.weight_scale` [O], `L.input_scale`
+/// []) run int8 kernels from then on; their f32 weights hold the dequantised values.
 pub fn load_weights(model: &Model, ckpt: &Checkpoint, device: &Device) -> Result<(), TrainError> {
+    let adopt = ckpt.metadata.get(PRUNED_KEY).is_some_and(|v| v == "channels");
+    let shape = |name: &str, current: Vec<usize>| match ckpt.tensors.get(name) {
+        Some((_, stored)) if adopt => stored.clone(),
+        _ => current,
+    };
     for (name, p) in model.net.named_params() {
-        p.set_value(ckpt.tensor(&name, p.value().shape(), device)?);
+        p.set_value(ckpt.tensor(&name, &shape(&name, p.value().shape().to_vec()), device)?);
     }
     for (name, b) in model.net.named_buffers() {
-        b.set_value(ckpt.tensor(&name, b.value().shape(), device)?);
+        b.set_value(ckpt.tensor(&name, &shape(&name, b.value().shape().to_vec()), device)?);
+    }
+    let params: HashMap<String, Arc<tessera_engine::nn::Param>> = model.net.named_params().into_iter().collect();
+    let bad = |name: &str, detail: String| checkpoint::CheckpointError::Tensor { path: ckpt.path.clone(), name: name.into(), detail };
+    for (name, slot) in model.net.named_int8() {
+        let scale_name = format!("{name}_scale");
+        let Some((scales, _)) = ckpt.tensors.get(&scale_name) else {
+            slot.set(None);
+            continue;
+        };
+        let layer = name.strip_suffix(".weight").unwrap_or(&name);
+        let input_name = format!("{layer}.input_scale");
+        let (input, _) = ckpt.tensors.get(&input_name).ok_or_else(|| bad(&input_name, "missing (every int8 weight needs its input scale)".into()))?;
+        let (q, q_shape) = &ckpt.tensors[&name];
+        if q.iter().any(|v| v.fract() != 0.0 || v.abs() > 127.0) {
+            return Err(bad(&name, "an int8 weight holds a value outside −127..=127".into()).into());
+        }
+        let bias = match params.get(&format!("{layer}.bias")) {
+            Some(b) => b.value().to_vec()?,
+            None => vec![0.0; q_shape.first().copied().unwrap_or(0)],
+        };
+        let values: Vec<i8> = q.iter().map(|&v| v as i8).collect();
+        let w = tessera_engine::ops::int8::Int8Weights::new(values, q_shape, scales.clone(), input.first().copied().unwrap_or(0.0), bias, device)
+            .map_err(|e| bad(&name, e.to_string()))?;
+        params[&name].set_value(Tensor::from_vec(w.dequantized(), q_shape, device)?);
+        slot.set(Some(Arc::new(w)));
+    }
+    if adopt {
+        let input = tessera_models::MODELS.iter().find(|m| m.name == model.name).map_or(32, |m| m.input);
+        let x = tessera_engine::Var::constant(Tensor::zeros(&[1, 3, input, input], device)?);
+        model.net.set_training(false);
+        let fits = tessera_engine::no_grad(|| model.net.forward(&x)).map(drop);
+        model.net.set_training(true);
+        fits.map_err(|e| checkpoint::CheckpointError::Format { path: ckpt.path.clone(), detail: format!("its pruned layers do not fit together: {e}") })?;
     }
     Ok(())
 }

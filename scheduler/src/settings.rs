@@ -68,6 +68,12 @@ pub const SECONDS: Real = real("--seconds", 0.0, true, 3600.0, false);
 pub const ALERT_EXIT: Real = real("--alert-exit", 1.0, true, 1e12, false);
 /// `search --probe-fraction`: the share of the budget the probes take.
 pub const PROBE_FRACTION: Real = real("--probe-fraction", 0.0, true, 1.0, true);
+/// `compress --prune`: the fraction of weights or channels removed.
+pub const PRUNE: Real = real("--prune", 0.0, false, 1.0, true);
+/// `compress --finetune-epochs`: none, or as many as a run may have.
+pub const FINETUNE_EPOCHS: Whole = whole("--finetune-epochs", 0, 100_000);
+/// `compress --calibrate`: training images that calibrate int8 activation scales.
+pub const CALIBRATE: Whole = whole("--calibrate", 1, 1 << 32);
 /// Seconds a task may train: up to a year.
 pub const TIME_BUDGET: Real = real("--time-budget", 0.0, true, 3.2e7, false);
 

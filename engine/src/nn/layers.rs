@@ -1,6 +1,6 @@
 //! The layers, with PyTorch's parameter names, shapes and default initialisation
 //! (kaiming-uniform with a = √5, i.e. U(−1/√fan_in, 1/√fan_in), for weights and biases).
-use super::{Buffer, Module, Param};
+use super::{Buffer, Int8Slot, Module, Param};
 use crate::autograd::{self as ag, no_grad, Var};
 use crate::device::Device;
 use crate::error::Result;
@@ -20,6 +20,7 @@ fn uniform(rng: &mut StdRng, shape: &[usize], bound: f32, device: &Device) -> Re
 pub struct Linear {
     pub weight: Arc<Param>,
     pub bias: Option<Arc<Param>>,
+    pub int8: Arc<Int8Slot>,
 }
 
 impl Linear {
@@ -27,13 +28,18 @@ impl Linear {
         let bound = 1.0 / (inputs as f32).sqrt();
         let weight = Param::new(uniform(rng, &[outputs, inputs], bound, device)?);
         let bias = if bias { Some(Param::new(uniform(rng, &[outputs], bound, device)?)) } else { None };
-        Ok(Self { weight, bias })
+        Ok(Self { weight, bias, int8: Int8Slot::new() })
     }
 }
 
 impl Module for Linear {
     fn forward(&self, x: &Var) -> Result<Var> {
-        ag::linear(x, &self.weight.var(), self.bias.as_ref().map(|b| b.var()).as_ref())
+        let f32 = || ag::linear(x, &self.weight.var(), self.bias.as_ref().map(|b| b.var()).as_ref());
+        self.int8.forward(x, f32, ops::int8::linear_int8)
+    }
+
+    fn named_int8(&self) -> Vec<(String, Arc<Int8Slot>)> {
+        vec![("weight".to_string(), self.int8.clone())]
     }
 
     fn named_params(&self) -> Vec<(String, Arc<Param>)> {
@@ -48,6 +54,7 @@ pub struct Conv2d {
     pub weight: Arc<Param>,
     pub bias: Option<Arc<Param>>,
     pub opts: Conv2dOpts,
+    pub int8: Arc<Int8Slot>,
 }
 
 impl Conv2d {
@@ -56,13 +63,18 @@ impl Conv2d {
         let bound = 1.0 / ((inputs * kernel * kernel) as f32).sqrt();
         let weight = Param::new(uniform(rng, &[outputs, inputs, kernel, kernel], bound, device)?);
         let bias = if bias { Some(Param::new(uniform(rng, &[outputs], bound, device)?)) } else { None };
-        Ok(Self { weight, bias, opts })
+        Ok(Self { weight, bias, opts, int8: Int8Slot::new() })
     }
 }
 
 impl Module for Conv2d {
     fn forward(&self, x: &Var) -> Result<Var> {
-        ag::conv2d(x, &self.weight.var(), self.bias.as_ref().map(|b| b.var()).as_ref(), self.opts)
+        let f32 = || ag::conv2d(x, &self.weight.var(), self.bias.as_ref().map(|b| b.var()).as_ref(), self.opts);
+        self.int8.forward(x, f32, |x, w| ops::int8::conv2d_int8(x, w, self.opts))
+    }
+
+    fn named_int8(&self) -> Vec<(String, Arc<Int8Slot>)> {
+        vec![("weight".to_string(), self.int8.clone())]
     }
 
     fn named_params(&self) -> Vec<(String, Arc<Param>)> {

@@ -1,7 +1,9 @@
 //! Layers with named parameters and buffers (PyTorch-style dotted names such as
 //! `0.weight`, `features.3.bias`) and train/eval mode, on top of the autograd.
+mod int8;
 mod layers;
 
+pub use int8::{Int8Mode, Int8Slot};
 pub use layers::{AdaptiveAvgPool2d, AvgPool2d, BatchNorm2d, Conv2d, Dropout, Flatten, Linear, MaxPool2d, ReLU};
 
 /// The replicas of a data-parallel job, as synchronised batch norm needs them.
@@ -38,11 +40,13 @@ pub struct Param {
     value: Mutex<Tensor>,
     grad: GradSlot,
     requires_grad: AtomicBool,
+    /// 0/1 per value: pruned weights, zeroed again after every optimizer update.
+    mask: Mutex<Option<Tensor>>,
 }
 
 impl Param {
     pub fn new(value: Tensor) -> Arc<Self> {
-        Arc::new(Self { value: Mutex::new(value), grad: Arc::default(), requires_grad: AtomicBool::new(true) })
+        Arc::new(Self { value: Mutex::new(value), grad: Arc::default(), requires_grad: AtomicBool::new(true), mask: Mutex::new(None) })
     }
 
     pub fn value(&self) -> Tensor {
@@ -85,6 +89,23 @@ impl Param {
     /// Replaces the gradient (PyTorch's `p.grad = g`: clipping, injected faults in tests).
     pub fn set_grad(&self, grad: Option<Tensor>) {
         *self.grad.lock().expect("grad poisoned") = grad;
+    }
+
+    /// Fixes the values where `mask` is 0 at zero: now, and after every optimizer update
+    /// (unstructured pruning's fine-tuning). `None` lifts it.
+    pub fn set_mask(&self, mask: Option<Tensor>) -> Result<()> {
+        if let Some(m) = &mask {
+            self.update(|v| -> Result<()> {
+                *v = crate::ops::mul(v, m)?;
+                Ok(())
+            })?;
+        }
+        *self.mask.lock().expect("mask poisoned") = mask;
+        Ok(())
+    }
+
+    pub fn mask(&self) -> Option<Tensor> {
+        self.mask.lock().expect("mask poisoned").clone()
     }
 
     pub fn requires_grad(&self) -> bool {
@@ -133,6 +154,11 @@ pub trait Module: Send + Sync {
     /// Random-number state (dropout mask seeds) under dotted names: not part of a PyTorch
     /// state dict, but saved with checkpoints so a resumed run draws the same masks.
     fn named_counters(&self) -> Vec<(String, Arc<AtomicU32>)> {
+        Vec::new()
+    }
+
+    /// The int8 inference state of each conv and linear layer, under its weight's name.
+    fn named_int8(&self) -> Vec<(String, Arc<Int8Slot>)> {
         Vec::new()
     }
 
@@ -200,6 +226,10 @@ impl Module for Sequential {
 
     fn named_counters(&self) -> Vec<(String, Arc<AtomicU32>)> {
         self.layers.iter().enumerate().flat_map(|(i, l)| prefixed(&i.to_string(), l.named_counters())).collect()
+    }
+
+    fn named_int8(&self) -> Vec<(String, Arc<Int8Slot>)> {
+        self.layers.iter().enumerate().flat_map(|(i, l)| prefixed(&i.to_string(), l.named_int8())).collect()
     }
 
     fn set_training(&self, training: bool) {

@@ -1,0 +1,121 @@
+//! What a compressed (or original) model file costs and how well it does: per sub-model
+//! parameters, non-zeros, bytes in the file and forward FLOPs; forward latency per batch on
+//! the CPU and a GPU; test accuracy. Each figure comes from loading the file as `tessera
+//! eval` and `tessera bench forward` do, and the report names those commands.
+use crate::data::{Dataset, LoaderSpec};
+use crate::error::TrainError;
+use crate::eval::{evaluate, model_from_checkpoint};
+use serde::Serialize;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+use tessera_engine::checkpoint::Checkpoint;
+use tessera_engine::{no_grad, Device, Tensor, Var};
+
+#[derive(Clone, Debug, Serialize)]
+pub struct PartCost {
+    pub name: String,
+    pub params: usize,
+    pub nonzeros: usize,
+    /// Bytes of the part's tensors in the file (weights, buffers, scales).
+    pub bytes: usize,
+    /// Forward FLOPs for one image (2 per multiply-add of convs and linear layers).
+    pub flops: f64,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct Measurement {
+    pub file: PathBuf,
+    pub file_bytes: u64,
+    pub parts: Vec<PartCost>,
+    pub total: PartCost,
+    /// Median forward time of one batch, milliseconds.
+    pub cpu_ms: f64,
+    pub gpu_ms: Option<f64>,
+    pub gpu: Option<String>,
+    pub accuracy: f32,
+    pub loss: f32,
+    pub images: usize,
+    pub accuracy_command: String,
+    pub latency_command: String,
+}
+
+/// How [`measure`] times and scores: batch and rounds of the latency, the test set, and the
+/// text of the data flags (`--data D [--limit-per-class N]`) for the commands it names.
+pub struct MeasureSpec<'a> {
+    pub test: &'a Dataset,
+    pub batch: usize,
+    pub rounds: usize,
+    pub gpu: Option<String>,
+    pub data_flags: String,
+}
+
+/// Median milliseconds of a forward pass of `batch` images through the model in `file` on
+/// `device` (eval mode, after one untimed pass; every pass waits for its logits).
+pub fn forward_latency(file: &Path, device: &Device, batch: usize, rounds: usize) -> Result<f64, TrainError> {
+    let ckpt = Checkpoint::load(file)?;
+    let model = model_from_checkpoint(file, &ckpt, device)?;
+    let px = tessera_models::MODELS.iter().find(|m| m.name == model.name).map_or(32, |m| m.input);
+    let n = batch * 3 * px * px;
+    let x = Var::constant(Tensor::from_vec((0..n).map(|i| ((i * 7919) % 255) as f32 / 127.5 - 1.0).collect(), &[batch, 3, px, px], device)?);
+    model.net.set_training(false);
+    let mut times = Vec::new();
+    for round in 0..=rounds.max(1) {
+        let start = Instant::now();
+        no_grad(|| model.net.forward(&x))?.value().to_vec()?;
+        if round > 0 {
+            times.push(start.elapsed().as_secs_f64() * 1e3);
+        }
+    }
+    times.sort_by(f64::total_cmp);
+    Ok(times[times.len() / 2])
+}
+
+/// Measures the model file `file`.
+pub fn measure(file: &Path, spec: &MeasureSpec) -> Result<Measurement, TrainError> {
+    let cpu = Device::cpu();
+    let ckpt = Checkpoint::load(file)?;
+    let model = model_from_checkpoint(file, &ckpt, &cpu)?;
+    let px = tessera_models::MODELS.iter().find(|m| m.name == model.name).map_or(32, |m| m.input);
+    let stored = tessera_engine::checkpoint::stored_sizes(file)?;
+    let file_bytes = std::fs::metadata(file).map_err(|error| TrainError::Io { path: file.into(), error })?.len();
+    let costs = model.stage_costs(px)?;
+    let mut parts = Vec::new();
+    for (sub, cost) in model.submodels.iter().zip(&costs) {
+        let (mut params, mut nonzeros) = (0, 0);
+        for (_, p) in model.params_of(sub) {
+            let v = p.value().to_vec()?;
+            params += v.len();
+            nonzeros += v.iter().filter(|x| **x != 0.0).count();
+        }
+        let bytes = stored.iter().filter(|(n, _)| sub.owns(n)).map(|(_, b)| b).sum();
+        parts.push(PartCost { name: sub.name.clone(), params, nonzeros, bytes, flops: cost.flops });
+    }
+    let total = PartCost {
+        name: "total".into(),
+        params: parts.iter().map(|p| p.params).sum(),
+        nonzeros: parts.iter().map(|p| p.nonzeros).sum(),
+        bytes: stored.iter().map(|(_, b)| b).sum(),
+        flops: parts.iter().map(|p| p.flops).sum(),
+    };
+    let (loss, accuracy) = evaluate(&model, spec.test, &LoaderSpec::eval(spec.batch), &cpu)?;
+    let cpu_ms = forward_latency(file, &cpu, spec.batch, spec.rounds)?;
+    let gpu_ms = match &spec.gpu {
+        Some(g) => Some(forward_latency(file, &Device::parse(g)?, spec.batch, spec.rounds)?),
+        None => None,
+    };
+    let devices = std::iter::once("cpu").chain(spec.gpu.as_deref()).collect::<Vec<_>>().join(",");
+    Ok(Measurement {
+        file: file.into(),
+        file_bytes,
+        parts,
+        total,
+        cpu_ms,
+        gpu_ms,
+        gpu: spec.gpu.as_ref().map(|g| Device::parse(g).map(|d| d.to_string()).unwrap_or_else(|_| g.clone())),
+        accuracy,
+        loss,
+        images: spec.test.len(),
+        accuracy_command: format!("tessera eval --checkpoint {} {} --device cpu", file.display(), spec.data_flags),
+        latency_command: format!("tessera bench forward --checkpoint {} --batch {} --rounds {} --device {devices}", file.display(), spec.batch, spec.rounds),
+    })
+}
