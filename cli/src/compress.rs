@@ -109,7 +109,10 @@ pub fn run(a: CompressArgs) -> Result<()> {
         eprintln!("{line}")
     })
     .with_context(|| format!("compressing {}", a.checkpoint.display()))?;
-    let mut parts = Table::new("compress_part", &["sub_model", "params", "nonzeros", "bytes_before", "bytes_after", "MFLOPs_before", "MFLOPs_after"]);
+    let mut parts = Table::new(
+        "compress_part",
+        &["sub_model", "params", "nonzeros", "bytes_before", "bytes_after", "MFLOPs_before", "MFLOPs_after", "cpu_ms_before", "cpu_ms_after"],
+    );
     let (b, af) = (&r.before, &r.after);
     for (x, y) in b.parts.iter().chain([&b.total]).zip(af.parts.iter().chain([&af.total])) {
         parts.push(vec![
@@ -120,6 +123,8 @@ pub fn run(a: CompressArgs) -> Result<()> {
             json!(y.bytes),
             json!(x.flops / 1e6),
             json!(y.flops / 1e6),
+            json!(x.cpu_ms),
+            json!(y.cpu_ms),
         ]);
     }
     parts.print(json);
@@ -137,11 +142,19 @@ pub fn run(a: CompressArgs) -> Result<()> {
 
 /// `tessera bench forward`: median forward latency of a model file per device.
 pub fn bench_forward(checkpoint: &std::path::Path, batch: usize, rounds: usize, devices: &[String], json: bool) -> Result<()> {
-    let mut table = Table::new("forward", &["checkpoint", "device", "batch", "ms_per_batch", "images_per_sec"]);
+    let mut table = Table::new("forward", &["checkpoint", "device", "batch", "ms_per_batch", "images_per_sec", "ms_per_sub_model"]);
     for d in devices {
         let device = Device::parse(d)?;
-        let ms = forward_latency(checkpoint, &device, batch, rounds).with_context(|| format!("timing {} on {device}", checkpoint.display()))?;
-        table.push(vec![json!(checkpoint.display().to_string()), json!(device.to_string()), json!(batch), json!(ms), json!(batch as f64 / ms * 1e3)]);
+        let (ms, parts) = forward_latency(checkpoint, &device, batch, rounds).with_context(|| format!("timing {} on {device}", checkpoint.display()))?;
+        let parts: Vec<String> = parts.iter().map(|p| format!("{p:.1}")).collect();
+        table.push(vec![
+            json!(checkpoint.display().to_string()),
+            json!(device.to_string()),
+            json!(batch),
+            json!(ms),
+            json!(batch as f64 / ms * 1e3),
+            json!(parts.join(" + ")),
+        ]);
     }
     table.print(json);
     Ok(())

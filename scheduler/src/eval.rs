@@ -130,6 +130,6 @@ pub fn evaluate_checkpoint(path: &Path, data: &Path, device: &str, batch: usize,
 }
 
 /// The class count of a built model (its last parameter's first dimension).
-fn model_classes(model: &Model) -> usize {
+pub fn model_classes(model: &Model) -> usize {
     model.net.named_params().last().map_or(0, |(_, p)| p.value().shape().first().copied().unwrap_or(0))
 }

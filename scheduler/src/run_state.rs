@@ -78,10 +78,16 @@ pub fn epoch_checkpoints(dir: &Path) -> Result<Vec<(usize, PathBuf)>, TrainError
     numbered_files(dir, "epoch-")
 }
 
-/// Saves weights, buffers, optimizer state and the step to `dir/epoch-NNN.safetensors`.
-pub fn save_checkpoint(dir: &Path, model: &Model, opt: &Optimizer, meta: &CheckpointMeta) -> Result<PathBuf, TrainError> {
+/// The model's parameters and buffers under their names: what a model file holds.
+pub fn model_tensors(model: &Model) -> Vec<(String, Tensor)> {
     let mut tensors: Vec<(String, Tensor)> = model.net.named_params().into_iter().map(|(n, p)| (n, p.value())).collect();
     tensors.extend(model.net.named_buffers().into_iter().map(|(n, b)| (n, b.value())));
+    tensors
+}
+
+/// Saves weights, buffers, optimizer state and the step to `dir/epoch-NNN.safetensors`.
+pub fn save_checkpoint(dir: &Path, model: &Model, opt: &Optimizer, meta: &CheckpointMeta) -> Result<PathBuf, TrainError> {
+    let mut tensors = model_tensors(model);
     for (n, p) in model.net.named_params() {
         for (state, t) in opt.state_of(&p) {
             tensors.push((format!("optimizer.{state}.{n}"), t));

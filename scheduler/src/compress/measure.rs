@@ -20,6 +20,9 @@ pub struct PartCost {
     pub bytes: usize,
     /// Forward FLOPs for one image (2 per multiply-add of convs and linear layers).
     pub flops: f64,
+    /// Median forward time of the part for one batch, milliseconds (CPU, GPU).
+    pub cpu_ms: f64,
+    pub gpu_ms: Option<f64>,
 }
 
 #[derive(Clone, Debug, Serialize)]
@@ -50,24 +53,39 @@ pub struct MeasureSpec<'a> {
 }
 
 /// Median milliseconds of a forward pass of `batch` images through the model in `file` on
-/// `device` (eval mode, after one untimed pass; every pass waits for its logits).
-pub fn forward_latency(file: &Path, device: &Device, batch: usize, rounds: usize) -> Result<f64, TrainError> {
+/// `device` (eval mode, after one untimed pass), in total and per sub-model: each stage waits
+/// for its output before the next starts, so the parts add up to the total.
+pub fn forward_latency(file: &Path, device: &Device, batch: usize, rounds: usize) -> Result<(f64, Vec<f64>), TrainError> {
     let ckpt = Checkpoint::load(file)?;
     let model = model_from_checkpoint(file, &ckpt, device)?;
     let px = tessera_models::MODELS.iter().find(|m| m.name == model.name).map_or(32, |m| m.input);
     let n = batch * 3 * px * px;
     let x = Var::constant(Tensor::from_vec((0..n).map(|i| ((i * 7919) % 255) as f32 / 127.5 - 1.0).collect(), &[batch, 3, px, px], device)?);
     model.net.set_training(false);
-    let mut times = Vec::new();
-    for round in 0..=rounds.max(1) {
-        let start = Instant::now();
-        no_grad(|| model.net.forward(&x))?.value().to_vec()?;
-        if round > 0 {
-            times.push(start.elapsed().as_secs_f64() * 1e3);
+    let stages = model.submodels.len();
+    let mut times = vec![Vec::new(); stages];
+    let timed = no_grad(|| -> Result<(), TrainError> {
+        for round in 0..=rounds.max(1) {
+            let mut h = x.clone();
+            for (stage, t) in times.iter_mut().enumerate() {
+                let start = Instant::now();
+                h = model.net.forward_stage(stage, &h)?;
+                device.synchronize()?;
+                if round > 0 {
+                    t.push(start.elapsed().as_secs_f64() * 1e3);
+                }
+            }
         }
-    }
-    times.sort_by(f64::total_cmp);
-    Ok(times[times.len() / 2])
+        Ok(())
+    });
+    model.net.set_training(true);
+    timed?;
+    let median = |mut v: Vec<f64>| {
+        v.sort_by(f64::total_cmp);
+        v[v.len() / 2]
+    };
+    let rounds: Vec<f64> = (0..times[0].len()).map(|r| times.iter().map(|t| t[r]).sum()).collect();
+    Ok((median(rounds), times.into_iter().map(median).collect()))
 }
 
 /// Measures the model file `file`.
@@ -88,7 +106,19 @@ pub fn measure(file: &Path, spec: &MeasureSpec) -> Result<Measurement, TrainErro
             nonzeros += v.iter().filter(|x| **x != 0.0).count();
         }
         let bytes = stored.iter().filter(|(n, _)| sub.owns(n)).map(|(_, b)| b).sum();
-        parts.push(PartCost { name: sub.name.clone(), params, nonzeros, bytes, flops: cost.flops });
+        parts.push(PartCost { name: sub.name.clone(), params, nonzeros, bytes, flops: cost.flops, cpu_ms: 0.0, gpu_ms: None });
+    }
+    let (loss, accuracy) = evaluate(&model, spec.test, &LoaderSpec::eval(spec.batch), &cpu)?;
+    let (cpu_ms, cpu_parts) = forward_latency(file, &cpu, spec.batch, spec.rounds)?;
+    let (gpu_ms, gpu_parts) = match &spec.gpu {
+        Some(g) => {
+            let (total, parts) = forward_latency(file, &Device::parse(g)?, spec.batch, spec.rounds)?;
+            (Some(total), parts.into_iter().map(Some).collect())
+        }
+        None => (None, vec![None; parts.len()]),
+    };
+    for ((p, c), g) in parts.iter_mut().zip(cpu_parts).zip(gpu_parts) {
+        (p.cpu_ms, p.gpu_ms) = (c, g);
     }
     let total = PartCost {
         name: "total".into(),
@@ -96,12 +126,8 @@ pub fn measure(file: &Path, spec: &MeasureSpec) -> Result<Measurement, TrainErro
         nonzeros: parts.iter().map(|p| p.nonzeros).sum(),
         bytes: stored.iter().map(|(_, b)| b).sum(),
         flops: parts.iter().map(|p| p.flops).sum(),
-    };
-    let (loss, accuracy) = evaluate(&model, spec.test, &LoaderSpec::eval(spec.batch), &cpu)?;
-    let cpu_ms = forward_latency(file, &cpu, spec.batch, spec.rounds)?;
-    let gpu_ms = match &spec.gpu {
-        Some(g) => Some(forward_latency(file, &Device::parse(g)?, spec.batch, spec.rounds)?),
-        None => None,
+        cpu_ms,
+        gpu_ms,
     };
     let devices = std::iter::once("cpu").chain(spec.gpu.as_deref()).collect::<Vec<_>>().join(",");
     Ok(Measurement {

@@ -6,8 +6,8 @@ pub mod quantize;
 
 use crate::data::Dataset;
 use crate::error::TrainError;
-use crate::eval::model_from_checkpoint;
-use crate::run_state::{load_splits, PRUNED_KEY, QUANTIZED_KEY};
+use crate::eval::{model_classes, model_from_checkpoint};
+use crate::run_state::{load_splits, model_tensors, PRUNED_KEY, QUANTIZED_KEY};
 use crate::strategy::full::Full;
 use crate::strategy::{fit, RunSpec, Strategy};
 use crate::trainer::{OnNan, OptimConfig, StepInfo, Trainer};
@@ -89,11 +89,11 @@ pub fn compress(cfg: &CompressConfig, progress: &mut dyn FnMut(&StepInfo), say: 
     let model = model_from_checkpoint(&cfg.checkpoint, &ckpt, &device)?;
     let model_name = model.name.to_string();
     let (train, test) = load_splits(&cfg.data, cfg.limit_per_class)?;
-    if test.classes().len() != classes_of(&model) {
+    if test.classes().len() != model_classes(&model) {
         return Err(TrainError::Config(format!(
             "{} holds a {}-class model; {} has {} classes",
             cfg.checkpoint.display(),
-            classes_of(&model),
+            model_classes(&model),
             cfg.data.display(),
             test.classes().len()
         )));
@@ -104,7 +104,7 @@ pub fn compress(cfg: &CompressConfig, progress: &mut dyn FnMut(&StepInfo), say: 
         metadata.insert(format!("counter.{name}"), counter.load(std::sync::atomic::Ordering::Relaxed).to_string());
     }
     let original = cfg.out.join("original.safetensors");
-    checkpoint::save(&original, &weights(&model), &metadata)?;
+    checkpoint::save(&original, &model_tensors(&model), &metadata)?;
 
     let mut pruned: Vec<Pruned> = Vec::new();
     if let Some(fraction) = cfg.prune {
@@ -130,9 +130,9 @@ pub fn compress(cfg: &CompressConfig, progress: &mut dyn FnMut(&StepInfo), say: 
         }
         Some(Quantize::F16) => {
             metadata.insert(QUANTIZED_KEY.into(), "f16".into());
-            checkpoint::save_as(&compressed, &weights(&model), &metadata, FloatFormat::F16)?;
+            checkpoint::save_as(&compressed, &model_tensors(&model), &metadata, FloatFormat::F16)?;
         }
-        None => checkpoint::save(&compressed, &weights(&model), &metadata)?,
+        None => checkpoint::save(&compressed, &model_tensors(&model), &metadata)?,
     }
     let data_flags = match cfg.limit_per_class {
         Some(n) => format!("--data {} --limit-per-class {n}", cfg.data.display()),
@@ -159,17 +159,6 @@ pub fn compress(cfg: &CompressConfig, progress: &mut dyn FnMut(&StepInfo), say: 
     };
     write_report(&cfg.out, &report)?;
     Ok(report)
-}
-
-fn classes_of(model: &tessera_models::Model) -> usize {
-    model.net.named_params().last().map_or(0, |(_, p)| p.value().shape().first().copied().unwrap_or(0))
-}
-
-/// Parameters and buffers under their names (what a model file holds).
-fn weights(model: &tessera_models::Model) -> Vec<(String, tessera_engine::Tensor)> {
-    let mut out: Vec<_> = model.net.named_params().into_iter().map(|(n, p)| (n, p.value())).collect();
-    out.extend(model.net.named_buffers().into_iter().map(|(n, b)| (n, b.value())));
-    out
 }
 
 /// `cfg.finetune_epochs` epochs of the standard training step (cosine schedule from the
@@ -213,11 +202,12 @@ fn markdown(r: &CompressReport) -> String {
         r.quantize.map(|q| format!("{q:?} weights").to_lowercase()),
     ];
     s += &what.into_iter().flatten().collect::<Vec<_>>().join(", ");
-    s += "\n\n| sub-model | params before | params after | non-zeros before | non-zeros after | bytes before | bytes after | MFLOPs before | MFLOPs after |\n|---|---:|---:|---:|---:|---:|---:|---:|---:|\n";
+    s += "\n\n| sub-model | params before | params after | non-zeros before | non-zeros after | bytes before | bytes after | MFLOPs before | MFLOPs after | CPU ms before | CPU ms after | GPU ms before | GPU ms after |\n|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n";
     let (b, a) = (&r.before, &r.after);
+    let ms = |v: Option<f64>| v.map_or("–".to_string(), |v| format!("{v:.1}"));
     for (x, y) in b.parts.iter().chain([&b.total]).zip(a.parts.iter().chain([&a.total])) {
         s += &format!(
-            "| {} | {} | {} | {} | {} | {} | {} | {:.2} | {:.2} |\n",
+            "| {} | {} | {} | {} | {} | {} | {} | {:.2} | {:.2} | {:.1} | {:.1} | {} | {} |\n",
             x.name,
             x.params,
             y.params,
@@ -226,15 +216,18 @@ fn markdown(r: &CompressReport) -> String {
             x.bytes,
             y.bytes,
             x.flops / 1e6,
-            y.flops / 1e6
+            y.flops / 1e6,
+            x.cpu_ms,
+            y.cpu_ms,
+            ms(x.gpu_ms),
+            ms(y.gpu_ms)
         );
     }
     let ratio = |x: f64, y: f64| if y > 0.0 { format!("{:.2}×", x / y) } else { "–".into() };
     s += &format!("\nSmaller: {} (model tensors), file {} → {} bytes.\n\n", ratio(b.total.bytes as f64, a.total.bytes as f64), b.file_bytes, a.file_bytes);
     s += "| | test accuracy | loss | CPU ms / batch | GPU ms / batch |\n|---|---:|---:|---:|---:|\n";
     for (label, m) in [("before", b), ("after", a)] {
-        let gpu = m.gpu_ms.map_or("–".into(), |g| format!("{g:.1}"));
-        s += &format!("| {label} | {:.2} % | {:.4} | {:.1} | {gpu} |\n", m.accuracy * 100.0, m.loss, m.cpu_ms);
+        s += &format!("| {label} | {:.2} % | {:.4} | {:.1} | {} |\n", m.accuracy * 100.0, m.loss, m.cpu_ms, ms(m.gpu_ms));
     }
     if let Some(g) = &a.gpu {
         s += &format!("\nGPU: {g}. ");
