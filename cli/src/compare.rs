@@ -83,6 +83,12 @@ pub struct RunArgs {
     /// coupled: the first sub-model of the back part (default: the middle one).
     #[arg(long, value_parser = whole(settings::SPLIT))]
     split: Option<usize>,
+    /// random: the share of sub-models that trains (fraction·n rounded, at least one).
+    #[arg(long, default_value_t = 0.5, value_parser = real32(settings::FRACTION))]
+    fraction: f32,
+    /// random: draw a new subset every this many steps [default: every epoch].
+    #[arg(long, value_parser = whole(settings::PERIOD))]
+    period: Option<usize>,
 }
 
 #[derive(Args)]
@@ -133,6 +139,8 @@ impl RunArgs {
                 window: self.window,
                 gamma: self.gamma,
                 split: self.split,
+                fraction: self.fraction,
+                period: self.period,
             },
             device: self.device.clone(),
             init: self.init.clone(),
@@ -226,7 +234,7 @@ fn compare_run(a: &CompareArgs, cfg: &CompareConfig) -> NewRun {
         "batch": cfg.settings.batch, "seed": cfg.settings.seed, "workers": cfg.settings.workers, "lr": cfg.optim.lr,
         "warmup_steps": cfg.optim.warmup_steps, "device": cfg.device, "limit_per_class": a.run.limit_per_class, "init": cfg.init,
         "order": format!("{:?}", o.order).to_lowercase(), "neighbors": o.neighbors, "criterion": format!("{:?}", o.criterion).to_lowercase(),
-        "threshold": o.threshold, "window": o.window, "gamma": o.gamma, "split": o.split, "ranks": cfg.world.size,
+        "threshold": o.threshold, "window": o.window, "gamma": o.gamma, "split": o.split, "fraction": o.fraction, "period": o.period, "ranks": cfg.world.size,
     });
     NewRun {
         name: cfg.run_name(),

@@ -68,6 +68,10 @@ pub const SECONDS: Real = real("--seconds", 0.0, true, 3600.0, false);
 pub const ALERT_EXIT: Real = real("--alert-exit", 1.0, true, 1e12, false);
 /// `search --probe-fraction`: the share of the budget the probes take.
 pub const PROBE_FRACTION: Real = real("--probe-fraction", 0.0, true, 1.0, true);
+/// `random --fraction`: the share of sub-models that trains at a time.
+pub const FRACTION: Real = real("--fraction", 0.0, true, 1.0, false);
+/// `random --period`: steps per draw.
+pub const PERIOD: Whole = whole("--period", 1, 1 << 32);
 /// `compress --prune`: the fraction of weights or channels removed.
 pub const PRUNE: Real = real("--prune", 0.0, false, 1.0, true);
 /// `compress --finetune-epochs`: none, or as many as a run may have.

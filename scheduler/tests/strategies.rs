@@ -212,6 +212,39 @@ fn coupled_alternates_front_and_back() {
 }
 
 #[test]
+fn random_trains_a_fresh_seeded_subset_each_period_and_frozen_parts_run_no_backward() {
+    use tessera_scheduler::strategy::random::Random;
+    // A third of simple-cnn's 3 sub-models: one trains per epoch, drawn from the run's seed.
+    let one = StrategyOptions { fraction: 0.34, ..Default::default() };
+    let (run, changed) = train("random", &one, 6);
+    let subs = ["conv1", "conv2", "fc"];
+    let drawn: Vec<Vec<String>> = (1..=6).map(|e| Random::subset(3, e, 3, 0.34).iter().map(|&i| subs[i].to_string()).collect()).collect();
+    assert_eq!(changed, drawn, "each epoch exactly its drawn sub-model trains");
+    assert!(drawn.windows(2).any(|w| w[0] != w[1]), "six draws, all the same: {drawn:?}");
+    assert!(drawn.iter().any(|d| d == &["fc"]), "seed 3 draws fc alone at least once: {drawn:?}");
+    assert_eq!(run.epochs.iter().map(|e| e.stage.clone()).collect::<Vec<_>>(), drawn.iter().map(|d| d.join("+")).collect::<Vec<_>>());
+    for (e, d) in run.epochs.iter().zip(&drawn) {
+        if d == &["fc"] {
+            // Only fc's weight gradient: the frozen convolutions ran no backward kernel.
+            assert_eq!(e.backward_flops, FC_DW_PER_IMAGE * IMAGES as f64, "epoch {}", e.epoch);
+        }
+    }
+    // Same seed, same draws; another seed, other draws (over 20 draws of 3 subsets).
+    let draws = |seed| (0..20).map(|d| Random::subset(seed, d, 3, 0.34)).collect::<Vec<_>>();
+    assert_eq!(draws(3), draws(3));
+    assert_ne!(draws(3), draws(4));
+    // Every 2 steps (4 steps per epoch): the epoch's label starts from the draw of its first
+    // period, and a run changes several subsets within one epoch.
+    let periodic = StrategyOptions { fraction: 0.34, period: Some(2), ..Default::default() };
+    let (run, changed) = train("random", &periodic, 2);
+    assert!(run.epochs[0].stage.starts_with("every 2 steps, from "), "{}", run.epochs[0].stage);
+    let within: Vec<Vec<usize>> = (0..2).map(|d| Random::subset(3, d, 3, 0.34)).collect();
+    let expected: std::collections::BTreeSet<&str> = within.iter().flatten().map(|&i| subs[i]).collect();
+    let moved: std::collections::BTreeSet<&str> = changed[0].iter().map(String::as_str).collect();
+    assert_eq!(moved, expected, "epoch 1 trains the subsets of its two periods");
+}
+
+#[test]
 fn compare_writes_the_report() {
     use tessera_scheduler::compare::{compare, CompareConfig};
     let (train, test) = data();

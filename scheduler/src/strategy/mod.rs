@@ -10,6 +10,7 @@ pub mod dynamic;
 pub mod fc;
 pub mod full;
 pub mod local_fc;
+pub mod random;
 
 use crate::data::{Dataset, Loader, LoaderSpec};
 use crate::error::TrainError;
@@ -62,7 +63,7 @@ pub trait Strategy {
 }
 
 /// The strategies `compare` knows, by name.
-pub const NAMES: [&str; 6] = ["full", "fc", "local-fc", "dynamic", "balanced", "coupled"];
+pub const NAMES: [&str; 7] = ["full", "fc", "local-fc", "dynamic", "balanced", "coupled", "random"];
 
 /// Options shared by the strategies that take any.
 #[derive(Clone, Debug)]
@@ -74,11 +75,25 @@ pub struct StrategyOptions {
     pub window: usize,
     pub gamma: f32,
     pub split: Option<usize>,
+    /// random: the share of sub-models that trains, and how many steps each draw lasts
+    /// (none: an epoch).
+    pub fraction: f32,
+    pub period: Option<usize>,
 }
 
 impl Default for StrategyOptions {
     fn default() -> Self {
-        Self { order: fc::Order::Dfs, neighbors: 1, criterion: dynamic::Criterion::GradNorm, threshold: 0.1, window: 50, gamma: 0.1, split: None }
+        Self {
+            order: fc::Order::Dfs,
+            neighbors: 1,
+            criterion: dynamic::Criterion::GradNorm,
+            threshold: 0.1,
+            window: 50,
+            gamma: 0.1,
+            split: None,
+            fraction: 0.5,
+            period: None,
+        }
     }
 }
 
@@ -91,6 +106,7 @@ pub fn by_name(name: &str, o: &StrategyOptions) -> Result<Box<dyn Strategy>, Tra
         "dynamic" => Box::new(dynamic::Dynamic::new(o.criterion, o.threshold, o.window)),
         "balanced" => Box::new(balanced::Balanced::new(o.gamma)),
         "coupled" => Box::new(coupled::Coupled::new(o.split)),
+        "random" => Box::new(random::Random::new(o.fraction, o.period)),
         other => return Err(TrainError::Config(format!("unknown strategy `{other}`; known: {}", NAMES.join(", ")))),
     })
 }
