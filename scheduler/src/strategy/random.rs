@@ -63,7 +63,7 @@ impl Strategy for Random {
 
     fn step(&mut self, t: &mut Trainer, x: Tensor, labels: &[usize]) -> Result<(), TrainError> {
         if let Some(p) = self.period {
-            if self.steps > 0 && self.steps % p == 0 {
+            if self.steps > 0 && self.steps.is_multiple_of(p) {
                 self.apply(t, (self.steps / p) as u64);
             }
             self.steps += 1;
