@@ -102,6 +102,11 @@ pub struct CompareArgs {
     /// Runs of the whole interleaved comparison (the report gives mean ± std).
     #[arg(long, default_value_t = 1, value_parser = whole(settings::REPEAT))]
     repeat: usize,
+    /// Run the comparison once per seed (initial weights, data order, random draws): the
+    /// report gives accuracy as mean ± std over the seeds with a bootstrap interval, and marks
+    /// differences from full beyond the seed-to-seed spread.
+    #[arg(long, value_delimiter = ',', conflicts_with = "repeat")]
+    seeds: Vec<u64>,
     /// Epochs to train.
     #[arg(long, default_value_t = 2, value_parser = whole(settings::EPOCHS))]
     epochs: usize,
@@ -146,6 +151,7 @@ impl RunArgs {
             init: self.init.clone(),
             out: out.to_path_buf(),
             repeat,
+            seeds: Vec::new(),
             world: Default::default(),
             layout: None,
             watch: Default::default(),
@@ -160,7 +166,8 @@ impl RunArgs {
 
 /// The comparison's settings from the flags.
 fn config(a: &CompareArgs) -> Result<CompareConfig> {
-    Ok(CompareConfig { watch: a.watch.spec(), ..a.run.config(&a.strategies, a.epochs, a.repeat, &a.out)? })
+    let repeat = if a.seeds.is_empty() { a.repeat } else { a.seeds.len() };
+    Ok(CompareConfig { watch: a.watch.spec(), seeds: a.seeds.clone(), ..a.run.config(&a.strategies, a.epochs, repeat, &a.out)? })
 }
 
 pub fn run(a: CompareArgs) -> Result<()> {
@@ -205,8 +212,9 @@ pub fn run(a: CompareArgs) -> Result<()> {
             if let Some(addr) = watch.metrics_addr() {
                 eprintln!("metrics at http://{addr}/metrics");
             }
-            let mut lanes = || {
-                let lane = |spec: &String| -> Result<Box<dyn Lane>, TrainError> { Ok(Box::new(ProcessLane::spawn(spec, &flags, watch.monitor(spec, true)?)?)) };
+            let mut lanes = |k: usize| {
+                let lane =
+                    |spec: &String| -> Result<Box<dyn Lane>, TrainError> { Ok(Box::new(ProcessLane::spawn(spec, k, &flags, watch.monitor(spec, true)?)?)) };
                 cfg.strategies.iter().map(lane).collect()
             };
             compare_lanes(&cfg, &train, &test, &mut lanes, &mut progress)
@@ -359,7 +367,7 @@ pub fn merge_sweep(dir: &std::path::Path, job: &serde_json::Value, json: bool) -
         })
         .collect();
     let (train, test) = parsed.compare.run.load()?;
-    let initial = initial_accuracy(&cfg, &test, train.classes().len())?;
+    let initial = initial_accuracy(&cfg.for_repeat(cfg.repeat - 1), &test, train.classes().len())?;
     let rows = report_from_repeats(&cfg, &train, &test, initial, &repeats)?;
     print_rows(&rows, json, dir);
     Ok(())
@@ -377,12 +385,13 @@ struct ProcessLane {
 }
 
 impl ProcessLane {
-    fn spawn(spec: &str, flags: &[std::ffi::OsString], monitor: Option<Monitor>) -> Result<Self, TrainError> {
+    /// The lane of `spec` in repeat `repeat` (which picks its seed of `--seeds`).
+    fn spawn(spec: &str, repeat: usize, flags: &[std::ffi::OsString], monitor: Option<Monitor>) -> Result<Self, TrainError> {
         let exe = std::env::current_exe().map_err(|e| TrainError::Config(format!("locating the tessera binary: {e}")))?;
         let mut child = Command::new(exe)
             .arg("compare-lane")
             .args(flags)
-            .args(["--lane", spec])
+            .args(["--lane", spec, "--repeat-index", &repeat.to_string()])
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
@@ -459,10 +468,13 @@ pub struct LaneArgs {
     /// The strategy spec this lane trains.
     #[arg(long)]
     lane: String,
+    /// The repeat this lane belongs to (its seed of `--seeds`).
+    #[arg(long, default_value_t = 0)]
+    repeat_index: usize,
 }
 
 pub fn lane(a: LaneArgs) -> Result<()> {
-    let cfg = config(&a.compare)?;
+    let cfg = config(&a.compare)?.for_repeat(a.repeat_index);
     let (train, test) = a.compare.run.load()?;
     let init = cfg.init.as_deref().map(Checkpoint::load).transpose()?;
     let reply = |r: LaneReply<serde_json::Value>| {

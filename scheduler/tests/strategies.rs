@@ -245,6 +245,57 @@ fn random_trains_a_fresh_seeded_subset_each_period_and_frozen_parts_run_no_backw
 }
 
 #[test]
+fn compare_over_seeds_runs_each_seed_and_reports_the_spread() {
+    use tessera_scheduler::compare::{compare, CompareConfig};
+    let (train, test) = data();
+    let out = std::env::temp_dir().join(format!("tessera-compare-seeds-{}", std::process::id()));
+    let cfg = CompareConfig {
+        model: "simple-cnn".into(),
+        strategies: names(&["full", "random"]),
+        settings: settings(2),
+        optim: optim(),
+        options: StrategyOptions { fraction: 0.34, ..Default::default() },
+        device: "cpu".into(),
+        init: None,
+        out: out.clone(),
+        repeat: 3,
+        seeds: vec![11, 12, 13],
+        world: Default::default(),
+        layout: None,
+        watch: Default::default(),
+    };
+    let rows = compare(&cfg, &train, &test, &mut |_, _| {}).unwrap();
+    // Repeat k is seed k's run: full alone from seed 12 gives the same losses as repeat 1.
+    let runs: Vec<tessera_scheduler::compare::Interleaved> = serde_json::from_str(&std::fs::read_to_string(out.join("runs.json")).unwrap()).unwrap();
+    let seeded = RunSpec { seed: 12, ..settings(2) };
+    let model = tessera_models::build("simple-cnn", CLASSES, &Device::cpu(), 12).unwrap();
+    let alone = strategy::run(strategy::by_name("full", &cfg.options).unwrap().as_mut(), model, Device::cpu(), &train, &test, &seeded, &cfg.optim, &mut |_| {})
+        .unwrap();
+    let losses = |run: &StrategyRun| run.epochs.iter().map(|e| e.train_loss).collect::<Vec<_>>();
+    assert_eq!(losses(&runs[1].runs[0]), losses(&alone));
+    assert_ne!(losses(&runs[0].runs[0]), losses(&runs[1].runs[0]), "seeds 11 and 12 ran alike");
+    // The accuracy over seeds: mean ± std of the three runs, an interval inside their range.
+    for (i, row) in rows.iter().enumerate() {
+        let values: Vec<f64> = runs.iter().map(|r| r.runs[i].test_accuracy as f64).collect();
+        assert_eq!(row.accuracy.n, 3);
+        assert!((row.accuracy.mean - values.iter().sum::<f64>() / 3.0).abs() < 1e-9);
+        let seeds = row.seeds.expect("a comparison over seeds");
+        let (lo, hi) = (values.iter().copied().fold(1.0, f64::min), values.iter().copied().fold(0.0, f64::max));
+        assert!(lo - 1e-9 <= seeds.ci95.0 && seeds.ci95.0 <= seeds.ci95.1 && seeds.ci95.1 <= hi + 1e-9, "{seeds:?} outside {values:?}");
+    }
+    let random = rows[1].seeds.unwrap();
+    let d = random.vs_full.expect("random against full");
+    assert!((d - (rows[1].accuracy.mean - rows[0].accuracy.mean)).abs() < 1e-9);
+    assert_eq!(random.beyond_spread, Some(d.abs() > rows[1].accuracy.std.max(rows[0].accuracy.std)));
+    let md = std::fs::read_to_string(out.join("report.md")).unwrap();
+    assert!(md.contains("seeds [11, 12, 13]") && md.contains("mean ± std over seeds") && md.contains("the seed spread"), "{md}");
+    let json: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(out.join("report.json")).unwrap()).unwrap();
+    assert_eq!(json["seeds"], serde_json::json!([11, 12, 13]));
+    assert!(json["strategies"][1]["beyond_seed_spread"].is_boolean());
+    let _ = std::fs::remove_dir_all(&out);
+}
+
+#[test]
 fn compare_writes_the_report() {
     use tessera_scheduler::compare::{compare, CompareConfig};
     let (train, test) = data();
@@ -259,6 +310,7 @@ fn compare_writes_the_report() {
         init: None,
         out: out.clone(),
         repeat: 1,
+        seeds: Vec::new(),
         world: Default::default(),
         layout: None,
         watch: Default::default(),

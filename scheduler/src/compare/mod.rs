@@ -9,7 +9,7 @@ pub mod lane;
 pub mod probe;
 mod report;
 
-pub use report::{bootstrap_ci, Row, Stat};
+pub use report::{bootstrap_ci, bootstrap_mean_ci, Row, SeedSpread, Stat};
 
 use crate::data::Dataset;
 use crate::error::TrainError;
@@ -38,6 +38,11 @@ pub struct CompareConfig {
     pub out: PathBuf,
     /// Times the whole interleaved comparison runs (≥ 1).
     pub repeat: usize,
+    /// One repeat per seed (initial weights, data order, random draws), when given: the
+    /// report then gives accuracy over seeds (mean ± std, a bootstrap interval) and marks
+    /// differences from `full` beyond the seed-to-seed spread. Empty: every repeat uses
+    /// `settings.seed`.
+    pub seeds: Vec<u64>,
     /// Data-parallel (`mpirun -np N tessera compare`): every lane trains on its rank's shard
     /// and sums gradients over the ranks; rank 0 writes the report.
     pub world: std::sync::Arc<crate::distributed::World>,
@@ -52,6 +57,15 @@ impl CompareConfig {
     /// The comparison's name in metrics and the registry: its report folder's name.
     pub fn run_name(&self) -> String {
         crate::monitor::run_name(&self.out, "compare")
+    }
+
+    /// The configuration of repeat `k`: its seed's, when the comparison is over seeds.
+    pub fn for_repeat(&self, k: usize) -> CompareConfig {
+        let mut cfg = self.clone();
+        if let Some(&seed) = self.seeds.get(k) {
+            cfg.settings.seed = seed;
+        }
+        cfg
     }
 }
 
@@ -114,9 +128,10 @@ pub fn compare(cfg: &CompareConfig, train: &Dataset, test: &Dataset, progress: &
     let init = cfg.init.as_deref().map(Checkpoint::load).transpose()?;
     // Rank 0 reports for every lane.
     let watch = cfg.world.is_root().then(|| cfg.watch.start(&cfg.run_name())).transpose()?;
-    let mut lanes = || {
+    let mut lanes = |k: usize| {
+        let repeat = cfg.for_repeat(k);
         let lane = |spec: &String| -> Result<Box<dyn Lane>, TrainError> {
-            let mut lane = LocalLane::new(spec, cfg, train, test, init.as_ref())?;
+            let mut lane = LocalLane::new(spec, &repeat, train, test, init.as_ref())?;
             if let Some(w) = &watch {
                 lane.watch(w.monitor(spec, true)?);
             }
@@ -127,12 +142,13 @@ pub fn compare(cfg: &CompareConfig, train: &Dataset, test: &Dataset, progress: &
     compare_lanes(cfg, train, test, &mut lanes, progress)
 }
 
-/// [`compare`] over lanes from `make_lanes` (one set per repeat, in `cfg.strategies`' order).
+/// [`compare`] over lanes from `make_lanes(k)` (one set per repeat k, in `cfg.strategies`'
+/// order, configured by [`CompareConfig::for_repeat`]).
 pub fn compare_lanes(
     cfg: &CompareConfig,
     train: &Dataset,
     test: &Dataset,
-    make_lanes: &mut dyn FnMut() -> Result<Vec<Box<dyn Lane>>, TrainError>,
+    make_lanes: &mut dyn FnMut(usize) -> Result<Vec<Box<dyn Lane>>, TrainError>,
     progress: &mut dyn FnMut(&str, &EpochRecord),
 ) -> Result<Vec<Row>, TrainError> {
     // The report's folder before hours of training: a bad --out fails at once.
@@ -142,6 +158,9 @@ pub fn compare_lanes(
     if cfg.repeat == 0 {
         return Err(TrainError::Config("compare needs at least one repeat".into()));
     }
+    if !cfg.seeds.is_empty() && cfg.seeds.len() != cfg.repeat {
+        return Err(TrainError::Config(format!("{} seeds for {} repeats: a comparison over seeds runs once per seed", cfg.seeds.len(), cfg.repeat)));
+    }
     let device = Device::parse(&cfg.device)?;
     let classes = train.classes().len();
     let names: Vec<String> = cfg.strategies.iter().map(|s| lane::strategy_of(s, cfg).map(|(_, name)| name)).collect::<Result<_, _>>()?;
@@ -149,12 +168,12 @@ pub fn compare_lanes(
         return Err(TrainError::Config(format!("strategy `{dup}` is listed twice; name a second run `NAME@LABEL`")));
     }
     // Every strategy starts from the same weights: their measured accuracy is where each
-    // curve of report.svg starts (t = 0), not an assumed chance level.
-    let initial = initial_accuracy(cfg, test, classes)?;
+    // curve of report.svg (the last repeat's) starts (t = 0), not an assumed chance level.
+    let initial = initial_accuracy(&cfg.for_repeat(cfg.repeat - 1), test, classes)?;
     let probe = DriftProbe::new(&device, cfg.settings.batch, train.dims())?;
     let mut repeats = Vec::with_capacity(cfg.repeat);
-    for _ in 0..cfg.repeat {
-        let mut lanes = make_lanes()?;
+    for k in 0..cfg.repeat {
+        let mut lanes = make_lanes(k)?;
         repeats.push(interleave(&mut lanes, &names, cfg.settings.epochs, &probe, progress)?);
     }
     if cfg.world.is_root() {
@@ -171,7 +190,7 @@ pub fn report_from_repeats(cfg: &CompareConfig, train: &Dataset, test: &Dataset,
     let per_image = report::full_backward_flops_per_image(&cfg.model, train.classes().len(), train.dims())?;
     // Data-parallel, a rank's backward work is its share of the images'.
     let full_backward = per_image * (train.len() * cfg.settings.epochs) as f64 / cfg.world.size as f64;
-    let rows = report::rows(repeats, full_backward, cfg.settings.seed);
+    let rows = report::rows(repeats, full_backward, cfg.settings.seed, !cfg.seeds.is_empty());
     if cfg.world.is_root() {
         report::write_report(cfg, train, test, initial, repeats, &rows)?;
     }

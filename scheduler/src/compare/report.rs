@@ -58,6 +58,19 @@ pub struct Row {
     pub ci95: (f32, f32),
     /// What the time ratio means, given the probe's spread and the FLOP ratio.
     pub verdict: String,
+    /// Final test accuracy over the repeats.
+    pub accuracy: Stat,
+    /// A comparison over seeds: the bootstrap 95 % interval of the mean accuracy over seeds,
+    /// and the difference from full's mean with whether it exceeds the seed-to-seed spread
+    /// (the larger of the two standard deviations over seeds).
+    pub seeds: Option<SeedSpread>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct SeedSpread {
+    pub ci95: (f64, f64),
+    pub vs_full: Option<f64>,
+    pub beyond_spread: Option<bool>,
 }
 
 impl Row {
@@ -84,6 +97,11 @@ impl Row {
             "test_accuracy": r.run.test_accuracy,
             "ci95": [r.ci95.0, r.ci95.1],
             "verdict": r.verdict,
+            "test_accuracy_mean": r.accuracy.mean,
+            "test_accuracy_std": r.accuracy.std,
+            "seed_ci95": r.seeds.map(|s| [s.ci95.0, s.ci95.1]),
+            "accuracy_vs_full": r.seeds.and_then(|s| s.vs_full),
+            "beyond_seed_spread": r.seeds.and_then(|s| s.beyond_spread),
             "notes": r.run.notes,
             "epochs": r.run.epochs.iter().map(|e| json!({
                 "epoch": e.epoch, "stage": e.stage, "seconds": e.seconds, "elapsed": e.elapsed, "probe_seconds": e.probe_seconds,
@@ -105,6 +123,18 @@ pub fn bootstrap_ci(correct: &[bool], seed: u64) -> (f32, f32) {
     let mut accs: Vec<f32> = (0..1000).map(|_| (0..n).filter(|_| correct[rng.gen_range(0..n)]).count() as f32 / n as f32).collect();
     accs.sort_by(f32::total_cmp);
     (accs[25], accs[974])
+}
+
+/// Bootstrap 95 % interval of the mean of `values` (1000 resamples, seeded): over seeds.
+pub fn bootstrap_mean_ci(values: &[f64], seed: u64) -> (f64, f64) {
+    if values.is_empty() {
+        return (0.0, 0.0);
+    }
+    let mut rng = StdRng::seed_from_u64(seed);
+    let n = values.len();
+    let mut means: Vec<f64> = (0..1000).map(|_| (0..n).map(|_| values[rng.gen_range(0..n)]).sum::<f64>() / n as f64).collect();
+    means.sort_by(f64::total_cmp);
+    (means[25], means[974])
 }
 
 /// Backward FLOPs of one image through the whole network with everything trainable.
@@ -132,7 +162,8 @@ fn seconds(run: &StrategyRun, unit: f64) -> (f64, f64) {
 
 /// The report's rows from the repeats (each holding the lanes in the same order);
 /// `full_backward` is the backward FLOPs of full training over the run's images.
-pub(super) fn rows(repeats: &[Interleaved], full_backward: f64, seed: u64) -> Vec<Row> {
+/// `over_seeds`: each repeat ran with a seed of its own.
+pub(super) fn rows(repeats: &[Interleaved], full_backward: f64, seed: u64, over_seeds: bool) -> Vec<Row> {
     let probes: Vec<f64> = repeats.iter().flat_map(|r| r.probe.seconds.iter().copied()).collect();
     let probe = super::probe::ProbeTimes { seconds: probes };
     let (unit, spread) = (probe.mean(), probe.spread());
@@ -147,6 +178,14 @@ pub(super) fn rows(repeats: &[Interleaved], full_backward: f64, seed: u64) -> Ve
                 })
             };
             let run = last.runs[i].clone();
+            let accuracies = |i: usize| repeats.iter().map(|r| r.runs[i].test_accuracy as f64).collect::<Vec<_>>();
+            let accuracy = Stat::of(&accuracies(i));
+            let seeds = over_seeds.then(|| {
+                let full_accuracy = full.map(|f| Stat::of(&accuracies(f)));
+                let vs_full = full_accuracy.filter(|_| full != Some(i)).map(|f| accuracy.mean - f.mean);
+                let beyond_spread = full_accuracy.zip(vs_full).map(|(f, d)| d.abs() > accuracy.std.max(f.std));
+                SeedSpread { ci95: bootstrap_mean_ci(&accuracies(i), seed), vs_full, beyond_spread }
+            });
             let flops_ratio = full.map(|f| executed_flops(&run) / executed_flops(&last.runs[f]).max(1.0));
             let normalised_ratio = ratio(|t| t.1);
             let verdict = match (full, normalised_ratio, flops_ratio) {
@@ -164,6 +203,8 @@ pub(super) fn rows(repeats: &[Interleaved], full_backward: f64, seed: u64) -> Ve
                 peak_rss_bytes: repeats.iter().filter_map(|r| r.runs[i].peak_rss_bytes).max(),
                 ci95: bootstrap_ci(&run.sample_correct, seed),
                 verdict,
+                accuracy,
+                seeds,
                 run,
             }
         })
@@ -212,8 +253,9 @@ pub(super) fn write_report(
     let _ = writeln!(md, "# Strategy comparison: {} on {} training / {} test images\n", cfg.model, train.len(), test.len());
     let _ = writeln!(
         md,
-        "Device {}, {} epochs, batch {}, lr {} (cosine), optimizer {:?}, seed {}{}; {} repeat(s){}. Same initial weights (test accuracy {:.2} %, where every curve starts) and data order for every strategy. The strategies train in turns — epoch 1 of each, then epoch 2 of each, the order rotated every turn — {}. Wall time is training only (evaluation excluded).\n",
-        cfg.device, s.epochs, s.batch, cfg.optim.lr, cfg.optim.rule, s.seed,
+        "Device {}, {} epochs, batch {}, lr {} (cosine), optimizer {:?}, {}{}; {} repeat(s){}. Same initial weights (test accuracy {:.2} %, where every curve starts) and data order for every strategy. The strategies train in turns — epoch 1 of each, then epoch 2 of each, the order rotated every turn — {}. Wall time is training only (evaluation excluded).\n",
+        cfg.device, s.epochs, s.batch, cfg.optim.lr, cfg.optim.rule,
+        if cfg.seeds.is_empty() { format!("seed {}", s.seed) } else { format!("seeds {:?}, one repeat each", cfg.seeds) },
         cfg.init.as_ref().map(|p| format!(", initial weights {}", p.display())).unwrap_or_default(),
         cfg.repeat,
         if cfg.repeat > 1 { " (figures: mean ± standard deviation)" } else { "" },
@@ -234,15 +276,36 @@ pub(super) fn write_report(
         probe.seconds.iter().copied().fold(0.0, f64::max) * 1e3,
         probe.spread() * 100.0
     );
+    let over_seeds = !cfg.seeds.is_empty();
+    let (accuracy_head, interval_head) = match over_seeds {
+        true => ("test accuracy (mean ± std over seeds) | vs full", "bootstrap 95 % CI of the mean over seeds"),
+        false => ("test accuracy", "bootstrap 95 % CI"),
+    };
     let _ = writeln!(
         md,
-        "| strategy | train s | normalised s | time vs full | normalised vs full | executed FLOPs vs full | backward FLOPs vs full | all-reduce MB per epoch | peak RSS MiB (own process) | test accuracy | bootstrap 95 % CI | verdict |"
+        "| strategy | train s | normalised s | time vs full | normalised vs full | executed FLOPs vs full | backward FLOPs vs full | all-reduce MB per epoch | peak RSS MiB (own process) | {accuracy_head} | {interval_head} | verdict |"
     );
-    let _ = writeln!(md, "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|---|");
+    let _ = writeln!(md, "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|{}---|---|", if over_seeds { "---:|" } else { "" });
     for r in rows {
+        let (accuracy, interval) = match r.seeds {
+            Some(seeds) => (
+                format!(
+                    "{:.2} ± {:.2} % | {}",
+                    r.accuracy.mean * 100.0,
+                    r.accuracy.std * 100.0,
+                    match (seeds.vs_full, seeds.beyond_spread) {
+                        (Some(d), Some(true)) => format!("{:+.2} points, beyond the seed spread", d * 100.0),
+                        (Some(d), _) => format!("{:+.2} points, within the seed spread", d * 100.0),
+                        (None, _) => "–".into(),
+                    }
+                ),
+                format!("{:.2}–{:.2} %", seeds.ci95.0 * 100.0, seeds.ci95.1 * 100.0),
+            ),
+            None => (format!("{:.2} %", r.run.test_accuracy * 100.0), format!("{:.2}–{:.2} %", r.ci95.0 * 100.0, r.ci95.1 * 100.0)),
+        };
         let _ = writeln!(
             md,
-            "| {} | {} | {} | {} | {} | {} | {:.1} % | {:.1} | {} | {:.2} % | {:.2}–{:.2} % | {} |",
+            "| {} | {} | {} | {} | {} | {} | {:.1} % | {:.1} | {} | {accuracy} | {interval} | {} |",
             r.run.strategy,
             r.seconds.show(1, ""),
             r.normalised_seconds.show(1, ""),
@@ -252,9 +315,6 @@ pub(super) fn write_report(
             r.backward_share * 100.0,
             r.run.epochs.iter().map(|e| e.allreduce_bytes as f64).sum::<f64>() / r.run.epochs.len().max(1) as f64 / 1e6,
             mib(r.peak_rss_bytes),
-            r.run.test_accuracy * 100.0,
-            r.ci95.0 * 100.0,
-            r.ci95.1 * 100.0,
             r.verdict
         );
     }
@@ -288,7 +348,7 @@ pub(super) fn write_report(
     let json_rows: Vec<_> = rows.iter().map(Row::record).collect();
     let doc = json!({
         "model": cfg.model, "device": cfg.device, "epochs": s.epochs, "batch": s.batch, "lr": cfg.optim.lr,
-        "optimizer": format!("{:?}", cfg.optim.rule), "warmup_steps": cfg.optim.warmup_steps, "seed": s.seed, "repeat": cfg.repeat,
+        "optimizer": format!("{:?}", cfg.optim.rule), "warmup_steps": cfg.optim.warmup_steps, "seed": s.seed, "seeds": cfg.seeds, "repeat": cfg.repeat,
         "train_images": train.len(), "test_images": test.len(), "initial_test_loss": initial.0, "initial_test_accuracy": initial.1,
         "probe": {"seconds": repeats.iter().map(|r| &r.probe.seconds).collect::<Vec<_>>(), "mean": probe.mean(), "spread": probe.spread()},
         "strategies": json_rows,
