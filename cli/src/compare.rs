@@ -62,6 +62,10 @@ pub struct RunArgs {
     /// Start every strategy from this training checkpoint's weights.
     #[arg(long)]
     init: Option<std::path::PathBuf>,
+    /// How finely the model is cut into the sub-models the strategies schedule: stage, block
+    /// or branch (ResNets), stage or layer (AlexNet, simple-cnn).
+    #[arg(long, default_value = "stage")]
+    granularity: tessera_models::Granularity,
     /// fc: visit the fully-connected sub-models depth- or breadth-first.
     #[arg(long, default_value = "dfs")]
     order: Order,
@@ -152,6 +156,7 @@ impl RunArgs {
             out: out.to_path_buf(),
             repeat,
             seeds: Vec::new(),
+            granularity: self.granularity,
             world: Default::default(),
             layout: None,
             watch: Default::default(),
@@ -242,7 +247,7 @@ fn compare_run(a: &CompareArgs, cfg: &CompareConfig) -> NewRun {
         "batch": cfg.settings.batch, "seed": cfg.settings.seed, "workers": cfg.settings.workers, "lr": cfg.optim.lr,
         "warmup_steps": cfg.optim.warmup_steps, "device": cfg.device, "limit_per_class": a.run.limit_per_class, "init": cfg.init,
         "order": format!("{:?}", o.order).to_lowercase(), "neighbors": o.neighbors, "criterion": format!("{:?}", o.criterion).to_lowercase(),
-        "threshold": o.threshold, "window": o.window, "gamma": o.gamma, "split": o.split, "fraction": o.fraction, "period": o.period, "ranks": cfg.world.size,
+        "threshold": o.threshold, "window": o.window, "granularity": cfg.granularity.to_string(), "gamma": o.gamma, "split": o.split, "fraction": o.fraction, "period": o.period, "ranks": cfg.world.size,
     });
     NewRun {
         name: cfg.run_name(),

@@ -363,6 +363,12 @@ enum ModelsCmd {
         /// Classes of the final layer (as `tessera models` counts parameters).
         #[arg(long, default_value_t = 10, value_parser = whole(settings::NUM_CLASSES))]
         num_classes: usize,
+        /// How finely to cut it: stage, block or branch (ResNets), stage or layer (AlexNet).
+        #[arg(long, default_value = "stage")]
+        granularity: tessera_models::Granularity,
+        /// Also draw the sub-model graph: FILE.dot as DOT text, FILE.png or .svg through Graphviz.
+        #[arg(long)]
+        out: Option<std::path::PathBuf>,
         /// Print JSON lines instead of a table.
         #[arg(long)]
         json: bool,
@@ -618,7 +624,9 @@ fn run(cli: Cli) -> Result<()> {
             Ok(())
         }
         Command::Models { show: None, json } => models(json),
-        Command::Models { show: Some(ModelsCmd::Show { model, input, num_classes, json }), .. } => models_show(&model, input, num_classes, json),
+        Command::Models { show: Some(ModelsCmd::Show { model, input, num_classes, granularity, out, json }), .. } => {
+            models_show(&model, input, num_classes, granularity, out.as_deref(), json)
+        }
         Command::Models { show: Some(ModelsCmd::Promote { run, name, at }), .. } => runs::promote(&run, &name, &at),
         Command::Models { show: Some(ModelsCmd::Versions { name, at }), .. } => runs::versions(&name, &at),
         Command::Runs(cmd) => runs::runs(cmd),
@@ -679,8 +687,24 @@ fn models(json: bool) -> Result<()> {
     Ok(())
 }
 
-fn models_show(name: &str, input: Option<usize>, num_classes: usize, json: bool) -> Result<()> {
-    let model = tessera_models::build(name, num_classes, &Device::cpu(), 0)?;
+fn models_show(
+    name: &str,
+    input: Option<usize>,
+    num_classes: usize,
+    granularity: tessera_models::Granularity,
+    out: Option<&std::path::Path>,
+    json: bool,
+) -> Result<()> {
+    let model = tessera_models::build_at(name, num_classes, &Device::cpu(), 0, granularity)?;
+    if let Some(out) = out {
+        create_parent(out)?;
+        let dot = model.graph_dot();
+        let dot_file = if out.extension().is_some_and(|e| e == "dot") { out.to_path_buf() } else { out.with_extension("dot") };
+        std::fs::write(&dot_file, dot).with_context(|| format!("writing {}", dot_file.display()))?;
+        if dot_file != out && !tessera_scheduler::importance::render(&dot_file, out)? {
+            eprintln!("Graphviz's `dot` is not installed: wrote {} only", dot_file.display());
+        }
+    }
     let input = input.unwrap_or_else(|| tessera_models::MODELS.iter().find(|m| m.name == model.name).map_or(224, |m| m.input));
     let costs = model.stage_costs(input).with_context(|| format!("{name} at {input}×{input} px"))?;
     let mut table = Table::new("submodel", &["sub_model", "depends_on", "output", "params", "MFLOPs"]);
@@ -690,7 +714,7 @@ fn models_show(name: &str, input: Option<usize>, num_classes: usize, json: bool)
     let (params, flops): (usize, f64) = costs.iter().fold((0, 0.0), |(p, f), c| (p + c.params, f + c.flops));
     table.push(vec![json!("total"), json!(""), json!(""), json!(params), json!(flops / 1e6)]);
     if !json {
-        println!("{name}, {num_classes} classes, one {input}×{input} image (FLOPs = 2 × multiply-adds of convolutions and linear layers)");
+        println!("{name} at {granularity} granularity, {num_classes} classes, one {input}×{input} image (FLOPs = 2 × multiply-adds of convolutions and linear layers; a projection shortcut's FLOPs count in its block's body, whose unit runs it)");
     }
     table.print(json);
     Ok(())

@@ -72,15 +72,55 @@ impl AlexNet {
     }
 }
 
+impl AlexNet {
+    /// Sub-models and stage cuts over the units (conv1 … conv5, fc6, fc7, fc8): the stages
+    /// conv1-3, conv4-5, fc6, fc7, fc8, or one sub-model per layer.
+    pub fn partition(granularity: crate::Granularity) -> (Vec<crate::SubModel>, Vec<usize>) {
+        use crate::SubModel;
+        match granularity {
+            crate::Granularity::Layer => (
+                SubModel::chain(&[
+                    ("conv1", &["features.0"]),
+                    ("conv2", &["features.3"]),
+                    ("conv3", &["features.6"]),
+                    ("conv4", &["features.8"]),
+                    ("conv5", &["features.10"]),
+                    ("fc6", &["classifier.1"]),
+                    ("fc7", &["classifier.4"]),
+                    ("fc8", &["classifier.6"]),
+                ]),
+                (0..=8).collect(),
+            ),
+            _ => (
+                SubModel::chain(&[
+                    ("conv1-3", &["features.0", "features.3", "features.6"]),
+                    ("conv4-5", &["features.8", "features.10"]),
+                    ("fc6", &["classifier.1"]),
+                    ("fc7", &["classifier.4"]),
+                    ("fc8", &["classifier.6"]),
+                ]),
+                vec![0, 3, 5, 6, 7, 8],
+            ),
+        }
+    }
+}
+
 impl crate::Network for AlexNet {
-    /// Stages: conv1-3 (features 0–7), conv4-5 (features 8–12, pool, flatten), fc6
-    /// (classifier 0–2), fc7 (3–5), fc8 (6).
-    fn forward_stage(&self, stage: usize, x: &Var) -> Result<Var> {
-        match stage {
-            0 => self.features.forward_range(0..8, x),
-            1 => Flatten.forward(&self.avgpool.forward(&self.features.forward_range(8..13, x)?)?),
-            2 => self.classifier.forward_range(0..3, x),
-            3 => self.classifier.forward_range(3..6, x),
+    fn unit_count(&self) -> usize {
+        8
+    }
+
+    /// Units: conv1 (features 0–2, with ReLU and pool), conv2 (3–5), conv3 (6–7), conv4
+    /// (8–9), conv5 (10–12, pool, flatten), fc6 (classifier 0–2), fc7 (3–5), fc8 (6).
+    fn forward_unit(&self, unit: usize, x: &Var) -> Result<Var> {
+        match unit {
+            0 => self.features.forward_range(0..3, x),
+            1 => self.features.forward_range(3..6, x),
+            2 => self.features.forward_range(6..8, x),
+            3 => self.features.forward_range(8..10, x),
+            4 => Flatten.forward(&self.avgpool.forward(&self.features.forward_range(10..13, x)?)?),
+            5 => self.classifier.forward_range(0..3, x),
+            6 => self.classifier.forward_range(3..6, x),
             _ => self.classifier.forward_range(6..7, x),
         }
     }
@@ -89,7 +129,7 @@ impl crate::Network for AlexNet {
 impl Module for AlexNet {
     fn forward(&self, x: &Var) -> Result<Var> {
         use crate::Network;
-        (0..5).try_fold(x.clone(), |h, stage| self.forward_stage(stage, &h))
+        (0..self.unit_count()).try_fold(x.clone(), |h, unit| self.forward_unit(unit, &h))
     }
 
     fn named_params(&self) -> Vec<(String, Arc<Param>)> {

@@ -17,6 +17,8 @@ pub enum ModelError {
     Unknown { name: String },
     #[error("num_classes must be at least 1, got {0}")]
     NoClasses(usize),
+    #[error("{model} has no {granularity} granularity; it has: {known}")]
+    Granularity { model: String, granularity: Granularity, known: String },
     #[error(transparent)]
     Engine(#[from] tessera_engine::Error),
 }
@@ -30,7 +32,7 @@ pub struct SubModel {
 }
 
 impl SubModel {
-    fn chain(parts: &[(&str, &[&str])]) -> Vec<SubModel> {
+    pub(crate) fn chain(parts: &[(&str, &[&str])]) -> Vec<SubModel> {
         parts
             .iter()
             .enumerate()
@@ -48,17 +50,59 @@ impl SubModel {
     }
 }
 
-/// A network that also runs one sub-model at a time: stage i is sub-model i of
-/// [`Model::submodels`], and chaining every stage equals `forward`.
+/// A network as a chain of its finest execution units — a ResNet: stem, each residual block,
+/// head; AlexNet: each conv with its ReLU and pooling, each FC layer; a stack: its layers
+/// between cuts. Chaining every unit equals `forward`.
 pub trait Network: Module {
-    fn forward_stage(&self, stage: usize, x: &Var) -> Result<Var, tessera_engine::Error>;
+    fn unit_count(&self) -> usize;
+    fn forward_unit(&self, unit: usize, x: &Var) -> Result<Var, tessera_engine::Error>;
 }
 
-/// A built model: its network and its sub-models.
+/// A built model: its network and its sub-models at one granularity.
 pub struct Model {
     pub name: &'static str,
     pub net: Box<dyn Network>,
     pub submodels: Vec<SubModel>,
+    /// Stage i — sub-model i's place in the chain — runs units cuts[i]..cuts[i + 1]. A
+    /// sub-model whose work happens inside another's unit (a block's projection shortcut at
+    /// branch granularity) has an empty stage just before that unit's: whatever starts at
+    /// its stage runs the unit, so both train.
+    pub cuts: Vec<usize>,
+    pub granularity: Granularity,
+}
+
+/// How finely a model is cut into sub-models.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Granularity {
+    /// The architecture's stages (ResNet: stem, layer1…, fc; AlexNet: conv1-3, conv4-5, fc6-8).
+    #[default]
+    Stage,
+    /// Each residual block (ResNets).
+    Block,
+    /// Each block's residual branch and its projection shortcut apart, joined at the addition
+    /// (ResNets): a graph, not a chain.
+    Branch,
+    /// Each conv and FC layer (AlexNet, simple-cnn).
+    Layer,
+}
+
+impl std::str::FromStr for Granularity {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "stage" => Ok(Self::Stage),
+            "block" => Ok(Self::Block),
+            "branch" => Ok(Self::Branch),
+            "layer" => Ok(Self::Layer),
+            other => Err(format!("unknown granularity `{other}`: expected stage, block, branch or layer")),
+        }
+    }
+}
+
+impl std::fmt::Display for Granularity {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}", format!("{self:?}").to_lowercase())
+    }
 }
 
 /// One sub-model's cost at a given input: its output shape, parameters and forward FLOPs.
@@ -72,9 +116,33 @@ pub struct StageCost {
 }
 
 impl Model {
+    /// Runs stage `stage` (sub-model `stage`'s place in the chain) on `x`.
+    pub fn forward_stage(&self, stage: usize, x: &Var) -> Result<Var, tessera_engine::Error> {
+        (self.cuts[stage]..self.cuts[stage + 1]).try_fold(x.clone(), |h, u| self.net.forward_unit(u, &h))
+    }
+
     /// The parameters of sub-model `sub`, with their names.
     pub fn params_of(&self, sub: &SubModel) -> Vec<(String, Arc<Param>)> {
         self.net.named_params().into_iter().filter(|(n, _)| sub.owns(n)).collect()
+    }
+
+    /// The sub-model graph in Graphviz's DOT language: a node per sub-model (its name and
+    /// parameter count), an edge from each dependency to its dependent.
+    pub fn graph_dot(&self) -> String {
+        let mut dot =
+            format!("digraph \"{} ({})\" {{\n  rankdir=LR;\n  node [shape=box, style=rounded, fontname=\"DejaVu Sans\"];\n", self.name, self.granularity);
+        for (i, sub) in self.submodels.iter().enumerate() {
+            let params: usize = self.params_of(sub).iter().map(|(_, p)| p.value().numel()).sum();
+            dot += &format!("  s{i} [label=\"{}\\n{params} params\"];\n", sub.name);
+        }
+        for (i, sub) in self.submodels.iter().enumerate() {
+            for dep in &sub.deps {
+                if let Some(j) = self.submodels.iter().position(|s| &s.name == dep) {
+                    dot += &format!("  s{j} -> s{i};\n");
+                }
+            }
+        }
+        dot + "}\n"
     }
 
     pub fn param_count(&self) -> usize {
@@ -90,7 +158,7 @@ impl Model {
         let mut h = Var::constant(tessera_engine::Tensor::zeros(&[1, 3, input, input], &device)?);
         let mut out = Vec::new();
         for (i, sub) in self.submodels.iter().enumerate() {
-            let (next, flops) = no_grad(|| count_gemm_flops(|| self.net.forward_stage(i, &h)));
+            let (next, flops) = no_grad(|| count_gemm_flops(|| self.forward_stage(i, &h)));
             h = next?;
             let params = self.params_of(sub).iter().map(|(_, p)| p.value().numel()).sum();
             out.push(StageCost { name: sub.name.clone(), deps: sub.deps.clone(), output: h.shape().to_vec(), params, flops });
@@ -119,48 +187,60 @@ pub static MODELS: &[ModelInfo] = &[
     ModelInfo { name: "resnet20-cifar", input: 32, about: "He et al. 2016 CIFAR ResNet-20 (projection shortcuts)" },
 ];
 
-/// Builds model `name` with `num_classes` outputs on `device`; `seed` fixes the initial weights.
+/// Builds model `name` with `num_classes` outputs on `device`, cut into its stages; `seed`
+/// fixes the initial weights.
 pub fn build(name: &str, num_classes: usize, device: &Device, seed: u64) -> Result<Model, ModelError> {
+    build_at(name, num_classes, device, seed, Granularity::Stage)
+}
+
+/// The granularities model `name` can be cut at.
+pub fn granularities(name: &str) -> &'static [Granularity] {
+    use Granularity::*;
+    if name.starts_with("resnet") {
+        &[Stage, Block, Branch]
+    } else {
+        &[Stage, Layer]
+    }
+}
+
+/// [`build`], cut into sub-models at `granularity`.
+pub fn build_at(name: &str, num_classes: usize, device: &Device, seed: u64, granularity: Granularity) -> Result<Model, ModelError> {
     if num_classes == 0 {
         return Err(ModelError::NoClasses(num_classes));
     }
+    let info = MODELS.iter().find(|m| m.name == name).ok_or_else(|| ModelError::Unknown { name: name.to_string() })?;
+    if !granularities(info.name).contains(&granularity) {
+        let known = granularities(info.name).iter().map(|g| g.to_string()).collect::<Vec<_>>().join(", ");
+        return Err(ModelError::Granularity { model: info.name.to_string(), granularity, known });
+    }
     let rng = &mut StdRng::seed_from_u64(seed);
     let dropout_seed = seed as u32;
-    let info = MODELS.iter().find(|m| m.name == name).ok_or_else(|| ModelError::Unknown { name: name.to_string() })?;
-    let resnet_parts = |stages: usize| -> Vec<SubModel> {
-        let names: Vec<String> = (1..=stages).map(|i| format!("layer{i}")).collect();
-        let mut parts: Vec<(&str, Vec<&str>)> = vec![("stem", vec!["conv1", "bn1"])];
-        parts.extend(names.iter().map(|n| (n.as_str(), vec![n.as_str()])));
-        parts.push(("fc", vec!["fc"]));
-        let borrowed: Vec<(&str, &[&str])> = parts.iter().map(|(n, p)| (*n, p.as_slice())).collect();
-        SubModel::chain(&borrowed)
-    };
-    let alexnet_parts = || {
-        SubModel::chain(&[
-            ("conv1-3", &["features.0", "features.3", "features.6"]),
-            ("conv4-5", &["features.8", "features.10"]),
-            ("fc6", &["classifier.1"]),
-            ("fc7", &["classifier.4"]),
-            ("fc8", &["classifier.6"]),
-        ])
-    };
     use resnet::{ResNet, RESNET18, RESNET34, RESNET50};
-    let (net, submodels): (Box<dyn Network>, Vec<SubModel>) = match info.name {
-        "simple-cnn" => (
-            Box::new(Staged { seq: alexnet::simple_cnn(num_classes, device, rng)?, cuts: vec![0, 3, 6, 8] }),
-            SubModel::chain(&[("conv1", &["0"]), ("conv2", &["3"]), ("fc", &["7"])]),
-        ),
-        "alexnet" => (Box::new(alexnet::AlexNet::torchvision(num_classes, device, rng, dropout_seed)?), alexnet_parts()),
-        "alexnet-cifar" => (Box::new(alexnet::AlexNet::cifar(num_classes, device, rng, dropout_seed)?), alexnet_parts()),
-        "resnet18" => (Box::new(ResNet::torchvision(RESNET18, num_classes, true, device, rng)?), resnet_parts(4)),
-        "resnet34" => (Box::new(ResNet::torchvision(RESNET34, num_classes, true, device, rng)?), resnet_parts(4)),
-        "resnet50" => (Box::new(ResNet::torchvision(RESNET50, num_classes, true, device, rng)?), resnet_parts(4)),
-        "resnet18-cifar" => (Box::new(ResNet::torchvision(RESNET18, num_classes, false, device, rng)?), resnet_parts(4)),
-        "resnet50-cifar" => (Box::new(ResNet::torchvision(RESNET50, num_classes, false, device, rng)?), resnet_parts(4)),
-        "resnet20-cifar" => (Box::new(ResNet::cifar20(num_classes, device, rng)?), resnet_parts(3)),
+    let resnet = |net: ResNet| -> (Box<dyn Network>, Vec<SubModel>, Vec<usize>) {
+        let (subs, cuts) = net.partition(granularity);
+        (Box::new(net), subs, cuts)
+    };
+    let alexnet = |net: alexnet::AlexNet| -> (Box<dyn Network>, Vec<SubModel>, Vec<usize>) {
+        let (subs, cuts) = alexnet::AlexNet::partition(granularity);
+        (Box::new(net), subs, cuts)
+    };
+    let (net, submodels, cuts) = match info.name {
+        "simple-cnn" => {
+            // Its stages are its layers: conv1, conv2 (with the flatten), fc.
+            let subs = SubModel::chain(&[("conv1", &["0"]), ("conv2", &["3"]), ("fc", &["7"])]);
+            (Box::new(Staged { seq: alexnet::simple_cnn(num_classes, device, rng)?, cuts: vec![0, 3, 7, 8] }) as Box<dyn Network>, subs, vec![0, 1, 2, 3])
+        }
+        "alexnet" => alexnet(alexnet::AlexNet::torchvision(num_classes, device, rng, dropout_seed)?),
+        "alexnet-cifar" => alexnet(alexnet::AlexNet::cifar(num_classes, device, rng, dropout_seed)?),
+        "resnet18" => resnet(ResNet::torchvision(RESNET18, num_classes, true, device, rng)?),
+        "resnet34" => resnet(ResNet::torchvision(RESNET34, num_classes, true, device, rng)?),
+        "resnet50" => resnet(ResNet::torchvision(RESNET50, num_classes, true, device, rng)?),
+        "resnet18-cifar" => resnet(ResNet::torchvision(RESNET18, num_classes, false, device, rng)?),
+        "resnet50-cifar" => resnet(ResNet::torchvision(RESNET50, num_classes, false, device, rng)?),
+        "resnet20-cifar" => resnet(ResNet::cifar20(num_classes, device, rng)?),
         _ => unreachable!("every MODELS entry is built above"),
     };
-    Ok(Model { name: info.name, net, submodels })
+    Ok(Model { name: info.name, net, submodels, cuts, granularity })
 }
 
 impl Model {
@@ -170,11 +250,11 @@ impl Model {
         let prefixes: Vec<String> = (0..seq.len()).map(|i| i.to_string()).collect();
         let sub = SubModel { name: name.to_string(), prefixes, deps: Vec::new() };
         let cuts = vec![0, seq.len()];
-        Model { name, net: Box::new(Staged { seq, cuts }), submodels: vec![sub] }
+        Model { name, net: Box::new(Staged { seq, cuts }), submodels: vec![sub], cuts: vec![0, 1], granularity: Granularity::Stage }
     }
 }
 
-/// A Sequential cut into stages at `cuts` (stage i = layers cuts[i]..cuts[i + 1]).
+/// A Sequential cut into units at `cuts` (unit i = layers cuts[i]..cuts[i + 1]).
 struct Staged {
     seq: Sequential,
     cuts: Vec<usize>,
@@ -207,7 +287,11 @@ impl Module for Staged {
 }
 
 impl Network for Staged {
-    fn forward_stage(&self, stage: usize, x: &Var) -> Result<Var, tessera_engine::Error> {
-        self.seq.forward_range(self.cuts[stage]..self.cuts[stage + 1], x)
+    fn unit_count(&self) -> usize {
+        self.cuts.len() - 1
+    }
+
+    fn forward_unit(&self, unit: usize, x: &Var) -> Result<Var, tessera_engine::Error> {
+        self.seq.forward_range(self.cuts[unit]..self.cuts[unit + 1], x)
     }
 }

@@ -119,6 +119,8 @@ pub struct ResNet {
     maxpool: Option<MaxPool2d>,
     layers: Vec<Sequential>,
     fc: Linear,
+    /// Each block's name (`layerN.B`), conv count and whether it has a projection shortcut.
+    blocks: Vec<(String, usize, bool)>,
 }
 
 impl ResNet {
@@ -153,6 +155,7 @@ impl ResNet {
         };
         let mut inputs = widths[0];
         let mut layers = Vec::new();
+        let mut infos = Vec::new();
         for (stage, (&count, &width)) in blocks.iter().zip(widths).enumerate() {
             let mut seq = Sequential::new();
             for b in 0..count {
@@ -162,12 +165,13 @@ impl ResNet {
                     Depth::Bottleneck(_) => Block::bottleneck(inputs, width, stride, rng, dev)?,
                 };
                 inputs = width * expansion;
+                infos.push((format!("layer{}.{b}", stage + 1), block.convs.len(), block.downsample.is_some()));
                 seq = seq.with(block);
             }
             layers.push(seq);
         }
         let fc = Linear::new(inputs, num_classes, true, dev, rng)?;
-        Ok(Self { conv1, bn1, maxpool, layers, fc })
+        Ok(Self { conv1, bn1, maxpool, layers, fc, blocks: infos })
     }
 
     /// Names of the stages: `layer1`, `layer2`, ….
@@ -176,18 +180,91 @@ impl ResNet {
     }
 }
 
+impl ResNet {
+    /// Sub-models and stage cuts over the units (stem, each block, head) at `granularity`:
+    /// stem, `layerN` and fc; or each block `layerN.B`; or each block's residual branch
+    /// `layerN.B.body` and projection shortcut `layerN.B.shortcut` apart. At branch
+    /// granularity the graph is not a chain: what a block reads is the sum of the previous
+    /// block's branch and shortcut (or, through an identity shortcut, whatever fed that block).
+    pub fn partition(&self, granularity: crate::Granularity) -> (Vec<crate::SubModel>, Vec<usize>) {
+        use crate::{Granularity, SubModel};
+        let blocks = &self.blocks;
+        let head = blocks.len() + 1;
+        let sub = |name: &str, prefixes: Vec<String>, deps: Vec<String>| SubModel { name: name.into(), prefixes, deps };
+        match granularity {
+            Granularity::Stage => {
+                let mut subs = vec![sub("stem", vec!["conv1".into(), "bn1".into()], vec![])];
+                let mut cuts = vec![0, 1];
+                for (s, layer) in self.layers.iter().enumerate() {
+                    let name = format!("layer{}", s + 1);
+                    subs.push(sub(&name, vec![name.clone()], vec![subs.last().expect("stem").name.clone()]));
+                    cuts.push(cuts.last().expect("a cut") + layer.len());
+                }
+                subs.push(sub("fc", vec!["fc".into()], vec![subs.last().expect("a stage").name.clone()]));
+                cuts.push(head + 1);
+                (subs, cuts)
+            }
+            Granularity::Block => {
+                let mut subs = vec![sub("stem", vec!["conv1".into(), "bn1".into()], vec![])];
+                for (name, _, _) in blocks {
+                    subs.push(sub(name, vec![name.clone()], vec![subs.last().expect("stem").name.clone()]));
+                }
+                subs.push(sub("fc", vec!["fc".into()], vec![subs.last().expect("a block").name.clone()]));
+                (subs, (0..=head + 1).collect())
+            }
+            _ => {
+                let mut subs = vec![sub("stem", vec!["conv1".into(), "bn1".into()], vec![])];
+                let mut cuts = vec![0];
+                // The sub-models whose outputs add up to the current block's input.
+                let mut producers = vec!["stem".to_string()];
+                for (unit, (name, convs, projection)) in blocks.iter().enumerate() {
+                    let mut outputs = Vec::new();
+                    if *projection {
+                        // An empty stage right before the block's unit: from here the block runs.
+                        cuts.push(unit + 1);
+                        let shortcut = format!("{name}.shortcut");
+                        subs.push(sub(&shortcut, vec![format!("{name}.downsample")], producers.clone()));
+                        outputs.push(shortcut);
+                    }
+                    cuts.push(unit + 1);
+                    let body: Vec<String> = (1..=*convs).flat_map(|i| [format!("{name}.conv{i}"), format!("{name}.bn{i}")]).collect();
+                    subs.push(sub(&format!("{name}.body"), body, producers.clone()));
+                    outputs.insert(0, format!("{name}.body"));
+                    if !projection {
+                        outputs.extend(producers);
+                    }
+                    producers = outputs;
+                }
+                cuts.push(head);
+                subs.push(sub("fc", vec!["fc".into()], producers));
+                cuts.push(head + 1);
+                (subs, cuts)
+            }
+        }
+    }
+}
+
 impl crate::Network for ResNet {
-    /// Stages: stem, layer1…layerN, fc (with the global average pool).
-    fn forward_stage(&self, stage: usize, x: &Var) -> Result<Var> {
-        if stage == 0 {
+    fn unit_count(&self) -> usize {
+        self.layers.iter().map(|l| l.len()).sum::<usize>() + 2
+    }
+
+    /// Units: stem (with the max-pool), each residual block in order, fc (with the global
+    /// average pool).
+    fn forward_unit(&self, unit: usize, x: &Var) -> Result<Var> {
+        if unit == 0 {
             let h = ag::relu(&self.bn1.forward(&self.conv1.forward(x)?)?)?;
             return match &self.maxpool {
                 Some(pool) => pool.forward(&h),
                 None => Ok(h),
             };
         }
-        if let Some(layer) = self.layers.get(stage - 1) {
-            return layer.forward(x);
+        let mut index = unit - 1;
+        for layer in &self.layers {
+            if index < layer.len() {
+                return layer.forward_range(index..index + 1, x);
+            }
+            index -= layer.len();
         }
         let pooled = AdaptiveAvgPool2d([1, 1]).forward(x)?;
         let n = pooled.shape()[0];
@@ -198,7 +275,7 @@ impl crate::Network for ResNet {
 impl Module for ResNet {
     fn forward(&self, x: &Var) -> Result<Var> {
         use crate::Network;
-        (0..self.layers.len() + 2).try_fold(x.clone(), |h, stage| self.forward_stage(stage, &h))
+        (0..self.unit_count()).try_fold(x.clone(), |h, unit| self.forward_unit(unit, &h))
     }
 
     fn named_params(&self) -> Vec<(String, Arc<Param>)> {

@@ -1,6 +1,6 @@
 //! Architectures: torchvision's parameter counts and names, sub-model partitions, forward shapes.
 use tessera_engine::{no_grad, Device, Tensor, Var};
-use tessera_models::{build, ModelError, MODELS};
+use tessera_models::{build, build_at, granularities, Granularity, ModelError, MODELS};
 
 fn count(name: &str, classes: usize) -> usize {
     build(name, classes, &Device::cpu(), 0).unwrap().param_count()
@@ -86,14 +86,49 @@ fn sub_model_costs_add_up_to_the_known_totals() {
 }
 
 #[test]
-fn chaining_the_stages_equals_the_forward_pass() {
+fn chaining_the_stages_equals_the_forward_pass_at_every_granularity() {
     let cpu = Device::cpu();
     let x = Var::constant(Tensor::from_vec((0..2 * 3 * 32 * 32).map(|i| (i % 17) as f32 / 17.0).collect(), &[2, 3, 32, 32], &cpu).unwrap());
     for name in ["simple-cnn", "resnet20-cifar", "alexnet-cifar"] {
-        let model = build(name, 10, &cpu, 0).unwrap();
-        model.net.set_training(false);
-        let whole = no_grad(|| model.net.forward(&x)).unwrap().value().to_vec().unwrap();
-        let staged = (0..model.submodels.len()).try_fold(x.clone(), |h, i| no_grad(|| model.net.forward_stage(i, &h))).unwrap();
-        assert_eq!(staged.value().to_vec().unwrap(), whole, "{name}");
+        for &g in granularities(name) {
+            let model = build_at(name, 10, &cpu, 0, g).unwrap();
+            model.net.set_training(false);
+            let whole = no_grad(|| model.net.forward(&x)).unwrap().value().to_vec().unwrap();
+            let staged = (0..model.submodels.len()).try_fold(x.clone(), |h, i| no_grad(|| model.forward_stage(i, &h))).unwrap();
+            assert_eq!(staged.value().to_vec().unwrap(), whole, "{name} at {g}");
+            // Every parameter in exactly one sub-model; dependencies name earlier sub-models.
+            for (param, _) in model.net.named_params() {
+                let owners: Vec<&str> = model.submodels.iter().filter(|s| s.owns(&param)).map(|s| s.name.as_str()).collect();
+                assert_eq!(owners.len(), 1, "{name} at {g}: {param} owned by {owners:?}");
+            }
+            for (i, sub) in model.submodels.iter().enumerate() {
+                assert!(sub.deps.iter().all(|d| model.submodels[..i].iter().any(|s| &s.name == d)), "{name} at {g}: {} depends on {:?}", sub.name, sub.deps);
+            }
+            assert_eq!(model.cuts.len(), model.submodels.len() + 1);
+        }
     }
+}
+
+#[test]
+fn granularities_cut_where_they_say() {
+    let cpu = Device::cpu();
+    let names = |g: Granularity, model: &str| -> Vec<String> { build_at(model, 10, &cpu, 0, g).unwrap().submodels.into_iter().map(|s| s.name).collect() };
+    assert_eq!(names(Granularity::Stage, "resnet20-cifar"), ["stem", "layer1", "layer2", "layer3", "fc"]);
+    let blocks = names(Granularity::Block, "resnet20-cifar");
+    assert_eq!(blocks.len(), 11);
+    assert_eq!((blocks[1].as_str(), blocks[9].as_str()), ("layer1.0", "layer3.2"));
+    assert_eq!(names(Granularity::Layer, "alexnet-cifar"), ["conv1", "conv2", "conv3", "conv4", "conv5", "fc6", "fc7", "fc8"]);
+    // Branch: each block's residual branch, and its projection shortcut where it has one.
+    let r20 = build_at("resnet20-cifar", 10, &cpu, 0, Granularity::Branch).unwrap();
+    let sub = |n: &str| r20.submodels.iter().find(|s| s.name == n).unwrap_or_else(|| panic!("no {n}"));
+    assert_eq!(r20.submodels.len(), 1 + 9 + 2 + 1);
+    assert_eq!(sub("layer2.0.shortcut").prefixes, ["layer2.0.downsample"]);
+    assert_eq!(sub("layer2.0.body").prefixes, ["layer2.0.conv1", "layer2.0.bn1", "layer2.0.conv2", "layer2.0.bn2"]);
+    // What a block reads is the sum of the previous block's branch and shortcut ...
+    assert_eq!(sub("layer2.1.body").deps, ["layer2.0.body", "layer2.0.shortcut"]);
+    // ... or, past an identity shortcut, that block's branch and whatever fed it.
+    assert_eq!(sub("layer1.1.body").deps, ["layer1.0.body", "stem"]);
+    assert_eq!(sub("fc").deps, ["layer3.2.body", "layer3.1.body", "layer3.0.body", "layer3.0.shortcut"]);
+    let e = build_at("alexnet-cifar", 10, &cpu, 0, Granularity::Branch).err().unwrap().to_string();
+    assert!(e.contains("alexnet-cifar has no branch granularity; it has: stage, layer"), "{e}");
 }

@@ -63,7 +63,7 @@ fn features(model: &Model, set: &Dataset, device: &Device) -> Result<Features, T
         no_grad(|| -> Result<(), TrainError> {
             let mut h = Var::constant(Tensor::from_vec(b.x, &b.shape, device)?);
             for stage in 0..n {
-                h = model.net.forward_stage(stage, &h)?;
+                h = model.forward_stage(stage, &h)?;
                 if stage + 1 == n {
                     logits.extend(h.value().to_vec()?);
                 } else {

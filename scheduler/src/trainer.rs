@@ -278,7 +278,7 @@ impl Trainer {
 
     /// Runs stages `stages` of the network on `x`, counting forward FLOPs.
     pub fn forward_stages(&mut self, stages: std::ops::Range<usize>, x: &Var) -> Result<Var, TrainError> {
-        let (out, flops) = count_gemm_flops(|| stages.into_iter().try_fold(x.clone(), |h, s| self.model.net.forward_stage(s, &h)));
+        let (out, flops) = count_gemm_flops(|| stages.into_iter().try_fold(x.clone(), |h, s| self.model.forward_stage(s, &h)));
         self.forward_flops += flops;
         Ok(out?)
     }
@@ -482,14 +482,13 @@ impl Trainer {
         }
         let n = self.submodel_count();
         let x = Var::constant(k.x);
-        let logits =
-            self.model.net.forward_stage(k.first_stage, &x).and_then(|h| (k.first_stage + 1..n).try_fold(h, |h, s| self.model.net.forward_stage(s, &h)))?;
+        let logits = self.model.forward_stage(k.first_stage, &x).and_then(|h| (k.first_stage + 1..n).try_fold(h, |h, s| self.model.forward_stage(s, &h)))?;
         let loss = ag::cross_entropy(&logits, &k.labels)?;
         let value = loss.value().to_vec()?[0];
         if !value.is_finite() {
             let mut h = x;
             for (s, sub) in self.model.submodels.iter().enumerate().skip(k.first_stage) {
-                h = no_grad(|| self.model.net.forward_stage(s, &h))?;
+                h = no_grad(|| self.model.forward_stage(s, &h))?;
                 if !h.value().all_finite()? {
                     return Ok((format!("loss {value}"), format!("the output of sub-model `{}`", sub.name)));
                 }

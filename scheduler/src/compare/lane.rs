@@ -68,7 +68,7 @@ impl LocalLane {
         let device = Device::parse(&cfg.device)?;
         let (strategy, _) = strategy_of(spec, cfg)?;
         let classes = train.classes().len();
-        let model = tessera_models::build(&cfg.model, classes, &device, cfg.settings.seed)?;
+        let model = tessera_models::build_at(&cfg.model, classes, &device, cfg.settings.seed, cfg.granularity)?;
         if let Some(ckpt) = init {
             load_weights(&model, ckpt, &device)?;
         }

@@ -43,6 +43,8 @@ pub struct CompareConfig {
     /// differences from `full` beyond the seed-to-seed spread. Empty: every repeat uses
     /// `settings.seed`.
     pub seeds: Vec<u64>,
+    /// How finely the model is cut into sub-models (what the strategies schedule).
+    pub granularity: tessera_models::Granularity,
     /// Data-parallel (`mpirun -np N tessera compare`): every lane trains on its rank's shard
     /// and sums gradients over the ranks; rank 0 writes the report.
     pub world: std::sync::Arc<crate::distributed::World>,

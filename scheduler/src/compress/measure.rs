@@ -69,7 +69,7 @@ pub fn forward_latency(file: &Path, device: &Device, batch: usize, rounds: usize
             let mut h = x.clone();
             for (stage, t) in times.iter_mut().enumerate() {
                 let start = Instant::now();
-                h = model.net.forward_stage(stage, &h)?;
+                h = model.forward_stage(stage, &h)?;
                 device.synchronize()?;
                 if round > 0 {
                     t.push(start.elapsed().as_secs_f64() * 1e3);

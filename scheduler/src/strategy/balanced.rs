@@ -38,7 +38,7 @@ impl Balanced {
         let mut x = Var::constant(Tensor::zeros(&[1, 3, h, w], &t.device)?);
         let rng = &mut StdRng::seed_from_u64(data.spec.seed ^ 0xba1a);
         for stage in 0..n - 1 {
-            x = tessera_engine::no_grad(|| t.model.net.forward_stage(stage, &x))?;
+            x = tessera_engine::no_grad(|| t.model.forward_stage(stage, &x))?;
             let features = if x.shape().len() == 4 { x.shape()[1] } else { x.value().numel() };
             let head = Linear::new(features, t.classes, true, &t.device, rng)?;
             let params: Vec<Arc<Param>> = head.named_params().into_iter().map(|(_, p)| p).collect();
