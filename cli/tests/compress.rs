@@ -114,6 +114,10 @@ fn structured_pruning_removes_the_expected_flops_and_the_file_loads() {
     let eval: serde_json::Value = serde_json::from_str(out.lines().next().unwrap()).unwrap();
     assert!((eval["accuracy"].as_f64().unwrap() - r["after"]["accuracy"].as_f64().unwrap()).abs() < 1e-6, "{eval} vs {}", r["after"]);
     assert!(std::fs::read_to_string(root.join("channels/compress.md")).unwrap().contains("tessera eval --checkpoint"));
+    // The narrower model compresses again (int8): the file still says it is pruned, so it loads.
+    let again = compress_file(&root, "channels/compressed.safetensors", "channels-int8", &["--quantize", "int8", "--calibrate", "20"]);
+    assert_eq!(again["after"]["total"]["flops"], r["after"]["total"]["flops"]);
+    assert_eq!(Checkpoint::load(&root.join("channels-int8/compressed.safetensors")).unwrap().metadata["tessera.pruned"], "channels");
 }
 
 #[test]

@@ -100,6 +100,10 @@ pub fn compress(cfg: &CompressConfig, progress: &mut dyn FnMut(&StepInfo), say: 
     }
     std::fs::create_dir_all(&cfg.out).map_err(|error| TrainError::Io { path: cfg.out.clone(), error })?;
     let mut metadata = HashMap::from([("model".to_string(), model_name.clone()), ("source".to_string(), cfg.checkpoint.display().to_string())]);
+    // A file compressed again keeps saying what it already is (narrower layers must load so).
+    if let Some(pruned) = ckpt.metadata.get(PRUNED_KEY) {
+        metadata.insert(PRUNED_KEY.into(), pruned.clone());
+    }
     for (name, counter) in model.net.named_counters() {
         metadata.insert(format!("counter.{name}"), counter.load(std::sync::atomic::Ordering::Relaxed).to_string());
     }
@@ -112,7 +116,9 @@ pub fn compress(cfg: &CompressConfig, progress: &mut dyn FnMut(&StepInfo), say: 
         let (removed, of): (usize, usize) = pruned.iter().fold((0, 0), |(r, o), p| (r + p.removed, o + p.of));
         let unit = if cfg.structured { "channels" } else { "weights" };
         say(format!("pruned {removed} of {of} {unit} in {} layers ({})", pruned.len(), cfg.scope));
-        metadata.insert(PRUNED_KEY.into(), if cfg.structured { "channels" } else { "unstructured" }.into());
+        if metadata.get(PRUNED_KEY).is_none_or(|p| p != "channels") {
+            metadata.insert(PRUNED_KEY.into(), if cfg.structured { "channels" } else { "unstructured" }.into());
+        }
     }
     let (model, finetune_accuracy) = finetune(cfg, model, &train, &test, &device, progress)?;
     // Masks have done their work; the zeros are in the weights.
