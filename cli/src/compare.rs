@@ -103,6 +103,10 @@ pub struct CompareArgs {
     /// strategy again under another name (`full,full@again`: an A/A check).
     #[arg(long, default_value = "full,fc,dynamic")]
     strategies: String,
+    /// Train on 9 of every 10 training images and score on the held-out tenth, leaving the
+    /// test set out: for choosing settings (a threshold, a fraction) without the test set.
+    #[arg(long)]
+    holdout: bool,
     /// Runs of the whole interleaved comparison (the report gives mean ± std).
     #[arg(long, default_value_t = 1, value_parser = whole(settings::REPEAT))]
     repeat: usize,
@@ -156,6 +160,7 @@ impl RunArgs {
             out: out.to_path_buf(),
             repeat,
             seeds: Vec::new(),
+            holdout: false,
             granularity: self.granularity,
             world: Default::default(),
             layout: None,
@@ -172,7 +177,16 @@ impl RunArgs {
 /// The comparison's settings from the flags.
 fn config(a: &CompareArgs) -> Result<CompareConfig> {
     let repeat = if a.seeds.is_empty() { a.repeat } else { a.seeds.len() };
-    Ok(CompareConfig { watch: a.watch.spec(), seeds: a.seeds.clone(), ..a.run.config(&a.strategies, a.epochs, repeat, &a.out)? })
+    Ok(CompareConfig { watch: a.watch.spec(), seeds: a.seeds.clone(), holdout: a.holdout, ..a.run.config(&a.strategies, a.epochs, repeat, &a.out)? })
+}
+
+impl CompareArgs {
+    /// The sets the comparison trains and scores on: train and test, or with --holdout the
+    /// training set's 9/10 and its held-out tenth.
+    fn load(&self) -> Result<(tessera_scheduler::data::Dataset, tessera_scheduler::data::Dataset)> {
+        let (train, test) = self.run.load()?;
+        Ok(if self.holdout { tessera_scheduler::search::hold_out(&train) } else { (train, test) })
+    }
 }
 
 pub fn run(a: CompareArgs) -> Result<()> {
@@ -185,7 +199,7 @@ pub fn run(a: CompareArgs) -> Result<()> {
     for spec in &cfg.strategies {
         strategy_of(spec, &cfg)?;
     }
-    let (train, test) = a.run.load()?;
+    let (train, test) = a.load()?;
     let world = cfg.world.clone();
     let mut progress = |name: &str, e: &EpochRecord| {
         if world.is_root() {
@@ -371,7 +385,7 @@ pub fn merge_sweep(dir: &std::path::Path, job: &serde_json::Value, json: bool) -
             probe: ProbeTimes { seconds: per.iter().flat_map(|p| p[r].probe.seconds.iter().copied()).collect() },
         })
         .collect();
-    let (train, test) = parsed.compare.run.load()?;
+    let (train, test) = parsed.compare.load()?;
     let initial = initial_accuracy(&cfg.for_repeat(cfg.repeat - 1), &test, train.classes().len())?;
     let rows = report_from_repeats(&cfg, &train, &test, initial, &repeats)?;
     print_rows(&rows, json, dir);
@@ -480,7 +494,7 @@ pub struct LaneArgs {
 
 pub fn lane(a: LaneArgs) -> Result<()> {
     let cfg = config(&a.compare)?.for_repeat(a.repeat_index);
-    let (train, test) = a.compare.run.load()?;
+    let (train, test) = a.compare.load()?;
     let init = cfg.init.as_deref().map(Checkpoint::load).transpose()?;
     let reply = |r: LaneReply<serde_json::Value>| {
         println!("{}", serde_json::to_string(&r).expect("plain values"));

@@ -36,3 +36,23 @@ fn compare_over_seeds_reports_each_strategy_over_the_seeds() {
     assert_eq!(both.status.code(), Some(2), "--seeds and --repeat together are refused");
     let _ = std::fs::remove_dir_all(&root);
 }
+
+#[test]
+fn compare_holdout_scores_on_a_tenth_of_the_training_set() {
+    let root = std::env::temp_dir().join(format!("tessera-compare-holdout-cli-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&root);
+    common::write_coloured_cifar_sized(&root.join("data"), 20);
+    let o = Command::new(env!("CARGO_BIN_EXE_tessera"))
+        .args(["compare", "--model", "simple-cnn", "--data", "data", "--strategies", "full,dynamic", "--holdout", "--epochs", "1"])
+        .args(["--batch", "25", "--lr", "0.02", "--workers", "1", "--out", "cmp"])
+        .current_dir(&root)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let report: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(root.join("cmp/report.json")).unwrap()).unwrap();
+    // 100 training images (5 files of 20): 90 train, every 10th is held out; the 200 test
+    // images play no part.
+    assert_eq!((report["holdout"].as_bool(), report["train_images"].as_u64(), report["test_images"].as_u64()), (Some(true), Some(90), Some(10)));
+    assert!(std::fs::read_to_string(root.join("cmp/report.md")).unwrap().contains("the test set is not used"));
+    let _ = std::fs::remove_dir_all(&root);
+}

@@ -26,6 +26,7 @@ fn full_against_itself_under_a_load_that_starts_halfway_is_no_saving() {
         out: out.clone(),
         repeat: 1,
         seeds: Vec::new(),
+        holdout: false,
         granularity: Default::default(),
         world: Default::default(),
         layout: None,

@@ -43,6 +43,8 @@ pub struct CompareConfig {
     /// differences from `full` beyond the seed-to-seed spread. Empty: every repeat uses
     /// `settings.seed`.
     pub seeds: Vec<u64>,
+    /// `test` is the held-out tenth of the training set (`compare --holdout`), not the test set.
+    pub holdout: bool,
     /// How finely the model is cut into sub-models (what the strategies schedule).
     pub granularity: tessera_models::Granularity,
     /// Data-parallel (`mpirun -np N tessera compare`): every lane trains on its rank's shard

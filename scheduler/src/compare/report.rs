@@ -250,7 +250,8 @@ pub(super) fn write_report(
     let mib = |b: Option<u64>| b.map_or("n/a".to_string(), |b| format!("{:.0}", b as f64 / (1 << 20) as f64));
     let ratio = |r: Option<Stat>| r.map_or("n/a".to_string(), |r| r.show(2, "×"));
     let mut md = String::new();
-    let _ = writeln!(md, "# Strategy comparison: {} ({} granularity) on {} training / {} test images\n", cfg.model, cfg.granularity, train.len(), test.len());
+    let scored = if cfg.holdout { "held-out images (every 10th training image; the test set is not used: \"test\" below means these)" } else { "test images" };
+    let _ = writeln!(md, "# Strategy comparison: {} ({} granularity) on {} training / {} {scored}\n", cfg.model, cfg.granularity, train.len(), test.len());
     let _ = writeln!(
         md,
         "Device {}, {} epochs, batch {}, lr {} (cosine), optimizer {:?}, {}{}; {} repeat(s){}. Same initial weights (test accuracy {:.2} %, where every curve starts) and data order for every strategy. The strategies train in turns — epoch 1 of each, then epoch 2 of each, the order rotated every turn — {}. Wall time is training only (evaluation excluded).\n",
@@ -349,7 +350,7 @@ pub(super) fn write_report(
     let doc = json!({
         "model": cfg.model, "granularity": cfg.granularity.to_string(), "device": cfg.device, "epochs": s.epochs, "batch": s.batch, "lr": cfg.optim.lr,
         "optimizer": format!("{:?}", cfg.optim.rule), "warmup_steps": cfg.optim.warmup_steps, "seed": s.seed, "seeds": cfg.seeds, "repeat": cfg.repeat,
-        "train_images": train.len(), "test_images": test.len(), "initial_test_loss": initial.0, "initial_test_accuracy": initial.1,
+        "train_images": train.len(), "test_images": test.len(), "holdout": cfg.holdout, "initial_test_loss": initial.0, "initial_test_accuracy": initial.1,
         "probe": {"seconds": repeats.iter().map(|r| &r.probe.seconds).collect::<Vec<_>>(), "mean": probe.mean(), "spread": probe.spread()},
         "strategies": json_rows,
     });
