@@ -38,12 +38,23 @@ fn compare_over_seeds_reports_each_strategy_over_the_seeds() {
 }
 
 #[test]
-fn compare_holdout_scores_on_a_tenth_of_the_training_set() {
+fn compare_holdout_scores_on_a_tenth_of_the_training_set_with_options_per_lane() {
     let root = std::env::temp_dir().join(format!("tessera-compare-holdout-cli-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&root);
     common::write_coloured_cifar_sized(&root.join("data"), 20);
     let o = Command::new(env!("CARGO_BIN_EXE_tessera"))
-        .args(["compare", "--model", "simple-cnn", "--data", "data", "--strategies", "full,dynamic", "--holdout", "--epochs", "1"])
+        .args([
+            "compare",
+            "--model",
+            "simple-cnn",
+            "--data",
+            "data",
+            "--strategies",
+            "full,dynamic:threshold=0.05,dynamic:threshold=0.2:window=5",
+            "--holdout",
+            "--epochs",
+            "1",
+        ])
         .args(["--batch", "25", "--lr", "0.02", "--workers", "1", "--out", "cmp"])
         .current_dir(&root)
         .output()
@@ -54,5 +65,8 @@ fn compare_holdout_scores_on_a_tenth_of_the_training_set() {
     // images play no part.
     assert_eq!((report["holdout"].as_bool(), report["train_images"].as_u64(), report["test_images"].as_u64()), (Some(true), Some(90), Some(10)));
     assert!(std::fs::read_to_string(root.join("cmp/report.md")).unwrap().contains("the test set is not used"));
+    // Each lane with options of its own, named by them.
+    let names: Vec<&str> = report["strategies"].as_array().unwrap().iter().map(|s| s["strategy"].as_str().unwrap()).collect();
+    assert_eq!(names, ["full", "dynamic (grad-norm) [threshold=0.05]", "dynamic (grad-norm) [threshold=0.2, window=5]"]);
     let _ = std::fs::remove_dir_all(&root);
 }

@@ -9,6 +9,7 @@ use crate::error::TrainError;
 use crate::eval::evaluate_full;
 use crate::monitor::Monitor;
 use crate::run_state::load_weights;
+use crate::strategy::StrategyOptions;
 use crate::strategy::{self, fit_epoch, EpochRecord, RunSpec, Strategy};
 use crate::trainer::{OnNan, Trainer};
 use tessera_engine::checkpoint::Checkpoint;
@@ -33,20 +34,51 @@ pub struct LaneEnd {
 }
 
 /// A strategy spec of `--strategies`: `NAME`, or `NAME@LABEL` — the same strategy under
-/// another name (two `full@a,full@b` lanes are an A/A check of the comparison itself).
-/// Returns the strategy and the name its report row carries.
+/// another name (two `full@a,full@b` lanes are an A/A check of the comparison itself) — with
+/// options of its own after colons: `dynamic:threshold=0.05:window=20@t05` (the keys are the
+/// strategy flags' names: order, neighbors, criterion, threshold, window, gamma, split,
+/// fraction, period). Returns the strategy and the name its report row carries.
 pub fn strategy_of(spec: &str, cfg: &CompareConfig) -> Result<(Box<dyn Strategy>, String), TrainError> {
-    let (name, label) = match spec.split_once('@') {
-        Some((name, label)) if !label.is_empty() => (name, Some(label)),
+    let (head, label) = match spec.split_once('@') {
+        Some((head, label)) if !label.is_empty() => (head, Some(label)),
         Some(_) => return Err(TrainError::Config(format!("`{spec}`: a label after `@` is empty"))),
         None => (spec, None),
     };
-    let s = strategy::by_name(name, &cfg.options)?;
-    let shown = match label {
-        Some(label) => format!("{}@{label}", s.name()),
-        None => s.name(),
+    let mut parts = head.split(':');
+    let name = parts.next().unwrap_or_default();
+    let overrides: Vec<&str> = parts.collect();
+    let options = with_overrides(&cfg.options, &overrides).map_err(|e| TrainError::Config(format!("`{spec}`: {e}")))?;
+    let s = strategy::by_name(name, &options)?;
+    let shown = match (label, overrides.is_empty()) {
+        (Some(label), _) => format!("{}@{label}", s.name()),
+        (None, true) => s.name(),
+        (None, false) => format!("{} [{}]", s.name(), overrides.join(", ")),
     };
     Ok((s, shown))
+}
+
+/// `options` with `key=value` settings applied, each checked as its flag is.
+fn with_overrides(options: &StrategyOptions, settings: &[&str]) -> Result<StrategyOptions, String> {
+    use crate::settings::{FRACTION, GAMMA, NEIGHBORS, PERIOD, SPLIT, THRESHOLD, WINDOW};
+    let mut o = options.clone();
+    for setting in settings {
+        let (key, value) = setting.split_once('=').ok_or_else(|| format!("`{setting}` is not KEY=VALUE"))?;
+        let whole = |w: crate::settings::Whole| w.parse(value).map(|v| v as usize);
+        let real = |r: crate::settings::Real| r.parse(value).map(|v| v as f32);
+        match key {
+            "order" => o.order = value.parse()?,
+            "neighbors" => o.neighbors = whole(NEIGHBORS)?,
+            "criterion" => o.criterion = value.parse()?,
+            "threshold" => o.threshold = real(THRESHOLD)?,
+            "window" => o.window = whole(WINDOW)?,
+            "gamma" => o.gamma = real(GAMMA)?,
+            "split" => o.split = Some(whole(SPLIT)?),
+            "fraction" => o.fraction = real(FRACTION)?,
+            "period" => o.period = Some(whole(PERIOD)?),
+            other => return Err(format!("unknown option `{other}` (order, neighbors, criterion, threshold, window, gamma, split, fraction, period)")),
+        }
+    }
+    Ok(o)
 }
 
 /// A lane in this process.
@@ -117,5 +149,21 @@ impl Lane for LocalLane {
             peak_rss_bytes: None,
             notes: self.strategy.notes(),
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_spec_sets_options_of_its_own() {
+        let base = StrategyOptions::default();
+        let o = with_overrides(&base, &["threshold=0.05", "window=20", "fraction=0.25", "period=7"]).unwrap();
+        assert_eq!((o.threshold, o.window, o.fraction, o.period), (0.05, 20, 0.25, Some(7)));
+        assert_eq!(o.neighbors, base.neighbors, "the rest as the flags say");
+        assert!(with_overrides(&base, &["threshold"]).unwrap_err().contains("KEY=VALUE"));
+        assert!(with_overrides(&base, &["speed=2"]).unwrap_err().contains("unknown option `speed`"));
+        assert!(with_overrides(&base, &["window=0"]).is_err(), "ranges are the flags'");
     }
 }
