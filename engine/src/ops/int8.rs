@@ -341,7 +341,8 @@ fn conv_gpu(gpu: &Arc<GpuBackend>, x: &Tensor, s: &ConvShape, input_scale: f32, 
     let groups = grid_1d(gpu, "int8 quantize", packed_words, k::QUANTIZE_PACK.workgroup[0] as usize)?;
     gpu.launch(&k::QUANTIZE_PACK, bytemuck::bytes_of(&pack), &[&gpu_buffer(x), &packed], groups)?;
     let out = Tensor::uninit_gpu(s.out_shape().to_vec(), gpu)?;
-    let total = out.numel();
+    // One invocation per pixel and four output channels.
+    let total = s.n * s.o.div_ceil(4) * s.ho * s.wo;
     let params = ConvI8Params {
         n: u(s.n)?,
         c4: u(c4)?,
