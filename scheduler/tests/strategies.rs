@@ -244,27 +244,37 @@ fn random_trains_a_fresh_seeded_subset_each_period_and_frozen_parts_run_no_backw
     assert_eq!(moved, expected, "epoch 1 trains the subsets of its two periods");
 }
 
+/// A 2-epoch comparison of simple-cnn with `strategies` into `out`.
+fn compare_config(strategies: &[&str], out: &std::path::Path) -> tessera_scheduler::compare::CompareConfig {
+    tessera_scheduler::compare::CompareConfig {
+        model: "simple-cnn".into(),
+        strategies: names(strategies),
+        settings: settings(2),
+        optim: optim(),
+        options: StrategyOptions::default(),
+        device: "cpu".into(),
+        init: None,
+        out: out.to_path_buf(),
+        repeat: 1,
+        seeds: Vec::new(),
+        holdout: false,
+        granularity: Default::default(),
+        world: Default::default(),
+        layout: None,
+        watch: Default::default(),
+    }
+}
+
 #[test]
 fn compare_over_seeds_runs_each_seed_and_reports_the_spread() {
     use tessera_scheduler::compare::{compare, CompareConfig};
     let (train, test) = data();
     let out = std::env::temp_dir().join(format!("tessera-compare-seeds-{}", std::process::id()));
     let cfg = CompareConfig {
-        model: "simple-cnn".into(),
-        strategies: names(&["full", "random"]),
-        settings: settings(2),
-        optim: optim(),
         options: StrategyOptions { fraction: 0.34, ..Default::default() },
-        device: "cpu".into(),
-        init: None,
-        out: out.clone(),
         repeat: 3,
         seeds: vec![11, 12, 13],
-        holdout: false,
-        granularity: Default::default(),
-        world: Default::default(),
-        layout: None,
-        watch: Default::default(),
+        ..compare_config(&["full", "random"], &out)
     };
     let rows = compare(&cfg, &train, &test, &mut |_, _| {}).unwrap();
     // Repeat k is seed k's run: full alone from seed 12 gives the same losses as repeat 1.
@@ -299,26 +309,10 @@ fn compare_over_seeds_runs_each_seed_and_reports_the_spread() {
 
 #[test]
 fn compare_writes_the_report() {
-    use tessera_scheduler::compare::{compare, CompareConfig};
+    use tessera_scheduler::compare::compare;
     let (train, test) = data();
     let out = std::env::temp_dir().join(format!("tessera-compare-{}", std::process::id()));
-    let cfg = CompareConfig {
-        model: "simple-cnn".into(),
-        strategies: names(&["full", "fc"]),
-        settings: settings(2),
-        optim: optim(),
-        options: StrategyOptions::default(),
-        device: "cpu".into(),
-        init: None,
-        out: out.clone(),
-        repeat: 1,
-        seeds: Vec::new(),
-        holdout: false,
-        granularity: Default::default(),
-        world: Default::default(),
-        layout: None,
-        watch: Default::default(),
-    };
+    let cfg = compare_config(&["full", "fc"], &out);
     let rows = compare(&cfg, &train, &test, &mut |_, _| {}).unwrap();
     // Taking turns changes nothing but the order: fc alone gets the same losses and hits.
     let model = tessera_models::build("simple-cnn", CLASSES, &Device::cpu(), cfg.settings.seed).unwrap();
