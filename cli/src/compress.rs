@@ -105,9 +105,21 @@ pub fn run(a: CompressArgs) -> Result<()> {
         rounds: a.rounds,
     };
     let json = a.json;
-    let r = compress(&cfg, &mut |s| eprint!("\rfine-tuning epoch {}: step {}/{} loss {:.4}   ", s.epoch, s.step, s.steps_per_epoch, s.loss), &mut |line| {
-        eprintln!("{line}")
-    })
+    // Fine-tuning's progress rewrites one line; the next message starts a line of its own.
+    let progress_line = std::cell::Cell::new(false);
+    let r = compress(
+        &cfg,
+        &mut |s| {
+            eprint!("\rfine-tuning epoch {}: step {}/{} loss {:.4}   ", s.epoch, s.step, s.steps_per_epoch, s.loss);
+            progress_line.set(true);
+        },
+        &mut |line| {
+            if progress_line.replace(false) {
+                eprintln!();
+            }
+            eprintln!("{line}")
+        },
+    )
     .with_context(|| format!("compressing {}", a.checkpoint.display()))?;
     let mut parts = Table::new(
         "compress_part",
