@@ -143,6 +143,7 @@ fn conv_shape(shape: &[usize]) -> Result<[usize; 4]> {
     }
 }
 
+/// Every (out, in, y, x) index of an [O, C, kh, kw] weight, in its storage order.
 fn indices(o: usize, c: usize, kh: usize, kw: usize) -> impl Iterator<Item = (usize, usize, usize, usize)> {
     (0..o).flat_map(move |a| (0..c).flat_map(move |b| (0..kh).flat_map(move |y| (0..kw).map(move |x| (a, b, y, x)))))
 }
