@@ -40,6 +40,15 @@ fn trained() -> (PathBuf, PathBuf) {
 }
 
 /// `tessera compress` of resnet20's checkpoint (`cnn/…` in `extra`'s place: simple-cnn's).
+/// Called at the end of each of the 4 tests: the last one to finish removes the shared folder
+/// (a failed test leaves it for a look).
+fn finished(root: &Path) {
+    static DONE: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    if DONE.fetch_add(1, std::sync::atomic::Ordering::SeqCst) + 1 == 4 {
+        let _ = std::fs::remove_dir_all(root);
+    }
+}
+
 fn compress(root: &Path, out: &str, extra: &[&str]) -> serde_json::Value {
     compress_file(root, "run/epoch-001.safetensors", out, extra)
 }
@@ -77,6 +86,7 @@ fn pruned_weights_stay_zero_through_fine_tuning() {
     let total = &r["after"]["total"];
     // Half the conv and linear weights; batch-norm parameters and the fc bias are not pruned.
     assert!((total["nonzeros"].as_f64().unwrap() / total["params"].as_f64().unwrap()) < 0.51, "{total}");
+    finished(&root);
 }
 
 /// 2·out·in·9·H² per 3×3 conv: resnet20's 9 blocks (widths 16/32/64 at 32/16/8 px).
@@ -118,6 +128,7 @@ fn structured_pruning_removes_the_expected_flops_and_the_file_loads() {
     let again = compress_file(&root, "channels/compressed.safetensors", "channels-int8", &["--quantize", "int8", "--calibrate", "20"]);
     assert_eq!(again["after"]["total"]["flops"], r["after"]["total"]["flops"]);
     assert_eq!(Checkpoint::load(&root.join("channels-int8/compressed.safetensors")).unwrap().metadata["tessera.pruned"], "channels");
+    finished(&root);
 }
 
 #[test]
@@ -166,6 +177,7 @@ fn int8_and_f16_files_are_smaller_and_load_with_eval_and_forward() {
     let ratio = r["before"]["total"]["bytes"].as_f64().unwrap() / r["after"]["total"]["bytes"].as_f64().unwrap();
     assert!(ratio > 1.99, "f16 is {ratio:.2}× smaller");
     assert!((r["before"]["accuracy"].as_f64().unwrap() - r["after"]["accuracy"].as_f64().unwrap()).abs() <= 0.1 + 1e-6, "{r}");
+    finished(&root);
 }
 
 #[test]
@@ -185,4 +197,5 @@ fn bad_requests_are_errors_naming_the_problem() {
     compress(&root, "q", &["--quantize", "int8", "--calibrate", "10"]);
     let q = root.join("q/compressed.safetensors");
     fails(&["compress", "--checkpoint", q.to_str().unwrap(), "--data", "data", "--out", "x", "--quantize", "int8"], "already quantised");
+    finished(&root);
 }
