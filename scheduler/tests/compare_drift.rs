@@ -66,10 +66,11 @@ fn full_against_itself_under_a_load_that_starts_halfway_is_no_saving() {
     let ratio = copy.normalised_ratio.unwrap().mean;
     assert!(ratio.ln().abs() <= (1.0 + spread).ln(), "full@copy at {ratio:.3}× full, beyond the probe's spread {spread:.3}");
     assert!((copy.flops_ratio.unwrap() - 1.0).abs() < 1e-9, "the same work: {:?}", copy.flops_ratio);
-    // Taking turns put the load on both alike: even the raw times agree (run one after the
-    // other, the copy would take its every epoch under the load).
+    // Taking turns put the load on both alike: even the raw times agree within 1.5× (run one
+    // after the other, the copy takes its every epoch under the load: 2.7×). Raw ratios seen
+    // on the 2-core machine: 0.87–1.32 (a bound of 1.25 failed once in CI at 1.32).
     let raw = copy.time_ratio.unwrap().mean;
-    assert!(raw.ln().abs() < 1.25f64.ln(), "full@copy took {raw:.3}× full's raw time");
+    assert!(raw.ln().abs() < 1.5f64.ln(), "full@copy took {raw:.3}× full's raw time");
     assert!(copy.verdict.starts_with("no difference"), "{}", copy.verdict);
     let md = std::fs::read_to_string(out.join("report.md")).unwrap();
     let row = md.lines().find(|l| l.starts_with("| full@copy |")).unwrap();
