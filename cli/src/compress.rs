@@ -142,7 +142,14 @@ pub fn run(a: CompressArgs) -> Result<()> {
     parts.print(json);
     let mut summary = Table::new("compress", &["model", "file", "bytes", "test_accuracy", "cpu_ms_per_batch", "gpu_ms_per_batch"]);
     for m in [b, af] {
-        summary.push(vec![json!(r.model), json!(m.file.display().to_string()), json!(m.total.bytes), json!(m.accuracy), json!(m.cpu_ms), json!(m.gpu_ms)]);
+        summary.push(vec![
+            json!(r.model),
+            json!(m.file.display().to_string()),
+            json!(m.total.bytes),
+            json!(m.accuracy),
+            json!(m.total.cpu_ms),
+            json!(m.total.gpu_ms),
+        ]);
     }
     if !json {
         println!();

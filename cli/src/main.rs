@@ -705,7 +705,7 @@ fn models_show(
             eprintln!("Graphviz's `dot` is not installed: wrote {} only", dot_file.display());
         }
     }
-    let input = input.unwrap_or_else(|| tessera_models::MODELS.iter().find(|m| m.name == model.name).map_or(224, |m| m.input));
+    let input = input.or(model.input_size()).unwrap_or(224);
     let costs = model.stage_costs(input).with_context(|| format!("{name} at {input}×{input} px"))?;
     let mut table = Table::new("submodel", &["sub_model", "depends_on", "output", "params", "MFLOPs"]);
     for c in &costs {

@@ -140,17 +140,12 @@ fn to_f32(view: &TensorView) -> Result<Vec<f32>, String> {
     })
 }
 
-/// Each tensor's name and the bytes its values take in the safetensors file at `path`.
-pub fn stored_sizes(path: &Path) -> Result<Vec<(String, usize)>, CheckpointError> {
-    let bytes = std::fs::read(path).map_err(|error| CheckpointError::Io { path: path.into(), error })?;
-    let st = safetensors::SafeTensors::deserialize(&bytes).map_err(|e| CheckpointError::Format { path: path.into(), detail: e.to_string() })?;
-    Ok(st.tensors().into_iter().map(|(n, v)| (n, v.data().len())).collect())
-}
-
 /// A loaded checkpoint: f32 tensors by name, and the metadata.
 pub struct Checkpoint {
     pub path: PathBuf,
     pub tensors: HashMap<String, (Vec<f32>, Vec<usize>)>,
+    /// The bytes each tensor's values take in the file (by its stored dtype: I8 is 1, F16 2).
+    pub stored_bytes: HashMap<String, usize>,
     pub metadata: HashMap<String, String>,
 }
 
@@ -174,12 +169,13 @@ impl Checkpoint {
                 return Err(CheckpointError::Corrupt { path: path.into(), stored: stored.clone(), actual });
             }
         }
-        let mut tensors = HashMap::new();
+        let (mut tensors, mut stored_bytes) = (HashMap::new(), HashMap::new());
         for (name, view) in st.tensors() {
             let values = to_f32(&view).map_err(|detail| CheckpointError::Tensor { path: path.into(), name: name.clone(), detail })?;
+            stored_bytes.insert(name.clone(), view.data().len());
             tensors.insert(name, (values, view.shape().to_vec()));
         }
-        Ok(Self { path: path.into(), tensors, metadata })
+        Ok(Self { path: path.into(), tensors, stored_bytes, metadata })
     }
 
     /// Tensor `name` on `device`, checked against the `expected` shape.

@@ -121,6 +121,12 @@ impl Model {
         (self.cuts[stage]..self.cuts[stage + 1]).try_fold(x.clone(), |h, u| self.net.forward_unit(u, &h))
     }
 
+    /// The image size (pixels) the architecture is built for; none for a model that is not
+    /// one of [`MODELS`] (a head built with [`Model::single`]).
+    pub fn input_size(&self) -> Option<usize> {
+        MODELS.iter().find(|m| m.name == self.name).map(|m| m.input)
+    }
+
     /// The parameters of sub-model `sub`, with their names.
     pub fn params_of(&self, sub: &SubModel) -> Vec<(String, Arc<Param>)> {
         self.net.named_params().into_iter().filter(|(n, _)| sub.owns(n)).collect()

@@ -117,16 +117,16 @@ pub fn evaluate_checkpoint(path: &Path, data: &Path, device: &str, batch: usize,
     let ckpt = Checkpoint::load(path)?;
     let model = model_from_checkpoint(path, &ckpt, &device)?;
     let (_, test) = load_splits(data, limit_per_class)?;
-    if test.classes().len() != model_classes(&model) {
-        return Err(TrainError::Config(format!(
-            "{} holds a {}-class model; {} has {} classes",
-            path.display(),
-            model_classes(&model),
-            data.display(),
-            test.classes().len()
-        )));
-    }
+    check_classes(path, &model, data, &test)?;
     evaluate_full(&model, &test, &LoaderSpec::eval(batch), &device)
+}
+
+/// Errors unless `model` (read from `path`) has as many classes as `set` (from `data`).
+pub fn check_classes(path: &Path, model: &Model, data: &Path, set: &Dataset) -> Result<(), TrainError> {
+    if set.classes().len() == model_classes(model) {
+        return Ok(());
+    }
+    Err(TrainError::Config(format!("{} holds a {}-class model; {} has {} classes", path.display(), model_classes(model), data.display(), set.classes().len())))
 }
 
 /// The class count of a built model (its last parameter's first dimension).

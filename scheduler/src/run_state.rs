@@ -85,6 +85,11 @@ pub fn model_tensors(model: &Model) -> Vec<(String, Tensor)> {
     tensors
 }
 
+/// The model's random-number state (dropout mask seeds) as `counter.NAME` metadata entries.
+pub fn counter_metadata(model: &Model) -> impl Iterator<Item = (String, String)> {
+    model.net.named_counters().into_iter().map(|(name, counter)| (format!("counter.{name}"), counter.load(Ordering::Relaxed).to_string()))
+}
+
 /// Saves weights, buffers, optimizer state and the step to `dir/epoch-NNN.safetensors`.
 pub fn save_checkpoint(dir: &Path, model: &Model, opt: &Optimizer, meta: &CheckpointMeta) -> Result<PathBuf, TrainError> {
     let mut tensors = model_tensors(model);
@@ -100,9 +105,7 @@ pub fn save_checkpoint(dir: &Path, model: &Model, opt: &Optimizer, meta: &Checkp
         ("seed".to_string(), meta.seed.to_string()),
         ("optimizer".to_string(), rule_name(opt.rule()).to_string()),
     ]);
-    for (name, counter) in model.net.named_counters() {
-        metadata.insert(format!("counter.{name}"), counter.load(Ordering::Relaxed).to_string());
-    }
+    metadata.extend(counter_metadata(model));
     let name = match meta.batches {
         Some(batches) => {
             metadata.insert("batches".into(), batches.to_string());
@@ -169,7 +172,7 @@ pub fn load_weights(model: &Model, ckpt: &Checkpoint, device: &Device) -> Result
         slot.set(Some(Arc::new(w)));
     }
     if adopt {
-        let input = tessera_models::MODELS.iter().find(|m| m.name == model.name).map_or(32, |m| m.input);
+        let input = model.input_size().unwrap_or(32);
         let x = tessera_engine::Var::constant(Tensor::zeros(&[1, 3, input, input], device)?);
         model.net.set_training(false);
         let fits = tessera_engine::no_grad(|| model.net.forward(&x)).map(drop);

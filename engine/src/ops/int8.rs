@@ -228,9 +228,8 @@ fn conv_cpu(s: &ConvShape, x: &[f32], w: &Int8Weights, packed: &[i16]) -> Vec<f3
     y
 }
 
-/// Σ aᵢ·bᵢ over i8 values held in i16, exactly: eight i32 lanes, each adding a pair of
-/// products per step — the shape of x86's pmaddwd, which the compiler emits for it.
-#[inline(always)]
+/// Σ aᵢ·bᵢ over i8 values held in i16, exactly, in eight i32 lanes: the portable path
+/// (without AVX2; LLVM vectorises it with shuffles and 32-bit multiplies, not pmaddwd).
 fn dot_i16(a: &[i16], b: &[i16]) -> i32 {
     const PAIRS: usize = 8;
     let mut acc = [0i32; PAIRS];
@@ -245,7 +244,6 @@ fn dot_i16(a: &[i16], b: &[i16]) -> i32 {
 }
 
 /// out[oc·Wo + ox] for every output channel and patch of one output row.
-#[inline(always)]
 fn row_outputs(patches: &[i16], packed: &[i16], k: usize, wo: usize, w: &Int8Weights) -> Vec<f32> {
     let mut out = vec![0f32; w.weight_scale.len() * wo];
     for (oc, wrow) in packed.chunks_exact(k).enumerate() {

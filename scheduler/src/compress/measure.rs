@@ -10,6 +10,7 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 use tessera_engine::checkpoint::Checkpoint;
 use tessera_engine::{no_grad, Device, Tensor, Var};
+use tessera_models::Model;
 
 #[derive(Clone, Debug, Serialize)]
 pub struct PartCost {
@@ -31,9 +32,7 @@ pub struct Measurement {
     pub file_bytes: u64,
     pub parts: Vec<PartCost>,
     pub total: PartCost,
-    /// Median forward time of one batch, milliseconds.
-    pub cpu_ms: f64,
-    pub gpu_ms: Option<f64>,
+    /// The GPU of `total.gpu_ms`, if one was timed.
     pub gpu: Option<String>,
     pub accuracy: f32,
     pub loss: f32,
@@ -56,9 +55,13 @@ pub struct MeasureSpec<'a> {
 /// `device` (eval mode, after one untimed pass), in total and per sub-model: each stage waits
 /// for its output before the next starts, so the parts add up to the total.
 pub fn forward_latency(file: &Path, device: &Device, batch: usize, rounds: usize) -> Result<(f64, Vec<f64>), TrainError> {
-    let ckpt = Checkpoint::load(file)?;
-    let model = model_from_checkpoint(file, &ckpt, device)?;
-    let px = tessera_models::MODELS.iter().find(|m| m.name == model.name).map_or(32, |m| m.input);
+    let model = model_from_checkpoint(file, &Checkpoint::load(file)?, device)?;
+    model_latency(&model, device, batch, rounds)
+}
+
+/// [`forward_latency`] of a loaded `model` on its `device`.
+pub fn model_latency(model: &Model, device: &Device, batch: usize, rounds: usize) -> Result<(f64, Vec<f64>), TrainError> {
+    let px = model.input_size().unwrap_or(32);
     let n = batch * 3 * px * px;
     let x = Var::constant(Tensor::from_vec((0..n).map(|i| ((i * 7919) % 255) as f32 / 127.5 - 1.0).collect(), &[batch, 3, px, px], device)?);
     model.net.set_training(false);
@@ -93,8 +96,7 @@ pub fn measure(file: &Path, spec: &MeasureSpec) -> Result<Measurement, TrainErro
     let cpu = Device::cpu();
     let ckpt = Checkpoint::load(file)?;
     let model = model_from_checkpoint(file, &ckpt, &cpu)?;
-    let px = tessera_models::MODELS.iter().find(|m| m.name == model.name).map_or(32, |m| m.input);
-    let stored = tessera_engine::checkpoint::stored_sizes(file)?;
+    let px = model.input_size().unwrap_or(32);
     let file_bytes = std::fs::metadata(file).map_err(|error| TrainError::Io { path: file.into(), error })?.len();
     let costs = model.stage_costs(px)?;
     let mut parts = Vec::new();
@@ -105,14 +107,15 @@ pub fn measure(file: &Path, spec: &MeasureSpec) -> Result<Measurement, TrainErro
             params += v.len();
             nonzeros += v.iter().filter(|x| **x != 0.0).count();
         }
-        let bytes = stored.iter().filter(|(n, _)| sub.owns(n)).map(|(_, b)| b).sum();
+        let bytes = ckpt.stored_bytes.iter().filter(|(n, _)| sub.owns(n)).map(|(_, b)| b).sum();
         parts.push(PartCost { name: sub.name.clone(), params, nonzeros, bytes, flops: cost.flops, cpu_ms: 0.0, gpu_ms: None });
     }
     let (loss, accuracy) = evaluate(&model, spec.test, &LoaderSpec::eval(spec.batch), &cpu)?;
-    let (cpu_ms, cpu_parts) = forward_latency(file, &cpu, spec.batch, spec.rounds)?;
-    let (gpu_ms, gpu_parts) = match &spec.gpu {
+    let (cpu_ms, cpu_parts) = model_latency(&model, &cpu, spec.batch, spec.rounds)?;
+    let gpu = spec.gpu.as_deref().map(Device::parse).transpose()?;
+    let (gpu_ms, gpu_parts) = match &gpu {
         Some(g) => {
-            let (total, parts) = forward_latency(file, &Device::parse(g)?, spec.batch, spec.rounds)?;
+            let (total, parts) = forward_latency(file, g, spec.batch, spec.rounds)?;
             (Some(total), parts.into_iter().map(Some).collect())
         }
         None => (None, vec![None; parts.len()]),
@@ -124,7 +127,7 @@ pub fn measure(file: &Path, spec: &MeasureSpec) -> Result<Measurement, TrainErro
         name: "total".into(),
         params: parts.iter().map(|p| p.params).sum(),
         nonzeros: parts.iter().map(|p| p.nonzeros).sum(),
-        bytes: stored.iter().map(|(_, b)| b).sum(),
+        bytes: ckpt.stored_bytes.values().sum(),
         flops: parts.iter().map(|p| p.flops).sum(),
         cpu_ms,
         gpu_ms,
@@ -135,9 +138,7 @@ pub fn measure(file: &Path, spec: &MeasureSpec) -> Result<Measurement, TrainErro
         file_bytes,
         parts,
         total,
-        cpu_ms,
-        gpu_ms,
-        gpu: spec.gpu.as_ref().map(|g| Device::parse(g).map(|d| d.to_string()).unwrap_or_else(|_| g.clone())),
+        gpu: gpu.map(|g| g.to_string()),
         accuracy,
         loss,
         images: spec.test.len(),

@@ -6,8 +6,8 @@ pub mod quantize;
 
 use crate::data::Dataset;
 use crate::error::TrainError;
-use crate::eval::{model_classes, model_from_checkpoint};
-use crate::run_state::{load_splits, model_tensors, PRUNED_KEY, QUANTIZED_KEY};
+use crate::eval::{check_classes, model_from_checkpoint};
+use crate::run_state::{counter_metadata, load_splits, model_tensors, PRUNED_KEY, QUANTIZED_KEY};
 use crate::strategy::full::Full;
 use crate::strategy::{fit, RunSpec, Strategy};
 use crate::trainer::{OnNan, OptimConfig, StepInfo, Trainer};
@@ -89,24 +89,14 @@ pub fn compress(cfg: &CompressConfig, progress: &mut dyn FnMut(&StepInfo), say: 
     let model = model_from_checkpoint(&cfg.checkpoint, &ckpt, &device)?;
     let model_name = model.name.to_string();
     let (train, test) = load_splits(&cfg.data, cfg.limit_per_class)?;
-    if test.classes().len() != model_classes(&model) {
-        return Err(TrainError::Config(format!(
-            "{} holds a {}-class model; {} has {} classes",
-            cfg.checkpoint.display(),
-            model_classes(&model),
-            cfg.data.display(),
-            test.classes().len()
-        )));
-    }
+    check_classes(&cfg.checkpoint, &model, &cfg.data, &test)?;
     std::fs::create_dir_all(&cfg.out).map_err(|error| TrainError::Io { path: cfg.out.clone(), error })?;
     let mut metadata = HashMap::from([("model".to_string(), model_name.clone()), ("source".to_string(), cfg.checkpoint.display().to_string())]);
     // A file compressed again keeps saying what it already is (narrower layers must load so).
     if let Some(pruned) = ckpt.metadata.get(PRUNED_KEY) {
         metadata.insert(PRUNED_KEY.into(), pruned.clone());
     }
-    for (name, counter) in model.net.named_counters() {
-        metadata.insert(format!("counter.{name}"), counter.load(std::sync::atomic::Ordering::Relaxed).to_string());
-    }
+    metadata.extend(counter_metadata(&model));
     let original = cfg.out.join("original.safetensors");
     checkpoint::save(&original, &model_tensors(&model), &metadata)?;
 
@@ -233,7 +223,7 @@ fn markdown(r: &CompressReport) -> String {
     s += &format!("\nSmaller: {} (model tensors), file {} → {} bytes.\n\n", ratio(b.total.bytes as f64, a.total.bytes as f64), b.file_bytes, a.file_bytes);
     s += "| | test accuracy | loss | CPU ms / batch | GPU ms / batch |\n|---|---:|---:|---:|---:|\n";
     for (label, m) in [("before", b), ("after", a)] {
-        s += &format!("| {label} | {:.2} % | {:.4} | {:.1} | {} |\n", m.accuracy * 100.0, m.loss, m.cpu_ms, ms(m.gpu_ms));
+        s += &format!("| {label} | {:.2} % | {:.4} | {:.1} | {} |\n", m.accuracy * 100.0, m.loss, m.total.cpu_ms, ms(m.total.gpu_ms));
     }
     if let Some(g) = &a.gpu {
         s += &format!("\nGPU: {g}. ");
