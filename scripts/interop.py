@@ -124,9 +124,36 @@ def reference(name, x, y):
     return state, out
 
 
-def inputs(seed):
+def inputs(seed, size=128):
     g = torch.Generator().manual_seed(seed)
-    return torch.rand(2, 3, 128, 128, generator=g) * 2 - 1, torch.tensor([3, 7])
+    return torch.rand(2, 3, size, size, generator=g) * 2 - 1, torch.tensor([3, 7])
+
+
+def relu_margin(name, x):
+    """The smallest |ReLU input| relative to its layer's largest, in float64: a ReLU input
+    closer to 0 than the backends' f32 rounding flips its mask on one backend and not another
+    (on lavapipe one AlexNet conv4 output came out +2.2e-7 where the CPU gave -2.6e-7, and
+    conv1's weight gradient moved by 4e-3)."""
+    model, _ = model_with_formula_weights(name)
+    model = model.double().eval()
+    margins = []
+    for m in model.modules():
+        if isinstance(m, torch.nn.ReLU):  # a pre-hook: torchvision's ReLUs work in place
+            m.register_forward_pre_hook(lambda _, inp: margins.append((inp[0].abs().min() / inp[0].abs().max()).item()))
+    with torch.no_grad():
+        model(x.double())
+    return min(margins)
+
+
+def alexnet_inputs():
+    """AlexNet (no BatchNorm) at 64 px: the first input seed whose every ReLU input stays
+    ≥ 2e-5 of its layer's largest magnitude away from 0 (seed 42), so that no f32 backend's
+    rounding can flip a mask."""
+    for seed in range(1, 1000):
+        x, y = inputs(seed, 64)
+        if relu_margin("alexnet", x) >= 2e-5:
+            return x, y
+    raise RuntimeError("no well-conditioned AlexNet input among 999 seeds")
 
 
 def main():
@@ -137,7 +164,7 @@ def main():
     args = ap.parse_args()
     torch.manual_seed(0)
     for i, name in enumerate(["resnet50", "alexnet"]):
-        x, y = inputs(i)
+        x, y = inputs(i) if name != "alexnet" else alexnet_inputs()
         state, ref = reference(name, x, y)
         ref.update(f32_deviation(name, x, y, ref))
         if args.write_fixtures:

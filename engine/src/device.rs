@@ -59,6 +59,12 @@ impl Device {
         GpuBackend::open(index).map(Self::Gpu)
     }
 
+    /// GPU adapter `index` as a device that binds at most `bytes` of a buffer to one kernel
+    /// (see [`GpuBackend::open_with_binding_limit`]).
+    pub fn gpu_with_binding_limit(index: usize, bytes: u64) -> Result<Self> {
+        GpuBackend::open_with_binding_limit(index, Some(bytes)).map(Self::Gpu)
+    }
+
     pub fn open(spec: DeviceSpec) -> Result<Self> {
         match spec {
             DeviceSpec::Cpu => Ok(Self::cpu()),

@@ -15,6 +15,9 @@ pub enum Error {
     #[error("{op}: {detail}")]
     Shape { op: &'static str, detail: String },
 
+    #[error("kernel `{kernel}` would bind {bytes} bytes of one tensor; adapter `{adapter}` binds at most {max} bytes and this op does not split its work there (use a smaller --batch, or the CPU backend)")]
+    BindingTooLarge { kernel: &'static str, bytes: u64, max: u64, adapter: String },
+
     #[error("tensor of {bytes} bytes does not fit in one buffer of adapter `{adapter}` (max {max} bytes)")]
     TooLarge { bytes: u64, max: u64, adapter: String },
 

@@ -3,8 +3,8 @@
 //! loss and gradients PyTorch computed in float64 (tests/fixtures/interop_*.safetensors).
 use safetensors::SafeTensors;
 use tessera_engine::autograd as ag;
-use tessera_engine::{no_grad, Device, Error, Tensor, Var};
-use tessera_models::{build, ModelError};
+use tessera_engine::{no_grad, Device, Tensor, Var};
+use tessera_models::build;
 
 fn name_seed(name: &str) -> u32 {
     name.bytes().fold(0u64, |h, b| (h * 31 + b as u64) % 1_000_003) as u32
@@ -70,14 +70,9 @@ fn tolerance(fx: &Fixture, name: &str) -> f32 {
 fn check(model_name: &str, dev: &Device) {
     let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(format!("../tests/fixtures/interop_{model_name}.safetensors"));
     let fx = Fixture(std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display())));
-    let model = match build(model_name, 10, dev, 0) {
-        Ok(m) => m,
-        Err(ModelError::Engine(Error::TooLarge { bytes, max, .. })) => {
-            println!("{model_name} on {dev}: not run, a {bytes}-byte tensor exceeds the {max}-byte binding limit");
-            return;
-        }
-        Err(e) => panic!("{e}"),
-    };
+    // AlexNet's 151 MB fc6 weight exceeds lavapipe's 128 MiB binding limit: its ops run in
+    // windows, so no model is skipped for size on any adapter.
+    let model = build(model_name, 10, dev, 0).unwrap_or_else(|e| panic!("{model_name} on {dev}: {e}"));
     for (name, p) in model.net.named_params() {
         p.set_value(Tensor::from_vec(formula(&name, p.value().shape()), p.value().shape(), dev).unwrap());
     }

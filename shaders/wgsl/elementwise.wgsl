@@ -8,7 +8,9 @@ struct EwParams {
     // add_channel: y is indexed by (i / inner) % channels.
     inner: u32,
     channels: u32,
-    _pad0: u32,
+    // The launch's first value in the whole tensor: a tensor beyond one binding runs as
+    // windows, one launch each, and index-dependent kernels (add_channel, dropout) add it.
+    base: u32,
     _pad1: u32,
     _pad2: u32,
 }
@@ -54,7 +56,7 @@ fn relu_backward(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_wor
 @compute @workgroup_size(256)
 fn add_channel(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) groups: vec3<u32>) {
     let i = flat(gid, groups);
-    if (i < p.n) { out[i] = x[i] + y[(i / p.inner) % p.channels]; }
+    if (i < p.n) { out[i] = x[i] + y[((i + p.base) / p.inner) % p.channels]; }
 }
 
 // Counter-based hash (the CPU twin computes the same bits): a dropout mask needs no storage,
@@ -72,7 +74,7 @@ fn hash(i: u32, seed: u32) -> u32 {
 fn dropout(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) groups: vec3<u32>) {
     let i = flat(gid, groups);
     if (i >= p.n) { return; }
-    let u = f32(hash(i, p.inner) >> 8u) / 16777216.0;
+    let u = f32(hash(i + p.base, p.inner) >> 8u) / 16777216.0;
     out[i] = select(0.0, x[i] * p.alpha, u >= p.beta);
 }
 

@@ -6,7 +6,7 @@ mod pool;
 pub mod tune;
 
 pub use adapters::{list_adapters, AdapterSummary};
-pub use pool::GpuBuffer;
+pub use pool::{GpuBuffer, Window};
 
 use crate::error::{Error, Result};
 use pool::{size_class, BufferPool, STORAGE_USAGE};
@@ -80,23 +80,47 @@ impl GpuBackend {
     /// Opens adapter `index` (as numbered by [`list_adapters`]); the same index returns the
     /// same backend for the life of the process.
     pub fn open(index: usize) -> Result<Arc<Self>> {
-        static OPEN: OnceLock<Mutex<HashMap<usize, Arc<GpuBackend>>>> = OnceLock::new();
+        Self::open_with_binding_limit(index, None)
+    }
+
+    /// Opens adapter `index` as a device that binds at most `binding_limit` bytes of a buffer
+    /// to one kernel (none: what the adapter allows). A lowered limit makes ordinary tensors
+    /// "big" — how the tests drive every op through its split path on small shapes, and how a
+    /// user reproduces a device with WebGPU's or a phone's limits on a desktop.
+    pub fn open_with_binding_limit(index: usize, binding_limit: Option<u64>) -> Result<Arc<Self>> {
+        type Opened = HashMap<(usize, Option<u64>), Arc<GpuBackend>>;
+        static OPEN: OnceLock<Mutex<Opened>> = OnceLock::new();
         let mut open = OPEN.get_or_init(Default::default).lock().expect("device registry poisoned");
-        if let Some(backend) = open.get(&index) {
+        if let Some(backend) = open.get(&(index, binding_limit)) {
             return Ok(backend.clone());
         }
         let adapters = adapters::raw_adapters();
         let adapter = adapters.get(index).ok_or(Error::NoSuchAdapter { index, count: adapters.len() })?;
-        let backend = Arc::new(Self::create(index, adapter)?);
-        open.insert(index, backend.clone());
+        let backend = Arc::new(Self::create(index, adapter, binding_limit)?);
+        open.insert((index, binding_limit), backend.clone());
         Ok(backend)
     }
 
-    fn create(index: usize, adapter: &wgpu::Adapter) -> Result<Self> {
+    fn create(index: usize, adapter: &wgpu::Adapter, binding_limit: Option<u64>) -> Result<Self> {
         let summary = adapters::summarize(index, adapter);
         let summary_memory = summary.memory_bytes;
         // The adapter's own limits: the WebGPU defaults would cap buffers at 256 MiB.
-        let limits = adapter.limits();
+        let mut limits = adapter.limits();
+        if let Some(limit) = binding_limit {
+            let align = limits.min_storage_buffer_offset_alignment as u64;
+            if limit < 4 * align || limit > limits.max_storage_buffer_binding_size {
+                return Err(Error::DeviceOpen {
+                    index,
+                    name: summary.name.clone(),
+                    reason: format!(
+                        "a binding limit of {limit} bytes is outside what this adapter can take ({} to {} bytes)",
+                        4 * align,
+                        limits.max_storage_buffer_binding_size
+                    ),
+                });
+            }
+            limits.max_storage_buffer_binding_size = limit;
+        }
         let desc = wgpu::DeviceDescriptor {
             label: Some("tessera"),
             required_features: adapter.features() & (wgpu::Features::SUBGROUP | wgpu::Features::SHADER_F16),
@@ -186,9 +210,27 @@ impl GpuBackend {
         *self.stats.lock().expect("stats poisoned")
     }
 
-    /// The largest tensor, in bytes, one kernel can bind.
+    /// The largest tensor, in bytes: one buffer. Ops bind a tensor beyond
+    /// [`max_binding_bytes`](Self::max_binding_bytes) as windows, one per launch.
     pub fn max_tensor_bytes(&self) -> u64 {
-        self.limits.max_buffer_size.min(self.limits.max_storage_buffer_binding_size)
+        self.limits.max_buffer_size
+    }
+
+    /// The most bytes of a buffer one kernel binding may cover.
+    pub fn max_binding_bytes(&self) -> u64 {
+        self.limits.max_storage_buffer_binding_size.min(self.limits.max_buffer_size)
+    }
+
+    /// Where a binding window may start: offsets are multiples of this many bytes.
+    pub fn binding_alignment(&self) -> u64 {
+        self.limits.min_storage_buffer_offset_alignment as u64
+    }
+
+    /// The most f32 values a window bound at an aligned offset may hold, a whole number of
+    /// alignment units (so the next window starts aligned too).
+    pub fn max_binding_values(&self) -> usize {
+        let align = self.binding_alignment().max(4);
+        ((self.max_binding_bytes() / align) * align / 4) as usize
     }
 
     /// The device's memory now (see [`MemoryStats`]).
@@ -283,6 +325,20 @@ impl GpuBackend {
             None => self.queue.write_buffer(buffer.raw(), 0, bytes),
         }
         Ok(buffer)
+    }
+
+    /// Copies `bytes` bytes from `src` at `src_offset` to `dst` at `dst_offset`, in stream
+    /// order with the recorded kernels (offsets and length in whole f32 values). How ops place
+    /// a block computed apart into a tensor bigger than one binding.
+    pub fn copy(&self, src: &GpuBuffer, src_offset: u64, dst: &GpuBuffer, dst_offset: u64, bytes: u64) -> Result<()> {
+        if src_offset + bytes > src.len || dst_offset + bytes > dst.len || !(src_offset | dst_offset | bytes).is_multiple_of(4) {
+            return Err(self.gpu_err(format!("copy of {bytes} bytes from {src_offset} of {} to {dst_offset} of {} bytes is out of range", src.len, dst.len)));
+        }
+        if bytes > 0 {
+            let mut batch = self.batch.lock().expect("batch poisoned");
+            self.encoder(&mut batch).copy_buffer_to_buffer(src.raw(), src_offset, dst.raw(), dst_offset, bytes);
+        }
+        Ok(())
     }
 
     /// Reads `buffer` back to the host; submits pending work and waits for it.
@@ -441,10 +497,32 @@ impl GpuBackend {
     /// are `buffers`, one for each storage buffer the kernel's module declares, in order (an
     /// entry point that ignores one still gets it bound). Recorded, not waited for.
     pub fn launch(&self, kernel: &Kernel, params: &[u8], buffers: &[&GpuBuffer], workgroups: [u32; 3]) -> Result<()> {
+        let windows: Vec<Window> = buffers.iter().map(|b| b.whole()).collect();
+        self.launch_windows(kernel, params, &windows, workgroups)
+    }
+
+    /// [`launch`](Self::launch) with each storage binding a window of its buffer. A window
+    /// beyond [`max_binding_bytes`](Self::max_binding_bytes) is an error naming the kernel:
+    /// the op must split its work (no driver validation panic).
+    pub fn launch_windows(&self, kernel: &Kernel, params: &[u8], buffers: &[Window], workgroups: [u32; 3]) -> Result<()> {
         assert!(params.len() <= MAX_PARAMS_BYTES, "{}: params block too large", kernel.entry);
         let (group_layout, _, storage_count) = self.layout(kernel.shader)?;
         if buffers.len() != storage_count {
             return Err(self.gpu_err(format!("{} binds {storage_count} storage buffers; the launch passed {}", kernel.entry, buffers.len())));
+        }
+        for w in buffers {
+            if w.size > self.max_binding_bytes() {
+                return Err(Error::BindingTooLarge { kernel: kernel.entry, bytes: w.size, max: self.max_binding_bytes(), adapter: self.summary.name.clone() });
+            }
+            if !w.offset.is_multiple_of(self.binding_alignment()) || w.offset + w.size > w.buffer.raw().size() {
+                return Err(self.gpu_err(format!(
+                    "{}: binding window {}+{} of a {}-byte buffer is misplaced",
+                    kernel.entry,
+                    w.offset,
+                    w.size,
+                    w.buffer.raw().size()
+                )));
+            }
         }
         let max_groups = self.limits.max_compute_workgroups_per_dimension;
         if workgroups.iter().any(|&g| g > max_groups) {
@@ -471,8 +549,9 @@ impl GpuBackend {
                 size: wgpu::BufferSize::new(MAX_PARAMS_BYTES as u64),
             }),
         }];
-        for (i, buffer) in buffers.iter().enumerate() {
-            entries.push(wgpu::BindGroupEntry { binding: i as u32 + 1, resource: buffer.raw().as_entire_binding() });
+        for (i, w) in buffers.iter().enumerate() {
+            let buffer = wgpu::BufferBinding { buffer: w.buffer.raw(), offset: w.offset, size: wgpu::BufferSize::new(w.size.max(4)) };
+            entries.push(wgpu::BindGroupEntry { binding: i as u32 + 1, resource: wgpu::BindingResource::Buffer(buffer) });
         }
         let bind_group = self.device.create_bind_group(&wgpu::BindGroupDescriptor { label: None, layout: &group_layout, entries: &entries });
         let encoder = self.encoder(&mut batch);

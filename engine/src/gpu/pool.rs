@@ -95,6 +95,26 @@ impl GpuBuffer {
     pub fn len_bytes(&self) -> u64 {
         self.len
     }
+
+    /// The whole tensor as one binding.
+    pub fn whole(&self) -> Window<'_> {
+        Window { buffer: self, offset: 0, size: self.len }
+    }
+
+    /// The f32 values [first, first + count) as one binding; `first` must sit on the
+    /// adapter's binding alignment (ops split at multiples of it).
+    pub fn values(&self, first: usize, count: usize) -> Window<'_> {
+        Window { buffer: self, offset: 4 * first as u64, size: 4 * count as u64 }
+    }
+}
+
+/// A byte range of a buffer bound to one kernel binding: how a tensor larger than the
+/// adapter's binding limit is processed, one window per launch.
+#[derive(Clone, Copy)]
+pub struct Window<'a> {
+    pub(crate) buffer: &'a GpuBuffer,
+    pub(crate) offset: u64,
+    pub(crate) size: u64,
 }
 
 impl Drop for GpuBuffer {

@@ -1,7 +1,7 @@
 //! The fused torch.optim.AdamW update of one parameter tensor (decoupled weight decay, bias
 //! correction). Kernel: shaders/wgsl/adamw.wgsl; CPU twin below; tests: tests/optim.rs and
 //! tests/golden.rs (PyTorch's values).
-use super::{cpu_data, cpu_tensor, gpu_buffer, grid_1d, same_device, same_shape, to_u32};
+use super::{cpu_data, cpu_tensor, gpu_buffer, launch_flat, same_device, same_shape, to_u32, Bind};
 use crate::device::Device;
 use crate::error::Result;
 use crate::tensor::Tensor;
@@ -97,27 +97,30 @@ pub fn adamw_step_in_place(param: &mut Tensor, grad: &Tensor, state: &mut AdamWS
         }
         Device::Gpu(gpu) => {
             let n = param.numel();
-            let params = AdamWParams {
-                n: to_u32("adamw_step", n)?,
-                lr,
-                beta1: h.beta1,
-                beta2: h.beta2,
-                ln_beta1: (h.beta1 as f64).ln() as f32,
-                ln_beta2: (h.beta2 as f64).ln() as f32,
-                eps: h.eps,
-                weight_decay: h.weight_decay,
-                guarded: guard.is_some() as u32,
-                _pad: [0; 3],
+            let params = |len: usize| -> Result<Vec<u8>> {
+                let p = AdamWParams {
+                    n: to_u32("adamw_step", len)?,
+                    lr,
+                    beta1: h.beta1,
+                    beta2: h.beta2,
+                    ln_beta1: (h.beta1 as f64).ln() as f32,
+                    ln_beta2: (h.beta2 as f64).ln() as f32,
+                    eps: h.eps,
+                    weight_decay: h.weight_decay,
+                    guarded: guard.is_some() as u32,
+                    _pad: [0; 3],
+                };
+                Ok(bytemuck::bytes_of(&p).to_vec())
             };
             let new_p = Tensor::uninit_gpu(param.shape().to_vec(), &gpu)?;
-            let pb = gpu_buffer(param);
+            let [pb, gb, mb, vb, tb, new_pb] = [param, grad, &state.exp_avg, &state.exp_avg_sq, &state.step, &new_p].map(gpu_buffer);
             // Unguarded, the guard slot holds the parameter (read-only, never read).
-            let guard_b = guard.map_or_else(|| pb.clone(), gpu_buffer);
-            let buffers =
-                [pb.clone(), gpu_buffer(grad), guard_b, gpu_buffer(&state.exp_avg), gpu_buffer(&state.exp_avg_sq), gpu_buffer(&state.step), gpu_buffer(&new_p)];
-            let refs: Vec<&crate::gpu::GpuBuffer> = buffers.iter().map(|b| b.as_ref()).collect();
-            gpu.launch(&ADAMW_TICK, bytemuck::bytes_of(&params), &refs, [1, 1, 1])?;
-            gpu.launch(&ADAMW_STEP, bytemuck::bytes_of(&params), &refs, grid_1d(&gpu, "adamw_step", n, 256)?)?;
+            let guard_b = guard.map(gpu_buffer);
+            let guard_bind = guard_b.as_deref().map_or(Bind::Flat(&pb), Bind::Whole);
+            let binds = [Bind::Flat(&pb), Bind::Flat(&gb), guard_bind, Bind::Flat(&mb), Bind::Flat(&vb), Bind::Whole(&tb), Bind::Flat(&new_pb)];
+            // The tick (t += 1) once, on the first window; then the update over every window.
+            launch_flat(&gpu, &ADAMW_TICK, 1, &binds, |_, len| params(len))?;
+            launch_flat(&gpu, &ADAMW_STEP, n, &binds, |_, len| params(len))?;
             *param = new_p;
             Ok(())
         }

@@ -178,7 +178,7 @@ fn swap01(x: &Tensor, a: usize, b: usize, inner: usize, out_shape: &[usize]) -> 
 /// that does not fit still reports `TooLarge`.
 fn images_per_pass(gpu: &GpuBackend, s: &ConvShape) -> usize {
     let per_image = 4 * s.patch_len().max(s.o) * s.ho * s.wo;
-    (gpu.max_tensor_bytes() as usize / per_image.max(1)).clamp(1, s.n.max(1))
+    (gpu.max_binding_bytes() as usize / per_image.max(1)).clamp(1, s.n.max(1))
 }
 
 /// The images [start, start + len) of a batch tensor.

@@ -1,6 +1,6 @@
 //! Elementwise ops. Kernels: shaders/wgsl/elementwise.wgsl; CPU twins below (rayon);
 //! conformance: tests/ops_conformance.rs.
-use super::{cpu_data, cpu_tensor, launch_map, par_fill, same_device, same_shape, to_u32};
+use super::{cpu_data, cpu_tensor, gpu_buffer, launch_flat, launch_map, par_fill, same_device, same_shape, to_u32, Bind};
 use crate::device::Device;
 use crate::error::{shape_err, Result};
 use crate::tensor::Tensor;
@@ -16,7 +16,10 @@ struct EwParams {
     beta: f32,
     inner: u32,
     channels: u32,
-    _pad: [u32; 3],
+    /// The launch's first value in the whole tensor (a tensor beyond one binding runs in
+    /// several launches); kernels whose result depends on the index add it.
+    base: u32,
+    _pad: [u32; 2],
 }
 
 /// Values per parallel task: a task per value costs more than the value.
@@ -36,9 +39,13 @@ fn map2(op: &'static str, kernel: &Kernel, x: &Tensor, y: &Tensor, params: EwPar
             });
             Ok(cpu_tensor(out, x.shape(), x.device()))
         }
-        Device::Gpu(_) => {
-            let params = EwParams { n: to_u32(op, n)?, ..params };
-            launch_map(op, kernel, bytemuck::bytes_of(&params), &[x, y], x.shape(), n)
+        Device::Gpu(gpu) => {
+            let out = Tensor::uninit_gpu(x.shape().to_vec(), gpu)?;
+            let (xb, yb, ob) = (gpu_buffer(x), gpu_buffer(y), gpu_buffer(&out));
+            launch_flat(gpu, kernel, n, &[Bind::Flat(&xb), Bind::Flat(&yb), Bind::Flat(&ob)], |first, len| {
+                Ok(bytemuck::bytes_of(&EwParams { n: to_u32(op, len)?, base: to_u32(op, first)?, ..params }).to_vec())
+            })?;
+            Ok(out)
         }
     }
 }
@@ -97,9 +104,13 @@ pub fn add_channel(x: &Tensor, b: &Tensor, axis: usize) -> Result<Tensor> {
             });
             Ok(cpu_tensor(out, x.shape(), x.device()))
         }
-        Device::Gpu(_) => {
-            let params = EwParams { n: to_u32("add_channel", x.numel())?, ..params };
-            launch_map("add_channel", &k::ADD_CHANNEL, bytemuck::bytes_of(&params), &[x, b], x.shape(), x.numel())
+        Device::Gpu(gpu) => {
+            let out = Tensor::uninit_gpu(x.shape().to_vec(), gpu)?;
+            let (xb, bb, ob) = (gpu_buffer(x), gpu_buffer(b), gpu_buffer(&out));
+            launch_flat(gpu, &k::ADD_CHANNEL, x.numel(), &[Bind::Flat(&xb), Bind::Whole(&bb), Bind::Flat(&ob)], |first, len| {
+                Ok(bytemuck::bytes_of(&EwParams { n: to_u32("add_channel", len)?, base: to_u32("add_channel", first)?, ..params }).to_vec())
+            })?;
+            Ok(out)
         }
     }
 }

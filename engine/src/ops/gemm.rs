@@ -6,7 +6,7 @@ use crate::cpu::{CpuBackend, Gemm};
 use crate::device::Device;
 use crate::error::{shape_err, Error, Result};
 use crate::gpu::GpuBackend;
-use crate::gpu::GpuBuffer;
+use crate::gpu::{GpuBuffer, Window};
 use crate::tensor::Tensor;
 use crate::tensor_f16::{HalfStorage, HalfTensor};
 use std::sync::Arc;
@@ -343,7 +343,8 @@ struct GemmParams {
 
 /// The product on the GPU. On software adapters a K longer than [`SOFTWARE_MAX_K`] runs as
 /// slices read in place at an offset, each launch adding onto the previous one's result
-/// through C (beta = 1): out = alpha·Σₛ op(A)ₛ·op(B)ₛ + beta·C.
+/// through C (beta = 1): out = alpha·Σₛ op(A)ₛ·op(B)ₛ + beta·C. Operands or a result bigger
+/// than one binding take [`gemm_gpu_blocked`].
 fn gemm_gpu(
     gpu: &Arc<GpuBackend>,
     variant: &GemmKernel,
@@ -353,23 +354,142 @@ fn gemm_gpu(
     c: Option<&Tensor>,
     o: GemmOpts,
 ) -> Result<Tensor> {
-    let slice = if gpu.is_software() { SOFTWARE_MAX_K } else { s.k.max(1) };
+    let max = gpu.max_binding_bytes();
+    let out_bytes = 4 * (s.batch * s.m * s.n) as u64;
+    if [ab.len_bytes(), bb.len_bytes(), out_bytes, c.map_or(0, |c| 4 * c.numel() as u64)].iter().any(|&b| b > max) && variant.storage == Storage::F32 {
+        return gemm_gpu_blocked(gpu, variant, s, &ab, &bb, c, o);
+    }
+    let k_slice = if gpu.is_software() { SOFTWARE_MAX_K } else { s.k.max(1) };
+    let operands = |k0: usize| Operands { a: ab.whole(), a_off: k0 * s.a_cs, b: bb.whole(), b_off: k0 * s.b_rs };
     let c_first = c.map(|c| (gpu_buffer(c), s.c_bs.unwrap_or(0)));
-    let mut out = launch_gemm(gpu, variant, s, (0, slice.min(s.k)), (&ab, &bb), c_first, o)?;
-    for k0 in (slice..s.k).step_by(slice) {
+    let mut out = launch_gemm(gpu, variant, s, k_slice.min(s.k), operands(0), c_first, o)?;
+    for k0 in (k_slice..s.k).step_by(k_slice) {
         let partial = Some((gpu_buffer(&out), s.m * s.n));
-        out = launch_gemm(gpu, variant, s, (k0, slice.min(s.k - k0)), (&ab, &bb), partial, GemmOpts { beta: 1.0, ..o })?;
+        out = launch_gemm(gpu, variant, s, k_slice.min(s.k - k0), operands(k0), partial, GemmOpts { beta: 1.0, ..o })?;
     }
     Ok(out)
 }
 
-/// One launch: the K slice `(k0, k_len)` of the product, plus beta·C with C's batch stride.
+/// One launch's operands: windows of A and B, and where op(A)(0, 0) and op(B)(0, 0) sit in
+/// them (elements).
+struct Operands<'a> {
+    a: Window<'a>,
+    a_off: usize,
+    b: Window<'a>,
+    b_off: usize,
+}
+
+/// Block sizes (rows of op(A), columns of op(B), K) for a product too big for one binding:
+/// halves the dimension that spreads an operand widest (its larger stride) until the A and B
+/// windows a block reads, and its result, each fit `max_values` (with `align` values of slack
+/// for the window's aligned start).
+fn block_sizes(s: &GemmShape, max_values: usize, align: usize, max_k: usize) -> (usize, usize, usize) {
+    let (mut mb, mut nb, mut kb) = (s.m.max(1), s.n.max(1), s.k.clamp(1, max_k.max(1)));
+    let extent = |rows: usize, rs: usize, cols: usize, cs: usize| (rows - 1) * rs + (cols - 1) * cs + 1 + align;
+    loop {
+        if extent(mb, s.a_rs, kb, s.a_cs) > max_values {
+            if (s.a_rs >= s.a_cs && mb > 1) || kb == 1 {
+                mb = mb.div_ceil(2);
+            } else {
+                kb = kb.div_ceil(2);
+            }
+        } else if extent(kb, s.b_rs, nb, s.b_cs) > max_values {
+            if (s.b_cs >= s.b_rs && nb > 1) || kb == 1 {
+                nb = nb.div_ceil(2);
+            } else {
+                kb = kb.div_ceil(2);
+            }
+        } else if mb * nb > max_values {
+            if mb >= nb {
+                mb = mb.div_ceil(2);
+            } else {
+                nb = nb.div_ceil(2);
+            }
+        } else {
+            return (mb, nb, kb);
+        }
+    }
+}
+
+/// A product whose operands or result exceed one binding: blocks of rows × columns (× K
+/// slices accumulated through C), batch entry by entry. Each block reads A and B through
+/// windows at aligned offsets (the rest of the way in a_off/b_off), computes into a tensor of
+/// its own, and is copied into place (C's block likewise copied out first).
+fn gemm_gpu_blocked(
+    gpu: &Arc<GpuBackend>,
+    variant: &GemmKernel,
+    s: &GemmShape,
+    ab: &GpuBuffer,
+    bb: &GpuBuffer,
+    c: Option<&Tensor>,
+    o: GemmOpts,
+) -> Result<Tensor> {
+    let align = (gpu.binding_alignment() / 4).max(1) as usize;
+    let max_k = if gpu.is_software() { SOFTWARE_MAX_K } else { s.k.max(1) };
+    let (mb, nb, kb) = block_sizes(s, gpu.max_binding_values(), align, max_k);
+    let out = Tensor::uninit_gpu(s.out_shape.clone(), gpu)?;
+    let ob = gpu_buffer(&out);
+    let c = c.map(|c| (gpu_buffer(c), s.c_bs.unwrap_or(0)));
+    let window = |buffer, base, rows, cols| aligned_window(buffer, align, base, rows, cols);
+    for z in 0..s.batch {
+        for i0 in (0..s.m).step_by(mb) {
+            let rows = mb.min(s.m - i0);
+            for j0 in (0..s.n).step_by(nb) {
+                let cols = nb.min(s.n - j0);
+                // Block [rows × cols] of out z: from row i0, column j0, rows n apart.
+                let place = |from: &GpuBuffer, to: &GpuBuffer, block_is_src: bool, base: usize| -> Result<()> {
+                    if cols == s.n {
+                        let (src, dst) = if block_is_src { (0, base + i0 * s.n) } else { (base + i0 * s.n, 0) };
+                        return gpu.copy(from, 4 * src as u64, to, 4 * dst as u64, 4 * (rows * cols) as u64);
+                    }
+                    for r in 0..rows {
+                        let (blk, full) = (r * cols, base + (i0 + r) * s.n + j0);
+                        let (src, dst) = if block_is_src { (blk, full) } else { (full, blk) };
+                        gpu.copy(from, 4 * src as u64, to, 4 * dst as u64, 4 * cols as u64)?;
+                    }
+                    Ok(())
+                };
+                let blk = GemmShape { batch: 1, m: rows, n: cols, a_bs: 0, b_bs: 0, c_bs: Some(0), out_shape: vec![rows, cols], ..s.clone() };
+                let mut acc = match &c {
+                    Some((cb, c_bs)) if o.beta != 0.0 => {
+                        let part = Tensor::uninit_gpu(vec![rows, cols], gpu)?;
+                        place(cb, &gpu_buffer(&part), false, z * c_bs)?;
+                        Some(part)
+                    }
+                    _ => None,
+                };
+                for k0 in (0..s.k.max(1)).step_by(kb) {
+                    let depth = kb.min(s.k - k0.min(s.k));
+                    let (a, a_off) = window(ab, z * s.a_bs + i0 * s.a_rs + k0 * s.a_cs, (rows, s.a_rs), (depth.max(1), s.a_cs));
+                    let (b, b_off) = window(bb, z * s.b_bs + k0 * s.b_rs + j0 * s.b_cs, (depth.max(1), s.b_rs), (cols, s.b_cs));
+                    let beta = if acc.is_some() && k0 > 0 { 1.0 } else { o.beta };
+                    let c_in = acc.as_ref().map(|t| (gpu_buffer(t), 0));
+                    acc = Some(launch_gemm(gpu, variant, &blk, depth, Operands { a, a_off, b, b_off }, c_in, GemmOpts { beta, ..o })?);
+                }
+                let block = acc.expect("at least one K slice");
+                place(&gpu_buffer(&block), &ob, true, z * s.m * s.n)?;
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// The window of `buffer` holding `rows` × `cols` elements of an operand stored from element
+/// `base` with strides (rs, cs), started at the aligned offset below `base`; with `base`'s
+/// distance from that start (the kernel's a_off / b_off).
+fn aligned_window(buffer: &GpuBuffer, align: usize, base: usize, (rows, rs): (usize, usize), (cols, cs): (usize, usize)) -> (Window<'_>, usize) {
+    let start = base - base % align;
+    (buffer.values(start, base - start + (rows - 1) * rs + (cols - 1) * cs + 1), base - start)
+}
+
+/// One launch: the product over `k_len` of the operands' windows, plus beta·C with C's batch
+/// stride.
 fn launch_gemm(
     gpu: &Arc<GpuBackend>,
     variant: &GemmKernel,
     s: &GemmShape,
-    (k0, k_len): (usize, usize),
-    (ab, bb): (&Arc<GpuBuffer>, &Arc<GpuBuffer>),
+    k_len: usize,
+    x: Operands,
     c: Option<(Arc<GpuBuffer>, usize)>,
     o: GemmOpts,
 ) -> Result<Tensor> {
@@ -393,16 +513,16 @@ fn launch_gemm(
         has_c: c.is_some() as u32,
         alpha: o.alpha,
         beta: o.beta,
-        a_off: u32_of(k0 * s.a_cs)?,
-        b_off: u32_of(k0 * s.b_rs)?,
+        a_off: u32_of(x.a_off)?,
+        b_off: u32_of(x.b_off)?,
     };
     let ob = gpu_buffer(&out);
     // Without C the kernel never reads binding 3; bind A there to fill the slot.
-    let cb = c.map_or_else(|| ab.clone(), |(buffer, _)| buffer);
+    let c_window = c.as_ref().map_or(x.a, |(buffer, _)| buffer.whole());
     let [rows, cols] = variant.block;
     let groups = [u32_of(s.n)?.div_ceil(cols), u32_of(s.m)?.div_ceil(rows), u32_of(s.batch)?];
     if s.m * s.n * s.batch > 0 {
-        gpu.launch(&variant.kernel, bytemuck::bytes_of(&params), &[ab, bb, &cb, &ob], groups)?;
+        gpu.launch_windows(&variant.kernel, bytemuck::bytes_of(&params), &[x.a, x.b, c_window, ob.whole()], groups)?;
     }
     Ok(out)
 }

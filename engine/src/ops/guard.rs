@@ -4,7 +4,7 @@
 //! images of the applied steps add up where they are computed. The host reads the few values
 //! at progress refreshes. Kernel: shaders/wgsl/guard.wgsl; CPU twin below; tests:
 //! tests/step_guard.rs.
-use super::{cpu_data, gpu_buffer, grid_1d, same_device, to_u32, Labels};
+use super::{cpu_data, gpu_buffer, launch_flat, same_device, to_u32, Bind, Labels};
 use crate::device::Device;
 use crate::error::{shape_err, Result};
 use crate::tensor::Tensor;
@@ -193,8 +193,12 @@ impl StepGuard {
                 // Read-only stand-ins must not alias the read-write state.
                 let values = gpu_buffer(values.unwrap_or(&self.placeholder));
                 let labels = labels.map_or_else(|| values.clone(), gpu_buffer);
-                let groups = if invocations > 1 { grid_1d(&gpu, kernel.entry, invocations, 256)? } else { [1, 1, 1] };
-                gpu.launch(kernel, bytemuck::bytes_of(&params), &[&values, &labels, &state], groups)
+                // Values (and labels, read alongside them) go in windows; the state whole.
+                let flat = |b| if invocations > 1 { Bind::Flat(b) } else { Bind::Whole(b) };
+                launch_flat(&gpu, kernel, invocations, &[flat(&values), flat(&labels), Bind::Whole(&state)], |_, len| {
+                    let n = if invocations > 1 { to_u32(kernel.entry, len)? } else { params.n };
+                    Ok(bytemuck::bytes_of(&GuardParams { n, ..params }).to_vec())
+                })
             }
         }
     }

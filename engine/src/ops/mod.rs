@@ -195,6 +195,41 @@ pub(crate) fn to_u32(op: &'static str, x: usize) -> Result<u32> {
     u32::try_from(x).map_err(|_| shape_err(op, format!("dimension {x} exceeds the GPU kernels' 32-bit indexing")))
 }
 
+/// How a flat kernel (one invocation per value) sees one of its storage bindings.
+#[derive(Clone, Copy)]
+pub(crate) enum Bind<'a> {
+    /// One value per invocation: each launch binds the window of values it covers.
+    Flat(&'a GpuBuffer),
+    /// Bound whole in every launch (a bias, the guard state, a step counter).
+    Whole(&'a GpuBuffer),
+}
+
+/// Runs a flat kernel over `n` values in as few launches as the adapter's binding limit
+/// allows (one, unless a tensor is bigger than one binding): launch s covers the values
+/// [first, first + len) of every [`Bind::Flat`] binding, and its uniform block is
+/// `params(first, len)` (n = len; kernels that need a value's index in the whole tensor add
+/// `first`). Windows start at multiples of the binding alignment.
+pub(crate) fn launch_flat(gpu: &GpuBackend, kernel: &Kernel, n: usize, binds: &[Bind], params: impl Fn(usize, usize) -> Result<Vec<u8>>) -> Result<()> {
+    let per_launch = gpu.max_binding_values().max(1);
+    let mut first = 0;
+    loop {
+        let len = per_launch.min(n - first);
+        let windows: Vec<crate::gpu::Window> = binds
+            .iter()
+            .map(|b| match *b {
+                Bind::Flat(buffer) => buffer.values(first, len),
+                Bind::Whole(buffer) => buffer.whole(),
+            })
+            .collect();
+        let groups = grid_1d(gpu, kernel.entry, len, kernel.workgroup[0] as usize)?;
+        gpu.launch_windows(kernel, &params(first, len)?, &windows, groups)?;
+        first += len;
+        if first >= n {
+            return Ok(());
+        }
+    }
+}
+
 /// The common launch of a map-like kernel: a new output of `out_shape`, `invocations`
 /// invocations in workgroups of `kernel.workgroup[0]`, bindings `inputs` then the output.
 pub(crate) fn launch_map(op: &'static str, kernel: &Kernel, params: &[u8], inputs: &[&Tensor], out_shape: &[usize], invocations: usize) -> Result<Tensor> {

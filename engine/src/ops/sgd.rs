@@ -1,6 +1,6 @@
 //! The fused torch.optim.SGD update of one parameter tensor. Kernel: shaders/wgsl/sgd.wgsl;
 //! CPU twin below; tests: tests/optim.rs.
-use super::{cpu_data, cpu_tensor, gpu_buffer, grid_1d, same_device, same_shape, to_u32};
+use super::{cpu_data, cpu_tensor, gpu_buffer, launch_flat, same_device, same_shape, to_u32, Bind};
 use crate::cpu::CpuBackend;
 use crate::device::Device;
 use crate::error::Result;
@@ -79,25 +79,31 @@ pub fn sgd_step_in_place(param: &mut Tensor, grad: &Tensor, buf: &mut Option<Ten
         }
         Device::Gpu(gpu) => {
             let n = param.numel();
-            let params = SgdParams {
-                n: to_u32("sgd_step", n)?,
-                lr,
-                momentum: h.momentum,
-                dampening: h.dampening,
-                weight_decay: h.weight_decay,
-                nesterov: h.nesterov as u32,
-                first_step: buf.is_none() as u32,
-                guarded: guard.is_some() as u32,
+            let params = |len: usize| -> Result<Vec<u8>> {
+                let p = SgdParams {
+                    n: to_u32("sgd_step", len)?,
+                    lr,
+                    momentum: h.momentum,
+                    dampening: h.dampening,
+                    weight_decay: h.weight_decay,
+                    nesterov: h.nesterov as u32,
+                    first_step: buf.is_none() as u32,
+                    guarded: guard.is_some() as u32,
+                };
+                Ok(bytemuck::bytes_of(&p).to_vec())
             };
             let new_p = Tensor::uninit_gpu(param.shape().to_vec(), &gpu)?;
             // Without momentum the buffer slot is bound but never written: a 1-value placeholder.
             let new_b = Tensor::uninit_gpu(if with_momentum { param.shape().to_vec() } else { vec![1] }, &gpu)?;
-            let pb = gpu_buffer(param);
+            let (pb, gb, new_pb, new_bb) = (gpu_buffer(param), gpu_buffer(grad), gpu_buffer(&new_p), gpu_buffer(&new_b));
             let old_b = buf.as_ref().map_or_else(|| pb.clone(), gpu_buffer);
-            let groups = grid_1d(&gpu, "sgd_step", n, 256)?;
+            let new_buf = if with_momentum { Bind::Flat(&new_bb) } else { Bind::Whole(&new_bb) };
             // Unguarded, the guard slot holds the parameter (read-only, never read).
-            let guard_b = guard.map_or_else(|| pb.clone(), gpu_buffer);
-            gpu.launch(&SGD_STEP, bytemuck::bytes_of(&params), &[&pb, &gpu_buffer(grad), &old_b, &gpu_buffer(&new_p), &gpu_buffer(&new_b), &guard_b], groups)?;
+            let guard_b = guard.map(gpu_buffer);
+            let guard_bind = guard_b.as_deref().map_or(Bind::Flat(&pb), Bind::Whole);
+            launch_flat(&gpu, &SGD_STEP, n, &[Bind::Flat(&pb), Bind::Flat(&gb), Bind::Flat(&old_b), Bind::Flat(&new_pb), new_buf, guard_bind], |_, len| {
+                params(len)
+            })?;
             *param = new_p;
             *buf = with_momentum.then_some(new_b);
             Ok(())
