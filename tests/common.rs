@@ -23,18 +23,6 @@ pub fn gpu_devices() -> Vec<Device> {
     adapters.iter().map(|a| Device::gpu(a.index).expect("opening adapter")).collect()
 }
 
-/// Every GPU adapter, opened as a device that binds at most `bytes` of a buffer to one
-/// kernel: ordinary shapes become "bigger than a binding" there.
-pub fn gpu_devices_with_binding_limit(bytes: u64) -> Vec<Device> {
-    gpu_devices()
-        .iter()
-        .map(|d| match d {
-            Device::Gpu(g) => Device::gpu_with_binding_limit(g.summary.index, bytes).expect("opening adapter with a lowered binding limit"),
-            Device::Cpu(_) => unreachable!("gpu_devices lists GPUs"),
-        })
-        .collect()
-}
-
 /// A seeded random tensor of `shape` on `dev`.
 pub fn random_tensor(shape: &[usize], seed: u64, dev: &Device) -> tessera_engine::Tensor {
     tessera_engine::Tensor::from_vec(random_vec(shape.iter().product(), seed), shape, dev).unwrap()

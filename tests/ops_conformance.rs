@@ -40,6 +40,35 @@ fn an_op_beyond_the_adapters_binding_limit_runs_in_windows() {
     assert!(matches!(report.cells[0].verdict, Verdict::Pass { .. }), "{:?}", report.cells[0].verdict);
 }
 
+/// Every op family has rows for tensors several times the binding limit (run under a
+/// lowered limit on GPUs, `conformance::BIG_BINDING_LIMIT`); the suite test above runs them
+/// on every adapter.
+#[test]
+fn every_op_family_has_rows_beyond_a_binding() {
+    let rows: Vec<String> = conformance::suite().iter().filter(|c| c.op.ends_with("(beyond a binding)")).map(|c| c.op.clone()).collect();
+    for family in [
+        "gemm",
+        "axpby",
+        "add_channel",
+        "dropout",
+        "sum / mean",
+        "expand",
+        "narrow",
+        "softmax",
+        "cross_entropy",
+        "max_pool2d",
+        "avg_pool2d",
+        "adaptive_avg_pool2d",
+        "conv2d",
+        "batch_norm2d",
+        "sgd_step",
+        "adamw_step",
+        "step_guard",
+    ] {
+        assert!(rows.iter().any(|r| r.contains(family)), "no row beyond a binding for {family}: {rows:?}");
+    }
+}
+
 #[test]
 fn bad_input_names_the_op_and_shapes() {
     let mut devices = vec![Device::cpu()];

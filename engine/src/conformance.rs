@@ -1,7 +1,10 @@
 //! The conformance suite behind `tessera check` and tests/ops_conformance.rs: every op, forward
 //! and backward, on representative shapes, run on each device and compared with the CPU
-//! backend. Limits an adapter lacks (a kernel feature, a binding too large) are reported as
-//! unsupported, not as failures.
+//! backend, tensors bigger than one binding included (`big`). Kernel features an adapter lacks
+//! are reported as unsupported, not as failures.
+mod big;
+pub use big::BIG_BINDING_LIMIT;
+
 use crate::device::Device;
 use crate::error::{Error, Result};
 use crate::ops::gemm::{gemm_f16_with_kernel, gemm_with_kernel, GemmOpts};
@@ -101,6 +104,7 @@ pub fn suite() -> Vec<Case> {
     sgd_cases(&mut cases);
     adamw_cases(&mut cases);
     guard_cases(&mut cases);
+    big::big_cases(&mut cases);
     cases
 }
 

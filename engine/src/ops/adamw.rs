@@ -116,8 +116,8 @@ pub fn adamw_step_in_place(param: &mut Tensor, grad: &Tensor, state: &mut AdamWS
             let [pb, gb, mb, vb, tb, new_pb] = [param, grad, &state.exp_avg, &state.exp_avg_sq, &state.step, &new_p].map(gpu_buffer);
             // Unguarded, the guard slot holds the parameter (read-only, never read).
             let guard_b = guard.map(gpu_buffer);
-            let guard_bind = guard_b.as_deref().map_or(Bind::Flat(&pb), Bind::Whole);
-            let binds = [Bind::Flat(&pb), Bind::Flat(&gb), guard_bind, Bind::Flat(&mb), Bind::Flat(&vb), Bind::Whole(&tb), Bind::Flat(&new_pb)];
+            let guard_bind = guard_b.as_deref().map_or(Bind::flat(&pb), Bind::Whole);
+            let binds = [Bind::flat(&pb), Bind::flat(&gb), guard_bind, Bind::flat(&mb), Bind::flat(&vb), Bind::Whole(&tb), Bind::flat(&new_pb)];
             // The tick (t += 1) once, on the first window; then the update over every window.
             launch_flat(&gpu, &ADAMW_TICK, 1, &binds, |_, len| params(len))?;
             launch_flat(&gpu, &ADAMW_STEP, n, &binds, |_, len| params(len))?;

@@ -2,10 +2,12 @@
 //! twins: batchnorm_cpu.rs; conformance: tests/ops_conformance.rs. Running statistics are
 //! updated by the module (`nn::BatchNorm2d`) from the batch statistics returned here.
 use super::batchnorm_cpu as cpu_bn;
-use super::{cpu_data, cpu_tensor, launch_map, narrow, same_device, to_u32, ReductionVariant};
+use super::{cpu_data, cpu_tensor, gpu_buffer, grid_1d, launch_rows, narrow, same_device, to_u32, Bind, ReductionVariant};
 use crate::device::Device;
 use crate::error::{shape_err, Result};
+use crate::gpu::{GpuBuffer, Window};
 use crate::tensor::Tensor;
+use std::sync::Arc;
 use tessera_shaders::batchnorm as k;
 use tessera_shaders::Kernel;
 
@@ -61,10 +63,26 @@ fn params_and_inputs<'a>(s: &BnShape, eps: f32, x: &'a Tensor, [g, mean, var, ga
     Ok((params, [x, g.unwrap_or(x), mean.unwrap_or(x), var.unwrap_or(x), gamma.unwrap_or(x), aux.unwrap_or(x)]))
 }
 
-/// One launch of an elementwise kernel: one invocation per value.
+/// The bindings of a launch over images [first, first + count): tensors shaped like x (x,
+/// g, and x standing in for an unused slot) as windows of those images, the per-channel
+/// ones whole.
+fn image_binds<'a>(s: &BnShape, inputs: &[&Tensor], buffers: &'a [Arc<GpuBuffer>]) -> Vec<Bind<'a>> {
+    let image = s.c * s.hw;
+    inputs.iter().zip(buffers).map(|(t, b)| if t.numel() == s.n * image { Bind::Rows(b, image) } else { Bind::Whole(b) }).collect()
+}
+
+/// One launch of an elementwise kernel: one invocation per value, in windows of whole images
+/// when x is bigger than one binding (the statistics' count M stays the batch's).
 fn launch(kernel: &Kernel, s: &BnShape, eps: f32, x: &Tensor, bindings: [Option<&Tensor>; 5], out_shape: &[usize]) -> Result<Tensor> {
+    let Device::Gpu(gpu) = x.device() else { unreachable!("GPU launch on a CPU tensor") };
     let (params, inputs) = params_and_inputs(s, eps, x, bindings)?;
-    launch_map("batch_norm2d", kernel, bytemuck::bytes_of(&params), &inputs, out_shape, params.total as usize)
+    let out = Tensor::uninit_gpu(out_shape.to_vec(), gpu)?;
+    let buffers: Vec<Arc<GpuBuffer>> = inputs.iter().map(|t| gpu_buffer(t)).chain([gpu_buffer(&out)]).collect();
+    let image = s.c * s.hw;
+    launch_rows(gpu, kernel, (s.n, image), &image_binds(s, &[&inputs[..], &[&out]].concat(), &buffers), |_, count| {
+        Ok(bytemuck::bytes_of(&BnParams { total: to_u32("batch_norm2d", count * image)?, ..params }).to_vec())
+    })?;
+    Ok(out)
 }
 
 /// A per-channel reduction in its two variants (batchnorm.wgsl): one invocation per channel
@@ -97,11 +115,36 @@ fn reduce(
         // Invocations per channel: each loops over count / lanes values, so a software
         // adapter's loop budget covers that many more values per slice.
         let lanes = if variant == ReductionVariant::Looped { 1 } else { kernel.workgroup[0] as usize };
-        // The per-channel sums are linear in their values: slices add up.
-        super::sum_in_slices(gpu, s.count(), crate::gpu::SOFTWARE_LOOP_TRIPS * lanes, |begin, end| {
-            let params = BnParams { k_begin: to_u32("batch_norm2d", begin)?, k_end: to_u32("batch_norm2d", end)?, ..params };
-            launch_map("batch_norm2d", kernel, bytemuck::bytes_of(&params), &inputs, &[out_len], s.c * lanes)
-        })
+        // The per-channel sums are linear in their values (each divided by the batch's count
+        // M where it is a mean): slices of the values, and windows of whole images when x is
+        // bigger than one binding, add up.
+        let buffers: Vec<Arc<GpuBuffer>> = inputs.iter().map(|t| gpu_buffer(t)).collect();
+        let binds = image_binds(s, &inputs, &buffers);
+        let lens: Vec<usize> = binds.iter().filter_map(|b| if let Bind::Rows(_, len) = b { Some(*len) } else { None }).collect();
+        let per_launch = super::rows_per_launch(gpu, kernel.entry, s.n, &lens)?;
+        let mut total: Option<Tensor> = None;
+        for first in (0..s.n.max(1)).step_by(per_launch) {
+            let images = per_launch.min(s.n - first.min(s.n));
+            let windows: Vec<Window> = binds
+                .iter()
+                .map(|b| match *b {
+                    Bind::Rows(buffer, len) => buffer.values(first * len, images * len),
+                    Bind::Whole(buffer) => buffer.whole(),
+                })
+                .collect();
+            let part = super::sum_in_slices(gpu, images * s.hw, crate::gpu::SOFTWARE_LOOP_TRIPS * lanes, |begin, end| {
+                let params = BnParams { k_begin: to_u32("batch_norm2d", begin)?, k_end: to_u32("batch_norm2d", end)?, ..params };
+                let out = Tensor::uninit_gpu(vec![out_len], gpu)?;
+                let groups = grid_1d(gpu, kernel.entry, s.c * lanes, kernel.workgroup[0] as usize)?;
+                gpu.launch_windows(kernel, bytemuck::bytes_of(&params), &[&windows[..], &[gpu_buffer(&out).whole()]].concat(), groups)?;
+                Ok(out)
+            })?;
+            total = Some(match total {
+                None => part,
+                Some(t) => super::add(&t, &part)?,
+            });
+        }
+        Ok(total.expect("at least one launch"))
     };
     let variant = super::reduction_variant(gpu, red.looped.entry, (s.c, s.count()), pinned, |v| run(v).map(drop))?;
     run(variant)

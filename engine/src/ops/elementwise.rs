@@ -1,6 +1,6 @@
 //! Elementwise ops. Kernels: shaders/wgsl/elementwise.wgsl; CPU twins below (rayon);
 //! conformance: tests/ops_conformance.rs.
-use super::{cpu_data, cpu_tensor, gpu_buffer, launch_flat, launch_map, par_fill, same_device, same_shape, to_u32, Bind};
+use super::{cpu_data, cpu_tensor, gpu_buffer, launch_flat, launch_rows, par_fill, same_device, same_shape, to_u32, Bind};
 use crate::device::Device;
 use crate::error::{shape_err, Result};
 use crate::tensor::Tensor;
@@ -42,7 +42,7 @@ fn map2(op: &'static str, kernel: &Kernel, x: &Tensor, y: &Tensor, params: EwPar
         Device::Gpu(gpu) => {
             let out = Tensor::uninit_gpu(x.shape().to_vec(), gpu)?;
             let (xb, yb, ob) = (gpu_buffer(x), gpu_buffer(y), gpu_buffer(&out));
-            launch_flat(gpu, kernel, n, &[Bind::Flat(&xb), Bind::Flat(&yb), Bind::Flat(&ob)], |first, len| {
+            launch_flat(gpu, kernel, n, &[Bind::flat(&xb), Bind::flat(&yb), Bind::flat(&ob)], |first, len| {
                 Ok(bytemuck::bytes_of(&EwParams { n: to_u32(op, len)?, base: to_u32(op, first)?, ..params }).to_vec())
             })?;
             Ok(out)
@@ -107,7 +107,7 @@ pub fn add_channel(x: &Tensor, b: &Tensor, axis: usize) -> Result<Tensor> {
         Device::Gpu(gpu) => {
             let out = Tensor::uninit_gpu(x.shape().to_vec(), gpu)?;
             let (xb, bb, ob) = (gpu_buffer(x), gpu_buffer(b), gpu_buffer(&out));
-            launch_flat(gpu, &k::ADD_CHANNEL, x.numel(), &[Bind::Flat(&xb), Bind::Whole(&bb), Bind::Flat(&ob)], |first, len| {
+            launch_flat(gpu, &k::ADD_CHANNEL, x.numel(), &[Bind::flat(&xb), Bind::Whole(&bb), Bind::flat(&ob)], |first, len| {
                 Ok(bytemuck::bytes_of(&EwParams { n: to_u32("add_channel", len)?, base: to_u32("add_channel", first)?, ..params }).to_vec())
             })?;
             Ok(out)
@@ -165,9 +165,22 @@ pub fn concat(a: &Tensor, b: &Tensor, axis: usize) -> Result<Tensor> {
             }
             Ok(cpu_tensor(out, &shape, a.device()))
         }
-        Device::Gpu(_) => {
-            let params = EwParams { n: to_u32("concat", n)?, inner: to_u32("concat", la)?, channels: to_u32("concat", lb)?, ..Default::default() };
-            launch_map("concat", &k::CONCAT2, bytemuck::bytes_of(&params), &[a, b], &shape, n)
+        Device::Gpu(gpu) => {
+            let out = Tensor::uninit_gpu(shape, gpu)?;
+            let (ab, bb, ob) = (gpu_buffer(a), gpu_buffer(b), gpu_buffer(&out));
+            if outer <= 1 {
+                // One row: b's values follow a's (a batch's passes joined along axis 0).
+                gpu.copy(&ab, 0, &ob, 0, 4 * la as u64)?;
+                gpu.copy(&bb, 0, &ob, 4 * la as u64, 4 * lb as u64)?;
+                return Ok(out);
+            }
+            // Rows of a then b, in windows of whole rows when they exceed one binding.
+            launch_rows(gpu, &k::CONCAT2, (outer, la + lb), &[Bind::Rows(&ab, la), Bind::Rows(&bb, lb), Bind::Rows(&ob, la + lb)], |_, rows| {
+                let params =
+                    EwParams { n: to_u32("concat", rows * (la + lb))?, inner: to_u32("concat", la)?, channels: to_u32("concat", lb)?, ..Default::default() };
+                Ok(bytemuck::bytes_of(&params).to_vec())
+            })?;
+            Ok(out)
         }
     }
 }

@@ -194,7 +194,7 @@ impl StepGuard {
                 let values = gpu_buffer(values.unwrap_or(&self.placeholder));
                 let labels = labels.map_or_else(|| values.clone(), gpu_buffer);
                 // Values (and labels, read alongside them) go in windows; the state whole.
-                let flat = |b| if invocations > 1 { Bind::Flat(b) } else { Bind::Whole(b) };
+                let flat = |b| if invocations > 1 { Bind::flat(b) } else { Bind::Whole(b) };
                 launch_flat(&gpu, kernel, invocations, &[flat(&values), flat(&labels), Bind::Whole(&state)], |_, len| {
                     let n = if invocations > 1 { to_u32(kernel.entry, len)? } else { params.n };
                     Ok(bytemuck::bytes_of(&GuardParams { n, ..params }).to_vec())

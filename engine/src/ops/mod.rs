@@ -195,39 +195,91 @@ pub(crate) fn to_u32(op: &'static str, x: usize) -> Result<u32> {
     u32::try_from(x).map_err(|_| shape_err(op, format!("dimension {x} exceeds the GPU kernels' 32-bit indexing")))
 }
 
-/// How a flat kernel (one invocation per value) sees one of its storage bindings.
+/// How a kernel that works row by row (values, planes, images, softmax rows) sees one of its
+/// storage bindings when the rows are split across launches.
 #[derive(Clone, Copy)]
 pub(crate) enum Bind<'a> {
-    /// One value per invocation: each launch binds the window of values it covers.
-    Flat(&'a GpuBuffer),
+    /// `n` values per row: each launch binds the window of the rows it covers.
+    Rows(&'a GpuBuffer, usize),
     /// Bound whole in every launch (a bias, the guard state, a step counter).
     Whole(&'a GpuBuffer),
 }
 
-/// Runs a flat kernel over `n` values in as few launches as the adapter's binding limit
-/// allows (one, unless a tensor is bigger than one binding): launch s covers the values
-/// [first, first + len) of every [`Bind::Flat`] binding, and its uniform block is
-/// `params(first, len)` (n = len; kernels that need a value's index in the whole tensor add
-/// `first`). Windows start at multiples of the binding alignment.
+impl<'a> Bind<'a> {
+    /// One value per row: the bindings of a flat kernel.
+    pub(crate) fn flat(buffer: &'a GpuBuffer) -> Self {
+        Bind::Rows(buffer, 1)
+    }
+}
+
+/// Runs a flat kernel (one invocation per value) over `n` values; see [`launch_rows`].
 pub(crate) fn launch_flat(gpu: &GpuBackend, kernel: &Kernel, n: usize, binds: &[Bind], params: impl Fn(usize, usize) -> Result<Vec<u8>>) -> Result<()> {
-    let per_launch = gpu.max_binding_values().max(1);
+    launch_rows(gpu, kernel, (n, 1), binds, params)
+}
+
+/// Runs a kernel over `rows` independent rows, `per_row` invocations each, in as few launches
+/// as the adapter's binding limit allows (one, unless a tensor is bigger than one binding):
+/// launch s covers rows [first, first + count), binding the window of those rows of every
+/// [`Bind::Rows`] binding, with the uniform block `params(first, count)` (its sizes count
+/// rows; kernels whose result depends on a row's index in the whole tensor add `first`).
+/// Windows start at multiples of the binding alignment, so `count` is a multiple of the rows
+/// that takes for every binding.
+pub(crate) fn launch_rows(
+    gpu: &GpuBackend,
+    kernel: &Kernel,
+    (rows, per_row): (usize, usize),
+    binds: &[Bind],
+    params: impl Fn(usize, usize) -> Result<Vec<u8>>,
+) -> Result<()> {
+    let lens: Vec<usize> = binds.iter().filter_map(|b| if let Bind::Rows(_, len) = b { Some(*len) } else { None }).collect();
+    let per_launch = rows_per_launch(gpu, kernel.entry, rows, &lens)?;
     let mut first = 0;
     loop {
-        let len = per_launch.min(n - first);
+        let count = per_launch.min(rows - first);
         let windows: Vec<crate::gpu::Window> = binds
             .iter()
             .map(|b| match *b {
-                Bind::Flat(buffer) => buffer.values(first, len),
+                Bind::Rows(buffer, len) => buffer.values(first * len, count * len),
                 Bind::Whole(buffer) => buffer.whole(),
             })
             .collect();
-        let groups = grid_1d(gpu, kernel.entry, len, kernel.workgroup[0] as usize)?;
-        gpu.launch_windows(kernel, &params(first, len)?, &windows, groups)?;
-        first += len;
-        if first >= n {
+        let groups = grid_1d(gpu, kernel.entry, count * per_row, kernel.workgroup[0] as usize)?;
+        gpu.launch_windows(kernel, &params(first, count)?, &windows, groups)?;
+        first += count;
+        if first >= rows {
             return Ok(());
         }
     }
+}
+
+/// How many of `rows` rows one launch may cover when its bindings hold `row_lens` values per
+/// row: all of them if every binding fits, else the most that fit one binding, a multiple of
+/// the rows that keep every window's start aligned. An error names the kernel when not even
+/// that many fit.
+pub(crate) fn rows_per_launch(gpu: &GpuBackend, kernel: &'static str, rows: usize, row_lens: &[usize]) -> Result<usize> {
+    let align = (gpu.binding_alignment() / 4).max(1) as usize;
+    // Rows per aligned step: the lcm over bindings of align / gcd(align, row length).
+    let step = row_lens.iter().fold(1, |q, &len| lcm(q, align / gcd(align, len.max(1))));
+    let widest = row_lens.iter().copied().max().unwrap_or(1).max(1);
+    if rows * widest <= gpu.max_binding_values() {
+        return Ok(rows.max(1));
+    }
+    match gpu.max_binding_values() / widest / step * step {
+        0 => Err(Error::BindingTooLarge { kernel, bytes: 4 * (step * widest) as u64, max: gpu.max_binding_bytes(), adapter: gpu.name().to_string() }),
+        fit => Ok(fit),
+    }
+}
+
+fn gcd(a: usize, b: usize) -> usize {
+    if b == 0 {
+        a
+    } else {
+        gcd(b, a % b)
+    }
+}
+
+fn lcm(a: usize, b: usize) -> usize {
+    a / gcd(a, b) * b
 }
 
 /// The common launch of a map-like kernel: a new output of `out_shape`, `invocations`

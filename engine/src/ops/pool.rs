@@ -1,7 +1,7 @@
 //! Pooling over NCHW planes: max, average (count_include_pad) and adaptive average, with
 //! their backward. Kernels: shaders/wgsl/pool.wgsl; CPU twins (the same window rules):
 //! pool_cpu.rs; conformance: tests/ops_conformance.rs.
-use super::{cpu_data, cpu_tensor, launch_map, pool_cpu, same_device, to_u32};
+use super::{cpu_data, cpu_tensor, gpu_buffer, launch_rows, pool_cpu, same_device, to_u32, Bind};
 use crate::device::Device;
 use crate::error::{shape_err, Result};
 use crate::tensor::Tensor;
@@ -89,22 +89,32 @@ struct PoolParams {
     total: u32,
 }
 
+/// One pooling kernel over the planes (N·C of them), each invocation one value of the output
+/// (shaped `out_shape`); planes beyond one binding run in windows of whole planes.
 fn launch(kernel: &Kernel, s: &PoolShape, x: &Tensor, g: &Tensor, out_shape: [usize; 4]) -> Result<Tensor> {
+    let Device::Gpu(gpu) = x.device() else { unreachable!("pool: GPU dispatch on a CPU tensor") };
     let u = |v| to_u32("pool", v);
-    let total = out_shape.iter().product();
-    let params = PoolParams {
-        planes: u(s.n * s.c)?,
-        h: u(s.h)?,
-        w: u(s.w)?,
-        ho: u(s.ho)?,
-        wo: u(s.wo)?,
-        kh: u(s.kernel[0])?,
-        kw: u(s.kernel[1])?,
-        stride: [u(s.stride[0])?, u(s.stride[1])?],
-        pad: [u(s.padding[0])?, u(s.padding[1])?],
-        total: u(total)?,
-    };
-    launch_map("pool", kernel, bytemuck::bytes_of(&params), &[x, g], &out_shape, total)
+    let out = Tensor::uninit_gpu(out_shape.to_vec(), gpu)?;
+    let (in_plane, out_plane) = (s.h * s.w, out_shape[2] * out_shape[3]);
+    let (xb, gb, ob) = (gpu_buffer(x), gpu_buffer(g), gpu_buffer(&out));
+    let g_plane = g.numel() / (s.n * s.c).max(1);
+    let binds = [Bind::Rows(&xb, in_plane), Bind::Rows(&gb, g_plane), Bind::Rows(&ob, out_plane)];
+    launch_rows(gpu, kernel, (s.n * s.c, out_plane), &binds, |_, planes| {
+        let params = PoolParams {
+            planes: u(planes)?,
+            h: u(s.h)?,
+            w: u(s.w)?,
+            ho: u(s.ho)?,
+            wo: u(s.wo)?,
+            kh: u(s.kernel[0])?,
+            kw: u(s.kernel[1])?,
+            stride: [u(s.stride[0])?, u(s.stride[1])?],
+            pad: [u(s.padding[0])?, u(s.padding[1])?],
+            total: u(planes * out_plane)?,
+        };
+        Ok(bytemuck::bytes_of(&params).to_vec())
+    })?;
+    Ok(out)
 }
 
 /// Pools `x` (shape checked by `s`).

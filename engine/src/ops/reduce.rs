@@ -1,17 +1,20 @@
 //! Sum / mean over chosen axes and their backward, broadcasting back over those axes. Both are
 //! one strided gather-sum: kernels shaders/wgsl/reduce.wgsl (looped or one workgroup per
 //! output, `ops::reduction_variant`); CPU twin `GatherSum::run_cpu`.
-use super::{cpu_data, cpu_tensor, launch_map, to_u32, ReductionVariant};
+use super::{cpu_data, cpu_tensor, gpu_buffer, grid_1d, to_u32, ReductionVariant};
 use crate::device::Device;
+use crate::error::Error;
 use crate::error::{shape_err, Result};
+use crate::gpu::{GpuBackend, GpuBuffer, Window};
 use crate::tensor::Tensor;
 use rayon::prelude::*;
+use std::sync::Arc;
 use tessera_shaders::reduce::{GATHER_SUM, GATHER_SUM_WG};
 
 const MAX_RANK: usize = 8;
 
 /// out[o] = scale · Σ_r x[offset(o over kept) + offset(r over red)], row-major decoding.
-#[derive(Debug, Default)]
+#[derive(Clone, Debug, Default)]
 struct GatherSum {
     kept_shape: Vec<usize>,
     kept_stride: Vec<usize>,
@@ -103,47 +106,125 @@ impl GatherSum {
                 Ok(cpu_tensor(out, out_shape, x.device()))
             }
             Device::Gpu(gpu) => {
-                let mut p = ReduceParams {
-                    out_numel: to_u32(op, self.out_numel())?,
-                    red_numel: to_u32(op, self.red_numel())?,
-                    kept_rank: self.kept_shape.len() as u32,
-                    red_rank: self.red_shape.len() as u32,
-                    scale: self.scale,
-                    base: to_u32(op, self.base)?,
-                    ..Default::default()
-                };
-                let fill = |dst: &mut [u32; MAX_RANK], src: &[usize]| -> Result<()> {
-                    for (d, s) in dst.iter_mut().zip(src) {
-                        *d = to_u32(op, *s)?;
-                    }
-                    Ok(())
-                };
-                fill(&mut p.kept_shape, &self.kept_shape)?;
-                fill(&mut p.kept_stride, &self.kept_stride)?;
-                fill(&mut p.red_shape, &self.red_shape)?;
-                fill(&mut p.red_stride, &self.red_stride)?;
-                let run = |variant: ReductionVariant| -> Result<Tensor> {
-                    let (kernel, lanes) = match variant {
-                        ReductionVariant::Looped => (&GATHER_SUM, 1),
-                        ReductionVariant::PerWorkgroup => (&GATHER_SUM_WG, GATHER_SUM_WG.workgroup[0] as usize),
-                    };
-                    // Each summed value costs the loop over its coordinates too (rank + 1
-                    // trips); each of a workgroup's lanes takes 1/lanes of the values.
-                    let slice = crate::gpu::SOFTWARE_LOOP_TRIPS * lanes / (self.red_shape.len() + 1);
-                    super::sum_in_slices(gpu, self.red_numel(), slice, |begin, end| {
-                        let mut params = p;
-                        (params.r_begin, params.r_end) = (to_u32(op, begin)?, to_u32(op, end)?);
-                        launch_map(op, kernel, bytemuck::bytes_of(&params), &[x], out_shape, self.out_numel() * lanes)
-                    })
-                };
-                // Copies and broadcasts (nothing reduced) take one invocation per value.
-                let variant = match self.red_numel() {
-                    0 | 1 => ReductionVariant::Looped,
-                    values => super::reduction_variant(gpu, "gather_sum", (self.out_numel(), values), pinned, |v| run(v).map(drop))?,
-                };
-                run(variant)
+                let xb = gpu_buffer(x);
+                let max = gpu.max_binding_bytes();
+                if xb.len_bytes() <= max && 4 * self.out_numel() as u64 <= max {
+                    return self.run_gpu(op, gpu, xb.whole(), out_shape, pinned);
+                }
+                self.run_gpu_blocked(op, gpu, &xb, out_shape, pinned)
             }
         }
+    }
+
+    /// The gather-sum on a GPU reading `x` through one binding window (`self.base` counts
+    /// from the window's start).
+    fn run_gpu(&self, op: &'static str, gpu: &Arc<GpuBackend>, x: Window, out_shape: &[usize], pinned: Option<ReductionVariant>) -> Result<Tensor> {
+        let mut p = ReduceParams {
+            out_numel: to_u32(op, self.out_numel())?,
+            red_numel: to_u32(op, self.red_numel())?,
+            kept_rank: self.kept_shape.len() as u32,
+            red_rank: self.red_shape.len() as u32,
+            scale: self.scale,
+            base: to_u32(op, self.base)?,
+            ..Default::default()
+        };
+        let fill = |dst: &mut [u32; MAX_RANK], src: &[usize]| -> Result<()> {
+            for (d, s) in dst.iter_mut().zip(src) {
+                *d = to_u32(op, *s)?;
+            }
+            Ok(())
+        };
+        fill(&mut p.kept_shape, &self.kept_shape)?;
+        fill(&mut p.kept_stride, &self.kept_stride)?;
+        fill(&mut p.red_shape, &self.red_shape)?;
+        fill(&mut p.red_stride, &self.red_stride)?;
+        let run = |variant: ReductionVariant| -> Result<Tensor> {
+            let (kernel, lanes) = match variant {
+                ReductionVariant::Looped => (&GATHER_SUM, 1),
+                ReductionVariant::PerWorkgroup => (&GATHER_SUM_WG, GATHER_SUM_WG.workgroup[0] as usize),
+            };
+            // Each summed value costs the loop over its coordinates too (rank + 1
+            // trips); each of a workgroup's lanes takes 1/lanes of the values.
+            let slice = crate::gpu::SOFTWARE_LOOP_TRIPS * lanes / (self.red_shape.len() + 1);
+            super::sum_in_slices(gpu, self.red_numel(), slice, |begin, end| {
+                let mut params = p;
+                (params.r_begin, params.r_end) = (to_u32(op, begin)?, to_u32(op, end)?);
+                let out = Tensor::uninit_gpu(out_shape.to_vec(), gpu)?;
+                let groups = grid_1d(gpu, op, self.out_numel() * lanes, kernel.workgroup[0] as usize)?;
+                gpu.launch_windows(kernel, bytemuck::bytes_of(&params), &[x, gpu_buffer(&out).whole()], groups)?;
+                Ok(out)
+            })
+        };
+        // Copies and broadcasts (nothing reduced) take one invocation per value.
+        let variant = match self.red_numel() {
+            0 | 1 => ReductionVariant::Looped,
+            values => super::reduction_variant(gpu, "gather_sum", (self.out_numel(), values), pinned, |v| run(v).map(drop))?,
+        };
+        run(variant)
+    }
+
+    /// A gather-sum whose input or output is bigger than one binding: blocks along the axis
+    /// that spreads x widest (the largest stride), each reading one window of x. Blocks of a
+    /// kept axis are rows of the output, computed apart and copied into place; blocks of a
+    /// reduced axis are partial sums, added up.
+    fn run_gpu_blocked(&self, op: &'static str, gpu: &Arc<GpuBackend>, x: &GpuBuffer, out_shape: &[usize], pinned: Option<ReductionVariant>) -> Result<Tensor> {
+        let widest = |stride: &[usize]| stride.iter().enumerate().max_by_key(|(_, s)| **s).map(|(i, s)| (i, *s));
+        // Split the output's first kept axis (its rows are contiguous) unless a reduced axis
+        // spreads x further.
+        let kept0 = self.kept_shape.first().map(|_| (0, self.kept_stride[0]));
+        let (split_kept, axis, stride) = match (kept0, widest(&self.red_stride)) {
+            (Some((_, ks)), Some((ri, rs))) if rs > ks => (false, ri, rs),
+            (Some((ki, ks)), _) => (true, ki, ks),
+            (None, Some((ri, rs))) => (false, ri, rs),
+            (None, None) => return self.run_gpu(op, gpu, x.whole(), out_shape, pinned),
+        };
+        let size = if split_kept { self.kept_shape[axis] } else { self.red_shape[axis] };
+        let align = (gpu.binding_alignment() / 4).max(1) as usize;
+        let max_values = gpu.max_binding_values();
+        // The span of x one block of b rows reads, and the output it writes.
+        let others: usize = self
+            .kept_shape
+            .iter()
+            .zip(&self.kept_stride)
+            .chain(self.red_shape.iter().zip(&self.red_stride))
+            .map(|(n, s)| n.saturating_sub(1) * s)
+            .sum::<usize>()
+            - (size.saturating_sub(1)) * stride;
+        let span = |b: usize| (b.max(1) - 1) * stride + others + 1 + align;
+        let out_row = self.out_numel() / if split_kept { size.max(1) } else { 1 };
+        let mut rows = size.max(1);
+        while rows > 1 && (span(rows) > max_values || (split_kept && rows * out_row > max_values) || (!split_kept && out_row > max_values)) {
+            rows = rows.div_ceil(2);
+        }
+        if span(rows) > max_values || out_row * if split_kept { rows } else { 1 } > max_values {
+            let bytes = 4 * span(rows).max(out_row) as u64;
+            return Err(Error::BindingTooLarge { kernel: GATHER_SUM.entry, bytes, max: gpu.max_binding_bytes(), adapter: gpu.name().to_string() });
+        }
+        let out = Tensor::uninit_gpu(out_shape.to_vec(), gpu)?;
+        let mut total: Option<Tensor> = None;
+        for r0 in (0..size).step_by(rows) {
+            let b = rows.min(size - r0);
+            let first = self.base + r0 * stride;
+            let start = first - first % align;
+            let mut block = GatherSum { base: first - start, ..self.clone() };
+            let block_shape: Vec<usize> = if split_kept {
+                block.kept_shape[axis] = b;
+                vec![b * out_row]
+            } else {
+                block.red_shape[axis] = b;
+                out_shape.to_vec()
+            };
+            let part = block.run_gpu(op, gpu, x.values(start, first - start + span(b) - align), &block_shape, pinned)?;
+            if split_kept {
+                gpu.copy(&gpu_buffer(&part), 0, &gpu_buffer(&out), 4 * (r0 * out_row) as u64, 4 * (b * out_row) as u64)?;
+            } else {
+                total = Some(match total {
+                    None => part,
+                    Some(t) => super::add(&t, &part)?,
+                });
+            }
+        }
+        Ok(total.map_or(out, |t| t.reshape(out_shape).expect("same numel")))
     }
 }
 

@@ -97,11 +97,11 @@ pub fn sgd_step_in_place(param: &mut Tensor, grad: &Tensor, buf: &mut Option<Ten
             let new_b = Tensor::uninit_gpu(if with_momentum { param.shape().to_vec() } else { vec![1] }, &gpu)?;
             let (pb, gb, new_pb, new_bb) = (gpu_buffer(param), gpu_buffer(grad), gpu_buffer(&new_p), gpu_buffer(&new_b));
             let old_b = buf.as_ref().map_or_else(|| pb.clone(), gpu_buffer);
-            let new_buf = if with_momentum { Bind::Flat(&new_bb) } else { Bind::Whole(&new_bb) };
+            let new_buf = if with_momentum { Bind::flat(&new_bb) } else { Bind::Whole(&new_bb) };
             // Unguarded, the guard slot holds the parameter (read-only, never read).
             let guard_b = guard.map(gpu_buffer);
-            let guard_bind = guard_b.as_deref().map_or(Bind::Flat(&pb), Bind::Whole);
-            launch_flat(&gpu, &SGD_STEP, n, &[Bind::Flat(&pb), Bind::Flat(&gb), Bind::Flat(&old_b), Bind::Flat(&new_pb), new_buf, guard_bind], |_, len| {
+            let guard_bind = guard_b.as_deref().map_or(Bind::flat(&pb), Bind::Whole);
+            launch_flat(&gpu, &SGD_STEP, n, &[Bind::flat(&pb), Bind::flat(&gb), Bind::flat(&old_b), Bind::flat(&new_pb), new_buf, guard_bind], |_, len| {
                 params(len)
             })?;
             *param = new_p;

@@ -1,6 +1,6 @@
 //! Softmax, log-softmax and cross-entropy over the last axis. Kernels:
 //! shaders/wgsl/softmax.wgsl; CPU twins below; conformance: tests/ops_conformance.rs.
-use super::{cpu_data, cpu_tensor, launch_map, same_device, same_shape, to_u32};
+use super::{cpu_data, cpu_tensor, gpu_buffer, launch_rows, same_device, same_shape, to_u32, Bind};
 use crate::device::Device;
 use crate::error::{shape_err, Result};
 use crate::tensor::Storage;
@@ -35,7 +35,10 @@ fn logsumexp(row: &[f32]) -> f32 {
 
 /// Runs one row kernel on the GPU: bindings x, g, labels, out.
 #[allow(clippy::too_many_arguments)]
-fn launch_rows(
+/// One row kernel over `rows` rows of `cols` values; rows beyond one binding run in windows
+/// of whole rows. `g` is a tensor of x's shape or a scalar (cross-entropy's upstream
+/// gradient, bound whole); `out_shape` holds a row of cols values or one value per row.
+fn launch_softmax(
     op: &'static str,
     kernel: &Kernel,
     x: &Tensor,
@@ -45,9 +48,20 @@ fn launch_rows(
     rows: usize,
     cols: usize,
 ) -> Result<Tensor> {
-    let params = SoftmaxParams { rows: to_u32(op, rows)?, cols: to_u32(op, cols)?, inv_rows: 1.0 / rows.max(1) as f32, _pad: 0 };
-    // Kernels without labels still bind the slot (one layout per module): any buffer will do.
-    launch_map(op, kernel, bytemuck::bytes_of(&params), &[x, g, labels.unwrap_or(x)], out_shape, rows)
+    let Device::Gpu(gpu) = x.device() else { unreachable!("{op}: GPU dispatch on a CPU tensor") };
+    let out = Tensor::uninit_gpu(out_shape.to_vec(), gpu)?;
+    let (xb, gb, ob) = (gpu_buffer(x), gpu_buffer(g), gpu_buffer(&out));
+    // Kernels without labels still bind the slot (one layout per module): x will do.
+    let lb = labels.map(gpu_buffer);
+    let label_bind = lb.as_deref().map_or(Bind::Rows(&xb, cols), Bind::flat);
+    let g_bind = if g.numel() == x.numel() { Bind::Rows(&gb, cols) } else { Bind::Whole(&gb) };
+    let out_row = out.numel() / rows.max(1);
+    let binds = [Bind::Rows(&xb, cols), g_bind, label_bind, Bind::Rows(&ob, out_row)];
+    launch_rows(gpu, kernel, (rows, 1), &binds, |_, count| {
+        let params = SoftmaxParams { rows: to_u32(op, count)?, cols: to_u32(op, cols)?, inv_rows: 1.0 / rows.max(1) as f32, _pad: 0 };
+        Ok(bytemuck::bytes_of(&params).to_vec())
+    })?;
+    Ok(out)
 }
 
 /// Row-wise map on the CPU: f(x_row, g_row, row_index) → out_row.
@@ -72,7 +86,7 @@ pub fn softmax(x: &Tensor) -> Result<Tensor> {
             let lse = logsumexp(xr);
             o.iter_mut().zip(xr).for_each(|(o, v)| *o = (v - lse).exp());
         })),
-        Device::Gpu(_) => launch_rows("softmax", &k::SOFTMAX_FORWARD, x, x, None, x.shape(), rows, cols),
+        Device::Gpu(_) => launch_softmax("softmax", &k::SOFTMAX_FORWARD, x, x, None, x.shape(), rows, cols),
     }
 }
 
@@ -86,7 +100,7 @@ pub fn softmax_backward(y: &Tensor, g: &Tensor) -> Result<Tensor> {
             let dot: f32 = yr.iter().zip(gr).map(|(a, b)| a * b).sum();
             o.iter_mut().enumerate().for_each(|(j, o)| *o = yr[j] * (gr[j] - dot));
         })),
-        Device::Gpu(_) => launch_rows("softmax_backward", &k::SOFTMAX_BACKWARD, y, g, None, y.shape(), rows, cols),
+        Device::Gpu(_) => launch_softmax("softmax_backward", &k::SOFTMAX_BACKWARD, y, g, None, y.shape(), rows, cols),
     }
 }
 
@@ -98,7 +112,7 @@ pub fn log_softmax(x: &Tensor) -> Result<Tensor> {
             let lse = logsumexp(xr);
             o.iter_mut().zip(xr).for_each(|(o, v)| *o = v - lse);
         })),
-        Device::Gpu(_) => launch_rows("log_softmax", &k::LOG_SOFTMAX_FORWARD, x, x, None, x.shape(), rows, cols),
+        Device::Gpu(_) => launch_softmax("log_softmax", &k::LOG_SOFTMAX_FORWARD, x, x, None, x.shape(), rows, cols),
     }
 }
 
@@ -112,7 +126,7 @@ pub fn log_softmax_backward(y: &Tensor, g: &Tensor) -> Result<Tensor> {
             let total: f32 = gr.iter().sum();
             o.iter_mut().enumerate().for_each(|(j, o)| *o = gr[j] - yr[j].exp() * total);
         })),
-        Device::Gpu(_) => launch_rows("log_softmax_backward", &k::LOG_SOFTMAX_BACKWARD, y, g, None, y.shape(), rows, cols),
+        Device::Gpu(_) => launch_softmax("log_softmax_backward", &k::LOG_SOFTMAX_BACKWARD, y, g, None, y.shape(), rows, cols),
     }
 }
 
@@ -171,7 +185,7 @@ pub fn cross_entropy_per_sample(logits: &Tensor, labels: &Labels) -> Result<Tens
             });
             Ok(cpu_tensor(out.collect(), &[rows], logits.device()))
         }
-        Device::Gpu(_) => launch_rows("cross_entropy", &k::CROSS_ENTROPY_FORWARD, logits, logits, labels.gpu.as_ref(), &[rows], rows, cols),
+        Device::Gpu(_) => launch_softmax("cross_entropy", &k::CROSS_ENTROPY_FORWARD, logits, logits, labels.gpu.as_ref(), &[rows], rows, cols),
     }
 }
 
@@ -192,6 +206,6 @@ pub fn cross_entropy_backward(logits: &Tensor, labels: &Labels, g: &Tensor) -> R
                 o[labels.values[r]] -= scale;
             }))
         }
-        Device::Gpu(_) => launch_rows("cross_entropy_backward", &k::CROSS_ENTROPY_BACKWARD, logits, g, labels.gpu.as_ref(), logits.shape(), rows, cols),
+        Device::Gpu(_) => launch_softmax("cross_entropy_backward", &k::CROSS_ENTROPY_BACKWARD, logits, g, labels.gpu.as_ref(), logits.shape(), rows, cols),
     }
 }
