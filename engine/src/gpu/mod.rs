@@ -85,8 +85,8 @@ impl GpuBackend {
 
     /// Opens adapter `index` as a device that binds at most `binding_limit` bytes of a buffer
     /// to one kernel (none: what the adapter allows). A lowered limit makes ordinary tensors
-    /// "big" — how the tests drive every op through its split path on small shapes, and how a
-    /// user reproduces a device with WebGPU's or a phone's limits on a desktop.
+    /// "big": how the conformance suite drives every op through its split path on small
+    /// shapes, as a device with smaller limits would.
     pub fn open_with_binding_limit(index: usize, binding_limit: Option<u64>) -> Result<Arc<Self>> {
         type Opened = HashMap<(usize, Option<u64>), Arc<GpuBackend>>;
         static OPEN: OnceLock<Mutex<Opened>> = OnceLock::new();
