@@ -125,13 +125,7 @@ fn reduce(
         let mut total: Option<Tensor> = None;
         for first in (0..s.n.max(1)).step_by(per_launch) {
             let images = per_launch.min(s.n - first.min(s.n));
-            let windows: Vec<Window> = binds
-                .iter()
-                .map(|b| match *b {
-                    Bind::Rows(buffer, len) => buffer.values(first * len, images * len),
-                    Bind::Whole(buffer) => buffer.whole(),
-                })
-                .collect();
+            let windows: Vec<Window> = binds.iter().map(|b| b.window(first, images)).collect();
             let part = super::sum_in_slices(gpu, images * s.hw, crate::gpu::SOFTWARE_LOOP_TRIPS * lanes, |begin, end| {
                 let params = BnParams { k_begin: to_u32("batch_norm2d", begin)?, k_end: to_u32("batch_norm2d", end)?, ..params };
                 let out = Tensor::uninit_gpu(vec![out_len], gpu)?;

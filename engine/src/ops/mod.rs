@@ -210,6 +210,14 @@ impl<'a> Bind<'a> {
     pub(crate) fn flat(buffer: &'a GpuBuffer) -> Self {
         Bind::Rows(buffer, 1)
     }
+
+    /// The binding of rows [first, first + count).
+    pub(crate) fn window(&self, first: usize, count: usize) -> crate::gpu::Window<'a> {
+        match *self {
+            Bind::Rows(buffer, len) => buffer.values(first * len, count * len),
+            Bind::Whole(buffer) => buffer.whole(),
+        }
+    }
 }
 
 /// Runs a flat kernel (one invocation per value) over `n` values; see [`launch_rows`].
@@ -236,13 +244,7 @@ pub(crate) fn launch_rows(
     let mut first = 0;
     loop {
         let count = per_launch.min(rows - first);
-        let windows: Vec<crate::gpu::Window> = binds
-            .iter()
-            .map(|b| match *b {
-                Bind::Rows(buffer, len) => buffer.values(first * len, count * len),
-                Bind::Whole(buffer) => buffer.whole(),
-            })
-            .collect();
+        let windows: Vec<crate::gpu::Window> = binds.iter().map(|b| b.window(first, count)).collect();
         let groups = grid_1d(gpu, kernel.entry, count * per_row, kernel.workgroup[0] as usize)?;
         gpu.launch_windows(kernel, &params(first, count)?, &windows, groups)?;
         first += count;
