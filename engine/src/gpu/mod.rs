@@ -226,6 +226,11 @@ impl GpuBackend {
         self.limits.min_storage_buffer_offset_alignment as u64
     }
 
+    /// The binding alignment in f32 values (at least one).
+    pub fn binding_alignment_values(&self) -> usize {
+        (self.binding_alignment() / 4).max(1) as usize
+    }
+
     /// The most f32 values a window bound at an aligned offset may hold, a whole number of
     /// alignment units (so the next window starts aligned too).
     pub fn max_binding_values(&self) -> usize {

@@ -120,8 +120,7 @@ fn reduce(
         // bigger than one binding, add up.
         let buffers: Vec<Arc<GpuBuffer>> = inputs.iter().map(|t| gpu_buffer(t)).collect();
         let binds = image_binds(s, &inputs, &buffers);
-        let lens: Vec<usize> = binds.iter().filter_map(|b| if let Bind::Rows(_, len) = b { Some(*len) } else { None }).collect();
-        let per_launch = super::rows_per_launch(gpu, kernel.entry, s.n, &lens)?;
+        let per_launch = super::rows_per_launch(gpu, kernel.entry, s.n, &binds)?;
         let mut total: Option<Tensor> = None;
         for first in (0..s.n.max(1)).step_by(per_launch) {
             let images = per_launch.min(s.n - first.min(s.n));

@@ -424,7 +424,7 @@ fn gemm_gpu_blocked(
     c: Option<&Tensor>,
     o: GemmOpts,
 ) -> Result<Tensor> {
-    let align = (gpu.binding_alignment() / 4).max(1) as usize;
+    let align = gpu.binding_alignment_values();
     let max_k = if gpu.is_software() { SOFTWARE_MAX_K } else { s.k.max(1) };
     let (mb, nb, kb) = block_sizes(s, gpu.max_binding_values(), align, max_k);
     let out = Tensor::uninit_gpu(s.out_shape.clone(), gpu)?;

@@ -239,8 +239,7 @@ pub(crate) fn launch_rows(
     binds: &[Bind],
     params: impl Fn(usize, usize) -> Result<Vec<u8>>,
 ) -> Result<()> {
-    let lens: Vec<usize> = binds.iter().filter_map(|b| if let Bind::Rows(_, len) = b { Some(*len) } else { None }).collect();
-    let per_launch = rows_per_launch(gpu, kernel.entry, rows, &lens)?;
+    let per_launch = rows_per_launch(gpu, kernel.entry, rows, binds)?;
     let mut first = 0;
     loop {
         let count = per_launch.min(rows - first);
@@ -254,12 +253,13 @@ pub(crate) fn launch_rows(
     }
 }
 
-/// How many of `rows` rows one launch may cover when its bindings hold `row_lens` values per
-/// row: all of them if every binding fits, else the most that fit one binding, a multiple of
+/// How many of `rows` rows one launch may cover with `binds` (their [`Bind::Rows`] lengths):
+/// all of them if every binding fits, else the most that fit one binding, a multiple of
 /// the rows that keep every window's start aligned. An error names the kernel when not even
 /// that many fit.
-pub(crate) fn rows_per_launch(gpu: &GpuBackend, kernel: &'static str, rows: usize, row_lens: &[usize]) -> Result<usize> {
-    let align = (gpu.binding_alignment() / 4).max(1) as usize;
+pub(crate) fn rows_per_launch(gpu: &GpuBackend, kernel: &'static str, rows: usize, binds: &[Bind]) -> Result<usize> {
+    let row_lens: Vec<usize> = binds.iter().filter_map(|b| if let Bind::Rows(_, len) = b { Some(*len) } else { None }).collect();
+    let align = gpu.binding_alignment_values();
     // Rows per aligned step: the lcm over bindings of align / gcd(align, row length).
     let step = row_lens.iter().fold(1, |q, &len| lcm(q, align / gcd(align, len.max(1))));
     let widest = row_lens.iter().copied().max().unwrap_or(1).max(1);

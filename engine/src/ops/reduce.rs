@@ -179,7 +179,7 @@ impl GatherSum {
             (None, None) => return self.run_gpu(op, gpu, x.whole(), out_shape, pinned),
         };
         let size = if split_kept { self.kept_shape[axis] } else { self.red_shape[axis] };
-        let align = (gpu.binding_alignment() / 4).max(1) as usize;
+        let align = gpu.binding_alignment_values();
         let max_values = gpu.max_binding_values();
         // The span of x one block of b rows reads, and the output it writes.
         let others: usize = self
