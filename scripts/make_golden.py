@@ -8,7 +8,7 @@ options from the file rather than repeating them.
 
     python3 -m venv "$VENV" && "$VENV"/bin/pip install torch safetensors numpy   # VENV: any folder
     "$VENV"/bin/python scripts/make_golden.py        # from the repository root
-    "$VENV"/bin/python scripts/make_golden.py optim  # one set: ops, sgd, optim, cnn
+    "$VENV"/bin/python scripts/make_golden.py optim  # one set: ops, sgd, optim, cnn, amp
 """
 import json
 import os
@@ -178,11 +178,44 @@ def cnn_fixtures():
     save_file(tensors, os.path.join(OUT, "cnn_golden.safetensors"), metadata={"labels": json.dumps(labels)})
 
 
+def amp_fixtures():
+    """One mixed-precision step of a conv-BN-ReLU CNN as torch.autocast (float16) computes it,
+    with the loss scaled by 2^10 and the gradients unscaled (GradScaler's arithmetic), beside
+    the float32 step: the test holds Tessera's mixed step to PyTorch's within PyTorch's own
+    f16 deviation from f32."""
+    torch.manual_seed(1)
+    model = torch.nn.Sequential(
+        torch.nn.Conv2d(3, 16, 3, padding=1, bias=False), torch.nn.BatchNorm2d(16), torch.nn.ReLU(), torch.nn.MaxPool2d(2),
+        torch.nn.Conv2d(16, 8, 3, padding=1, bias=False), torch.nn.ReLU(),
+        torch.nn.Flatten(), torch.nn.Linear(8 * 6 * 6, 5),
+    )
+    with torch.no_grad():
+        for p in model.parameters():
+            p.copy_(rand(*p.shape) * (0.5 if p.dim() > 1 else 1.0))
+    x = rand(8, 3, 12, 12)
+    labels = [i % 5 for i in range(8)]
+    scale = 1024.0
+    tensors = {"x": x}
+    for name, p in model.named_parameters():
+        tensors[name] = p.detach().clone().contiguous()
+    for kind in ["f32", "amp"]:
+        model.zero_grad()
+        model.train()
+        with torch.autocast("cpu", dtype=torch.float16, enabled=kind == "amp"):
+            logits = model(x)
+            loss = F.cross_entropy(logits.float(), torch.tensor(labels))
+        (loss * scale).backward()
+        tensors[f"{kind}.loss"] = loss.detach().float().reshape([])
+        for name, p in model.named_parameters():
+            tensors[f"{kind}.grad.{name}"] = (p.grad.float() / scale).contiguous()
+    save_file(tensors, os.path.join(OUT, "amp_golden.safetensors"), metadata={"labels": json.dumps(labels), "scale": str(scale), "torch": torch.__version__})
+
+
 if __name__ == "__main__":
     import sys
     os.makedirs(OUT, exist_ok=True)
     # Optional arguments name the fixture sets to write (default: all).
-    sets = {"ops": ops_fixtures, "sgd": sgd_fixtures, "optim": optim_fixtures, "cnn": cnn_fixtures}
+    sets = {"ops": ops_fixtures, "sgd": sgd_fixtures, "optim": optim_fixtures, "cnn": cnn_fixtures, "amp": amp_fixtures}
     for name in sys.argv[1:] or list(sets):
         sets[name]()
     print("wrote", sorted(os.listdir(OUT)))

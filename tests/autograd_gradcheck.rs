@@ -154,7 +154,7 @@ fn conv2d_with_stride_padding_dilation() {
     let cases = [
         (Conv2dOpts::default(), [1usize, 2, 5, 5], [3usize, 2, 3, 3]),
         (Conv2dOpts::new(2, 1), [2, 2, 6, 5], [2, 2, 3, 3]),
-        (Conv2dOpts { stride: [1, 2], padding: [2, 1], dilation: [2, 1] }, [1, 1, 6, 6], [2, 1, 2, 3]),
+        (Conv2dOpts { stride: [1, 2], padding: [2, 1], dilation: [2, 1], half: false }, [1, 1, 6, 6], [2, 1, 2, 3]),
         (Conv2dOpts::new(1, 1), [2, 2, 1, 1], [3, 2, 3, 3]), // taps that read only padding are dropped
     ];
     for (opts, xs, ws) in cases {

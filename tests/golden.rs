@@ -1,7 +1,8 @@
 //! PyTorch golden values (tests/fixtures, written by scripts/make_golden.py in float64):
 //! every op's output and input gradients, torch.optim.SGD and AdamW over 10 steps (with and
 //! without a linear warm-up in front of a cosine schedule), and a small CNN's
-//! logits, loss and parameter gradients — on the CPU backend and every GPU adapter.
+//! logits, loss and parameter gradients — on the CPU backend and every GPU adapter; and one
+//! mixed-precision step against torch.autocast on adapters with SHADER_F16.
 use serde_json::Value;
 use tessera_engine::autograd::{self as ag, Var};
 use tessera_engine::nn::{BatchNorm2d, Conv2d, Flatten, Linear, MaxPool2d, Module, ReLU, Sequential};
@@ -33,7 +34,7 @@ fn run_op(case: &Value, v: &[Var]) -> Result<Var> {
     match case["op"].as_str().unwrap() {
         "linear" => ag::linear(&v[0], &v[1], Some(&v[2])),
         "conv2d" => {
-            let opts = Conv2dOpts { stride: [n("stride"); 2], padding: [n("padding"); 2], dilation: [n("dilation"); 2] };
+            let opts = Conv2dOpts { stride: [n("stride"); 2], padding: [n("padding"); 2], dilation: [n("dilation"); 2], half: false };
             ag::conv2d(&v[0], &v[1], Some(&v[2]), opts)
         }
         "max_pool2d" => ag::max_pool2d(&v[0], n("kernel"), n("stride"), n("padding")),
@@ -184,6 +185,58 @@ fn small_cnn_matches_pytorch_logits_loss_and_gradients() {
         loss.backward().unwrap();
         for (name, p) in &params {
             close(&format!("cnn grad.{name} on {dev}"), &p.grad().unwrap(), fx.get(&format!("grad.{name}")));
+        }
+    }
+}
+
+/// One mixed-precision step against torch.autocast(float16) (scripts/make_golden.py `amp`:
+/// a conv–BN–ReLU CNN, loss scaled by 2¹⁰): on each adapter with SHADER_F16, Tessera's loss
+/// and every unscaled gradient lie within PyTorch's own f16 deviation (autocast against its
+/// f32 step) of PyTorch's autocast values, per tensor, largest |difference| (measured on
+/// lavapipe: 0.07–0.75 of it); and f32 matches PyTorch's f32 step as tightly as the other
+/// golden tests.
+#[test]
+fn mixed_precision_step_matches_pytorch_autocast_within_its_f16_deviation() {
+    let fx = Fixture::open("amp_golden.safetensors");
+    let labels = usize_list(&fx.meta("labels"));
+    let scale = fx.meta("scale").as_f64().expect("scale in the metadata") as f32;
+    for dev in gpu_devices().into_iter().filter(|d| matches!(d, Device::Gpu(g) if g.has_shader_f16())) {
+        for mixed in [false, true] {
+            let mut rng = <rand::rngs::StdRng as rand::SeedableRng>::seed_from_u64(0);
+            let same = Conv2dOpts::new(1, 1);
+            let model = Sequential::new()
+                .with(Conv2d::new(3, 16, 3, same, false, &dev, &mut rng).unwrap())
+                .with(BatchNorm2d::new(16, &dev).unwrap())
+                .with(ReLU)
+                .with(MaxPool2d { kernel: 2, stride: 2, padding: 0 })
+                .with(Conv2d::new(16, 8, 3, same, false, &dev, &mut rng).unwrap())
+                .with(ReLU)
+                .with(Flatten)
+                .with(Linear::new(8 * 6 * 6, 5, true, &dev, &mut rng).unwrap());
+            let params = model.named_params();
+            for (name, p) in &params {
+                p.set_value(fx.tensor(name, &dev));
+            }
+            let x = Var::constant(fx.tensor("x", &dev));
+            let loss = ag::autocast(mixed, || ag::cross_entropy(&model.forward(&x).unwrap(), &labels).unwrap());
+            let seed = tessera_engine::Tensor::from_vec(vec![scale], &[1], &dev).unwrap();
+            loss.backward_seeded(Some(&seed), &mut |_| {}).unwrap();
+            let mut got = vec![("loss".to_string(), loss.value().to_vec().unwrap())];
+            for (name, p) in &params {
+                got.push((format!("grad.{name}"), p.grad().unwrap().to_vec().unwrap().iter().map(|v| v / scale).collect()));
+            }
+            for (name, ours) in got {
+                let (f32_ref, amp_ref) = (fx.get(&format!("f32.{name}")).0, fx.get(&format!("amp.{name}")).0);
+                if !mixed {
+                    let err = max_rel_err(&ours, &f32_ref);
+                    assert!(err <= TOL, "f32 {name} on {dev}: max rel err {err:e} against PyTorch's f32 step");
+                    continue;
+                }
+                let largest = |a: &[f32], b: &[f32]| a.iter().zip(b).fold(0f32, |m, (x, y)| m.max((x - y).abs()));
+                let (ours_dev, torch_dev) = (largest(&ours, &amp_ref), largest(&amp_ref, &f32_ref));
+                eprintln!("{name} on {dev}: |ours − autocast| {ours_dev:.2e}, PyTorch's |autocast − f32| {torch_dev:.2e}");
+                assert!(ours_dev <= torch_dev, "mixed {name} on {dev}: {ours_dev:e} from autocast, beyond PyTorch's own f16 deviation {torch_dev:e}");
+            }
         }
     }
 }

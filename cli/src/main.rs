@@ -24,7 +24,7 @@ use tessera_engine::ops::gemm::kernel_supported;
 use tessera_engine::Device;
 use tessera_scheduler::settings;
 use tessera_scheduler::strategy::RunSpec;
-use tessera_scheduler::trainer::{OptimConfig, OptimizerKind};
+use tessera_scheduler::trainer::{OptimConfig, OptimizerKind, Precision};
 use tessera_shaders::gemm::{by_name, VARIANTS};
 
 #[derive(Parser)]
@@ -257,6 +257,11 @@ struct TrainArgs {
     /// [default: the device-local memory the driver reports, where it reports any].
     #[arg(long, value_name = "BYTES", value_parser = whole(settings::GPU_MEMORY_LIMIT))]
     gpu_memory_limit: Option<usize>,
+    /// f32, or mixed: f16 activations and f16 products with f32 accumulation, f32 weights and
+    /// optimizer state, dynamic loss scaling (GPUs with SHADER_F16; elsewhere f32, with a
+    /// notice) [default: f32]
+    #[arg(long)]
+    precision: Option<String>,
 }
 
 impl TrainArgs {
@@ -327,6 +332,10 @@ impl TrainArgs {
             on_nan: match self.on_nan.or(file.on_nan) {
                 Some(s) => s.parse().map_err(anyhow::Error::msg)?,
                 None => d.on_nan,
+            },
+            precision: match self.precision.or(file.precision) {
+                Some(s) => s.parse().map_err(anyhow::Error::msg)?,
+                None => d.precision,
             },
         };
         Ok((cfg, self.json || file.json, self.registry.or(file.registry)))
@@ -445,6 +454,9 @@ enum Bench {
         /// `cpu`, `gpu` (= `gpu:0`), `gpu:N` or `auto`.
         #[arg(long, default_value = "cpu", value_delimiter = ',')]
         device: Vec<String>,
+        /// f32 and/or mixed (`f32,mixed`: both, a row each; mixed runs on GPUs with SHADER_F16).
+        #[arg(long, default_value = "f32", value_delimiter = ',')]
+        precision: Vec<String>,
         /// Untimed steps before the timed ones.
         #[arg(long, default_value_t = 2, value_parser = whole(settings::WARMUP))]
         warmup: usize,
@@ -573,17 +585,22 @@ fn run(cli: Cli) -> Result<()> {
             }
             bench_kernels_cmd(&device, seconds, json)
         }
-        Command::Bench(Bench::Train { model, num_classes, input, batch, device, warmup, steps, torch_python, no_torch, rounds, json }) => {
+        Command::Bench(Bench::Train { model, num_classes, input, batch, device, precision, warmup, steps, torch_python, no_torch, rounds, json }) => {
             use tessera_scheduler::bench::{bench_train, StepSpec};
             let spec = StepSpec { model: model.clone(), num_classes, input, batch, warmup, steps, optim: OptimConfig::default() };
             let threads = CpuBackend::global().threads();
             let python = (!no_torch).then_some(torch_python.as_str());
-            let result = bench_train(&spec, &device, rounds, python, threads).with_context(|| format!("timing {model}"))?;
+            let precisions = precision.iter().map(|p| p.parse()).collect::<Result<Vec<Precision>, String>>().map_err(anyhow::Error::msg)?;
+            let result = bench_train(&spec, &device, &precisions, rounds, python, threads).with_context(|| format!("timing {model}"))?;
+            for notice in &result.notices {
+                eprintln!("{notice}");
+            }
             let mut table = Table::new(
                 "train_step",
                 &[
                     "model",
                     "device",
+                    "precision",
                     "input",
                     "batch",
                     "forward_ms",
@@ -597,10 +614,11 @@ fn run(cli: Cli) -> Result<()> {
                 ],
             );
             let torch_ms = result.torch.as_ref().ok().map(|r| r.times.step_ms);
-            let mut row = |name: String, t: &tessera_scheduler::bench::StepTimes, ratio: Option<f64>| {
+            let mut row = |name: String, precision: Precision, t: &tessera_scheduler::bench::StepTimes, ratio: Option<f64>| {
                 table.push(vec![
                     json!(model),
                     json!(name),
+                    json!(precision.to_string()),
                     json!(input),
                     json!(batch),
                     json!(t.forward_ms),
@@ -613,11 +631,11 @@ fn run(cli: Cli) -> Result<()> {
                     json!(ratio),
                 ])
             };
-            for (d, t) in &result.devices {
-                row(d.clone(), t, torch_ms.map(|r| t.step_ms / r));
+            for (d, p, t) in &result.devices {
+                row(d.clone(), *p, t, torch_ms.map(|r| t.step_ms / r));
             }
             match &result.torch {
-                Ok(r) => row(format!("pytorch {} cpu ({threads} threads)", r.version), &r.times, Some(1.0)),
+                Ok(r) => row(format!("pytorch {} cpu ({threads} threads)", r.version), Precision::F32, &r.times, Some(1.0)),
                 Err(why) => eprintln!("PyTorch reference: {why}"),
             }
             table.print(json);
@@ -728,6 +746,9 @@ fn train_cmd(a: TrainArgs) -> Result<()> {
         let (spec, why) = Device::auto_choice();
         eprintln!("device auto → {spec:?}: {why}");
     }
+    if let Some(notice) = tessera_scheduler::trainer::precision_notice(&Device::parse(&cfg.device)?, cfg.precision) {
+        eprintln!("{notice}");
+    }
     let out = cfg.out.clone().context("a run folder")?;
     // Under mpirun or srun each process is a rank of one data-parallel run; rank 0 speaks.
     cfg.world = std::sync::Arc::new(tessera_scheduler::distributed::World::from_env()?);
@@ -821,7 +842,7 @@ fn train_run(cfg: &tessera_scheduler::train::TrainConfig, out: &std::path::Path)
         "model": cfg.model, "data": cfg.data, "epochs": cfg.run.epochs, "batch": cfg.run.batch, "seed": cfg.run.seed,
         "workers": cfg.run.workers, "loader_memory": cfg.run.memory_limit, "lr": cfg.optim.lr,
         "warmup_steps": cfg.optim.warmup_steps, "device": cfg.device, "limit_per_class": cfg.limit_per_class, "on_nan": format!("{:?}", cfg.on_nan).to_lowercase(),
-        "backup_dir": cfg.backup_dir, "sync_bn": cfg.sync_bn, "ranks": cfg.world.size, "resume": cfg.resume, "alert_exit": cfg.watch.alert_exit,
+        "precision": cfg.precision.to_string(), "backup_dir": cfg.backup_dir, "sync_bn": cfg.sync_bn, "ranks": cfg.world.size, "resume": cfg.resume, "alert_exit": cfg.watch.alert_exit,
     });
     let config = runs::run_config(config, Some(cfg.optim.rule));
     let name = tessera_scheduler::train::run_name(cfg);

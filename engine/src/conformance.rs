@@ -121,7 +121,7 @@ fn gemm_cases(cases: &mut Vec<Case>) {
         let a = random_tensor(&if ta { lead(k, m) } else { lead(m, k) }, seed, dev)?;
         let b = random_tensor(&if tb { lead(n, k) } else { lead(k, n) }, seed + 1, dev)?;
         let c = if with_c { Some(random_tensor(&[m, n], seed + 2, dev)?) } else { None };
-        let opts = GemmOpts { trans_a: ta, trans_b: tb, alpha: 0.75, beta: if with_c { -0.5 } else { 0.0 } };
+        let opts = GemmOpts { trans_a: ta, trans_b: tb, alpha: 0.75, beta: if with_c { -0.5 } else { 0.0 }, half: false };
         Ok::<_, Error>((a, b, c, opts))
     };
     for (i, d) in dims.into_iter().enumerate() {
@@ -279,7 +279,7 @@ pub fn conv_shapes() -> Vec<(Conv2dOpts, [usize; 4], [usize; 4])> {
         (Conv2dOpts::new(1, 1), [7, 3, 8, 8], [4, 3, 3, 3]), // CPU: groups of 4 images + a partial one
         (Conv2dOpts::new(1, 1), [3, 4, 1, 1], [5, 4, 3, 3]), // ResNet layer4 at 32 px: only the centre tap reads the input
         (Conv2dOpts::new(2, 1), [2, 4, 2, 2], [3, 4, 3, 3]), // stride 2 onto a 1×1 plane: 4 of 9 taps read the input
-        (Conv2dOpts { stride: [2, 1], padding: [1, 2], dilation: [2, 3] }, [1, 2, 11, 13], [3, 2, 3, 3]),
+        (Conv2dOpts { stride: [2, 1], padding: [1, 2], dilation: [2, 3], half: false }, [1, 2, 11, 13], [3, 2, 3, 3]),
     ]
 }
 
@@ -298,13 +298,26 @@ fn conv_cases(cases: &mut Vec<Case>) {
                 Ok(vec![crate::ops::conv2d::conv2d_with_im2col(&x, &w, None, o, Some(kernel))?])
             }));
         }
-        cases.push(case("conv2d backward", name, move |d| {
+        cases.push(case("conv2d backward", name.clone(), move |d| {
             let (x, w) = inputs(d)?;
             let g = random_tensor(&ops::ConvShape::new(&xs, &ws, o)?.out_shape(), i as u64 + 70, d)?;
             let (dx, dw) = ops::conv2d_backward(&x, &w, &g, o, true, true)?;
             let db = ops::conv2d::conv2d_bias_backward(&g)?;
             Ok([dx, dw].into_iter().flatten().chain([db]).collect())
         }));
+        // Mixed precision: f16 patches (conv2d_f16.wgsl) and f16 GEMMs with f32 accumulation,
+        // forward and backward, against the CPU's f32 (the CPU ignores `half`): within f16
+        // rounding of the operands.
+        let half = Conv2dOpts { half: true, ..o };
+        cases.push(Case {
+            tol: 5e-3,
+            ..case("conv2d mixed precision (f16 patches, f16 GEMM)", name, move |d| {
+                let (x, w) = inputs(d)?;
+                let g = random_tensor(&ops::ConvShape::new(&xs, &ws, o)?.out_shape(), i as u64 + 80, d)?;
+                let (dx, dw) = ops::conv2d_backward(&x, &w, &g, half, true, true)?;
+                Ok([Some(ops::conv2d(&x, &w, None, half)?), dx, dw].into_iter().flatten().collect())
+            })
+        });
     }
 }
 
@@ -413,9 +426,25 @@ fn adamw_cases(cases: &mut Vec<Case>) {
     cases.push(case("adamw_step", "flagged by the guard".into(), |d| {
         let mut p = random_tensor(&[37, 11], 5, d)?;
         let mut state = ops::AdamWState::zeros(&p)?;
-        let flagged = Tensor::from_vec(vec![1.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0], &[8], d)?;
-        ops::adamw_step_in_place(&mut p, &random_tensor(&[37, 11], 6, d)?, &mut state, 1e-2, AdamWHyper::default(), Some(&flagged))?;
+        let mut guard = ops::StepGuard::new(d, false)?;
+        guard.open()?;
+        guard.check(&Tensor::from_vec(vec![f32::NAN], &[1], d)?)?;
+        ops::adamw_step_in_place(&mut p, &random_tensor(&[37, 11], 6, d)?, &mut state, 1e-2, AdamWHyper::default(), Some(guard.state()))?;
         Ok(vec![p, state.exp_avg, state.step])
+    }));
+    // Dynamic loss scaling: both updates divide the gradient by the guard's scale (2¹⁶ here).
+    cases.push(case("sgd_step / adamw_step", "gradients unscaled by the guard's loss scale".into(), |d| {
+        let scaling = ops::LossScaling::default();
+        let guard = ops::StepGuard::with_scaling(d, false, Some(scaling))?;
+        let g = ops::scale(&random_tensor(&[37, 11], 7, d)?, scaling.initial)?;
+        let (mut p, mut q) = (random_tensor(&[37, 11], 8, d)?, random_tensor(&[37, 11], 9, d)?);
+        let (mut buf, mut state) = (None, ops::AdamWState::zeros(&q)?);
+        for _ in 0..2 {
+            let h = SgdHyper { momentum: 0.9, dampening: 0.0, weight_decay: 5e-4, nesterov: true };
+            ops::sgd_step_in_place(&mut p, &g, &mut buf, 0.1, h, Some(guard.state()))?;
+            ops::adamw_step_in_place(&mut q, &g, &mut state, 1e-2, AdamWHyper::default(), Some(guard.state()))?;
+        }
+        Ok(vec![p, q, state.exp_avg_sq])
     }));
 }
 
@@ -442,6 +471,23 @@ fn guard_cases(cases: &mut Vec<Case>) {
             Ok(vec![guard.state().clone()])
         }));
     }
+    // Dynamic loss scaling: an overflowing gradient skips its step and halves the scale (a
+    // non-finite loss still counts as flagged), and 3 clean steps in a row double it.
+    cases.push(case("step_guard", "dynamic loss scaling, 9 steps: overflows, a NaN loss, growth".into(), |d| {
+        let mut guard = ops::StepGuard::with_scaling(d, false, Some(ops::LossScaling { initial: 1024.0, growth_interval: 3 }))?;
+        let labels = [0usize, 1];
+        for step in 1..=9 {
+            guard.open()?;
+            let loss = Tensor::from_vec(vec![if step == 6 { f32::NAN } else { 0.5 }], &[1], d)?;
+            guard.check(&loss)?;
+            let overflow = [2, 3, 6].contains(&step);
+            guard.check_gradient(&Tensor::from_vec(vec![1.0, if overflow { f32::INFINITY } else { 2.0 }, 3.0], &[3], d)?)?;
+            let logits = random_tensor(&[2, 4], step as u64, d)?;
+            guard.add_metrics(&loss, &logits, &Labels::new(&logits, &labels)?)?;
+            guard.close(step)?;
+        }
+        Ok([Some(guard.state().clone()), guard.loss_scale()?].into_iter().flatten().collect())
+    }));
 }
 
 /// Runs one case on `dev` against the CPU's outputs `want`: Ok(max error) or why not.

@@ -54,6 +54,11 @@ fn convert(gpu: &Arc<GpuBackend>, kernel: &tessera_shaders::Kernel, src: &GpuBuf
 }
 
 impl HalfTensor {
+    /// A GPU tensor of `shape` held in `buffer` (⌈n/2⌉ words that a kernel wrote).
+    pub(crate) fn from_gpu_buffer(buffer: GpuBuffer, shape: Vec<usize>, gpu: &Arc<GpuBackend>) -> Self {
+        Self { shape, storage: HalfStorage::Gpu(Arc::new(buffer)), device: Device::Gpu(gpu.clone()) }
+    }
+
     /// `t`'s values rounded to f16, on `t`'s device.
     pub fn from_tensor(t: &Tensor) -> Result<Self> {
         let storage = match t.device() {

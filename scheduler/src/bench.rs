@@ -2,7 +2,7 @@
 //! — forward + loss, backward, the guarded update — median over steps after warm-up, and
 //! rounds that alternate PyTorch's reference with each device.
 use crate::error::TrainError;
-use crate::trainer::{OnNan, OptimConfig, Trainer};
+use crate::trainer::{precision_notice, OnNan, OptimConfig, Precision, Trainer};
 use std::time::{Duration, Instant};
 use tessera_engine::autograd as ag;
 use tessera_engine::optim::Constant;
@@ -42,8 +42,8 @@ pub struct StepSpec {
     pub optim: OptimConfig,
 }
 
-/// Times the step of `spec` on `device`.
-pub fn bench_train_step(spec: &StepSpec, device: &str) -> Result<StepTimes, TrainError> {
+/// Times the step of `spec` on `device` in `precision`.
+pub fn bench_train_step(spec: &StepSpec, device: &str, precision: Precision) -> Result<StepTimes, TrainError> {
     let StepSpec { model, num_classes, input, batch, warmup, steps, optim } = spec.clone();
     // The synthetic input batch alone: refuse what cannot sensibly fit in memory.
     let values = batch
@@ -56,6 +56,9 @@ pub fn bench_train_step(spec: &StepSpec, device: &str) -> Result<StepTimes, Trai
     crate::memory::reset_peak_rss();
     let model = build(&model, num_classes, &device, 0)?;
     let mut t = Trainer::new(model, device.clone(), num_classes, &optim, Box::new(Constant), OnNan::Stop)?;
+    if let Some(notice) = t.set_precision(precision)? {
+        return Err(TrainError::Config(notice));
+    }
     let n = t.submodel_count();
     let values: Vec<f32> = (0..values).map(|i| ((i * 7919) % 2000) as f32 / 1000.0 - 1.0).collect();
     let labels: Vec<usize> = (0..batch).map(|i| i % num_classes).collect();
@@ -138,23 +141,43 @@ pub fn torch_reference(python: &str, spec: &StepSpec, threads: usize) -> Result<
 /// The result of [`bench_train`]: each device's median round, and PyTorch's (or why not).
 #[derive(Clone, Debug)]
 pub struct TrainBench {
-    pub devices: Vec<(String, StepTimes)>,
+    /// Each device in each precision it runs, as `device` and `precision`.
+    pub devices: Vec<(String, Precision, StepTimes)>,
     pub torch: Result<TorchStep, String>,
+    /// Why a device was left out of a precision ([`precision_notice`]).
+    pub notices: Vec<String>,
 }
 
 /// `rounds` rounds, each timing PyTorch (unless `torch_python` is None) and then every device
-/// once; each row is its median round by step time. On a shared machine the speed drifts by
-/// 1.5× over minutes, and alternating keeps one slow stretch from landing on one side only.
-/// Peak memory is the first round's: later rounds start with memory the process already holds.
-pub fn bench_train(spec: &StepSpec, devices: &[String], rounds: usize, torch_python: Option<&str>, threads: usize) -> Result<TrainBench, TrainError> {
-    let (mut references, mut timings) = (Vec::new(), vec![Vec::new(); devices.len()]);
+/// once in each of `precisions` (where it runs that precision); each row is its median round
+/// by step time. On a shared machine the speed drifts by 1.5× over minutes, and alternating
+/// keeps one slow stretch from landing on one side only. Peak memory is the first round's:
+/// later rounds start with memory the process already holds.
+pub fn bench_train(
+    spec: &StepSpec,
+    devices: &[String],
+    precisions: &[Precision],
+    rounds: usize,
+    torch_python: Option<&str>,
+    threads: usize,
+) -> Result<TrainBench, TrainError> {
+    let (mut lanes, mut notices) = (Vec::new(), Vec::new());
+    for d in devices {
+        for &p in precisions {
+            match precision_notice(&Device::parse(d)?, p) {
+                Some(why) => notices.push(format!("{d}: {why}; left out")),
+                None => lanes.push((d.clone(), p)),
+            }
+        }
+    }
+    let (mut references, mut timings) = (Vec::new(), vec![Vec::new(); lanes.len()]);
     for _ in 0..rounds.max(1) {
         references.push(match torch_python {
             Some(python) => torch_reference(python, spec, threads),
             None => Err("not run (--no-torch)".to_string()),
         });
-        for (d, times) in devices.iter().zip(&mut timings) {
-            times.push(bench_train_step(spec, d)?);
+        for ((d, p), times) in lanes.iter().zip(&mut timings) {
+            times.push(bench_train_step(spec, d, *p)?);
         }
     }
     let median_round = |mut rounds: Vec<StepTimes>| {
@@ -167,7 +190,8 @@ pub fn bench_train(spec: &StepSpec, devices: &[String], rounds: usize, torch_pyt
         Some(first) => Ok(TorchStep { version: first.version.clone(), times: median_round(measured.iter().map(|r| r.times.clone()).collect()) }),
         None => Err(references.into_iter().find_map(|r| r.err()).unwrap_or_default()),
     };
-    Ok(TrainBench { devices: devices.iter().cloned().zip(timings.into_iter().map(median_round)).collect(), torch })
+    let devices = lanes.into_iter().zip(timings.into_iter().map(median_round)).map(|((d, p), t)| (d, p, t)).collect();
+    Ok(TrainBench { devices, torch, notices })
 }
 
 /// One message size of [`bench_allreduce`].

@@ -5,7 +5,7 @@ use crate::error::TrainError;
 use crate::monitor::WatchSpec;
 use crate::run_state::{back_up, load_splits, resume_from_verified, save_checkpoint, CheckpointMeta};
 use crate::strategy::{fit, full::Full, EpochRecord, RunSpec, Strategy};
-use crate::trainer::{OnNan, OptimConfig, StepInfo, Trainer};
+use crate::trainer::{OnNan, OptimConfig, Precision, StepInfo, Trainer};
 use std::io::Write;
 use std::path::PathBuf;
 use tessera_engine::Device;
@@ -49,6 +49,9 @@ pub struct TrainConfig {
     /// On a GPU: allocations beyond this many bytes fail with an error naming the tensor
     /// (none: the device-local memory the driver reports, where it reports any).
     pub gpu_memory_limit: Option<usize>,
+    /// f32, or mixed precision on GPUs with SHADER_F16 (elsewhere f32; see
+    /// [`crate::trainer::precision_notice`]).
+    pub precision: Precision,
 }
 
 impl Default for TrainConfig {
@@ -71,6 +74,7 @@ impl Default for TrainConfig {
             backup_dir: None,
             watch: WatchSpec::default(),
             gpu_memory_limit: None,
+            precision: Precision::F32,
         }
     }
 }
@@ -116,6 +120,7 @@ pub fn train_with(cfg: &TrainConfig, progress: &mut dyn FnMut(&StepInfo), grad_h
     let mut strategy = Full;
     let schedule = strategy.schedule(cfg.run.total_steps(train_set.len()));
     let mut t = Trainer::new(model, device.clone(), train_set.classes().len(), &cfg.optim, schedule, cfg.on_nan)?;
+    t.set_precision(cfg.precision)?;
     t.grad_hook = grad_hook;
     let world = &cfg.world;
     let run = RunSpec { shard: (world.rank, world.size), ..cfg.run.clone() };

@@ -10,7 +10,7 @@ use crate::monitor::{DivergenceAlert, Monitor, Report, Snapshot};
 use std::time::{Duration, Instant};
 use tessera_engine::autograd as ag;
 use tessera_engine::ops::gemm::count_gemm_flops;
-use tessera_engine::ops::{AdamWHyper, Labels, SgdHyper, StepGuard, StepTotals};
+use tessera_engine::ops::{AdamWHyper, Labels, LossScaling, SgdHyper, StepGuard, StepTotals};
 use tessera_engine::optim::{LrSchedule, Optimizer, ParamGroup, Rule, Warmup};
 use tessera_engine::{no_grad, Device, Tensor, Var};
 use tessera_models::Model;
@@ -133,6 +133,49 @@ impl std::str::FromStr for OnNan {
     }
 }
 
+/// The arithmetic of training, as `--precision` names it: f32 throughout, or mixed (f16
+/// activations and f16 products with f32 accumulation, f32 master weights and optimizer state,
+/// dynamic loss scaling) on GPUs with SHADER_F16.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Precision {
+    #[default]
+    F32,
+    Mixed,
+}
+
+impl std::str::FromStr for Precision {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "f32" => Ok(Self::F32),
+            "mixed" => Ok(Self::Mixed),
+            other => Err(format!("unknown --precision `{other}`: expected f32 or mixed")),
+        }
+    }
+}
+
+impl std::fmt::Display for Precision {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::F32 => "f32",
+            Self::Mixed => "mixed",
+        })
+    }
+}
+
+/// Why `precision` falls back to f32 on `device`, if it does: mixed precision needs a GPU
+/// whose adapter has SHADER_F16.
+pub fn precision_notice(device: &Device, precision: Precision) -> Option<String> {
+    match (device, precision) {
+        (_, Precision::F32) => None,
+        (Device::Gpu(gpu), Precision::Mixed) if gpu.has_shader_f16() => None,
+        (Device::Gpu(gpu), Precision::Mixed) => Some(format!("--precision mixed: adapter `{}` lacks SHADER_F16; training in f32", gpu.name())),
+        (Device::Cpu(_), Precision::Mixed) => {
+            Some("--precision mixed: the CPU backend computes in f32 (mixed precision needs a GPU with SHADER_F16); training in f32".to_string())
+        }
+    }
+}
+
 /// What the progress display hears at each refresh and at an epoch's end.
 pub struct StepInfo {
     pub epoch: usize,
@@ -198,6 +241,9 @@ pub struct Trainer {
     /// `--alert-exit`: ends the run when the loss diverges.
     pub alert: Option<DivergenceAlert>,
     on_nan: OnNan,
+    /// Mixed precision is on (`set_precision`): forward passes run under autocast and the
+    /// guard keeps a dynamic loss scale.
+    mixed: bool,
     guard: StepGuard,
     /// The guard's totals as last read.
     totals: StepTotals,
@@ -232,11 +278,33 @@ impl Trainer {
             monitor: None,
             alert: None,
             on_nan,
+            mixed: false,
             guard,
             totals: StepTotals::default(),
             steps: 0,
             kept: Vec::new(),
         })
+    }
+
+    /// Trains in `precision` from the next step. Mixed precision needs a GPU with SHADER_F16;
+    /// elsewhere training stays f32 and the returned notice says why. Call before the first
+    /// step (the guard, with its counts, starts afresh).
+    pub fn set_precision(&mut self, precision: Precision) -> Result<Option<String>, TrainError> {
+        let notice = precision_notice(&self.device, precision);
+        self.mixed = precision == Precision::Mixed && notice.is_none();
+        let scaling = self.mixed.then(LossScaling::default);
+        self.guard = StepGuard::with_scaling(&self.device, self.on_nan == OnNan::Stop, scaling)?;
+        self.totals = StepTotals::default();
+        Ok(notice)
+    }
+
+    /// The precision steps run in.
+    pub fn precision(&self) -> Precision {
+        if self.mixed {
+            Precision::Mixed
+        } else {
+            Precision::F32
+        }
     }
 
     pub fn submodel_count(&self) -> usize {
@@ -278,7 +346,8 @@ impl Trainer {
 
     /// Runs stages `stages` of the network on `x`, counting forward FLOPs.
     pub fn forward_stages(&mut self, stages: std::ops::Range<usize>, x: &Var) -> Result<Var, TrainError> {
-        let (out, flops) = count_gemm_flops(|| stages.into_iter().try_fold(x.clone(), |h, s| self.model.forward_stage(s, &h)));
+        let mixed = self.mixed;
+        let (out, flops) = count_gemm_flops(|| ag::autocast(mixed, || stages.into_iter().try_fold(x.clone(), |h, s| self.model.forward_stage(s, &h))));
         self.forward_flops += flops;
         Ok(out?)
     }
@@ -287,8 +356,10 @@ impl Trainer {
     /// starts its sum over the ranks as soon as it is complete, and the gradients are the
     /// global batch's when this returns.
     pub fn backward(&mut self, loss: &Var) -> Result<(), TrainError> {
+        // Mixed precision: d(loss) = the loss scale, so gradients come out scaled by it.
+        let seed = self.guard.loss_scale()?;
         let Some(reducer) = self.reducer.as_mut() else {
-            let (done, flops) = count_gemm_flops(|| loss.backward());
+            let (done, flops) = count_gemm_flops(|| loss.backward_seeded(seed.as_ref(), &mut |_| {}));
             done?;
             self.backward_flops += flops;
             return Ok(());
@@ -297,7 +368,7 @@ impl Trainer {
         reducer.begin(trainable);
         let mut failed = None;
         let (done, flops) = count_gemm_flops(|| {
-            loss.backward_with(&mut |slot| {
+            loss.backward_seeded(seed.as_ref(), &mut |slot| {
                 if let Err(e) = reducer.gradient_done(slot) {
                     failed.get_or_insert(e);
                 }
@@ -322,7 +393,7 @@ impl Trainer {
         self.guard.check(loss.value())?;
         for p in self.opt.groups().iter().flat_map(|g| &g.params).filter(|p| p.requires_grad()) {
             if let Some(g) = p.grad() {
-                self.guard.check(&g)?;
+                self.guard.check_gradient(&g)?;
             }
         }
         self.opt.step_guarded(Some(self.guard.state()))?;
@@ -347,6 +418,11 @@ impl Trainer {
     /// pass. Reads every gradient back: strategies that steer by it pay for that.
     pub fn grad_norms(&self) -> Result<Vec<f32>, TrainError> {
         let n = self.submodel_count();
+        // Gradients carry the loss scale under mixed precision.
+        let scale = match self.guard.loss_scale()? {
+            Some(s) => s.to_vec()?[0] as f64,
+            None => 1.0,
+        };
         let mut norms = Vec::with_capacity(n);
         for g in &self.opt.groups()[..n] {
             let mut sq = 0f64;
@@ -355,7 +431,7 @@ impl Trainer {
                     sq += grad.to_vec()?.iter().map(|v| (*v as f64) * (*v as f64)).sum::<f64>();
                 }
             }
-            norms.push(sq.sqrt() as f32);
+            norms.push((sq.sqrt() / scale) as f32);
         }
         Ok(norms)
     }
@@ -408,7 +484,7 @@ impl Trainer {
             loss: totals.mean_loss(),
             accuracy: totals.accuracy(),
             images: totals.images,
-            skipped: totals.flagged_steps - at_start.flagged_steps,
+            skipped: totals.flagged_steps - at_start.flagged_steps + totals.overflow_steps - at_start.overflow_steps,
             seconds: start.elapsed().as_secs_f64(),
             loader_peak_bytes: 0,
             steps: done,

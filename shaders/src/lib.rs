@@ -61,11 +61,12 @@ shader!(GEMM, "gemm", with "gemm_common", "gemm_reg4x4");
 shader!(GEMM_SUBGROUP, "gemm_subgroup", with "gemm_common");
 shader!(GEMM_F16, "gemm_f16", with "gemm_common", "gemm_reg4x4");
 shader!(GEMM_F16_PACKED, "gemm_f16_packed", with "gemm_common", "gemm_reg4x4");
-shader!(HALF, "half");
+shader!(HALF, "half", with "f16_bits");
 shader!(ELEMENTWISE, "elementwise");
 shader!(REDUCE, "reduce");
 shader!(SOFTMAX, "softmax");
-shader!(CONV2D, "conv2d");
+shader!(CONV2D, "conv2d", with "conv2d_common");
+shader!(CONV2D_F16, "conv2d_f16", with "conv2d_common", "f16_bits");
 shader!(POOL, "pool");
 shader!(BATCHNORM, "batchnorm");
 shader!(SGD, "sgd");
@@ -85,6 +86,7 @@ pub static ALL: &[&Shader] = &[
     &REDUCE,
     &SOFTMAX,
     &CONV2D,
+    &CONV2D_F16,
     &POOL,
     &BATCHNORM,
     &SGD,
@@ -137,6 +139,12 @@ pub mod softmax {
 pub mod conv2d {
     use super::{Kernel, CONV2D};
     kernels!(CONV2D, [256, 1, 1], IM2COL = "im2col", IM2COL_X4 = "im2col_x4", COL2IM = "col2im", SWAP01 = "swap01");
+}
+
+/// im2col into f16 storage for mixed precision (conv2d_f16.wgsl).
+pub mod conv2d_f16 {
+    use super::{Kernel, CONV2D_F16};
+    kernels!(CONV2D_F16, [256, 1, 1], IM2COL_F16 = "im2col_f16");
 }
 
 /// Max, average and adaptive-average pooling (pool.wgsl).

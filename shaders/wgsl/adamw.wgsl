@@ -1,4 +1,5 @@
-// One torch.optim.AdamW step per parameter tensor, fused (t: this parameter's step count):
+// One torch.optim.AdamW step per parameter tensor, fused (t: this parameter's step count; g: the
+// gradient divided by the guard's loss scale, state[7], which is 1 without dynamic loss scaling):
 //   p = p·(1 − lr·wd);  m = m + (1 − β1)·(g − m);  v = β2·v + (1 − β2)·g²
 //   p = p − lr/(1 − β1ᵗ) · m / (√v / √(1 − β2ᵗ) + ε)
 // m, v and t are the optimizer's own and change in place; the parameter is written anew (other
@@ -55,7 +56,8 @@ fn adamw_step(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgr
         param_out[i] = param[i];
         return;
     }
-    let g = grad[i];
+    var g = grad[i];
+    if (s.guarded != 0u) { g = g / guard[7]; }
     let m = exp_avg[i] + (1.0 - s.beta1) * (g - exp_avg[i]);
     let v = s.beta2 * exp_avg_sq[i] + (1.0 - s.beta2) * g * g;
     exp_avg[i] = m;

@@ -3,14 +3,23 @@
 //   state[0] this step is flagged (a non-finite loss or gradient)   state[1] flagged steps
 //   state[2] first flagged step (0: none)                             state[3] applied steps
 //   state[4] Σ loss·batch   state[5] Σ correct top-1 predictions   state[6] Σ images   (applied steps)
-// The optimizer kernels read state[0]: a flagged step leaves weights and optimizer state as
-// they were. The host reads the vector only at progress refreshes and at the end of an epoch.
+//   state[7] loss scale (1 without dynamic scaling)   state[8] clean steps since it last changed
+//   state[9] steps skipped for a scaled gradient's overflow
+// The flag is 1 for a non-finite loss or gradient, 2 for an overflow of a gradient scaled by
+// dynamic loss scaling (mixed precision: the step is skipped, the scale halves, and the run goes
+// on). The optimizer kernels read state[0] (a flagged step leaves weights and optimizer state as
+// they were) and divide gradients by state[7]. The host reads the vector only at progress
+// refreshes and at the end of an epoch.
 
 struct GuardParams {
     n: u32,        // values to check; rows of logits (guard_loss, guard_hits)
     step: u32,     // the step's 1-based number (guard_close)
-    sticky: u32,   // guard_open: keep an earlier step's flag (stop at the first bad step)
+    sticky: u32,   // guard_open: keep an earlier step's non-finite flag (stop at the first bad step)
     classes: u32,  // guard_hits: columns of logits
+    overflow: u32, // guard_check: a finding is an overflow of scaled gradients (flag 2), not 1
+    growth: u32,   // guard_close: dynamic scaling doubles the scale after this many clean steps (0: off)
+    _pad0: u32,
+    _pad1: u32,
 }
 
 @group(0) @binding(0) var<uniform> p: GuardParams;
@@ -23,17 +32,21 @@ fn non_finite(x: f32) -> bool {
     return (bitcast<u32>(x) & 0x7f800000u) == 0x7f800000u;
 }
 
-// Clears this step's flag (unless sticky). One invocation.
+// Clears this step's flag (a non-finite one stays when sticky; an overflow never does). One
+// invocation.
 @compute @workgroup_size(256)
 fn guard_open(@builtin(global_invocation_id) gid: vec3<u32>) {
-    if (gid.x == 0u && p.sticky == 0u) { state[0] = 0.0; }
+    if (gid.x == 0u && (p.sticky == 0u || state[0] == 2.0)) { state[0] = 0.0; }
 }
 
-// flag |= any(values[i] is not finite), one invocation per value.
+// Flags the step if any values[i] is not finite, one invocation per value: 1, or 2 for an
+// overflow (which never replaces a 1). Every invocation of a launch writes the same value.
 @compute @workgroup_size(256)
 fn guard_check(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) groups: vec3<u32>) {
     let i = gid.x + gid.y * groups.x * 256u;
-    if (i < p.n && non_finite(values[i])) { state[0] = 1.0; }
+    if (i < p.n && non_finite(values[i])) {
+        if (p.overflow == 0u) { state[0] = 1.0; } else if (state[0] == 0.0) { state[0] = 2.0; }
+    }
 }
 
 // Σ loss·batch and Σ images += the mean loss values[0] of a batch of n, unless flagged.
@@ -75,10 +88,20 @@ fn guard_hits(@builtin(local_invocation_id) lid: vec3<u32>) {
 @compute @workgroup_size(256)
 fn guard_close(@builtin(global_invocation_id) gid: vec3<u32>) {
     if (gid.x != 0u) { return; }
-    if (state[0] != 0.0) {
+    if (state[0] == 1.0) {
         state[1] += 1.0;
         if (state[2] == 0.0) { state[2] = f32(p.step); }
+        state[8] = 0.0;
+    } else if (state[0] == 2.0) {
+        // torch.cuda.amp.GradScaler: skip, halve, start counting clean steps again.
+        state[9] += 1.0;
+        state[7] *= 0.5;
+        state[8] = 0.0;
     } else {
         state[3] += 1.0;
+        if (p.growth != 0u) {
+            state[8] += 1.0;
+            if (state[8] >= f32(p.growth)) { state[7] *= 2.0; state[8] = 0.0; }
+        }
     }
 }

@@ -1,7 +1,8 @@
 // f32 ⇄ f16 storage conversion with the core pack2x16float / unpack2x16float builtins (no
 // adapter feature needed): a tensor of n values in f16 is ⌈n/2⌉ u32 words, element i in half
-// i & 1 of word i >> 1. Values beyond f16's finite range (±65504) convert to an
-// indeterminate value on the GPU (WGSL leaves it open); the CPU twin gives ±inf.
+// i & 1 of word i >> 1. Values beyond f16's finite range round to ±inf and NaN stays NaN, as
+// IEEE rounding (and the CPU twin) gives: pack2x16float alone leaves them indeterminate, and
+// mixed precision's overflow check needs them.
 
 struct HalfParams {
     n: u32,
@@ -18,6 +19,8 @@ fn flat(gid: vec3<u32>, nwg: vec3<u32>) -> u32 {
     return gid.x + gid.y * nwg.x * 256u;
 }
 
+// f16_bits(): f16_bits.wgsl.
+
 // words[i] = f16(x[2i]) | f16(x[2i + 1]) << 16 (the odd tail pairs with 0). src holds f32 bits.
 @compute @workgroup_size(256, 1, 1)
 fn pack_f16(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
@@ -26,7 +29,7 @@ fn pack_f16(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgrou
     let lo = bitcast<f32>(src[2u * i]);
     var hi = 0.0;
     if (2u * i + 1u < p.n) { hi = bitcast<f32>(src[2u * i + 1u]); }
-    dst[i] = pack2x16float(vec2<f32>(lo, hi));
+    dst[i] = f16_bits(lo) | (f16_bits(hi) << 16u);
 }
 
 // y[i] = f32(half i & 1 of words[i >> 1]); dst holds f32 bits.

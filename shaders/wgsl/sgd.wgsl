@@ -1,4 +1,5 @@
-// One torch.optim.SGD step per parameter tensor, fused:
+// One torch.optim.SGD step per parameter tensor, fused (g: the gradient divided by the guard's
+// loss scale, state[7], which is 1 without dynamic loss scaling):
 //   d = g + wd·p
 //   buf = d (first step) | momentum·buf + (1 − dampening)·d      (when momentum ≠ 0)
 //   d = d + momentum·buf (nesterov) | buf                         (when momentum ≠ 0)
@@ -35,7 +36,9 @@ fn sgd_step(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgrou
         if (s.momentum != 0.0) { buf_out[i] = select(buf[i], 0.0, s.first_step != 0u); }
         return;
     }
-    var d = grad[i] + s.weight_decay * param[i];
+    var unscale = 1.0;
+    if (s.guarded != 0u) { unscale = 1.0 / guard[7]; }
+    var d = grad[i] * unscale + s.weight_decay * param[i];
     if (s.momentum != 0.0) {
         var b = d;
         if (s.first_step == 0u) { b = s.momentum * buf[i] + (1.0 - s.dampening) * d; }

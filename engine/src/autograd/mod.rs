@@ -2,9 +2,15 @@
 //! from something that needs a gradient, the op that made it: its inputs and a backward
 //! closure. [`Var::backward`] walks that graph from a scalar loss in reverse topological order.
 //!
-//! As in PyTorch, back-propagating frees the graph as it goes: once an op's backward has run,
-//! the tensors it saved are released, so activations leave memory while gradients arrive.
-//! A second `backward` through the same graph is an error.
+//! As in PyTorch, the graph holds only what backward closures saved, not every value: a value
+//! leaves memory when the last `Var` holding it is dropped, unless a backward rule saved it.
+//! Back-propagating frees the graph as it goes: once an op's backward has run, the tensors it
+//! saved are released, so activations leave memory while gradients arrive. A second
+//! `backward` through the same graph is an error.
+//!
+//! Under [`autocast`] (mixed precision on a GPU) rules save activations in f16 ([`Saved`]),
+//! once per value however many rules save it, and convolutions and products multiply f16
+//! operands with f32 accumulation.
 //!
 //! Freezing is just `requires_grad = false` on a leaf. An op whose inputs all lack
 //! `requires_grad` records nothing, and a backward closure is told which inputs need a
@@ -13,8 +19,10 @@ mod ops;
 
 pub use ops::*;
 
+use crate::device::Device;
 use crate::error::{shape_err, Error, Result};
 use crate::tensor::Tensor;
+use crate::tensor_f16::HalfTensor;
 use std::cell::Cell;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -27,13 +35,13 @@ pub type BackwardFn = Box<dyn Fn(&Tensor, &[bool]) -> Result<Vec<Option<Tensor>>
 pub type GradSlot = Arc<Mutex<Option<Tensor>>>;
 
 struct Op {
-    name: &'static str,
-    inputs: Vec<Var>,
+    inputs: Vec<Arc<Node>>,
     backward: BackwardFn,
 }
 
+/// A value's place in the graph. It does not hold the value: consumers' backward rules keep
+/// what they saved, and the value itself lives as long as some `Var` does.
 struct Node {
-    value: Tensor,
     requires_grad: bool,
     /// Leaves that require a gradient accumulate it here.
     grad: Option<GradSlot>,
@@ -41,14 +49,64 @@ struct Node {
     op: Mutex<Option<Op>>,
     /// The op's name, kept after the op itself is freed.
     op_name: Option<&'static str>,
+    /// The value's f16 copy under autocast, made by the first rule that saves it.
+    half: Mutex<Option<HalfTensor>>,
 }
 
-/// A tensor in the autograd graph. Cheap to clone.
+impl Node {
+    fn new(requires_grad: bool, grad: Option<GradSlot>, op_name: Option<&'static str>) -> Arc<Self> {
+        Arc::new(Node { requires_grad, grad, op: Mutex::new(None), op_name, half: Mutex::new(None) })
+    }
+}
+
+/// A tensor in the autograd graph: its value and its node. Cheap to clone.
 #[derive(Clone)]
-pub struct Var(Arc<Node>);
+pub struct Var {
+    value: Tensor,
+    node: Arc<Node>,
+}
+
+/// A tensor a backward rule keeps: the value itself, or its f16 copy under [`autocast`].
+#[derive(Clone)]
+pub enum Saved {
+    F32(Tensor),
+    F16(HalfTensor),
+}
+
+impl Saved {
+    /// The saved values as f32 (an f16 copy is widened: one conversion kernel).
+    pub fn tensor(&self) -> Result<Tensor> {
+        match self {
+            Saved::F32(t) => Ok(t.clone()),
+            Saved::F16(h) => h.to_tensor(),
+        }
+    }
+
+    /// Whether the values were saved in f16 (the rule then multiplies in f16 too).
+    pub fn is_half(&self) -> bool {
+        matches!(self, Saved::F16(_))
+    }
+}
 
 thread_local! {
     static NO_GRAD: Cell<bool> = const { Cell::new(false) };
+    static AUTOCAST: Cell<bool> = const { Cell::new(false) };
+}
+
+/// Runs `f` with mixed precision on (`on`) or off, like `torch.autocast(dtype=float16)`:
+/// GPU convolutions and products multiply f16 operands with f32 accumulation, and backward
+/// rules save GPU activations in f16. Parameters, gradients, losses and optimizer state stay
+/// f32; CPU tensors are unaffected. The caller checks the adapter (`GpuBackend::has_shader_f16`).
+pub fn autocast<R>(on: bool, f: impl FnOnce() -> R) -> R {
+    let before = AUTOCAST.with(|c| c.replace(on));
+    let out = f();
+    AUTOCAST.with(|c| c.set(before));
+    out
+}
+
+/// Whether ops on `device` run in mixed precision here.
+pub fn autocast_on(device: &Device) -> bool {
+    AUTOCAST.with(|c| c.get()) && matches!(device, Device::Gpu(_))
 }
 
 /// Runs `f` without recording ops (evaluation, optimizer updates): like `torch.no_grad()`.
@@ -66,7 +124,7 @@ fn grad_enabled() -> bool {
 impl Var {
     /// A value that never needs a gradient (inputs, labels, frozen buffers).
     pub fn constant(value: Tensor) -> Self {
-        Var(Arc::new(Node { value, requires_grad: false, grad: None, op: Mutex::new(None), op_name: None }))
+        Var { value, node: Node::new(false, None, None) }
     }
 
     /// A leaf that accumulates its gradient into a fresh slot.
@@ -76,38 +134,78 @@ impl Var {
 
     /// A leaf that accumulates its gradient into `slot` (a parameter's gradient).
     pub fn leaf_with_slot(value: Tensor, slot: GradSlot) -> Self {
-        Var(Arc::new(Node { value, requires_grad: true, grad: Some(slot), op: Mutex::new(None), op_name: None }))
+        Var { value, node: Node::new(true, Some(slot), None) }
     }
 
     /// The result of op `name` on `inputs`. Recorded only when gradients are enabled and some
     /// input requires one; otherwise `backward` is dropped at once with what it captured.
     pub fn from_op(name: &'static str, value: Tensor, inputs: &[&Var], backward: BackwardFn) -> Self {
+        let var = Self::output(name, value, inputs);
+        if var.requires_grad() {
+            var.record(inputs, backward);
+        }
+        var
+    }
+
+    /// [`Var::from_op`] for a rule that saves the op's output: `rule` gets the output (to
+    /// [`Var::saved`] it) and returns the backward closure. It is called only when the op is
+    /// recorded.
+    pub fn from_op_saving_output(name: &'static str, value: Tensor, inputs: &[&Var], rule: impl FnOnce(&Var) -> Result<BackwardFn>) -> Result<Self> {
+        let var = Self::output(name, value, inputs);
+        if var.requires_grad() {
+            let backward = rule(&var)?;
+            var.record(inputs, backward);
+        }
+        Ok(var)
+    }
+
+    /// The output of op `name` on `inputs`, not yet joined to them.
+    fn output(name: &'static str, value: Tensor, inputs: &[&Var]) -> Self {
         let requires_grad = grad_enabled() && inputs.iter().any(|v| v.requires_grad());
-        let op = requires_grad.then(|| Op { name, inputs: inputs.iter().map(|v| (*v).clone()).collect(), backward });
-        let op_name = op.as_ref().map(|op| op.name);
-        Var(Arc::new(Node { value, requires_grad, grad: None, op: Mutex::new(op), op_name }))
+        Var { value, node: Node::new(requires_grad, None, requires_grad.then_some(name)) }
+    }
+
+    /// Joins this output to `inputs` through `backward`.
+    fn record(&self, inputs: &[&Var], backward: BackwardFn) {
+        let op = Op { inputs: inputs.iter().map(|v| v.node.clone()).collect(), backward };
+        *self.node.op.lock().expect("graph node poisoned") = Some(op);
     }
 
     pub fn value(&self) -> &Tensor {
-        &self.0.value
+        &self.value
     }
 
     pub fn shape(&self) -> &[usize] {
-        self.0.value.shape()
+        self.value.shape()
     }
 
     pub fn requires_grad(&self) -> bool {
-        self.0.requires_grad
+        self.node.requires_grad
     }
 
     /// The name of the op that produced this value, if it was recorded.
     pub fn op_name(&self) -> Option<&'static str> {
-        self.0.op_name
+        self.node.op_name
     }
 
     /// The gradient accumulated in this leaf so far.
     pub fn grad(&self) -> Option<Tensor> {
-        self.0.grad.as_ref().and_then(|slot| slot.lock().expect("grad slot poisoned").clone())
+        self.node.grad.as_ref().and_then(|slot| slot.lock().expect("grad slot poisoned").clone())
+    }
+
+    /// The value as a backward rule keeps it: under [`autocast`], a GPU value that no
+    /// parameter holds is kept as its f16 copy (made once and shared by every rule that saves
+    /// this value); otherwise the value itself.
+    pub fn saved(&self) -> Result<Saved> {
+        let is_param = self.node.grad.is_some();
+        if is_param || !autocast_on(self.value.device()) {
+            return Ok(Saved::F32(self.value.clone()));
+        }
+        let mut half = self.node.half.lock().expect("graph node poisoned");
+        if half.is_none() {
+            *half = Some(HalfTensor::from_tensor(&self.value)?);
+        }
+        Ok(Saved::F16(half.clone().expect("made above")))
     }
 
     /// Back-propagates from this scalar, adding each leaf's gradient to what it holds.
@@ -119,23 +217,34 @@ impl Var {
     /// gradient is complete (every consumer done): data-parallel training starts reducing a
     /// bucket of gradients while the rest of the backward pass runs.
     pub fn backward_with(&self, on_leaf: &mut dyn FnMut(&GradSlot)) -> Result<()> {
-        if self.0.value.numel() != 1 {
+        self.backward_seeded(None, on_leaf)
+    }
+
+    /// [`Var::backward_with`] from d(loss) = `seed` (a one-value tensor on the loss's device)
+    /// instead of 1: dynamic loss scaling seeds with the scale, so every gradient comes out
+    /// multiplied by it.
+    pub fn backward_seeded(&self, seed: Option<&Tensor>, on_leaf: &mut dyn FnMut(&GradSlot)) -> Result<()> {
+        if self.value.numel() != 1 {
             return Err(shape_err("backward", format!("needs a scalar loss, got shape {:?}", self.shape())));
         }
         if !self.requires_grad() {
             return Ok(());
         }
-        let seed = Tensor::from_vec(vec![1.0], self.shape(), self.0.value.device())?;
-        let key = |v: &Var| Arc::as_ptr(&v.0) as usize;
-        let mut grads: HashMap<usize, Tensor> = HashMap::from([(key(self), seed)]);
+        let seed = match seed {
+            Some(s) if s.numel() == 1 => s.reshape(self.shape())?,
+            Some(s) => return Err(shape_err("backward", format!("the seed must be one value, got shape {:?}", s.shape()))),
+            None => Tensor::from_vec(vec![1.0], self.shape(), self.value.device())?,
+        };
+        let key = |n: &Arc<Node>| Arc::as_ptr(n) as usize;
+        let mut grads: HashMap<usize, Tensor> = HashMap::from([(key(&self.node), seed)]);
         // Consumed from the end: a node's inputs come earlier in the order, so they stay alive
         // (and their addresses unique) until their own turn.
-        for var in self.topological_order().into_iter().rev() {
-            let Some(grad) = grads.remove(&key(&var)) else { continue };
-            let op = var.0.op.lock().expect("graph node poisoned").take();
+        for node in self.topological_order().into_iter().rev() {
+            let Some(grad) = grads.remove(&key(&node)) else { continue };
+            let op = node.op.lock().expect("graph node poisoned").take();
             match op {
                 Some(op) => {
-                    let needs: Vec<bool> = op.inputs.iter().map(Var::requires_grad).collect();
+                    let needs: Vec<bool> = op.inputs.iter().map(|n| n.requires_grad).collect();
                     let input_grads = (op.backward)(&grad, &needs)?;
                     for ((input, g), need) in op.inputs.iter().zip(input_grads).zip(needs) {
                         let Some(g) = g.filter(|_| need) else { continue };
@@ -146,11 +255,11 @@ impl Var {
                         grads.insert(key(input), total);
                     }
                 }
-                None if var.0.op_name.is_some() => {
-                    return Err(Error::BackwardTwice { op: var.0.op_name.unwrap_or("?") });
+                None if node.op_name.is_some() => {
+                    return Err(Error::BackwardTwice { op: node.op_name.unwrap_or("?") });
                 }
                 None => {
-                    if let Some(slot) = &var.0.grad {
+                    if let Some(slot) = &node.grad {
                         let mut slot = slot.lock().expect("grad slot poisoned");
                         let total = match slot.take() {
                             Some(prev) => crate::ops::add(&prev, &grad)?,
@@ -158,7 +267,7 @@ impl Var {
                         };
                         *slot = Some(total);
                         drop(slot);
-                        if let Some(slot) = &var.0.grad {
+                        if let Some(slot) = &node.grad {
                             on_leaf(slot);
                         }
                     }
@@ -169,21 +278,21 @@ impl Var {
     }
 
     /// Nodes that require a gradient, each after all of its inputs.
-    fn topological_order(&self) -> Vec<Var> {
+    fn topological_order(&self) -> Vec<Arc<Node>> {
         let mut order = Vec::new();
         let mut seen = std::collections::HashSet::new();
         // Iterative post-order DFS: deep networks would overflow a recursive one.
-        let mut stack = vec![(self.clone(), false)];
-        while let Some((var, expanded)) = stack.pop() {
+        let mut stack = vec![(self.node.clone(), false)];
+        while let Some((node, expanded)) = stack.pop() {
             if expanded {
-                order.push(var);
+                order.push(node);
                 continue;
             }
-            if !var.requires_grad() || !seen.insert(Arc::as_ptr(&var.0) as usize) {
+            if !node.requires_grad || !seen.insert(Arc::as_ptr(&node) as usize) {
                 continue;
             }
-            stack.push((var.clone(), true));
-            if let Some(op) = var.0.op.lock().expect("graph node poisoned").as_ref() {
+            stack.push((node.clone(), true));
+            if let Some(op) = node.op.lock().expect("graph node poisoned").as_ref() {
                 stack.extend(op.inputs.iter().map(|i| (i.clone(), false)));
             }
         }
@@ -193,6 +302,6 @@ impl Var {
 
 impl std::fmt::Debug for Var {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "Var({:?}, requires_grad={}, op={:?})", self.0.value, self.requires_grad(), self.op_name())
+        write!(f, "Var({:?}, requires_grad={}, op={:?})", self.value, self.requires_grad(), self.op_name())
     }
 }

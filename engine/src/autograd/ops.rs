@@ -1,6 +1,6 @@
 //! Differentiable ops: each wraps forward kernels from `crate::ops` and states its backward
 //! rule next to it. Every rule computes only the gradients its inputs need.
-use super::Var;
+use super::{autocast_on, Var};
 use crate::error::{shape_err, Result};
 use crate::ops::{self as k, GemmOpts, Labels};
 use std::sync::Arc;
@@ -20,12 +20,14 @@ pub fn scale(a: &Var, alpha: f32) -> Result<Var> {
 /// a·b elementwise: da = g·b, db = g·a.
 pub fn mul(a: &Var, b: &Var) -> Result<Var> {
     let value = k::mul(a.value(), b.value())?;
-    let (av, bv) = (a.value().clone(), b.value().clone());
+    let (av, bv) = (a.saved()?, b.saved()?);
     Ok(Var::from_op(
         "mul",
         value,
         &[a, b],
-        Box::new(move |g, needs| Ok(vec![if needs[0] { Some(k::mul(g, &bv)?) } else { None }, if needs[1] { Some(k::mul(g, &av)?) } else { None }])),
+        Box::new(move |g, needs| {
+            Ok(vec![if needs[0] { Some(k::mul(g, &bv.tensor()?)?) } else { None }, if needs[1] { Some(k::mul(g, &av.tensor()?)?) } else { None }])
+        }),
     ))
 }
 
@@ -33,8 +35,10 @@ pub fn mul(a: &Var, b: &Var) -> Result<Var> {
 /// input (a batch norm's output, say) be freed after the forward, as PyTorch's in-place ReLU does.
 pub fn relu(x: &Var) -> Result<Var> {
     let value = k::relu(x.value())?;
-    let y = value.clone();
-    Ok(Var::from_op("relu", value, &[x], Box::new(move |g, _| Ok(vec![Some(k::relu_backward(&y, g)?)]))))
+    Var::from_op_saving_output("relu", value, &[x], |out| {
+        let y = out.saved()?;
+        Ok(Box::new(move |g, _| Ok(vec![Some(k::relu_backward(&y.tensor()?, g)?)])))
+    })
 }
 
 /// A·B for 2-D A [M, K] and B [K, N]: dA = g·Bᵀ, dB = Aᵀ·g.
@@ -42,16 +46,20 @@ pub fn matmul(a: &Var, b: &Var) -> Result<Var> {
     if a.shape().len() != 2 || b.shape().len() != 2 {
         return Err(shape_err("matmul", format!("differentiable matmul takes 2-D operands, got {:?} and {:?}", a.shape(), b.shape())));
     }
-    let value = k::matmul(a.value(), b.value())?;
-    let (av, bv) = (a.value().clone(), b.value().clone());
+    let half = autocast_on(a.value().device());
+    let value = k::gemm(a.value(), b.value(), None, GemmOpts { half, ..Default::default() })?;
+    let (av, bv) = (a.saved()?, b.saved()?);
     Ok(Var::from_op(
         "matmul",
         value,
         &[a, b],
         Box::new(move |g, needs| {
-            let nt = GemmOpts { trans_b: true, ..Default::default() };
-            let tn = GemmOpts { trans_a: true, ..Default::default() };
-            Ok(vec![if needs[0] { Some(k::gemm(g, &bv, None, nt)?) } else { None }, if needs[1] { Some(k::gemm(&av, g, None, tn)?) } else { None }])
+            let nt = GemmOpts { trans_b: true, half, ..Default::default() };
+            let tn = GemmOpts { trans_a: true, half, ..Default::default() };
+            Ok(vec![
+                if needs[0] { Some(k::gemm(g, &bv.tensor()?, None, nt)?) } else { None },
+                if needs[1] { Some(k::gemm(&av.tensor()?, g, None, tn)?) } else { None },
+            ])
         }),
     ))
 }
@@ -63,16 +71,17 @@ pub fn linear(x: &Var, w: &Var, b: Option<&Var>) -> Result<Var> {
     if xs.len() != 2 || ws.len() != 2 || xs[1] != ws[1] {
         return Err(shape_err("linear", format!("input {xs:?} and weight {ws:?} do not match: need [N, in] and [out, in]")));
     }
-    let value = k::gemm(x.value(), w.value(), None, GemmOpts { trans_b: true, ..Default::default() })?;
-    let (xv, wv) = (x.value().clone(), w.value().clone());
+    let half = autocast_on(x.value().device());
+    let value = k::gemm(x.value(), w.value(), None, GemmOpts { trans_b: true, half, ..Default::default() })?;
+    let (xv, wv) = (x.saved()?, w.value().clone());
     let product = Var::from_op(
         "linear",
         value,
         &[x, w],
         Box::new(move |g, needs| {
             Ok(vec![
-                if needs[0] { Some(k::matmul(g, &wv)?) } else { None },
-                if needs[1] { Some(k::gemm(g, &xv, None, GemmOpts { trans_a: true, ..Default::default() })?) } else { None },
+                if needs[0] { Some(k::gemm(g, &wv, None, GemmOpts { half, ..Default::default() })?) } else { None },
+                if needs[1] { Some(k::gemm(g, &xv.tensor()?, None, GemmOpts { trans_a: true, half, ..Default::default() })?) } else { None },
             ])
         }),
     );
@@ -150,14 +159,15 @@ pub fn cross_entropy(logits: &Var, labels: &[usize]) -> Result<Var> {
 /// conv2d (PyTorch's `F.conv2d`): x [N, C, H, W], weight [O, C, kh, kw], bias [O].
 /// dx = col2im(Wᵀ·g), dW = g·colsᵀ, db = Σ_{N,H,W} g — each computed only when needed.
 pub fn conv2d(x: &Var, weight: &Var, bias: Option<&Var>, opts: k::Conv2dOpts) -> Result<Var> {
+    let opts = k::Conv2dOpts { half: opts.half || autocast_on(x.value().device()), ..opts };
     let value = k::conv2d(x.value(), weight.value(), None, opts)?;
-    let (xv, wv) = (x.value().clone(), weight.value().clone());
+    let (xv, wv) = (x.saved()?, weight.value().clone());
     let out = Var::from_op(
         "conv2d",
         value,
         &[x, weight],
         Box::new(move |g, needs| {
-            let (dx, dw) = k::conv2d_backward(&xv, &wv, g, opts, needs[0], needs[1])?;
+            let (dx, dw) = k::conv2d_backward(&xv.tensor()?, &wv, g, opts, needs[0], needs[1])?;
             Ok(vec![dx, dw])
         }),
     );
@@ -169,8 +179,8 @@ pub fn conv2d(x: &Var, weight: &Var, bias: Option<&Var>, opts: k::Conv2dOpts) ->
 
 fn pool(name: &'static str, x: &Var, shape: k::PoolShape) -> Result<Var> {
     let value = k::pool_forward(x.value(), &shape)?;
-    let xv = x.value().clone();
-    Ok(Var::from_op(name, value, &[x], Box::new(move |g, _| Ok(vec![Some(k::pool_backward(&xv, g, &shape)?)]))))
+    let xv = x.saved()?;
+    Ok(Var::from_op(name, value, &[x], Box::new(move |g, _| Ok(vec![Some(k::pool_backward(&xv.tensor()?, g, &shape)?)]))))
 }
 
 /// max_pool2d (PyTorch's `F.max_pool2d`, ceil_mode false): the gradient goes to each
@@ -221,13 +231,14 @@ fn batch_norm_op(
     replicas: Option<Arc<dyn crate::nn::ReplicaSum>>,
 ) -> Result<Var> {
     let value = k::batch_norm_forward(x.value(), mean, var, gamma.value(), beta.value(), eps)?;
-    let (xv, gv, mv, vv) = (x.value().clone(), gamma.value().clone(), mean.clone(), var.clone());
+    let (xs, gv, mv, vv) = (x.saved()?, gamma.value().clone(), mean.clone(), var.clone());
     Ok(Var::from_op(
         "batch_norm2d",
         value,
         &[x, gamma, beta],
         Box::new(move |g, needs| {
             let need = (needs[0], needs[1] || needs[2]);
+            let xv = xs.tensor()?;
             let (dx, dgamma, dbeta) = match &replicas {
                 None => k::batch_norm_backward(&xv, g, &mv, &vv, &gv, eps, training, need.0, need.1)?,
                 Some(r) => {

@@ -64,9 +64,7 @@ pub fn adamw_step_in_place(param: &mut Tensor, grad: &Tensor, state: &mut AdamWS
     same_shape("adamw_step", param, grad)?;
     same_shape("adamw_step", param, &state.exp_avg)?;
     same_shape("adamw_step", param, &state.exp_avg_sq)?;
-    if let Some(g) = guard {
-        same_device("adamw_step", &[param, g])?;
-    }
+    let unscale = super::guard::unscale("adamw_step", param, guard)?;
     match param.device().clone() {
         Device::Cpu(cpu) => {
             if guard.is_some_and(|g| cpu_data(g)[0] != 0.0) {
@@ -87,6 +85,7 @@ pub fn adamw_step_in_place(param: &mut Tensor, grad: &Tensor, state: &mut AdamWS
             cpu.install(|| {
                 p.par_chunks_mut(BLOCK).zip(m.par_chunks_mut(BLOCK)).zip(v.par_chunks_mut(BLOCK)).zip(g.par_chunks(BLOCK)).for_each(|(((p, m), v), g)| {
                     for (((p, m), v), g) in p.iter_mut().zip(m).zip(v).zip(g) {
+                        let g = g * unscale;
                         *m += (1.0 - b1) * (g - *m);
                         *v = b2 * *v + (1.0 - b2) * g * g;
                         *p = *p * decay - step_size * *m / (v.sqrt() / bc2_sqrt + eps);

@@ -1,13 +1,16 @@
 //! conv2d (NCHW, PyTorch semantics: stride, padding, dilation, optional bias) as GEMMs over
 //! unfolded patches. GPU route below: shaders/wgsl/conv2d.wgsl (im2col, col2im, swap01) around
-//! single batch-wide GEMMs (gemm.wgsl); CPU twin: conv2d_cpu.rs, image by image with OpenBLAS;
-//! conformance: tests/ops_conformance.rs.
-use super::{conv2d_cpu, cpu_data, cpu_tensor, launch_map, to_u32};
+//! single batch-wide GEMMs (gemm.wgsl); in mixed precision the patches go straight to f16
+//! (conv2d_f16.wgsl) and the GEMMs multiply f16 with f32 accumulation; CPU twin:
+//! conv2d_cpu.rs, image by image with OpenBLAS; conformance: tests/ops_conformance.rs.
+use super::gemm::{gemm_operands, Operand};
+use super::{conv2d_cpu, cpu_data, cpu_tensor, gpu_buffer, grid_1d, launch_map, to_u32};
 use crate::device::Device;
 use crate::error::{shape_err, Result};
 use crate::gpu::GpuBackend;
-use crate::ops::{add, add_channel, concat, gemm, narrow, sum, GemmOpts};
+use crate::ops::{add, add_channel, concat, narrow, sum, GemmOpts};
 use crate::tensor::Tensor;
+use crate::tensor_f16::{require_f16_pack, HalfTensor};
 use tessera_shaders::conv2d as k;
 use tessera_shaders::Kernel;
 
@@ -16,17 +19,20 @@ pub struct Conv2dOpts {
     pub stride: [usize; 2],
     pub padding: [usize; 2],
     pub dilation: [usize; 2],
+    /// Mixed precision: the GPU's GEMMs multiply in f16 with f32 accumulation
+    /// ([`GemmOpts::half`]); the CPU ignores it.
+    pub half: bool,
 }
 
 impl Default for Conv2dOpts {
     fn default() -> Self {
-        Self { stride: [1, 1], padding: [0, 0], dilation: [1, 1] }
+        Self { stride: [1, 1], padding: [0, 0], dilation: [1, 1], half: false }
     }
 }
 
 impl Conv2dOpts {
     pub fn new(stride: usize, padding: usize) -> Self {
-        Self { stride: [stride; 2], padding: [padding; 2], dilation: [1, 1] }
+        Self { stride: [stride; 2], padding: [padding; 2], ..Self::default() }
     }
 }
 
@@ -160,6 +166,23 @@ fn im2col(x: &Tensor, s: &ConvShape, pinned: Option<&'static Kernel>) -> Result<
     run(kernel)
 }
 
+/// x [N, C, H, W] → patches [C·kh·kw, N·Ho·Wo] rounded to f16 (mixed precision), or in f32
+/// by [`im2col`] (with its kernel `pinned`).
+fn patches(x: &Tensor, s: &ConvShape, pinned: Option<&'static Kernel>) -> Result<Operand> {
+    if !s.opts.half {
+        return Ok(Operand::F32(im2col(x, s, pinned)?));
+    }
+    let Device::Gpu(gpu) = x.device() else { unreachable!("GPU launch on a CPU tensor") };
+    require_f16_pack(gpu, "conv2d")?;
+    let total = s.patch_len() * s.positions();
+    let words = total.div_ceil(2);
+    let out = gpu.alloc(words as u64 * 4)?;
+    let kernel = &tessera_shaders::conv2d_f16::IM2COL_F16;
+    let groups = grid_1d(gpu, "conv2d", words, kernel.workgroup[0] as usize)?;
+    gpu.launch(kernel, bytemuck::bytes_of(&ConvParams::of(s, total)?), &[&gpu_buffer(x), &out], groups)?;
+    Ok(Operand::F16(HalfTensor::from_gpu_buffer(out, vec![s.patch_len(), s.positions()], gpu)))
+}
+
 /// The adjoint of [`im2col`]: patches [C·kh·kw, N·Ho·Wo] → dx [N, C, H, W], summing overlaps.
 fn col2im(cols: &Tensor, s: &ConvShape) -> Result<Tensor> {
     launch(&k::COL2IM, ConvParams::of(s, s.n * s.c * s.h * s.w)?, cols, &[s.n, s.c, s.h, s.w])
@@ -219,9 +242,9 @@ pub(crate) fn conv2d_with_im2col(
         }
         return Ok(out);
     }
-    let cols = im2col(x, &s, im2col_kernel)?;
-    let w_mat = weight.reshape(&[s.o, s.patch_len()])?;
-    let out_onp = gemm(&w_mat, &cols, None, GemmOpts::default())?; // [O, N·Ho·Wo]
+    let cols = patches(x, &s, im2col_kernel)?;
+    let w_mat = Operand::new(weight.reshape(&[s.o, s.patch_len()])?, opts.half)?;
+    let out_onp = gemm_operands(&w_mat, &cols, GemmOpts::default())?; // [O, N·Ho·Wo]
     let out = swap01(&out_onp, s.o, s.n, s.ho * s.wo, &s.out_shape())?;
     match bias {
         Some(b) => add_channel(&out, b, 1),
@@ -269,17 +292,17 @@ pub fn conv2d_backward(
         }
         return Ok((dx, dw));
     }
-    let g_onp = swap01(g, s.n, s.o, s.ho * s.wo, &[s.o, s.positions()])?;
-    let w_mat = weight.reshape(&[s.o, s.patch_len()])?;
+    let g_onp = Operand::new(swap01(g, s.n, s.o, s.ho * s.wo, &[s.o, s.positions()])?, opts.half)?;
     let dw = if need_weight {
-        let cols = im2col(x, &s, None)?;
-        let dw = gemm(&g_onp, &cols, None, GemmOpts { trans_b: true, ..Default::default() })?;
+        let cols = patches(x, &s, None)?;
+        let dw = gemm_operands(&g_onp, &cols, GemmOpts { trans_b: true, ..Default::default() })?;
         Some(dw.reshape(weight.shape())?)
     } else {
         None
     };
     let dx = if need_input {
-        let dcols = gemm(&w_mat, &g_onp, None, GemmOpts { trans_a: true, ..Default::default() })?;
+        let w_mat = Operand::new(weight.reshape(&[s.o, s.patch_len()])?, opts.half)?;
+        let dcols = gemm_operands(&w_mat, &g_onp, GemmOpts { trans_a: true, ..Default::default() })?;
         Some(col2im(&dcols, &s)?)
     } else {
         None

@@ -19,11 +19,14 @@ pub struct GemmOpts {
     pub alpha: f32,
     /// Ignored (treated as 0, as in PyTorch's addmm) when no C is given.
     pub beta: f32,
+    /// Mixed precision (autocast): on a GPU, A and B are rounded to f16 and multiplied by the
+    /// f16 kernel with f32 accumulation ([`gemm_f16`]); the CPU ignores it.
+    pub half: bool,
 }
 
 impl Default for GemmOpts {
     fn default() -> Self {
-        Self { trans_a: false, trans_b: false, alpha: 1.0, beta: 0.0 }
+        Self { trans_a: false, trans_b: false, alpha: 1.0, beta: 0.0, half: false }
     }
 }
 
@@ -135,6 +138,9 @@ pub fn gemm_with_kernel(variant: &GemmKernel, a: &Tensor, b: &Tensor, c: Option<
 }
 
 fn gemm_dispatch(variant: Option<&GemmKernel>, a: &Tensor, b: &Tensor, c: Option<&Tensor>, o: GemmOpts) -> Result<Tensor> {
+    if o.half && variant.is_none() && matches!(a.device(), Device::Gpu(_)) {
+        return gemm_f16(&HalfTensor::from_tensor(a)?, &HalfTensor::from_tensor(b)?, c, GemmOpts { half: false, ..o });
+    }
     check_storage("gemm", variant, false)?;
     let shape = GemmShape::new(a.shape(), b.shape(), c.map(|c| c.shape()), o)?;
     a.check_same_device("gemm", b)?;
@@ -239,6 +245,34 @@ fn check_storage(op: &'static str, variant: Option<&GemmKernel>, half: bool) -> 
             Err(Error::Unsupported { op, detail: format!("kernel {} of {} reads {:?} operands", v.kernel.entry, v.kernel.shader.file, v.storage) })
         }
         _ => Ok(()),
+    }
+}
+
+/// A GEMM operand held in f32, or in f16 for mixed precision.
+pub(crate) enum Operand {
+    F32(Tensor),
+    F16(HalfTensor),
+}
+
+impl Operand {
+    /// `t`, rounded to f16 when `half`.
+    pub(crate) fn new(t: Tensor, half: bool) -> Result<Self> {
+        Ok(if half { Self::F16(HalfTensor::from_tensor(&t)?) } else { Self::F32(t) })
+    }
+
+    fn half(&self) -> Result<HalfTensor> {
+        match self {
+            Self::F32(t) => HalfTensor::from_tensor(t),
+            Self::F16(h) => Ok(h.clone()),
+        }
+    }
+}
+
+/// op(A)·op(B): in f32 when both operands are, else with both in f16 and f32 accumulation.
+pub(crate) fn gemm_operands(a: &Operand, b: &Operand, o: GemmOpts) -> Result<Tensor> {
+    match (a, b) {
+        (Operand::F32(a), Operand::F32(b)) => gemm(a, b, None, o),
+        _ => gemm_f16(&a.half()?, &b.half()?, None, o),
     }
 }
 

@@ -1,7 +1,9 @@
 //! The training step's guard and running metrics, kept on the step's device so that a step
 //! never waits for the host: a non-finite loss or gradient flags the step (the optimizer
 //! kernels then leave weights and their state untouched), and loss, correct predictions and
-//! images of the applied steps add up where they are computed. The host reads the few values
+//! images of the applied steps add up where they are computed. With dynamic loss scaling
+//! (mixed precision) the guard also keeps the scale: a scaled gradient's overflow skips the
+//! step and halves it, and a run of clean steps doubles it, as PyTorch's `GradScaler` does. The host reads the few values
 //! at progress refreshes. Kernel: shaders/wgsl/guard.wgsl; CPU twin below; tests:
 //! tests/step_guard.rs.
 use super::{cpu_data, gpu_buffer, launch_flat, same_device, to_u32, Bind, Labels};
@@ -11,7 +13,7 @@ use crate::tensor::Tensor;
 use tessera_shaders::guard as k;
 
 /// Values in the state vector (guard.wgsl names each).
-const STATE_LEN: usize = 8;
+const STATE_LEN: usize = 10;
 const FLAG: usize = 0;
 const FLAGGED: usize = 1;
 const FIRST_FLAGGED: usize = 2;
@@ -19,6 +21,13 @@ const APPLIED: usize = 3;
 const LOSS_SUM: usize = 4;
 const HITS: usize = 5;
 const IMAGES: usize = 6;
+/// The loss scale, which the optimizer kernels divide gradients by (1 without scaling).
+pub(crate) const LOSS_SCALE: usize = 7;
+const CLEAN_STEPS: usize = 8;
+const OVERFLOWED: usize = 9;
+/// Flag values: a non-finite loss or gradient; an overflow of scaled gradients.
+const NON_FINITE: f32 = 1.0;
+const OVERFLOW: f32 = 2.0;
 
 #[repr(C)]
 #[derive(Clone, Copy, Default, bytemuck::Pod, bytemuck::Zeroable)]
@@ -27,6 +36,22 @@ struct GuardParams {
     step: u32,
     sticky: u32,
     classes: u32,
+    overflow: u32,
+    growth: u32,
+    _pad: [u32; 2],
+}
+
+/// Dynamic loss scaling (PyTorch's `GradScaler` defaults: 2¹⁶, doubled after 2000 clean steps).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct LossScaling {
+    pub initial: f32,
+    pub growth_interval: usize,
+}
+
+impl Default for LossScaling {
+    fn default() -> Self {
+        Self { initial: 65536.0, growth_interval: 2000 }
+    }
 }
 
 /// What the host reads of a [`StepGuard`].
@@ -42,6 +67,11 @@ pub struct StepTotals {
     pub loss_sum: f64,
     pub hits: usize,
     pub images: usize,
+    /// Dynamic loss scaling: steps skipped for an overflow, the scale, clean steps since it
+    /// last changed (scale 1 and no skips without scaling).
+    pub overflow_steps: usize,
+    pub loss_scale: f32,
+    pub clean_steps: usize,
 }
 
 impl StepTotals {
@@ -60,13 +90,27 @@ impl StepTotals {
 pub struct StepGuard {
     state: Tensor,
     sticky: bool,
+    scaling: Option<LossScaling>,
     /// Bound in the value slot of kernels that read none (it must not alias the state).
     placeholder: Tensor,
 }
 
 impl StepGuard {
     pub fn new(device: &Device, sticky: bool) -> Result<Self> {
-        Ok(Self { state: Tensor::zeros(&[STATE_LEN], device)?, sticky, placeholder: Tensor::zeros(&[1], device)? })
+        Self::with_scaling(device, sticky, None)
+    }
+
+    /// A guard that also keeps a dynamic loss scale (`Some`).
+    pub fn with_scaling(device: &Device, sticky: bool, scaling: Option<LossScaling>) -> Result<Self> {
+        let mut s = vec![0f32; STATE_LEN];
+        s[LOSS_SCALE] = scaling.map_or(1.0, |l| l.initial);
+        Ok(Self { state: Tensor::from_vec(s, &[STATE_LEN], device)?, sticky, scaling, placeholder: Tensor::zeros(&[1], device)? })
+    }
+
+    /// The loss scale as a one-value tensor on the device (the backward pass's seed), with
+    /// dynamic scaling; `None` without.
+    pub fn loss_scale(&self) -> Result<Option<Tensor>> {
+        self.scaling.map(|_| super::narrow(&self.state, 0, LOSS_SCALE, 1)).transpose()
     }
 
     /// The state the optimizer kernels read (value 0: this step's flag).
@@ -79,23 +123,35 @@ impl StepGuard {
         let sticky = self.sticky;
         let params = GuardParams { sticky: sticky as u32, ..Default::default() };
         self.launch(&k::GUARD_OPEN, params, None, None, 1, |s| {
-            if !sticky {
+            if !sticky || s[FLAG] == OVERFLOW {
                 s[FLAG] = 0.0;
             }
         })
     }
 
-    /// Flags the step if any value of `t` is NaN or infinite.
+    /// Flags the step if any value of `t` (the loss, say) is NaN or infinite.
     pub fn check(&mut self, t: &Tensor) -> Result<()> {
+        self.check_values(t, false)
+    }
+
+    /// Flags the step if any value of gradient `g` is NaN or infinite: with dynamic loss
+    /// scaling an overflow (skip the step, halve the scale, go on), otherwise as [`Self::check`].
+    pub fn check_gradient(&mut self, g: &Tensor) -> Result<()> {
+        self.check_values(g, self.scaling.is_some())
+    }
+
+    fn check_values(&mut self, t: &Tensor, overflow: bool) -> Result<()> {
         same_device("guard_check", &[&self.state, t])?;
-        let params = GuardParams { n: to_u32("guard_check", t.numel())?, ..Default::default() };
+        let params = GuardParams { n: to_u32("guard_check", t.numel())?, overflow: overflow as u32, ..Default::default() };
         let bad = match t.device() {
             Device::Cpu(_) => cpu_data(t).iter().any(|v| !v.is_finite()),
             Device::Gpu(_) => false,
         };
         self.launch(&k::GUARD_CHECK, params, Some(t), None, t.numel(), |s| {
-            if bad {
-                s[FLAG] = 1.0;
+            if bad && !overflow {
+                s[FLAG] = NON_FINITE;
+            } else if bad && s[FLAG] == 0.0 {
+                s[FLAG] = OVERFLOW;
             }
         })
     }
@@ -133,17 +189,32 @@ impl StepGuard {
         })
     }
 
-    /// Ends step `step` (1-based): counts it as flagged or applied.
+    /// Ends step `step` (1-based): counts it as flagged, skipped for an overflow (the scale
+    /// halves) or applied (after `growth_interval` of these in a row the scale doubles; a
+    /// flagged or skipped step starts that count again).
     pub fn close(&mut self, step: usize) -> Result<()> {
-        let params = GuardParams { step: to_u32("guard_close", step)?, ..Default::default() };
+        let growth = self.scaling.map_or(0, |l| l.growth_interval.max(1));
+        let params = GuardParams { step: to_u32("guard_close", step)?, growth: to_u32("guard_close", growth)?, ..Default::default() };
         self.launch(&k::GUARD_CLOSE, params, None, None, 1, |s| {
-            if s[FLAG] != 0.0 {
+            if s[FLAG] == NON_FINITE {
                 s[FLAGGED] += 1.0;
                 if s[FIRST_FLAGGED] == 0.0 {
                     s[FIRST_FLAGGED] = step as f32;
                 }
+                s[CLEAN_STEPS] = 0.0;
+            } else if s[FLAG] == OVERFLOW {
+                s[OVERFLOWED] += 1.0;
+                s[LOSS_SCALE] *= 0.5;
+                s[CLEAN_STEPS] = 0.0;
             } else {
                 s[APPLIED] += 1.0;
+                if growth != 0 {
+                    s[CLEAN_STEPS] += 1.0;
+                    if s[CLEAN_STEPS] >= growth as f32 {
+                        s[LOSS_SCALE] *= 2.0;
+                        s[CLEAN_STEPS] = 0.0;
+                    }
+                }
             }
         })
     }
@@ -158,6 +229,9 @@ impl StepGuard {
             loss_sum: s[LOSS_SUM] as f64,
             hits: s[HITS] as usize,
             images: s[IMAGES] as usize,
+            overflow_steps: s[OVERFLOWED] as usize,
+            loss_scale: s[LOSS_SCALE],
+            clean_steps: s[CLEAN_STEPS] as usize,
         })
     }
 
@@ -168,6 +242,9 @@ impl StepGuard {
         s[FLAGGED] = totals.flagged_steps as f32;
         s[FIRST_FLAGGED] = totals.first_flagged_step.unwrap_or(0) as f32;
         s[APPLIED] = totals.applied_steps as f32;
+        s[OVERFLOWED] = totals.overflow_steps as f32;
+        s[LOSS_SCALE] = if totals.loss_scale > 0.0 { totals.loss_scale } else { self.scaling.map_or(1.0, |l| l.initial) };
+        s[CLEAN_STEPS] = totals.clean_steps as f32;
         self.state = Tensor::from_vec(s, &[STATE_LEN], self.state.device())?;
         Ok(())
     }
@@ -202,6 +279,20 @@ impl StepGuard {
             }
         }
     }
+}
+
+/// Checks an optimizer's `guard` (a [`StepGuard::state`] on `param`'s device) and returns what
+/// gradients are multiplied by on the CPU: 1 / the loss scale (1 without a guard).
+pub(crate) fn unscale(op: &'static str, param: &Tensor, guard: Option<&Tensor>) -> Result<f32> {
+    let Some(g) = guard else { return Ok(1.0) };
+    same_device(op, &[param, g])?;
+    if g.numel() != STATE_LEN {
+        return Err(shape_err(op, format!("the guard must be a step guard's state of {STATE_LEN} values, got shape {:?}", g.shape())));
+    }
+    Ok(match g.device() {
+        Device::Cpu(_) => 1.0 / cpu_data(g)[LOSS_SCALE],
+        Device::Gpu(_) => 1.0,
+    })
 }
 
 /// The index of the first largest value (the GPU kernel's tie rule).

@@ -53,9 +53,7 @@ pub fn sgd_step(param: &Tensor, grad: &Tensor, buf: Option<&Tensor>, lr: f32, h:
 /// buffer that did not exist yet starts as zeros).
 pub fn sgd_step_in_place(param: &mut Tensor, grad: &Tensor, buf: &mut Option<Tensor>, lr: f32, h: SgdHyper, guard: Option<&Tensor>) -> Result<()> {
     same_device("sgd_step", &[param, grad])?;
-    if let Some(g) = guard {
-        same_device("sgd_step", &[param, g])?;
-    }
+    let unscale = super::guard::unscale("sgd_step", param, guard)?;
     same_shape("sgd_step", param, grad)?;
     if let Some(b) = buf {
         same_shape("sgd_step", param, b)?;
@@ -73,9 +71,9 @@ pub fn sgd_step_in_place(param: &mut Tensor, grad: &Tensor, buf: &mut Option<Ten
                 // m = d on the first step: start from zeros with dampening off.
                 *buf = Some(cpu_tensor(vec![0f32; param.numel()], param.shape(), param.device()));
                 let first = SgdHyper { dampening: 0.0, ..h };
-                return update_cpu(&cpu, param, grad, buf.as_mut(), lr, first);
+                return update_cpu(&cpu, param, grad, buf.as_mut(), (lr, unscale), first);
             }
-            update_cpu(&cpu, param, grad, buf.as_mut().filter(|_| with_momentum), lr, h)
+            update_cpu(&cpu, param, grad, buf.as_mut().filter(|_| with_momentum), (lr, unscale), h)
         }
         Device::Gpu(gpu) => {
             let n = param.numel();
@@ -113,15 +111,15 @@ pub fn sgd_step_in_place(param: &mut Tensor, grad: &Tensor, buf: &mut Option<Ten
 
 /// The CPU update in blocks of values per task, each loop free of branches so it vectorises:
 /// d = g + wd·p; m = momentum·b + (1 − dampening)·d; p −= lr·(nesterov ? d + momentum·m : m),
-/// or p −= lr·d without momentum.
-fn update_cpu(cpu: &CpuBackend, param: &mut Tensor, grad: &Tensor, buf: Option<&mut Tensor>, lr: f32, h: SgdHyper) -> Result<()> {
+/// or p −= lr·d without momentum; g is the gradient times `unscale` (1 / the loss scale).
+fn update_cpu(cpu: &CpuBackend, param: &mut Tensor, grad: &Tensor, buf: Option<&mut Tensor>, (lr, unscale): (f32, f32), h: SgdHyper) -> Result<()> {
     const BLOCK: usize = 1 << 14;
     let g = cpu_data(grad);
     let p = param.cpu_values_mut();
     let (wd, mom, keep) = (h.weight_decay, h.momentum, 1.0 - h.dampening);
     cpu.install(|| match buf {
         None => p.par_chunks_mut(BLOCK).zip(g.par_chunks(BLOCK)).for_each(|(p, g)| {
-            p.iter_mut().zip(g).for_each(|(p, g)| *p -= lr * (g + wd * *p));
+            p.iter_mut().zip(g).for_each(|(p, g)| *p -= lr * (g * unscale + wd * *p));
         }),
         Some(buf) => {
             let b = buf.cpu_values_mut();
@@ -129,13 +127,13 @@ fn update_cpu(cpu: &CpuBackend, param: &mut Tensor, grad: &Tensor, buf: Option<&
                 let lanes = p.iter_mut().zip(b.iter_mut()).zip(g);
                 if h.nesterov {
                     lanes.for_each(|((p, b), g)| {
-                        let d = g + wd * *p;
+                        let d = g * unscale + wd * *p;
                         *b = mom * *b + keep * d;
                         *p -= lr * (d + mom * *b);
                     })
                 } else {
                     lanes.for_each(|((p, b), g)| {
-                        *b = mom * *b + keep * (g + wd * *p);
+                        *b = mom * *b + keep * (g * unscale + wd * *p);
                         *p -= lr * *b;
                     })
                 }
