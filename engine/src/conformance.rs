@@ -141,7 +141,7 @@ fn gemm_cases(cases: &mut Vec<Case>) {
             // part of what is checked (within the tolerance of one f16 rounding).
             cases.push(Case {
                 tol: 2e-3,
-                ..case(&format!("gemm_f16 {}", if v.storage == Storage::F16 { "native" } else { "packed" }), shape.clone(), move |dev| {
+                ..case(&format!("gemm_f16 {} {}", if v.storage == Storage::F16 { "native" } else { "packed" }, v.kernel.entry), shape.clone(), move |dev| {
                     let (a, b, c, o) = operands(&d, i as u64, dev)?;
                     Ok(vec![gemm_f16_with_kernel(v, &HalfTensor::from_tensor(&a)?, &HalfTensor::from_tensor(&b)?, c.as_ref(), o)?])
                 })

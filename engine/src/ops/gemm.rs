@@ -10,7 +10,7 @@ use crate::gpu::{GpuBuffer, Window};
 use crate::tensor::Tensor;
 use crate::tensor_f16::{HalfStorage, HalfTensor};
 use std::sync::Arc;
-use tessera_shaders::gemm::{GemmKernel, Storage, F16_PACKED_REG4X4, F16_REG4X4, REG_16X16, REG_4X4, SUBGROUP_32X8, TILED_64, VARIANTS};
+use tessera_shaders::gemm::{GemmKernel, Storage, F16_PACKED_REG4X4, F16_REG16X16, F16_REG4X4, REG_16X16, REG_4X4, SUBGROUP_32X8, TILED_64, VARIANTS};
 
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct GemmOpts {
@@ -229,12 +229,24 @@ fn gemm_f16_dispatch(variant: Option<&GemmKernel>, a: &HalfTensor, b: &HalfTenso
         (Device::Gpu(gpu), HalfStorage::Gpu(ab), HalfStorage::Gpu(bb)) => {
             let variant = match variant {
                 Some(v) => v,
-                None if gpu.has_shader_f16() => &F16_REG4X4,
-                None => &F16_PACKED_REG4X4,
+                None => choose_half_kernel(gpu, &shape),
             };
             gemm_gpu(gpu, variant, &shape, ab.clone(), bb.clone(), c, o)
         }
         _ => unreachable!("storage always matches the device"),
+    }
+}
+
+/// The f16-storage kernel for a product of `shape` on `gpu`: with SHADER_F16, native f16 loads
+/// in the 16×16 register tile on software drivers (as [`choose_kernel`] picks for f32) and
+/// the 4×4 for thin products and on hardware GPUs (no workgroup-tiled f16 kernel yet);
+/// without it, packed words in the 4×4.
+fn choose_half_kernel(gpu: &GpuBackend, shape: &GemmShape) -> &'static GemmKernel {
+    let wide = shape.m >= 16 && shape.n >= 16 && gpu.is_software();
+    match (gpu.has_shader_f16(), wide) {
+        (true, true) => &F16_REG16X16,
+        (true, false) => &F16_REG4X4,
+        (false, _) => &F16_PACKED_REG4X4,
     }
 }
 
