@@ -60,7 +60,7 @@ macro_rules! shader {
 shader!(GEMM, "gemm", with "gemm_common", "gemm_reg4x4", "gemm_reg16x16");
 shader!(GEMM_SUBGROUP, "gemm_subgroup", with "gemm_common");
 shader!(GEMM_F16, "gemm_f16", with "gemm_common", "gemm_reg4x4", "gemm_reg16x16");
-shader!(GEMM_F16_PACKED, "gemm_f16_packed", with "gemm_common", "gemm_reg4x4", "gemm_reg16x16");
+shader!(GEMM_F16_PACKED, "gemm_f16_packed", with "gemm_common", "gemm_reg4x4");
 shader!(HALF, "half", with "f16_bits");
 shader!(ELEMENTWISE, "elementwise");
 shader!(REDUCE, "reduce");
@@ -281,9 +281,9 @@ pub mod gemm {
     };
 
     /// f16-storage GEMMs (A and B in f16, f32 accumulation and output), the same 4×4 and
-    /// 16×16 bodies as the f32 kernels. The packed module has no 16×16 entry in use: its 256
-    /// unpacks per K step took llvmpipe GL's compiler past wgpu's context-lock timeout, and
-    /// mixed precision runs only where SHADER_F16 gives native f16 loads.
+    /// 16×16 bodies as the f32 kernels. The packed module has the 4×4 only: a packed 16×16
+    /// (256 unpacks per K step) took llvmpipe GL's compiler past wgpu's context-lock timeout,
+    /// and mixed precision runs only where SHADER_F16 gives native f16 loads.
     pub static HALF_VARIANTS: &[GemmKernel] = &[F16_REG4X4, F16_PACKED_REG4X4, F16_REG16X16];
 
     pub const F16_REG4X4: GemmKernel = GemmKernel {

@@ -1,7 +1,7 @@
 // GEMM with A and B stored as f16, for every adapter: without the SHADER_F16 feature WGSL has
 // no f16 type, so the same bytes are read as u32 words of two halves and widened with the
 // core builtin unpack2x16float (element i is half i & 1 of word i >> 1, little-endian as
-// the f16 module sees it). The bodies are gemm_reg4x4.wgsl and gemm_reg16x16.wgsl; gemm_common.wgsl follows.
+// the f16 module sees it). The body is gemm_reg4x4.wgsl; gemm_common.wgsl follows.
 
 @group(0) @binding(1) var<storage, read> a: array<u32>;
 @group(0) @binding(2) var<storage, read> b: array<u32>;

@@ -1,5 +1,6 @@
 // The 16×16 register-tile GEMM body, shared like gemm_reg4x4.wgsl by the f32 module
-// (gemm.wgsl) and the f16-storage modules: it reads A and B only through load_a / load_b.
+// (gemm.wgsl) and the native-f16 module (gemm_f16.wgsl): it reads A and B only through
+// load_a / load_b.
 
 // 16×16 outputs per invocation in 64 vec4 registers, 8×4 invocations. For software drivers
 // (lavapipe): there every storage load is a per-lane scalar loop, so the cost is the number
