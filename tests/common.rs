@@ -23,6 +23,16 @@ pub fn gpu_devices() -> Vec<Device> {
     adapters.iter().map(|a| Device::gpu(a.index).expect("opening adapter")).collect()
 }
 
+/// The GPU adapters with SHADER_F16, where mixed precision runs. Fails when GPUs are found but
+/// none has it (lavapipe does), so the mixed-precision tests cannot pass by testing nothing;
+/// empty only under TESSERA_SKIP_GPU_TESTS.
+pub fn f16_gpu_devices() -> Vec<Device> {
+    let gpus = gpu_devices();
+    let f16: Vec<Device> = gpus.iter().filter(|d| matches!(d, Device::Gpu(g) if g.has_shader_f16())).cloned().collect();
+    assert!(gpus.is_empty() || !f16.is_empty(), "no GPU adapter with SHADER_F16 (lavapipe has it): the mixed-precision tests would test nothing");
+    f16
+}
+
 /// A seeded random tensor of `shape` on `dev`.
 pub fn random_tensor(shape: &[usize], seed: u64, dev: &Device) -> tessera_engine::Tensor {
     tessera_engine::Tensor::from_vec(random_vec(shape.iter().product(), seed), shape, dev).unwrap()

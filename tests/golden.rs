@@ -200,7 +200,7 @@ fn mixed_precision_step_matches_pytorch_autocast_within_its_f16_deviation() {
     let fx = Fixture::open("amp_golden.safetensors");
     let labels = usize_list(&fx.meta("labels"));
     let scale = fx.meta("scale").as_f64().expect("scale in the metadata") as f32;
-    for dev in gpu_devices().into_iter().filter(|d| matches!(d, Device::Gpu(g) if g.has_shader_f16())) {
+    for dev in tessera_tests::f16_gpu_devices() {
         for mixed in [false, true] {
             let mut rng = <rand::rngs::StdRng as rand::SeedableRng>::seed_from_u64(0);
             let same = Conv2dOpts::new(1, 1);

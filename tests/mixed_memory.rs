@@ -6,7 +6,7 @@ use tessera_engine::autograd as ag;
 use tessera_engine::nn::{BatchNorm2d, Conv2d, Module, ReLU, Sequential};
 use tessera_engine::ops::Conv2dOpts;
 use tessera_engine::{Device, Tensor, Var};
-use tessera_tests::{gpu_devices, random_vec};
+use tessera_tests::random_vec;
 
 /// Device bytes live after a forward pass (the graph and what its rules saved, nothing
 /// else) and the peak over forward and backward, above what the parameters hold.
@@ -29,7 +29,7 @@ fn held_and_peak(d: &Device, net: &Sequential, x: &[f32], mixed: bool) -> (u64, 
 
 #[test]
 fn mixed_precision_holds_at_most_0_6x_the_activation_bytes_of_f32() {
-    for d in gpu_devices().into_iter().filter(|d| matches!(d, Device::Gpu(g) if g.has_shader_f16())) {
+    for d in tessera_tests::f16_gpu_devices() {
         let mut rng = StdRng::seed_from_u64(3);
         let mut net = Sequential::new();
         for _ in 0..4 {

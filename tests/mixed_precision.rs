@@ -6,15 +6,10 @@ use tessera_engine::autograd::{self as ag, Saved};
 use tessera_engine::nn::{BatchNorm2d, Conv2d, Flatten, Linear, MaxPool2d, Module, ReLU, Sequential};
 use tessera_engine::ops::{self, AdamWHyper, Conv2dOpts, Labels, LossScaling, SgdHyper, StepGuard};
 use tessera_engine::{Device, Tensor, Var};
-use tessera_tests::{gpu_devices, max_rel_err, random_tensor};
+use tessera_tests::{f16_gpu_devices, gpu_devices, max_rel_err, random_tensor};
 
 fn devices() -> Vec<Device> {
     std::iter::once(Device::cpu()).chain(gpu_devices()).collect()
-}
-
-/// GPUs whose adapter has SHADER_F16: where mixed precision runs.
-fn f16_gpus() -> Vec<Device> {
-    gpu_devices().into_iter().filter(|d| matches!(d, Device::Gpu(g) if g.has_shader_f16())).collect()
 }
 
 /// Nine steps at scale 1024, growth after 3 clean steps: overflows at steps 2 and 3 halve the
@@ -95,7 +90,7 @@ fn optimizers_divide_gradients_by_the_loss_scale() {
 /// many rules save it; parameters, CPU values and values outside autocast stay f32.
 #[test]
 fn autocast_saves_gpu_activations_in_f16_once() {
-    for d in f16_gpus().into_iter().chain([Device::cpu()]) {
+    for d in f16_gpu_devices().into_iter().chain([Device::cpu()]) {
         let x = Var::leaf(random_tensor(&[4, 300], 4, &d));
         let (y, saved) = ag::autocast(true, || {
             let y = ag::relu(&ag::scale(&x, 3.0).unwrap()).unwrap();
@@ -128,7 +123,7 @@ fn mixed_precision_gradients_match_f32_within_f16_rounding() {
     let x = tessera_tests::random_vec(8 * 3 * 12 * 12, 9);
     let labels: Vec<usize> = (0..8).map(|i| i % 5).collect();
     let cpu = step_gradients(&Device::cpu(), &x, &labels, false);
-    for d in f16_gpus() {
+    for d in f16_gpu_devices() {
         let f32_step = step_gradients(&d, &x, &labels, false);
         let mixed = step_gradients(&d, &x, &labels, true);
         for (((name, want), (_, f)), (_, m)) in cpu.iter().zip(&f32_step).zip(&mixed) {
