@@ -88,6 +88,11 @@ fn elementwise(cases: &mut Vec<Case>) {
         Ok(vec![ops::add_channel(&x, &random_tensor(&[shape[1]], 3, d)?, 1)?, ops::add_channel(&x, &random_tensor(&[shape[0]], 4, d)?, 0)?])
     }));
     cases.push(big_case("dropout", &name, 1e-6, move |d| Ok(vec![ops::dropout(&big(&shape, 1, d)?, 0.3, 77)?])));
+    // Along axis 1 each output row (17 001 values) is itself longer than the binding.
+    cases.push(big_case("concat", &format!("{name} with [7, 7000] along axis 1, with itself along axis 0"), 0.0, move |d| {
+        let x = big(&shape, 1, d)?;
+        Ok(vec![ops::concat(&x, &random_tensor(&[7, 7000], 5, d)?, 1)?, ops::concat(&x, &x, 0)?])
+    }));
 }
 
 fn reductions(cases: &mut Vec<Case>) {
@@ -150,6 +155,31 @@ fn conv_and_pool(cases: &mut Vec<Case>) {
         let (dx, dw) = ops::conv2d_backward(&x, &w, &g, opts, true, true)?;
         Ok(vec![y, dx.expect("asked for"), dw.expect("asked for")])
     }));
+    // One image whose patch matrix (and, in the last two, input) is several times the limit:
+    // it runs in bands of rows, with padding, stride and dilation shifting each band's rows,
+    // and (1×1, stride 2) input rows no output reaches; in f32 and in mixed precision.
+    let images: [([usize; 4], [usize; 4], Conv2dOpts); 3] = [
+        ([1, 3, 60, 70], [5, 3, 3, 3], Conv2dOpts::new(1, 1)),
+        ([1, 4, 90, 90], [6, 4, 3, 3], Conv2dOpts { dilation: [2, 2], ..Conv2dOpts::new(2, 2) }),
+        ([1, 4, 151, 150], [6, 4, 1, 1], Conv2dOpts::new(2, 0)),
+    ];
+    for (i, (xs, ws, opts)) in images.into_iter().enumerate() {
+        for half in [false, true] {
+            let (op, tol) = if half { ("conv2d of one image, mixed precision", 5e-3) } else { ("conv2d of one image", TOLERANCE) };
+            let o = Conv2dOpts { half, ..opts };
+            let what = format!("x {xs:?} w {ws:?} stride {} pad {} dilation {}", o.stride[0], o.padding[0], o.dilation[0]);
+            cases.push(big_case(op, &what, tol, move |d| {
+                let s = ops::ConvShape::new(&xs, &ws, o)?;
+                if 4 * (s.patch_len() * s.positions()).max(xs.iter().product()) as u64 <= 3 * BIG_BINDING_LIMIT {
+                    return Err(shape_err("conv2d", format!("one image of {xs:?} is not several times the limit")));
+                }
+                let (x, w, b) = (random_tensor(&xs, 5 + i as u64, d)?, random_tensor(&ws, 6, d)?, random_tensor(&[ws[0]], 7, d)?);
+                let g = random_tensor(&s.out_shape(), 8, d)?;
+                let (dx, dw) = ops::conv2d_backward(&x, &w, &g, o, true, true)?;
+                Ok([Some(ops::conv2d(&x, &w, Some(&b), o)?), dx, dw].into_iter().flatten().collect())
+            }));
+        }
+    }
 }
 
 fn batch_norm(cases: &mut Vec<Case>) {

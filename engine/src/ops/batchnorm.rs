@@ -132,10 +132,7 @@ fn reduce(
                 gpu.launch_windows(kernel, bytemuck::bytes_of(&params), &[&windows[..], &[gpu_buffer(&out).whole()]].concat(), groups)?;
                 Ok(out)
             })?;
-            total = Some(match total {
-                None => part,
-                Some(t) => super::add(&t, &part)?,
-            });
+            total = Some(super::accumulate(total, part)?);
         }
         Ok(total.expect("at least one launch"))
     };

@@ -3,12 +3,13 @@
 //! single batch-wide GEMMs (gemm.wgsl); in mixed precision the patches go straight to f16
 //! (conv2d_f16.wgsl) and the GEMMs multiply f16 with f32 accumulation; CPU twin:
 //! conv2d_cpu.rs, image by image with OpenBLAS; conformance: tests/ops_conformance.rs.
+use super::conv2d_bands as bands;
 use super::gemm::{gemm_operands, Operand};
 use super::{conv2d_cpu, cpu_data, cpu_tensor, gpu_buffer, grid_1d, launch_map, to_u32};
 use crate::device::Device;
 use crate::error::{shape_err, Result};
 use crate::gpu::GpuBackend;
-use crate::ops::{add, add_channel, concat, narrow, sum, GemmOpts};
+use crate::ops::{add_channel, narrow, sum, GemmOpts};
 use crate::tensor::Tensor;
 use crate::tensor_f16::{require_f16_pack, HalfTensor};
 use tessera_shaders::conv2d as k;
@@ -168,7 +169,7 @@ fn im2col(x: &Tensor, s: &ConvShape, pinned: Option<&'static Kernel>) -> Result<
 
 /// x [N, C, H, W] → patches [C·kh·kw, N·Ho·Wo] rounded to f16 (mixed precision), or in f32
 /// by [`im2col`] (with its kernel `pinned`).
-fn patches(x: &Tensor, s: &ConvShape, pinned: Option<&'static Kernel>) -> Result<Operand> {
+pub(super) fn patches(x: &Tensor, s: &ConvShape, pinned: Option<&'static Kernel>) -> Result<Operand> {
     if !s.opts.half {
         return Ok(Operand::F32(im2col(x, s, pinned)?));
     }
@@ -184,7 +185,7 @@ fn patches(x: &Tensor, s: &ConvShape, pinned: Option<&'static Kernel>) -> Result
 }
 
 /// The adjoint of [`im2col`]: patches [C·kh·kw, N·Ho·Wo] → dx [N, C, H, W], summing overlaps.
-fn col2im(cols: &Tensor, s: &ConvShape) -> Result<Tensor> {
+pub(super) fn col2im(cols: &Tensor, s: &ConvShape) -> Result<Tensor> {
     launch(&k::COL2IM, ConvParams::of(s, s.n * s.c * s.h * s.w)?, cols, &[s.n, s.c, s.h, s.w])
 }
 
@@ -195,12 +196,12 @@ fn swap01(x: &Tensor, a: usize, b: usize, inner: usize, out_shape: &[usize]) -> 
     launch(&k::SWAP01, params, x, out_shape)
 }
 
-/// Images per GPU pass: one pass's patch matrix [C·kh·kw, n·Ho·Wo] and GEMM result
-/// [O, n·Ho·Wo] must each fit one storage binding (128 MiB on lavapipe: ResNet-50's layer1 at
-/// 224 px, batch 32, needs 231 MB). Larger batches run in chunks of images; a single image
-/// that does not fit still reports `TooLarge`.
+/// Images per GPU pass: one pass's input [n, C, H, W], patch matrix [C·kh·kw, n·Ho·Wo] and
+/// GEMM result [O, n·Ho·Wo] must each fit one storage binding (128 MiB on lavapipe: ResNet-50's
+/// layer1 at 224 px, batch 32, needs 231 MB). Larger batches run in chunks of images; an image
+/// that does not fit alone runs in bands of rows (conv2d_bands.rs).
 fn images_per_pass(gpu: &GpuBackend, s: &ConvShape) -> usize {
-    let per_image = 4 * s.patch_len().max(s.o) * s.ho * s.wo;
+    let per_image = 4 * (s.patch_len().max(s.o) * s.ho * s.wo).max(s.c * s.h * s.w);
     (gpu.max_binding_bytes() as usize / per_image.max(1)).clamp(1, s.n.max(1))
 }
 
@@ -235,20 +236,41 @@ pub(crate) fn conv2d_with_im2col(
     let Device::Gpu(gpu) = x.device() else { unreachable!("CPU handled above") };
     let per_pass = images_per_pass(gpu, &s);
     if per_pass < s.n {
-        let mut out = conv2d_with_im2col(&images(x, 0, per_pass)?, weight, bias, opts, im2col_kernel)?;
-        for start in (per_pass..s.n).step_by(per_pass) {
+        let mut out = None;
+        for start in (0..s.n).step_by(per_pass) {
             let part = conv2d_with_im2col(&images(x, start, per_pass.min(s.n - start))?, weight, bias, opts, im2col_kernel)?;
-            out = concat(&out, &part, 0)?;
+            out = Some(super::join(out, part, 0)?);
         }
+        let Some(out) = out else { return Err(shape_err("conv2d", format!("{s:?} has no images"))) };
         return Ok(out);
     }
-    let cols = patches(x, &s, im2col_kernel)?;
-    let w_mat = Operand::new(weight.reshape(&[s.o, s.patch_len()])?, opts.half)?;
-    let out_onp = gemm_operands(&w_mat, &cols, GemmOpts::default())?; // [O, N·Ho·Wo]
-    let out = swap01(&out_onp, s.o, s.n, s.ho * s.wo, &s.out_shape())?;
+    let out = if s.n == 1 && !bands::image_fits(gpu, &s) {
+        bands::forward(gpu, x, weight, &s, im2col_kernel)?
+    } else {
+        let cols = patches(x, &s, im2col_kernel)?;
+        let w_mat = Operand::new(weight.reshape(&[s.o, s.patch_len()])?, opts.half)?;
+        let out_onp = gemm_operands(&w_mat, &cols, GemmOpts::default())?; // [O, N·Ho·Wo]
+        to_nchw(&out_onp, &s)?
+    };
     match bias {
         Some(b) => add_channel(&out, b, 1),
         None => Ok(out),
+    }
+}
+
+/// The GEMMs' [O, N·Ho·Wo] as [N, O, Ho, Wo] (one image: the same values).
+fn to_nchw(out_onp: &Tensor, s: &ConvShape) -> Result<Tensor> {
+    match s.n {
+        1 => out_onp.reshape(&s.out_shape()),
+        _ => swap01(out_onp, s.o, s.n, s.ho * s.wo, &s.out_shape()),
+    }
+}
+
+/// [N, O, Ho, Wo] as the GEMMs' [O, N·Ho·Wo] (one image: the same values).
+fn from_nchw(g: &Tensor, s: &ConvShape) -> Result<Tensor> {
+    match s.n {
+        1 => g.reshape(&[s.o, s.positions()]),
+        _ => swap01(g, s.n, s.o, s.ho * s.wo, &[s.o, s.positions()]),
     }
 }
 
@@ -277,22 +299,19 @@ pub fn conv2d_backward(
     let per_pass = images_per_pass(gpu, &s);
     if per_pass < s.n {
         // dx: the passes' input gradients side by side; dW: their sum.
-        let (mut dx, mut dw): (Option<Tensor>, Option<Tensor>) = (None, None);
+        let (mut dx, mut dw) = (None, None);
         for start in (0..s.n).step_by(per_pass) {
             let len = per_pass.min(s.n - start);
             let (dx_part, dw_part) = conv2d_backward(&images(x, start, len)?, weight, &images(g, start, len)?, opts, need_input, need_weight)?;
-            dx = match (dx, dx_part) {
-                (Some(acc), Some(part)) => Some(concat(&acc, &part, 0)?),
-                (acc, part) => acc.or(part),
-            };
-            dw = match (dw, dw_part) {
-                (Some(acc), Some(part)) => Some(add(&acc, &part)?),
-                (acc, part) => acc.or(part),
-            };
+            dx = dx_part.map(|part| super::join(dx, part, 0)).transpose()?;
+            dw = dw_part.map(|part| super::accumulate(dw, part)).transpose()?;
         }
         return Ok((dx, dw));
     }
-    let g_onp = Operand::new(swap01(g, s.n, s.o, s.ho * s.wo, &[s.o, s.positions()])?, opts.half)?;
+    if s.n == 1 && !bands::image_fits(gpu, &s) {
+        return bands::backward(gpu, x, weight, g, &s, need_input, need_weight);
+    }
+    let g_onp = Operand::new(from_nchw(g, &s)?, opts.half)?;
     let dw = if need_weight {
         let cols = patches(x, &s, None)?;
         let dw = gemm_operands(&g_onp, &cols, GemmOpts { trans_b: true, ..Default::default() })?;

@@ -168,14 +168,20 @@ pub fn concat(a: &Tensor, b: &Tensor, axis: usize) -> Result<Tensor> {
         Device::Gpu(gpu) => {
             let out = Tensor::uninit_gpu(shape, gpu)?;
             let (ab, bb, ob) = (gpu_buffer(a), gpu_buffer(b), gpu_buffer(&out));
-            if outer <= 1 {
-                // One row: b's values follow a's (a batch's passes joined along axis 0).
-                gpu.copy(&ab, 0, &ob, 0, 4 * la as u64)?;
-                gpu.copy(&bb, 0, &ob, 4 * la as u64, 4 * lb as u64)?;
+            let binds = [Bind::Rows(&ab, la), Bind::Rows(&bb, lb), Bind::Rows(&ob, la + lb)];
+            if outer <= 1 || super::rows_per_launch(gpu, k::CONCAT2.entry, outer, &binds).is_err() {
+                // Rows of a then b as buffer copies: one row (a batch's passes joined along
+                // axis 0), or rows too long for aligned windows of one binding (bands of a
+                // big image's planes).
+                for r in 0..outer.max(1) as u64 {
+                    let (la, lb) = (4 * la as u64, 4 * lb as u64);
+                    gpu.copy(&ab, r * la, &ob, r * (la + lb), la)?;
+                    gpu.copy(&bb, r * lb, &ob, r * (la + lb) + la, lb)?;
+                }
                 return Ok(out);
             }
             // Rows of a then b, in windows of whole rows when they exceed one binding.
-            launch_rows(gpu, &k::CONCAT2, (outer, la + lb), &[Bind::Rows(&ab, la), Bind::Rows(&bb, lb), Bind::Rows(&ob, la + lb)], |_, rows| {
+            launch_rows(gpu, &k::CONCAT2, (outer, la + lb), &binds, |_, rows| {
                 let params =
                     EwParams { n: to_u32("concat", rows * (la + lb))?, inner: to_u32("concat", la)?, channels: to_u32("concat", lb)?, ..Default::default() };
                 Ok(bytemuck::bytes_of(&params).to_vec())

@@ -4,6 +4,7 @@ pub mod adamw;
 pub mod batchnorm;
 mod batchnorm_cpu;
 pub mod conv2d;
+mod conv2d_bands;
 mod conv2d_cpu;
 pub mod elementwise;
 pub mod gemm;
@@ -48,6 +49,22 @@ pub(crate) fn gpu_buffer(t: &Tensor) -> Arc<GpuBuffer> {
     match t.storage() {
         Storage::Gpu(b) => b.clone(),
         Storage::Cpu(_) => unreachable!("device checked before dispatch"),
+    }
+}
+
+/// Appends `part` to `acc` along `axis` (the first part starts it).
+pub(crate) fn join(acc: Option<Tensor>, part: Tensor, axis: usize) -> Result<Tensor> {
+    match acc {
+        Some(acc) => elementwise::concat(&acc, &part, axis),
+        None => Ok(part),
+    }
+}
+
+/// Adds `part` to `acc` (the first part starts it).
+pub(crate) fn accumulate(acc: Option<Tensor>, part: Tensor) -> Result<Tensor> {
+    match acc {
+        Some(acc) => elementwise::add(&acc, &part),
+        None => Ok(part),
     }
 }
 

@@ -169,9 +169,10 @@ impl GatherSum {
     /// reduced axis are partial sums, added up.
     fn run_gpu_blocked(&self, op: &'static str, gpu: &Arc<GpuBackend>, x: &GpuBuffer, out_shape: &[usize], pinned: Option<ReductionVariant>) -> Result<Tensor> {
         let widest = |stride: &[usize]| stride.iter().enumerate().max_by_key(|(_, s)| **s).map(|(i, s)| (i, *s));
-        // Split the output's first kept axis (its rows are contiguous) unless a reduced axis
-        // spreads x further.
-        let kept0 = self.kept_shape.first().map(|_| (0, self.kept_stride[0]));
+        // Split the output's first kept axis longer than 1 (its rows are contiguous: the axes
+        // before it have one position each) unless a reduced axis spreads x further.
+        let first_kept = self.kept_shape.iter().position(|&n| n > 1).or((!self.kept_shape.is_empty()).then_some(0));
+        let kept0 = first_kept.map(|i| (i, self.kept_stride[i]));
         let (split_kept, axis, stride) = match (kept0, widest(&self.red_stride)) {
             (Some((_, ks)), Some((ri, rs))) if rs > ks => (false, ri, rs),
             (Some((ki, ks)), _) => (true, ki, ks),
@@ -218,10 +219,7 @@ impl GatherSum {
             if split_kept {
                 gpu.copy(&gpu_buffer(&part), 0, &gpu_buffer(&out), 4 * (r0 * out_row) as u64, 4 * (b * out_row) as u64)?;
             } else {
-                total = Some(match total {
-                    None => part,
-                    Some(t) => super::add(&t, &part)?,
-                });
+                total = Some(super::accumulate(total, part)?);
             }
         }
         Ok(total.map_or(out, |t| t.reshape(out_shape).expect("same numel")))
