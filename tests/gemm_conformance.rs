@@ -60,7 +60,7 @@ fn make_case(i: usize, (m, n, k): (usize, usize, usize), ta: bool, tb: bool, bat
         a: (random_vec(len(&a_shape), seed), a_shape),
         b: (random_vec(len(&b_shape), seed + 1), b_shape),
         c: with_c.then(|| (random_vec(len(&c_shape), seed + 2), c_shape)),
-        opts: GemmOpts { trans_a: ta, trans_b: tb, alpha: if with_c { 0.75 } else { 1.0 }, beta: if with_c { -0.5 } else { 0.0 }, half: false },
+        opts: GemmOpts { trans_a: ta, trans_b: tb, alpha: if with_c { 0.75 } else { 1.0 }, beta: if with_c { -0.5 } else { 0.0 } },
     }
 }
 
@@ -165,7 +165,7 @@ fn cpu_gemm_matches_a_naive_reference() {
         }
     }
     let t = |d: &[f32], s: &[usize]| Tensor::from_vec(d.to_vec(), s, &cpu).unwrap();
-    let opts = GemmOpts { trans_a: true, trans_b: true, alpha: 2.0, beta: 0.5, half: false };
+    let opts = GemmOpts { trans_a: true, trans_b: true, alpha: 2.0, beta: 0.5 };
     let got = ops::gemm(&t(&a, &[k, m]), &t(&b, &[n, k]), Some(&t(&c, &[m, n])), opts).unwrap();
     assert!(max_rel_err(&got.to_vec().unwrap(), &want) < 1e-6);
 }

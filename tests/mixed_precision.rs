@@ -2,9 +2,10 @@
 //! after clean steps), the optimizers' unscaling, and autocast's f16 products and f16 saved
 //! activations against the f32 computation. The memory it saves: tests/mixed_memory.rs.
 use rand::{rngs::StdRng, SeedableRng};
-use tessera_engine::autograd::{self as ag, Saved};
+use tessera_engine::autograd as ag;
 use tessera_engine::nn::{BatchNorm2d, Conv2d, Flatten, Linear, MaxPool2d, Module, ReLU, Sequential};
 use tessera_engine::ops::{self, AdamWHyper, Conv2dOpts, Labels, LossScaling, SgdHyper, StepGuard};
+use tessera_engine::tensor_f16::MixedTensor;
 use tessera_engine::{Device, Tensor, Var};
 use tessera_tests::{f16_gpu_devices, gpu_devices, max_rel_err, random_tensor};
 
@@ -96,7 +97,7 @@ fn autocast_saves_gpu_activations_in_f16_once() {
             let y = ag::relu(&ag::scale(&x, 3.0).unwrap()).unwrap();
             (y.clone(), [y.saved().unwrap(), y.saved().unwrap(), x.saved().unwrap()])
         });
-        assert!(matches!(saved[2], Saved::F32(_)), "{d}: a parameter is saved in f32");
+        assert!(matches!(saved[2], MixedTensor::F32(_)), "{d}: a parameter is saved in f32");
         let on_gpu = matches!(d, Device::Gpu(_));
         assert_eq!(saved[0].is_half(), on_gpu, "{d}");
         let want: Vec<f32> = y.value().to_vec().unwrap().iter().map(|&v| half::f16::from_f32(v).to_f32()).collect();
@@ -104,7 +105,7 @@ fn autocast_saves_gpu_activations_in_f16_once() {
         if on_gpu {
             assert_eq!(got, want, "{d}: the f16 copy is the value rounded to f16");
             // One copy: both saves widen to the same values from the same f16 storage.
-            let (Saved::F16(a), Saved::F16(b)) = (&saved[0], &saved[1]) else { unreachable!() };
+            let (MixedTensor::F16(a), MixedTensor::F16(b)) = (&saved[0], &saved[1]) else { unreachable!() };
             assert_eq!(a.to_f16_vec().unwrap(), b.to_f16_vec().unwrap());
         }
         assert!(!ag::autocast(false, || y.saved().unwrap().is_half()), "{d}: outside autocast values are saved in f32");

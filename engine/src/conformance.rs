@@ -121,7 +121,7 @@ fn gemm_cases(cases: &mut Vec<Case>) {
         let a = random_tensor(&if ta { lead(k, m) } else { lead(m, k) }, seed, dev)?;
         let b = random_tensor(&if tb { lead(n, k) } else { lead(k, n) }, seed + 1, dev)?;
         let c = if with_c { Some(random_tensor(&[m, n], seed + 2, dev)?) } else { None };
-        let opts = GemmOpts { trans_a: ta, trans_b: tb, alpha: 0.75, beta: if with_c { -0.5 } else { 0.0 }, half: false };
+        let opts = GemmOpts { trans_a: ta, trans_b: tb, alpha: 0.75, beta: if with_c { -0.5 } else { 0.0 } };
         Ok::<_, Error>((a, b, c, opts))
     };
     for (i, d) in dims.into_iter().enumerate() {

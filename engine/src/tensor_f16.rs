@@ -146,3 +146,39 @@ impl std::fmt::Debug for HalfTensor {
         write!(f, "HalfTensor({:?} on {})", self.shape, self.device)
     }
 }
+
+/// A tensor held in f32, or in f16 for mixed precision: what a backward rule saves under
+/// `autograd::autocast` and what `ops::gemm_mixed` multiplies.
+#[derive(Clone)]
+pub enum MixedTensor {
+    F32(Tensor),
+    F16(HalfTensor),
+}
+
+impl MixedTensor {
+    /// `t`, rounded to f16 when `half`.
+    pub fn new(t: Tensor, half: bool) -> Result<Self> {
+        Ok(if half { Self::F16(HalfTensor::from_tensor(&t)?) } else { Self::F32(t) })
+    }
+
+    /// The values as f32 (an f16 copy is widened: one conversion kernel).
+    pub fn tensor(&self) -> Result<Tensor> {
+        match self {
+            Self::F32(t) => Ok(t.clone()),
+            Self::F16(h) => h.to_tensor(),
+        }
+    }
+
+    /// The values as f16 (an f32 tensor is rounded: one conversion kernel).
+    pub fn half(&self) -> Result<HalfTensor> {
+        match self {
+            Self::F32(t) => HalfTensor::from_tensor(t),
+            Self::F16(h) => Ok(h.clone()),
+        }
+    }
+
+    /// Whether the values are held in f16.
+    pub fn is_half(&self) -> bool {
+        matches!(self, Self::F16(_))
+    }
+}

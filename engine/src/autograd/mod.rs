@@ -8,7 +8,7 @@
 //! saved are released, so activations leave memory while gradients arrive. A second
 //! `backward` through the same graph is an error.
 //!
-//! Under [`autocast`] (mixed precision on a GPU) rules save activations in f16 ([`Saved`]),
+//! Under [`autocast`] (mixed precision on a GPU) rules save activations in f16 ([`MixedTensor`]),
 //! once per value however many rules save it, and convolutions and products multiply f16
 //! operands with f32 accumulation.
 //!
@@ -22,7 +22,7 @@ pub use ops::*;
 use crate::device::Device;
 use crate::error::{shape_err, Error, Result};
 use crate::tensor::Tensor;
-use crate::tensor_f16::HalfTensor;
+use crate::tensor_f16::{HalfTensor, MixedTensor};
 use std::cell::Cell;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -64,28 +64,6 @@ impl Node {
 pub struct Var {
     value: Tensor,
     node: Arc<Node>,
-}
-
-/// A tensor a backward rule keeps: the value itself, or its f16 copy under [`autocast`].
-#[derive(Clone)]
-pub enum Saved {
-    F32(Tensor),
-    F16(HalfTensor),
-}
-
-impl Saved {
-    /// The saved values as f32 (an f16 copy is widened: one conversion kernel).
-    pub fn tensor(&self) -> Result<Tensor> {
-        match self {
-            Saved::F32(t) => Ok(t.clone()),
-            Saved::F16(h) => h.to_tensor(),
-        }
-    }
-
-    /// Whether the values were saved in f16 (the rule then multiplies in f16 too).
-    pub fn is_half(&self) -> bool {
-        matches!(self, Saved::F16(_))
-    }
 }
 
 thread_local! {
@@ -196,16 +174,16 @@ impl Var {
     /// The value as a backward rule keeps it: under [`autocast`], a GPU value that no
     /// parameter holds is kept as its f16 copy (made once and shared by every rule that saves
     /// this value); otherwise the value itself.
-    pub fn saved(&self) -> Result<Saved> {
+    pub fn saved(&self) -> Result<MixedTensor> {
         let is_param = self.node.grad.is_some();
         if is_param || !autocast_on(self.value.device()) {
-            return Ok(Saved::F32(self.value.clone()));
+            return Ok(MixedTensor::F32(self.value.clone()));
         }
         let mut half = self.node.half.lock().expect("graph node poisoned");
         if half.is_none() {
             *half = Some(HalfTensor::from_tensor(&self.value)?);
         }
-        Ok(Saved::F16(half.clone().expect("made above")))
+        Ok(MixedTensor::F16(half.clone().expect("made above")))
     }
 
     /// Back-propagates from this scalar, adding each leaf's gradient to what it holds.

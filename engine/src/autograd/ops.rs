@@ -3,6 +3,7 @@
 use super::{autocast_on, Var};
 use crate::error::{shape_err, Result};
 use crate::ops::{self as k, GemmOpts, Labels};
+use crate::tensor_f16::MixedTensor;
 use std::sync::Arc;
 
 /// a + b (same shapes).
@@ -41,25 +42,34 @@ pub fn relu(x: &Var) -> Result<Var> {
     })
 }
 
+/// A product's operand: under autocast (`half`) the value as saved (an activation's one f16
+/// copy) or, for a parameter, its f16 rounding for this step; otherwise the f32 value.
+fn operand(v: &Var, half: bool) -> Result<MixedTensor> {
+    match v.saved()? {
+        MixedTensor::F32(t) => MixedTensor::new(t, half),
+        saved => Ok(saved),
+    }
+}
+
 /// A·B for 2-D A [M, K] and B [K, N]: dA = g·Bᵀ, dB = Aᵀ·g.
 pub fn matmul(a: &Var, b: &Var) -> Result<Var> {
     if a.shape().len() != 2 || b.shape().len() != 2 {
         return Err(shape_err("matmul", format!("differentiable matmul takes 2-D operands, got {:?} and {:?}", a.shape(), b.shape())));
     }
+    // Under autocast each operand is rounded to f16 once: the forward multiplies the copies
+    // the backward keeps.
     let half = autocast_on(a.value().device());
-    let value = k::gemm(a.value(), b.value(), None, GemmOpts { half, ..Default::default() })?;
-    let (av, bv) = (a.saved()?, b.saved()?);
+    let (av, bv) = (operand(a, half)?, operand(b, half)?);
+    let value = k::gemm_mixed(&av, &bv, GemmOpts::default())?;
     Ok(Var::from_op(
         "matmul",
         value,
         &[a, b],
         Box::new(move |g, needs| {
-            let nt = GemmOpts { trans_b: true, half, ..Default::default() };
-            let tn = GemmOpts { trans_a: true, half, ..Default::default() };
-            Ok(vec![
-                if needs[0] { Some(k::gemm(g, &bv.tensor()?, None, nt)?) } else { None },
-                if needs[1] { Some(k::gemm(&av.tensor()?, g, None, tn)?) } else { None },
-            ])
+            let g = MixedTensor::new(g.clone(), half)?;
+            let nt = GemmOpts { trans_b: true, ..Default::default() };
+            let tn = GemmOpts { trans_a: true, ..Default::default() };
+            Ok(vec![if needs[0] { Some(k::gemm_mixed(&g, &bv, nt)?) } else { None }, if needs[1] { Some(k::gemm_mixed(&av, &g, tn)?) } else { None }])
         }),
     ))
 }
@@ -72,16 +82,17 @@ pub fn linear(x: &Var, w: &Var, b: Option<&Var>) -> Result<Var> {
         return Err(shape_err("linear", format!("input {xs:?} and weight {ws:?} do not match: need [N, in] and [out, in]")));
     }
     let half = autocast_on(x.value().device());
-    let value = k::gemm(x.value(), w.value(), None, GemmOpts { trans_b: true, half, ..Default::default() })?;
-    let (xv, wv) = (x.saved()?, w.value().clone());
+    let (xv, wv) = (operand(x, half)?, operand(w, half)?);
+    let value = k::gemm_mixed(&xv, &wv, GemmOpts { trans_b: true, ..Default::default() })?;
     let product = Var::from_op(
         "linear",
         value,
         &[x, w],
         Box::new(move |g, needs| {
+            let g = MixedTensor::new(g.clone(), half)?;
             Ok(vec![
-                if needs[0] { Some(k::gemm(g, &wv, None, GemmOpts { half, ..Default::default() })?) } else { None },
-                if needs[1] { Some(k::gemm(g, &xv.tensor()?, None, GemmOpts { trans_a: true, half, ..Default::default() })?) } else { None },
+                if needs[0] { Some(k::gemm_mixed(&g, &wv, GemmOpts::default())?) } else { None },
+                if needs[1] { Some(k::gemm_mixed(&g, &xv, GemmOpts { trans_a: true, ..Default::default() })?) } else { None },
             ])
         }),
     );

@@ -4,14 +4,14 @@
 //! (conv2d_f16.wgsl) and the GEMMs multiply f16 with f32 accumulation; CPU twin:
 //! conv2d_cpu.rs, image by image with OpenBLAS; conformance: tests/ops_conformance.rs.
 use super::conv2d_bands as bands;
-use super::gemm::{gemm_operands, Operand};
+use super::gemm::gemm_mixed;
 use super::{conv2d_cpu, cpu_data, cpu_tensor, gpu_buffer, grid_1d, launch_map, to_u32};
 use crate::device::Device;
 use crate::error::{shape_err, Result};
 use crate::gpu::GpuBackend;
 use crate::ops::{add_channel, narrow, sum, GemmOpts};
 use crate::tensor::Tensor;
-use crate::tensor_f16::{require_f16_pack, HalfTensor};
+use crate::tensor_f16::{require_f16_pack, HalfTensor, MixedTensor};
 use tessera_shaders::conv2d as k;
 use tessera_shaders::Kernel;
 
@@ -169,9 +169,9 @@ fn im2col(x: &Tensor, s: &ConvShape, pinned: Option<&'static Kernel>) -> Result<
 
 /// x [N, C, H, W] → patches [C·kh·kw, N·Ho·Wo] rounded to f16 (mixed precision), or in f32
 /// by [`im2col`] (with its kernel `pinned`).
-pub(super) fn patches(x: &Tensor, s: &ConvShape, pinned: Option<&'static Kernel>) -> Result<Operand> {
+pub(super) fn patches(x: &Tensor, s: &ConvShape, pinned: Option<&'static Kernel>) -> Result<MixedTensor> {
     if !s.opts.half {
-        return Ok(Operand::F32(im2col(x, s, pinned)?));
+        return Ok(MixedTensor::F32(im2col(x, s, pinned)?));
     }
     let Device::Gpu(gpu) = x.device() else { unreachable!("GPU launch on a CPU tensor") };
     require_f16_pack(gpu, "conv2d")?;
@@ -181,7 +181,7 @@ pub(super) fn patches(x: &Tensor, s: &ConvShape, pinned: Option<&'static Kernel>
     let kernel = &tessera_shaders::conv2d_f16::IM2COL_F16;
     let groups = grid_1d(gpu, "conv2d", words, kernel.workgroup[0] as usize)?;
     gpu.launch(kernel, bytemuck::bytes_of(&ConvParams::of(s, total)?), &[&gpu_buffer(x), &out], groups)?;
-    Ok(Operand::F16(HalfTensor::from_gpu_buffer(out, vec![s.patch_len(), s.positions()], gpu)))
+    Ok(MixedTensor::F16(HalfTensor::from_gpu_buffer(out, vec![s.patch_len(), s.positions()], gpu)))
 }
 
 /// The adjoint of [`im2col`]: patches [C·kh·kw, N·Ho·Wo] → dx [N, C, H, W], summing overlaps.
@@ -248,8 +248,8 @@ pub(crate) fn conv2d_with_im2col(
         bands::forward(gpu, x, weight, &s, im2col_kernel)?
     } else {
         let cols = patches(x, &s, im2col_kernel)?;
-        let w_mat = Operand::new(weight.reshape(&[s.o, s.patch_len()])?, opts.half)?;
-        let out_onp = gemm_operands(&w_mat, &cols, GemmOpts::default())?; // [O, N·Ho·Wo]
+        let w_mat = MixedTensor::new(weight.reshape(&[s.o, s.patch_len()])?, opts.half)?;
+        let out_onp = gemm_mixed(&w_mat, &cols, GemmOpts::default())?; // [O, N·Ho·Wo]
         to_nchw(&out_onp, &s)?
     };
     match bias {
@@ -311,17 +311,17 @@ pub fn conv2d_backward(
     if s.n == 1 && !bands::image_fits(gpu, &s) {
         return bands::backward(gpu, x, weight, g, &s, need_input, need_weight);
     }
-    let g_onp = Operand::new(from_nchw(g, &s)?, opts.half)?;
+    let g_onp = MixedTensor::new(from_nchw(g, &s)?, opts.half)?;
     let dw = if need_weight {
         let cols = patches(x, &s, None)?;
-        let dw = gemm_operands(&g_onp, &cols, GemmOpts { trans_b: true, ..Default::default() })?;
+        let dw = gemm_mixed(&g_onp, &cols, GemmOpts { trans_b: true, ..Default::default() })?;
         Some(dw.reshape(weight.shape())?)
     } else {
         None
     };
     let dx = if need_input {
-        let w_mat = Operand::new(weight.reshape(&[s.o, s.patch_len()])?, opts.half)?;
-        let dcols = gemm_operands(&w_mat, &g_onp, GemmOpts { trans_a: true, ..Default::default() })?;
+        let w_mat = MixedTensor::new(weight.reshape(&[s.o, s.patch_len()])?, opts.half)?;
+        let dcols = gemm_mixed(&w_mat, &g_onp, GemmOpts { trans_a: true, ..Default::default() })?;
         Some(col2im(&dcols, &s)?)
     } else {
         None

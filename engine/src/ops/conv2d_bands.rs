@@ -6,11 +6,12 @@
 //! rows, each gathering (col2im) from the output rows that reach it, so no two bands write the
 //! same input row and nothing is summed across bands.
 use super::conv2d::{col2im, patches, ConvShape};
-use super::gemm::{gemm_operands, Operand};
+use super::gemm::gemm_mixed;
 use super::{accumulate, join, narrow, GemmOpts};
 use crate::error::{shape_err, Result};
 use crate::gpu::GpuBackend;
 use crate::tensor::Tensor;
+use crate::tensor_f16::MixedTensor;
 use tessera_shaders::Kernel;
 
 /// A band: input rows [in0, in0 + shape.h), output rows [out0, out0 + shape.ho), and the
@@ -79,8 +80,8 @@ fn bands(gpu: &GpuBackend, len: usize, cut: impl Fn(usize, usize) -> Band) -> Ve
 }
 
 /// The weight as the GEMMs' [O, C·kh·kw] operand.
-fn weight_matrix(weight: &Tensor, s: &ConvShape) -> Result<Operand> {
-    Operand::new(weight.reshape(&[s.o, s.patch_len()])?, s.opts.half)
+fn weight_matrix(weight: &Tensor, s: &ConvShape) -> Result<MixedTensor> {
+    MixedTensor::new(weight.reshape(&[s.o, s.patch_len()])?, s.opts.half)
 }
 
 /// The band's input rows of x [1, C, H, W].
@@ -89,9 +90,9 @@ fn band_input(x: &Tensor, b: &Band) -> Result<Tensor> {
 }
 
 /// The band's output rows of g [1, O, Ho, Wo] as the GEMMs' [O, rows·Wo] operand.
-fn band_gradient(g: &Tensor, b: &Band, half: bool) -> Result<Operand> {
+fn band_gradient(g: &Tensor, b: &Band, half: bool) -> Result<MixedTensor> {
     let s = &b.shape;
-    Operand::new(narrow(g, 2, b.out0, s.ho)?.reshape(&[s.o, s.ho * s.wo])?, half)
+    MixedTensor::new(narrow(g, 2, b.out0, s.ho)?.reshape(&[s.o, s.ho * s.wo])?, half)
 }
 
 /// conv2d without bias of one image x [1, C, H, W] → [1, O, Ho, Wo], band by band.
@@ -101,7 +102,7 @@ pub(super) fn forward(gpu: &GpuBackend, x: &Tensor, weight: &Tensor, s: &ConvSha
     for band in bands(gpu, s.ho, |r0, r1| Band::of_output_rows(s, r0, r1)) {
         let cols = patches(&band_input(x, &band)?, &band.shape, im2col_kernel)?;
         // [O, rows·Wo]: the band's rows of every output channel, joined row-wise per channel.
-        out = Some(join(out, gemm_operands(&w_mat, &cols, GemmOpts::default())?, 1)?);
+        out = Some(join(out, gemm_mixed(&w_mat, &cols, GemmOpts::default())?, 1)?);
     }
     let Some(out) = out else { return Err(shape_err("conv2d", format!("{s:?} has no output rows"))) };
     out.reshape(&s.out_shape())
@@ -122,7 +123,7 @@ pub(super) fn backward(
     if need_weight {
         for band in bands(gpu, s.ho, |r0, r1| Band::of_output_rows(s, r0, r1)) {
             let cols = patches(&band_input(x, &band)?, &band.shape, None)?;
-            let part = gemm_operands(&band_gradient(g, &band, s.opts.half)?, &cols, GemmOpts { trans_b: true, ..Default::default() })?;
+            let part = gemm_mixed(&band_gradient(g, &band, s.opts.half)?, &cols, GemmOpts { trans_b: true, ..Default::default() })?;
             dw = Some(accumulate(dw, part)?);
         }
     }
@@ -130,7 +131,7 @@ pub(super) fn backward(
     if need_input {
         let w_mat = weight_matrix(weight, s)?;
         for band in bands(gpu, s.h, |i0, i1| Band::of_input_rows(s, i0, i1)) {
-            let dcols = gemm_operands(&w_mat, &band_gradient(g, &band, s.opts.half)?, GemmOpts { trans_a: true, ..Default::default() })?;
+            let dcols = gemm_mixed(&w_mat, &band_gradient(g, &band, s.opts.half)?, GemmOpts { trans_a: true, ..Default::default() })?;
             dx = Some(join(dx, col2im(&dcols, &band.shape)?, 2)?);
         }
     }

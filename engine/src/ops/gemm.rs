@@ -8,7 +8,7 @@ use crate::error::{shape_err, Error, Result};
 use crate::gpu::GpuBackend;
 use crate::gpu::{GpuBuffer, Window};
 use crate::tensor::Tensor;
-use crate::tensor_f16::{HalfStorage, HalfTensor};
+use crate::tensor_f16::{HalfStorage, HalfTensor, MixedTensor};
 use std::sync::Arc;
 use tessera_shaders::gemm::{GemmKernel, Storage, F16_PACKED_REG4X4, F16_REG16X16, F16_REG4X4, REG_16X16, REG_4X4, SUBGROUP_32X8, TILED_64, VARIANTS};
 
@@ -19,14 +19,11 @@ pub struct GemmOpts {
     pub alpha: f32,
     /// Ignored (treated as 0, as in PyTorch's addmm) when no C is given.
     pub beta: f32,
-    /// Mixed precision (autocast): on a GPU, A and B are rounded to f16 and multiplied by the
-    /// f16 kernel with f32 accumulation ([`gemm_f16`]); the CPU ignores it.
-    pub half: bool,
 }
 
 impl Default for GemmOpts {
     fn default() -> Self {
-        Self { trans_a: false, trans_b: false, alpha: 1.0, beta: 0.0, half: false }
+        Self { trans_a: false, trans_b: false, alpha: 1.0, beta: 0.0 }
     }
 }
 
@@ -138,9 +135,6 @@ pub fn gemm_with_kernel(variant: &GemmKernel, a: &Tensor, b: &Tensor, c: Option<
 }
 
 fn gemm_dispatch(variant: Option<&GemmKernel>, a: &Tensor, b: &Tensor, c: Option<&Tensor>, o: GemmOpts) -> Result<Tensor> {
-    if o.half && variant.is_none() && matches!(a.device(), Device::Gpu(_)) {
-        return gemm_f16(&HalfTensor::from_tensor(a)?, &HalfTensor::from_tensor(b)?, c, GemmOpts { half: false, ..o });
-    }
     check_storage("gemm", variant, false)?;
     let shape = GemmShape::new(a.shape(), b.shape(), c.map(|c| c.shape()), o)?;
     a.check_same_device("gemm", b)?;
@@ -260,30 +254,10 @@ fn check_storage(op: &'static str, variant: Option<&GemmKernel>, half: bool) -> 
     }
 }
 
-/// A GEMM operand held in f32, or in f16 for mixed precision.
-pub(crate) enum Operand {
-    F32(Tensor),
-    F16(HalfTensor),
-}
-
-impl Operand {
-    /// `t`, rounded to f16 when `half`.
-    pub(crate) fn new(t: Tensor, half: bool) -> Result<Self> {
-        Ok(if half { Self::F16(HalfTensor::from_tensor(&t)?) } else { Self::F32(t) })
-    }
-
-    fn half(&self) -> Result<HalfTensor> {
-        match self {
-            Self::F32(t) => HalfTensor::from_tensor(t),
-            Self::F16(h) => Ok(h.clone()),
-        }
-    }
-}
-
 /// op(A)·op(B): in f32 when both operands are, else with both in f16 and f32 accumulation.
-pub(crate) fn gemm_operands(a: &Operand, b: &Operand, o: GemmOpts) -> Result<Tensor> {
+pub fn gemm_mixed(a: &MixedTensor, b: &MixedTensor, o: GemmOpts) -> Result<Tensor> {
     match (a, b) {
-        (Operand::F32(a), Operand::F32(b)) => gemm(a, b, None, o),
+        (MixedTensor::F32(a), MixedTensor::F32(b)) => gemm(a, b, None, o),
         _ => gemm_f16(&a.half()?, &b.half()?, None, o),
     }
 }
