@@ -48,6 +48,9 @@ fn every_op_family_has_rows_beyond_a_binding() {
     let rows: Vec<String> = conformance::suite().iter().filter(|c| c.op.ends_with("(beyond a binding)")).map(|c| c.op.clone()).collect();
     for family in [
         "gemm",
+        "gemm_f16",
+        "f16 round trip",
+        "concat",
         "axpby",
         "add_channel",
         "dropout",
@@ -60,6 +63,8 @@ fn every_op_family_has_rows_beyond_a_binding() {
         "avg_pool2d",
         "adaptive_avg_pool2d",
         "conv2d",
+        "conv2d of one image",
+        "conv2d of one image, mixed precision",
         "batch_norm2d",
         "sgd_step",
         "adamw_step",

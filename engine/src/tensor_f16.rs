@@ -41,14 +41,26 @@ pub(crate) fn require_f16_pack(gpu: &GpuBackend, op: &'static str) -> Result<()>
     }
 }
 
-/// One half.wgsl launch: `n` values from `src` into a new buffer of `out_bytes`.
-fn convert(gpu: &Arc<GpuBackend>, kernel: &tessera_shaders::Kernel, src: &GpuBuffer, n: usize, invocations: usize, out_bytes: u64) -> Result<GpuBuffer> {
+/// f32 → f16 words (`pack`) or back, `n` values from `src` into a new buffer: one half.wgsl
+/// launch per window of values both sides of which fit one binding (one launch unless the
+/// tensor exceeds it). A window holds an even number of values starting on twice the binding
+/// alignment, so its f16 words start aligned too.
+fn convert(gpu: &Arc<GpuBackend>, pack: bool, src: &GpuBuffer, n: usize) -> Result<GpuBuffer> {
     require_f16_pack(gpu, "f16 conversion")?;
-    let out = gpu.alloc(out_bytes)?;
-    let params = HalfParams { n: to_u32("f16 conversion", n)?, _pad: [0; 3] };
-    if n > 0 {
+    let words = n.div_ceil(2);
+    let out = gpu.alloc(4 * if pack { words } else { n } as u64)?;
+    let step = 2 * gpu.binding_alignment_values();
+    let chunk = (gpu.max_binding_values() / step).max(1) * step;
+    let kernel = if pack { &k::PACK_F16 } else { &k::UNPACK_F16 };
+    for first in (0..n).step_by(chunk) {
+        let len = chunk.min(n - first);
+        let params = HalfParams { n: to_u32("f16 conversion", len)?, _pad: [0; 3] };
+        let (f32_of, f16_of) = if pack { (src, &out) } else { (&out, src) };
+        let (values, halves) = (f32_of.values(first, len), f16_of.values(first / 2, len.div_ceil(2)));
+        let windows = if pack { [values, halves] } else { [halves, values] };
+        let invocations = if pack { len.div_ceil(2) } else { len };
         let groups = grid_1d(gpu, "f16 conversion", invocations, kernel.workgroup[0] as usize)?;
-        gpu.launch(kernel, bytemuck::bytes_of(&params), &[src, &out], groups)?;
+        gpu.launch_windows(kernel, bytemuck::bytes_of(&params), &windows, groups)?;
     }
     Ok(out)
 }
@@ -63,11 +75,7 @@ impl HalfTensor {
     pub fn from_tensor(t: &Tensor) -> Result<Self> {
         let storage = match t.device() {
             Device::Cpu(_) => HalfStorage::Cpu(Arc::new(cpu_data(t).iter().map(|&v| f16::from_f32(v)).collect())),
-            Device::Gpu(gpu) => {
-                let n = t.numel();
-                let words = n.div_ceil(2);
-                HalfStorage::Gpu(Arc::new(convert(gpu, &k::PACK_F16, &gpu_buffer(t), n, words, words as u64 * 4)?))
-            }
+            Device::Gpu(gpu) => HalfStorage::Gpu(Arc::new(convert(gpu, true, &gpu_buffer(t), t.numel())?)),
         };
         Ok(Self { shape: t.shape().to_vec(), storage, device: t.device().clone() })
     }
@@ -95,8 +103,7 @@ impl HalfTensor {
         match (&self.storage, &self.device) {
             (HalfStorage::Cpu(values), _) => Ok(cpu_tensor(values.iter().map(|v| v.to_f32()).collect(), &self.shape, &self.device)),
             (HalfStorage::Gpu(buffer), Device::Gpu(gpu)) => {
-                let n = self.numel();
-                let out = convert(gpu, &k::UNPACK_F16, buffer, n, n, n as u64 * 4)?;
+                let out = convert(gpu, false, buffer, self.numel())?;
                 Ok(Tensor::from_storage(crate::tensor::Storage::Gpu(Arc::new(out)), self.shape.clone(), self.device.clone()))
             }
             (HalfStorage::Gpu(_), Device::Cpu(_)) => unreachable!("GPU storage always carries a GPU device"),

@@ -8,6 +8,7 @@ use crate::device::Device;
 use crate::error::{shape_err, Result};
 use crate::ops::{self, AdamWHyper, Conv2dOpts, GemmOpts, Labels, PoolKind, PoolShape, SgdHyper};
 use crate::tensor::Tensor;
+use crate::tensor_f16::HalfTensor;
 
 /// The binding limit the big rows run under on GPUs: 64 KiB (16 384 f32 values).
 pub const BIG_BINDING_LIMIT: u64 = 64 << 10;
@@ -74,6 +75,16 @@ fn gemm(cases: &mut Vec<Case>) {
             Ok(vec![out])
         }));
     }
+    // The f16-storage products of mixed precision, with operands in f16 windows (native f16
+    // where the adapter has SHADER_F16, packed words elsewhere).
+    for (i, (a, b, o, _)) in products.into_iter().enumerate().filter(|(_, p)| p.3.is_none()) {
+        let shape = format!("A {:?} B {:?} trans=({},{}) in f16", &a[1..], &b[1..], o.trans_a, o.trans_b);
+        cases.push(big_case("gemm_f16", &shape, TOLERANCE, move |d| {
+            let half = |s: [usize; 3], seed| HalfTensor::from_tensor(&random_tensor(&s[1..], seed, d)?);
+            let (at, bt) = (half(a, 10 + i as u64)?, half(b, 20 + i as u64)?);
+            Ok(vec![ops::gemm::gemm_f16(&at, &bt, None, o)?])
+        }));
+    }
 }
 
 fn elementwise(cases: &mut Vec<Case>) {
@@ -87,6 +98,8 @@ fn elementwise(cases: &mut Vec<Case>) {
         let x = big(&shape, 1, d)?;
         Ok(vec![ops::add_channel(&x, &random_tensor(&[shape[1]], 3, d)?, 1)?, ops::add_channel(&x, &random_tensor(&[shape[0]], 4, d)?, 0)?])
     }));
+    // An odd count: the last f16 word holds one value.
+    cases.push(big_case("f16 round trip", &name, 0.0, move |d| Ok(vec![HalfTensor::from_tensor(&big(&shape, 1, d)?)?.to_tensor()?])));
     cases.push(big_case("dropout", &name, 1e-6, move |d| Ok(vec![ops::dropout(&big(&shape, 1, d)?, 0.3, 77)?])));
     // Along axis 1 each output row (17 001 values) is itself longer than the binding.
     cases.push(big_case("concat", &format!("{name} with [7, 7000] along axis 1, with itself along axis 0"), 0.0, move |d| {

@@ -104,7 +104,14 @@ impl GpuBuffer {
     /// The f32 values [first, first + count) as one binding; `first` must sit on the
     /// adapter's binding alignment (ops split at multiples of it).
     pub fn values(&self, first: usize, count: usize) -> Window<'_> {
-        Window { buffer: self, offset: 4 * first as u64, size: 4 * count as u64 }
+        self.elements(first, count, 4)
+    }
+
+    /// Elements of `bytes_each` bytes (4: f32; 2: f16 in words of two) [first, first + count)
+    /// as one binding, rounded up to whole words; `first` sits on the binding alignment.
+    pub fn elements(&self, first: usize, count: usize, bytes_each: usize) -> Window<'_> {
+        let size = ((bytes_each * count) as u64).next_multiple_of(4);
+        Window { buffer: self, offset: (bytes_each * first) as u64, size }
     }
 }
 

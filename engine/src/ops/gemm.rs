@@ -376,7 +376,7 @@ fn gemm_gpu(
 ) -> Result<Tensor> {
     let max = gpu.max_binding_bytes();
     let out_bytes = 4 * (s.batch * s.m * s.n) as u64;
-    if [ab.len_bytes(), bb.len_bytes(), out_bytes, c.map_or(0, |c| 4 * c.numel() as u64)].iter().any(|&b| b > max) && variant.storage == Storage::F32 {
+    if [ab.len_bytes(), bb.len_bytes(), out_bytes, c.map_or(0, |c| 4 * c.numel() as u64)].iter().any(|&b| b > max) {
         return gemm_gpu_blocked(gpu, variant, s, &ab, &bb, c, o);
     }
     let k_slice = if gpu.is_software() { SOFTWARE_MAX_K } else { s.k.max(1) };
@@ -399,21 +399,29 @@ struct Operands<'a> {
     b_off: usize,
 }
 
+/// Bytes per stored operand element: 4 for f32, 2 for f16 (native or packed in words).
+fn element_bytes(variant: &GemmKernel) -> usize {
+    match variant.storage {
+        Storage::F32 => 4,
+        Storage::F16 | Storage::F16Packed => 2,
+    }
+}
+
 /// Block sizes (rows of op(A), columns of op(B), K) for a product too big for one binding:
 /// halves the dimension that spreads an operand widest (its larger stride) until the A and B
-/// windows a block reads, and its result, each fit `max_values` (with `align` values of slack
-/// for the window's aligned start).
-fn block_sizes(s: &GemmShape, max_values: usize, align: usize, max_k: usize) -> (usize, usize, usize) {
+/// windows a block reads fit `max_elements` (with `align` elements of slack for the window's
+/// aligned start) and its f32 result fits `max_values`.
+fn block_sizes(s: &GemmShape, (max_elements, max_values): (usize, usize), align: usize, max_k: usize) -> (usize, usize, usize) {
     let (mut mb, mut nb, mut kb) = (s.m.max(1), s.n.max(1), s.k.clamp(1, max_k.max(1)));
     let extent = |rows: usize, rs: usize, cols: usize, cs: usize| (rows - 1) * rs + (cols - 1) * cs + 1 + align;
     loop {
-        if extent(mb, s.a_rs, kb, s.a_cs) > max_values {
+        if extent(mb, s.a_rs, kb, s.a_cs) > max_elements {
             if (s.a_rs >= s.a_cs && mb > 1) || kb == 1 {
                 mb = mb.div_ceil(2);
             } else {
                 kb = kb.div_ceil(2);
             }
-        } else if extent(kb, s.b_rs, nb, s.b_cs) > max_values {
+        } else if extent(kb, s.b_rs, nb, s.b_cs) > max_elements {
             if (s.b_cs >= s.b_rs && nb > 1) || kb == 1 {
                 nb = nb.div_ceil(2);
             } else {
@@ -432,9 +440,9 @@ fn block_sizes(s: &GemmShape, max_values: usize, align: usize, max_k: usize) -> 
 }
 
 /// A product whose operands or result exceed one binding: blocks of rows × columns (× K
-/// slices accumulated through C), batch entry by entry. Each block reads A and B through
-/// windows at aligned offsets (the rest of the way in a_off/b_off), computes into a tensor of
-/// its own, and is copied into place (C's block likewise copied out first).
+/// slices accumulated through C), batch entry by entry. Each block reads A and B (f32 or f16)
+/// through windows at aligned offsets (the rest of the way in a_off/b_off), computes into an
+/// f32 tensor of its own, and is copied into place (C's block likewise copied out first).
 fn gemm_gpu_blocked(
     gpu: &Arc<GpuBackend>,
     variant: &GemmKernel,
@@ -444,13 +452,16 @@ fn gemm_gpu_blocked(
     c: Option<&Tensor>,
     o: GemmOpts,
 ) -> Result<Tensor> {
-    let align = gpu.binding_alignment_values();
+    // In operand elements: f16 windows start on the same byte alignment, twice as many in.
+    let bytes_each = element_bytes(variant);
+    let align = gpu.binding_alignment_values() * 4 / bytes_each;
+    let max_elements = gpu.max_binding_values() * 4 / bytes_each;
     let max_k = if gpu.is_software() { SOFTWARE_MAX_K } else { s.k.max(1) };
-    let (mb, nb, kb) = block_sizes(s, gpu.max_binding_values(), align, max_k);
+    let (mb, nb, kb) = block_sizes(s, (max_elements, gpu.max_binding_values()), align, max_k);
     let out = Tensor::uninit_gpu(s.out_shape.clone(), gpu)?;
     let ob = gpu_buffer(&out);
     let c = c.map(|c| (gpu_buffer(c), s.c_bs.unwrap_or(0)));
-    let window = |buffer, base, rows, cols| aligned_window(buffer, align, base, rows, cols);
+    let window = |buffer, base, rows, cols| aligned_window(buffer, (align, bytes_each), base, rows, cols);
     for z in 0..s.batch {
         for i0 in (0..s.m).step_by(mb) {
             let rows = mb.min(s.m - i0);
@@ -494,12 +505,19 @@ fn gemm_gpu_blocked(
     Ok(out)
 }
 
-/// The window of `buffer` holding `rows` × `cols` elements of an operand stored from element
-/// `base` with strides (rs, cs), started at the aligned offset below `base`; with `base`'s
-/// distance from that start (the kernel's a_off / b_off).
-fn aligned_window(buffer: &GpuBuffer, align: usize, base: usize, (rows, rs): (usize, usize), (cols, cs): (usize, usize)) -> (Window<'_>, usize) {
+/// The window of `buffer` holding `rows` × `cols` elements (of `bytes_each` bytes) of an
+/// operand stored from element `base` with strides (rs, cs), started at the aligned offset
+/// below `base` (`align` elements); with `base`'s distance from that start (the kernel's
+/// a_off / b_off).
+fn aligned_window(
+    buffer: &GpuBuffer,
+    (align, bytes_each): (usize, usize),
+    base: usize,
+    (rows, rs): (usize, usize),
+    (cols, cs): (usize, usize),
+) -> (Window<'_>, usize) {
     let start = base - base % align;
-    (buffer.values(start, base - start + (rows - 1) * rs + (cols - 1) * cs + 1), base - start)
+    (buffer.elements(start, base - start + (rows - 1) * rs + (cols - 1) * cs + 1, bytes_each), base - start)
 }
 
 /// One launch: the product over `k_len` of the operands' windows, plus beta·C with C's batch
