@@ -193,6 +193,16 @@ fn conv_and_pool(cases: &mut Vec<Case>) {
             }));
         }
     }
+
+    // Post-training int8 inference: a batch in passes of images, and one image in bands.
+    for (xs, ws) in [([8, 4, 40, 40], [8, 4, 3, 3]), ([1, 4, 130, 130], [8, 4, 3, 3])] {
+        let opts = Conv2dOpts::new(1, 1);
+        cases.push(big_case("int8 conv2d", &format!("x {xs:?} w {ws:?} stride 1 pad 1"), 1e-5, move |d| {
+            let (x, w, b) = (big(&xs, 1, d)?, random_tensor(&ws, 2, d)?, random_tensor(&[ws[0]], 3, d)?);
+            let weights = ops::int8::Int8Weights::quantize(&w, Some(&b), ops::int8::scale_for(1.0))?;
+            Ok(vec![ops::int8::conv2d_int8(&x, &weights, opts)?])
+        }));
+    }
 }
 
 fn batch_norm(cases: &mut Vec<Case>) {

@@ -95,17 +95,20 @@ fn band_gradient(g: &Tensor, b: &Band, half: bool) -> Result<MixedTensor> {
     MixedTensor::new(narrow(g, 2, b.out0, s.ho)?.reshape(&[s.o, s.ho * s.wo])?, half)
 }
 
+/// `conv(band input, band shape)` → [1, O, rows, Wo] over bands of output rows of one image
+/// x [1, C, H, W], joined into [1, O, Ho, Wo].
+pub(super) fn map_output_bands(gpu: &GpuBackend, x: &Tensor, s: &ConvShape, mut conv: impl FnMut(&Tensor, &ConvShape) -> Result<Tensor>) -> Result<Tensor> {
+    let mut out = None;
+    for band in bands(gpu, s.ho, |r0, r1| Band::of_output_rows(s, r0, r1)) {
+        out = Some(join(out, conv(&band_input(x, &band)?, &band.shape)?, 2)?);
+    }
+    out.ok_or_else(|| shape_err("conv2d", format!("{s:?} has no output rows")))
+}
+
 /// conv2d without bias of one image x [1, C, H, W] → [1, O, Ho, Wo], band by band.
 pub(super) fn forward(gpu: &GpuBackend, x: &Tensor, weight: &Tensor, s: &ConvShape, im2col_kernel: Option<&'static Kernel>) -> Result<Tensor> {
     let w_mat = weight_matrix(weight, s)?;
-    let mut out = None;
-    for band in bands(gpu, s.ho, |r0, r1| Band::of_output_rows(s, r0, r1)) {
-        let cols = patches(&band_input(x, &band)?, &band.shape, im2col_kernel)?;
-        // [O, rows·Wo]: the band's rows of every output channel, joined row-wise per channel.
-        out = Some(join(out, gemm_mixed(&w_mat, &cols, GemmOpts::default())?, 1)?);
-    }
-    let Some(out) = out else { return Err(shape_err("conv2d", format!("{s:?} has no output rows"))) };
-    out.reshape(&s.out_shape())
+    map_output_bands(gpu, x, s, |xb, sb| gemm_mixed(&w_mat, &patches(xb, sb, im2col_kernel)?, GemmOpts::default())?.reshape(&sb.out_shape()))
 }
 
 /// The gradients of [`forward`], each only if asked for: dW = Σ over bands of g_band·cols_bandᵀ,

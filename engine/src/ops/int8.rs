@@ -163,7 +163,7 @@ pub fn conv2d_int8(x: &Tensor, w: &Int8Weights, opts: Conv2dOpts) -> Result<Tens
             let out = cpu.install(|| conv_cpu(&s, cpu_data(x), w, packed));
             Ok(cpu_tensor(out, &s.out_shape(), x.device()))
         }
-        (Packed::Gpu { words, scale_bias }, Device::Gpu(gpu)) => conv_gpu(gpu, x, &s, w.input_scale, words, scale_bias),
+        (Packed::Gpu { words, scale_bias }, Device::Gpu(gpu)) => conv_gpu_passes(gpu, x, &s, &|x, s| conv_gpu(gpu, x, s, w.input_scale, words, scale_bias)),
         _ => unreachable!("devices compared above"),
     }
 }
@@ -329,6 +329,27 @@ struct ConvI8Params {
     total: u32,
     input_scale: f32,
     _pad: u32,
+}
+
+/// `conv` over passes whose input and output each fit one binding (the kernel binds both
+/// whole): the batch in chunks of images, an image too big alone in bands of output rows.
+fn conv_gpu_passes(gpu: &GpuBackend, x: &Tensor, s: &ConvShape, conv: &dyn Fn(&Tensor, &ConvShape) -> Result<Tensor>) -> Result<Tensor> {
+    let per_image = 4 * (s.c * s.h * s.w).max(s.o * s.ho * s.wo) as u64;
+    if s.n as u64 * per_image <= gpu.max_binding_bytes() {
+        return conv(x, s);
+    }
+    let per_pass = (gpu.max_binding_bytes() / per_image.max(1)).max(1) as usize;
+    let mut out = None;
+    for start in (0..s.n).step_by(per_pass) {
+        let len = per_pass.min(s.n - start);
+        let images = super::narrow(x, 0, start, len)?;
+        let part = match len {
+            1 if per_image > gpu.max_binding_bytes() => super::conv2d_bands::map_output_bands(gpu, &images, &ConvShape { n: 1, ..*s }, conv)?,
+            _ => conv(&images, &ConvShape { n: len, ..*s })?,
+        };
+        out = Some(super::join(out, part, 0)?);
+    }
+    out.ok_or_else(|| shape_err("int8 conv2d", format!("{s:?} has no images")))
 }
 
 fn conv_gpu(gpu: &Arc<GpuBackend>, x: &Tensor, s: &ConvShape, input_scale: f32, words: &GpuBuffer, scale_bias: &GpuBuffer) -> Result<Tensor> {

@@ -305,6 +305,9 @@ pub fn narrow(x: &Tensor, axis: usize, start: usize, len: usize) -> Result<Tenso
     if axis >= shape.len() || start + len > shape[axis] {
         return Err(shape_err("narrow", format!("{start}..{} along axis {axis} is outside {shape:?}", start + len)));
     }
+    if start == 0 && len == shape[axis] {
+        return Ok(x.clone()); // the whole axis: the same values (tensors are immutable)
+    }
     let stride = strides(shape);
     let mut out_shape = shape.to_vec();
     out_shape[axis] = len;
