@@ -16,7 +16,7 @@ use anyhow::{bail, Context, Result};
 use clap::{Args, Parser, Subcommand};
 use serde_json::json;
 use std::time::Duration;
-use table::Table;
+use table::{note, Table};
 use tessera_engine::bench::{bench_gemm, parse_trans};
 use tessera_engine::cpu::CpuBackend;
 use tessera_engine::gpu::list_adapters;
@@ -470,6 +470,10 @@ enum Bench {
         /// Do not run the PyTorch reference.
         #[arg(long)]
         no_torch: bool,
+        /// On GPUs, also break one more step down by kernel: launches, milliseconds and MiB
+        /// bound per kernel (each launch run alone, so the sum exceeds the batched step).
+        #[arg(long)]
+        kernels: bool,
         /// Alternate the PyTorch reference and each device this many times and report each
         /// row's median round: on a shared machine the speed drifts over minutes.
         #[arg(long, default_value_t = 1, value_parser = whole(settings::ROUNDS))]
@@ -585,9 +589,9 @@ fn run(cli: Cli) -> Result<()> {
             }
             bench_kernels_cmd(&device, seconds, json)
         }
-        Command::Bench(Bench::Train { model, num_classes, input, batch, device, precision, warmup, steps, torch_python, no_torch, rounds, json }) => {
+        Command::Bench(Bench::Train { model, num_classes, input, batch, device, precision, warmup, steps, torch_python, no_torch, kernels, rounds, json }) => {
             use tessera_scheduler::bench::{bench_train, StepSpec};
-            let spec = StepSpec { model: model.clone(), num_classes, input, batch, warmup, steps, optim: OptimConfig::default() };
+            let spec = StepSpec { model: model.clone(), num_classes, input, batch, warmup, steps, optim: OptimConfig::default(), kernels };
             let threads = CpuBackend::global().threads();
             let python = (!no_torch).then_some(torch_python.as_str());
             let precisions = precision.iter().map(|p| p.parse()).collect::<Result<Vec<Precision>, String>>().map_err(anyhow::Error::msg)?;
@@ -610,6 +614,8 @@ fn run(cli: Cli) -> Result<()> {
                     "images_per_sec",
                     "peak_MiB",
                     "device_peak_MiB",
+                    "launches_per_step",
+                    "bound_MiB_per_step",
                     "vs_pytorch",
                 ],
             );
@@ -628,6 +634,8 @@ fn run(cli: Cli) -> Result<()> {
                     json!(t.images_per_sec),
                     json!(t.peak_mib),
                     json!(t.device_peak_mib),
+                    json!(t.launches_per_step),
+                    json!(t.bound_mib_per_step),
                     json!(ratio),
                 ])
             };
@@ -639,6 +647,12 @@ fn run(cli: Cli) -> Result<()> {
                 Err(why) => eprintln!("PyTorch reference: {why}"),
             }
             table.print(json);
+            for (d, p, t) in &result.devices {
+                if let Some(profile) = &t.kernels {
+                    note(json, &format!("\n{model} on {d} ({p}), one step kernel by kernel (each launch run alone):"));
+                    kernel_table(&model, d, *p, profile).print(json);
+                }
+            }
             Ok(())
         }
         Command::Models { show: None, json } => models(json),
@@ -672,6 +686,26 @@ fn run(cli: Cli) -> Result<()> {
             Ok(())
         }
     }
+}
+
+/// One step's [`KernelProfile`] as a table: kernels by time, then their total.
+fn kernel_table(model: &str, device: &str, precision: Precision, profile: &tessera_engine::gpu::profile::KernelProfile) -> Table {
+    let mut table = Table::new("kernel_profile", &["model", "device", "precision", "kernel", "launches", "ms", "share", "MiB_bound"]);
+    let total = profile.total();
+    let rows = profile.by_time().into_iter().chain([("total", total)]);
+    for (kernel, t) in rows {
+        table.push(vec![
+            json!(model),
+            json!(device),
+            json!(precision.to_string()),
+            json!(kernel),
+            json!(t.launches),
+            json!(t.seconds * 1e3),
+            json!(format!("{:.1} %", 100.0 * t.seconds / total.seconds.max(1e-12))),
+            json!(t.bytes_bound as f64 / (1 << 20) as f64),
+        ]);
+    }
+    table
 }
 
 fn eval_cmd(checkpoint: &std::path::Path, data: &std::path::Path, limit_per_class: Option<usize>, device: &str, batch: usize, json: bool) -> Result<()> {

@@ -5,6 +5,7 @@ use crate::error::TrainError;
 use crate::trainer::{precision_notice, OnNan, OptimConfig, Precision, Trainer};
 use std::time::{Duration, Instant};
 use tessera_engine::autograd as ag;
+use tessera_engine::gpu::profile::KernelProfile;
 use tessera_engine::optim::Constant;
 use tessera_engine::{Device, Tensor, Var};
 use tessera_models::build;
@@ -21,6 +22,13 @@ pub struct StepTimes {
     /// On a GPU, the most MiB of device buffers in tensors at once (model, optimizer state,
     /// activations and gradients of a step).
     pub device_peak_mib: Option<f64>,
+    /// On a GPU, kernel launches per step, and MiB of the windows they bind plus buffer
+    /// copies (an upper bound on the memory a step moves; `GpuStats::bytes_bound`).
+    pub launches_per_step: Option<f64>,
+    pub bound_mib_per_step: Option<f64>,
+    /// On a GPU with [`StepSpec::kernels`], one more step after the timed ones, kernel by
+    /// kernel (each launch run alone: `tessera_engine::gpu::profile`).
+    pub kernels: Option<KernelProfile>,
 }
 
 fn median(mut v: Vec<Duration>) -> f64 {
@@ -40,11 +48,13 @@ pub struct StepSpec {
     pub warmup: usize,
     pub steps: usize,
     pub optim: OptimConfig,
+    /// Also profile one step kernel by kernel on GPUs ([`StepTimes::kernels`]).
+    pub kernels: bool,
 }
 
 /// Times the step of `spec` on `device` in `precision`.
 pub fn bench_train_step(spec: &StepSpec, device: &str, precision: Precision) -> Result<StepTimes, TrainError> {
-    let StepSpec { model, num_classes, input, batch, warmup, steps, optim } = spec.clone();
+    let StepSpec { model, num_classes, input, batch, warmup, steps, optim, kernels } = spec.clone();
     // The synthetic input batch alone: refuse what cannot sensibly fit in memory.
     let values = batch
         .checked_mul(3 * input * input)
@@ -62,9 +72,8 @@ pub fn bench_train_step(spec: &StepSpec, device: &str, precision: Precision) -> 
     let n = t.submodel_count();
     let values: Vec<f32> = (0..values).map(|i| ((i * 7919) % 2000) as f32 / 1000.0 - 1.0).collect();
     let labels: Vec<usize> = (0..batch).map(|i| i % num_classes).collect();
-    let (mut fwd, mut bwd, mut opt) = (Vec::new(), Vec::new(), Vec::new());
-    for step in 0..warmup + steps.max(1) {
-        // The pieces of Trainer::step_from, with a synchronisation between them.
+    // The pieces of Trainer::step_from, with a synchronisation between them.
+    let mut step = || -> Result<[Duration; 3], TrainError> {
         let t0 = Instant::now();
         let x = Var::constant(Tensor::from_vec(values.clone(), &[batch, 3, input, input], &device)?);
         let logits = t.forward_stages(0..n, &x)?;
@@ -76,13 +85,36 @@ pub fn bench_train_step(spec: &StepSpec, device: &str, precision: Precision) -> 
         let t2 = Instant::now();
         t.finish_step(&loss, &logits, &labels)?;
         device.synchronize()?;
-        let t3 = Instant::now();
-        if step >= warmup {
-            fwd.push(t1 - t0);
-            bwd.push(t2 - t1);
-            opt.push(t3 - t2);
-        }
+        Ok([t1 - t0, t2 - t1, t2.elapsed()])
+    };
+    for _ in 0..warmup {
+        step()?;
     }
+    let gpu = match &device {
+        Device::Gpu(gpu) => Some(gpu.clone()),
+        Device::Cpu(_) => None,
+    };
+    let before = gpu.as_ref().map(|g| g.stats());
+    let (mut fwd, mut bwd, mut opt) = (Vec::new(), Vec::new(), Vec::new());
+    for _ in 0..steps.max(1) {
+        let [f, b, o] = step()?;
+        fwd.push(f);
+        bwd.push(b);
+        opt.push(o);
+    }
+    let per_step = |v: u64| v as f64 / steps.max(1) as f64;
+    let counted = gpu.as_ref().zip(before).map(|(g, before)| {
+        let after = g.stats();
+        (per_step(after.launches - before.launches), per_step(after.bytes_bound - before.bytes_bound) / (1 << 20) as f64)
+    });
+    let kernels = match &gpu {
+        Some(g) if kernels => {
+            g.start_profile()?;
+            step()?;
+            g.finish_profile()?
+        }
+        _ => None,
+    };
     let totals: Vec<Duration> = fwd.iter().zip(&bwd).zip(&opt).map(|((a, b), c)| *a + *b + *c).collect();
     let step_ms = median(totals);
     Ok(StepTimes {
@@ -93,6 +125,9 @@ pub fn bench_train_step(spec: &StepSpec, device: &str, precision: Precision) -> 
         images_per_sec: batch as f64 / (step_ms / 1e3),
         peak_mib: crate::memory::peak_rss_bytes().zip(baseline).map(|(peak, base)| peak.saturating_sub(base) as f64 / (1 << 20) as f64),
         device_peak_mib: device.memory().map(|m| m.peak_live_bytes as f64 / (1 << 20) as f64),
+        launches_per_step: counted.map(|c| c.0),
+        bound_mib_per_step: counted.map(|c| c.1),
+        kernels,
     })
 }
 
@@ -134,6 +169,9 @@ pub fn torch_reference(python: &str, spec: &StepSpec, threads: usize) -> Result<
             images_per_sec: f("images_per_sec")?,
             peak_mib: v["peak_mib"].as_f64(),
             device_peak_mib: None,
+            launches_per_step: None,
+            bound_mib_per_step: None,
+            kernels: None,
         },
     })
 }

@@ -3,6 +3,7 @@
 //! and the host waits only when it reads a result back.
 mod adapters;
 mod pool;
+pub mod profile;
 pub mod tune;
 
 pub use adapters::{list_adapters, AdapterSummary};
@@ -45,6 +46,9 @@ pub struct GpuStats {
     pub submissions: u64,
     pub buffers_created: u64,
     pub host_reads: u64,
+    /// Bytes of the windows launches bound plus bytes copied between buffers: an upper bound
+    /// on the memory the work moved ([`profile`] says which kernel moved what).
+    pub bytes_bound: u64,
 }
 
 /// Commands recorded but not yet submitted, with the launch parameters they read.
@@ -67,6 +71,8 @@ pub struct GpuBackend {
     layouts: Mutex<HashMap<&'static str, (wgpu::BindGroupLayout, wgpu::PipelineLayout, usize)>>,
     batch: Mutex<Batch>,
     stats: Mutex<GpuStats>,
+    /// Open while a kernel profile is being taken ([`GpuBackend::start_profile`]).
+    profile: Mutex<Option<profile::KernelProfile>>,
     params_align: usize,
     /// The first error wgpu reported outside an error scope; surfaced at the next sync point
     /// instead of wgpu's default handler, which panics.
@@ -150,6 +156,7 @@ impl GpuBackend {
             layouts: Default::default(),
             batch: Mutex::new(Batch { encoder: None, params: Vec::new(), params_buffer, launches: 0 }),
             stats: Default::default(),
+            profile: Mutex::new(None),
             params_align,
             uncaptured,
             memory_limit: Mutex::new(summary_memory),
@@ -208,6 +215,39 @@ impl GpuBackend {
 
     pub fn stats(&self) -> GpuStats {
         *self.stats.lock().expect("stats poisoned")
+    }
+
+    /// Opens a kernel profile: from now on each launch and copy runs alone and is timed
+    /// ([`profile`]).
+    pub fn start_profile(&self) -> Result<()> {
+        self.synchronize()?;
+        *self.profile.lock().expect("profile poisoned") = Some(Default::default());
+        Ok(())
+    }
+
+    /// Closes the open profile and returns it (None if none was open).
+    pub fn finish_profile(&self) -> Result<Option<profile::KernelProfile>> {
+        self.synchronize()?;
+        Ok(self.profile.lock().expect("profile poisoned").take())
+    }
+
+    /// Runs `record` (which queues one command), counting `bytes` as bound; under an open
+    /// profile, after the queued work is done and then submitted and waited for alone, timed
+    /// under `name`.
+    fn recorded(&self, name: &'static str, bytes: u64, record: impl FnOnce() -> Result<()>) -> Result<()> {
+        self.stats.lock().expect("stats poisoned").bytes_bound += bytes;
+        if self.profile.lock().expect("profile poisoned").is_none() {
+            return record();
+        }
+        self.synchronize()?;
+        let start = std::time::Instant::now();
+        record()?;
+        self.synchronize()?;
+        let took = start.elapsed();
+        if let Some(p) = self.profile.lock().expect("profile poisoned").as_mut() {
+            p.record(name, took, bytes);
+        }
+        Ok(())
     }
 
     /// The largest tensor, in bytes: one buffer. Ops bind a tensor beyond
@@ -339,11 +379,14 @@ impl GpuBackend {
         if src_offset + bytes > src.len || dst_offset + bytes > dst.len || !(src_offset | dst_offset | bytes).is_multiple_of(4) {
             return Err(self.gpu_err(format!("copy of {bytes} bytes from {src_offset} of {} to {dst_offset} of {} bytes is out of range", src.len, dst.len)));
         }
-        if bytes > 0 {
+        if bytes == 0 {
+            return Ok(());
+        }
+        self.recorded(profile::BUFFER_COPY, bytes, || {
             let mut batch = self.batch.lock().expect("batch poisoned");
             self.encoder(&mut batch).copy_buffer_to_buffer(src.raw(), src_offset, dst.raw(), dst_offset, bytes);
-        }
-        Ok(())
+            Ok(())
+        })
     }
 
     /// Reads `buffer` back to the host; submits pending work and waits for it.
@@ -537,6 +580,12 @@ impl GpuBackend {
             return Ok(());
         }
         let pipeline = self.pipeline(kernel)?;
+        let bytes: u64 = buffers.iter().map(|w| w.size).sum();
+        self.recorded(kernel.entry, bytes, || self.encode_launch(&pipeline, &group_layout, params, buffers, workgroups))
+    }
+
+    /// Queues one compute pass of `pipeline` (the checks are [`launch_windows`](Self::launch_windows)'s).
+    fn encode_launch(&self, pipeline: &wgpu::ComputePipeline, group_layout: &wgpu::BindGroupLayout, params: &[u8], buffers: &[Window], workgroups: [u32; 3]) -> Result<()> {
         let mut batch = self.batch.lock().expect("batch poisoned");
         if batch.launches == MAX_LAUNCHES_PER_BATCH {
             self.submit(&mut batch);
@@ -558,11 +607,11 @@ impl GpuBackend {
             let buffer = wgpu::BufferBinding { buffer: w.buffer.raw(), offset: w.offset, size: wgpu::BufferSize::new(w.size.max(4)) };
             entries.push(wgpu::BindGroupEntry { binding: i as u32 + 1, resource: wgpu::BindingResource::Buffer(buffer) });
         }
-        let bind_group = self.device.create_bind_group(&wgpu::BindGroupDescriptor { label: None, layout: &group_layout, entries: &entries });
+        let bind_group = self.device.create_bind_group(&wgpu::BindGroupDescriptor { label: None, layout: group_layout, entries: &entries });
         let encoder = self.encoder(&mut batch);
         {
             let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor { label: None, timestamp_writes: None });
-            pass.set_pipeline(&pipeline);
+            pass.set_pipeline(pipeline);
             pass.set_bind_group(0, &bind_group, &[]);
             pass.dispatch_workgroups(workgroups[0], workgroups[1], workgroups[2]);
         }
