@@ -138,7 +138,7 @@ pub mod softmax {
 /// conv2d's unfold, fold and axis swap around the GEMMs (conv2d.wgsl).
 pub mod conv2d {
     use super::{Kernel, CONV2D};
-    kernels!(CONV2D, [256, 1, 1], IM2COL = "im2col", IM2COL_X4 = "im2col_x4", COL2IM = "col2im", SWAP01 = "swap01");
+    kernels!(CONV2D, [256, 1, 1], IM2COL = "im2col", IM2COL_X4 = "im2col_x4", IM2COL_ROWS = "im2col_rows", COL2IM_ROWS = "col2im_rows", SWAP01 = "swap01");
 }
 
 /// im2col into f16 storage for mixed precision (conv2d_f16.wgsl).

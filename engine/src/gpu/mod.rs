@@ -585,7 +585,14 @@ impl GpuBackend {
     }
 
     /// Queues one compute pass of `pipeline` (the checks are [`launch_windows`](Self::launch_windows)'s).
-    fn encode_launch(&self, pipeline: &wgpu::ComputePipeline, group_layout: &wgpu::BindGroupLayout, params: &[u8], buffers: &[Window], workgroups: [u32; 3]) -> Result<()> {
+    fn encode_launch(
+        &self,
+        pipeline: &wgpu::ComputePipeline,
+        group_layout: &wgpu::BindGroupLayout,
+        params: &[u8],
+        buffers: &[Window],
+        workgroups: [u32; 3],
+    ) -> Result<()> {
         let mut batch = self.batch.lock().expect("batch poisoned");
         if batch.launches == MAX_LAUNCHES_PER_BATCH {
             self.submit(&mut batch);
