@@ -235,6 +235,12 @@ fn reduction_cases(cases: &mut Vec<Case>) {
             Ok(vec![ops::expand(&g, &shape, &axes, 0.5)?])
         }));
     }
+    // Bias gradients: Σ over every axis but one (GPUs: products with ones).
+    for (i, (shape, axis)) in [(vec![4, 6, 5, 7], 1), (vec![32, 16, 32, 32], 1), (vec![8, 10], 1), (vec![3, 5], 0), (vec![6], 0)].into_iter().enumerate() {
+        cases.push(case("sum_except (bias gradient)", format!("{shape:?} all but axis {axis}"), move |d| {
+            Ok(vec![ops::sum_except(&random_tensor(&shape, 90 + i as u64, d)?, axis)?])
+        }));
+    }
 }
 
 fn softmax_cases(cases: &mut Vec<Case>) {

@@ -105,15 +105,11 @@ pub fn linear(x: &Var, w: &Var, b: Option<&Var>) -> Result<Var> {
 /// x + b along `axis` (a bias): dx = g, db = Σ of g over every other axis.
 pub fn add_channel(x: &Var, b: &Var, axis: usize) -> Result<Var> {
     let value = k::add_channel(x.value(), b.value(), axis)?;
-    let rank = x.shape().len();
     Ok(Var::from_op(
         "add_channel",
         value,
         &[x, b],
-        Box::new(move |g, needs| {
-            let others: Vec<usize> = (0..rank).filter(|&d| d != axis).collect();
-            Ok(vec![needs[0].then(|| g.clone()), if needs[1] { Some(k::sum(g, &others, false)?) } else { None }])
-        }),
+        Box::new(move |g, needs| Ok(vec![needs[0].then(|| g.clone()), if needs[1] { Some(k::sum_except(g, axis)?) } else { None }])),
     ))
 }
 

@@ -120,6 +120,9 @@ fn reductions(cases: &mut Vec<Case>) {
         }
         Ok(out)
     }));
+    cases.push(big_case("sum_except (bias gradient)", &format!("{name} all but axis 1, [8, 5, 40, 40] all but axis 1"), TOLERANCE, move |d| {
+        Ok(vec![ops::sum_except(&big(&shape, 1, d)?, 1)?, ops::sum_except(&big(&[8, 5, 40, 40], 2, d)?, 1)?])
+    }));
     cases.push(big_case("sum backward (expand)", &format!("[257] to {name}"), 0.0, move |d| {
         Ok(vec![ops::expand(&random_tensor(&[257], 2, d)?, &shape, &[0], 0.5)?])
     }));

@@ -9,7 +9,7 @@ use super::{conv2d_cpu, cpu_data, cpu_tensor, gpu_buffer, grid_1d, launch_map, t
 use crate::device::Device;
 use crate::error::{shape_err, Result};
 use crate::gpu::GpuBackend;
-use crate::ops::{add_channel, narrow, sum, GemmOpts};
+use crate::ops::{add_channel, narrow, GemmOpts};
 use crate::tensor::Tensor;
 use crate::tensor_f16::{require_f16_pack, HalfTensor, MixedTensor};
 use tessera_shaders::conv2d as k;
@@ -338,5 +338,5 @@ pub fn conv2d_backward(
 
 /// The bias gradient of conv2d: Σ g over N, H, W.
 pub fn conv2d_bias_backward(g: &Tensor) -> Result<Tensor> {
-    sum(g, &[0, 2, 3], false)
+    super::sum_except(g, 1)
 }

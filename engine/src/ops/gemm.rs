@@ -118,6 +118,15 @@ pub fn count_gemm_flops<R>(f: impl FnOnce() -> R) -> (R, f64) {
     (out, GEMM_FLOPS.with(|c| c.get()) - before)
 }
 
+/// Runs `f` without adding its products to this thread's count: reductions that run as
+/// products (`ops::sum_except`) are not a layer's work.
+pub(crate) fn without_gemm_flops<R>(f: impl FnOnce() -> R) -> R {
+    let before = GEMM_FLOPS.with(|c| c.get());
+    let out = f();
+    GEMM_FLOPS.with(|c| c.set(before));
+    out
+}
+
 /// Adds `flops` to this thread's count for products issued outside [`gemm`] (the CPU conv).
 pub(crate) fn add_gemm_flops(flops: f64) {
     GEMM_FLOPS.with(|f| f.set(f.get() + flops));

@@ -23,7 +23,7 @@ pub use elementwise::{add, add_channel, axpby, concat, dropout, mul, relu, relu_
 pub use gemm::{gemm, gemm_mixed, matmul, GemmOpts};
 pub use guard::{LossScaling, StepGuard, StepTotals};
 pub use pool::{pool_backward, pool_forward, PoolKind, PoolShape};
-pub use reduce::{expand, mean, narrow, sum};
+pub use reduce::{expand, mean, narrow, sum, sum_except};
 pub use sgd::{sgd_step, sgd_step_in_place, SgdHyper};
 pub use softmax::{cross_entropy_backward, cross_entropy_per_sample, log_softmax, log_softmax_backward, softmax, softmax_backward, Labels};
 
