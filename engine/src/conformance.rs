@@ -355,6 +355,21 @@ fn pool_cases(cases: &mut Vec<Case>) {
         let x = ops::relu(&random_tensor(&xs, 40, d)?)?;
         Ok(vec![ops::pool_forward(&x, &s)?, ops::pool_backward(&x, &random_tensor(&s.out_shape(), 41, d)?, &s)?])
     }));
+    // The offsets training keeps (exact: the same window's same first maximum everywhere),
+    // and the backward routed by them.
+    cases.push(Case {
+        tol: 0.0,
+        ..case("max_pool2d argmax and backward", format!("3/2/1 over ReLU output, 5/1/2 x {xs:?}"), move |d| {
+            let x = ops::relu(&random_tensor(&xs, 40, d)?)?;
+            let mut out = Vec::new();
+            for s in [PoolShape::window(PoolKind::Max, &xs, [3, 3], [2, 2], [1, 1])?, PoolShape::window(PoolKind::Max, &xs, [5, 5], [1, 1], [2, 2])?] {
+                let (y, argmax) = ops::max_pool_forward(&x, &s)?;
+                let g = random_tensor(&s.out_shape(), 42, d)?;
+                out.extend([ops::max_pool_backward(&argmax, &g, &s)?, y, argmax]);
+            }
+            Ok(out)
+        })
+    });
 }
 
 fn batch_norm_cases(cases: &mut Vec<Case>) {

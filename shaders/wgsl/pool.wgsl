@@ -1,5 +1,6 @@
 // 2-D pooling over NCHW planes, forward and backward side by side: max (padding counts as
-// −∞; the backward recomputes each window's first maximum instead of storing indices), average
+// −∞; the forward stores each window's first maximum as its offset in the plane, and the
+// backward routes gradients by those offsets, as PyTorch's indices do), average
 // (count_include_pad, as PyTorch's default) and adaptive average (PyTorch's window bounds
 // ⌊i·H/Ho⌋ .. ⌈(i+1)·H/Ho⌉). Backward passes gather per input pixel: no atomics.
 
@@ -10,9 +11,12 @@ struct PoolParams {
 }
 
 @group(0) @binding(0) var<uniform> p: PoolParams;
-@group(0) @binding(1) var<storage, read> x: array<f32>;     // the forward input
+@group(0) @binding(1) var<storage, read> x: array<f32>;     // the forward input (max backward: the argmax)
 @group(0) @binding(2) var<storage, read> g: array<f32>;     // upstream gradient (backward)
 @group(0) @binding(3) var<storage, read_write> out: array<f32>;
+// max_pool_forward: each window's first maximum as its offset in the plane (an f32 integer,
+// exact below 2^24), −1 for a window that is all padding.
+@group(0) @binding(4) var<storage, read_write> argmax: array<f32>;
 
 fn flat(gid: vec3<u32>, groups: vec3<u32>) -> u32 {
     return gid.x + gid.y * groups.x * 256u;
@@ -68,25 +72,24 @@ fn max_pool_forward(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_
     let ow = at.z;
     let best = window_argmax(plane, oh, ow);
     out[o] = select(-3.4028235e38, x[u32(max(best, 0))], best >= 0);
+    argmax[o] = select(-1.0, f32(best - i32(plane * p.h * p.w)), best >= 0);
 }
 
-// dx[i] = Σ g[window] over the windows whose first maximum is i
+// dx[i] = Σ g[window] over the windows whose stored maximum (x: the forward's argmax) is i
 @compute @workgroup_size(256)
 fn max_pool_backward(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) groups: vec3<u32>) {
     let i = flat(gid, groups);
     if (i >= p.total) { return; }
     let at = in_coords(i);
     let plane = at.x;
-    let y = at.y;
-    let xx = at.z;
-    let rows = windows_containing(y, p.kh, p.stride_h, p.pad_h, p.ho);
-    let cols = windows_containing(xx, p.kw, p.stride_w, p.pad_w, p.wo);
+    let here = f32(at.y * p.w + at.z);
+    let rows = windows_containing(at.y, p.kh, p.stride_h, p.pad_h, p.ho);
+    let cols = windows_containing(at.z, p.kw, p.stride_w, p.pad_w, p.wo);
     var acc = 0.0;
     for (var oh = rows.x; oh < rows.y; oh++) {
         for (var ow = cols.x; ow < cols.y; ow++) {
-            if (window_argmax(plane, oh, ow) == i32(i)) {
-                acc += g[(plane * p.ho + oh) * p.wo + ow];
-            }
+            let o = (plane * p.ho + oh) * p.wo + ow;
+            if (x[o] == here) { acc += g[o]; }
         }
     }
     out[i] = acc;

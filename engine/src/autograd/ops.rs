@@ -191,9 +191,12 @@ fn pool(name: &'static str, x: &Var, shape: k::PoolShape) -> Result<Var> {
 }
 
 /// max_pool2d (PyTorch's `F.max_pool2d`, ceil_mode false): the gradient goes to each
-/// window's first maximum.
+/// window's first maximum, kept from the forward as its offset (not the input: a quarter of
+/// the values at 2×2, and exact under autocast, where the input would be kept in f16).
 pub fn max_pool2d(x: &Var, kernel: usize, stride: usize, padding: usize) -> Result<Var> {
-    pool("max_pool2d", x, k::PoolShape::window(k::PoolKind::Max, x.shape(), [kernel; 2], [stride; 2], [padding; 2])?)
+    let shape = k::PoolShape::window(k::PoolKind::Max, x.shape(), [kernel; 2], [stride; 2], [padding; 2])?;
+    let (value, argmax) = k::max_pool_forward(x.value(), &shape)?;
+    Ok(Var::from_op("max_pool2d", value, &[x], Box::new(move |g, _| Ok(vec![Some(k::max_pool_backward(&argmax, g, &shape)?)]))))
 }
 
 /// avg_pool2d (PyTorch's `F.avg_pool2d`, count_include_pad true).

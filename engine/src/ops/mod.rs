@@ -22,7 +22,7 @@ pub use conv2d::{conv2d, conv2d_backward, Conv2dOpts, ConvShape};
 pub use elementwise::{add, add_channel, axpby, concat, dropout, mul, relu, relu_backward, scale};
 pub use gemm::{gemm, gemm_mixed, matmul, GemmOpts};
 pub use guard::{LossScaling, StepGuard, StepTotals};
-pub use pool::{pool_backward, pool_forward, PoolKind, PoolShape};
+pub use pool::{max_pool_backward, max_pool_forward, pool_backward, pool_forward, PoolKind, PoolShape};
 pub use reduce::{expand, mean, narrow, sum, sum_except};
 pub use sgd::{sgd_step, sgd_step_in_place, SgdHyper};
 pub use softmax::{cross_entropy_backward, cross_entropy_per_sample, log_softmax, log_softmax_backward, softmax, softmax_backward, Labels};

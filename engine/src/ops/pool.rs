@@ -3,7 +3,7 @@
 //! pool_cpu.rs; conformance: tests/ops_conformance.rs.
 use super::{cpu_data, cpu_tensor, gpu_buffer, launch_rows, pool_cpu, same_device, to_u32, Bind};
 use crate::device::Device;
-use crate::error::{shape_err, Result};
+use crate::error::{shape_err, Error, Result};
 use crate::tensor::Tensor;
 use tessera_shaders::pool as k;
 use tessera_shaders::Kernel;
@@ -90,16 +90,26 @@ struct PoolParams {
 }
 
 /// One pooling kernel over the planes (N·C of them), each invocation one value of the output
-/// (shaped `out_shape`); planes beyond one binding run in windows of whole planes.
-fn launch(kernel: &Kernel, s: &PoolShape, x: &Tensor, g: &Tensor, out_shape: [usize; 4]) -> Result<Tensor> {
-    let Device::Gpu(gpu) = x.device() else { unreachable!("pool: GPU dispatch on a CPU tensor") };
+/// (shaped `out_shape`), reading a plane each of `x` (the input, or max backward's argmax)
+/// and `g`; max_pool_forward also writes its argmax (`with_argmax`). Planes beyond one
+/// binding run in windows of whole planes.
+fn launch(kernel: &Kernel, s: &PoolShape, (x, g): (&Tensor, &Tensor), out_shape: [usize; 4], with_argmax: bool) -> Result<(Tensor, Option<Tensor>)> {
+    let Device::Gpu(gpu) = x.device() else { return Err(Error::DeviceMismatch { op: "pool", left: x.device().to_string(), right: "a GPU".into() }) };
     let u = |v| to_u32("pool", v);
+    let planes = s.n * s.c;
     let out = Tensor::uninit_gpu(out_shape.to_vec(), gpu)?;
-    let (in_plane, out_plane) = (s.h * s.w, out_shape[2] * out_shape[3]);
+    let argmax = with_argmax.then(|| Tensor::uninit_gpu(out_shape.to_vec(), gpu)).transpose()?;
+    let out_plane = out_shape[2] * out_shape[3];
     let (xb, gb, ob) = (gpu_buffer(x), gpu_buffer(g), gpu_buffer(&out));
-    let g_plane = g.numel() / (s.n * s.c).max(1);
-    let binds = [Bind::Rows(&xb, in_plane), Bind::Rows(&gb, g_plane), Bind::Rows(&ob, out_plane)];
-    launch_rows(gpu, kernel, (s.n * s.c, out_plane), &binds, |_, planes| {
+    // Binding 4 unwritten: a word stands in.
+    let (ab, unused) = (argmax.as_ref().map(gpu_buffer), gpu.alloc(4)?);
+    let per_plane = |t: &Tensor| t.numel() / planes.max(1);
+    let arg_bind = match &ab {
+        Some(b) => Bind::Rows(b, out_plane),
+        None => Bind::Whole(&unused),
+    };
+    let binds = [Bind::Rows(&xb, per_plane(x)), Bind::Rows(&gb, per_plane(g)), Bind::Rows(&ob, out_plane), arg_bind];
+    launch_rows(gpu, kernel, (planes, out_plane), &binds, |_, planes| {
         let params = PoolParams {
             planes: u(planes)?,
             h: u(s.h)?,
@@ -114,42 +124,79 @@ fn launch(kernel: &Kernel, s: &PoolShape, x: &Tensor, g: &Tensor, out_shape: [us
         };
         Ok(bytemuck::bytes_of(&params).to_vec())
     })?;
-    Ok(out)
+    Ok((out, argmax))
+}
+
+fn check_input(op: &'static str, x: &Tensor, s: &PoolShape) -> Result<()> {
+    if x.shape() != s.in_shape() {
+        return Err(shape_err(op, format!("input {:?} does not match {:?}", x.shape(), s.in_shape())));
+    }
+    Ok(())
 }
 
 /// Pools `x` (shape checked by `s`).
 pub fn pool_forward(x: &Tensor, s: &PoolShape) -> Result<Tensor> {
-    if x.shape() != s.in_shape() {
-        return Err(shape_err("pool", format!("input {:?} does not match {:?}", x.shape(), s.in_shape())));
-    }
-    match x.device() {
-        Device::Cpu(cpu) => Ok(cpu_tensor(pool_cpu::forward(cpu, s, cpu_data(x)), &s.out_shape(), x.device())),
-        Device::Gpu(_) => {
-            let kernel = match s.kind {
-                PoolKind::Max => &k::MAX_FORWARD,
-                PoolKind::Avg => &k::AVG_FORWARD,
-                PoolKind::AdaptiveAvg => &k::ADAPTIVE_AVG_FORWARD,
-            };
-            launch(kernel, s, x, x, s.out_shape())
+    check_input("pool", x, s)?;
+    match (x.device(), s.kind) {
+        (Device::Cpu(cpu), _) => Ok(cpu_tensor(pool_cpu::forward(cpu, s, cpu_data(x)), &s.out_shape(), x.device())),
+        (Device::Gpu(_), PoolKind::Max) => Ok(max_pool_forward(x, s)?.0),
+        (Device::Gpu(_), kind) => {
+            let kernel = if kind == PoolKind::Avg { &k::AVG_FORWARD } else { &k::ADAPTIVE_AVG_FORWARD };
+            Ok(launch(kernel, s, (x, x), s.out_shape(), false)?.0)
         }
     }
 }
 
-/// The gradient of pooling with respect to its input `x`, given the upstream gradient `g`.
+/// Max pooling's output and each window's first maximum as its offset in the plane (an f32
+/// integer, exact below 2^24; −1 for a window that is all padding): what the backward routes
+/// gradients by ([`max_pool_backward`]), as PyTorch's `return_indices` does, so that it
+/// follows the forward's choice exactly (also when the input is only kept in f16).
+pub fn max_pool_forward(x: &Tensor, s: &PoolShape) -> Result<(Tensor, Tensor)> {
+    check_input("max_pool2d", x, s)?;
+    if s.kind != PoolKind::Max {
+        return Err(shape_err("max_pool2d", format!("{s:?} is not a max pooling")));
+    }
+    if s.h * s.w > 1 << 24 {
+        return Err(shape_err("max_pool2d", format!("planes of {}×{} exceed the 2^24 offsets an f32 argmax holds exactly", s.h, s.w)));
+    }
+    match x.device() {
+        Device::Cpu(cpu) => {
+            let (out, argmax) = pool_cpu::max_forward(cpu, s, cpu_data(x));
+            Ok((cpu_tensor(out, &s.out_shape(), x.device()), cpu_tensor(argmax, &s.out_shape(), x.device())))
+        }
+        Device::Gpu(_) => {
+            let (out, argmax) = launch(&k::MAX_FORWARD, s, (x, x), s.out_shape(), true)?;
+            Ok((out, argmax.ok_or_else(|| shape_err("max_pool2d", "the kernel wrote no argmax"))?))
+        }
+    }
+}
+
+/// The gradient of max pooling with respect to its input, from the forward's `argmax`
+/// ([`max_pool_forward`]) and the upstream gradient `g`.
+pub fn max_pool_backward(argmax: &Tensor, g: &Tensor, s: &PoolShape) -> Result<Tensor> {
+    same_device("max_pool_backward", &[argmax, g])?;
+    if g.shape() != s.out_shape() || argmax.shape() != s.out_shape() || s.kind != PoolKind::Max {
+        return Err(shape_err("max_pool_backward", format!("argmax {:?} / gradient {:?} do not match {s:?}", argmax.shape(), g.shape())));
+    }
+    match argmax.device() {
+        Device::Cpu(cpu) => Ok(cpu_tensor(pool_cpu::max_backward(cpu, s, cpu_data(argmax), cpu_data(g)), &s.in_shape(), argmax.device())),
+        Device::Gpu(_) => Ok(launch(&k::MAX_BACKWARD, s, (argmax, g), s.in_shape(), false)?.0),
+    }
+}
+
+/// The gradient of pooling with respect to its input `x`, given the upstream gradient `g`
+/// (max pooling finds its argmax again: training keeps the forward's, [`max_pool_backward`]).
 pub fn pool_backward(x: &Tensor, g: &Tensor, s: &PoolShape) -> Result<Tensor> {
     same_device("pool_backward", &[x, g])?;
     if g.shape() != s.out_shape() || x.shape() != s.in_shape() {
         return Err(shape_err("pool_backward", format!("input {:?} / gradient {:?} do not match {s:?}", x.shape(), g.shape())));
     }
-    match x.device() {
-        Device::Cpu(cpu) => Ok(cpu_tensor(pool_cpu::backward(cpu, s, cpu_data(x), cpu_data(g)), x.shape(), x.device())),
-        Device::Gpu(_) => {
-            let kernel = match s.kind {
-                PoolKind::Max => &k::MAX_BACKWARD,
-                PoolKind::Avg => &k::AVG_BACKWARD,
-                PoolKind::AdaptiveAvg => &k::ADAPTIVE_AVG_BACKWARD,
-            };
-            launch(kernel, s, x, g, s.in_shape())
+    match (x.device(), s.kind) {
+        (_, PoolKind::Max) => max_pool_backward(&max_pool_forward(x, s)?.1, g, s),
+        (Device::Cpu(cpu), _) => Ok(cpu_tensor(pool_cpu::avg_backward(cpu, s, cpu_data(g)), x.shape(), x.device())),
+        (Device::Gpu(_), kind) => {
+            let kernel = if kind == PoolKind::Avg { &k::AVG_BACKWARD } else { &k::ADAPTIVE_AVG_BACKWARD };
+            Ok(launch(kernel, s, (x, g), s.in_shape(), false)?.0)
         }
     }
 }

@@ -101,22 +101,51 @@ impl PoolShape {
     }
 }
 
+/// Max pooling's [N, C, Ho, Wo] of x [N, C, H, W], and each window's first maximum as its
+/// offset in the plane (−1 for a window that is all padding), as pool.wgsl stores it.
+pub(super) fn max_forward(cpu: &CpuBackend, s: &PoolShape, x: &[f32]) -> (Vec<f32>, Vec<f32>) {
+    let (hw, out_plane) = (s.h * s.w, s.ho * s.wo);
+    let (rows, cols) = (s.spans(0), s.spans(1));
+    let mut out = vec![0f32; s.n * s.c * out_plane];
+    let mut argmax = vec![0f32; out.len()];
+    let per_task = (out_plane * s.planes_per_task()).max(1);
+    cpu.install(|| {
+        out.par_chunks_mut(per_task).zip(argmax.par_chunks_mut(per_task)).enumerate().for_each(|(t, (task, task_arg))| {
+            let (mut scratch, mut arg) = ((Vec::new(), Vec::new()), vec![NONE; out_plane]);
+            for (i, (max, offsets)) in task.chunks_mut(out_plane.max(1)).zip(task_arg.chunks_mut(out_plane.max(1))).enumerate() {
+                let plane = &x[(t * s.planes_per_task() + i) * hw..][..hw];
+                s.window_maxima((&rows, &cols), plane, &mut scratch, max, &mut arg);
+                offsets.iter_mut().zip(&arg).for_each(|(o, &a)| *o = if a == NONE { -1.0 } else { a as f32 });
+            }
+        })
+    });
+    (out, argmax)
+}
+
+/// dx [N, C, H, W] of max pooling: each window's gradient added at its stored maximum.
+pub(super) fn max_backward(cpu: &CpuBackend, s: &PoolShape, argmax: &[f32], g: &[f32]) -> Vec<f32> {
+    let (hw, out_plane, per_task) = (s.h * s.w, s.ho * s.wo, s.planes_per_task());
+    let mut dx = vec![0f32; s.n * s.c * hw];
+    cpu.install(|| {
+        dx.par_chunks_mut((hw * per_task).max(1)).enumerate().for_each(|(t, task)| {
+            for (i, dst) in task.chunks_mut(hw.max(1)).enumerate() {
+                let p = t * per_task + i;
+                for (&a, &go) in argmax[p * out_plane..][..out_plane].iter().zip(&g[p * out_plane..][..out_plane]) {
+                    if a >= 0.0 {
+                        dst[a as usize] += go;
+                    }
+                }
+            }
+        })
+    });
+    dx
+}
+
 /// The pooled [N, C, Ho, Wo] of x [N, C, H, W].
 pub(super) fn forward(cpu: &CpuBackend, s: &PoolShape, x: &[f32]) -> Vec<f32> {
     let (hw, out_plane) = (s.h * s.w, s.ho * s.wo);
     if s.kind == PoolKind::Max {
-        let (rows, cols) = (s.spans(0), s.spans(1));
-        let mut out = vec![0f32; s.n * s.c * out_plane];
-        cpu.install(|| {
-            out.par_chunks_mut((out_plane * s.planes_per_task()).max(1)).enumerate().for_each(|(t, task)| {
-                let (mut scratch, mut arg) = ((Vec::new(), Vec::new()), vec![NONE; out_plane]);
-                for (i, max) in task.chunks_mut(out_plane.max(1)).enumerate() {
-                    let plane = &x[(t * s.planes_per_task() + i) * hw..][..hw];
-                    s.window_maxima((&rows, &cols), plane, &mut scratch, max, &mut arg);
-                }
-            })
-        });
-        return out;
+        return max_forward(cpu, s, x).0;
     }
     let windows = s.windows();
     par_fill(cpu, s.n * s.c * out_plane, (out_plane, s.planes_per_task()), |first, _| {
@@ -128,23 +157,16 @@ pub(super) fn forward(cpu: &CpuBackend, s: &PoolShape, x: &[f32]) -> Vec<f32> {
     })
 }
 
-/// dx [N, C, H, W] of pooling given the upstream gradient g [N, C, Ho, Wo]: each window's
-/// gradient scattered to its maximum or spread over it.
-pub(super) fn backward(cpu: &CpuBackend, s: &PoolShape, x: &[f32], g: &[f32]) -> Vec<f32> {
-    let (windows, spans) = (s.windows(), (s.spans(0), s.spans(1)));
+/// dx [N, C, H, W] of average pooling given the upstream gradient g [N, C, Ho, Wo]: each
+/// window's gradient spread over it (max pooling: [`max_backward`]).
+pub(super) fn avg_backward(cpu: &CpuBackend, s: &PoolShape, g: &[f32]) -> Vec<f32> {
+    let windows = s.windows();
     let (hw, out_plane, per_task) = (s.h * s.w, s.ho * s.wo, s.planes_per_task());
     let mut dx = vec![0f32; s.n * s.c * hw];
     cpu.install(|| {
         dx.par_chunks_mut((hw * per_task).max(1)).enumerate().for_each(|(t, task)| {
-            let (mut scratch, mut max, mut arg) = ((Vec::new(), Vec::new()), vec![0f32; out_plane], vec![NONE; out_plane]);
             for (i, dst) in task.chunks_mut(hw.max(1)).enumerate() {
-                let p = t * per_task + i;
-                let (plane, g_plane) = (&x[p * hw..][..hw], &g[p * out_plane..][..out_plane]);
-                if s.kind == PoolKind::Max {
-                    s.window_maxima((&spans.0, &spans.1), plane, &mut scratch, &mut max, &mut arg);
-                    arg.iter().zip(g_plane).filter(|(&a, _)| a != NONE).for_each(|(&a, go)| dst[a] += go);
-                    continue;
-                }
+                let g_plane = &g[(t * per_task + i) * out_plane..][..out_plane];
                 for (&win, &go) in windows.iter().zip(g_plane) {
                     let ((rows, cols), share) = (win, go / s.divisor(win));
                     for y in rows.0..rows.1 {

@@ -269,19 +269,21 @@ pub fn sum(x: &Tensor, axes: &[usize], keepdim: bool) -> Result<Tensor> {
 }
 
 /// Σ over every axis of x but `axis` (a bias gradient: [C] from [N, C, H, W] or [N, C]). On
-/// GPUs as products with vectors of ones, [A, C, B]·1_B and then 1_Aᵀ·[A, C] for the axes
-/// before (A) and after (B) `axis`: the tuned GEMM kernels beat one strided gather-sum of few
-/// outputs over many values (lavapipe: 2.2–2.6× over [32, C, 1024] and [8, 64, 3136]). The
-/// products are not counted as GEMM FLOPs (a layer's work).
+/// software adapters as products with vectors of ones, [A, C, B]·1_B and then 1_Aᵀ·[A, C] for
+/// the axes before (A) and after (B) `axis`: there the register-tiled GEMM beats one strided
+/// gather-sum of few outputs over many values (lavapipe: 2.2–2.6× over [32, C, 1024] and
+/// [8, 64, 3136]) at the cost of one more launch; hardware GPUs keep the tuned gather-sum (one
+/// launch, a workgroup per output). The products are not counted as GEMM FLOPs.
 pub fn sum_except(x: &Tensor, axis: usize) -> Result<Tensor> {
     let shape = x.shape();
     if axis >= shape.len() {
         return Err(shape_err("sum_except", format!("axis {axis} is outside {shape:?}")));
     }
-    let Device::Gpu(_) = x.device() else {
+    let software = matches!(x.device(), Device::Gpu(gpu) if gpu.is_software());
+    if !software {
         let others: Vec<usize> = (0..shape.len()).filter(|&d| d != axis).collect();
         return sum(x, &others, false);
-    };
+    }
     let (before, c, after): (usize, usize, usize) = (shape[..axis].iter().product(), shape[axis], shape[axis + 1..].iter().product());
     let ones = |n: usize, shape: &[usize]| Tensor::from_vec(vec![1.0; n], shape, x.device());
     super::gemm::without_gemm_flops(|| {
