@@ -90,6 +90,10 @@ def ops_fixtures():
         w.tensors[f"{name}.running_mean_in"], w.tensors[f"{name}.running_var_in"] = rm, rv
         w.tensors[f"{name}.running_mean_out"] = state["rm"].float()
         w.tensors[f"{name}.running_var_out"] = state["rv"].float()
+    # Appended last, so the cases above keep their inputs.
+    w.case("gelu", "gelu", dict(x=rand(4, 9) * 4), lambda x: F.gelu(x))
+    w.case("cross_entropy_smoothed", "cross_entropy", dict(x=rand(6, 9) * 5),
+           lambda x: F.cross_entropy(x, torch.tensor(labels), label_smoothing=0.2), labels=labels, smoothing=0.2)
     w.save("ops_golden.safetensors")
 
 

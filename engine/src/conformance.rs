@@ -181,6 +181,13 @@ fn elementwise_cases(cases: &mut Vec<Case>) {
             let (x, g) = pair(&sh, s, d)?;
             Ok(vec![ops::relu_backward(&x, &g)?])
         }));
+        let sh = shape.clone();
+        // Inputs spread over ±4: GELU's curved part and both tails.
+        cases.push(case("gelu and backward", name.clone(), move |d| {
+            let (x, g) = pair(&sh, s, d)?;
+            let x = ops::scale(&x, 4.0)?;
+            Ok(vec![ops::gelu(&x)?, ops::gelu_backward(&x, &g)?])
+        }));
         let axis = i % shape.len();
         cases.push(case("add_channel", format!("{name} axis {axis}"), move |d| {
             let x = random_tensor(&shape, s, d)?;
@@ -263,10 +270,16 @@ fn softmax_cases(cases: &mut Vec<Case>) {
             let x = inputs(d)?.0;
             Ok(vec![ops::cross_entropy_per_sample(&x, &Labels::new(&x, &l2)?)?])
         }));
-        cases.push(case("cross_entropy backward", name, move |d| {
+        let l2 = labels.clone();
+        cases.push(case("cross_entropy backward", name.clone(), move |d| {
             let x = inputs(d)?.0;
             let scale = Tensor::from_vec(vec![0.7], &[], d)?;
-            Ok(vec![ops::cross_entropy_backward(&x, &Labels::new(&x, &labels)?, &scale)?])
+            Ok(vec![ops::cross_entropy_backward(&x, &Labels::new(&x, &l2)?, &scale)?])
+        }));
+        cases.push(case("cross_entropy label smoothing 0.2 and backward", name, move |d| {
+            let x = inputs(d)?.0;
+            let (labels, scale) = (Labels::new(&x, &labels)?.smoothed(0.2)?, Tensor::from_vec(vec![0.7], &[], d)?);
+            Ok(vec![ops::cross_entropy_per_sample(&x, &labels)?, ops::cross_entropy_backward(&x, &labels, &scale)?])
         }));
     }
 }

@@ -114,6 +114,8 @@ pub mod elementwise {
         MUL = "mul",
         RELU_FORWARD = "relu_forward",
         RELU_BACKWARD = "relu_backward",
+        GELU_FORWARD = "gelu_forward",
+        GELU_BACKWARD = "gelu_backward",
         ADD_CHANNEL = "add_channel",
         DROPOUT = "dropout",
         CONCAT2 = "concat2",

@@ -52,6 +52,33 @@ fn relu_backward(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_wor
     if (i < p.n) { out[i] = select(0.0, y[i], x[i] > 0.0); }
 }
 
+// erf by Abramowitz & Stegun 7.1.26 (|error| ≤ 1.5e-7; WGSL has no erf): the CPU twin
+// (ops::elementwise::erf) uses the same formula.
+fn erf_approx(v: f32) -> f32 {
+    let a = abs(v);
+    let t = 1.0 / (1.0 + 0.3275911 * a);
+    let poly = t * (0.254829592 + t * (-0.284496736 + t * (1.421413741 + t * (-1.453152027 + t * 1.061405429))));
+    return sign(v) * (1.0 - poly * exp(-a * a));
+}
+
+// out = GELU(x) = x·Φ(x) = ½·x·(1 + erf(x/√2))   (PyTorch's exact form, approximate='none')
+@compute @workgroup_size(256)
+fn gelu_forward(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) groups: vec3<u32>) {
+    let i = flat(gid, groups);
+    if (i < p.n) { let v = x[i]; out[i] = 0.5 * v * (1.0 + erf_approx(v * 0.70710678)); }
+}
+
+// dx = g·(Φ(x) + x·φ(x)), φ(x) = e^(−x²/2)/√(2π); x the forward input, y = g
+@compute @workgroup_size(256)
+fn gelu_backward(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) groups: vec3<u32>) {
+    let i = flat(gid, groups);
+    if (i < p.n) {
+        let v = x[i];
+        let cdf = 0.5 * (1.0 + erf_approx(v * 0.70710678));
+        out[i] = y[i] * (cdf + v * 0.39894228 * exp(-0.5 * v * v));
+    }
+}
+
 // out[i] = x[i] + y[(i / inner) % channels]   (bias over one axis; backward: sum over the others)
 @compute @workgroup_size(256)
 fn add_channel(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) groups: vec3<u32>) {

@@ -4,9 +4,9 @@
 struct SoftmaxParams {
     rows: u32,
     cols: u32,
-    // cross-entropy: 1 / batch, the mean's factor
+    // cross-entropy: 1 / batch, the mean's factor, and the label smoothing ε
     inv_rows: f32,
-    _pad: u32,
+    smoothing: f32,
 }
 
 @group(0) @binding(0) var<uniform> p: SoftmaxParams;
@@ -75,16 +75,22 @@ fn log_softmax_backward(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(
     for (var j = 0u; j < p.cols; j++) { out[base + j] = g[base + j] - exp(x[base + j]) * total; }
 }
 
-// loss_n = logsumexp(x_n) − x_n[label_n]   (per row; the batch mean is a reduction)
+// loss_n = logsumexp(x_n) − (1 − ε)·x_n[label_n] − ε·mean_j x_nj   (per row; the batch mean
+// is a reduction): against the target (1 − ε)·onehot + ε/cols, PyTorch's label smoothing
 @compute @workgroup_size(64)
 fn cross_entropy_forward(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) groups: vec3<u32>) {
     let r = row_index(gid, groups);
     if (r >= p.rows) { return; }
     let base = r * p.cols;
-    out[r] = row_logsumexp(base) - x[base + labels[r]];
+    var total = 0.0;
+    if (p.smoothing != 0.0) {
+        for (var j = 0u; j < p.cols; j++) { total += x[base + j]; }
+    }
+    out[r] = row_logsumexp(base) - (1.0 - p.smoothing) * x[base + labels[r]] - p.smoothing * total / f32(p.cols);
 }
 
-// dx_nj = (softmax(x_n)_j − [j = label_n]) · g / rows, with g the scalar upstream gradient
+// dx_nj = (softmax(x_n)_j − target_nj) · g / rows, target = (1 − ε)·[j = label_n] + ε/cols,
+// with g the scalar upstream gradient
 @compute @workgroup_size(64)
 fn cross_entropy_backward(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) groups: vec3<u32>) {
     let r = row_index(gid, groups);
@@ -92,8 +98,9 @@ fn cross_entropy_backward(@builtin(global_invocation_id) gid: vec3<u32>, @builti
     let base = r * p.cols;
     let lse = row_logsumexp(base);
     let scale = g[0] * p.inv_rows;
+    let spread = p.smoothing / f32(p.cols);
     for (var j = 0u; j < p.cols; j++) {
-        let onehot = select(0.0, 1.0, j == labels[r]);
-        out[base + j] = (exp(x[base + j] - lse) - onehot) * scale;
+        let wanted = select(0.0, 1.0 - p.smoothing, j == labels[r]) + spread;
+        out[base + j] = (exp(x[base + j] - lse) - wanted) * scale;
     }
 }

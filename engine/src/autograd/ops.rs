@@ -42,6 +42,13 @@ pub fn relu(x: &Var) -> Result<Var> {
     })
 }
 
+/// GELU(x) = x·Φ(x) (PyTorch's `F.gelu`, approximate='none'): dx = g·(Φ(x) + x·φ(x)).
+pub fn gelu(x: &Var) -> Result<Var> {
+    let value = k::gelu(x.value())?;
+    let xv = x.saved()?;
+    Ok(Var::from_op("gelu", value, &[x], Box::new(move |g, _| Ok(vec![Some(k::gelu_backward(&xv.tensor()?, g)?)]))))
+}
+
 /// A product's operand: under autocast (`half`) the value as saved (an activation's one f16
 /// copy) or, for a parameter, its f16 rounding for this step; otherwise the f32 value.
 fn operand(v: &Var, half: bool) -> Result<MixedTensor> {
@@ -156,7 +163,13 @@ pub fn log_softmax(x: &Var) -> Result<Var> {
 /// Mean cross-entropy of `logits` [batch, classes] against integer `labels`, fused and
 /// numerically stable (PyTorch's `F.cross_entropy`): dlogits = (softmax − onehot)·g / batch.
 pub fn cross_entropy(logits: &Var, labels: &[usize]) -> Result<Var> {
-    let labels = Arc::new(Labels::new(logits.value(), labels)?);
+    cross_entropy_smoothed(logits, labels, 0.0)
+}
+
+/// [`cross_entropy`] with label smoothing ε (PyTorch's `label_smoothing`): the target is
+/// (1 − ε)·onehot + ε/classes, and dlogits = (softmax − target)·g / batch.
+pub fn cross_entropy_smoothed(logits: &Var, labels: &[usize], smoothing: f32) -> Result<Var> {
+    let labels = Arc::new(Labels::new(logits.value(), labels)?.smoothed(smoothing)?);
     let per_sample = k::cross_entropy_per_sample(logits.value(), &labels)?;
     let value = k::mean(&per_sample, &[0], false)?;
     let x = logits.value().clone();

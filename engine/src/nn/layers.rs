@@ -194,6 +194,15 @@ impl Module for ReLU {
     }
 }
 
+/// GELU, PyTorch's `nn.GELU()` (the exact erf form).
+pub struct GELU;
+
+impl Module for GELU {
+    fn forward(&self, x: &Var) -> Result<Var> {
+        ag::gelu(x)
+    }
+}
+
 /// Flattens every axis after the first: [N, …] → [N, Π…].
 pub struct Flatten;
 

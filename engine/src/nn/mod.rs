@@ -4,7 +4,7 @@ mod int8;
 mod layers;
 
 pub use int8::{Int8Mode, Int8Slot};
-pub use layers::{AdaptiveAvgPool2d, AvgPool2d, BatchNorm2d, Conv2d, Dropout, Flatten, Linear, MaxPool2d, ReLU};
+pub use layers::{AdaptiveAvgPool2d, AvgPool2d, BatchNorm2d, Conv2d, Dropout, Flatten, Linear, MaxPool2d, ReLU, GELU};
 
 /// The replicas of a data-parallel job, as synchronised batch norm needs them.
 pub trait ReplicaSum: Send + Sync {

@@ -84,6 +84,29 @@ pub fn relu_backward(x: &Tensor, g: &Tensor) -> Result<Tensor> {
     map2("relu_backward", &k::RELU_BACKWARD, x, g, EwParams::default(), |a, g, _| if a > 0.0 { g } else { 0.0 })
 }
 
+/// erf by Abramowitz & Stegun 7.1.26 (|error| ≤ 1.5e-7): the formula elementwise.wgsl uses
+/// (WGSL has no erf), so both backends round alike.
+pub fn erf(v: f32) -> f32 {
+    let a = v.abs();
+    let t = 1.0 / (1.0 + 0.327_591_1 * a);
+    let poly = t * (0.254_829_6 + t * (-0.284_496_74 + t * (1.421_413_7 + t * (-1.453_152 + t * 1.061_405_4))));
+    (1.0 - poly * (-a * a).exp()).copysign(v)
+}
+
+/// GELU(x) = x·Φ(x) = ½·x·(1 + erf(x/√2)), PyTorch's exact form (approximate='none').
+pub fn gelu(x: &Tensor) -> Result<Tensor> {
+    map2("gelu", &k::GELU_FORWARD, x, x, EwParams::default(), |v, _, _| 0.5 * v * (1.0 + erf(v * std::f32::consts::FRAC_1_SQRT_2)))
+}
+
+/// The gradient of GELU at `x` given the upstream gradient `g`: g·(Φ(x) + x·φ(x)).
+pub fn gelu_backward(x: &Tensor, g: &Tensor) -> Result<Tensor> {
+    same_shape("gelu_backward", x, g)?;
+    map2("gelu_backward", &k::GELU_BACKWARD, x, g, EwParams::default(), |v, g, _| {
+        let cdf = 0.5 * (1.0 + erf(v * std::f32::consts::FRAC_1_SQRT_2));
+        g * (cdf + v * 0.398_942_3 * (-0.5 * v * v).exp())
+    })
+}
+
 /// x + b broadcast along `axis`: b has x.shape()[axis] values (a bias per feature or channel).
 pub fn add_channel(x: &Tensor, b: &Tensor, axis: usize) -> Result<Tensor> {
     let channels = *x.shape().get(axis).ok_or_else(|| shape_err("add_channel", format!("axis {axis} out of range for shape {:?}", x.shape())))?;

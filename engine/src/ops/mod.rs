@@ -19,7 +19,7 @@ pub mod softmax;
 pub use adamw::{adamw_step_in_place, AdamWHyper, AdamWState};
 pub use batchnorm::{batch_norm_backward, batch_norm_backward_from_sums, batch_norm_forward, batch_stats, BnShape};
 pub use conv2d::{conv2d, conv2d_backward, Conv2dOpts, ConvShape};
-pub use elementwise::{add, add_channel, axpby, concat, dropout, mul, relu, relu_backward, scale};
+pub use elementwise::{add, add_channel, axpby, concat, dropout, gelu, gelu_backward, mul, relu, relu_backward, scale};
 pub use gemm::{gemm, gemm_mixed, matmul, GemmOpts};
 pub use guard::{LossScaling, StepGuard, StepTotals};
 pub use pool::{max_pool_backward, max_pool_forward, pool_backward, pool_forward, PoolKind, PoolShape};

@@ -16,7 +16,7 @@ struct SoftmaxParams {
     rows: u32,
     cols: u32,
     inv_rows: f32,
-    _pad: u32,
+    smoothing: f32,
 }
 
 /// [rows, cols] of a tensor seen as rows over its last axis.
@@ -43,7 +43,7 @@ fn launch_softmax(
     kernel: &Kernel,
     x: &Tensor,
     g: &Tensor,
-    labels: Option<&Tensor>,
+    labels: Option<&Labels>,
     out_shape: &[usize],
     rows: usize,
     cols: usize,
@@ -52,13 +52,14 @@ fn launch_softmax(
     let out = Tensor::uninit_gpu(out_shape.to_vec(), gpu)?;
     let (xb, gb, ob) = (gpu_buffer(x), gpu_buffer(g), gpu_buffer(&out));
     // Kernels without labels still bind the slot (one layout per module): x will do.
-    let lb = labels.map(gpu_buffer);
+    let lb = labels.and_then(|l| l.gpu.as_ref()).map(gpu_buffer);
     let label_bind = lb.as_deref().map_or(Bind::Rows(&xb, cols), Bind::flat);
     let g_bind = if g.numel() == x.numel() { Bind::Rows(&gb, cols) } else { Bind::Whole(&gb) };
     let out_row = out.numel() / rows.max(1);
     let binds = [Bind::Rows(&xb, cols), g_bind, label_bind, Bind::Rows(&ob, out_row)];
     launch_rows(gpu, kernel, (rows, 1), &binds, |_, count| {
-        let params = SoftmaxParams { rows: to_u32(op, count)?, cols: to_u32(op, cols)?, inv_rows: 1.0 / rows.max(1) as f32, _pad: 0 };
+        let smoothing = labels.map_or(0.0, |l| l.smoothing);
+        let params = SoftmaxParams { rows: to_u32(op, count)?, cols: to_u32(op, cols)?, inv_rows: 1.0 / rows.max(1) as f32, smoothing };
         Ok(bytemuck::bytes_of(&params).to_vec())
     })?;
     Ok(out)
@@ -136,6 +137,9 @@ pub struct Labels {
     values: Vec<usize>,
     /// The labels as u32 values on the GPU (a tensor only as a carrier of the buffer).
     gpu: Option<Tensor>,
+    /// Label smoothing ε: the target is (1 − ε)·onehot + ε/classes (PyTorch's
+    /// `label_smoothing`); 0 by default.
+    smoothing: f32,
 }
 
 impl Labels {
@@ -159,7 +163,15 @@ impl Labels {
                 Some(Tensor::from_storage(Storage::Gpu(Arc::new(buffer)), vec![labels.len()], logits.device().clone()))
             }
         };
-        Ok(Self { values: labels.to_vec(), gpu })
+        Ok(Self { values: labels.to_vec(), gpu, smoothing: 0.0 })
+    }
+
+    /// These labels with label smoothing `smoothing` (ε in [0, 1]).
+    pub fn smoothed(self, smoothing: f32) -> Result<Self> {
+        if !(0.0..=1.0).contains(&smoothing) {
+            return Err(shape_err("cross_entropy", format!("label smoothing must be in [0, 1], got {smoothing}")));
+        }
+        Ok(Self { smoothing, ..self })
     }
 
     pub fn values(&self) -> &[usize] {
@@ -172,25 +184,28 @@ impl Labels {
     }
 }
 
-/// Per-sample cross-entropy losses [batch]: logsumexp(x_n) − x_n[label_n]. The mean over the
-/// batch (PyTorch's default reduction) is `ops::mean` of this.
+/// Per-sample cross-entropy losses [batch]: logsumexp(x_n) − x_n[label_n], or with label
+/// smoothing ε ([`Labels::smoothed`]) logsumexp(x_n) − (1 − ε)·x_n[label_n] − ε·mean_j x_nj.
+/// The mean over the batch (PyTorch's default reduction) is `ops::mean` of this.
 pub fn cross_entropy_per_sample(logits: &Tensor, labels: &Labels) -> Result<Tensor> {
     let (rows, cols) = rows_cols("cross_entropy", logits)?;
     match logits.device() {
         Device::Cpu(_) => {
             let xs = cpu_data(logits);
+            let eps = labels.smoothing;
             let out = (0..rows).map(|r| {
                 let row = &xs[r * cols..(r + 1) * cols];
-                logsumexp(row) - row[labels.values[r]]
+                let mean = if eps != 0.0 { row.iter().sum::<f32>() / cols as f32 } else { 0.0 };
+                logsumexp(row) - (1.0 - eps) * row[labels.values[r]] - eps * mean
             });
             Ok(cpu_tensor(out.collect(), &[rows], logits.device()))
         }
-        Device::Gpu(_) => launch_softmax("cross_entropy", &k::CROSS_ENTROPY_FORWARD, logits, logits, labels.gpu.as_ref(), &[rows], rows, cols),
+        Device::Gpu(_) => launch_softmax("cross_entropy", &k::CROSS_ENTROPY_FORWARD, logits, logits, Some(labels), &[rows], rows, cols),
     }
 }
 
 /// The gradient of mean cross-entropy with respect to the logits, given the scalar upstream
-/// gradient `g`: (softmax(x) − onehot(label)) · g / batch.
+/// gradient `g`: (softmax(x) − target) · g / batch, target = (1 − ε)·onehot(label) + ε/classes.
 pub fn cross_entropy_backward(logits: &Tensor, labels: &Labels, g: &Tensor) -> Result<Tensor> {
     same_device("cross_entropy_backward", &[logits, g])?;
     let (rows, cols) = rows_cols("cross_entropy_backward", logits)?;
@@ -200,12 +215,13 @@ pub fn cross_entropy_backward(logits: &Tensor, labels: &Labels, g: &Tensor) -> R
     match logits.device() {
         Device::Cpu(_) => {
             let scale = cpu_data(g)[0] / rows as f32;
+            let (eps, spread) = (labels.smoothing, labels.smoothing / cols as f32);
             Ok(cpu_rows(logits, logits, cols, |xr, _, r, o| {
                 let lse = logsumexp(xr);
-                o.iter_mut().zip(xr).for_each(|(o, v)| *o = (v - lse).exp() * scale);
-                o[labels.values[r]] -= scale;
+                o.iter_mut().zip(xr).for_each(|(o, v)| *o = ((v - lse).exp() - spread) * scale);
+                o[labels.values[r]] -= (1.0 - eps) * scale;
             }))
         }
-        Device::Gpu(_) => launch_softmax("cross_entropy_backward", &k::CROSS_ENTROPY_BACKWARD, logits, g, labels.gpu.as_ref(), logits.shape(), rows, cols),
+        Device::Gpu(_) => launch_softmax("cross_entropy_backward", &k::CROSS_ENTROPY_BACKWARD, logits, g, Some(labels), logits.shape(), rows, cols),
     }
 }
