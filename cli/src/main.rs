@@ -187,6 +187,9 @@ struct TrainArgs {
     /// SGD's momentum [default: 0.9]
     #[arg(long, value_parser = real32(settings::MOMENTUM))]
     momentum: Option<f32>,
+    /// Nesterov momentum for SGD (`--nesterov`, or `nesterov = true` in a config) [default: off]
+    #[arg(long, num_args = 0..=1, default_missing_value = "true")]
+    nesterov: Option<bool>,
     /// Weight decay [default: 5e-4 with SGD, 0.01 with AdamW]
     #[arg(long, value_parser = real32(settings::WEIGHT_DECAY))]
     #[serde(alias = "weight_decay")]
@@ -291,7 +294,8 @@ impl TrainArgs {
         };
         let lr = self.lr.or(file.lr).unwrap_or(d.optim.lr);
         let optim =
-            OptimConfig::from_flags(kind, lr, self.momentum.or(file.momentum), self.wd.or(file.wd), self.warmup_steps.or(file.warmup_steps).unwrap_or(0))?;
+            OptimConfig::from_flags(kind, lr, self.momentum.or(file.momentum), self.wd.or(file.wd), self.warmup_steps.or(file.warmup_steps).unwrap_or(0))?
+                .with_nesterov(self.nesterov.or(file.nesterov).unwrap_or(false))?;
         let run = RunSpec {
             epochs: self.epochs.or(file.epochs).unwrap_or(d.run.epochs),
             batch: self.batch.or(file.batch).unwrap_or(d.run.batch),

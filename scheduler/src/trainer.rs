@@ -74,6 +74,17 @@ impl OptimConfig {
         Ok(Self { rule, lr, warmup_steps })
     }
 
+    /// With Nesterov momentum (`torch.optim.SGD(nesterov=True)`: the step is d + momentum·m);
+    /// an SGD setting, and one that needs momentum.
+    pub fn with_nesterov(self, nesterov: bool) -> Result<Self, TrainError> {
+        match self.rule {
+            _ if !nesterov => Ok(self),
+            Rule::Sgd(h) if h.momentum > 0.0 => Ok(Self { rule: Rule::Sgd(SgdHyper { nesterov, ..h }), ..self }),
+            Rule::Sgd(_) => Err(TrainError::Config("--nesterov needs momentum (--momentum > 0)".into())),
+            Rule::AdamW(_) => Err(TrainError::Config("--nesterov is an SGD setting".into())),
+        }
+    }
+
     /// Checks every value against its range (`settings`): a config file bypasses the flags'
     /// parsers, so runs check here too.
     pub fn validate(&self) -> Result<(), TrainError> {

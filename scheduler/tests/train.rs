@@ -232,3 +232,19 @@ fn a_data_set_larger_than_the_loaders_memory_limit_trains() {
     let e = train(&tiny, &mut |_| {}).err().unwrap().to_string();
     assert!(e.contains("memory limit of 1000 bytes") && e.contains("batch"), "{e}");
 }
+
+/// `--nesterov` turns on SGD's Nesterov momentum and is refused where it has no meaning.
+#[test]
+fn nesterov_is_an_sgd_setting_that_needs_momentum() {
+    use tessera_engine::optim::Rule;
+    use tessera_scheduler::trainer::OptimizerKind;
+    let sgd = OptimConfig::from_flags(OptimizerKind::Sgd, 0.1, None, None, 0).unwrap();
+    let Rule::Sgd(h) = sgd.clone().with_nesterov(true).unwrap().rule else { panic!("SGD stays SGD") };
+    assert!(h.nesterov && h.momentum == 0.9);
+    let Rule::Sgd(h) = sgd.with_nesterov(false).unwrap().rule else { panic!("SGD stays SGD") };
+    assert!(!h.nesterov);
+    let no_momentum = OptimConfig::from_flags(OptimizerKind::Sgd, 0.1, Some(0.0), None, 0).unwrap();
+    assert!(no_momentum.with_nesterov(true).unwrap_err().to_string().contains("needs momentum"));
+    let adamw = OptimConfig::from_flags(OptimizerKind::AdamW, 1e-3, None, None, 0).unwrap();
+    assert!(adamw.with_nesterov(true).unwrap_err().to_string().contains("SGD setting"));
+}
