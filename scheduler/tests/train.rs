@@ -239,7 +239,7 @@ fn nesterov_is_an_sgd_setting_that_needs_momentum() {
     use tessera_engine::optim::Rule;
     use tessera_scheduler::trainer::OptimizerKind;
     let sgd = OptimConfig::from_flags(OptimizerKind::Sgd, 0.1, None, None, 0).unwrap();
-    let Rule::Sgd(h) = sgd.clone().with_nesterov(true).unwrap().rule else { panic!("SGD stays SGD") };
+    let Rule::Sgd(h) = sgd.with_nesterov(true).unwrap().rule else { panic!("SGD stays SGD") };
     assert!(h.nesterov && h.momentum == 0.9);
     let Rule::Sgd(h) = sgd.with_nesterov(false).unwrap().rule else { panic!("SGD stays SGD") };
     assert!(!h.nesterov);
