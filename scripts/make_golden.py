@@ -131,6 +131,10 @@ def optim_fixtures():
         dict(kind="adamw", lr=3e-3, betas=(0.8, 0.99), eps=1e-6, weight_decay=0.1, warmup=4, total=10),
         dict(kind="adamw", lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0, warmup=0, total=10),
         dict(kind="sgd", lr=0.1, momentum=0.9, dampening=0.0, weight_decay=5e-4, nesterov=False, warmup=3, total=10),
+        # Lookahead over Nesterov SGD (airbench's pairing), written out: every k steps the slow
+        # weights move α of the way to the fast ones, and the fast ones restart from them.
+        dict(kind="sgd", lr=0.2, momentum=0.9, dampening=0.0, weight_decay=5e-4, nesterov=True, warmup=0, total=0,
+             lookahead_every=3, lookahead_alpha=0.4),
     ]
     for i, cfg in enumerate(configs):
         p0 = rand(29)
@@ -152,11 +156,17 @@ def optim_fixtures():
                 probe.step()
                 linear.step()
         tensors[f"optim{i}.p0"] = p0
+        slow = p0.clone()
         for step in range(10):
             g = rand(29)
             p.grad = g.clone()
             opt.step()
             sched.step()
+            k = cfg.get("lookahead_every", 0)
+            if k and (step + 1) % k == 0:
+                with torch.no_grad():
+                    slow += cfg["lookahead_alpha"] * (p - slow)
+                    p.copy_(slow)
             tensors[f"optim{i}.g{step}"] = g
             tensors[f"optim{i}.p{step + 1}"] = p.detach().clone()
         cases.append(dict(name=f"optim{i}", **cfg))

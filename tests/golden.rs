@@ -7,7 +7,7 @@ use serde_json::Value;
 use tessera_engine::autograd::{self as ag, Var};
 use tessera_engine::nn::{BatchNorm2d, Conv2d, Flatten, Linear, MaxPool2d, Module, ReLU, Sequential};
 use tessera_engine::ops::{AdamWHyper, Conv2dOpts, SgdHyper};
-use tessera_engine::optim::{Constant, Cosine, LrSchedule, Optimizer, ParamGroup, Rule, Warmup};
+use tessera_engine::optim::{Constant, Cosine, Lookahead, LrSchedule, Optimizer, ParamGroup, Rule, Warmup};
 use tessera_engine::{Device, Result};
 use tessera_tests::{gpu_devices, max_rel_err, Fixture};
 
@@ -146,11 +146,16 @@ fn adamw_sgd_and_warmup_match_torch_over_ten_steps() {
             let inner: Box<dyn LrSchedule> = if total > 0 { Box::new(Cosine { total_steps: total }) } else { Box::new(Constant) };
             let param = tessera_engine::nn::Param::new(fx.tensor(&format!("{name}.p0"), &dev));
             let mut opt = Optimizer::new(vec![ParamGroup::new(name, vec![param.clone()])], f("lr"), rule).with_schedule(Warmup { steps: warmup, inner });
+            let mut lookahead = Lookahead::new(std::slice::from_ref(&param));
+            let every = case["lookahead_every"].as_u64().unwrap_or(0) as usize;
             for step in 0..10 {
                 let g = Var::constant(fx.tensor(&format!("{name}.g{step}"), &dev));
                 ag::sum(&ag::mul(&param.var(), &g).unwrap(), &[0], false).unwrap().backward().unwrap();
                 opt.step().unwrap();
                 opt.zero_grad();
+                if every > 0 && (step + 1) % every == 0 {
+                    lookahead.sync(f("lookahead_alpha")).unwrap();
+                }
                 close(&format!("{name} ({:?}) step {} on {dev}", rule, step + 1), &param.value(), fx.get(&format!("{name}.p{}", step + 1)));
             }
         }

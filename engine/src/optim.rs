@@ -312,3 +312,30 @@ impl Optimizer {
 fn key(p: &Arc<Param>) -> usize {
     Arc::as_ptr(p) as usize
 }
+
+/// Lookahead (Zhang et al., 2019, "k steps forward, 1 step back"), as airbench uses it: slow
+/// weights φ, started at the parameters' values; every k optimizer steps the caller pulls
+/// them toward the fast weights θ and restarts θ from them: φ ← φ + α·(θ − φ), θ ← φ
+/// (α = 1 − airbench's decay; α = 1 keeps the fast weights). Optimizer state is left as is.
+pub struct Lookahead {
+    slow: Vec<(Arc<Param>, Tensor)>,
+}
+
+impl Lookahead {
+    pub fn new(params: &[Arc<Param>]) -> Self {
+        Self { slow: params.iter().map(|p| (p.clone(), p.value())).collect() }
+    }
+
+    /// One synchronisation with step size `alpha` in [0, 1].
+    pub fn sync(&mut self, alpha: f32) -> Result<()> {
+        if !(0.0..=1.0).contains(&alpha) {
+            return Err(crate::error::shape_err("lookahead", format!("α must be in [0, 1], got {alpha}")));
+        }
+        for (param, slow) in &mut self.slow {
+            let pulled = crate::ops::axpby(1.0 - alpha, slow, alpha, &param.value())?;
+            param.set_value(pulled.clone());
+            *slow = pulled;
+        }
+        Ok(())
+    }
+}
