@@ -225,11 +225,39 @@ def amp_fixtures():
     save_file(tensors, os.path.join(OUT, "amp_golden.safetensors"), metadata={"labels": json.dumps(labels), "scale": str(scale), "torch": torch.__version__})
 
 
+def whitening_fixtures():
+    """The patch-whitening weight of nn::patch_whitening from numpy's eigendecomposition
+    (numpy.linalg.eigh) of the uncentred covariance of every 2×2 patch of synthetic images:
+    eigenvectors by eigenvalue from largest, each scaled by 1/sqrt(λ + eps) with its
+    largest-magnitude entry made positive, then the same rows negated."""
+    import numpy as np
+    x = rand(16, 3, 7, 6)
+    kh, kw, eps = 2, 2, 5e-4
+    xs = x.double().numpy()
+    n, c, h, w = xs.shape
+    patches = np.stack([xs[:, :, i:i + h - kh + 1, j:j + w - kw + 1] for i in range(kh) for j in range(kw)], axis=2)
+    # [n, c, kh·kw, ho, wo] → one row per patch, columns in the weight's (c, i, j) order
+    patches = patches.transpose(0, 3, 4, 1, 2).reshape(-1, c * kh * kw)
+    cov = patches.T @ patches / patches.shape[0]
+    values, vectors = np.linalg.eigh(cov)
+    order = np.argsort(values)[::-1]
+    rows = []
+    for k in order:
+        v = vectors[:, k]
+        v = v * np.sign(v[np.argmax(np.abs(v))]) / np.sqrt(max(values[k], 0.0) + eps)
+        rows.append(v)
+    weight = np.concatenate([np.stack(rows), -np.stack(rows)]).reshape(2 * c * kh * kw, c, kh, kw)
+    save_file({"x": x.contiguous(), "weight": torch.from_numpy(weight).float().contiguous(),
+               "eigenvalues": torch.from_numpy(values[order].copy()).float()},
+              os.path.join(OUT, "whitening_golden.safetensors"), metadata={"eps": str(eps), "kernel": json.dumps([kh, kw])})
+
+
 if __name__ == "__main__":
     import sys
     os.makedirs(OUT, exist_ok=True)
     # Optional arguments name the fixture sets to write (default: all).
-    sets = {"ops": ops_fixtures, "sgd": sgd_fixtures, "optim": optim_fixtures, "cnn": cnn_fixtures, "amp": amp_fixtures}
+    sets = {"ops": ops_fixtures, "sgd": sgd_fixtures, "optim": optim_fixtures, "cnn": cnn_fixtures, "amp": amp_fixtures,
+            "whitening": whitening_fixtures}
     for name in sys.argv[1:] or list(sets):
         sets[name]()
     print("wrote", sorted(os.listdir(OUT)))

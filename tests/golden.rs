@@ -246,3 +246,38 @@ fn mixed_precision_step_matches_pytorch_autocast_within_its_f16_deviation() {
         }
     }
 }
+
+/// The patch-whitening initialisation against numpy's eigendecomposition (fixture
+/// `whitening_golden.safetensors`, scripts/make_golden.py whitening) on synthetic images, and
+/// what it is for: over those images the first half of its filters give outputs whose
+/// uncentred second moments are λ/(λ + ε) on the diagonal (≈ 1 here) and 0 off it.
+#[test]
+fn patch_whitening_matches_numpy_eigh_and_whitens() {
+    let fx = Fixture::open("whitening_golden.safetensors");
+    let eps = fx.meta("eps").as_f64().unwrap() as f32;
+    let kernel = usize_list(&fx.meta("kernel"));
+    for dev in devices() {
+        let w = tessera_engine::nn::patch_whitening(&fx.tensor("x", &dev), [kernel[0], kernel[1]], eps).unwrap();
+        close(&format!("whitening weight on {dev}"), &w, fx.get("weight"));
+    }
+    let cpu = Device::cpu();
+    let x = fx.tensor("x", &cpu);
+    let w = tessera_engine::nn::patch_whitening(&x, [kernel[0], kernel[1]], eps).unwrap();
+    let d = w.shape()[0] / 2;
+    let y = tessera_engine::ops::conv2d(&x, &tessera_engine::ops::narrow(&w, 0, 0, d).unwrap(), None, Conv2dOpts::default()).unwrap();
+    let (values, shape) = (y.to_vec().unwrap(), y.shape().to_vec());
+    let plane = shape[2] * shape[3];
+    let count = (shape[0] * plane) as f64;
+    let eigenvalues = fx.get("eigenvalues").0;
+    for a in 0..d {
+        for b in 0..d {
+            let moment: f64 = (0..shape[0])
+                .flat_map(|n| (0..plane).map(move |p| (n, p)))
+                .map(|(n, p)| values[(n * d + a) * plane + p] as f64 * values[(n * d + b) * plane + p] as f64)
+                .sum::<f64>()
+                / count;
+            let want = if a == b { eigenvalues[a] as f64 / (eigenvalues[a] as f64 + eps as f64) } else { 0.0 };
+            assert!((moment - want).abs() < 1e-3, "E[y{a}·y{b}] = {moment}, want {want}");
+        }
+    }
+}
