@@ -22,16 +22,71 @@ impl Normalize {
     pub const IMAGENET: Self = Self { mean: [0.485, 0.456, 0.406], std: [0.229, 0.224, 0.225] };
 }
 
-/// Training augmentation: a random crop of the image padded by `pad` zeros on each side, and
-/// a horizontal flip with probability ½.
+/// Training augmentation: a random translation by up to `pad` pixels each way (a crop of the
+/// image padded by `pad` on each side, the padding per `border`), and a horizontal flip.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Augment {
     pub pad: usize,
-    pub flip: bool,
+    pub flip: Flip,
+    pub border: Border,
 }
 
 impl Augment {
-    pub const CIFAR: Self = Self { pad: 4, flip: true };
+    /// torchvision's RandomCrop(32, padding=4) and RandomHorizontalFlip().
+    pub const CIFAR: Self = Self { pad: 4, flip: Flip::Random, border: Border::Zeros };
+    /// airbench94's: translation by up to 2 pixels with reflected borders, alternating flips.
+    pub const AIRBENCH: Self = Self { pad: 2, flip: Flip::Alternating, border: Border::Reflect };
+}
+
+/// How training flips images horizontally.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Flip {
+    None,
+    /// Each image with probability ½, drawn anew every epoch.
+    Random,
+    /// airbench's derandomised flip: a random half of the images in the first epoch, then
+    /// every image the other way from its previous epoch, so any two consecutive epochs show
+    /// each image both ways.
+    Alternating,
+}
+
+/// What a translated image shows beyond its border.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Border {
+    /// Zeros before normalisation (torchvision's RandomCrop padding).
+    Zeros,
+    /// The image mirrored about its edge row or column, the edge not repeated (PyTorch's
+    /// `reflect` padding); `pad` must be below the image's size.
+    Reflect,
+}
+
+impl Augment {
+    /// Whether image `image` (its index in the data set) is flipped in `epoch`; `coin` is the
+    /// pass's random draw for its position.
+    fn flips(&self, image: usize, epoch: u64, seed: u64, coin: bool) -> bool {
+        match self.flip {
+            Flip::None => false,
+            Flip::Random => coin,
+            Flip::Alternating => {
+                let first = StdRng::seed_from_u64(seed ^ (image as u64).wrapping_mul(0x94d0_49bb_1331_11eb)).gen_bool(0.5);
+                first ^ (epoch % 2 == 1)
+            }
+        }
+    }
+
+    /// The source coordinate of padded coordinate `v` along an axis of `size`, or None for a
+    /// zero.
+    fn source(&self, v: isize, size: usize) -> Option<usize> {
+        let last = size as isize - 1;
+        match self.border {
+            _ if (0..=last).contains(&v) => Some(v as usize),
+            Border::Zeros => None,
+            Border::Reflect => {
+                let r = if v < 0 { -v } else { 2 * last - v };
+                (0..=last).contains(&r).then_some(r as usize)
+            }
+        }
+    }
 }
 
 /// A batch: pixels as f32 in NCHW order with their shape, and labels.
@@ -297,12 +352,13 @@ fn build_batch(set: &Dataset, idx: &[usize], first: usize, spec: &LoaderSpec) ->
     let mut x = Vec::with_capacity(idx.len() * len);
     for (k, &i) in idx.iter().enumerate() {
         set.read_into(i, &mut pixels)?;
+        let augment = spec.augment.unwrap_or(Augment { pad: 0, flip: Flip::None, border: Border::Zeros });
         let (dy, dx, flip) = match spec.augment {
             Some(a) => {
                 let position = (first + k) as u64;
                 let rng = &mut StdRng::seed_from_u64(spec.seed ^ spec.epoch.wrapping_mul(0x9e37_79b9_7f4a_7c15) ^ position.wrapping_mul(0xbf58_476d_1ce4_e5b9));
                 let p = a.pad as isize;
-                (rng.gen_range(-p..=p), rng.gen_range(-p..=p), a.flip && rng.gen_bool(0.5))
+                (rng.gen_range(-p..=p), rng.gen_range(-p..=p), a.flips(i, spec.epoch, spec.seed, rng.gen_bool(0.5)))
             }
             None => (0, 0, false),
         };
@@ -310,13 +366,12 @@ fn build_batch(set: &Dataset, idx: &[usize], first: usize, spec: &LoaderSpec) ->
             let (mean, std) = (spec.norm.mean[c], spec.norm.std[c]);
             let plane = &pixels[c * h * w..(c + 1) * h * w];
             for y in 0..h {
-                let ys = y as isize + dy;
+                let ys = augment.source(y as isize + dy, h);
                 for xo in 0..w {
-                    let xs = if flip { w - 1 - xo } else { xo } as isize + dx;
-                    let v = if ys >= 0 && (ys as usize) < h && xs >= 0 && (xs as usize) < w {
-                        plane[ys as usize * w + xs as usize] as f32 / 255.0
-                    } else {
-                        0.0 // zero padding, before normalisation as torchvision's RandomCrop
+                    let xs = augment.source(if flip { w - 1 - xo } else { xo } as isize + dx, w);
+                    let v = match (ys, xs) {
+                        (Some(ys), Some(xs)) => plane[ys * w + xs] as f32 / 255.0,
+                        _ => 0.0, // zero padding, before normalisation as torchvision's RandomCrop
                     };
                     x.push((v - mean) / std);
                 }
@@ -324,4 +379,35 @@ fn build_batch(set: &Dataset, idx: &[usize], first: usize, spec: &LoaderSpec) ->
         }
     }
     Ok(Batch { x, shape: vec![idx.len(), 3, h, w], labels: idx.iter().map(|&i| set.label(i)).collect(), global: idx.len() })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn alternating_flips_show_every_image_both_ways_in_any_two_epochs() {
+        let a = Augment::AIRBENCH;
+        let first: Vec<bool> = (0..64).map(|i| a.flips(i, 0, 7, false)).collect();
+        let flipped = first.iter().filter(|&&f| f).count();
+        assert!((16..=48).contains(&flipped), "{flipped} of 64 flipped in the first epoch");
+        for epoch in 0..5 {
+            for image in 0..64 {
+                assert_ne!(a.flips(image, epoch, 7, false), a.flips(image, epoch + 1, 7, true), "image {image}, epochs {epoch} and {}", epoch + 1);
+            }
+        }
+        // Random flips follow the pass's coin; no flips never flip.
+        assert!(Augment::CIFAR.flips(3, 1, 7, true) && !Augment::CIFAR.flips(3, 1, 7, false));
+        assert!(!Augment { flip: Flip::None, ..Augment::CIFAR }.flips(3, 1, 7, true));
+    }
+
+    #[test]
+    fn borders_pad_with_zeros_or_the_mirrored_image() {
+        let (zeros, reflect) = (Augment::CIFAR, Augment::AIRBENCH);
+        // Along an axis of 5: padded coordinates −2..6.
+        let got: Vec<Option<usize>> = (-2..7).map(|v| reflect.source(v, 5)).collect();
+        assert_eq!(got, [2, 1, 0, 1, 2, 3, 4, 3, 2].map(Some));
+        let got: Vec<Option<usize>> = (-2..7).map(|v| zeros.source(v, 5)).collect();
+        assert_eq!(got, [None, None, Some(0), Some(1), Some(2), Some(3), Some(4), None, None]);
+    }
 }

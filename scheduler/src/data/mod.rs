@@ -12,7 +12,7 @@ mod synthetic;
 pub use cifar_bin::{append_cifar_bin, load_cifar_bin};
 pub use corrupt::Corruption;
 pub use folder::{decode_image, load_image_folder, FolderIndex, FolderOptions};
-pub use loader::{Augment, Batch, Loader, LoaderMemory, LoaderSpec, Normalize};
+pub use loader::{Augment, Batch, Border, Flip, Loader, LoaderMemory, LoaderSpec, Normalize};
 pub use source::{materialize, Dataset, Source, Subset};
 pub use synthetic::synthetic;
 
