@@ -151,6 +151,10 @@ enum Command {
         /// Images per batch.
         #[arg(long, default_value_t = 256, value_parser = whole(settings::BATCH))]
         batch: usize,
+        /// Test-time augmentation: none, mirror (logits averaged with the mirror images'), or
+        /// mirror-translate (also over one-pixel translations, as airbench's level 2).
+        #[arg(long, default_value = "none")]
+        tta: tessera_scheduler::eval::Tta,
         /// Print JSON lines instead of a table.
         #[arg(long)]
         json: bool,
@@ -669,7 +673,9 @@ fn run(cli: Cli) -> Result<()> {
         Command::Search(args) => search::run(args),
         Command::Compress(args) => compress::run(args),
         Command::Train(args) => train_cmd(args),
-        Command::Eval { checkpoint, data, limit_per_class, device, batch, json } => eval_cmd(&checkpoint, &data, limit_per_class, &device, batch, json),
+        Command::Eval { checkpoint, data, limit_per_class, device, batch, tta, json } => {
+            eval_cmd(&checkpoint, &data, limit_per_class, (&device, batch, tta), json)
+        }
         Command::Export { checkpoint, out, dtype } => {
             create_parent(&out)?;
             let n = tessera_scheduler::interop::export_weights(&checkpoint, &out, dtype).with_context(|| format!("exporting {}", checkpoint.display()))?;
@@ -712,8 +718,14 @@ fn kernel_table(model: &str, device: &str, precision: Precision, profile: &tesse
     table
 }
 
-fn eval_cmd(checkpoint: &std::path::Path, data: &std::path::Path, limit_per_class: Option<usize>, device: &str, batch: usize, json: bool) -> Result<()> {
-    let r = tessera_scheduler::eval::evaluate_checkpoint(checkpoint, data, device, batch, limit_per_class)
+fn eval_cmd(
+    checkpoint: &std::path::Path,
+    data: &std::path::Path,
+    limit_per_class: Option<usize>,
+    (device, batch, tta): (&str, usize, tessera_scheduler::eval::Tta),
+    json: bool,
+) -> Result<()> {
+    let r = tessera_scheduler::eval::evaluate_checkpoint(checkpoint, data, device, batch, limit_per_class, tta)
         .with_context(|| format!("evaluating {}", checkpoint.display()))?;
     let mut summary = Table::new("evaluation", &["checkpoint", "images", "loss", "accuracy"]);
     let images: usize = r.confusion.iter().flatten().sum();

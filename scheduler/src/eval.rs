@@ -27,12 +27,81 @@ pub struct EvalReport {
     pub sample_correct: Vec<bool>,
 }
 
+/// Test-time augmentation: each batch's logits averaged over views of its images (airbench's
+/// levels 0–2).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Tta {
+    /// The images as they are.
+    #[default]
+    None,
+    /// ½·(the images + their mirror images).
+    Mirror,
+    /// ½·Mirror + ½·the mean of Mirror over the images translated by one pixel up-left and
+    /// down-right (borders reflected).
+    MirrorTranslate,
+}
+
+impl std::str::FromStr for Tta {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "none" => Ok(Self::None),
+            "mirror" => Ok(Self::Mirror),
+            "mirror-translate" => Ok(Self::MirrorTranslate),
+            other => Err(format!("unknown test-time augmentation `{other}`: none, mirror or mirror-translate")),
+        }
+    }
+}
+
+/// A view of images `x` [N, C, H, W]: translated so that pixel (y, x) shows (y + shift,
+/// x + shift), reflected about the border, then mirrored left-right if `mirror`.
+pub fn view(x: &[f32], shape: &[usize], mirror: bool, shift: isize) -> Vec<f32> {
+    let (h, w) = (shape[2], shape[3]);
+    let reflect = |v: isize, size: usize| -> usize {
+        let last = size as isize - 1;
+        (if v < 0 {
+            -v
+        } else if v > last {
+            2 * last - v
+        } else {
+            v
+        })
+        .clamp(0, last) as usize
+    };
+    let mut out = Vec::with_capacity(x.len());
+    for plane in x.chunks(h * w) {
+        for y in 0..h {
+            let ys = reflect(y as isize + shift, h);
+            for xo in 0..w {
+                let xm = if mirror { w - 1 - xo } else { xo };
+                out.push(plane[ys * w + reflect(xm as isize + shift, w)]);
+            }
+        }
+    }
+    out
+}
+
+/// The logits of `model` for images `x` (host values, `shape`) under `tta`.
+pub fn tta_logits(model: &Model, x: Vec<f32>, shape: &[usize], device: &Device, tta: Tta) -> Result<Tensor, TrainError> {
+    let run = |v: Vec<f32>| -> Result<Tensor, TrainError> { Ok(model.net.forward(&Var::constant(Tensor::from_vec(v, shape, device)?))?.value().clone()) };
+    let mirror =
+        |shift: isize| -> Result<Tensor, TrainError> { Ok(ops::axpby(0.5, &run(view(&x, shape, false, shift))?, 0.5, &run(view(&x, shape, true, shift))?)?) };
+    match tta {
+        Tta::None => run(x.clone()),
+        Tta::Mirror => mirror(0),
+        Tta::MirrorTranslate => {
+            let translated = ops::axpby(0.5, &mirror(-1)?, 0.5, &mirror(1)?)?;
+            Ok(ops::axpby(0.5, &mirror(0)?, 0.5, &translated)?)
+        }
+    }
+}
+
 /// Runs `model` (eval mode, no gradients) over `set` in order, handing each batch's logits
-/// and labels to `each`.
+/// (under `tta`) and labels to `each`.
 fn for_each_batch(
     model: &Model,
     set: &Dataset,
-    spec: &LoaderSpec,
+    (spec, tta): (&LoaderSpec, Tta),
     device: &Device,
     mut each: impl FnMut(&Tensor, &[usize]) -> Result<(), TrainError>,
 ) -> Result<(), TrainError> {
@@ -40,10 +109,7 @@ fn for_each_batch(
     let done = Loader::new(set, spec).map_err(TrainError::from).and_then(|loader| {
         loader.into_iter().try_for_each(|b| {
             let b = b?;
-            no_grad(|| {
-                let logits = model.net.forward(&Var::constant(Tensor::from_vec(b.x, &b.shape, device)?))?;
-                each(logits.value(), &b.labels)
-            })
+            no_grad(|| each(&tta_logits(model, b.x, &b.shape, device, tta)?, &b.labels))
         })
     });
     model.net.set_training(true);
@@ -52,10 +118,15 @@ fn for_each_batch(
 
 /// Evaluates `model` on `set`: per-sample losses and the confusion matrix (host reads per batch).
 pub fn evaluate_full(model: &Model, set: &Dataset, spec: &LoaderSpec, device: &Device) -> Result<EvalReport, TrainError> {
+    evaluate_full_tta(model, set, spec, device, Tta::None)
+}
+
+/// [`evaluate_full`] with test-time augmentation.
+pub fn evaluate_full_tta(model: &Model, set: &Dataset, spec: &LoaderSpec, device: &Device, tta: Tta) -> Result<EvalReport, TrainError> {
     let classes = set.classes().len();
     let mut confusion = vec![vec![0usize; classes]; classes];
     let (mut sample_loss, mut sample_correct) = (Vec::with_capacity(set.len()), Vec::with_capacity(set.len()));
-    for_each_batch(model, set, spec, device, |logits, labels| {
+    for_each_batch(model, set, (spec, tta), device, |logits, labels| {
         let labelled = Labels::new(logits, labels)?;
         sample_loss.extend(ops::cross_entropy_per_sample(logits, &labelled)?.to_vec()?);
         let values = logits.to_vec()?;
@@ -75,7 +146,7 @@ pub fn evaluate_full(model: &Model, set: &Dataset, spec: &LoaderSpec, device: &D
 /// Mean loss and accuracy of `model` on `set`, summed on the device: one host read.
 pub fn evaluate(model: &Model, set: &Dataset, spec: &LoaderSpec, device: &Device) -> Result<(f32, f32), TrainError> {
     let mut tally = StepGuard::new(device, false)?;
-    for_each_batch(model, set, spec, device, |logits, labels| {
+    for_each_batch(model, set, (spec, Tta::None), device, |logits, labels| {
         let labelled = Labels::new(logits, labels)?;
         let loss = ops::mean(&ops::cross_entropy_per_sample(logits, &labelled)?, &[0], false)?;
         tally.add_metrics(&loss, logits, &labelled)?;
@@ -111,14 +182,14 @@ pub fn model_from_checkpoint(path: &Path, ckpt: &Checkpoint, device: &Device) ->
 }
 
 /// Evaluates a training checkpoint (its metadata names the model) on `data/test` (the first
-/// `limit_per_class` images of each class, if given).
-pub fn evaluate_checkpoint(path: &Path, data: &Path, device: &str, batch: usize, limit_per_class: Option<usize>) -> Result<EvalReport, TrainError> {
+/// `limit_per_class` images of each class, if given), with test-time augmentation `tta`.
+pub fn evaluate_checkpoint(path: &Path, data: &Path, device: &str, batch: usize, limit_per_class: Option<usize>, tta: Tta) -> Result<EvalReport, TrainError> {
     let device = Device::parse(device)?;
     let ckpt = Checkpoint::load(path)?;
     let model = model_from_checkpoint(path, &ckpt, &device)?;
     let (_, test) = load_splits(data, limit_per_class)?;
     check_classes(path, &model, data, &test)?;
-    evaluate_full(&model, &test, &LoaderSpec::eval(batch), &device)
+    evaluate_full_tta(&model, &test, &LoaderSpec::eval(batch), &device, tta)
 }
 
 /// Errors unless `model` (read from `path`) has as many classes as `set` (from `data`).
