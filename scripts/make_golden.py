@@ -94,6 +94,21 @@ def ops_fixtures():
     w.case("gelu", "gelu", dict(x=rand(4, 9) * 4), lambda x: F.gelu(x))
     w.case("cross_entropy_smoothed", "cross_entropy", dict(x=rand(6, 9) * 5),
            lambda x: F.cross_entropy(x, torch.tensor(labels), label_smoothing=0.2), labels=labels, smoothing=0.2)
+    # airbench's batch norm: the scale frozen at 1 (not an input: no gradient), momentum 0.6,
+    # eps 1e-12.
+    rm, rv, state = rand(4) * 0.1, rand(4).abs() + 0.5, {}
+
+    def bn_frozen(x, bias, rm=rm, rv=rv, state=state):
+        m, v = rm.double().clone(), rv.double().clone()
+        y = F.batch_norm(x, m, v, torch.ones(4, dtype=torch.float64), bias, training=True, momentum=0.6, eps=1e-12)
+        state["rm"], state["rv"] = m, v
+        return y
+
+    w.case("bn_frozen", "batch_norm2d", dict(x=rand(3, 4, 5, 5) * 2 + 0.5, bias=rand(4)), bn_frozen,
+           training=True, momentum=0.6, eps=1e-12, frozen_weight=True)
+    w.tensors["bn_frozen.running_mean_in"], w.tensors["bn_frozen.running_var_in"] = rm, rv
+    w.tensors["bn_frozen.running_mean_out"] = state["rm"].float()
+    w.tensors["bn_frozen.running_var_out"] = state["rv"].float()
     w.save("ops_golden.safetensors")
 
 

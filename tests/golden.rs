@@ -68,7 +68,7 @@ fn every_op_matches_pytorch_forward_and_backward() {
             let inputs: Vec<String> = case["inputs"].as_array().unwrap().iter().map(|s| s.as_str().unwrap().to_string()).collect();
             let r = Var::constant(fx.tensor(&format!("{name}.r"), &dev));
             if case["op"] == "batch_norm2d" {
-                batch_norm_case(&fx, name, case["training"].as_bool().unwrap(), &r, &dev);
+                batch_norm_case(&fx, case, &r, &dev);
                 continue;
             }
             let leaves: Vec<Var> = inputs.iter().map(|i| Var::leaf(fx.tensor(&format!("{name}.{i}"), &dev))).collect();
@@ -82,10 +82,18 @@ fn every_op_matches_pytorch_forward_and_backward() {
     }
 }
 
-fn batch_norm_case(fx: &Fixture, name: &str, training: bool, r: &Var, dev: &Device) {
-    let bn = BatchNorm2d::new(4, dev).unwrap();
+fn batch_norm_case(fx: &Fixture, case: &Value, r: &Var, dev: &Device) {
+    let name = case["name"].as_str().unwrap();
+    let training = case["training"].as_bool().unwrap();
+    let option = |k: &str, default: f64| case[k].as_f64().unwrap_or(default) as f32;
+    let frozen = case["frozen_weight"].as_bool().unwrap_or(false);
+    let mut bn = BatchNorm2d::new(4, dev).unwrap().with_momentum_eps(option("momentum", 0.1), option("eps", 1e-5)).unwrap();
+    if frozen {
+        bn = bn.with_frozen_weight();
+    } else {
+        bn.weight.set_value(fx.tensor(&format!("{name}.weight"), dev));
+    }
     bn.set_training(training);
-    bn.weight.set_value(fx.tensor(&format!("{name}.weight"), dev));
     bn.bias.set_value(fx.tensor(&format!("{name}.bias"), dev));
     bn.running_mean.set_value(fx.tensor(&format!("{name}.running_mean_in"), dev));
     bn.running_var.set_value(fx.tensor(&format!("{name}.running_var_in"), dev));
@@ -96,7 +104,10 @@ fn batch_norm_case(fx: &Fixture, name: &str, training: bool, r: &Var, dev: &Devi
     close(&format!("{name} running_var on {dev}"), &bn.running_var.value(), fx.get(&format!("{name}.running_var_out")));
     weighted_sum(&y, r).unwrap().backward().unwrap();
     close(&format!("{name} dx on {dev}"), &x.grad().unwrap(), fx.get(&format!("{name}.dx")));
-    close(&format!("{name} dweight on {dev}"), &bn.weight.grad().unwrap(), fx.get(&format!("{name}.dweight")));
+    match frozen {
+        true => assert!(bn.weight.grad().is_none(), "{name}: a frozen scale gets no gradient"),
+        false => close(&format!("{name} dweight on {dev}"), &bn.weight.grad().unwrap(), fx.get(&format!("{name}.dweight"))),
+    }
     close(&format!("{name} dbias on {dev}"), &bn.bias.grad().unwrap(), fx.get(&format!("{name}.dbias")));
 }
 

@@ -118,6 +118,23 @@ impl BatchNorm2d {
     pub fn training(&self) -> bool {
         self.training.load(Ordering::Relaxed)
     }
+
+    /// With running statistics updated as (1 − momentum)·running + momentum·batch (PyTorch's
+    /// convention) and `eps` added to the variance: airbench's batch norm takes 0.6 and 1e-12.
+    pub fn with_momentum_eps(self, momentum: f32, eps: f32) -> Result<Self> {
+        if !(0.0..=1.0).contains(&momentum) || eps.is_nan() || eps <= 0.0 {
+            return Err(crate::error::shape_err("batch_norm2d", format!("momentum must be in [0, 1] and eps positive, got {momentum} and {eps}")));
+        }
+        Ok(Self { momentum, eps, ..self })
+    }
+
+    /// With the scale γ frozen at its value (1): no gradient, no update, as airbench's batch
+    /// norms (`weight=False` there; its biases train, at a scaled learning rate — a
+    /// `ParamGroup::lr_scale` of their own).
+    pub fn with_frozen_weight(self) -> Self {
+        self.weight.set_requires_grad(false);
+        self
+    }
 }
 
 /// Synchronised batch norm's statistics: every replica's (count, mean, variance) reach all (a
