@@ -67,6 +67,7 @@ shader!(REDUCE, "reduce");
 shader!(SOFTMAX, "softmax");
 shader!(CONV2D, "conv2d", with "conv2d_common");
 shader!(CONV2D_F16, "conv2d_f16", with "conv2d_common", "f16_bits");
+shader!(CONV2D_BIAS, "conv2d_bias", with "conv2d_common");
 shader!(POOL, "pool");
 shader!(BATCHNORM, "batchnorm");
 shader!(SGD, "sgd");
@@ -87,6 +88,7 @@ pub static ALL: &[&Shader] = &[
     &SOFTMAX,
     &CONV2D,
     &CONV2D_F16,
+    &CONV2D_BIAS,
     &POOL,
     &BATCHNORM,
     &SGD,
@@ -147,6 +149,12 @@ pub mod conv2d {
 pub mod conv2d_f16 {
     use super::{Kernel, CONV2D_F16};
     kernels!(CONV2D_F16, [256, 1, 1], IM2COL_F16 = "im2col_f16");
+}
+
+/// conv2d's output epilogue with its bias (conv2d_bias.wgsl).
+pub mod conv2d_bias {
+    use super::{Kernel, CONV2D_BIAS};
+    kernels!(CONV2D_BIAS, [256, 1, 1], SWAP01_BIAS = "swap01_bias");
 }
 
 /// Max, average and adaptive-average pooling (pool.wgsl).

@@ -180,21 +180,24 @@ pub fn cross_entropy_smoothed(logits: &Var, labels: &[usize], smoothing: f32) ->
 /// dx = col2im(Wᵀ·g), dW = g·colsᵀ, db = Σ_{N,H,W} g — each computed only when needed.
 pub fn conv2d(x: &Var, weight: &Var, bias: Option<&Var>, opts: k::Conv2dOpts) -> Result<Var> {
     let opts = k::Conv2dOpts { half: opts.half || autocast_on(x.value().device()), ..opts };
-    let value = k::conv2d(x.value(), weight.value(), None, opts)?;
+    // The bias is added as the output is stored (conv2d_bias.wgsl on GPUs).
+    let value = k::conv2d(x.value(), weight.value(), bias.map(|b| b.value()), opts)?;
     let (xv, wv) = (x.saved()?, weight.value().clone());
-    let out = Var::from_op(
+    let inputs: Vec<&Var> = [x, weight].into_iter().chain(bias).collect();
+    let with_bias = bias.is_some();
+    Ok(Var::from_op(
         "conv2d",
         value,
-        &[x, weight],
+        &inputs,
         Box::new(move |g, needs| {
             let (dx, dw) = k::conv2d_backward(&xv.tensor()?, &wv, g, opts, needs[0], needs[1])?;
-            Ok(vec![dx, dw])
+            let db = match needs.get(2) {
+                Some(true) => Some(k::conv2d::conv2d_bias_backward(g)?),
+                _ => None,
+            };
+            Ok([dx, dw].into_iter().chain(with_bias.then_some(db)).collect())
         }),
-    );
-    match bias {
-        Some(b) => add_channel(&out, b, 1),
-        None => Ok(out),
-    }
+    ))
 }
 
 fn pool(name: &'static str, x: &Var, shape: k::PoolShape) -> Result<Var> {

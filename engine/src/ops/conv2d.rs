@@ -257,12 +257,27 @@ pub(crate) fn conv2d_with_im2col(
         let cols = patches(x, &s, im2col_kernel)?;
         let w_mat = MixedTensor::new(weight.reshape(&[s.o, s.patch_len()])?, opts.half)?;
         let out_onp = gemm_mixed(&w_mat, &cols, GemmOpts::default())?; // [O, N·Ho·Wo]
+        if let (Some(b), true) = (bias, s.n > 1) {
+            return swap01_bias(&out_onp, b, &s);
+        }
         to_nchw(&out_onp, &s)?
     };
     match bias {
         Some(b) => add_channel(&out, b, 1),
         None => Ok(out),
     }
+}
+
+/// The GEMMs' [O, N·Ho·Wo] as [N, O, Ho, Wo] plus `bias` per channel, in one pass
+/// (conv2d_bias.wgsl) where swap01 and add_channel took two.
+fn swap01_bias(out_onp: &Tensor, bias: &Tensor, s: &ConvShape) -> Result<Tensor> {
+    if bias.shape() != [s.o] {
+        return Err(shape_err("conv2d", format!("bias has shape {:?}; expected [{}]", bias.shape(), s.o)));
+    }
+    let u = |v| to_u32("conv2d", v);
+    let total = out_onp.numel();
+    let params = ConvParams { a: u(s.o)?, b: u(s.n)?, inner: u(s.ho * s.wo)?, total: u(total)?, ..Default::default() };
+    launch_map("conv2d", &tessera_shaders::conv2d_bias::SWAP01_BIAS, bytemuck::bytes_of(&params), &[out_onp, bias], &s.out_shape(), total)
 }
 
 /// The GEMMs' [O, N·Ho·Wo] as [N, O, Ho, Wo] (one image: the same values).
