@@ -95,6 +95,7 @@ fn registered_kernels() -> Vec<&'static tessera_shaders::Kernel> {
         tessera_shaders::softmax::ALL_KERNELS,
         tessera_shaders::conv2d::ALL_KERNELS,
         tessera_shaders::conv2d_f16::ALL_KERNELS,
+        tessera_shaders::conv2d_bias::ALL_KERNELS,
         tessera_shaders::pool::ALL_KERNELS,
         tessera_shaders::batchnorm::ALL_KERNELS,
         tessera_shaders::sgd::ALL_KERNELS,
