@@ -1,5 +1,6 @@
 //! Architectures with torchvision's parameter names and counts, and each model's partition
 //! into named sub-models with their dependency graph. Knows nothing of training.
+pub mod airbench;
 pub mod alexnet;
 pub mod channels;
 pub mod resnet;
@@ -191,6 +192,7 @@ pub static MODELS: &[ModelInfo] = &[
     ModelInfo { name: "resnet18-cifar", input: 32, about: "ResNet-18 with a 3×3 stride-1 stem, no max-pool" },
     ModelInfo { name: "resnet50-cifar", input: 32, about: "ResNet-50 with a 3×3 stride-1 stem, no max-pool" },
     ModelInfo { name: "resnet20-cifar", input: 32, about: "He et al. 2016 CIFAR ResNet-20 (projection shortcuts)" },
+    ModelInfo { name: "airbench94", input: 32, about: "Jordan 2024's airbench94 network: whitening conv, three GELU conv groups, scaled head" },
 ];
 
 /// Builds model `name` with `num_classes` outputs on `device`, cut into its stages; `seed`
@@ -204,6 +206,8 @@ pub fn granularities(name: &str) -> &'static [Granularity] {
     use Granularity::*;
     if name.starts_with("resnet") {
         &[Stage, Block, Branch]
+    } else if name == "airbench94" {
+        &[Stage]
     } else {
         &[Stage, Layer]
     }
@@ -244,6 +248,16 @@ pub fn build_at(name: &str, num_classes: usize, device: &Device, seed: u64, gran
         "resnet18-cifar" => resnet(ResNet::torchvision(RESNET18, num_classes, false, device, rng)?),
         "resnet50-cifar" => resnet(ResNet::torchvision(RESNET50, num_classes, false, device, rng)?),
         "resnet20-cifar" => resnet(ResNet::cifar20(num_classes, device, rng)?),
+        "airbench94" => {
+            let prefixes = |from: usize, to: usize| (from..to).map(|i| i.to_string()).collect::<Vec<_>>();
+            let c = airbench::CUTS;
+            let names = ["whiten", "block1", "block2", "block3", "head"];
+            let owned: Vec<Vec<String>> = (0..5).map(|i| prefixes(c[i], c[i + 1])).collect();
+            let parts: Vec<(&str, Vec<&str>)> = names.iter().zip(&owned).map(|(n, p)| (*n, p.iter().map(String::as_str).collect())).collect();
+            let parts: Vec<(&str, &[&str])> = parts.iter().map(|(n, p)| (*n, p.as_slice())).collect();
+            let subs = SubModel::chain(&parts);
+            (Box::new(Staged { seq: airbench::airbench94(num_classes, device, rng)?, cuts: c.to_vec() }) as Box<dyn Network>, subs, (0..=5).collect())
+        }
         _ => unreachable!("every MODELS entry is built above"),
     };
     Ok(Model { name: info.name, net, submodels, cuts, granularity })

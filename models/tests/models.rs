@@ -132,3 +132,24 @@ fn granularities_cut_where_they_say() {
     let e = build_at("alexnet-cifar", 10, &cpu, 0, Granularity::Branch).err().unwrap().to_string();
     assert!(e.contains("alexnet-cifar has no branch granularity; it has: stage, layer"), "{e}");
 }
+
+/// airbench94 as the paper builds it: 1,972,792 parameters at 10 classes (whitening conv 312,
+/// conv groups 50,944 + 738,304 + 1,180,672, head 2,560); batch-norm scales frozen at 1;
+/// each 3×3 convolution's first `in` filters identities; five sub-models in a chain.
+#[test]
+fn airbench94_has_the_papers_shape() {
+    let model = build("airbench94", 10, &Device::cpu(), 0).unwrap();
+    assert_eq!(model.param_count(), 312 + 50_944 + 738_304 + 1_180_672 + 2_560);
+    let names: Vec<&str> = model.submodels.iter().map(|s| s.name.as_str()).collect();
+    assert_eq!(names, ["whiten", "block1", "block2", "block3", "head"]);
+    let params = model.net.named_params();
+    let frozen: Vec<&str> = params.iter().filter(|(_, p)| !p.requires_grad()).map(|(n, _)| n.as_str()).collect();
+    assert_eq!(frozen, ["4.weight", "7.weight", "11.weight", "14.weight", "18.weight", "21.weight"], "the batch-norm scales");
+    let (_, conv) = params.iter().find(|(n, _)| n == "9.weight").unwrap(); // block2's first conv, 64 → 256
+    let w = conv.value().to_vec().unwrap();
+    for o in [0, 63] {
+        let filter = &w[o * 64 * 9..(o + 1) * 64 * 9];
+        assert!(filter.iter().enumerate().all(|(i, &v)| v == if i == o * 9 + 4 { 1.0 } else { 0.0 }), "filter {o} is the identity");
+    }
+    assert!(w[64 * 64 * 9..].iter().any(|&v| v != 0.0), "filters past the inputs keep their random start");
+}

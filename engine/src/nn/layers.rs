@@ -211,6 +211,15 @@ impl Module for ReLU {
     }
 }
 
+/// Multiplies by a constant (airbench's logit scale).
+pub struct Scale(pub f32);
+
+impl Module for Scale {
+    fn forward(&self, x: &Var) -> Result<Var> {
+        ag::scale(x, self.0)
+    }
+}
+
 /// GELU, PyTorch's `nn.GELU()` (the exact erf form).
 pub struct GELU;
 

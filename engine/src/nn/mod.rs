@@ -5,7 +5,7 @@ mod layers;
 mod whitening;
 
 pub use int8::{Int8Mode, Int8Slot};
-pub use layers::{AdaptiveAvgPool2d, AvgPool2d, BatchNorm2d, Conv2d, Dropout, Flatten, Linear, MaxPool2d, ReLU, GELU};
+pub use layers::{AdaptiveAvgPool2d, AvgPool2d, BatchNorm2d, Conv2d, Dropout, Flatten, Linear, MaxPool2d, ReLU, Scale, GELU};
 pub use whitening::patch_whitening;
 
 /// The replicas of a data-parallel job, as synchronised batch norm needs them.
