@@ -84,11 +84,13 @@ pub fn view(x: &[f32], shape: &[usize], mirror: bool, shift: isize) -> Vec<f32> 
 /// The logits of `model` for images `x` (host values, `shape`) under `tta`.
 pub fn tta_logits(model: &Model, x: Vec<f32>, shape: &[usize], device: &Device, tta: Tta) -> Result<Tensor, TrainError> {
     let run = |v: Vec<f32>| -> Result<Tensor, TrainError> { Ok(model.net.forward(&Var::constant(Tensor::from_vec(v, shape, device)?))?.value().clone()) };
+    if tta == Tta::None {
+        return run(x);
+    }
     let mirror =
         |shift: isize| -> Result<Tensor, TrainError> { Ok(ops::axpby(0.5, &run(view(&x, shape, false, shift))?, 0.5, &run(view(&x, shape, true, shift))?)?) };
     match tta {
-        Tta::None => run(x.clone()),
-        Tta::Mirror => mirror(0),
+        Tta::None | Tta::Mirror => mirror(0),
         Tta::MirrorTranslate => {
             let translated = ops::axpby(0.5, &mirror(-1)?, 0.5, &mirror(1)?)?;
             Ok(ops::axpby(0.5, &mirror(0)?, 0.5, &translated)?)

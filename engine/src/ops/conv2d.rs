@@ -190,6 +190,11 @@ pub(super) fn patches(x: &Tensor, s: &ConvShape, pinned: Option<&'static Kernel>
     Ok(MixedTensor::F16(HalfTensor::from_gpu_buffer(out, vec![s.patch_len(), s.positions()], gpu)))
 }
 
+/// The weight as the GEMMs' [O, C·kh·kw] operand (in f16 under mixed precision).
+pub(super) fn weight_matrix(weight: &Tensor, s: &ConvShape) -> Result<MixedTensor> {
+    MixedTensor::new(weight.reshape(&[s.o, s.patch_len()])?, s.opts.half)
+}
+
 /// The adjoint of [`im2col`]: patches [C·kh·kw, N·Ho·Wo] → dx [N, C, H, W], summing overlaps.
 pub(super) fn col2im(cols: &Tensor, s: &ConvShape) -> Result<Tensor> {
     let params = ConvParams::of(s, s.n * s.c * s.h * s.w)?;
@@ -255,7 +260,7 @@ pub(crate) fn conv2d_with_im2col(
         bands::forward(gpu, x, weight, &s, im2col_kernel)?
     } else {
         let cols = patches(x, &s, im2col_kernel)?;
-        let w_mat = MixedTensor::new(weight.reshape(&[s.o, s.patch_len()])?, opts.half)?;
+        let w_mat = weight_matrix(weight, &s)?;
         let out_onp = gemm_mixed(&w_mat, &cols, GemmOpts::default())?; // [O, N·Ho·Wo]
         if let (Some(b), true) = (bias, s.n > 1) {
             return swap01_bias(&out_onp, b, &s);
@@ -342,7 +347,7 @@ pub fn conv2d_backward(
         None
     };
     let dx = if need_input {
-        let w_mat = MixedTensor::new(weight.reshape(&[s.o, s.patch_len()])?, opts.half)?;
+        let w_mat = weight_matrix(weight, &s)?;
         let dcols = gemm_mixed(&w_mat, &g_onp, GemmOpts { trans_a: true, ..Default::default() })?;
         Some(col2im(&dcols, &s)?)
     } else {

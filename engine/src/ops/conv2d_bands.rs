@@ -5,7 +5,7 @@
 //! and the weight gradient walk bands of output rows; the input gradient walks bands of input
 //! rows, each gathering (col2im) from the output rows that reach it, so no two bands write the
 //! same input row and nothing is summed across bands.
-use super::conv2d::{col2im, patches, ConvShape};
+use super::conv2d::{col2im, patches, weight_matrix, ConvShape};
 use super::gemm::gemm_mixed;
 use super::{accumulate, join, narrow, GemmOpts};
 use crate::error::{shape_err, Result};
@@ -77,11 +77,6 @@ fn bands(gpu: &GpuBackend, len: usize, cut: impl Fn(usize, usize) -> Band) -> Ve
         }
         run = run.div_ceil(2);
     }
-}
-
-/// The weight as the GEMMs' [O, C·kh·kw] operand.
-fn weight_matrix(weight: &Tensor, s: &ConvShape) -> Result<MixedTensor> {
-    MixedTensor::new(weight.reshape(&[s.o, s.patch_len()])?, s.opts.half)
 }
 
 /// The band's input rows of x [1, C, H, W].

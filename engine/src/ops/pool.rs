@@ -101,12 +101,15 @@ fn launch(kernel: &Kernel, s: &PoolShape, (x, g): (&Tensor, &Tensor), out_shape:
     let argmax = with_argmax.then(|| Tensor::uninit_gpu(out_shape.to_vec(), gpu)).transpose()?;
     let out_plane = out_shape[2] * out_shape[3];
     let (xb, gb, ob) = (gpu_buffer(x), gpu_buffer(g), gpu_buffer(&out));
-    // Binding 4 unwritten: a word stands in.
-    let (ab, unused) = (argmax.as_ref().map(gpu_buffer), gpu.alloc(4)?);
+    let ab = argmax.as_ref().map(gpu_buffer);
     let per_plane = |t: &Tensor| t.numel() / planes.max(1);
+    let stand_in;
     let arg_bind = match &ab {
         Some(b) => Bind::Rows(b, out_plane),
-        None => Bind::Whole(&unused),
+        None => {
+            stand_in = gpu.alloc(4)?; // binding 4 unwritten: a word stands in
+            Bind::Whole(&stand_in)
+        }
     };
     let binds = [Bind::Rows(&xb, per_plane(x)), Bind::Rows(&gb, per_plane(g)), Bind::Rows(&ob, out_plane), arg_bind];
     launch_rows(gpu, kernel, (planes, out_plane), &binds, |_, planes| {
