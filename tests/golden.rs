@@ -157,7 +157,7 @@ fn adamw_sgd_and_warmup_match_torch_over_ten_steps() {
             let inner: Box<dyn LrSchedule> = if total > 0 { Box::new(Cosine { total_steps: total }) } else { Box::new(Constant) };
             let param = tessera_engine::nn::Param::new(fx.tensor(&format!("{name}.p0"), &dev));
             let mut opt = Optimizer::new(vec![ParamGroup::new(name, vec![param.clone()])], f("lr"), rule).with_schedule(Warmup { steps: warmup, inner });
-            let mut lookahead = Lookahead::new(std::slice::from_ref(&param));
+            let mut lookahead = Lookahead::new(std::slice::from_ref(&param), &[]);
             let every = case["lookahead_every"].as_u64().unwrap_or(0) as usize;
             for step in 0..10 {
                 let g = Var::constant(fx.tensor(&format!("{name}.g{step}"), &dev));

@@ -3,7 +3,7 @@
 //! schedules. A group whose multiplier reaches zero is frozen: its parameters stop requiring
 //! gradients and so leave the backward pass.
 use crate::error::Result;
-use crate::nn::Param;
+use crate::nn::{Buffer, Param};
 use crate::ops::{adamw_step_in_place, sgd_step_in_place, AdamWHyper, AdamWState, SgdHyper};
 use crate::tensor::Tensor;
 use std::collections::HashMap;
@@ -15,11 +15,18 @@ pub struct ParamGroup {
     pub params: Vec<Arc<Param>>,
     /// A constant factor on this group's learning rate.
     pub lr_scale: f32,
+    /// This group's weight decay in place of the rule's (PyTorch's per-group `weight_decay`).
+    pub weight_decay: Option<f32>,
 }
 
 impl ParamGroup {
     pub fn new(name: impl Into<String>, params: Vec<Arc<Param>>) -> Self {
-        Self { name: name.into(), params, lr_scale: 1.0 }
+        Self { name: name.into(), params, lr_scale: 1.0, weight_decay: None }
+    }
+
+    /// With learning-rate factor `lr_scale` and weight decay `weight_decay` of its own.
+    pub fn with_hyper(self, lr_scale: f32, weight_decay: f32) -> Self {
+        Self { lr_scale, weight_decay: Some(weight_decay), ..self }
     }
 }
 
@@ -53,6 +60,29 @@ impl LrSchedule for Cosine {
         let t = (step as f32 / self.total_steps.max(1) as f32).min(1.0);
         // Never exactly 0 before the end: 0 would freeze the groups.
         (0.5 * (1.0 + (std::f32::consts::PI * t).cos())).max(if t < 1.0 { 1e-6 } else { 0.0 })
+    }
+}
+
+/// A triangle: from `start` up to 1 at step ⌊`peak`·total⌋, then down to `end` at
+/// `total_steps`, linear in between and `end` after (airbench's schedule; numpy's `interp`
+/// over those three points, as its LambdaLR reads it).
+pub struct Triangle {
+    pub total_steps: usize,
+    pub peak: f32,
+    pub start: f32,
+    pub end: f32,
+}
+
+impl LrSchedule for Triangle {
+    fn multiplier(&self, step: usize, _: usize, _: usize) -> f32 {
+        let total = self.total_steps.max(1);
+        let top = ((self.peak * total as f32) as usize).min(total);
+        let lerp = |a: f32, b: f32, t: f32| a + (b - a) * t;
+        match step {
+            s if s >= total => self.end,
+            s if s < top => lerp(self.start, 1.0, s as f32 / top as f32),
+            s => lerp(1.0, self.end, (s - top) as f32 / (total - top) as f32),
+        }
     }
 }
 
@@ -242,12 +272,14 @@ impl Optimizer {
                 }
                 continue;
             }
+            let decay = |d: f32| group.weight_decay.unwrap_or(d);
             for p in group.params.iter().filter(|p| p.requires_grad()) {
                 let Some(grad) = p.grad() else { continue };
                 match &mut self.slots {
                     Slots::Sgd(h, bufs) => {
+                        let h = SgdHyper { weight_decay: decay(h.weight_decay), ..*h };
                         let mut buf = bufs.remove(&key(p));
-                        let updated = p.update(|value| sgd_step_in_place(value, &grad, &mut buf, lr, *h, guard));
+                        let updated = p.update(|value| sgd_step_in_place(value, &grad, &mut buf, lr, h, guard));
                         if let Some(b) = buf {
                             bufs.insert(key(p), b);
                         }
@@ -258,7 +290,8 @@ impl Optimizer {
                             Some(state) => state,
                             None => AdamWState::zeros(&p.value())?,
                         };
-                        let updated = p.update(|value| adamw_step_in_place(value, &grad, &mut state, lr, *h, guard));
+                        let h = AdamWHyper { weight_decay: decay(h.weight_decay), ..*h };
+                        let updated = p.update(|value| adamw_step_in_place(value, &grad, &mut state, lr, h, guard));
                         states.insert(key(p), state);
                         updated?;
                     }
@@ -316,14 +349,17 @@ fn key(p: &Arc<Param>) -> usize {
 /// Lookahead (Zhang et al., 2019, "k steps forward, 1 step back"), as airbench uses it: slow
 /// weights φ, started at the parameters' values; every k optimizer steps the caller pulls
 /// them toward the fast weights θ and restarts θ from them: φ ← φ + α·(θ − φ), θ ← φ
-/// (α = 1 − airbench's decay; α = 1 keeps the fast weights). Optimizer state is left as is.
+/// (α = 1 − airbench's decay; α = 0 resets θ to φ). Buffers given (BatchNorm's running
+/// statistics, which airbench's state-dict average includes) are averaged alike. Optimizer
+/// state is left as is.
 pub struct Lookahead {
-    slow: Vec<(Arc<Param>, Tensor)>,
+    params: Vec<(Arc<Param>, Tensor)>,
+    buffers: Vec<(Arc<Buffer>, Tensor)>,
 }
 
 impl Lookahead {
-    pub fn new(params: &[Arc<Param>]) -> Self {
-        Self { slow: params.iter().map(|p| (p.clone(), p.value())).collect() }
+    pub fn new(params: &[Arc<Param>], buffers: &[Arc<Buffer>]) -> Self {
+        Self { params: params.iter().map(|p| (p.clone(), p.value())).collect(), buffers: buffers.iter().map(|b| (b.clone(), b.value())).collect() }
     }
 
     /// One synchronisation with step size `alpha` in [0, 1].
@@ -331,10 +367,19 @@ impl Lookahead {
         if !(0.0..=1.0).contains(&alpha) {
             return Err(crate::error::shape_err("lookahead", format!("α must be in [0, 1], got {alpha}")));
         }
-        for (param, slow) in &mut self.slow {
-            let pulled = crate::ops::axpby(1.0 - alpha, slow, alpha, &param.value())?;
-            param.set_value(pulled.clone());
-            *slow = pulled;
+        // φ + α·(θ − φ), as torch.lerp: a value that did not move (a frozen parameter) stays
+        // exactly as it was.
+        let pull = |slow: &Tensor, fast: &Tensor| match alpha {
+            0.0 => Ok(slow.clone()),
+            _ => crate::ops::axpby(1.0, slow, alpha, &crate::ops::axpby(1.0, fast, -1.0, slow)?),
+        };
+        for (param, slow) in &mut self.params {
+            *slow = pull(slow, &param.value())?;
+            param.set_value(slow.clone());
+        }
+        for (buffer, slow) in &mut self.buffers {
+            *slow = pull(slow, &buffer.value())?;
+            buffer.set_value(slow.clone());
         }
         Ok(())
     }

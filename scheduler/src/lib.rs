@@ -13,6 +13,7 @@ pub mod json;
 pub mod memory;
 pub mod monitor;
 pub mod plot;
+pub mod recipe;
 pub mod robustness;
 pub mod run_state;
 pub mod search;

@@ -3,6 +3,7 @@
 use crate::distributed::{GradReducer, World};
 use crate::error::TrainError;
 use crate::monitor::WatchSpec;
+use crate::recipe::Recipe;
 use crate::run_state::{back_up, load_splits, resume_from_verified, save_checkpoint, CheckpointMeta};
 use crate::strategy::{fit, full::Full, EpochRecord, RunSpec, Strategy};
 use crate::trainer::{OnNan, OptimConfig, Precision, StepInfo, Trainer};
@@ -52,6 +53,9 @@ pub struct TrainConfig {
     /// f32, or mixed precision on GPUs with SHADER_F16 (elsewhere f32; see
     /// [`crate::trainer::precision_notice`]).
     pub precision: Precision,
+    /// A recipe (`--recipe`): its model, optimizer, schedule, augmentation and evaluation in
+    /// place of `model`, `optim` and the `full` strategy.
+    pub recipe: Option<Recipe>,
 }
 
 impl Default for TrainConfig {
@@ -75,6 +79,7 @@ impl Default for TrainConfig {
             watch: WatchSpec::default(),
             gpu_memory_limit: None,
             precision: Precision::F32,
+            recipe: None,
         }
     }
 }
@@ -91,6 +96,11 @@ impl TrainConfig {
         }
         if let Some(n) = self.limit_per_class {
             crate::settings::LIMIT_PER_CLASS.check_usize(n)?;
+        }
+        if let Some(recipe) = &self.recipe {
+            if self.model != recipe.model() {
+                return Err(TrainError::Config(format!("--recipe {} trains the model {}, not {}", recipe.name(), recipe.model(), self.model)));
+            }
         }
         if self.run.batch < self.world.size {
             return Err(TrainError::Config(format!("--batch {} is the global batch: {} ranks need at least one image each", self.run.batch, self.world.size)));
@@ -117,9 +127,13 @@ pub fn train_with(cfg: &TrainConfig, progress: &mut dyn FnMut(&StepInfo), grad_h
         return Err(TrainError::Config(format!("{}: the training set holds no image", cfg.data.display())));
     }
     let model = build(&cfg.model, train_set.classes().len(), &device, cfg.run.seed)?;
-    let mut strategy = Full;
+    let mut strategy: Box<dyn Strategy> = match &cfg.recipe {
+        Some(recipe) => recipe.strategy(train_set.len(), cfg.run.batch),
+        None => Box::new(Full),
+    };
     let schedule = strategy.schedule(cfg.run.total_steps(train_set.len()));
     let mut t = Trainer::new(model, device.clone(), train_set.classes().len(), &cfg.optim, schedule, cfg.on_nan)?;
+    strategy.configure(&mut t)?;
     t.set_precision(cfg.precision)?;
     t.grad_hook = grad_hook;
     let world = &cfg.world;
@@ -167,7 +181,7 @@ pub fn train_with(cfg: &TrainConfig, progress: &mut dyn FnMut(&StepInfo), grad_h
     // Rank 0 reports for the run (its metrics are the global batch's at each epoch's end).
     t.alert = cfg.watch.alert(t.classes);
     if world.is_root() {
-        t.monitor = cfg.watch.start(&run_name(cfg))?.monitor("full", false)?;
+        t.monitor = cfg.watch.start(&run_name(cfg))?.monitor(&strategy.name(), false)?;
     }
     // A checkpoint in the run folder, and its verified copy in the backup folder.
     let save = |t: &Trainer, out: &std::path::Path, meta: &CheckpointMeta| -> Result<PathBuf, TrainError> {
@@ -177,7 +191,7 @@ pub fn train_with(cfg: &TrainConfig, progress: &mut dyn FnMut(&StepInfo), grad_h
         }
         Ok(saved)
     };
-    let result = fit(&mut t, &mut strategy, &train_set, &test_set, &run, done, progress, &mut |t, record| {
+    let result = fit(&mut t, strategy.as_mut(), &train_set, &test_set, &run, done, progress, &mut |t, record| {
         if record.skipped_batches > 0 && record.images_per_sec == 0.0 && !cfg.allow_empty_epochs {
             return Err(TrainError::Config(format!(
                 "every batch of epoch {} was skipped for a non-finite loss or gradient: nothing was learned (lower --lr, or pass --allow-empty-epochs)",

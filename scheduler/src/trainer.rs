@@ -251,6 +251,8 @@ pub struct Trainer {
     pub monitor: Option<Monitor>,
     /// `--alert-exit`: ends the run when the loss diverges.
     pub alert: Option<DivergenceAlert>,
+    /// Label smoothing ε of the training loss (PyTorch's `label_smoothing`; 0: none).
+    pub label_smoothing: f32,
     on_nan: OnNan,
     /// Mixed precision is on (`set_precision`): forward passes run under autocast and the
     /// guard keeps a dynamic loss scale.
@@ -288,6 +290,7 @@ impl Trainer {
             stop: None,
             monitor: None,
             alert: None,
+            label_smoothing: 0.0,
             on_nan,
             mixed: false,
             guard,
@@ -420,9 +423,14 @@ impl Trainer {
     pub fn step_from(&mut self, first: usize, x: Tensor, labels: &[usize]) -> Result<(), TrainError> {
         let n = self.submodel_count();
         let logits = self.forward_stages(first..n, &Var::constant(x))?;
-        let loss = ag::cross_entropy(&logits, labels)?;
+        let loss = self.loss(&logits, labels)?;
         self.backward(&loss)?;
         self.finish_step(&loss, &logits, labels)
+    }
+
+    /// The training loss: cross-entropy, label-smoothed by [`Trainer::label_smoothing`].
+    pub fn loss(&self, logits: &Var, labels: &[usize]) -> Result<Var, TrainError> {
+        Ok(ag::cross_entropy_smoothed(logits, labels, self.label_smoothing)?)
     }
 
     /// ‖∇‖₂ over each sub-model's trainable parameters (0 for frozen ones) after a backward
@@ -570,7 +578,7 @@ impl Trainer {
         let n = self.submodel_count();
         let x = Var::constant(k.x);
         let logits = self.model.forward_stage(k.first_stage, &x).and_then(|h| (k.first_stage + 1..n).try_fold(h, |h, s| self.model.forward_stage(s, &h)))?;
-        let loss = ag::cross_entropy(&logits, &k.labels)?;
+        let loss = self.loss(&logits, &k.labels)?;
         let value = loss.value().to_vec()?[0];
         if !value.is_finite() {
             let mut h = x;

@@ -98,7 +98,7 @@ impl LocalLane {
         cfg.settings.validate()?;
         cfg.optim.validate()?;
         let device = Device::parse(&cfg.device)?;
-        let (strategy, _) = strategy_of(spec, cfg)?;
+        let (mut strategy, _) = strategy_of(spec, cfg)?;
         let classes = train.classes().len();
         let model = tessera_models::build_at(&cfg.model, classes, &device, cfg.settings.seed, cfg.granularity)?;
         if let Some(ckpt) = init {
@@ -106,6 +106,7 @@ impl LocalLane {
         }
         let schedule = strategy.schedule(cfg.settings.total_steps(train.len()));
         let mut trainer = Trainer::new(model, device, classes, &cfg.optim, schedule, OnNan::Stop)?;
+        strategy.configure(&mut trainer)?;
         trainer.alert = cfg.watch.alert(classes);
         let world = &cfg.world;
         if world.size > 1 {

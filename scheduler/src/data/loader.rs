@@ -118,6 +118,8 @@ pub struct LoaderSpec {
     /// (rank, ranks): each batch is this rank's rows `[rank·n/ranks, (rank+1)·n/ranks)` of
     /// the global batch of n rows (data-parallel training); (0, 1): the whole batch.
     pub shard: (usize, usize),
+    /// Leave out a last batch smaller than `batch` (PyTorch's `drop_last`).
+    pub drop_last: bool,
 }
 
 impl LoaderSpec {
@@ -134,6 +136,7 @@ impl LoaderSpec {
             memory_limit: None,
             skip: 0,
             shard: (0, 1),
+            drop_last: false,
         }
     }
 
@@ -230,6 +233,9 @@ impl Loader {
         let mut order: Vec<usize> = (0..set.len()).collect();
         if spec.shuffle {
             order.shuffle(&mut StdRng::seed_from_u64(spec.seed.wrapping_mul(1_000_003).wrapping_add(spec.epoch)));
+        }
+        if spec.drop_last {
+            order.truncate(order.len() / batch * batch);
         }
         let count = order.len().div_ceil(batch);
         // Every rank needs a row of every batch (the last one too), or the ranks' steps differ.

@@ -37,6 +37,18 @@ pub trait Strategy {
         Box::new(Cosine { total_steps })
     }
 
+    /// Called once on the trainer before training (and before a resumed run restores its
+    /// state): a recipe sets its own optimizer groups, loss and frozen parameters here.
+    fn configure(&mut self, _t: &mut Trainer) -> Result<(), TrainError> {
+        Ok(())
+    }
+
+    /// Test loss and accuracy after an epoch (`last`: the run's last; default: the plain
+    /// forward pass on every test image).
+    fn evaluate(&mut self, t: &Trainer, test: &Dataset, spec: &LoaderSpec, _last: bool) -> Result<(f32, f32), TrainError> {
+        evaluate(&t.model, test, spec, &t.device)
+    }
+
     /// Called before each epoch: sets what trains; returns the stage's label for the report.
     fn begin_epoch(&mut self, t: &mut Trainer, data: &EpochData) -> Result<String, TrainError>;
 
@@ -122,11 +134,14 @@ pub struct RunSpec {
     pub memory_limit: Option<usize>,
     /// Data-parallel: (rank, ranks), each rank's share of every batch ([`LoaderSpec::shard`]).
     pub shard: (usize, usize),
+    /// Evaluate on the test set after every epoch (else after the last one only; the other
+    /// epochs' records hold NaN test metrics).
+    pub evaluate_each_epoch: bool,
 }
 
 impl Default for RunSpec {
     fn default() -> Self {
-        Self { epochs: 1, batch: 128, seed: 0, workers: 0, memory_limit: None, shard: (0, 1) }
+        Self { epochs: 1, batch: 128, seed: 0, workers: 0, memory_limit: None, shard: (0, 1), evaluate_each_epoch: true }
     }
 }
 
@@ -290,7 +305,8 @@ pub fn fit_epoch(
     *elapsed += seconds;
     let eval_start = Instant::now();
     let eval = spec.eval_loader();
-    let (test_loss, test_accuracy) = evaluate(&t.model, test, &eval, &t.device)?;
+    let (test_loss, test_accuracy) =
+        if spec.evaluate_each_epoch || epoch == spec.epochs { strategy.evaluate(t, test, &eval, epoch == spec.epochs)? } else { (f32::NAN, f32::NAN) };
     // Data-parallel: each rank trained and evaluated its shards; the record is the whole's.
     let n = eval.shard_rows(test.len()) as f32;
     // (A skipped step is skipped on every rank: the guard checks the summed gradients.)
@@ -357,6 +373,7 @@ pub fn run(
     let classes = train.classes().len();
     let schedule = strategy.schedule(spec.total_steps(train.len()));
     let mut t = Trainer::new(model, device, classes, optim, schedule, OnNan::Stop)?;
+    strategy.configure(&mut t)?;
     crate::memory::reset_peak_rss();
     let epochs = fit(&mut t, strategy, train, test, spec, (0, 0), &mut |_| {}, &mut |_, r| {
         progress(r);
