@@ -475,6 +475,47 @@ enum Bench {
         #[arg(long)]
         json: bool,
     },
+    /// A recipe trained end to end, several runs: each run's wall time, final accuracy and
+    /// time to the target accuracy, mean ± std, with the recipe's PyTorch reference
+    /// (scripts/airbench94_torch.py) on the same cores, alternating run by run.
+    TimeToAccuracy {
+        /// The recipe (`airbench94`).
+        #[arg(long, default_value = "airbench94")]
+        recipe: String,
+        /// CIFAR-10 as image folders (`train/`, `test/`) or its binary release.
+        #[arg(long, default_value = "../shared/data/cifar10")]
+        data: std::path::PathBuf,
+        /// The test accuracy to reach, as a fraction.
+        #[arg(long, default_value_t = 0.94, value_parser = real32(settings::TARGET))]
+        target: f32,
+        /// Runs of each engine.
+        #[arg(long, default_value_t = 3, value_parser = whole(settings::ROUNDS))]
+        runs: usize,
+        /// The first run's seed (run i uses seed + i).
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
+        /// `cpu`, `gpu` (= `gpu:0`) or `gpu:N`.
+        #[arg(long, default_value = "cpu")]
+        device: String,
+        /// Whole epochs in place of the recipe's own (quick runs).
+        #[arg(long, value_parser = whole(settings::EPOCHS))]
+        epochs: Option<usize>,
+        /// Use only the first N images of each class (quick runs).
+        #[arg(long, value_parser = whole(settings::LIMIT_PER_CLASS))]
+        limit_per_class: Option<usize>,
+        /// Also evaluate after every epoch (untimed), so a run can meet the target early.
+        #[arg(long)]
+        eval_each_epoch: bool,
+        /// The Python that runs the PyTorch reference; skipped with a note when it cannot.
+        #[arg(long, default_value = "python3")]
+        torch_python: String,
+        /// Do not run the PyTorch reference.
+        #[arg(long)]
+        no_torch: bool,
+        /// Print JSON lines instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
     /// Median training-step time (forward + loss, backward, SGD update) after warm-up.
     Train {
         /// The model (`tessera models` lists them).
@@ -626,6 +667,34 @@ fn run(cli: Cli) -> Result<()> {
                 retune(&device)?;
             }
             bench_kernels_cmd(&device, seconds, json)
+        }
+        Command::Bench(Bench::TimeToAccuracy {
+            recipe,
+            data,
+            target,
+            runs,
+            seed,
+            device,
+            epochs,
+            limit_per_class,
+            eval_each_epoch,
+            torch_python,
+            no_torch,
+            json,
+        }) => {
+            let recipe: tessera_scheduler::recipe::Recipe = recipe.parse().map_err(anyhow::Error::msg)?;
+            let spec = tessera_scheduler::time_to_accuracy::TimeToAccuracySpec {
+                recipe: epochs.map_or(recipe, |e| recipe.with_epochs(e as f32)),
+                data,
+                target,
+                runs,
+                first_seed: seed,
+                device,
+                limit_per_class,
+                evaluate_each_epoch: eval_each_epoch,
+                workers: 0,
+            };
+            bench_time_to_accuracy(&spec, (!no_torch).then_some(torch_python.as_str()), json)
         }
         Command::Bench(Bench::Train { model, num_classes, input, batch, device, precision, warmup, steps, torch_python, no_torch, kernels, rounds, json }) => {
             use tessera_scheduler::bench::{bench_train, StepSpec};
@@ -1097,6 +1166,77 @@ fn bench_kernels_cmd(devices: &[String], seconds: f64, json: bool) -> Result<()>
         table.print(false);
         println!("CPU peak reference: OpenBLAS sgemm 2048³ = {peak:.1} GFLOP/s");
     }
+    Ok(())
+}
+
+/// `bench time-to-accuracy`: a row per run as it ends, then each engine's mean ± std and
+/// Tessera's time against PyTorch's.
+fn bench_time_to_accuracy(spec: &tessera_scheduler::time_to_accuracy::TimeToAccuracySpec, python: Option<&str>, json: bool) -> Result<()> {
+    use tessera_scheduler::time_to_accuracy::{mean_std, time_to_accuracy};
+    let threads = CpuBackend::global().threads();
+    let columns = ["engine", "run", "seed", "train_s", "eval_s", "seconds", "accuracy", "target", "time_to_target_s"];
+    let row = |r: &tessera_scheduler::time_to_accuracy::RunTime| {
+        vec![
+            json!(r.engine),
+            json!(r.run),
+            json!(r.seed),
+            json!(r.train_seconds),
+            json!(r.eval_seconds),
+            json!(r.seconds),
+            json!(r.accuracy),
+            json!(spec.target),
+            json!(r.time_to_target),
+        ]
+    };
+    eprintln!(
+        "{} × {} runs on {} ({threads} threads){}",
+        spec.recipe.name(),
+        spec.runs,
+        spec.device,
+        if python.is_some() { ", each followed by PyTorch's" } else { "" }
+    );
+    let (runs, torch_failure) = time_to_accuracy(spec, python, threads, &mut |r| {
+        let mut one = Table::new("time_to_accuracy_run", &columns);
+        one.push(row(r));
+        if json {
+            one.print(true);
+        } else {
+            eprintln!("run {} {}: {:.1} s, accuracy {:.4}", r.run, r.engine, r.seconds, r.accuracy);
+        }
+    })?;
+    if let Some(why) = &torch_failure {
+        eprintln!("PyTorch reference: {why}");
+    }
+    if !json {
+        let mut table = Table::new("time_to_accuracy_run", &columns);
+        runs.iter().for_each(|r| table.push(row(r)));
+        table.print(false);
+    }
+    let mut engines: Vec<&str> = runs.iter().map(|r| r.engine.as_str()).collect();
+    engines.dedup();
+    engines.sort();
+    engines.dedup();
+    let mut summary =
+        Table::new("time_to_accuracy", &["engine", "runs", "seconds_mean", "seconds_std", "accuracy_mean", "accuracy_std", "reached_target", "vs_pytorch"]);
+    let seconds_of = |engine: &str| -> Vec<f64> { runs.iter().filter(|r| r.engine == engine).map(|r| r.seconds).collect() };
+    let torch_mean = engines.iter().find(|e| e.starts_with("pytorch")).map(|e| mean_std(&seconds_of(e)).0);
+    for engine in engines {
+        let mine: Vec<_> = runs.iter().filter(|r| r.engine == engine).collect();
+        let (s_mean, s_std) = mean_std(&seconds_of(engine));
+        let (a_mean, a_std) = mean_std(&mine.iter().map(|r| r.accuracy as f64).collect::<Vec<_>>());
+        let reached = mine.iter().filter(|r| r.time_to_target.is_some()).count();
+        summary.push(vec![
+            json!(engine),
+            json!(mine.len()),
+            json!(s_mean),
+            json!(s_std),
+            json!(a_mean),
+            json!(a_std),
+            json!(reached),
+            json!(torch_mean.map(|t| s_mean / t)),
+        ]);
+    }
+    summary.print(json);
     Ok(())
 }
 

@@ -21,6 +21,7 @@ pub mod settings;
 pub mod slurm;
 pub mod strategy;
 pub mod tasks;
+pub mod time_to_accuracy;
 pub mod train;
 pub mod trainer;
 pub mod untrusted;

@@ -70,6 +70,8 @@ pub const ALERT_EXIT: Real = real("--alert-exit", 1.0, true, 1e12, false);
 pub const PROBE_FRACTION: Real = real("--probe-fraction", 0.0, true, 1.0, true);
 /// `random --fraction`: the share of sub-models that trains at a time.
 pub const FRACTION: Real = real("--fraction", 0.0, true, 1.0, false);
+/// `bench time-to-accuracy --target`: the test accuracy to reach.
+pub const TARGET: Real = real("--target", 0.0, true, 1.0, false);
 /// `random --period`: steps per draw.
 pub const PERIOD: Whole = whole("--period", 1, 1 << 32);
 /// `compress --prune`: the fraction of weights or channels removed.

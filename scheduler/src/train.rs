@@ -1,5 +1,6 @@
 //! `tessera train`: a model trained on a data folder with the `full` strategy through the one
 //! training loop, evaluated after every epoch, with checkpoints, `metrics.jsonl` and resume.
+use crate::data::Dataset;
 use crate::distributed::{GradReducer, World};
 use crate::error::TrainError;
 use crate::monitor::WatchSpec;
@@ -118,11 +119,23 @@ pub fn train(cfg: &TrainConfig, progress: &mut dyn FnMut(&StepInfo)) -> Result<V
 /// [`train`], with a hook the trainer calls after every backward pass (tests inject faults).
 pub fn train_with(cfg: &TrainConfig, progress: &mut dyn FnMut(&StepInfo), grad_hook: Option<crate::trainer::GradHook>) -> Result<Vec<EpochRecord>, TrainError> {
     cfg.validate()?;
+    let (train_set, test_set) = load_splits(&cfg.data, cfg.limit_per_class)?;
+    train_on(cfg, (&train_set, &test_set), progress, grad_hook)
+}
+
+/// [`train_with`] on data sets already loaded (`cfg.data` and `cfg.limit_per_class` are not
+/// read): `bench time-to-accuracy` decodes its images once, before the clock starts.
+pub fn train_on(
+    cfg: &TrainConfig,
+    (train_set, test_set): (&Dataset, &Dataset),
+    progress: &mut dyn FnMut(&StepInfo),
+    grad_hook: Option<crate::trainer::GradHook>,
+) -> Result<Vec<EpochRecord>, TrainError> {
+    cfg.validate()?;
     let device = Device::parse(&cfg.device)?;
     if let Some(limit) = cfg.gpu_memory_limit {
         device.set_memory_limit(Some(limit as u64));
     }
-    let (train_set, test_set) = load_splits(&cfg.data, cfg.limit_per_class)?;
     if train_set.is_empty() {
         return Err(TrainError::Config(format!("{}: the training set holds no image", cfg.data.display())));
     }
@@ -191,7 +204,7 @@ pub fn train_with(cfg: &TrainConfig, progress: &mut dyn FnMut(&StepInfo), grad_h
         }
         Ok(saved)
     };
-    let result = fit(&mut t, strategy.as_mut(), &train_set, &test_set, &run, done, progress, &mut |t, record| {
+    let result = fit(&mut t, strategy.as_mut(), train_set, test_set, &run, done, progress, &mut |t, record| {
         if record.skipped_batches > 0 && record.images_per_sec == 0.0 && !cfg.allow_empty_epochs {
             return Err(TrainError::Config(format!(
                 "every batch of epoch {} was skipped for a non-finite loss or gradient: nothing was learned (lower --lr, or pass --allow-empty-epochs)",
