@@ -101,3 +101,31 @@ fn airbench94_recipe_refuses_another_model() {
     let e = strategy.configure(&mut t).err().unwrap().to_string();
     assert!(e.contains("airbench94"), "{e}");
 }
+
+/// The recipe on each GPU adapter against the CPU: two epochs (whitening from the data,
+/// grouped Nesterov SGD on its schedule, label smoothing, airbench's augmentation) and the final
+/// test-time-augmented evaluation give the same losses within 1e-3.
+#[test]
+fn airbench94_recipe_on_each_gpu_matches_the_cpu() {
+    let train: Dataset = Arc::new(synthetic(64, 10, 32, 5));
+    let test: Dataset = Arc::new(synthetic(16, 10, 32, 6));
+    let h = Airbench94Hyper { epochs: 2.0, whiten_images: 32, ..Airbench94Hyper::default() };
+    let run = |dev: &Device| {
+        let batch = 32;
+        let mut strategy = Recipe::Airbench94(h).strategy(train.len(), batch);
+        let model = tessera_models::build("airbench94", 10, dev, 0).unwrap();
+        let mut t = Trainer::new(model, dev.clone(), 10, &OptimConfig::default(), strategy.schedule(0), OnNan::Stop).unwrap();
+        strategy.configure(&mut t).unwrap();
+        let spec = RunSpec { epochs: 2, batch, seed: 9, ..RunSpec::default() };
+        fit(&mut t, strategy.as_mut(), &train, &test, &spec, (0, 0), &mut |_| {}, &mut |_, _| Ok(())).unwrap()
+    };
+    let cpu = run(&Device::cpu());
+    for dev in tessera_tests::gpu_devices() {
+        let gpu = run(&dev);
+        for (c, g) in cpu.iter().zip(&gpu) {
+            for (what, a, b) in [("train loss", c.train_loss, g.train_loss), ("test loss", c.test_loss, g.test_loss)] {
+                assert!((a - b).abs() < 1e-3, "{dev}, epoch {}: {what} {b} against the CPU's {a}", c.epoch);
+            }
+        }
+    }
+}
