@@ -2,7 +2,7 @@
 """PyTorch's CPU training step for `tessera bench train` (the reference column): every model
 Tessera ships — torchvision's resnet18/34/50 and alexnet, the -cifar ResNets with a 3×3
 stride-1 stem and no max-pool, and simple-cnn, resnet20-cifar and alexnet-cifar written out as
-Tessera builds them (same parameter counts) — SGD momentum 0.9 weight decay 5e-4, random inputs; the median over
+Tessera builds them (same parameter counts), and airbench94 — SGD momentum 0.9 weight decay 5e-4, random inputs; the median over
 steps after warm-up, split into forward + loss, backward and optimizer, and the peak resident
 memory above the process's size right after importing torch. Prints one JSON object.
 
@@ -65,6 +65,14 @@ def build(name, classes):
             nn.Conv2d(256, 256, 3, 1, 1), nn.ReLU(inplace=True), nn.MaxPool2d(2, 2), nn.AdaptiveAvgPool2d((4, 4)), nn.Flatten(),
             nn.Dropout(0.5), nn.Linear(256 * 16, 1024), nn.ReLU(inplace=True), nn.Dropout(0.5), nn.Linear(1024, 1024),
             nn.ReLU(inplace=True), nn.Linear(1024, classes))
+    if name == "airbench94":
+        # Tessera's airbench94 (models/src/airbench.rs): whitening conv, three GELU conv groups.
+        def group(cin, w):
+            norm = lambda: nn.BatchNorm2d(w, eps=1e-12, momentum=0.4)
+            return [nn.Conv2d(cin, w, 3, 1, 1, bias=False), nn.MaxPool2d(2), norm(), nn.GELU(),
+                    nn.Conv2d(w, w, 3, 1, 1, bias=False), norm(), nn.GELU()]
+        return nn.Sequential(nn.Conv2d(3, 24, 2), nn.GELU(), *group(24, 64), *group(64, 256), *group(256, 256),
+                             nn.MaxPool2d(3), nn.Flatten(), nn.Linear(256, classes, bias=False))
     base = name.removesuffix("-cifar")
     if base not in ("resnet18", "resnet34", "resnet50", "alexnet") or name == "alexnet-cifar":
         raise SystemExit(f"no PyTorch reference for model `{name}`")
