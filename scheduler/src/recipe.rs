@@ -254,7 +254,7 @@ impl Strategy for Airbench94 {
     fn step(&mut self, t: &mut Trainer, x: Tensor, labels: &[usize]) -> Result<(), TrainError> {
         t.step_from(0, x, labels)?;
         let step = t.opt.steps_taken();
-        if self.epoch >= self.h.lookahead_start_epoch && step % self.h.lookahead_every.max(1) == 0 {
+        if self.epoch >= self.h.lookahead_start_epoch && step.is_multiple_of(self.h.lookahead_every.max(1)) {
             match &mut self.lookahead {
                 None => self.lookahead = Some(Self::new_lookahead(t)),
                 Some(slow) => {
