@@ -988,7 +988,7 @@ fn train_cmd(a: TrainArgs) -> Result<()> {
 /// A `train` run as the registry keeps it: its settings as the config.
 fn train_run(cfg: &tessera_scheduler::train::TrainConfig, out: &std::path::Path) -> tessera_registry::NewRun {
     let config = json!({
-        "model": cfg.model, "data": cfg.data, "epochs": cfg.run.epochs, "batch": cfg.run.batch, "seed": cfg.run.seed,
+        "model": cfg.model, "recipe": cfg.recipe.map(|r| r.name()), "data": cfg.data, "epochs": cfg.run.epochs, "batch": cfg.run.batch, "seed": cfg.run.seed,
         "workers": cfg.run.workers, "loader_memory": cfg.run.memory_limit, "lr": cfg.optim.lr,
         "warmup_steps": cfg.optim.warmup_steps, "device": cfg.device, "limit_per_class": cfg.limit_per_class, "on_nan": format!("{:?}", cfg.on_nan).to_lowercase(),
         "precision": cfg.precision.to_string(), "backup_dir": cfg.backup_dir, "sync_bn": cfg.sync_bn, "ranks": cfg.world.size, "resume": cfg.resume, "alert_exit": cfg.watch.alert_exit,

@@ -305,6 +305,12 @@ fn no_generated_invocation_panics_hangs_or_dies_by_a_signal() {
         spec("bench allreduce", &["bench", "allreduce", "--sizes", "4096", "--iters", "2"], &[("--sizes", Count), ("--iters", Count)], 30),
         spec("bench kernels", &["bench", "kernels", "--device", "gpu:99", "--seconds", "0.01"], &[("--seconds", Real), ("--device", Device)], 180),
         spec(
+            "bench time-to-accuracy",
+            &["bench", "time-to-accuracy", "--data", "DATA", "--limit-per-class", "2", "--epochs", "1", "--runs", "1", "--no-torch"],
+            &[("--target", Real), ("--runs", Count), ("--epochs", Count), ("--seed", Count), ("--recipe", Word), data_flags[1], data_flags[2]],
+            60,
+        ),
+        spec(
             "bench train",
             &["bench", "train", "--model", "simple-cnn", "--batch", "2", "--input", "32", "--warmup", "0", "--steps", "1", "--no-torch", "--device", "cpu"],
             &[

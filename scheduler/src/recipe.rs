@@ -213,6 +213,12 @@ impl Strategy for Airbench94 {
     /// recipe's; Nesterov SGD; label smoothing; the whitening filters frozen.
     fn configure(&mut self, t: &mut Trainer) -> Result<(), TrainError> {
         let h = self.h;
+        if self.total_steps == 0 {
+            return Err(TrainError::Config(format!(
+                "airbench94 trains on whole batches of {}: the training set holds fewer images than one (lower --batch, or raise --limit-per-class)",
+                self.batch
+            )));
+        }
         let (lr, decay) = h.lr_and_decay(self.batch);
         let norm_biases: Vec<String> = airbench::NORMS.iter().map(|i| format!("{i}.bias")).collect();
         let (mut groups, mut bias_groups) = (Vec::new(), Vec::new());

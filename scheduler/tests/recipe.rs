@@ -93,13 +93,19 @@ fn airbench94_recipe_whitens_freezes_and_stops_at_its_step_count() {
 }
 
 #[test]
-fn airbench94_recipe_refuses_another_model() {
+fn airbench94_recipe_refuses_another_model_and_too_few_images() {
     let dev = Device::cpu();
     let mut strategy = Recipe::Airbench94(Airbench94Hyper::default()).strategy(100, 10);
     let model = tessera_models::build("simple-cnn", 10, &dev, 0).unwrap();
     let mut t = Trainer::new(model, dev, 10, &OptimConfig::default(), strategy.schedule(0), OnNan::Stop).unwrap();
     let e = strategy.configure(&mut t).err().unwrap().to_string();
     assert!(e.contains("airbench94"), "{e}");
+    // Fewer images than one batch: no whole batch to train on.
+    let mut strategy = Recipe::Airbench94(Airbench94Hyper::default()).strategy(100, 1024);
+    let model = tessera_models::build("airbench94", 10, &Device::cpu(), 0).unwrap();
+    let mut t = Trainer::new(model, Device::cpu(), 10, &OptimConfig::default(), strategy.schedule(0), OnNan::Stop).unwrap();
+    let e = strategy.configure(&mut t).err().unwrap().to_string();
+    assert!(e.contains("whole batches of 1024"), "{e}");
 }
 
 /// The recipe on each GPU adapter against the CPU: two epochs (whitening from the data,
