@@ -101,8 +101,5 @@ fn col2im_rows(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workg
 fn swap01(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) groups: vec3<u32>) {
     let idx = flat(gid, groups);
     if (idx >= p.total) { return; }
-    let k = idx % p.inner;
-    let ai = (idx / p.inner) % p.a;
-    let bi = idx / (p.inner * p.a);
-    dst[idx] = src[(ai * p.b + bi) * p.inner + k];
+    dst[idx] = src[swap01_at(idx).src];
 }

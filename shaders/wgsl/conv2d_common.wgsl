@@ -19,6 +19,17 @@ fn flat(gid: vec3<u32>, groups: vec3<u32>) -> u32 {
     return gid.x + gid.y * groups.x * 256u;
 }
 
+// swap01's source: dst[b][a][k] = src[a][b][k]; the index in src of dst's flat index idx, and
+// the `a` it belongs to (a = O for the GEMM's [O, N, Ho·Wo]).
+struct Swap01 { src: u32, a: u32 }
+
+fn swap01_at(idx: u32) -> Swap01 {
+    let k = idx % p.inner;
+    let ai = (idx / p.inner) % p.a;
+    let bi = idx / (p.inner * p.a);
+    return Swap01((ai * p.b + bi) * p.inner + k, ai);
+}
+
 // Where a patch-matrix value comes from: its row's channel and tap (c, i, j) and its
 // column's image and output position (n, oh, ow).
 struct PatchAt { c: u32, i: u32, j: u32, n: u32, oh: u32, ow: u32 }
