@@ -1213,7 +1213,6 @@ fn bench_time_to_accuracy(spec: &tessera_scheduler::time_to_accuracy::TimeToAccu
         table.print(false);
     }
     let mut engines: Vec<&str> = runs.iter().map(|r| r.engine.as_str()).collect();
-    engines.dedup();
     engines.sort();
     engines.dedup();
     let mut summary =
