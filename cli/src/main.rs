@@ -446,6 +446,8 @@ enum Bench {
         /// `cpu`, `gpu` (= `gpu:0`), `gpu:N` or `auto`.
         #[arg(long, default_value = "cpu", value_delimiter = ',')]
         device: Vec<String>,
+        #[command(flatten)]
+        torch: TorchReference,
         /// Time budget per kernel, in seconds (at least 3 timed runs).
         #[arg(long, default_value_t = 1.0, value_parser = real64(settings::SECONDS))]
         seconds: f64,
@@ -506,12 +508,8 @@ enum Bench {
         /// Also evaluate after every epoch (untimed), so a run can meet the target early.
         #[arg(long)]
         eval_each_epoch: bool,
-        /// The Python that runs the PyTorch reference; skipped with a note when it cannot.
-        #[arg(long, default_value = "python3")]
-        torch_python: String,
-        /// Do not run the PyTorch reference.
-        #[arg(long)]
-        no_torch: bool,
+        #[command(flatten)]
+        torch: TorchReference,
         /// Print JSON lines instead of a table.
         #[arg(long)]
         json: bool,
@@ -542,13 +540,8 @@ enum Bench {
         /// Timed steps (the median is reported).
         #[arg(long, default_value_t = 5, value_parser = whole(settings::STEPS))]
         steps: usize,
-        /// The Python that runs the PyTorch reference (scripts/bench_torch.py); skipped with a
-        /// note when it cannot import torch.
-        #[arg(long, default_value = "python3")]
-        torch_python: String,
-        /// Do not run the PyTorch reference.
-        #[arg(long)]
-        no_torch: bool,
+        #[command(flatten)]
+        torch: TorchReference,
         /// On GPUs, also break one more step down by kernel: launches, milliseconds and MiB
         /// bound per kernel (each launch run alone, so the sum exceeds the batched step).
         #[arg(long)]
@@ -561,6 +554,25 @@ enum Bench {
         #[arg(long)]
         json: bool,
     },
+}
+
+/// Where a benchmark's PyTorch reference runs (scripts/bench_torch*.py,
+/// scripts/airbench94_torch.py), beside Tessera on the same cores.
+#[derive(Args)]
+struct TorchReference {
+    /// The Python that runs the PyTorch reference; skipped with a note when it cannot import
+    /// torch.
+    #[arg(long, default_value = "python3")]
+    torch_python: String,
+    /// Do not run the PyTorch reference.
+    #[arg(long)]
+    no_torch: bool,
+}
+
+impl TorchReference {
+    fn python(&self) -> Option<&str> {
+        (!self.no_torch).then_some(self.torch_python.as_str())
+    }
 }
 
 #[derive(Args)]
@@ -662,11 +674,11 @@ fn run(cli: Cli) -> Result<()> {
         Command::Bench(Bench::Gemm(args)) => bench_gemm_cmd(args),
         Command::Bench(Bench::Forward { checkpoint, batch, rounds, device, json }) => compress::bench_forward(&checkpoint, batch, rounds, &device, json),
         Command::Bench(Bench::Allreduce { sizes, iters, json }) => bench_allreduce_cmd(&sizes, iters, json),
-        Command::Bench(Bench::Kernels { device, seconds, retune: again, json }) => {
+        Command::Bench(Bench::Kernels { device, torch, seconds, retune: again, json }) => {
             if again {
                 retune(&device)?;
             }
-            bench_kernels_cmd(&device, seconds, json)
+            bench_kernels_cmd(&device, torch.python(), seconds, json)
         }
         Command::Bench(Bench::TimeToAccuracy {
             recipe,
@@ -678,8 +690,7 @@ fn run(cli: Cli) -> Result<()> {
             epochs,
             limit_per_class,
             eval_each_epoch,
-            torch_python,
-            no_torch,
+            torch,
             json,
         }) => {
             let recipe: tessera_scheduler::recipe::Recipe = recipe.parse().map_err(anyhow::Error::msg)?;
@@ -694,13 +705,13 @@ fn run(cli: Cli) -> Result<()> {
                 evaluate_each_epoch: eval_each_epoch,
                 workers: 0,
             };
-            bench_time_to_accuracy(&spec, (!no_torch).then_some(torch_python.as_str()), json)
+            bench_time_to_accuracy(&spec, torch.python(), json)
         }
-        Command::Bench(Bench::Train { model, num_classes, input, batch, device, precision, warmup, steps, torch_python, no_torch, kernels, rounds, json }) => {
+        Command::Bench(Bench::Train { model, num_classes, input, batch, device, precision, warmup, steps, torch, kernels, rounds, json }) => {
             use tessera_scheduler::bench::{bench_train, StepSpec};
             let spec = StepSpec { model: model.clone(), num_classes, input, batch, warmup, steps, optim: OptimConfig::default(), kernels };
             let threads = CpuBackend::global().threads();
-            let python = (!no_torch).then_some(torch_python.as_str());
+            let python = torch.python();
             let precisions = precision.iter().map(|p| p.parse()).collect::<Result<Vec<Precision>, String>>().map_err(anyhow::Error::msg)?;
             let result = bench_train(&spec, &device, &precisions, rounds, python, threads).with_context(|| format!("timing {model}"))?;
             for notice in &result.notices {
@@ -1136,16 +1147,35 @@ fn devices(json: bool) -> Result<()> {
     Ok(())
 }
 
-fn bench_kernels_cmd(devices: &[String], seconds: f64, json: bool) -> Result<()> {
+fn bench_kernels_cmd(devices: &[String], python: Option<&str>, seconds: f64, json: bool) -> Result<()> {
     use tessera_engine::bench::kernels::{bench_kernel, kernel_cases};
     let budget = Duration::from_secs_f64(seconds);
+    let cases = kernel_cases();
+    let parsed = devices.iter().map(|d| Device::parse(d).map(|device| (d, device))).collect::<Result<Vec<_>, _>>()?;
+    // PyTorch's conv2d at the convolution rows' shapes, first, on the same cores.
+    let convs: Vec<_> = cases.iter().filter_map(|c| c.conv).collect();
+    let torch = python.map(|py| tessera_scheduler::bench::torch_conv_reference(py, &convs, CpuBackend::global().threads(), seconds));
+    let torch_ms = match &torch {
+        Some(Ok((version, ms))) => {
+            eprintln!("PyTorch {version} conv2d on the CPU ({} threads) beside each convolution row", CpuBackend::global().threads());
+            ms.clone()
+        }
+        Some(Err(e)) => {
+            eprintln!("no PyTorch reference: {e}");
+            Vec::new()
+        }
+        None => Vec::new(),
+    };
     // The CPU's practical peak: OpenBLAS on a large square product, in this run.
     let peak = bench_gemm(&Device::cpu(), None, 2048, (false, false), budget)?.openblas_gflops;
-    let mut table = Table::new("kernel", &["device", "op", "shape", "ms", "GFLOP/s", "pct_of_sgemm_peak", "GB/s"]);
-    for d in devices {
-        let device = Device::parse(d)?;
-        for case in kernel_cases() {
-            let row = match bench_kernel(&case, &device, budget) {
+    let columns = ["device", "op", "shape", "ms", "GFLOP/s", "pct_of_sgemm_peak", "GB/s", "pytorch_cpu_ms", "vs_pytorch"];
+    let mut table = Table::new("kernel", &columns);
+    for (d, device) in parsed {
+        let mut conv_index = 0;
+        for case in &cases {
+            let torch_ms = case.conv.and_then(|_| torch_ms.get(conv_index).copied());
+            conv_index += case.conv.is_some() as usize;
+            let row = match bench_kernel(case, &device, budget) {
                 Ok(row) => row,
                 Err(e) => {
                     eprintln!("{} on {d}: {e}", case.op);
@@ -1156,7 +1186,8 @@ fn bench_kernels_cmd(devices: &[String], seconds: f64, json: bool) -> Result<()>
                 (Device::Cpu(_), Some(g)) => json!(100.0 * g / peak),
                 _ => json!(null),
             };
-            table.push(vec![json!(d), json!(row.op), json!(row.shape), json!(row.ms), json!(row.gflops), pct, json!(row.gbytes_per_s)]);
+            let ratio = torch_ms.map(|t| row.ms / t);
+            table.push(vec![json!(d), json!(row.op), json!(row.shape), json!(row.ms), json!(row.gflops), pct, json!(row.gbytes_per_s), json!(torch_ms), json!(ratio)]);
             if json {
                 table.print_last();
             }

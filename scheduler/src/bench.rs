@@ -5,6 +5,7 @@ use crate::error::TrainError;
 use crate::trainer::{precision_notice, OnNan, OptimConfig, Precision, Trainer};
 use std::time::{Duration, Instant};
 use tessera_engine::autograd as ag;
+use tessera_engine::bench::kernels::ConvCase;
 use tessera_engine::gpu::profile::KernelProfile;
 use tessera_engine::optim::Constant;
 use tessera_engine::{Device, Tensor, Var};
@@ -152,12 +153,7 @@ pub fn torch_reference(python: &str, spec: &StepSpec, threads: usize) -> Result<
     ]
     .into_iter()
     .flat_map(|(k, v)| [k.to_string(), v]);
-    let out = std::process::Command::new(python).arg("-c").arg(SCRIPT).args(args).output().map_err(|e| format!("cannot run `{python}`: {e}"))?;
-    if !out.status.success() {
-        let err = String::from_utf8_lossy(&out.stderr);
-        return Err(err.lines().last().unwrap_or("failed").to_string());
-    }
-    let v: serde_json::Value = serde_json::from_slice(&out.stdout).map_err(|e| format!("unreadable output: {e}"))?;
+    let v = run_python(python, SCRIPT, args)?;
     let f = |k: &str| v[k].as_f64().ok_or_else(|| format!("no `{k}` in its output"));
     Ok(TorchStep {
         version: v["torch"].as_str().unwrap_or("?").to_string(),
@@ -174,6 +170,31 @@ pub fn torch_reference(python: &str, spec: &StepSpec, threads: usize) -> Result<
             kernels: None,
         },
     })
+}
+
+/// Runs a reference script with `python -c` and reads the JSON object it prints; the error is
+/// the script's last line of stderr (an ImportError where torch is missing).
+fn run_python(python: &str, script: &str, args: impl IntoIterator<Item = String>) -> Result<serde_json::Value, String> {
+    let out = std::process::Command::new(python).arg("-c").arg(script).args(args).output().map_err(|e| format!("cannot run `{python}`: {e}"))?;
+    if !out.status.success() {
+        let err = String::from_utf8_lossy(&out.stderr);
+        return Err(err.lines().last().unwrap_or("failed").to_string());
+    }
+    serde_json::from_slice(&out.stdout).map_err(|e| format!("unreadable output: {e}"))
+}
+
+/// PyTorch's version and its median milliseconds for each convolution case
+/// (scripts/bench_torch_conv.py run with `python`), or why not.
+pub fn torch_conv_reference(python: &str, cases: &[ConvCase], threads: usize, seconds: f64) -> Result<(String, Vec<f64>), String> {
+    const SCRIPT: &str = include_str!("../../scripts/bench_torch_conv.py");
+    let list = serde_json::Value::Array(cases.iter().map(ConvCase::to_json).collect());
+    let args = [list.to_string(), "--threads".into(), threads.to_string(), "--seconds".into(), seconds.to_string()];
+    let v = run_python(python, SCRIPT, args)?;
+    let ms: Option<Vec<f64>> = v["ms"].as_array().map(|a| a.iter().filter_map(|m| m.as_f64()).collect());
+    match ms {
+        Some(ms) if ms.len() == cases.len() => Ok((v["torch"].as_str().unwrap_or("?").to_string(), ms)),
+        _ => Err(format!("expected {} times in its output, got {}", cases.len(), v["ms"])),
+    }
 }
 
 /// The result of [`bench_train`]: each device's median round, and PyTorch's (or why not).

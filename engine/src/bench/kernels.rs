@@ -21,7 +21,26 @@ pub struct KernelCase {
     pub flops: f64,
     /// Bytes one run must read and write at least.
     pub bytes: f64,
+    /// For a convolution, the case as PyTorch's reference times it.
+    pub conv: Option<ConvCase>,
     setup: Setup,
+}
+
+/// One convolution pass at one shape, as `scripts/bench_torch_conv.py` reads it.
+#[derive(Clone, Copy, Debug)]
+pub struct ConvCase {
+    /// `forward`, `data` (the input gradient) or `weight` (the weight gradient).
+    pub pass: &'static str,
+    pub x: [usize; 4],
+    pub w: [usize; 4],
+    pub stride: usize,
+    pub padding: usize,
+}
+
+impl ConvCase {
+    pub fn to_json(&self) -> serde_json::Value {
+        serde_json::json!({ "pass": self.pass, "x": self.x, "w": self.w, "stride": self.stride, "padding": self.padding })
+    }
 }
 
 impl KernelCase {
@@ -39,22 +58,25 @@ fn conv_cases(name: &str, x: [usize; 4], w: [usize; 4], opts: Conv2dOpts, out: &
     let shape = format!("{name}: x {x:?} w {w:?} stride {} pad {}", opts.stride[0], opts.padding[0]);
     let numel = |v: &[usize]| v.iter().product::<usize>() as f64 * 4.0;
     let bytes = numel(&x) + numel(&w) + numel(&s.out_shape());
+    let conv = |pass| Some(ConvCase { pass, x, w, stride: opts.stride[0], padding: opts.padding[0] });
     out.push(KernelCase {
         op: "conv2d forward",
         shape: shape.clone(),
         flops: s.forward_flops(),
         bytes,
+        conv: conv("forward"),
         setup: Box::new(move |d| {
             let (xt, wt) = (tensor(&x, 1, d)?, tensor(&w, 2, d)?);
             Ok(Box::new(move || Ok(vec![ops::conv2d(&xt, &wt, None, opts)?])))
         }),
     });
-    for (op, need_input, need_weight) in [("conv2d backward data", true, false), ("conv2d backward weight", false, true)] {
+    for (op, pass, need_input, need_weight) in [("conv2d backward data", "data", true, false), ("conv2d backward weight", "weight", false, true)] {
         out.push(KernelCase {
             op,
             shape: shape.clone(),
             flops: s.forward_flops(),
             bytes,
+            conv: conv(pass),
             setup: Box::new(move |d| {
                 let (xt, wt, gt) = (tensor(&x, 1, d)?, tensor(&w, 2, d)?, tensor(&s.out_shape(), 3, d)?);
                 Ok(Box::new(move || {
@@ -74,12 +96,14 @@ pub fn kernel_cases() -> Vec<KernelCase> {
     conv_cases("ResNet-50 layer1 1×1", [8, 256, 56, 56], [64, 256, 1, 1], Conv2dOpts::new(1, 0), &mut out);
     conv_cases("ResNet-50 layer4 3×3", [8, 512, 7, 7], [512, 512, 3, 3], Conv2dOpts::new(1, 1), &mut out);
     conv_cases("AlexNet conv1 11×11/4", [8, 3, 224, 224], [64, 3, 11, 11], Conv2dOpts::new(4, 2), &mut out);
+    conv_cases("AlexNet conv3 3×3", [8, 192, 13, 13], [384, 192, 3, 3], Conv2dOpts::new(1, 1), &mut out);
     let (b, k, n) = (8usize, 9216usize, 4096usize);
     out.push(KernelCase {
         op: "linear (GEMM, Bᵀ)",
         shape: format!("AlexNet fc6: x [{b}, {k}] · Wᵀ [{n}, {k}]"),
         flops: 2.0 * (b * k * n) as f64,
         bytes: 4.0 * (b * k + k * n + b * n) as f64,
+        conv: None,
         setup: Box::new(move |d| {
             let (x, w) = (tensor(&[b, k], 4, d)?, tensor(&[n, k], 5, d)?);
             let o = ops::GemmOpts { trans_b: true, ..Default::default() };
@@ -95,6 +119,7 @@ pub fn kernel_cases() -> Vec<KernelCase> {
         shape: format!("ResNet-50 stem pool 3/2/1: x {px:?}"),
         flops: 0.0,
         bytes: act + pooled,
+        conv: None,
         setup: Box::new(move |d| {
             let x = tensor(&px, 6, d)?;
             Ok(Box::new(move || Ok(vec![ops::pool_forward(&x, &pool)?])))
@@ -105,6 +130,7 @@ pub fn kernel_cases() -> Vec<KernelCase> {
         shape: format!("ResNet-50 stem pool 3/2/1: x {px:?}"),
         flops: 0.0,
         bytes: 2.0 * act + pooled,
+        conv: None,
         setup: Box::new(move |d| {
             let (x, g) = (tensor(&px, 6, d)?, tensor(&pool.out_shape(), 7, d)?);
             Ok(Box::new(move || Ok(vec![ops::pool_backward(&x, &g, &pool)?])))
@@ -116,6 +142,7 @@ pub fn kernel_cases() -> Vec<KernelCase> {
         shape: format!("ResNet-50 bn1: x {px:?}"),
         flops: 0.0,
         bytes: 3.0 * act,
+        conv: None,
         setup: Box::new(move |d| {
             let (x, gamma, beta) = (tensor(&px, 8, d)?, tensor(&[c], 9, d)?, tensor(&[c], 10, d)?);
             Ok(Box::new(move || {
@@ -129,6 +156,7 @@ pub fn kernel_cases() -> Vec<KernelCase> {
         shape: format!("ResNet-50 bn1: x {px:?}"),
         flops: 0.0,
         bytes: 4.0 * act,
+        conv: None,
         setup: Box::new(move |d| {
             let (x, g, gamma) = (tensor(&px, 8, d)?, tensor(&px, 11, d)?, tensor(&[c], 9, d)?);
             let (mean, var) = ops::batch_stats(&x)?;
@@ -147,6 +175,7 @@ pub fn kernel_cases() -> Vec<KernelCase> {
         shape: format!("logits [{rows}, {classes}]"),
         flops: 0.0,
         bytes: logits_bytes,
+        conv: None,
         setup: Box::new(move |d| {
             let x = tensor(&[rows, classes], 12, d)?;
             let labels = Labels::new(&x, &l2)?;
@@ -158,6 +187,7 @@ pub fn kernel_cases() -> Vec<KernelCase> {
         shape: format!("logits [{rows}, {classes}]"),
         flops: 0.0,
         bytes: 2.0 * logits_bytes,
+        conv: None,
         setup: Box::new(move |d| {
             let x = tensor(&[rows, classes], 12, d)?;
             let labels = Labels::new(&x, &labels)?;
