@@ -10,7 +10,6 @@
 //! activations (`small_plane_plan`), unfolded through a table of tap offsets (`TapTable`)
 //! that also drops the taps reading only padding.
 use super::conv2d::ConvShape;
-use super::conv2d_winograd;
 use crate::cpu::{blas, with_scratch, CpuBackend, Gemm};
 use rayon::prelude::*;
 use std::ops::Range;
@@ -304,33 +303,8 @@ fn small_plane_plan(cpu: &CpuBackend, s: &ConvShape, rows: usize) -> (usize, boo
     (group, false)
 }
 
-/// conv2d on the CPU: Winograd for the 3×3 stride-1 shapes where it saves multiplies
-/// (`conv2d_winograd::applies`), else the unfolded product.
-pub(super) fn conv2d(cpu: &CpuBackend, s: &ConvShape, x: &[f32], weight: &[f32]) -> Vec<f32> {
-    if conv2d_winograd::applies(s) {
-        return conv2d_winograd::conv2d(cpu, s, x, weight);
-    }
-    conv2d_unfolded(cpu, s, x, weight)
-}
-
-/// conv2d's backward on the CPU, by the same route as its forward.
-pub(super) fn conv2d_backward(
-    cpu: &CpuBackend,
-    s: &ConvShape,
-    x: &[f32],
-    weight: &[f32],
-    g: &[f32],
-    need_input: bool,
-    need_weight: bool,
-) -> (Option<Vec<f32>>, Option<Vec<f32>>) {
-    if conv2d_winograd::applies(s) {
-        return conv2d_winograd::conv2d_backward(cpu, s, x, weight, g, need_input, need_weight);
-    }
-    conv2d_backward_unfolded(cpu, s, x, weight, g, need_input, need_weight)
-}
-
 /// out[n] = W·patches(x[n]) for each image: x [N, C, H, W], weight [O, C·kh·kw] → [N, O, Ho, Wo].
-pub(super) fn conv2d_unfolded(cpu: &CpuBackend, s: &ConvShape, x: &[f32], weight: &[f32]) -> Vec<f32> {
+pub(super) fn conv2d(cpu: &CpuBackend, s: &ConvShape, x: &[f32], weight: &[f32]) -> Vec<f32> {
     if small_planes(s) {
         return conv2d_small_planes(cpu, s, x, weight);
     }
@@ -421,7 +395,7 @@ fn backward_small_planes_run(
 
 /// dx[n] = col2im(Wᵀ·g[n]) and dW = Σₙ g[n]·patches(x[n])ᵀ, each only if asked for. The batch
 /// is cut into one contiguous run of images per thread, each summing its own dW.
-pub(super) fn conv2d_backward_unfolded(
+pub(super) fn conv2d_backward(
     cpu: &CpuBackend,
     s: &ConvShape,
     x: &[f32],
@@ -562,8 +536,8 @@ mod tests {
             assert!(super::row_blocks(&s).count() > 2, "{:?} in {} blocks", s.out_shape(), super::row_blocks(&s).count());
             let (x, w, g) = (values(n * 32 * 61 * 60, 1), values(5 * 32 * 25, 2), values(n * 5 * s.ho * s.wo, 3));
             let (out, dx, dw) = direct(&s, &x, &w, &g);
-            assert_close("forward", &super::conv2d_unfolded(&cpu, &s, &x, &w), &out);
-            let (got_dx, got_dw) = super::conv2d_backward_unfolded(&cpu, &s, &x, &w, &g, true, true);
+            assert_close("forward", &super::conv2d(&cpu, &s, &x, &w), &out);
+            let (got_dx, got_dw) = super::conv2d_backward(&cpu, &s, &x, &w, &g, true, true);
             assert_close("dx", &got_dx.unwrap(), &dx);
             assert_close("dW", &got_dw.unwrap(), &dw);
         }

@@ -6,7 +6,6 @@ mod batchnorm_cpu;
 pub mod conv2d;
 mod conv2d_bands;
 mod conv2d_cpu;
-mod conv2d_winograd;
 pub mod elementwise;
 pub mod gemm;
 pub mod guard;
