@@ -680,19 +680,7 @@ fn run(cli: Cli) -> Result<()> {
             }
             bench_kernels_cmd(&device, torch.python(), seconds, json)
         }
-        Command::Bench(Bench::TimeToAccuracy {
-            recipe,
-            data,
-            target,
-            runs,
-            seed,
-            device,
-            epochs,
-            limit_per_class,
-            eval_each_epoch,
-            torch,
-            json,
-        }) => {
+        Command::Bench(Bench::TimeToAccuracy { recipe, data, target, runs, seed, device, epochs, limit_per_class, eval_each_epoch, torch, json }) => {
             let recipe: tessera_scheduler::recipe::Recipe = recipe.parse().map_err(anyhow::Error::msg)?;
             let spec = tessera_scheduler::time_to_accuracy::TimeToAccuracySpec {
                 recipe: epochs.map_or(recipe, |e| recipe.with_epochs(e as f32)),
@@ -1187,7 +1175,17 @@ fn bench_kernels_cmd(devices: &[String], python: Option<&str>, seconds: f64, jso
                 _ => json!(null),
             };
             let ratio = torch_ms.map(|t| row.ms / t);
-            table.push(vec![json!(d), json!(row.op), json!(row.shape), json!(row.ms), json!(row.gflops), pct, json!(row.gbytes_per_s), json!(torch_ms), json!(ratio)]);
+            table.push(vec![
+                json!(d),
+                json!(row.op),
+                json!(row.shape),
+                json!(row.ms),
+                json!(row.gflops),
+                pct,
+                json!(row.gbytes_per_s),
+                json!(torch_ms),
+                json!(ratio),
+            ]);
             if json {
                 table.print_last();
             }
