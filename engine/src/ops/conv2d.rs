@@ -4,7 +4,7 @@
 //! (conv2d_f16.wgsl) and the GEMMs multiply f16 with f32 accumulation; CPU twin:
 //! conv2d_cpu.rs, image by image with OpenBLAS; conformance: tests/ops_conformance.rs.
 use super::conv2d_bands as bands;
-use super::gemm::gemm_mixed;
+use super::gemm::{gemm_mixed, gemm_per_image};
 use super::{conv2d_cpu, cpu_data, cpu_tensor, gpu_buffer, grid_1d, launch_map, to_u32};
 use crate::device::Device;
 use crate::error::{shape_err, Result};
@@ -258,6 +258,9 @@ pub(crate) fn conv2d_with_im2col(
     }
     let out = if s.n == 1 && !bands::image_fits(gpu, &s) {
         bands::forward(gpu, x, weight, &s, im2col_kernel)?
+    } else if per_image_product(&s) {
+        let w_mat = weight.reshape(&[s.o, s.patch_len()])?;
+        gemm_per_image(&w_mat, &im2col(x, &s, im2col_kernel)?, s.n)?.reshape(&s.out_shape())?
     } else {
         let cols = patches(x, &s, im2col_kernel)?;
         let w_mat = weight_matrix(weight, &s)?;
@@ -271,6 +274,17 @@ pub(crate) fn conv2d_with_im2col(
         Some(b) => add_channel(&out, b, 1),
         None => Ok(out),
     }
+}
+
+/// Output planes at least this big take [`gemm_per_image`] in the forward pass; smaller ones
+/// (a 1×1 plane is one column per image) leave the GEMM's tiles mostly empty, and keep one
+/// product over the batch followed by `swap01`.
+const PER_IMAGE_MIN_PLANE: usize = 16;
+
+/// Whether the forward GEMM runs per image straight into NCHW: f32, several images, planes of
+/// at least [`PER_IMAGE_MIN_PLANE`] positions.
+fn per_image_product(s: &ConvShape) -> bool {
+    !s.opts.half && s.n > 1 && s.ho * s.wo >= PER_IMAGE_MIN_PLANE
 }
 
 /// The GEMMs' [O, N·Ho·Wo] as [N, O, Ho, Wo] plus `bias` per channel, in one pass

@@ -167,6 +167,29 @@ fn gemm_dispatch(variant: Option<&GemmKernel>, a: &Tensor, b: &Tensor, c: Option
     }
 }
 
+/// out [N, O, P] = W·patchesₙ for each image n of a GPU patch matrix [C·kh·kw, N·P], read in
+/// place: one batched product whose batch steps P columns along B, so the result is already
+/// NCHW and needs no [O, N·P] → [N, O, P] pass after it. `w` is [O, C·kh·kw].
+pub(crate) fn gemm_per_image(w: &Tensor, patches: &Tensor, images: usize) -> Result<Tensor> {
+    let (&[o, k], &[k_b, columns]) = (w.shape(), patches.shape()) else {
+        return Err(shape_err("gemm", format!("per-image product of a {:?} weight and {:?} patches; both must be 2-D", w.shape(), patches.shape())));
+    };
+    if k != k_b || images == 0 || columns % images != 0 {
+        return Err(shape_err("gemm", format!("per-image product of a {:?} weight and {:?} patches over {images} images", w.shape(), patches.shape())));
+    }
+    w.check_same_device("gemm", patches)?;
+    let Device::Gpu(gpu) = w.device() else {
+        return Err(Error::Unsupported { op: "gemm", detail: "the per-image product reads GPU patch matrices in place".into() });
+    };
+    let p = columns / images;
+    let shape =
+        GemmShape { batch: images, m: o, n: p, k, a_rs: k, a_cs: 1, a_bs: 0, b_rs: columns, b_cs: 1, b_bs: p, c_bs: None, out_shape: vec![images, o, p] };
+    add_gemm_flops(shape.flops());
+    let (ab, bb) = (gpu_buffer(w), gpu_buffer(patches));
+    let variant = tuned_kernel(gpu, &shape, &ab, &bb, None, GemmOpts::default())?;
+    gemm_gpu(gpu, variant, &shape, ab, bb, None, GemmOpts::default())
+}
+
 /// The longest K one launch takes on a software adapter ([`crate::gpu::SOFTWARE_LOOP_TRIPS`]:
 /// a product with K = 70 000 came out 30 % wrong). Longer products run as K slices
 /// accumulated through C (`gemm_gpu`).
