@@ -46,4 +46,6 @@ fn a_gpu_epoch_reads_back_only_at_refreshes_and_a_constant_per_epoch() {
         }
         assert_eq!(seen[0], seen[1], "the reads beyond refreshes do not depend on the parameter count");
     }
+    // Kept when an assertion fails, for a look at the runs; removed after a pass.
+    let _ = std::fs::remove_dir_all(&root);
 }
