@@ -405,6 +405,13 @@ fn batch_norm_cases(cases: &mut Vec<Case>) {
             let y = batch_norm_forward(&x, &mean, &var, &gamma, &beta, 1e-5)?;
             Ok(vec![mean, var, y])
         }));
+        cases.push(case("batch_norm2d running statistics", name.clone(), move |d| {
+            let [x, running_mean, running_var, _] = inputs(d)?;
+            let (mean, var) = batch_stats(&x)?;
+            let count = (xs[0] * xs[2] * xs[3]) as f32;
+            let (new_mean, new_var) = ops::running_stats_update((&running_mean, &ops::relu(&running_var)?), (&mean, &var), 0.1, count)?;
+            Ok(vec![new_mean, new_var])
+        }));
         // Each GPU variant of the per-channel reductions, pinned (the CPU ignores the pin).
         for (variant, label) in [(ReductionVariant::Looped, "looped"), (ReductionVariant::PerWorkgroup, "per workgroup")] {
             cases.push(case(&format!("batch_norm2d sums ({label})"), name.clone(), move |d| {

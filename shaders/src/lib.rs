@@ -70,6 +70,7 @@ shader!(CONV2D_F16, "conv2d_f16", with "conv2d_common", "f16_bits");
 shader!(CONV2D_BIAS, "conv2d_bias", with "conv2d_common");
 shader!(POOL, "pool");
 shader!(BATCHNORM, "batchnorm");
+shader!(BN_RUNNING, "bn_running");
 shader!(SGD, "sgd");
 shader!(ADAMW, "adamw");
 shader!(GUARD, "guard");
@@ -91,6 +92,7 @@ pub static ALL: &[&Shader] = &[
     &CONV2D_BIAS,
     &POOL,
     &BATCHNORM,
+    &BN_RUNNING,
     &SGD,
     &ADAMW,
     &GUARD,
@@ -186,6 +188,12 @@ pub mod batchnorm {
     pub static BACKWARD_TRAIN: Kernel = Kernel { shader: &BATCHNORM, entry: "bn_backward_train", workgroup: [256, 1, 1] };
     pub static BACKWARD_EVAL: Kernel = Kernel { shader: &BATCHNORM, entry: "bn_backward_eval", workgroup: [256, 1, 1] };
     pub static ALL_KERNELS: &[&Kernel] = &[&MEAN, &VAR, &GRAD_SUMS, &MEAN_WG, &VAR_WG, &GRAD_SUMS_WG, &FORWARD, &BACKWARD_TRAIN, &BACKWARD_EVAL];
+}
+
+/// Batch norm's running mean and variance updated in one launch (bn_running.wgsl).
+pub mod bn_running {
+    use super::{Kernel, BN_RUNNING};
+    kernels!(BN_RUNNING, [64, 1, 1], BN_RUNNING_UPDATE = "bn_running_update");
 }
 
 /// The fused SGD update (sgd.wgsl).

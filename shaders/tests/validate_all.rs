@@ -98,6 +98,7 @@ fn registered_kernels() -> Vec<&'static tessera_shaders::Kernel> {
         tessera_shaders::conv2d_bias::ALL_KERNELS,
         tessera_shaders::pool::ALL_KERNELS,
         tessera_shaders::batchnorm::ALL_KERNELS,
+        tessera_shaders::bn_running::ALL_KERNELS,
         tessera_shaders::sgd::ALL_KERNELS,
         tessera_shaders::adamw::ALL_KERNELS,
         tessera_shaders::guard::ALL_KERNELS,

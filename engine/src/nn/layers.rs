@@ -172,10 +172,10 @@ impl Module for BatchNorm2d {
             Some(r) => global_stats(r.as_ref(), &mean, &var, count)?,
         };
         no_grad(|| -> Result<()> {
-            let m = self.momentum;
-            let unbiased = if count > 1.0 { count / (count - 1.0) } else { 1.0 };
-            self.running_mean.set_value(ops::axpby(1.0 - m, &self.running_mean.value(), m, &mean)?);
-            self.running_var.set_value(ops::axpby(1.0 - m, &self.running_var.value(), m * unbiased, &var)?);
+            let running = (self.running_mean.value(), self.running_var.value());
+            let (new_mean, new_var) = ops::running_stats_update((&running.0, &running.1), (&mean, &var), self.momentum, count)?;
+            self.running_mean.set_value(new_mean);
+            self.running_var.set_value(new_var);
             // Counted on the device, so a loaded checkpoint's count carries on.
             self.num_batches_tracked.set_value(ops::axpby(1.0, &self.num_batches_tracked.value(), 1.0, &self.one)?);
             Ok(())

@@ -263,3 +263,52 @@ fn eval_input_grad(x: &Tensor, g: &Tensor, mean: &Tensor, var: &Tensor, gamma: &
         Device::Gpu(_) => launch(&k::BACKWARD_EVAL, s, eps, x, [Some(g), Some(mean), Some(var), Some(gamma), None], x.shape()),
     }
 }
+
+/// The parameters of bn_running.wgsl.
+#[repr(C)]
+#[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
+struct RunningParams {
+    c: u32,
+    keep: f32,
+    mean_weight: f32,
+    var_weight: f32,
+}
+
+/// The running statistics after a training batch with statistics (`mean`, `var`, biased, over
+/// `count` values per channel), both in one pass (PyTorch's update):
+/// running_mean ← (1 − momentum)·running_mean + momentum·mean and
+/// running_var ← (1 − momentum)·running_var + momentum·count/(count − 1)·var.
+/// Two `axpby` launches per batch-norm layer before.
+pub fn running_stats_update(running: (&Tensor, &Tensor), batch: (&Tensor, &Tensor), momentum: f32, count: f32) -> Result<(Tensor, Tensor)> {
+    let (running_mean, running_var) = running;
+    let (mean, var) = batch;
+    same_device("batch_norm2d running statistics", &[running_mean, running_var, mean, var])?;
+    let c = running_mean.numel();
+    for (name, t) in [("running_var", running_var), ("mean", mean), ("var", var)] {
+        if t.shape() != running_mean.shape() {
+            return Err(shape_err("batch_norm2d running statistics", format!("{name} has shape {:?}; running_mean {:?}", t.shape(), running_mean.shape())));
+        }
+    }
+    let unbiased = if count > 1.0 { count / (count - 1.0) } else { 1.0 };
+    let (keep, mean_weight, var_weight) = (1.0 - momentum, momentum, momentum * unbiased);
+    match running_mean.device() {
+        Device::Cpu(_) => {
+            let update = |running: &Tensor, batch: &Tensor, weight: f32| {
+                let values = cpu_data(running).iter().zip(cpu_data(batch)).map(|(r, b)| keep * r + weight * b).collect();
+                cpu_tensor(values, running.shape(), running.device())
+            };
+            Ok((update(running_mean, mean, mean_weight), update(running_var, var, var_weight)))
+        }
+        Device::Gpu(gpu) => {
+            let kernel = &tessera_shaders::bn_running::BN_RUNNING_UPDATE;
+            let params = RunningParams { c: to_u32("batch_norm2d running statistics", c)?, keep, mean_weight, var_weight };
+            let (new_mean, new_var) = (Tensor::uninit_gpu(running_mean.shape().to_vec(), gpu)?, Tensor::uninit_gpu(running_var.shape().to_vec(), gpu)?);
+            let buffers = [running_mean, running_var, mean, var, &new_mean, &new_var].map(gpu_buffer);
+            let groups = grid_1d(gpu, kernel.entry, c, kernel.workgroup[0] as usize)?;
+            if c > 0 {
+                gpu.launch(kernel, bytemuck::bytes_of(&params), &buffers.each_ref().map(|b| b.as_ref()), groups)?;
+            }
+            Ok((new_mean, new_var))
+        }
+    }
+}

@@ -17,7 +17,7 @@ pub mod sgd;
 pub mod softmax;
 
 pub use adamw::{adamw_step_in_place, AdamWHyper, AdamWState};
-pub use batchnorm::{batch_norm_backward, batch_norm_backward_from_sums, batch_norm_forward, batch_stats, BnShape};
+pub use batchnorm::{batch_norm_backward, batch_norm_backward_from_sums, batch_norm_forward, batch_stats, running_stats_update, BnShape};
 pub use conv2d::{conv2d, conv2d_backward, Conv2dOpts, ConvShape};
 pub use elementwise::{add, add_channel, axpby, concat, dropout, gelu, gelu_backward, mul, relu, relu_backward, scale};
 pub use gemm::{gemm, gemm_mixed, matmul, GemmOpts};
