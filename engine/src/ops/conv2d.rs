@@ -1,6 +1,7 @@
 //! conv2d (NCHW, PyTorch semantics: stride, padding, dilation, optional bias) as GEMMs over
 //! unfolded patches. GPU route below: shaders/wgsl/conv2d.wgsl (im2col, col2im, swap01) around
-//! single batch-wide GEMMs (gemm.wgsl); in mixed precision the patches go straight to f16
+//! batch-wide GEMMs (gemm.wgsl; the f32 forward's runs per image straight into NCHW where
+//! planes hold ≥ 16 positions, `gemm_per_image`); in mixed precision the patches go to f16
 //! (conv2d_f16.wgsl) and the GEMMs multiply f16 with f32 accumulation; CPU twin:
 //! conv2d_cpu.rs, image by image with OpenBLAS; conformance: tests/ops_conformance.rs.
 use super::conv2d_bands as bands;
