@@ -5,7 +5,7 @@ use super::batchnorm_cpu as cpu_bn;
 use super::{cpu_data, cpu_tensor, gpu_buffer, grid_1d, launch_rows, narrow, same_device, to_u32, Bind, ReductionVariant};
 use crate::device::Device;
 use crate::error::{shape_err, Result};
-use crate::gpu::{GpuBuffer, Window};
+use crate::gpu::{GpuBackend, GpuBuffer, Window};
 use crate::tensor::Tensor;
 use std::sync::Arc;
 use tessera_shaders::batchnorm as k;
@@ -73,8 +73,7 @@ fn image_binds<'a>(s: &BnShape, inputs: &[&Tensor], buffers: &'a [Arc<GpuBuffer>
 
 /// One launch of an elementwise kernel: one invocation per value, in windows of whole images
 /// when x is bigger than one binding (the statistics' count M stays the batch's).
-fn launch(kernel: &Kernel, s: &BnShape, eps: f32, x: &Tensor, bindings: [Option<&Tensor>; 5], out_shape: &[usize]) -> Result<Tensor> {
-    let Device::Gpu(gpu) = x.device() else { unreachable!("GPU launch on a CPU tensor") };
+fn launch(gpu: &Arc<GpuBackend>, kernel: &Kernel, s: &BnShape, eps: f32, x: &Tensor, bindings: [Option<&Tensor>; 5], out_shape: &[usize]) -> Result<Tensor> {
     let (params, inputs) = params_and_inputs(s, eps, x, bindings)?;
     let out = Tensor::uninit_gpu(out_shape.to_vec(), gpu)?;
     let buffers: Vec<Arc<GpuBuffer>> = inputs.iter().map(|t| gpu_buffer(t)).chain([gpu_buffer(&out)]).collect();
@@ -100,6 +99,7 @@ const GRAD_SUMS: Reduction = Reduction { looped: &k::GRAD_SUMS, per_workgroup: &
 /// picks (or `pinned`).
 #[allow(clippy::too_many_arguments)]
 fn reduce(
+    gpu: &Arc<GpuBackend>,
     red: &Reduction,
     pinned: Option<ReductionVariant>,
     s: &BnShape,
@@ -108,7 +108,6 @@ fn reduce(
     bindings: [Option<&Tensor>; 5],
     out_len: usize,
 ) -> Result<Tensor> {
-    let Device::Gpu(gpu) = x.device() else { unreachable!("GPU launch on a CPU tensor") };
     let (params, inputs) = params_and_inputs(s, eps, x, bindings)?;
     let run = |variant: ReductionVariant| -> Result<Tensor> {
         let kernel = if variant == ReductionVariant::Looped { red.looped } else { red.per_workgroup };
@@ -153,9 +152,9 @@ pub(crate) fn batch_stats_with(x: &Tensor, pinned: Option<ReductionVariant>) -> 
             let (mean, var) = cpu_bn::batch_stats(cpu, &s, cpu_data(x));
             Ok((cpu_tensor(mean, &[s.c], x.device()), cpu_tensor(var, &[s.c], x.device())))
         }
-        Device::Gpu(_) => {
-            let mean = reduce(&MEAN, pinned, &s, 0.0, x, [None; 5], s.c)?;
-            let var = reduce(&VAR, pinned, &s, 0.0, x, [None, Some(&mean), None, None, None], s.c)?;
+        Device::Gpu(gpu) => {
+            let mean = reduce(gpu, &MEAN, pinned, &s, 0.0, x, [None; 5], s.c)?;
+            let var = reduce(gpu, &VAR, pinned, &s, 0.0, x, [None, Some(&mean), None, None, None], s.c)?;
             Ok((mean, var))
         }
     }
@@ -174,7 +173,7 @@ pub fn batch_norm_forward(x: &Tensor, mean: &Tensor, var: &Tensor, gamma: &Tenso
             let out = cpu_bn::forward(cpu, &s, cpu_data(x), [mean, var, gamma, beta].map(cpu_data), eps);
             Ok(cpu_tensor(out, x.shape(), x.device()))
         }
-        Device::Gpu(_) => launch(&k::FORWARD, &s, eps, x, [None, Some(mean), Some(var), Some(gamma), Some(beta)], x.shape()),
+        Device::Gpu(gpu) => launch(gpu, &k::FORWARD, &s, eps, x, [None, Some(mean), Some(var), Some(gamma), Some(beta)], x.shape()),
     }
 }
 
@@ -233,7 +232,7 @@ pub fn batch_norm_backward_from_sums(
                 let stats = [mean, var, gamma].map(cpu_data);
                 cpu_tensor(cpu_bn::input_grad_train(cpu, &s, cpu_data(x), cpu_data(g), stats, cpu_data(dx_sums), eps), x.shape(), x.device())
             }
-            Device::Gpu(_) => launch(&k::BACKWARD_TRAIN, &s, eps, x, [Some(g), Some(mean), Some(var), Some(gamma), Some(dx_sums)], x.shape())?,
+            Device::Gpu(gpu) => launch(gpu, &k::BACKWARD_TRAIN, &s, eps, x, [Some(g), Some(mean), Some(var), Some(gamma), Some(dx_sums)], x.shape())?,
         }),
     };
     let (dgamma, dbeta) = if need_affine { (Some(narrow(affine_sums, 0, s.c, s.c)?), Some(narrow(affine_sums, 0, 0, s.c)?)) } else { (None, None) };
@@ -249,7 +248,7 @@ pub(crate) fn grad_sums(x: &Tensor, g: &Tensor, mean: &Tensor, var: &Tensor, eps
             let sums = cpu_bn::grad_sums(cpu, &s, cpu_data(x), cpu_data(g), cpu_data(mean), cpu_data(var), eps);
             Ok(cpu_tensor(sums, &[2 * s.c], x.device()))
         }
-        Device::Gpu(_) => reduce(&GRAD_SUMS, pinned, &s, eps, x, [Some(g), Some(mean), Some(var), None, None], 2 * s.c),
+        Device::Gpu(gpu) => reduce(gpu, &GRAD_SUMS, pinned, &s, eps, x, [Some(g), Some(mean), Some(var), None, None], 2 * s.c),
     }
 }
 
@@ -260,7 +259,7 @@ fn eval_input_grad(x: &Tensor, g: &Tensor, mean: &Tensor, var: &Tensor, gamma: &
             let out = cpu_bn::input_grad_eval(cpu, s, cpu_data(g), cpu_data(var), cpu_data(gamma), eps);
             Ok(cpu_tensor(out, x.shape(), x.device()))
         }
-        Device::Gpu(_) => launch(&k::BACKWARD_EVAL, s, eps, x, [Some(g), Some(mean), Some(var), Some(gamma), None], x.shape()),
+        Device::Gpu(gpu) => launch(gpu, &k::BACKWARD_EVAL, s, eps, x, [Some(g), Some(mean), Some(var), Some(gamma), None], x.shape()),
     }
 }
 

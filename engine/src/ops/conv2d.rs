@@ -13,6 +13,7 @@ use crate::gpu::GpuBackend;
 use crate::ops::{add_channel, narrow, GemmOpts};
 use crate::tensor::Tensor;
 use crate::tensor_f16::{require_f16_pack, HalfTensor, MixedTensor};
+use std::sync::Arc;
 use tessera_shaders::conv2d as k;
 use tessera_shaders::Kernel;
 
@@ -140,8 +141,8 @@ impl ConvParams {
 }
 
 /// One launch of a conv2d.wgsl kernel from `src` into a new tensor of `out_shape`.
-fn launch(kernel: &Kernel, params: ConvParams, src: &Tensor, out_shape: &[usize]) -> Result<Tensor> {
-    launch_map("conv2d", kernel, bytemuck::bytes_of(&params), &[src], out_shape, params.total as usize)
+fn launch(gpu: &Arc<GpuBackend>, kernel: &Kernel, params: ConvParams, src: &Tensor, out_shape: &[usize]) -> Result<Tensor> {
+    launch_map(gpu, "conv2d", kernel, bytemuck::bytes_of(&params), &[src], out_shape, params.total as usize)
 }
 
 /// The im2col kernels: one patch-matrix value per invocation, four (`im2col_x4`), or one
@@ -151,8 +152,7 @@ pub(crate) static IM2COL_VARIANTS: [&Kernel; 3] = [&k::IM2COL, &k::IM2COL_X4, &k
 /// x [N, C, H, W] → patches [C·kh·kw, N·Ho·Wo] on the GPU, with the kernel `pinned`, else the
 /// one tuned for this adapter and size class, else one output row per invocation (on
 /// lavapipe 2.0× faster than four values per invocation over a ResNet-20 step's patches).
-fn im2col(x: &Tensor, s: &ConvShape, pinned: Option<&'static Kernel>) -> Result<Tensor> {
-    let Device::Gpu(gpu) = x.device() else { unreachable!("GPU launch on a CPU tensor") };
+fn im2col(gpu: &Arc<GpuBackend>, x: &Tensor, s: &ConvShape, pinned: Option<&'static Kernel>) -> Result<Tensor> {
     let total = s.patch_len() * s.positions();
     let params = ConvParams::of(s, total)?;
     let run = |kernel: &Kernel| {
@@ -161,7 +161,7 @@ fn im2col(x: &Tensor, s: &ConvShape, pinned: Option<&'static Kernel>) -> Result<
             "im2col_rows" => s.wo,
             _ => 1,
         };
-        launch_map("conv2d", kernel, bytemuck::bytes_of(&params), &[x], &[s.patch_len(), s.positions()], total.div_ceil(per_invocation))
+        launch_map(gpu, "conv2d", kernel, bytemuck::bytes_of(&params), &[x], &[s.patch_len(), s.positions()], total.div_ceil(per_invocation))
     };
     let kernel = match pinned {
         Some(kernel) => kernel,
@@ -176,11 +176,10 @@ fn im2col(x: &Tensor, s: &ConvShape, pinned: Option<&'static Kernel>) -> Result<
 
 /// x [N, C, H, W] → patches [C·kh·kw, N·Ho·Wo] rounded to f16 (mixed precision), or in f32
 /// by [`im2col`] (with its kernel `pinned`).
-pub(super) fn patches(x: &Tensor, s: &ConvShape, pinned: Option<&'static Kernel>) -> Result<MixedTensor> {
+pub(super) fn patches(gpu: &Arc<GpuBackend>, x: &Tensor, s: &ConvShape, pinned: Option<&'static Kernel>) -> Result<MixedTensor> {
     if !s.opts.half {
-        return Ok(MixedTensor::F32(im2col(x, s, pinned)?));
+        return Ok(MixedTensor::F32(im2col(gpu, x, s, pinned)?));
     }
-    let Device::Gpu(gpu) = x.device() else { unreachable!("GPU launch on a CPU tensor") };
     require_f16_pack(gpu, "conv2d")?;
     let total = s.patch_len() * s.positions();
     let words = total.div_ceil(2);
@@ -197,16 +196,16 @@ pub(super) fn weight_matrix(weight: &Tensor, s: &ConvShape) -> Result<MixedTenso
 }
 
 /// The adjoint of [`im2col`]: patches [C·kh·kw, N·Ho·Wo] → dx [N, C, H, W], summing overlaps.
-pub(super) fn col2im(cols: &Tensor, s: &ConvShape) -> Result<Tensor> {
+pub(super) fn col2im(gpu: &Arc<GpuBackend>, cols: &Tensor, s: &ConvShape) -> Result<Tensor> {
     let params = ConvParams::of(s, s.n * s.c * s.h * s.w)?;
-    launch_map("conv2d", &k::COL2IM_ROWS, bytemuck::bytes_of(&params), &[cols], &[s.n, s.c, s.h, s.w], s.n * s.c * s.h)
+    launch_map(gpu, "conv2d", &k::COL2IM_ROWS, bytemuck::bytes_of(&params), &[cols], &[s.n, s.c, s.h, s.w], s.n * s.c * s.h)
 }
 
 /// [a, b, inner] → [b, a, inner] on the GPU (given as the flat tensor's leading view).
-fn swap01(x: &Tensor, a: usize, b: usize, inner: usize, out_shape: &[usize]) -> Result<Tensor> {
+fn swap01(gpu: &Arc<GpuBackend>, x: &Tensor, a: usize, b: usize, inner: usize, out_shape: &[usize]) -> Result<Tensor> {
     let u = |v| to_u32("swap01", v);
     let params = ConvParams { a: u(a)?, b: u(b)?, inner: u(inner)?, total: u(x.numel())?, ..Default::default() };
-    launch(&k::SWAP01, params, x, out_shape)
+    launch(gpu, &k::SWAP01, params, x, out_shape)
 }
 
 /// Images per GPU pass: one pass's input [n, C, H, W], patch matrix [C·kh·kw, n·Ho·Wo] and
@@ -238,15 +237,17 @@ pub(crate) fn conv2d_with_im2col(
 ) -> Result<Tensor> {
     let s = ConvShape::new(x.shape(), weight.shape(), opts)?;
     super::same_device("conv2d", &[x, weight])?;
-    if let Device::Cpu(cpu) = x.device() {
-        super::gemm::add_gemm_flops(s.forward_flops());
-        let out = cpu_tensor(conv2d_cpu::conv2d(cpu, &s, cpu_data(x), cpu_data(weight)), &s.out_shape(), x.device());
-        return match bias {
-            Some(b) => add_channel(&out, b, 1),
-            None => Ok(out),
-        };
-    }
-    let Device::Gpu(gpu) = x.device() else { unreachable!("CPU handled above") };
+    let gpu = match x.device() {
+        Device::Cpu(cpu) => {
+            super::gemm::add_gemm_flops(s.forward_flops());
+            let out = cpu_tensor(conv2d_cpu::conv2d(cpu, &s, cpu_data(x), cpu_data(weight)), &s.out_shape(), x.device());
+            return match bias {
+                Some(b) => add_channel(&out, b, 1),
+                None => Ok(out),
+            };
+        }
+        Device::Gpu(gpu) => gpu,
+    };
     let per_pass = images_per_pass(gpu, &s);
     if per_pass < s.n {
         let mut out = None;
@@ -261,15 +262,15 @@ pub(crate) fn conv2d_with_im2col(
         bands::forward(gpu, x, weight, &s, im2col_kernel)?
     } else if per_image_product(&s) {
         let w_mat = weight.reshape(&[s.o, s.patch_len()])?;
-        gemm_per_image(&w_mat, &im2col(x, &s, im2col_kernel)?, s.n)?.reshape(&s.out_shape())?
+        gemm_per_image(&w_mat, &im2col(gpu, x, &s, im2col_kernel)?, s.n)?.reshape(&s.out_shape())?
     } else {
-        let cols = patches(x, &s, im2col_kernel)?;
+        let cols = patches(gpu, x, &s, im2col_kernel)?;
         let w_mat = weight_matrix(weight, &s)?;
         let out_onp = gemm_mixed(&w_mat, &cols, GemmOpts::default())?; // [O, N·Ho·Wo]
         if let (Some(b), true) = (bias, s.n > 1) {
-            return swap01_bias(&out_onp, b, &s);
+            return swap01_bias(gpu, &out_onp, b, &s);
         }
-        to_nchw(&out_onp, &s)?
+        to_nchw(gpu, &out_onp, &s)?
     };
     match bias {
         Some(b) => add_channel(&out, b, 1),
@@ -290,29 +291,29 @@ fn per_image_product(s: &ConvShape) -> bool {
 
 /// The GEMMs' [O, N·Ho·Wo] as [N, O, Ho, Wo] plus `bias` per channel, in one pass
 /// (conv2d_bias.wgsl) where swap01 and add_channel took two.
-fn swap01_bias(out_onp: &Tensor, bias: &Tensor, s: &ConvShape) -> Result<Tensor> {
+fn swap01_bias(gpu: &Arc<GpuBackend>, out_onp: &Tensor, bias: &Tensor, s: &ConvShape) -> Result<Tensor> {
     if bias.shape() != [s.o] {
         return Err(shape_err("conv2d", format!("bias has shape {:?}; expected [{}]", bias.shape(), s.o)));
     }
     let u = |v| to_u32("conv2d", v);
     let total = out_onp.numel();
     let params = ConvParams { a: u(s.o)?, b: u(s.n)?, inner: u(s.ho * s.wo)?, total: u(total)?, ..Default::default() };
-    launch_map("conv2d", &tessera_shaders::conv2d_bias::SWAP01_BIAS, bytemuck::bytes_of(&params), &[out_onp, bias], &s.out_shape(), total)
+    launch_map(gpu, "conv2d", &tessera_shaders::conv2d_bias::SWAP01_BIAS, bytemuck::bytes_of(&params), &[out_onp, bias], &s.out_shape(), total)
 }
 
 /// The GEMMs' [O, N·Ho·Wo] as [N, O, Ho, Wo] (one image: the same values).
-fn to_nchw(out_onp: &Tensor, s: &ConvShape) -> Result<Tensor> {
+fn to_nchw(gpu: &Arc<GpuBackend>, out_onp: &Tensor, s: &ConvShape) -> Result<Tensor> {
     match s.n {
         1 => out_onp.reshape(&s.out_shape()),
-        _ => swap01(out_onp, s.o, s.n, s.ho * s.wo, &s.out_shape()),
+        _ => swap01(gpu, out_onp, s.o, s.n, s.ho * s.wo, &s.out_shape()),
     }
 }
 
 /// [N, O, Ho, Wo] as the GEMMs' [O, N·Ho·Wo] (one image: the same values).
-fn from_nchw(g: &Tensor, s: &ConvShape) -> Result<Tensor> {
+fn from_nchw(gpu: &Arc<GpuBackend>, g: &Tensor, s: &ConvShape) -> Result<Tensor> {
     match s.n {
         1 => g.reshape(&[s.o, s.positions()]),
-        _ => swap01(g, s.n, s.o, s.ho * s.wo, &[s.o, s.positions()]),
+        _ => swap01(gpu, g, s.n, s.o, s.ho * s.wo, &[s.o, s.positions()]),
     }
 }
 
@@ -332,12 +333,14 @@ pub fn conv2d_backward(
         return Err(shape_err("conv2d_backward", format!("gradient {:?} does not match output {:?}", g.shape(), s.out_shape())));
     }
     super::same_device("conv2d_backward", &[x, weight, g])?;
-    if let Device::Cpu(cpu) = x.device() {
-        super::gemm::add_gemm_flops(s.forward_flops() * (need_input as u8 + need_weight as u8) as f64);
-        let (dx, dw) = conv2d_cpu::conv2d_backward(cpu, &s, cpu_data(x), cpu_data(weight), cpu_data(g), need_input, need_weight);
-        return Ok((dx.map(|d| cpu_tensor(d, x.shape(), x.device())), dw.map(|d| cpu_tensor(d, weight.shape(), x.device()))));
-    }
-    let Device::Gpu(gpu) = x.device() else { unreachable!("CPU handled above") };
+    let gpu = match x.device() {
+        Device::Cpu(cpu) => {
+            super::gemm::add_gemm_flops(s.forward_flops() * (need_input as u8 + need_weight as u8) as f64);
+            let (dx, dw) = conv2d_cpu::conv2d_backward(cpu, &s, cpu_data(x), cpu_data(weight), cpu_data(g), need_input, need_weight);
+            return Ok((dx.map(|d| cpu_tensor(d, x.shape(), x.device())), dw.map(|d| cpu_tensor(d, weight.shape(), x.device()))));
+        }
+        Device::Gpu(gpu) => gpu,
+    };
     let per_pass = images_per_pass(gpu, &s);
     if per_pass < s.n {
         // dx: the passes' input gradients side by side; dW: their sum.
@@ -353,9 +356,9 @@ pub fn conv2d_backward(
     if s.n == 1 && !bands::image_fits(gpu, &s) {
         return bands::backward(gpu, x, weight, g, &s, need_input, need_weight);
     }
-    let g_onp = MixedTensor::new(from_nchw(g, &s)?, opts.half)?;
+    let g_onp = MixedTensor::new(from_nchw(gpu, g, &s)?, opts.half)?;
     let dw = if need_weight {
-        let cols = patches(x, &s, None)?;
+        let cols = patches(gpu, x, &s, None)?;
         let dw = gemm_mixed(&g_onp, &cols, GemmOpts { trans_b: true, ..Default::default() })?;
         Some(dw.reshape(weight.shape())?)
     } else {
@@ -364,7 +367,7 @@ pub fn conv2d_backward(
     let dx = if need_input {
         let w_mat = weight_matrix(weight, &s)?;
         let dcols = gemm_mixed(&w_mat, &g_onp, GemmOpts { trans_a: true, ..Default::default() })?;
-        Some(col2im(&dcols, &s)?)
+        Some(col2im(gpu, &dcols, &s)?)
     } else {
         None
     };

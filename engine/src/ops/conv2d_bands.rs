@@ -12,6 +12,7 @@ use crate::error::{shape_err, Result};
 use crate::gpu::GpuBackend;
 use crate::tensor::Tensor;
 use crate::tensor_f16::MixedTensor;
+use std::sync::Arc;
 use tessera_shaders::Kernel;
 
 /// A band: input rows [in0, in0 + shape.h), output rows [out0, out0 + shape.ho), and the
@@ -101,15 +102,15 @@ pub(super) fn map_output_bands(gpu: &GpuBackend, x: &Tensor, s: &ConvShape, mut 
 }
 
 /// conv2d without bias of one image x [1, C, H, W] → [1, O, Ho, Wo], band by band.
-pub(super) fn forward(gpu: &GpuBackend, x: &Tensor, weight: &Tensor, s: &ConvShape, im2col_kernel: Option<&'static Kernel>) -> Result<Tensor> {
+pub(super) fn forward(gpu: &Arc<GpuBackend>, x: &Tensor, weight: &Tensor, s: &ConvShape, im2col_kernel: Option<&'static Kernel>) -> Result<Tensor> {
     let w_mat = weight_matrix(weight, s)?;
-    map_output_bands(gpu, x, s, |xb, sb| gemm_mixed(&w_mat, &patches(xb, sb, im2col_kernel)?, GemmOpts::default())?.reshape(&sb.out_shape()))
+    map_output_bands(gpu, x, s, |xb, sb| gemm_mixed(&w_mat, &patches(gpu, xb, sb, im2col_kernel)?, GemmOpts::default())?.reshape(&sb.out_shape()))
 }
 
 /// The gradients of [`forward`], each only if asked for: dW = Σ over bands of g_band·cols_bandᵀ,
 /// dx band by band of input rows as col2im(Wᵀ·g over the output rows that reach the band).
 pub(super) fn backward(
-    gpu: &GpuBackend,
+    gpu: &Arc<GpuBackend>,
     x: &Tensor,
     weight: &Tensor,
     g: &Tensor,
@@ -120,7 +121,7 @@ pub(super) fn backward(
     let mut dw = None;
     if need_weight {
         for band in bands(gpu, s.ho, |r0, r1| Band::of_output_rows(s, r0, r1)) {
-            let cols = patches(&band_input(x, &band)?, &band.shape, None)?;
+            let cols = patches(gpu, &band_input(x, &band)?, &band.shape, None)?;
             let part = gemm_mixed(&band_gradient(g, &band, s.opts.half)?, &cols, GemmOpts { trans_b: true, ..Default::default() })?;
             dw = Some(accumulate(dw, part)?);
         }
@@ -130,7 +131,7 @@ pub(super) fn backward(
         let w_mat = weight_matrix(weight, s)?;
         for band in bands(gpu, s.h, |i0, i1| Band::of_input_rows(s, i0, i1)) {
             let dcols = gemm_mixed(&w_mat, &band_gradient(g, &band, s.opts.half)?, GemmOpts { trans_a: true, ..Default::default() })?;
-            dx = Some(join(dx, col2im(&dcols, &band.shape)?, 2)?);
+            dx = Some(join(dx, col2im(gpu, &dcols, &band.shape)?, 2)?);
         }
     }
     Ok((dx, dw.map(|d| d.reshape(weight.shape())).transpose()?))

@@ -303,8 +303,15 @@ fn lcm(a: usize, b: usize) -> usize {
 
 /// The common launch of a map-like kernel: a new output of `out_shape`, `invocations`
 /// invocations in workgroups of `kernel.workgroup[0]`, bindings `inputs` then the output.
-pub(crate) fn launch_map(op: &'static str, kernel: &Kernel, params: &[u8], inputs: &[&Tensor], out_shape: &[usize], invocations: usize) -> Result<Tensor> {
-    let Device::Gpu(gpu) = inputs[0].device() else { unreachable!("{op}: GPU dispatch on a CPU tensor") };
+pub(crate) fn launch_map(
+    gpu: &Arc<GpuBackend>,
+    op: &'static str,
+    kernel: &Kernel,
+    params: &[u8],
+    inputs: &[&Tensor],
+    out_shape: &[usize],
+    invocations: usize,
+) -> Result<Tensor> {
     let out = Tensor::uninit_gpu(out_shape.to_vec(), gpu)?;
     let groups = grid_1d(gpu, op, invocations, kernel.workgroup[0] as usize)?;
     let buffers: Vec<Arc<GpuBuffer>> = inputs.iter().map(|t| gpu_buffer(t)).chain([gpu_buffer(&out)]).collect();

@@ -1,8 +1,10 @@
 //! Softmax, log-softmax and cross-entropy over the last axis. Kernels:
 //! shaders/wgsl/softmax.wgsl; CPU twins below; conformance: tests/ops_conformance.rs.
 use super::{cpu_data, cpu_tensor, gpu_buffer, launch_rows, same_device, same_shape, to_u32, Bind};
+use crate::cpu::CpuBackend;
 use crate::device::Device;
 use crate::error::{shape_err, Result};
+use crate::gpu::GpuBackend;
 use crate::tensor::Storage;
 use crate::tensor::Tensor;
 use rayon::prelude::*;
@@ -39,6 +41,7 @@ fn logsumexp(row: &[f32]) -> f32 {
 /// of whole rows. `g` is a tensor of x's shape or a scalar (cross-entropy's upstream
 /// gradient, bound whole); `out_shape` holds a row of cols values or one value per row.
 fn launch_softmax(
+    gpu: &Arc<GpuBackend>,
     op: &'static str,
     kernel: &Kernel,
     x: &Tensor,
@@ -48,7 +51,6 @@ fn launch_softmax(
     rows: usize,
     cols: usize,
 ) -> Result<Tensor> {
-    let Device::Gpu(gpu) = x.device() else { unreachable!("{op}: GPU dispatch on a CPU tensor") };
     let out = Tensor::uninit_gpu(out_shape.to_vec(), gpu)?;
     let (xb, gb, ob) = (gpu_buffer(x), gpu_buffer(g), gpu_buffer(&out));
     // Kernels without labels still bind the slot (one layout per module): x will do.
@@ -66,8 +68,7 @@ fn launch_softmax(
 }
 
 /// Row-wise map on the CPU: f(x_row, g_row, row_index) → out_row.
-fn cpu_rows(x: &Tensor, g: &Tensor, cols: usize, f: impl Fn(&[f32], &[f32], usize, &mut [f32]) + Sync) -> Tensor {
-    let Device::Cpu(cpu) = x.device() else { unreachable!("CPU dispatch") };
+fn cpu_rows(cpu: &CpuBackend, x: &Tensor, g: &Tensor, cols: usize, f: impl Fn(&[f32], &[f32], usize, &mut [f32]) + Sync) -> Tensor {
     let (xs, gs) = (cpu_data(x), cpu_data(g));
     let mut out = vec![0f32; x.numel()];
     cpu.install(|| {
@@ -83,11 +84,11 @@ fn cpu_rows(x: &Tensor, g: &Tensor, cols: usize, f: impl Fn(&[f32], &[f32], usiz
 pub fn softmax(x: &Tensor) -> Result<Tensor> {
     let (rows, cols) = rows_cols("softmax", x)?;
     match x.device() {
-        Device::Cpu(_) => Ok(cpu_rows(x, x, cols, |xr, _, _, o| {
+        Device::Cpu(cpu) => Ok(cpu_rows(cpu, x, x, cols, |xr, _, _, o| {
             let lse = logsumexp(xr);
             o.iter_mut().zip(xr).for_each(|(o, v)| *o = (v - lse).exp());
         })),
-        Device::Gpu(_) => launch_softmax("softmax", &k::SOFTMAX_FORWARD, x, x, None, x.shape(), rows, cols),
+        Device::Gpu(gpu) => launch_softmax(gpu, "softmax", &k::SOFTMAX_FORWARD, x, x, None, x.shape(), rows, cols),
     }
 }
 
@@ -97,11 +98,11 @@ pub fn softmax_backward(y: &Tensor, g: &Tensor) -> Result<Tensor> {
     same_shape("softmax_backward", y, g)?;
     let (rows, cols) = rows_cols("softmax_backward", y)?;
     match y.device() {
-        Device::Cpu(_) => Ok(cpu_rows(y, g, cols, |yr, gr, _, o| {
+        Device::Cpu(cpu) => Ok(cpu_rows(cpu, y, g, cols, |yr, gr, _, o| {
             let dot: f32 = yr.iter().zip(gr).map(|(a, b)| a * b).sum();
             o.iter_mut().enumerate().for_each(|(j, o)| *o = yr[j] * (gr[j] - dot));
         })),
-        Device::Gpu(_) => launch_softmax("softmax_backward", &k::SOFTMAX_BACKWARD, y, g, None, y.shape(), rows, cols),
+        Device::Gpu(gpu) => launch_softmax(gpu, "softmax_backward", &k::SOFTMAX_BACKWARD, y, g, None, y.shape(), rows, cols),
     }
 }
 
@@ -109,11 +110,11 @@ pub fn softmax_backward(y: &Tensor, g: &Tensor) -> Result<Tensor> {
 pub fn log_softmax(x: &Tensor) -> Result<Tensor> {
     let (rows, cols) = rows_cols("log_softmax", x)?;
     match x.device() {
-        Device::Cpu(_) => Ok(cpu_rows(x, x, cols, |xr, _, _, o| {
+        Device::Cpu(cpu) => Ok(cpu_rows(cpu, x, x, cols, |xr, _, _, o| {
             let lse = logsumexp(xr);
             o.iter_mut().zip(xr).for_each(|(o, v)| *o = v - lse);
         })),
-        Device::Gpu(_) => launch_softmax("log_softmax", &k::LOG_SOFTMAX_FORWARD, x, x, None, x.shape(), rows, cols),
+        Device::Gpu(gpu) => launch_softmax(gpu, "log_softmax", &k::LOG_SOFTMAX_FORWARD, x, x, None, x.shape(), rows, cols),
     }
 }
 
@@ -123,11 +124,11 @@ pub fn log_softmax_backward(y: &Tensor, g: &Tensor) -> Result<Tensor> {
     same_shape("log_softmax_backward", y, g)?;
     let (rows, cols) = rows_cols("log_softmax_backward", y)?;
     match y.device() {
-        Device::Cpu(_) => Ok(cpu_rows(y, g, cols, |yr, gr, _, o| {
+        Device::Cpu(cpu) => Ok(cpu_rows(cpu, y, g, cols, |yr, gr, _, o| {
             let total: f32 = gr.iter().sum();
             o.iter_mut().enumerate().for_each(|(j, o)| *o = gr[j] - yr[j].exp() * total);
         })),
-        Device::Gpu(_) => launch_softmax("log_softmax_backward", &k::LOG_SOFTMAX_BACKWARD, y, g, None, y.shape(), rows, cols),
+        Device::Gpu(gpu) => launch_softmax(gpu, "log_softmax_backward", &k::LOG_SOFTMAX_BACKWARD, y, g, None, y.shape(), rows, cols),
     }
 }
 
@@ -200,7 +201,7 @@ pub fn cross_entropy_per_sample(logits: &Tensor, labels: &Labels) -> Result<Tens
             });
             Ok(cpu_tensor(out.collect(), &[rows], logits.device()))
         }
-        Device::Gpu(_) => launch_softmax("cross_entropy", &k::CROSS_ENTROPY_FORWARD, logits, logits, Some(labels), &[rows], rows, cols),
+        Device::Gpu(gpu) => launch_softmax(gpu, "cross_entropy", &k::CROSS_ENTROPY_FORWARD, logits, logits, Some(labels), &[rows], rows, cols),
     }
 }
 
@@ -213,15 +214,15 @@ pub fn cross_entropy_backward(logits: &Tensor, labels: &Labels, g: &Tensor) -> R
         return Err(shape_err("cross_entropy_backward", format!("upstream gradient must be a scalar, got {:?}", g.shape())));
     }
     match logits.device() {
-        Device::Cpu(_) => {
+        Device::Cpu(cpu) => {
             let scale = cpu_data(g)[0] / rows as f32;
             let (eps, spread) = (labels.smoothing, labels.smoothing / cols as f32);
-            Ok(cpu_rows(logits, logits, cols, |xr, _, r, o| {
+            Ok(cpu_rows(cpu, logits, logits, cols, |xr, _, r, o| {
                 let lse = logsumexp(xr);
                 o.iter_mut().zip(xr).for_each(|(o, v)| *o = ((v - lse).exp() - spread) * scale);
                 o[labels.values[r]] -= (1.0 - eps) * scale;
             }))
         }
-        Device::Gpu(_) => launch_softmax("cross_entropy_backward", &k::CROSS_ENTROPY_BACKWARD, logits, g, Some(labels), logits.shape(), rows, cols),
+        Device::Gpu(gpu) => launch_softmax(gpu, "cross_entropy_backward", &k::CROSS_ENTROPY_BACKWARD, logits, g, Some(labels), logits.shape(), rows, cols),
     }
 }
