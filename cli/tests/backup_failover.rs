@@ -12,8 +12,8 @@ fn tessera(cwd: &Path, args: &[&str]) -> Output {
 
 #[test]
 fn resume_fails_over_to_the_backup_copy() {
-    let root = std::env::temp_dir().join(format!("tessera-backup-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&root);
+    let scratch = common::scratch("tessera-backup-");
+    let root = scratch.path().to_path_buf();
     common::write_coloured_cifar_sized(&root.join("data"), 8);
     let run = |out: &str, epochs: &str, extra: &[&str]| {
         let args = [

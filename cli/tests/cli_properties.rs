@@ -173,8 +173,8 @@ fn fixtures(root: &Path, exe: &Path) -> HashMap<&'static str, String> {
 fn no_generated_invocation_panics_hangs_or_dies_by_a_signal() {
     use Kind::*;
     let exe = PathBuf::from(env!("CARGO_BIN_EXE_tessera"));
-    let root = std::env::temp_dir().join(format!("tessera-cli-props-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&root);
+    let scratch = common::scratch("tessera-cli-props-");
+    let root = scratch.path().to_path_buf();
     std::fs::create_dir_all(&root).unwrap();
     let fx = fixtures(&root, &exe);
     let data_flags = [("--data", Path), ("--limit-per-class", Count), ("--device", Device)];
@@ -375,8 +375,8 @@ fn no_generated_invocation_panics_hangs_or_dies_by_a_signal() {
 #[test]
 fn a_config_file_is_checked_like_the_flags() {
     let exe = env!("CARGO_BIN_EXE_tessera");
-    let root = std::env::temp_dir().join(format!("tessera-cli-config-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&root);
+    let scratch = common::scratch("tessera-cli-config-");
+    let root = scratch.path().to_path_buf();
     common::write_coloured_cifar_sized(&root.join("data"), 2);
     for (line, says) in [
         ("epochs = 0", "--epochs must be a whole number from 1 to 100000, got 0"),

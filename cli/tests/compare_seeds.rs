@@ -6,8 +6,8 @@ use std::process::Command;
 
 #[test]
 fn compare_over_seeds_reports_each_strategy_over_the_seeds() {
-    let root = std::env::temp_dir().join(format!("tessera-compare-seeds-cli-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&root);
+    let scratch = common::scratch("tessera-compare-seeds-cli-");
+    let root = scratch.path().to_path_buf();
     common::write_coloured_cifar_sized(&root.join("data"), 20);
     let o = Command::new(env!("CARGO_BIN_EXE_tessera"))
         .args(["compare", "--model", "simple-cnn", "--data", "data", "--strategies", "full,random", "--seeds", "1,2", "--epochs", "1"])
@@ -39,8 +39,8 @@ fn compare_over_seeds_reports_each_strategy_over_the_seeds() {
 
 #[test]
 fn compare_holdout_scores_on_a_tenth_of_the_training_set_with_options_per_lane() {
-    let root = std::env::temp_dir().join(format!("tessera-compare-holdout-cli-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&root);
+    let scratch = common::scratch("tessera-compare-holdout-cli-");
+    let root = scratch.path().to_path_buf();
     common::write_coloured_cifar_sized(&root.join("data"), 20);
     let o = Command::new(env!("CARGO_BIN_EXE_tessera"))
         .args([

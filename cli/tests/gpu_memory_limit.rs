@@ -11,8 +11,8 @@ fn a_batch_beyond_the_gpu_memory_limit_fails_with_the_documented_error() {
     if std::env::var_os("TESSERA_SKIP_GPU_TESTS").is_some() {
         return;
     }
-    let root = std::env::temp_dir().join(format!("tessera-gpu-limit-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&root);
+    let scratch = common::scratch("tessera-gpu-limit-");
+    let root = scratch.path().to_path_buf();
     common::write_coloured_cifar_sized(&root.join("data"), 10);
     let run = |out: &str, extra: &[&str]| {
         let args =

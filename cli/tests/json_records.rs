@@ -47,8 +47,8 @@ fn kinds(lines: &[(String, Value)]) -> Vec<&str> {
 
 #[test]
 fn every_table_command_prints_the_records_its_files_hold() {
-    let root = std::env::temp_dir().join(format!("tessera-json-records-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&root);
+    let scratch = common::scratch("tessera-json-records-");
+    let root = scratch.path().to_path_buf();
     common::write_coloured_cifar_sized(&root.join("data"), 10);
     let small = ["--data", "data", "--limit-per-class", "3"];
 

@@ -8,8 +8,8 @@ use std::process::{Command, Stdio};
 
 #[test]
 fn a_killed_run_resumes_to_the_weights_of_an_uninterrupted_one() {
-    let root = std::env::temp_dir().join(format!("tessera-kill-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&root);
+    let scratch = common::scratch("tessera-kill-");
+    let root = scratch.path().to_path_buf();
     let data = root.join("data");
     write_coloured_cifar_sized(&data, 600);
     let tessera = env!("CARGO_BIN_EXE_tessera");

@@ -41,8 +41,8 @@ fn train_model(model: &str, data: &Path, out: &Path, launcher: &[&str], epochs: 
 
 #[test]
 fn two_ranks_reach_the_weights_of_one_process() {
-    let root = std::env::temp_dir().join(format!("tessera-mpi-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&root);
+    let scratch = common::scratch("tessera-mpi-");
+    let root = scratch.path().to_path_buf();
     // 5 × 40 training images: 10 steps of the global batch of 20.
     common::write_coloured_cifar_sized(&root.join("data"), 40);
     let data = root.join("data");
@@ -95,8 +95,8 @@ fn bench_allreduce_sums_over_two_ranks() {
 
 #[test]
 fn sync_bn_over_two_ranks_takes_one_process_step() {
-    let root = std::env::temp_dir().join(format!("tessera-mpi-syncbn-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&root);
+    let scratch = common::scratch("tessera-mpi-syncbn-");
+    let root = scratch.path().to_path_buf();
     write_noise_cifar(&root.join("data"));
     let data = root.join("data");
     let mpirun = ["mpirun", "--allow-run-as-root", "--oversubscribe", "-np", "2"];
@@ -166,8 +166,8 @@ fn mpirun(cwd: &Path, args: &[&str]) -> Command {
 
 #[test]
 fn a_data_parallel_compare_matches_one_process_and_frozen_layers_send_nothing() {
-    let root = std::env::temp_dir().join(format!("tessera-mpi-compare-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&root);
+    let scratch = common::scratch("tessera-mpi-compare-");
+    let root = scratch.path().to_path_buf();
     common::write_coloured_cifar_sized(&root.join("data"), 40);
     // dynamic with a threshold every window meets: the stem freezes after its first windows.
     let args = |out: &'static str| {
@@ -203,8 +203,8 @@ fn a_data_parallel_compare_matches_one_process_and_frozen_layers_send_nothing() 
 
 #[test]
 fn a_killed_rank_stops_the_job_and_resume_reaches_the_uninterrupted_weights() {
-    let root = std::env::temp_dir().join(format!("tessera-mpi-kill-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&root);
+    let scratch = common::scratch("tessera-mpi-kill-");
+    let root = scratch.path().to_path_buf();
     let data = root.join("data");
     // 6 000 images: two ranks take ~2 s an epoch here, so the kill lands well inside epoch 2.
     common::write_coloured_cifar_sized(&data, 1200);

@@ -16,8 +16,8 @@ fn stderr(o: &Output) -> String {
 
 #[test]
 fn runs_never_vanish_or_mix() {
-    let root = std::env::temp_dir().join(format!("tessera-run-folders-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&root);
+    let scratch = common::scratch("tessera-run-folders-");
+    let root = scratch.path().to_path_buf();
     common::write_coloured_cifar_sized(&root.join("data"), 4);
     let base = ["train", "--model", "simple-cnn", "--data", "data", "--batch", "8", "--epochs", "1"];
 
@@ -70,8 +70,8 @@ fn runs_never_vanish_or_mix() {
 
 #[test]
 fn a_config_files_relative_paths_mean_its_folder() {
-    let root = std::env::temp_dir().join(format!("tessera-config-paths-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&root);
+    let scratch = common::scratch("tessera-config-paths-");
+    let root = scratch.path().to_path_buf();
     common::write_coloured_cifar_sized(&root.join("exp/data"), 4);
     std::fs::write(root.join("exp/run.toml"), "model = \"simple-cnn\"\ndata = \"data\"\nout = \"out\"\nepochs = 1\nbatch = 8\n").unwrap();
     std::fs::create_dir_all(root.join("elsewhere")).unwrap();

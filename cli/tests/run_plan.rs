@@ -8,8 +8,8 @@ use std::time::Instant;
 
 #[test]
 fn two_tasks_train_in_parallel_within_budget_and_merge_above_chance() {
-    let root = std::env::temp_dir().join(format!("tessera-run-plan-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&root);
+    let scratch = common::scratch("tessera-run-plan-");
+    let root = scratch.path().to_path_buf();
     write_coloured_cifar(&root.join("data"));
     let tessera = env!("CARGO_BIN_EXE_tessera");
     let plan = root.join("plan.json");

@@ -24,8 +24,8 @@ fn records(stdout: &str) -> Vec<Value> {
 
 #[test]
 fn runs_register_diff_and_promote_to_verified_model_versions() {
-    let root = std::env::temp_dir().join(format!("tessera-registry-cli-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&root);
+    let scratch = common::scratch("tessera-registry-cli-");
+    let root = scratch.path().to_path_buf();
     common::write_coloured_cifar_sized(&root.join("data"), 20);
     let reg = ["--registry", "reg.sqlite"];
     let compare = |out: &str, lr: &str| {

@@ -9,8 +9,8 @@ use std::time::Instant;
 
 #[test]
 fn the_search_stops_within_its_budget_and_ranks_every_candidate() {
-    let root = std::env::temp_dir().join(format!("tessera-search-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&root);
+    let scratch = common::scratch("tessera-search-");
+    let root = scratch.path().to_path_buf();
     common::write_coloured_cifar_sized(&root.join("data"), 100);
     let budget = 12.0;
     let start = Instant::now();

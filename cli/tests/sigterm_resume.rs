@@ -15,8 +15,8 @@ fn train_args(data: &Path, out: &Path) -> Vec<String> {
 
 #[test]
 fn a_terminated_run_checkpoints_mid_epoch_and_resumes_to_the_uninterrupted_weights() {
-    let root = std::env::temp_dir().join(format!("tessera-sigterm-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&root);
+    let scratch = common::scratch("tessera-sigterm-");
+    let root = scratch.path().to_path_buf();
     let data = root.join("data");
     write_coloured_cifar_sized(&data, 600);
     let tessera = env!("CARGO_BIN_EXE_tessera");

@@ -53,8 +53,8 @@ fn sbatch(root: &Path, cluster: &Cluster, script: &str) -> Output {
 
 #[test]
 fn a_plan_and_a_sweep_run_as_job_arrays_and_merge() {
-    let root = std::env::temp_dir().join(format!("tessera-slurm-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&root);
+    let scratch = common::scratch("tessera-slurm-");
+    let root = scratch.path().to_path_buf();
     common::write_coloured_cifar(&root.join("data"));
     let cluster = Cluster::start(&root.join("cluster"));
     let tessera = env!("CARGO_BIN_EXE_tessera");

@@ -1,6 +1,13 @@
 //! Helpers shared by the CLI's end-to-end tests.
 use std::path::Path;
 
+/// A fresh folder under the system temp dir, removed with everything in it when the returned
+/// guard drops at the end of the test (each run left its data sets and runs behind before).
+#[allow(dead_code)]
+pub fn scratch(prefix: &str) -> tempfile::TempDir {
+    tempfile::Builder::new().prefix(prefix).tempdir().expect("creating a scratch folder under the temp dir")
+}
+
 /// A CIFAR-10-binary data set of noisy 32×32 images whose colour gives the class (robust to
 /// the training crops and flips): 200 images in each of the five training files.
 #[allow(dead_code)] // each test binary uses its own share of these helpers
