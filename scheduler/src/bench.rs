@@ -174,7 +174,7 @@ pub fn torch_reference(python: &str, spec: &StepSpec, threads: usize) -> Result<
 
 /// Runs a reference script with `python -c` and reads the JSON object it prints; the error is
 /// the script's last line of stderr (an ImportError where torch is missing).
-fn run_python(python: &str, script: &str, args: impl IntoIterator<Item = String>) -> Result<serde_json::Value, String> {
+pub(crate) fn run_python(python: &str, script: &str, args: impl IntoIterator<Item = String>) -> Result<serde_json::Value, String> {
     let out = std::process::Command::new(python).arg("-c").arg(script).args(args).output().map_err(|e| format!("cannot run `{python}`: {e}"))?;
     if !out.status.success() {
         let err = String::from_utf8_lossy(&out.stderr);

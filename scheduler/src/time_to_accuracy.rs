@@ -90,12 +90,7 @@ fn torch_run(python: &str, spec: &TimeToAccuracySpec, run: usize, threads: usize
     if spec.evaluate_each_epoch {
         args.push("--eval-each-epoch".into());
     }
-    let out = std::process::Command::new(python).arg("-c").arg(SCRIPT).args(&args).output().map_err(|e| format!("cannot run `{python}`: {e}"))?;
-    if !out.status.success() {
-        let err = String::from_utf8_lossy(&out.stderr);
-        return Err(err.lines().last().unwrap_or("failed").to_string());
-    }
-    let v: serde_json::Value = serde_json::from_slice(&out.stdout).map_err(|e| format!("unreadable output: {e}"))?;
+    let v = crate::bench::run_python(python, SCRIPT, args)?;
     let f = |k: &str| v[k].as_f64().ok_or_else(|| format!("no `{k}` in its output"));
     let (train_seconds, eval_seconds, accuracy) = (f("train_seconds")?, f("eval_seconds")?, f("accuracy")? as f32);
     let mut elapsed = 0.0;
